@@ -1,0 +1,177 @@
+"""Chunk planning: how many samples go into one block (one task, one Zarr chunk).
+
+Pure functions of sizes and measured costs, with no Dask or Zarr in sight, so they
+can be property-tested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import DaskbatchError
+
+__all__ = [
+    "AUTO_BLOCKS_PER_WORKER",
+    "AUTO_BLOCK_SECONDS",
+    "block_shape_for_samples",
+    "block_starts",
+    "chunks_from_block_shape",
+    "plan_block_shape",
+]
+
+#: Aim for blocks of about this much work, so that scheduling overhead is noise.
+AUTO_BLOCK_SECONDS = 1.0
+#: ... and at least this many blocks per worker, so that workers finish together.
+AUTO_BLOCKS_PER_WORKER = 4
+#: No block holds more than this many bytes of parameters and outputs.
+AUTO_BLOCK_BYTES = 256 * 2**20
+#: Without a measured cost, blocks hold at most this many samples.
+AUTO_MAX_SAMPLES = 100_000
+
+
+def block_shape_for_samples(samples: int, batch_shape: Sequence[int]) -> tuple[int, ...]:
+    """Spread about ``samples`` samples over the batch dims, trailing dims first.
+
+    Trailing dims are kept whole while they fit, so a block of a grid is a
+    contiguous slab; the first dim that does not fit is cut.
+
+    Examples
+    --------
+    >>> block_shape_for_samples(1000, (50, 40, 30))
+    (1, 33, 30)
+    >>> block_shape_for_samples(10, (100,))
+    (10,)
+    """
+    samples = max(1, int(samples))
+    out = []
+    budget = samples
+    for n in reversed(batch_shape):
+        k = max(1, min(n, budget))
+        out.append(k)
+        budget = max(1, budget // k)
+    return tuple(reversed(out))
+
+
+def chunks_from_block_shape(
+    batch_shape: Sequence[int], block_shape: Sequence[int]
+) -> tuple[tuple[int, ...], ...]:
+    """Dask-style chunks: equal blocks along each dim, the last one possibly shorter.
+
+    Examples
+    --------
+    >>> chunks_from_block_shape((10,), (4,))
+    ((4, 4, 2),)
+    """
+    out = []
+    for n, b in zip(batch_shape, block_shape, strict=True):
+        full, rest = divmod(n, b)
+        out.append((b,) * full + ((rest,) if rest else ()))
+    return tuple(out)
+
+
+def block_starts(chunks: Sequence[int]) -> list[int]:
+    """Start offsets of the blocks along one dim."""
+    starts = [0]
+    for c in chunks[:-1]:
+        starts.append(starts[-1] + c)
+    return starts
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DaskbatchError(f"{name}={value!r} must be a positive integer")
+    return value
+
+
+def plan_block_shape(
+    batch_dims: Sequence[str],
+    batch_shape: Sequence[int],
+    chunk_size: int | str | Mapping[str, int],
+    *,
+    n_workers: int,
+    seconds_per_sample: float | None = None,
+    bytes_per_sample: int | None = None,
+) -> tuple[int, ...]:
+    """Choose the block shape along the batch dims.
+
+    Parameters
+    ----------
+    batch_dims, batch_shape
+        The space's batch dims and their sizes.
+    chunk_size
+        ``"auto"``, samples per block (an int spread over the dims), or a dict of
+        block sizes per batch dim (dims left out are taken whole).
+    n_workers
+        Workers the run will use.
+    seconds_per_sample, bytes_per_sample
+        Measured by a probe of the kernel, if available.
+
+    Examples
+    --------
+    >>> plan_block_shape(("sample",), (1000,), 100, n_workers=2)
+    (100,)
+    >>> plan_block_shape(("a", "b"), (10, 20), {"a": 2}, n_workers=2)
+    (2, 20)
+    >>> plan_block_shape(("sample",), (10_000,), "auto", n_workers=2, seconds_per_sample=1e-3)
+    (1000,)
+    """
+    total = math.prod(batch_shape)
+    if isinstance(chunk_size, Mapping):
+        unknown = sorted(set(chunk_size) - set(batch_dims))
+        if unknown:
+            raise DaskbatchError(
+                f"chunk_size: {unknown} are not batch dims; the batch dims are {list(batch_dims)}"
+            )
+        shape = []
+        for d, n in zip(batch_dims, batch_shape, strict=True):
+            b = _check_int(f"chunk_size[{d!r}]", chunk_size.get(d, n))
+            shape.append(min(b, n))
+        return tuple(shape)
+    if isinstance(chunk_size, str):
+        if chunk_size != "auto":
+            raise DaskbatchError(
+                f"chunk_size={chunk_size!r} is not valid; use 'auto', a number of samples per "
+                "block, or a dict of block sizes per batch dim"
+            )
+        return block_shape_for_samples(
+            auto_samples_per_block(
+                total,
+                n_workers=n_workers,
+                seconds_per_sample=seconds_per_sample,
+                bytes_per_sample=bytes_per_sample,
+            ),
+            batch_shape,
+        )
+    return block_shape_for_samples(min(_check_int("chunk_size", chunk_size), total), batch_shape)
+
+
+def auto_samples_per_block(
+    total: int,
+    *,
+    n_workers: int,
+    seconds_per_sample: float | None = None,
+    bytes_per_sample: int | None = None,
+) -> int:
+    """Samples per block for ``chunk_size="auto"``.
+
+    The smallest of: what takes about :data:`AUTO_BLOCK_SECONDS` (when the cost
+    is known), what leaves :data:`AUTO_BLOCKS_PER_WORKER` blocks per worker, and
+    what fits :data:`AUTO_BLOCK_BYTES`; never below one sample.
+
+    Examples
+    --------
+    >>> auto_samples_per_block(1_000_000, n_workers=2, seconds_per_sample=1e-3)
+    1000
+    >>> auto_samples_per_block(100, n_workers=2)
+    13
+    """
+    workers = max(1, int(n_workers))
+    balance = math.ceil(total / (AUTO_BLOCKS_PER_WORKER * workers))
+    limits = [balance, AUTO_MAX_SAMPLES]
+    if seconds_per_sample is not None and seconds_per_sample > 0:
+        limits.append(max(1, round(AUTO_BLOCK_SECONDS / seconds_per_sample)))
+    if bytes_per_sample:
+        limits.append(max(1, AUTO_BLOCK_BYTES // int(bytes_per_sample)))
+    return max(1, min(limits))

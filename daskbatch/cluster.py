@@ -1,0 +1,268 @@
+"""Turning ``cluster=`` into something that computes blocks.
+
+``"serial"``, ``"threads"`` and ``"processes"`` are dask's local schedulers (no
+server); ``"local"`` starts a :class:`distributed.LocalCluster` with one
+single-threaded worker process per core; a scheduler address or a
+:class:`distributed.Client` uses a cluster that already runs. Every executor offers
+the same :meth:`Executor.compute`, which calls back as each block finishes, in
+whatever order, so progress and summaries work the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+
+from .errors import ClusterError
+
+__all__ = ["ClusterSpec", "Executor", "parse_cluster", "start_executor"]
+
+LOCAL_SCHEDULERS = {"serial": "sync", "threads": "threads", "processes": "processes"}
+NAMES = (*LOCAL_SCHEDULERS, "local")
+
+GUARD_HINT = (
+    "Worker processes re-import the script that started them. If your script calls "
+    'daskbatch.run at top level, put that code under `if __name__ == "__main__":`; '
+    "code fed on standard input cannot start worker processes at all (save it to a "
+    'file). Or run without worker processes: cluster="threads" or cluster="serial".'
+)
+
+
+def default_workers() -> int:
+    """Cores this process may use (respecting CPU affinity, as in a cluster job)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A checked ``cluster=`` argument; nothing has been started yet."""
+
+    kind: str  # serial | threads | processes | local | address | client
+    n_workers: int | None
+    address: str | None = None
+    client: Any = None
+
+    @property
+    def description(self) -> str:
+        if self.kind == "address":
+            return f"scheduler at {self.address}"
+        if self.kind == "client":
+            return f"existing client ({self.client.scheduler.address})"
+        n = self.n_workers or default_workers()
+        if self.kind == "serial":
+            return "serial (one thread, in this process)"
+        unit = {"threads": "threads", "processes": "processes"}.get(self.kind, "worker processes")
+        extra = ", LocalCluster, 1 thread each" if self.kind == "local" else ""
+        return f"{self.kind} ({n} {unit}{extra})"
+
+
+def parse_cluster(cluster: Any, n_workers: int | None = None) -> ClusterSpec:
+    """Check ``cluster=`` and ``n_workers=`` without starting anything.
+
+    Examples
+    --------
+    >>> parse_cluster("threads", 2).description
+    'threads (2 threads)'
+    """
+    if n_workers is not None and (
+        isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1
+    ):
+        raise ClusterError(f"n_workers={n_workers!r} must be a positive integer or None")
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - a dependency
+        Client = None
+    if Client is not None and isinstance(cluster, Client):
+        if n_workers is not None:
+            raise ClusterError(
+                "n_workers cannot be used with an existing Client; scale its cluster instead"
+            )
+        return ClusterSpec("client", None, client=cluster)
+    if not isinstance(cluster, str):
+        raise ClusterError(
+            f"cluster={cluster!r} is not valid; use one of {list(NAMES)}, a scheduler address "
+            "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
+        )
+    if cluster in NAMES:
+        return ClusterSpec(cluster, n_workers)
+    if "://" in cluster or (cluster.count(":") == 1 and cluster.rsplit(":", 1)[1].isdigit()):
+        if n_workers is not None:
+            raise ClusterError(
+                f"n_workers cannot be used with cluster={cluster!r}, a running scheduler; "
+                "start that many workers on it instead"
+            )
+        address = cluster if "://" in cluster else f"tcp://{cluster}"
+        return ClusterSpec("address", None, address=address)
+    raise ClusterError(
+        f"cluster={cluster!r} is not valid; use one of {list(NAMES)}, a scheduler address "
+        "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
+    )
+
+
+def _dashboard_address() -> str:
+    # the usual port when it is free, otherwise any: no "port in use" warning
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8787))
+        except OSError:
+            return "127.0.0.1:0"
+    return "127.0.0.1:8787"
+
+
+class Executor:
+    """Runs a list of block computations and reports each as it finishes."""
+
+    def __init__(self, spec: ClusterSpec, client: Any = None, cluster: Any = None) -> None:
+        self.spec = spec
+        self.client = client
+        self._cluster = cluster
+
+    @property
+    def description(self) -> str:
+        return self.spec.description
+
+    @property
+    def dashboard_link(self) -> str | None:
+        if self.client is None:
+            return None
+        try:
+            return self.client.dashboard_link
+        except Exception:  # pragma: no cover - no bokeh, or no dashboard
+            return None
+
+    @property
+    def n_workers(self) -> int:
+        if self.client is not None:
+            n = sum(self.client.nthreads().values())
+            return max(1, n)
+        if self.spec.kind == "serial":
+            return 1
+        return self.spec.n_workers or default_workers()
+
+    def compute(
+        self,
+        tasks: Sequence[Any],
+        on_done: Callable[[Any], None],
+    ) -> None:
+        """Compute ``tasks`` (dask Delayed objects); call ``on_done(result)`` for each.
+
+        Results are handed over as they arrive. The first task that raises stops the
+        computation and its error propagates; finished blocks stay finished.
+        """
+        if not tasks:
+            return
+        if self.client is not None:
+            self._compute_distributed(tasks, on_done)
+        else:
+            self._compute_local(tasks, on_done)
+
+    def _compute_distributed(self, tasks, on_done):
+        from distributed import as_completed
+
+        futures = self.client.compute(list(tasks))
+        try:
+            for fut in as_completed(futures):
+                on_done(fut.result())
+                fut.release()
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+
+    def _compute_local(self, tasks, on_done):
+        from concurrent.futures.process import BrokenProcessPool
+
+        from dask.callbacks import Callback
+
+        keys = {t.key for t in tasks}
+
+        def posttask(key, result, dsk, state, worker_id):
+            if key in keys:
+                on_done(result)
+
+        scheduler = LOCAL_SCHEDULERS[self.spec.kind]
+        kwargs: dict[str, Any] = {"scheduler": scheduler}
+        if scheduler != "sync":
+            kwargs["num_workers"] = self.n_workers
+        try:
+            with Callback(posttask=posttask):
+                dask.compute(*tasks, optimize_graph=False, **kwargs)
+        except BrokenProcessPool as e:
+            raise ClusterError(
+                f"a worker process of the processes scheduler died ({e}). "
+                f"{GUARD_HINT if _unguarded_main() else ''}".strip()
+            ) from e
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self.client.close()
+            self._cluster.close()
+
+
+def _unguarded_main() -> bool:
+    main = sys.modules.get("__main__")
+    return main is not None and getattr(main, "__file__", None) is None
+
+
+@contextmanager
+def start_executor(spec: ClusterSpec) -> Iterator[Executor]:
+    """Start (or connect to) what ``spec`` describes; stop what was started on exit."""
+    if spec.kind in LOCAL_SCHEDULERS:
+        yield Executor(spec)
+        return
+    from distributed import Client
+
+    if spec.kind == "client":
+        yield Executor(spec, client=spec.client)
+        return
+    if spec.kind == "address":
+        try:
+            client = Client(spec.address, timeout="10s")
+        except OSError as e:
+            raise ClusterError(
+                f"cannot connect to the scheduler at {spec.address!r} ({e}); is it running? "
+                "Start one with `dask scheduler`, or use cluster='local'"
+            ) from e
+        try:
+            yield Executor(spec, client=client)
+        finally:
+            client.close()
+        return
+    import multiprocessing
+
+    from distributed import LocalCluster
+
+    if (
+        multiprocessing.parent_process() is not None
+        and multiprocessing.current_process().name != "MainProcess"
+    ):
+        raise ClusterError(
+            "daskbatch.run was called while a worker process was starting. " + GUARD_HINT
+        )
+    try:
+        cluster = LocalCluster(
+            n_workers=spec.n_workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=_dashboard_address(),
+        )
+    except Exception as e:
+        raise ClusterError(
+            f"the local cluster did not start ({type(e).__name__}: {e}). {GUARD_HINT}"
+        ) from e
+    client = Client(cluster)
+    executor = Executor(spec, client=client, cluster=cluster)
+    try:
+        yield executor
+    finally:
+        executor.close()

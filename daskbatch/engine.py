@@ -1,0 +1,598 @@
+"""The run: pending blocks → a blockwise dask graph → a scheduler → summaries.
+
+:func:`run` checks every argument before it touches the store or starts a worker,
+compares the store's fingerprint when the store exists, creates the store from a
+template when it does not, and computes only the blocks whose commit marker is
+missing. Each block task runs the kernel and writes the block into its own Zarr
+chunks; only a small summary per block comes back to the driver, so memory stays
+flat however many samples there are.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import hashlib
+import html
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from . import __version__
+from .chunking import chunks_from_block_shape, plan_block_shape
+from .cluster import parse_cluster, start_executor
+from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
+from .kernel import STATUS, Kernel
+from .progress import Progress
+from .space import Space
+from .store import Layout, Store
+
+__all__ = ["RunResult", "StoreStatus", "open", "run", "status"]
+
+_PROBE_SAMPLES = 16
+_SHOWN_ERRORS = 5
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _counts_dict(counts: np.ndarray) -> dict[str, int]:
+    return {name: int(counts[code]) for name, code in STATUS.items()}
+
+
+@dataclass
+class StoreStatus:
+    """Totals of a store: samples and blocks done, failed and pending.
+
+    ``samples["pending"]`` counts the samples of blocks without a commit marker.
+    """
+
+    store: str
+    samples: dict[str, int]
+    n_samples: int
+    blocks_done: int
+    blocks_total: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    last_run: dict[str, Any] | None = None
+    kernel: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.blocks_done == self.blocks_total
+
+    @property
+    def n_failed(self) -> int:
+        return self.n_samples - self.samples["ok"] - self.samples["pending"]
+
+    def _state(self) -> str:
+        if self.complete:
+            return "complete"
+        run = self.last_run or {}
+        if run.get("state") == "running":
+            return "running, or stopped without finishing (resume with `daskbatch resume STORE`)"
+        return "incomplete (resume with `daskbatch resume STORE`)"
+
+    def _lines(self) -> list[str]:
+        s = self.samples
+        pct = 100.0 * (self.n_samples - s["pending"]) / self.n_samples if self.n_samples else 100.0
+        lines = [
+            f"store:    {self.store}",
+            f"kernel:   {self.kernel}",
+            f"state:    {self._state()}",
+            f"samples:  {self.n_samples:,} total: {s['ok']:,} ok, {s['failed']:,} failed, "
+            f"{s['timeout']:,} timed out, {s['crashed']:,} crashed, {s['pending']:,} pending "
+            f"({pct:.1f}% done)",
+            f"blocks:   {self.blocks_done:,} of {self.blocks_total:,} done",
+        ]
+        if self.errors:
+            lines.append("errors (first ones):")
+            lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[:_SHOWN_ERRORS]]
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self._lines())
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+@dataclass
+class RunResult(StoreStatus):
+    """What :func:`run` returns: the store's totals plus what this call did."""
+
+    blocks_computed: int = 0
+    samples_computed: int = 0
+    wall_seconds: float = 0.0
+    cluster: str = ""
+    dashboard: str | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_computed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def _lines(self) -> list[str]:
+        lines = super()._lines()
+        if self.blocks_computed:
+            lines.insert(
+                3,
+                f"this run: {self.samples_computed:,} samples in {self.blocks_computed:,} blocks, "
+                f"{self.wall_seconds:.2f} s, {self.samples_per_second:,.0f} samples/s on "
+                f"{self.cluster}",
+            )
+        else:
+            lines.insert(3, "this run: nothing to compute, every block was already done")
+        return lines
+
+    def open(self):
+        """The results as a lazy :class:`xarray.Dataset` (see :func:`open`)."""
+        return open(self.store)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufU":
+            raise DaskbatchError(f"{where}: arrays of dtype {value.dtype} cannot be recorded")
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise DaskbatchError(
+        f"{where}={value!r} cannot be recorded in the store; constants must be numbers, "
+        "strings, booleans, lists, dicts or numpy arrays"
+    )
+
+
+def _space_fingerprint(space: Space) -> dict[str, Any]:
+    spec = dict(space.spec())
+    spec.pop("path", None)  # a table is identified by its contents, not where it lies
+    return spec
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _describe_difference(name: str, stored: Any, now: Any) -> str:
+    if isinstance(stored, dict) and isinstance(now, dict):
+        keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        parts = [f"{k}: {_short(stored.get(k))} -> {_short(now.get(k))}" for k in keys[:4]]
+        return f"{name} ({'; '.join(parts)})"
+    return f"{name} ({_short(stored)} -> {_short(now)})"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants):
+    if not isinstance(kernel, Kernel):
+        raise KernelSignatureError(
+            f"kernel={kernel!r} is not a daskbatch kernel; decorate the function with "
+            "@daskbatch.kernel(outputs={...})"
+        )
+    if not isinstance(space, Space):
+        raise DaskbatchError(
+            f"space={space!r} is not a parameter space; use daskbatch.Grid, Table or MonteCarlo"
+        )
+    if not (chunk_size == "auto" or isinstance(chunk_size, int | Mapping)) or isinstance(
+        chunk_size, bool
+    ):
+        raise DaskbatchError(
+            f"chunk_size={chunk_size!r} is not valid; use 'auto', a number of samples per block, "
+            "or a dict of block sizes per batch dim"
+        )
+    for name, value in (("progress", progress), ("overwrite", overwrite)):
+        if not isinstance(value, bool):
+            raise DaskbatchError(f"{name}={value!r} must be True or False")
+    if constants is not None and not isinstance(constants, Mapping):
+        raise DaskbatchError(f"constants={constants!r} must be a dict of keyword arguments")
+
+
+# --------------------------------------------------------------------------- block task
+
+
+@dataclass(frozen=True)
+class _BlockContext:
+    kernel: Kernel
+    store: str
+    layout: Layout
+    param_names: tuple[str, ...]
+    constants: Mapping[str, Any]
+
+
+def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
+    """Run one block and commit it to the store; return a small summary."""
+    layout = ctx.layout
+    nd = len(layout.batch_dims)
+    index_arrays, param_arrays = arrays[:nd], arrays[nd:]
+    starts = tuple(int(a[0]) for a in index_arrays)
+    block = tuple(s // b for s, b in zip(starts, layout.block_shape, strict=True))
+    batch_shape = tuple(len(a) for a in index_arrays)
+    kernel_params: dict[str, np.ndarray] = {}
+    stored_params: dict[str, np.ndarray] = {}
+    for name, arr in zip(ctx.param_names, param_arrays, strict=True):
+        p = layout.params[name]
+        if p.is_axis:
+            shape = [1] * nd
+            shape[layout.batch_dims.index(name)] = -1
+            kernel_params[name] = np.asarray(arr).reshape(shape)
+        else:
+            kernel_params[name] = stored_params[name] = np.asarray(arr)
+
+    def label(pos: tuple[int, ...]) -> str:
+        glob = [s + p for s, p in zip(starts, pos, strict=True)]
+        if not layout.batch_coords:
+            return "sample " + ", ".join(str(g) for g in glob)
+        parts = []
+        for d, g in zip(layout.batch_dims, glob, strict=True):
+            c = layout.batch_coords.get(d)
+            parts.append(f"{d}={c[g].item()!r}" if c is not None else f"{d}={g}")
+        return "sample " + ", ".join(parts)
+
+    res = ctx.kernel.run_block(kernel_params, batch_shape, ctx.constants, label)
+    counts = Store(ctx.store).write_block(
+        layout, block, stored_params, res.outputs, res.status, res.errors, res.n_errors, res.seconds
+    )
+    out = np.empty((1,) * nd, dtype=object)
+    out[(0,) * nd] = {
+        "block": block,
+        "counts": counts.tolist(),
+        "errors": res.errors[:_SHOWN_ERRORS],
+        "seconds": res.seconds,
+    }
+    return out
+
+
+def _build_tasks(space: Space, layout: Layout, ctx: _BlockContext):
+    """One dask Delayed per block, from a blockwise map over the parameter arrays."""
+    chunks = chunks_from_block_shape(layout.batch_shape, layout.block_shape)
+    out_ind = tuple(f"b{i}" for i in range(len(layout.batch_dims)))
+    args: list[Any] = []
+    for i, (n, c) in enumerate(zip(layout.batch_shape, chunks, strict=True)):
+        args += [da.arange(n, chunks=(c,), dtype=np.int64), (out_ind[i],)]
+    arrays = space.to_dask(chunks)
+    for name in ctx.param_names:
+        p = layout.params[name]
+        ind = tuple(
+            out_ind[layout.batch_dims.index(d)] for d in p.dims[: len(p.dims) - len(p.core_shape)]
+        )
+        ind += tuple(f"{name}.core{j}" for j in range(len(p.core_shape)))
+        args += [arrays[name], ind]
+    token = hashlib.sha256(f"{ctx.store}{layout.store_id}".encode()).hexdigest()[:12]
+    summaries = da.blockwise(
+        _block_task,
+        out_ind,
+        *args,
+        ctx=ctx,
+        concatenate=True,
+        adjust_chunks={i: 1 for i in out_ind},
+        dtype=object,
+        meta=np.empty((0,) * len(out_ind), dtype=object),
+        name=f"daskbatch-block-{token}",
+    )
+    return summaries.to_delayed(optimize_graph=True)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _store_status(store: Store, info: Mapping[str, Any], cls=StoreStatus, **extra) -> StoreStatus:
+    done = store.done_mask()
+    counts = store.block_counts()
+    n_samples = int(math.prod(info["layout"]["batch_shape"]))
+    totals = counts.reshape(-1, len(STATUS)).sum(axis=0)
+    samples = _counts_dict(totals)
+    samples["pending"] = n_samples - int(totals.sum()) + int(totals[STATUS["pending"]])
+    failing = [
+        tuple(int(i) for i in idx)
+        for idx in np.argwhere(done & (counts[..., STATUS["ok"]] < counts.sum(axis=-1)))
+    ][:_SHOWN_ERRORS]
+    errors = [e for doc in store.block_errors(failing) for e in doc["errors"]]
+    history = info.get("history") or [None]
+    return cls(
+        store=str(store.path),
+        samples=samples,
+        n_samples=n_samples,
+        blocks_done=int(done.sum()),
+        blocks_total=int(done.size),
+        errors=errors[:_SHOWN_ERRORS],
+        last_run=history[-1],
+        kernel=info.get("kernel", {}).get("identity", ""),
+        **extra,
+    )
+
+
+def run(
+    kernel: Kernel,
+    space: Space,
+    store: str | os.PathLike[str],
+    *,
+    cluster: Any = "local",
+    n_workers: int | None = None,
+    chunk_size: int | str | Mapping[str, int] = "auto",
+    progress: bool = True,
+    overwrite: bool = False,
+    constants: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
+
+    Running the same call again continues where it stopped: blocks with a commit
+    marker are skipped, so a finished store computes nothing.
+
+    Parameters
+    ----------
+    kernel
+        A function decorated with :func:`daskbatch.kernel`.
+    space
+        A :class:`~daskbatch.Grid`, :class:`~daskbatch.Table` or
+        :class:`~daskbatch.MonteCarlo`.
+    store
+        Directory of the Zarr store (created if missing; its parent must exist).
+    cluster
+        ``"local"`` (a LocalCluster, one single-threaded process per core),
+        ``"processes"``, ``"threads"``, ``"serial"``, a scheduler address such as
+        ``"tcp://10.0.0.1:8786"``, or a :class:`distributed.Client`.
+    n_workers
+        Workers for ``"local"``, ``"processes"`` and ``"threads"`` (default: the
+        cores available).
+    chunk_size
+        Samples per block: ``"auto"``, an int (spread over the batch dims, trailing
+        dims first), or a dict of block sizes per batch dim.
+    progress
+        Show a progress bar (samples, rate, ETA, failures).
+    overwrite
+        Discard an existing daskbatch store at ``store`` and start again.
+    constants
+        Keyword arguments passed unchanged to every kernel call.
+
+    Returns
+    -------
+    RunResult
+        Totals (ok, failed, pending), the first errors, wall time and samples/s.
+
+    Examples
+    --------
+    >>> import daskbatch as db, tempfile, os
+    >>> @db.kernel(outputs={"y": db.Output()})
+    ... def square(x):
+    ...     return x * x
+    >>> path = os.path.join(tempfile.mkdtemp(), "sq.zarr")
+    >>> res = db.run(square, db.Grid(x=[1.0, 2.0, 3.0]), path, cluster="serial", progress=False)
+    >>> db.open(path).y.values.tolist()
+    [1.0, 4.0, 9.0]
+    """
+    t_start = time.perf_counter()
+    _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants)
+    constants = dict(constants or {})
+    constants_json = _jsonable(constants, "constants")
+    kernel.check_arguments(space.params, constants)
+    spec = parse_cluster(cluster, n_workers)
+    st = Store(store)
+    st.check_writable()
+    if st.is_foreign():
+        raise StoreError(
+            f"store={str(st.path)!r} is not empty and was not written by daskbatch; choose a new "
+            "path (daskbatch never deletes data it did not write)"
+        )
+    info = None if overwrite else st.info()
+    space_fp = _space_fingerprint(space)
+    if info is not None:
+        stored_layout = info["layout"]
+        now = {"kernel": kernel.spec(), "space": space_fp, "constants": constants_json}
+        diffs = [
+            _describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v
+        ]
+        if chunk_size != "auto":
+            bs = plan_block_shape(space.batch_dims, space.batch_shape, chunk_size, n_workers=1)
+            if list(bs) != stored_layout["block_shape"]:
+                diffs.append(f"chunking (block shape {stored_layout['block_shape']} -> {list(bs)})")
+        if diffs:
+            raise FingerprintMismatchError(
+                f"store {str(st.path)!r} was written by a different run; what differs: "
+                + ", ".join(diffs)
+                + ". Pass overwrite=True to discard it and start again, or use a new store path"
+            )
+        block_shape = tuple(stored_layout["block_shape"])
+    else:
+        block_shape = None
+
+    # a first look at the kernel, in this process: outputs that cannot be stored fail here
+    probe = None
+    if info is None:
+        n_probe = min(_PROBE_SAMPLES, space.size)
+        first = plan_block_shape(space.batch_dims, space.batch_shape, n_probe, n_workers=1)
+        slices = tuple(slice(0, b) for b in first)
+        probe_params = {}
+        for name, values in space.block(slices).items():
+            p = space.params[name]
+            if p.is_axis:
+                shape = [1] * len(space.batch_dims)
+                shape[space.batch_dims.index(name)] = -1
+                values = values.reshape(shape)
+            probe_params[name] = values
+        probe = kernel.probe(probe_params, first, constants)
+        probe_seconds = probe.seconds / math.prod(first)
+        out_bytes = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
+        in_bytes = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
+    layout_args = dict(
+        batch_dims=space.batch_dims,
+        batch_shape=space.batch_shape,
+        params=space.params,
+        outputs=kernel.outputs,
+        batch_coords=space.batch_coords(),
+    )
+
+    with start_executor(spec) as executor:
+        if block_shape is None:
+            block_shape = plan_block_shape(
+                space.batch_dims,
+                space.batch_shape,
+                chunk_size,
+                n_workers=executor.n_workers,
+                seconds_per_sample=probe_seconds if probe is not None else None,
+                bytes_per_sample=in_bytes + out_bytes if probe is not None else None,
+            )
+            layout = Layout(block_shape=block_shape, store_id=uuid.uuid4().hex, **layout_args)
+            layout.validate()
+            info = {
+                "format": 1,
+                "version": __version__,
+                "store_id": layout.store_id,
+                "kernel": kernel.spec(),
+                "kernel_file": kernel.source_file(),
+                "kernel_source_sha256": kernel.source_hash(),
+                "space": space_fp,
+                "space_spec": space.spec(),
+                "seed": space.seed,
+                "constants": constants_json,
+                "layout": {
+                    "batch_dims": list(space.batch_dims),
+                    "batch_shape": list(space.batch_shape),
+                    "block_shape": list(block_shape),
+                    "numblocks": list(layout.numblocks),
+                },
+                "fingerprint": "",
+                "history": [],
+            }
+            info["fingerprint"] = _digest(
+                {k: info[k] for k in ("kernel", "space", "constants", "layout")}
+            )
+            st.create(layout, info, overwrite=True)
+        else:
+            layout = Layout(block_shape=block_shape, store_id=info["store_id"], **layout_args)
+
+        done = st.done_mask()
+        pending = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
+        before = _store_status(st, info)
+        dashboard = executor.dashboard_link
+        entry = {
+            "start": _now(),
+            "state": "running",
+            "cluster": executor.description,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": _user(),
+            "blocks_pending": len(pending),
+        }
+        if pending:
+            info["history"] = [*info.get("history", []), entry]
+            st.update_info(info)
+        if progress and dashboard and pending:
+            print(f"daskbatch: Dask dashboard at {dashboard}", flush=True)
+        computed = {"blocks": 0, "samples": 0}
+        t_compute = time.perf_counter()
+        bar = Progress(
+            before.n_samples,
+            initial=before.n_samples - before.samples["pending"],
+            failed=before.n_failed,
+            enabled=progress and bool(pending),
+        )
+
+        def on_done(result: np.ndarray) -> None:
+            summary = result.flat[0]
+            counts = summary["counts"]
+            n = sum(counts)
+            computed["blocks"] += 1
+            computed["samples"] += n
+            bar.update(n, n - counts[STATUS["ok"]])
+
+        try:
+            if pending:
+                ctx = _BlockContext(
+                    kernel=kernel,
+                    store=str(st.path),
+                    layout=layout,
+                    param_names=tuple(space.params),
+                    constants=constants,
+                )
+                tasks = _build_tasks(space, layout, ctx)
+                executor.compute([tasks[b] for b in pending], on_done)
+        except BaseException as exc:
+            bar.close()
+            if pending:
+                entry.update(state="stopped", end=_now(), error=f"{type(exc).__name__}: {exc}")
+                entry["blocks_computed"] = computed["blocks"]
+                info["history"][-1] = entry
+                st.update_info(info)
+            raise
+        bar.close()
+        wall = time.perf_counter() - t_compute
+        if pending:
+            entry.update(
+                state="finished",
+                end=_now(),
+                blocks_computed=computed["blocks"],
+                samples_computed=computed["samples"],
+                wall_seconds=round(wall, 3),
+                total_seconds=round(time.perf_counter() - t_start, 3),
+            )
+            info["history"][-1] = entry
+            st.update_info(info)
+        return _store_status(
+            st,
+            info,
+            cls=RunResult,
+            blocks_computed=computed["blocks"],
+            samples_computed=computed["samples"],
+            wall_seconds=wall,
+            cluster=executor.description,
+            dashboard=dashboard,
+        )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # pragma: no cover - no user name in a container
+        return ""
+
+
+def status(store: str | os.PathLike[str]) -> StoreStatus:
+    """Totals of samples and blocks done, failed and pending in ``store``.
+
+    Examples
+    --------
+    >>> import daskbatch as db, tempfile, os
+    >>> @db.kernel(outputs={"y": db.Output()})
+    ... def double(x):
+    ...     return 2 * x
+    >>> path = os.path.join(tempfile.mkdtemp(), "d.zarr")
+    >>> _ = db.run(double, db.Grid(x=[1.0, 2.0]), path, cluster="serial", progress=False)
+    >>> db.status(path).samples["ok"]
+    2
+    """
+    st = Store(store)
+    return _store_status(st, st.require_info())
+
+
+def open(store: str | os.PathLike[str]):
+    """Open a store as a lazy, dask-backed :class:`xarray.Dataset`.
+
+    Batch dims carry their coordinates (``sample`` indices, or the grid axes);
+    the variables are the parameters, the outputs, and ``status`` (0 pending,
+    1 ok, 2 failed, 3 timeout, 4 crashed). ``xarray.open_zarr(store)`` opens the
+    same store.
+    """
+    return Store(store).open_dataset()

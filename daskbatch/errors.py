@@ -1,0 +1,56 @@
+"""Errors raised by daskbatch.
+
+Every error subclasses :class:`DaskbatchError`, itself a :class:`ValueError`, so a
+caller can catch them all at once; subclasses also inherit the builtin that fits
+(``FileExistsError`` for a store that belongs to someone else, ...).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClusterError",
+    "DaskbatchError",
+    "FingerprintMismatchError",
+    "KernelSignatureError",
+    "OutputSpecError",
+    "SpaceError",
+    "SpecFileError",
+    "StoreError",
+    "StoreExistsError",
+]
+
+
+class DaskbatchError(ValueError):
+    """Base class of every error daskbatch raises on purpose."""
+
+
+class SpaceError(DaskbatchError):
+    """A parameter space or distribution was given invalid values."""
+
+
+class KernelSignatureError(DaskbatchError, TypeError):
+    """The kernel's arguments do not match the parameters and constants."""
+
+
+class OutputSpecError(DaskbatchError):
+    """A kernel returned outputs that do not match its declared ``outputs``."""
+
+
+class StoreError(DaskbatchError):
+    """The store path cannot be used, or the store is not a daskbatch store."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """The store path holds data that daskbatch did not write."""
+
+
+class FingerprintMismatchError(StoreError):
+    """An existing store was written by a different kernel, space or chunking."""
+
+
+class ClusterError(DaskbatchError, RuntimeError):
+    """The ``cluster=`` argument cannot be turned into a scheduler."""
+
+
+class SpecFileError(DaskbatchError):
+    """A TOML spec file has unknown keys or values of the wrong type."""

@@ -1,0 +1,1 @@
+"""Numerical cores that ship with daskbatch, for demos, tests and benchmarks."""

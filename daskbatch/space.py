@@ -1,0 +1,521 @@
+"""Parameter spaces: what to run the kernel over.
+
+A space knows its *batch dims* (``sample`` for a Monte Carlo design or a table, one
+dim per axis for a grid), the parameters and their core dims, and how to produce the
+parameter values of any block of samples on its own. :meth:`Space.to_dask` turns it
+into lazy dask arrays chunked along the batch dims; nothing is materialised until a
+block is computed, so a space of 10^9 samples costs no memory up front.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from .distributions import Distribution
+from .distributions import from_spec as dist_from_spec
+from .errors import SpaceError
+from .random import uniforms
+
+__all__ = ["Grid", "MonteCarlo", "Param", "Space", "Table", "space_from_spec"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its dims (batch dims it varies along, then core dims) and dtype."""
+
+    name: str
+    dims: tuple[str, ...]
+    core_shape: tuple[int, ...]
+    dtype: np.dtype
+    is_axis: bool = False  # a grid axis: stored as the coordinate of its own dim
+
+    @property
+    def core_dims(self) -> tuple[str, ...]:
+        return self.dims[len(self.dims) - len(self.core_shape) :]
+
+
+def _check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SpaceError(
+            f"{kind}: parameter name {name!r} must be a valid Python identifier "
+            "(it is passed to the kernel as a keyword argument)"
+        )
+    return name
+
+
+class Space:
+    """Base class of parameter spaces. Use :class:`Grid`, :class:`Table` or :class:`MonteCarlo`."""
+
+    batch_dims: tuple[str, ...]
+    batch_shape: tuple[int, ...]
+    params: dict[str, Param]
+
+    @property
+    def size(self) -> int:
+        """Total number of samples."""
+        return math.prod(self.batch_shape)
+
+    @property
+    def seed(self) -> int | None:
+        return None
+
+    def batch_coords(self) -> dict[str, np.ndarray]:
+        """Coordinate values of batch dims that have labels (grid axes)."""
+        return {}
+
+    def to_dask(self, chunks: tuple[tuple[int, ...], ...]) -> dict[str, da.Array]:
+        """Lazy parameter arrays, chunked along the batch dims as ``chunks`` says."""
+        raise NotImplementedError
+
+    def block(self, slices: tuple[slice, ...]) -> dict[str, np.ndarray]:
+        """The parameter values of one block (a slice per batch dim), computed eagerly."""
+        raise NotImplementedError
+
+    def head(self, n: int) -> Space:
+        """A small space made of this space's first samples, for a smoke run."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description, stored in the store and used for fingerprints."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        dims = ", ".join(
+            f"{d}: {n}" for d, n in zip(self.batch_dims, self.batch_shape, strict=True)
+        )
+        params = ", ".join(self.params)
+        return f"<{type(self).__name__} ({dims}) {self.size:,} samples; params: {params}>"
+
+
+# --------------------------------------------------------------------------- Grid
+
+
+class Grid(Space):
+    """Full-factorial grid: one batch dim per axis, the axis values as its coordinate.
+
+    Parameters
+    ----------
+    **axes
+        ``name=values`` for each axis, in the order of the batch dims. Values are a
+        1-D list or array of numbers or strings.
+
+    Examples
+    --------
+    >>> g = Grid(rho1=np.logspace(1, 3, 50), rho2=np.logspace(0, 2, 40), h1=np.linspace(10, 100, 30))
+    >>> g.batch_shape, g.size
+    ((50, 40, 30), 60000)
+    """
+
+    def __init__(self, **axes: Any) -> None:
+        if not axes:
+            raise SpaceError("Grid: give at least one axis, e.g. Grid(x=[1, 2, 3])")
+        self.axes: dict[str, np.ndarray] = {}
+        for name, values in axes.items():
+            _check_name("Grid", name)
+            arr = np.asarray(values)
+            if arr.ndim != 1:
+                raise SpaceError(f"Grid: axis {name}={values!r} must be 1-D, got shape {arr.shape}")
+            if arr.size == 0:
+                raise SpaceError(f"Grid: axis {name!r} is empty; give at least one value")
+            if arr.dtype.kind not in "biufU":
+                raise SpaceError(
+                    f"Grid: axis {name!r} has values of type {arr.dtype}; use numbers or strings"
+                )
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise SpaceError(f"Grid: axis {name!r} contains NaN or inf: {arr.tolist()!r}")
+            self.axes[name] = arr
+        self.batch_dims = tuple(self.axes)
+        self.batch_shape = tuple(a.size for a in self.axes.values())
+        self.params = {n: Param(n, (n,), (), a.dtype, is_axis=True) for n, a in self.axes.items()}
+
+    def batch_coords(self) -> dict[str, np.ndarray]:
+        return dict(self.axes)
+
+    def to_dask(self, chunks):
+        return {
+            n: da.from_array(a, chunks=(c,), name=f"daskbatch-axis-{n}")
+            for (n, a), c in zip(self.axes.items(), chunks, strict=True)
+        }
+
+    def block(self, slices):
+        return {n: a[s] for (n, a), s in zip(self.axes.items(), slices, strict=True)}
+
+    def head(self, n: int) -> Grid:
+        # keep trailing axes whole where possible, cut the leading ones
+        out: dict[str, np.ndarray] = {}
+        budget = max(1, n)
+        for name in reversed(self.batch_dims):
+            a = self.axes[name]
+            k = max(1, min(a.size, budget))
+            out[name] = a[:k]
+            budget = max(1, budget // k)
+        return Grid(**{k: out[k] for k in self.batch_dims})
+
+    def spec(self):
+        return {"type": "grid", "axes": {n: a.tolist() for n, a in self.axes.items()}}
+
+
+# --------------------------------------------------------------------------- Table
+
+
+def _load_table(data: Any) -> dict[str, np.ndarray]:
+    """Read any supported table into ``{name: array}`` with the sample dim first."""
+    import pandas as pd
+    import xarray as xr
+
+    if isinstance(data, str | os.PathLike):
+        path = Path(data)
+        if not path.exists():
+            raise SpaceError(f"Table: file {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            data = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            try:
+                data = pd.read_parquet(path)
+            except ImportError as e:
+                raise SpaceError(
+                    "Table: reading Parquet needs pyarrow: pip install 'daskbatch[parquet]'"
+                ) from e
+        elif suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
+            data = xr.open_zarr(path).load()
+        else:
+            raise SpaceError(
+                f"Table: cannot read {str(path)!r}; give a .csv, .parquet or .zarr path"
+            )
+    if isinstance(data, pd.DataFrame):
+        dup = data.columns[data.columns.duplicated()].tolist()
+        if dup:
+            raise SpaceError(f"Table: duplicated column(s) {dup}; each parameter needs one column")
+        out = {}
+        for c in data.columns:
+            col = data[c]
+            if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
+                values = col.to_numpy(dtype=object)
+                kinds = {type(v).__name__ for v in values}
+                if kinds <= {"str"}:
+                    out[c] = values.astype(str)
+                    continue
+                bad = next(i for i, v in enumerate(values) if not isinstance(v, int | float))
+                raise SpaceError(
+                    f"Table: column {c!r} mixes numbers and text (row {bad}: {values[bad]!r}); "
+                    "a parameter column must be all numbers or all strings"
+                )
+            out[c] = col.to_numpy()
+        return out
+    if isinstance(data, xr.Dataset):
+        if not data.data_vars:
+            raise SpaceError("Table: the Dataset has no data variables")
+        first = next(iter(data.data_vars.values()))
+        if not first.dims:
+            raise SpaceError("Table: Dataset variables need a sample dim")
+        sdim = "sample" if "sample" in data.dims else first.dims[0]
+        out = {}
+        for name, var in data.data_vars.items():
+            if sdim not in var.dims:
+                raise SpaceError(
+                    f"Table: variable {name!r} has dims {var.dims}, without the sample dim {sdim!r}"
+                )
+            v = var.transpose(sdim, ...)
+            out[str(name)] = (np.asarray(v.values), tuple(str(d) for d in v.dims[1:]))
+        return out
+    if isinstance(data, Mapping):
+        return {k: np.asarray(v) for k, v in data.items()}
+    raise SpaceError(
+        f"Table: data of type {type(data).__name__} is not supported; give an xarray.Dataset, "
+        "a pandas.DataFrame, a dict of arrays, or a path to a .csv, .parquet or .zarr file"
+    )
+
+
+class Table(Space):
+    """One sample per row of a table.
+
+    Parameters
+    ----------
+    data
+        An :class:`xarray.Dataset` (a variable may carry core dims, e.g.
+        ``resistivity`` with dims ``(sample, layer)``), a :class:`pandas.DataFrame`,
+        a dict of arrays (2-D arrays get a core dim ``<name>_dim``), or a path to a
+        CSV, Parquet or Zarr file.
+
+    Examples
+    --------
+    >>> t = Table({"x": [1.0, 2.0, 3.0], "label": ["a", "b", "c"]})
+    >>> t.batch_shape
+    (3,)
+    """
+
+    batch_dims = ("sample",)
+
+    def __init__(self, data: Any) -> None:
+        self._source = str(Path(data).resolve()) if isinstance(data, str | os.PathLike) else None
+        loaded = _load_table(data)
+        if not loaded:
+            raise SpaceError("Table: no columns; give at least one parameter")
+        self.data: dict[str, np.ndarray] = {}
+        self.params = {}
+        n_rows = None
+        for name, item in loaded.items():
+            _check_name("Table", name)
+            arr, core_dims = item if isinstance(item, tuple) else (item, None)
+            arr = np.asarray(arr)
+            if arr.ndim == 0:
+                raise SpaceError(f"Table: column {name!r} is a scalar; give one value per row")
+            if core_dims is None:
+                core_dims = tuple(
+                    f"{name}_dim{i}" if arr.ndim > 2 else f"{name}_dim" for i in range(arr.ndim - 1)
+                )
+            if arr.dtype.kind == "O":
+                kinds = {type(v).__name__ for v in arr.ravel()}
+                if kinds <= {"str"}:
+                    arr = arr.astype(str)
+                else:
+                    raise SpaceError(
+                        f"Table: column {name!r} holds values of types {sorted(kinds)}; "
+                        "a parameter must be all numbers or all strings"
+                    )
+            if arr.dtype.kind not in "biufU":
+                raise SpaceError(f"Table: column {name!r} has unsupported type {arr.dtype}")
+            if n_rows is None:
+                n_rows = arr.shape[0]
+            elif arr.shape[0] != n_rows:
+                raise SpaceError(
+                    f"Table: column {name!r} has {arr.shape[0]} rows, others have {n_rows}"
+                )
+            if arr.dtype.kind in "fc":
+                bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    raise SpaceError(
+                        f"Table: column {name!r} has {int(bad.sum())} row(s) with NaN or inf "
+                        f"(first: row {row}, value {arr[row].tolist()!r}); "
+                        "drop or fill them before running"
+                    )
+            self.data[name] = arr
+            self.params[name] = Param(name, ("sample", *core_dims), arr.shape[1:], arr.dtype)
+        if not n_rows:
+            raise SpaceError("Table: the table has no rows")
+        self.batch_shape = (int(n_rows),)
+
+    def to_dask(self, chunks):
+        (c,) = chunks
+        return {
+            n: da.from_array(a, chunks=(c, *a.shape[1:]), name=f"daskbatch-table-{n}")
+            for n, a in self.data.items()
+        }
+
+    def block(self, slices):
+        (s,) = slices
+        return {n: a[s] for n, a in self.data.items()}
+
+    def head(self, n: int) -> Table:
+        import xarray as xr
+
+        return Table(
+            xr.Dataset({k: (self.params[k].dims, a[: max(1, n)]) for k, a in self.data.items()})
+        )
+
+    def spec(self):
+        import hashlib
+
+        h = hashlib.sha256()
+        for n in sorted(self.data):
+            a = np.ascontiguousarray(self.data[n])
+            h.update(n.encode() + str(a.dtype).encode() + str(a.shape).encode())
+            h.update(a.tobytes() if a.dtype.kind != "U" else "\x00".join(a.ravel()).encode())
+        out: dict[str, Any] = {
+            "type": "table",
+            "rows": self.batch_shape[0],
+            "columns": {n: list(p.dims) for n, p in self.params.items()},
+            "sha256": h.hexdigest(),
+        }
+        if self._source is not None:
+            out["path"] = self._source
+        return out
+
+
+# --------------------------------------------------------------------------- MonteCarlo
+
+
+class MonteCarlo(Space):
+    """Independent random samples; ``seed`` fixes every value bit for bit.
+
+    A value depends only on ``(seed, parameter name, sample index)``, never on the
+    chunking, the number of workers, the scheduler or where a run was resumed.
+
+    Parameters
+    ----------
+    dists
+        ``{name: distribution}``.
+    n
+        Number of samples.
+    seed
+        Non-negative integer. ``None`` draws one at random; it is recorded in the
+        store, so the run can still be reproduced.
+
+    Examples
+    --------
+    >>> from daskbatch import LogUniform, Normal
+    >>> mc = MonteCarlo({"rho": LogUniform(1, 1000, size=3), "h": Normal([30, 70], [5, 10])},
+    ...                 n=1000, seed=42)
+    >>> mc.block((slice(0, 2),))["rho"].shape
+    (2, 3)
+    """
+
+    batch_dims = ("sample",)
+
+    def __init__(self, dists: Mapping[str, Distribution], n: int, seed: int | None = None) -> None:
+        if not isinstance(dists, Mapping) or not dists:
+            raise SpaceError(
+                f"MonteCarlo: dists={dists!r} must be a non-empty dict of "
+                "{name: distribution}, e.g. {'x': Uniform(0, 1)}"
+            )
+        for name, d in dists.items():
+            _check_name("MonteCarlo", name)
+            if not isinstance(d, Distribution):
+                raise SpaceError(
+                    f"MonteCarlo: {name}={d!r} is not a distribution; use e.g. Uniform(0, 1)"
+                )
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise SpaceError(f"MonteCarlo: n={n!r} must be a positive integer")
+        if seed is None:
+            seed = secrets.randbits(63)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise SpaceError(f"MonteCarlo: seed={seed!r} must be a non-negative integer or None")
+        self.dists = dict(dists)
+        self.n = int(n)
+        self._seed = int(seed)
+        self.batch_shape = (self.n,)
+        self.params = {
+            name: Param(
+                name,
+                ("sample", *((d.dim or f"{name}_dim",) if d.shape else ())),
+                d.shape,
+                np.dtype("float64"),
+            )
+            for name, d in self.dists.items()
+        }
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def _draw(self, name: str, start: int, stop: int) -> np.ndarray:
+        d = self.dists[name]
+        u = uniforms(self._seed, name, np.arange(start, stop, dtype=np.int64), d.size)
+        return d.ppf(u)
+
+    def to_dask(self, chunks):
+        (c,) = chunks
+        out = {}
+        for name, d in self.dists.items():
+
+            def gen(block_info=None, _name=name):
+                start, stop = block_info[None]["array-location"][0]
+                return self._draw(_name, start, stop)
+
+            out[name] = da.map_blocks(
+                gen,
+                chunks=(c, *((s,) for s in d.shape)),
+                dtype=np.float64,
+                meta=np.empty((0,) * (1 + len(d.shape))),
+                name=f"daskbatch-mc-{name}-{self._seed}-{self.n}",
+            )
+        return out
+
+    def block(self, slices):
+        (s,) = slices
+        return {name: self._draw(name, s.start, s.stop) for name in self.dists}
+
+    def head(self, n: int) -> MonteCarlo:
+        return MonteCarlo(self.dists, n=max(1, min(n, self.n)), seed=self._seed)
+
+    def spec(self):
+        return {
+            "type": "montecarlo",
+            "n": self.n,
+            "seed": self._seed,
+            "params": {n: d.spec() for n, d in self.dists.items()},
+        }
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def _axis_from_spec(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, list):
+        return np.asarray(value)
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, args),) = value.items()
+        fns = {"linspace": np.linspace, "logspace": np.logspace, "arange": np.arange}
+        if kind in fns and isinstance(args, list) and all(isinstance(a, int | float) for a in args):
+            if kind != "arange" and len(args) == 3:
+                args = [args[0], args[1], int(args[2])]
+            return fns[kind](*args)
+    raise SpaceError(
+        f"space.axes.{name}: {value!r} is not a list of values or a table such as "
+        "{linspace = [10, 100, 30]}, {logspace = [1, 3, 50]} or {arange = [0, 10, 1]}"
+    )
+
+
+def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None) -> Space:
+    """Build a space from its :meth:`Space.spec` or from a TOML ``[space]`` table.
+
+    Examples
+    --------
+    >>> space_from_spec({"type": "grid", "axes": {"x": [1, 2], "y": {"linspace": [0, 1, 3]}}}).batch_shape
+    (2, 3)
+    """
+    if not isinstance(spec, Mapping):
+        raise SpaceError(f"space: expected a table, got {spec!r}")
+    kind = spec.get("type")
+    allowed = {
+        "grid": {"type", "axes"},
+        "montecarlo": {"type", "n", "seed", "params"},
+        "table": {"type", "path", "rows", "columns", "sha256"},
+    }
+    if kind not in allowed:
+        raise SpaceError(f"space.type={kind!r} is not one of {sorted(allowed)}")
+    unknown = sorted(set(spec) - allowed[kind])
+    if unknown:
+        raise SpaceError(
+            f"space: unknown key(s) {unknown} for type={kind!r}; allowed: {sorted(allowed[kind])}"
+        )
+    if kind == "grid":
+        axes = spec.get("axes")
+        if not isinstance(axes, Mapping) or not axes:
+            raise SpaceError("space.axes: give a table of axes, e.g. axes = {x = [1, 2, 3]}")
+        return Grid(**{k: _axis_from_spec(k, v) for k, v in axes.items()})
+    if kind == "montecarlo":
+        params = spec.get("params")
+        if not isinstance(params, Mapping) or not params:
+            raise SpaceError(
+                "space.params: give a table per parameter, e.g. [space.params.x] dist = 'uniform' ..."
+            )
+        dists = {k: dist_from_spec(v, where=f"space.params.{k}") for k, v in params.items()}
+        if "n" not in spec:
+            raise SpaceError("space.n: the number of samples is required for type='montecarlo'")
+        return MonteCarlo(dists, n=spec["n"], seed=spec.get("seed"))
+    path = spec.get("path")
+    if not isinstance(path, str):
+        raise SpaceError("space.path: a table space needs path = 'inputs.csv' (or .parquet, .zarr)")
+    p = Path(path)
+    if base_dir is not None and not p.is_absolute():
+        p = Path(base_dir) / p
+    table = Table(p)
+    expected = spec.get("sha256")
+    if expected is not None and table.spec()["sha256"] != expected:
+        raise SpaceError(
+            f"space.path: the file {str(p)!r} changed since the run started (its contents hash "
+            "differs); restore it, or start a new store"
+        )
+    return table
