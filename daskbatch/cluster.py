@@ -84,9 +84,7 @@ def parse_cluster(cluster: Any, n_workers: int | None = None) -> ClusterSpec:
         Client = None
     if Client is not None and isinstance(cluster, Client):
         if n_workers is not None:
-            raise ClusterError(
-                "n_workers cannot be used with an existing Client; scale its cluster instead"
-            )
+            raise ClusterError("n_workers cannot be used with an existing Client; scale its cluster instead")
         return ClusterSpec("client", None, client=cluster)
     if not isinstance(cluster, str):
         raise ClusterError(
@@ -245,9 +243,7 @@ def start_executor(spec: ClusterSpec) -> Iterator[Executor]:
         multiprocessing.parent_process() is not None
         and multiprocessing.current_process().name != "MainProcess"
     ):
-        raise ClusterError(
-            "daskbatch.run was called while a worker process was starting. " + GUARD_HINT
-        )
+        raise ClusterError("daskbatch.run was called while a worker process was starting. " + GUARD_HINT)
     try:
         cluster = LocalCluster(
             n_workers=spec.n_workers or default_workers(),
@@ -257,9 +253,7 @@ def start_executor(spec: ClusterSpec) -> Iterator[Executor]:
             dashboard_address=_dashboard_address(),
         )
     except Exception as e:
-        raise ClusterError(
-            f"the local cluster did not start ({type(e).__name__}: {e}). {GUARD_HINT}"
-        ) from e
+        raise ClusterError(f"the local cluster did not start ({type(e).__name__}: {e}). {GUARD_HINT}") from e
     client = Client(cluster)
     executor = Executor(spec, client=client, cluster=cluster)
     try:

@@ -52,17 +52,13 @@ class Distribution:
             if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
                 raise SpaceError(f"{cls}: size={size!r} must be a positive integer or None")
             if shape not in ((), (int(size),)):
-                raise SpaceError(
-                    f"{cls}: size={size} does not match parameters of length {shape[0]}"
-                )
+                raise SpaceError(f"{cls}: size={size} does not match parameters of length {shape[0]}")
             shape = (int(size),)
         if dim is not None and (not isinstance(dim, str) or not dim):
             raise SpaceError(f"{cls}: dim={dim!r} must be a non-empty string")
         self.shape: tuple[int, ...] = shape
         self.dim = dim
-        self._values = {
-            n: np.broadcast_to(a, shape) for n, a in zip(self._params, arrays, strict=True)
-        }
+        self._values = {n: np.broadcast_to(a, shape) for n, a in zip(self._params, arrays, strict=True)}
         self._raw = dict(zip(self._params, values, strict=True))
         self._check(**self._values)
 
@@ -151,9 +147,7 @@ class LogUniform(Distribution):
     def _check(self, low: np.ndarray, high: np.ndarray) -> None:
         _positive("LogUniform", "low", low)
         if np.any(low >= high):
-            raise SpaceError(
-                f"LogUniform: low={low.tolist()!r} must be below high={high.tolist()!r}"
-            )
+            raise SpaceError(f"LogUniform: low={low.tolist()!r} must be below high={high.tolist()!r}")
 
     def _ppf(self, u, low, high):
         return np.exp(np.log(low) + (np.log(high) - np.log(low)) * u)
@@ -223,9 +217,7 @@ class LogNormal(Distribution):
         return out
 
 
-_KINDS: dict[str, type[Distribution]] = {
-    c.kind: c for c in (Uniform, LogUniform, Normal, LogNormal)
-}
+_KINDS: dict[str, type[Distribution]] = {c.kind: c for c in (Uniform, LogUniform, Normal, LogNormal)}
 
 
 def from_spec(spec: dict[str, Any], *, where: str = "distribution") -> Distribution:
@@ -237,9 +229,7 @@ def from_spec(spec: dict[str, Any], *, where: str = "distribution") -> Distribut
     Normal(mean=0, sd=1)
     """
     if not isinstance(spec, dict):
-        raise SpaceError(
-            f"{where}: expected a table such as {{dist = 'uniform', ...}}, got {spec!r}"
-        )
+        raise SpaceError(f"{where}: expected a table such as {{dist = 'uniform', ...}}, got {spec!r}")
     kind = spec.get("dist")
     if kind not in _KINDS:
         raise SpaceError(f"{where}: dist={kind!r} is not one of {sorted(_KINDS)}")
@@ -247,9 +237,7 @@ def from_spec(spec: dict[str, Any], *, where: str = "distribution") -> Distribut
     allowed = {*cls._params, "size", "dim", "dist"} | ({"base"} if cls is LogNormal else set())
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise SpaceError(
-            f"{where}: unknown key(s) {unknown} for dist={kind!r}; allowed: {sorted(allowed)}"
-        )
+        raise SpaceError(f"{where}: unknown key(s) {unknown} for dist={kind!r}; allowed: {sorted(allowed)}")
     missing = [p for p in cls._params if p not in spec]
     if missing:
         raise SpaceError(f"{where}: dist={kind!r} needs {missing}")

@@ -196,9 +196,7 @@ def _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants
         raise DaskbatchError(
             f"space={space!r} is not a parameter space; use daskbatch.Grid, Table or MonteCarlo"
         )
-    if not (chunk_size == "auto" or isinstance(chunk_size, int | Mapping)) or isinstance(
-        chunk_size, bool
-    ):
+    if not (chunk_size == "auto" or isinstance(chunk_size, int | Mapping)) or isinstance(chunk_size, bool):
         raise DaskbatchError(
             f"chunk_size={chunk_size!r} is not valid; use 'auto', a number of samples per block, "
             "or a dict of block sizes per batch dim"
@@ -275,9 +273,7 @@ def _build_tasks(space: Space, layout: Layout, ctx: _BlockContext):
     arrays = space.to_dask(chunks)
     for name in ctx.param_names:
         p = layout.params[name]
-        ind = tuple(
-            out_ind[layout.batch_dims.index(d)] for d in p.dims[: len(p.dims) - len(p.core_shape)]
-        )
+        ind = tuple(out_ind[layout.batch_dims.index(d)] for d in p.dims[: len(p.dims) - len(p.core_shape)])
         ind += tuple(f"{name}.core{j}" for j in range(len(p.core_shape)))
         args += [arrays[name], ind]
     token = hashlib.sha256(f"{ctx.store}{layout.store_id}".encode()).hexdigest()[:12]
@@ -401,9 +397,7 @@ def run(
     if info is not None:
         stored_layout = info["layout"]
         now = {"kernel": kernel.spec(), "space": space_fp, "constants": constants_json}
-        diffs = [
-            _describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v
-        ]
+        diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
         if chunk_size != "auto":
             bs = plan_block_shape(space.batch_dims, space.batch_shape, chunk_size, n_workers=1)
             if list(bs) != stored_layout["block_shape"]:
@@ -476,9 +470,7 @@ def run(
                 "fingerprint": "",
                 "history": [],
             }
-            info["fingerprint"] = _digest(
-                {k: info[k] for k in ("kernel", "space", "constants", "layout")}
-            )
+            info["fingerprint"] = _digest({k: info[k] for k in ("kernel", "space", "constants", "layout")})
             st.create(layout, info, overwrite=True)
         else:
             layout = Layout(block_shape=block_shape, store_id=info["store_id"], **layout_args)

@@ -89,9 +89,7 @@ class Output:
         dims = (self.dims,) if isinstance(self.dims, str) else tuple(self.dims)
         shape = (self.shape,) if isinstance(self.shape, int) else tuple(self.shape)
         if len(dims) != len(shape):
-            raise OutputSpecError(
-                f"Output: dims={dims!r} and shape={shape!r} must have the same length"
-            )
+            raise OutputSpecError(f"Output: dims={dims!r} and shape={shape!r} must have the same length")
         for s in shape:
             if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1:
                 raise OutputSpecError(f"Output: shape={shape!r} must hold positive integers")
@@ -105,9 +103,7 @@ class Output:
         coords = {}
         for d, values in (self.coords or {}).items():
             if d not in dims:
-                raise OutputSpecError(
-                    f"Output: coords for {d!r}, which is not one of dims={dims!r}"
-                )
+                raise OutputSpecError(f"Output: coords for {d!r}, which is not one of dims={dims!r}")
             arr = np.asarray(values)
             if arr.shape != (shape[dims.index(d)],):
                 raise OutputSpecError(
@@ -127,9 +123,7 @@ class Output:
             "dims": list(self.dims),
             "shape": list(self.shape),
             "dtype": str(self.dtype),
-            "fill": None
-            if isinstance(fill, float) and math.isnan(fill)
-            else np.asarray(fill).item(),
+            "fill": None if isinstance(fill, float) and math.isnan(fill) else np.asarray(fill).item(),
         }
 
 
@@ -177,9 +171,7 @@ class Kernel:
         if not callable(func):
             raise KernelSignatureError(f"kernel: {func!r} is not callable")
         if isinstance(outputs, Output):
-            raise KernelSignatureError(
-                "kernel: outputs must name each output, e.g. outputs={'y': Output()}"
-            )
+            raise KernelSignatureError("kernel: outputs must name each output, e.g. outputs={'y': Output()}")
         if not isinstance(outputs, Mapping) or not outputs:
             raise KernelSignatureError(
                 f"kernel: outputs={outputs!r} must be a non-empty dict {{name: Output(...)}}"
@@ -203,9 +195,7 @@ class Kernel:
         self.__wrapped__ = func
         sig = inspect.signature(func)
         self._args = {
-            n: p
-            for n, p in sig.parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            n: p for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
         self._varkw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
         positional_only = [n for n, p in sig.parameters.items() if p.kind is p.POSITIONAL_ONLY]
@@ -217,14 +207,11 @@ class Kernel:
         self.wants_state = "state" in self._args
         if self.wants_state and setup is None:
             raise KernelSignatureError(
-                f"kernel {self.name!r} takes 'state' but has no setup=; 'state' is what "
-                "setup() returns"
+                f"kernel {self.name!r} takes 'state' but has no setup=; 'state' is what setup() returns"
             )
         for n in self.outputs:
             if n in self._args:
-                raise KernelSignatureError(
-                    f"kernel {self.name!r}: output {n!r} has the name of an argument"
-                )
+                raise KernelSignatureError(f"kernel {self.name!r}: output {n!r} has the name of an argument")
 
     # ------------------------------------------------------------------ identity
 
@@ -263,9 +250,7 @@ class Kernel:
         return self.func(*args, **kwargs)
 
     def __repr__(self) -> str:
-        outs = ", ".join(
-            f"{k}{list(v.dims) if v.dims else ''}: {v.dtype}" for k, v in self.outputs.items()
-        )
+        outs = ", ".join(f"{k}{list(v.dims) if v.dims else ''}: {v.dtype}" for k, v in self.outputs.items())
         mode = "per sample" if self.per_sample else "per block"
         safe = "thread-safe" if self.threadsafe else "not thread-safe"
         return f"<daskbatch.Kernel {self.identity} ({mode}, {safe}) -> {outs}>"
@@ -311,9 +296,7 @@ class Kernel:
                     "to the kernel's signature"
                 )
         missing = sorted(
-            n
-            for n, p in self._args.items()
-            if p.default is p.empty and n not in given and n != "state"
+            n for n, p in self._args.items() if p.default is p.empty and n not in given and n != "state"
         )
         if missing:
             raise KernelSignatureError(
@@ -395,10 +378,7 @@ class Kernel:
         if self.wants_state:
             constants["state"] = state
         n = math.prod(batch_shape)
-        outputs = {
-            k: np.full(batch_shape + o.shape, o.fill, dtype=o.dtype)
-            for k, o in self.outputs.items()
-        }
+        outputs = {k: np.full(batch_shape + o.shape, o.fill, dtype=o.dtype) for k, o in self.outputs.items()}
         status = np.full(batch_shape, PENDING, dtype=np.int8)
         errors: list[dict[str, Any]] = []
         flat = {
@@ -451,9 +431,7 @@ class Kernel:
                     one_sample(i)
             else:
                 try:
-                    block_params = {
-                        k: np.array(_broadcast(v, batch_shape)) for k, v in params.items()
-                    }
+                    block_params = {k: np.array(_broadcast(v, batch_shape)) for k, v in params.items()}
                     result = self.func(**block_params, **constants)
                     values = self._as_dict(result, "block")
                     for k in self.outputs:
@@ -477,9 +455,7 @@ class Kernel:
         (wrong shape, dtype or names) fails before a store is created or a worker
         started. Other exceptions are left to the run, where failures are data.
         """
-        res = self.run_block(
-            params, batch_shape, constants, label=lambda idx: f"probe sample {idx}"
-        )
+        res = self.run_block(params, batch_shape, constants, label=lambda idx: f"probe sample {idx}")
         for err in res.errors:
             if err["error"].startswith("OutputSpecError"):
                 raise OutputSpecError(err["error"].removeprefix("OutputSpecError: "))
@@ -509,9 +485,7 @@ def _last_frame(exc: BaseException) -> str:
 
 
 def _rebuild_kernel(func, outputs, per_sample, threadsafe, setup, name) -> Kernel:
-    return Kernel(
-        func, outputs=outputs, per_sample=per_sample, threadsafe=threadsafe, setup=setup, name=name
-    )
+    return Kernel(func, outputs=outputs, per_sample=per_sample, threadsafe=threadsafe, setup=setup, name=name)
 
 
 def kernel(
@@ -558,9 +532,7 @@ def kernel(
     >>> square(3.0)
     9.0
     """
-    opts = dict(
-        outputs=outputs, per_sample=per_sample, threadsafe=threadsafe, setup=setup, name=name
-    )
+    opts = dict(outputs=outputs, per_sample=per_sample, threadsafe=threadsafe, setup=setup, name=name)
     if func is None:
         return lambda f: Kernel(f, **opts)
     return Kernel(func, **opts)

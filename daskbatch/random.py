@@ -76,4 +76,4 @@ def uniforms(seed: int, stream: str, index: np.ndarray, n_draws: int = 1) -> np.
         draws = (np.arange(1, n_draws + 1, dtype=np.uint64) * _DRAW)[None, :]
         bits = _mix(base.reshape(-1, 1) + draws) >> np.uint64(11)
     out = (bits.astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
-    return out.reshape(idx.shape + (n_draws,))
+    return out.reshape((*idx.shape, n_draws))

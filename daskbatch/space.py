@@ -89,9 +89,7 @@ class Space:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        dims = ", ".join(
-            f"{d}: {n}" for d, n in zip(self.batch_dims, self.batch_shape, strict=True)
-        )
+        dims = ", ".join(f"{d}: {n}" for d, n in zip(self.batch_dims, self.batch_shape, strict=True))
         params = ", ".join(self.params)
         return f"<{type(self).__name__} ({dims}) {self.size:,} samples; params: {params}>"
 
@@ -189,9 +187,7 @@ def _load_table(data: Any) -> dict[str, np.ndarray]:
         elif suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
             data = xr.open_zarr(path).load()
         else:
-            raise SpaceError(
-                f"Table: cannot read {str(path)!r}; give a .csv, .parquet or .zarr path"
-            )
+            raise SpaceError(f"Table: cannot read {str(path)!r}; give a .csv, .parquet or .zarr path")
     if isinstance(data, pd.DataFrame):
         dup = data.columns[data.columns.duplicated()].tolist()
         if dup:
@@ -288,9 +284,7 @@ class Table(Space):
             if n_rows is None:
                 n_rows = arr.shape[0]
             elif arr.shape[0] != n_rows:
-                raise SpaceError(
-                    f"Table: column {name!r} has {arr.shape[0]} rows, others have {n_rows}"
-                )
+                raise SpaceError(f"Table: column {name!r} has {arr.shape[0]} rows, others have {n_rows}")
             if arr.dtype.kind in "fc":
                 bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
                 if bad.any():
@@ -320,9 +314,7 @@ class Table(Space):
     def head(self, n: int) -> Table:
         import xarray as xr
 
-        return Table(
-            xr.Dataset({k: (self.params[k].dims, a[: max(1, n)]) for k, a in self.data.items()})
-        )
+        return Table(xr.Dataset({k: (self.params[k].dims, a[: max(1, n)]) for k, a in self.data.items()}))
 
     def spec(self):
         import hashlib
@@ -382,9 +374,7 @@ class MonteCarlo(Space):
         for name, d in dists.items():
             _check_name("MonteCarlo", name)
             if not isinstance(d, Distribution):
-                raise SpaceError(
-                    f"MonteCarlo: {name}={d!r} is not a distribution; use e.g. Uniform(0, 1)"
-                )
+                raise SpaceError(f"MonteCarlo: {name}={d!r} is not a distribution; use e.g. Uniform(0, 1)")
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise SpaceError(f"MonteCarlo: n={n!r} must be a positive integer")
         if seed is None:

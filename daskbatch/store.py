@@ -59,9 +59,7 @@ class Layout:
 
     @property
     def numblocks(self) -> tuple[int, ...]:
-        return tuple(
-            math.ceil(n / b) for n, b in zip(self.batch_shape, self.block_shape, strict=True)
-        )
+        return tuple(math.ceil(n / b) for n, b in zip(self.batch_shape, self.block_shape, strict=True))
 
     @property
     def n_blocks(self) -> int:
@@ -143,9 +141,7 @@ class Store:
         """Raise :class:`StoreError` if a store cannot be created or written here."""
         p = self.path
         if p.exists() and not p.is_dir():
-            raise StoreError(
-                f"store={str(p)!r} is a file; give a directory path such as 'results.zarr'"
-            )
+            raise StoreError(f"store={str(p)!r} is a file; give a directory path such as 'results.zarr'")
         parent = p.parent
         if not parent.is_dir():
             raise StoreError(
@@ -154,9 +150,7 @@ class Store:
             )
         target = p if p.exists() else parent
         if not os.access(target, os.W_OK | os.X_OK):
-            raise StoreError(
-                f"store={str(p)!r}: {str(target)!r} is not writable; choose another path"
-            )
+            raise StoreError(f"store={str(p)!r}: {str(target)!r} is not writable; choose another path")
 
     def is_daskbatch(self) -> bool:
         return self.info() is not None
@@ -217,9 +211,7 @@ class Store:
             if coord is None:  # a sample index, written block by block
                 array(d, (n,), (b,), "int64", -1, (d,))
             else:
-                a = array(
-                    d, (n,), (n,), coord.dtype if coord.dtype.kind != "U" else str, None, (d,)
-                )
+                a = array(d, (n,), (n,), coord.dtype if coord.dtype.kind != "U" else str, None, (d,))
                 a[:] = coord
         for p in layout.params.values():
             if p.is_axis:
@@ -274,9 +266,7 @@ class Store:
             fill_value=0,
         )
         internal.create_array(name="errors", shape=nb, chunks=ones, dtype=str, fill_value="")
-        internal.create_array(
-            name="seconds", shape=nb, chunks=ones, dtype="float64", fill_value=np.nan
-        )
+        internal.create_array(name="seconds", shape=nb, chunks=ones, dtype="float64", fill_value=np.nan)
         root.attrs[_ATTR] = dict(info)
         _quiet_consolidate(self.path)
 
@@ -295,7 +285,7 @@ class Store:
             if cached is None:
                 root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
                 names = [p.name for p in layout.params.values() if not p.is_axis]
-                names += list(layout.outputs) + ["status"]
+                names += [*list(layout.outputs), "status"]
                 names += [d for d in layout.batch_dims if d not in layout.batch_coords]
                 cached = {n: root[n] for n in names}
                 for n in ("done", "counts", "errors", "seconds"):

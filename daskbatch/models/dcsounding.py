@@ -26,9 +26,7 @@ _WEIGHTS = np.array([0.1732, 0.2945, 2.147, -2.1733, 0.6646, -0.1215, 0.0155])
 _ABSCISSAE = -0.17445 + 0.27117 * np.arange(7)
 
 
-def apparent_resistivity(
-    resistivity: np.ndarray, thickness: np.ndarray, ab2: np.ndarray = AB2
-) -> np.ndarray:
+def apparent_resistivity(resistivity: np.ndarray, thickness: np.ndarray, ab2: np.ndarray = AB2) -> np.ndarray:
     """Schlumberger apparent resistivity of a layered earth.
 
     Parameters

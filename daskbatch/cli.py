@@ -1,0 +1,363 @@
+"""The ``daskbatch`` command: parse, call the API, print.
+
+Exit codes: 0 success; 2 bad input (a one-line reason, no traceback); 130
+interrupted (the store is resumable). A traceback means a bug in daskbatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import DaskbatchError, SpecFileError
+
+__all__ = ["load_spec", "main"]
+
+_TOP_KEYS: dict[str, tuple[type, ...]] = {
+    "kernel": (str,),
+    "store": (str,),
+    "cluster": (str,),
+    "workers": (int,),
+    "chunk_size": (int, str, dict),
+    "progress": (bool,),
+    "constants": (dict,),
+    "space": (dict,),
+}
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """Line number (1-based) where ``key`` is set or its table starts, if found."""
+    last = key.split(".")[-1]
+    patterns = [rf"^\s*\[+\s*{re.escape(key)}\s*\]+", rf"^\s*{re.escape(last)}\s*="]
+    for pat in patterns:
+        for i, line in enumerate(text.splitlines(), 1):
+            if re.search(pat, line):
+                return i
+    return None
+
+
+def _where(path: Path, text: str, key: str) -> str:
+    line = _line_of(text, key)
+    return f"{path}{f', line {line}' if line else ''}"
+
+
+def _add_import_path(directory: Path) -> None:
+    d = str(directory.resolve())
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    # worker processes are spawned with this environment and must import the kernel too
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if d not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([d, *parts])
+
+
+def import_kernel(ref: str, base_dir: Path | None = None, file_hint: str | None = None) -> Any:
+    """Import ``module:function`` or ``path/to/file.py:function``."""
+    from .kernel import Kernel
+
+    if not isinstance(ref, str) or ref.count(":") != 1:
+        raise SpecFileError(
+            f"kernel={ref!r} must be 'module:function' (e.g. 'daskbatch.models.dcsounding:schlumberger')"
+            " or 'file.py:function'"
+        )
+    module_name, qualname = ref.split(":")
+    if base_dir is not None:
+        _add_import_path(base_dir)
+    if module_name.endswith(".py") or module_name == "__main__":
+        file = Path(file_hint or module_name)
+        if base_dir is not None and not file.is_absolute():
+            file = base_dir / file
+        if not file.is_file():
+            raise SpecFileError(f"kernel={ref!r}: file {str(file)!r} does not exist")
+        _add_import_path(file.parent)
+        module_name = file.stem
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SpecFileError(f"kernel={ref!r}: cannot import module {module_name!r} ({e})") from e
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise SpecFileError(f"kernel={ref!r}: {module_name!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Kernel):
+        raise SpecFileError(
+            f"kernel={ref!r} is not a daskbatch kernel; decorate it with @daskbatch.kernel(outputs=...)"
+        )
+    return obj
+
+
+def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a TOML spec; returns the arguments of :func:`daskbatch.run`.
+
+    Keys: ``kernel`` ('module:function'), ``store``, ``[space]``, and optionally
+    ``cluster``, ``workers``, ``chunk_size``, ``progress``, ``[constants]``. Paths are
+    relative to the spec file's folder.
+    """
+    from .space import space_from_spec
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecFileError(f"spec file {str(p)!r} does not exist")
+    text = p.read_text()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecFileError(f"{p}: not valid TOML: {e}") from e
+    unknown = sorted(set(doc) - set(_TOP_KEYS))
+    if unknown:
+        k = unknown[0]
+        raise SpecFileError(
+            f"{_where(p, text, k)}: unknown key {k!r}; the keys are {sorted(_TOP_KEYS)}"
+        )
+    for key in ("kernel", "store", "space"):
+        if key not in doc:
+            raise SpecFileError(f"{p}: missing key {key!r}")
+    for key, value in doc.items():
+        types = _TOP_KEYS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("table" if t is dict else t.__name__ for t in types)
+            raise SpecFileError(
+                f"{_where(p, text, key)}: {key} = {value!r} has the wrong type; expected {names}"
+            )
+    base = p.parent
+    kernel = import_kernel(doc["kernel"], base)
+    try:
+        space = space_from_spec(doc["space"], base_dir=base)
+    except DaskbatchError as e:
+        first = str(e).split(":")[0]
+        raise SpecFileError(f"{_where(p, text, first)}: {e}") from e
+    store = Path(doc["store"])
+    return {
+        "kernel": kernel,
+        "space": space,
+        "store": store if store.is_absolute() else base / store,
+        "cluster": doc.get("cluster", "local"),
+        "n_workers": doc.get("workers"),
+        "chunk_size": doc.get("chunk_size", "auto"),
+        "progress": doc.get("progress", True),
+        "constants": doc.get("constants"),
+    }
+
+
+def _chunk_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a whole number") from None
+
+
+def _test_store(store: Path) -> Path:
+    name = store.name
+    stem = name[: -len(".zarr")] if name.endswith(".zarr") else name
+    return store.with_name(f"{stem}.test.zarr")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    kwargs = load_spec(args.spec)
+    if args.store:
+        kwargs["store"] = Path(args.store)
+    if args.cluster:
+        kwargs["cluster"] = args.cluster
+    if args.workers:
+        kwargs["n_workers"] = args.workers
+    if args.chunk_size:
+        kwargs["chunk_size"] = args.chunk_size
+    if args.no_progress:
+        kwargs["progress"] = False
+    if args.test:
+        kwargs["space"] = kwargs["space"].head(args.test)
+        kwargs["store"] = _test_store(Path(kwargs["store"]))
+        kwargs["overwrite"] = True
+        print(f"daskbatch: test run of the first {kwargs['space'].size:,} samples")
+    else:
+        kwargs["overwrite"] = args.overwrite
+    result = run(**kwargs)
+    print(result)
+    return 0
+
+
+def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
+    from .space import Table, space_from_spec
+    from .store import Store
+
+    st = Store(store)
+    info = st.require_info()
+    kernel = import_kernel(info["kernel"]["identity"], None, file_hint=info.get("kernel_file"))
+    spec = info["space_spec"]
+    if spec.get("type") == "table" and "path" not in spec:
+        # an in-memory table: its rows are in the store
+        ds = st.open_dataset()
+        space = Table(ds[list(spec["columns"])].drop_vars("sample", errors="ignore").load())
+    else:
+        space = space_from_spec(spec)
+    return kernel, space, info
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    kernel, space, info = _kernel_and_space_from_store(args.store)
+    result = run(
+        kernel,
+        space,
+        args.store,
+        cluster=args.cluster or "local",
+        n_workers=args.workers,
+        progress=not args.no_progress,
+        constants=info.get("constants") or None,
+    )
+    print(result)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .engine import status
+
+    st = status(args.store)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "store": st.store,
+                    "samples": st.samples,
+                    "n_samples": st.n_samples,
+                    "blocks_done": st.blocks_done,
+                    "blocks_total": st.blocks_total,
+                    "complete": st.complete,
+                    "errors": st.errors,
+                    "last_run": st.last_run,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(st)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import LogNormal, MonteCarlo, Normal, run
+    from .models.dcsounding import schlumberger
+
+    space = MonteCarlo(
+        {
+            "resistivity": LogNormal(2.0, 0.5, base=10, size=3, dim="layer"),
+            "thickness": Normal([10.0, 30.0], [3.0, 8.0], dim="interface"),
+        },
+        n=args.n,
+        seed=42,
+    )
+    print(
+        f"daskbatch demo: Schlumberger DC soundings of {args.n:,} random three-layer earths\n"
+        f"  kernel: daskbatch.models.dcsounding:schlumberger (numpy, per sample)\n"
+        f"  space:  {space}\n"
+        f"  store:  {Path(args.store).absolute()}"
+    )
+    result = run(
+        schlumberger,
+        space,
+        args.store,
+        cluster=args.cluster,
+        n_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(result)
+    from .engine import open as open_store
+
+    ds = open_store(args.store)
+    ok = ds.rhoa.where(ds.status == 1)
+    q = ok.quantile([0.1, 0.5, 0.9], dim="sample", skipna=True).compute()
+    picks = [0, 10, 20, 30]
+    print("\napparent resistivity (ohm m), p10 / median / p90 over the ok samples:")
+    for i in picks:
+        vals = q.isel(ab2=i).values
+        print(f"  AB/2 = {float(ds.ab2[i]):7.1f} m: {vals[0]:8.1f} / {vals[1]:8.1f} / {vals[2]:8.1f}")
+    print(
+        "\nopen the results with:\n"
+        f"  import daskbatch; ds = daskbatch.open({str(args.store)!r})\n"
+        f"status from another shell: daskbatch status {args.store}"
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="daskbatch",
+        description="Run a numerical core over many parameter sets with Dask, into a Zarr store.",
+    )
+    parser.add_argument("--version", action="version", version=f"daskbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cluster_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cluster", help="local (default), processes, threads, serial, or an address")
+        p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
+        p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+    p = sub.add_parser("run", help="run a sweep described by a TOML spec file")
+    p.add_argument("spec", help="the TOML spec file")
+    p.add_argument("--store", help="store path (overrides the spec)")
+    p.add_argument("--chunk-size", type=_chunk_size, help="samples per block, or 'auto'")
+    p.add_argument(
+        "--test",
+        type=int,
+        nargs="?",
+        const=100,
+        metavar="N",
+        help="run only the first N samples (default 100) into STORE.test.zarr",
+    )
+    p.add_argument("--overwrite", action="store_true", help="discard an existing store first")
+    cluster_opts(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="show samples and blocks done, failed and pending")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("resume", help="continue a stopped run; the kernel is re-imported")
+    p.add_argument("store")
+    cluster_opts(p)
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")
+    p.add_argument("--n", type=int, default=100_000, help="number of samples (default 100000)")
+    p.add_argument("--store", default="daskbatch-demo.zarr", help="store path")
+    cluster_opts(p)
+    p.set_defaults(func=_cmd_demo, cluster="local")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``daskbatch`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DaskbatchError as e:
+        print(f"daskbatch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        store = getattr(args, "store", None) or "STORE"
+        print(
+            f"\ndaskbatch: interrupted; finished blocks are kept. Continue with: daskbatch resume {store}",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
