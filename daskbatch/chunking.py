@@ -165,10 +165,10 @@ def auto_samples_per_block(
     >>> auto_samples_per_block(1_000_000, n_workers=2, seconds_per_sample=1e-3)
     1000
     >>> auto_samples_per_block(100, n_workers=2)
-    13
+    12
     """
     workers = max(1, int(n_workers))
-    balance = math.ceil(total / (AUTO_BLOCKS_PER_WORKER * workers))
+    balance = max(1, total // (AUTO_BLOCKS_PER_WORKER * workers))
     limits = [balance, AUTO_MAX_SAMPLES]
     if seconds_per_sample is not None and seconds_per_sample > 0:
         limits.append(max(1, round(AUTO_BLOCK_SECONDS / seconds_per_sample)))

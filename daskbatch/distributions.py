@@ -20,8 +20,11 @@ __all__ = ["Distribution", "LogNormal", "LogUniform", "Normal", "Uniform", "from
 
 
 def _as_param(dist: str, name: str, value: Any) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64) if not isinstance(value, np.ndarray) else value
-    if arr.dtype.kind not in "iuf":
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged lists
+        arr = np.asarray(None, dtype=object)
+    if arr.dtype.kind not in "iuf" or isinstance(value, bool):
         raise SpaceError(f"{dist}: {name}={value!r} is not a number or a list of numbers")
     arr = arr.astype(np.float64)
     if arr.ndim > 1:

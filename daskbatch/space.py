@@ -185,13 +185,20 @@ def _load_table(data: Any) -> dict[str, np.ndarray]:
                     "Table: reading Parquet needs pyarrow: pip install 'daskbatch[parquet]'"
                 ) from e
         elif suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists():
-            data = xr.open_zarr(path).load()
+            import warnings
+
+            with warnings.catch_warnings():
+                # a store without consolidated metadata is fine for a table read once
+                warnings.simplefilter("ignore", RuntimeWarning)
+                data = xr.open_zarr(path).load()
         else:
             raise SpaceError(f"Table: cannot read {str(path)!r}; give a .csv, .parquet or .zarr path")
     if isinstance(data, pd.DataFrame):
         dup = data.columns[data.columns.duplicated()].tolist()
         if dup:
             raise SpaceError(f"Table: duplicated column(s) {dup}; each parameter needs one column")
+        if len(data) == 0:
+            raise SpaceError("Table: the table has no rows")
         out = {}
         for c in data.columns:
             col = data[c]
@@ -270,6 +277,8 @@ class Table(Space):
                 core_dims = tuple(
                     f"{name}_dim{i}" if arr.ndim > 2 else f"{name}_dim" for i in range(arr.ndim - 1)
                 )
+            if arr.dtype.kind == "T":  # numpy's variable-width strings, as zarr returns them
+                arr = np.array(arr.tolist(), dtype=str)
             if arr.dtype.kind == "O":
                 kinds = {type(v).__name__ for v in arr.ravel()}
                 if kinds <= {"str"}:
