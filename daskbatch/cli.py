@@ -115,9 +115,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = sorted(set(doc) - set(_TOP_KEYS))
     if unknown:
         k = unknown[0]
-        raise SpecFileError(
-            f"{_where(p, text, k)}: unknown key {k!r}; the keys are {sorted(_TOP_KEYS)}"
-        )
+        raise SpecFileError(f"{_where(p, text, k)}: unknown key {k!r}; the keys are {sorted(_TOP_KEYS)}")
     for key in ("kernel", "store", "space"):
         if key not in doc:
             raise SpecFileError(f"{p}: missing key {key!r}")

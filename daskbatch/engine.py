@@ -296,7 +296,8 @@ def _build_tasks(space: Space, layout: Layout, ctx: _BlockContext):
 
 def _store_status(store: Store, info: Mapping[str, Any], cls=StoreStatus, **extra) -> StoreStatus:
     done = store.done_mask()
-    counts = store.block_counts()
+    # counts of a block without its marker are not trusted: that block is pending
+    counts = store.block_counts() * done[..., None]
     n_samples = int(math.prod(info["layout"]["batch_shape"]))
     totals = counts.reshape(-1, len(STATUS)).sum(axis=0)
     samples = _counts_dict(totals)
@@ -409,6 +410,8 @@ def run(
                 + ". Pass overwrite=True to discard it and start again, or use a new store path"
             )
         block_shape = tuple(stored_layout["block_shape"])
+        if st.done_mask().all():  # nothing to do: no probe, no cluster
+            return _store_status(st, info, cls=RunResult, cluster=spec.description)
     else:
         block_shape = None
 

@@ -273,6 +273,8 @@ class Table(Space):
             arr = np.asarray(arr)
             if arr.ndim == 0:
                 raise SpaceError(f"Table: column {name!r} is a scalar; give one value per row")
+            if arr.shape[0] == 0:
+                raise SpaceError("Table: the table has no rows")
             if core_dims is None:
                 core_dims = tuple(
                     f"{name}_dim{i}" if arr.ndim > 2 else f"{name}_dim" for i in range(arr.ndim - 1)

@@ -39,16 +39,38 @@ def remote_scheduler():
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the workers import kernels by module name, like any dask worker: test modules too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     common = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     sched = subprocess.Popen(
-        [*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--dashboard-address", "127.0.0.1:0"],
+        [
+            *_dask_cli(),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            "127.0.0.1:0",
+        ],
         **common,
     )
     worker = subprocess.Popen(
-        [*_dask_cli(), "worker", address, "--nworkers", "2", "--nthreads", "1",
-         "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", "--memory-limit", "2GiB"],
+        [
+            *_dask_cli(),
+            "worker",
+            address,
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--memory-limit",
+            "2GiB",
+        ],
         **common,
     )
     try:

@@ -53,8 +53,12 @@ def test_explicit_chunk_sizes():
 
 @pytest.mark.parametrize(
     "chunk, words",
-    [(0, "chunk_size=0 must be a positive integer"), ("big", "chunk_size='big' is not valid"),
-     ({"c": 2}, r"\['c'\] are not batch dims"), ({"a": -1}, r"chunk_size\['a'\]=-1")],
+    [
+        (0, "chunk_size=0 must be a positive integer"),
+        ("big", "chunk_size='big' is not valid"),
+        ({"c": 2}, r"\['c'\] are not batch dims"),
+        ({"a": -1}, r"chunk_size\['a'\]=-1"),
+    ],
 )
 def test_bad_chunk_sizes(chunk, words):
     with pytest.raises(DaskbatchError, match=words):
