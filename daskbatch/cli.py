@@ -34,13 +34,14 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _line_of(text: str, key: str) -> int | None:
-    """Line number (1-based) where ``key`` is set or its table starts, if found."""
+def _line_of(text: str, key: str, start: int = 1) -> int | None:
+    """Line number (1-based, from ``start`` on) where ``key`` is set or its table starts."""
     last = key.split(".")[-1]
     patterns = [rf"^\s*\[+\s*{re.escape(key)}\s*\]+", rf"^\s*{re.escape(last)}\s*="]
+    lines = text.splitlines()
     for pat in patterns:
-        for i, line in enumerate(text.splitlines(), 1):
-            if re.search(pat, line):
+        for i in range(start, len(lines) + 1):
+            if re.search(pat, lines[i - 1]):
                 return i
     return None
 
@@ -131,8 +132,12 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         space = space_from_spec(doc["space"], base_dir=base)
     except DaskbatchError as e:
-        first = str(e).split(":")[0]
-        raise SpecFileError(f"{_where(p, text, first)}: {e}") from e
+        table = str(e).split(":")[0]
+        line = _line_of(text, table)
+        bad = re.search(r"unknown key\(s\) \['([^']+)'", str(e))
+        if bad and line:  # point at the offending key, not at its table
+            line = _line_of(text, bad.group(1), start=line) or line
+        raise SpecFileError(f"{p}{f', line {line}' if line else ''}: {e}") from e
     store = Path(doc["store"])
     return {
         "kernel": kernel,

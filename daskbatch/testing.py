@@ -19,6 +19,7 @@ __all__ = [
     "concurrency_probe",
     "curve",
     "fail_on_multiples",
+    "slow_square",
     "vector_affine",
     "wrong_shape",
 ]
@@ -86,3 +87,10 @@ def concurrency_probe(x, sleep=0.002):
     with _active_lock:
         _active -= 1
     return {"overlap": seen, "pid": os.getpid()}
+
+
+@kernel(outputs={"y": Output()}, threadsafe=True)
+def slow_square(x, delay=0.0):
+    """``x**2`` after sleeping ``delay`` seconds: a sweep slow enough to interrupt."""
+    time.sleep(delay)
+    return x * x

@@ -1,0 +1,169 @@
+"""The real `daskbatch` command, in subprocesses, as a user runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import daskbatch as db
+from daskbatch.testing import curve, slow_square
+
+from conftest import run_cli
+
+SPEC = """\
+kernel = "daskbatch.testing:curve"
+store = "mc.zarr"
+cluster = "processes"
+workers = 2
+chunk_size = 50
+
+[space]
+type = "montecarlo"
+n = 400
+seed = 5
+
+[space.params.x]
+dist = "uniform"
+low = 0
+high = 1
+
+[space.params.w]
+dist = "normal"
+mean = [1, 2]
+sd = 1
+"""
+
+
+@pytest.fixture
+def spec(tmp_path) -> Path:
+    p = tmp_path / "sweep.toml"
+    p.write_text(SPEC)
+    return p
+
+
+def _values(store):
+    ds = xr.open_zarr(store)
+    return {k: v.values for k, v in ds.data_vars.items()}
+
+
+def test_run_status_and_rerun(spec, tmp_path):
+    r = run_cli("run", str(spec), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "400 total: 400 ok" in r.stdout
+    space = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2], 1)}, n=400, seed=5)
+    db.run(curve, space, tmp_path / "ref.zarr", cluster="serial", chunk_size=50, progress=False)
+    want, got = _values(tmp_path / "ref.zarr"), _values(tmp_path / "mc.zarr")
+    for k in want:
+        assert np.array_equal(want[k], got[k]), k
+    st = run_cli("status", str(tmp_path / "mc.zarr"))
+    assert st.returncode == 0 and "complete" in st.stdout and "8 of 8 done" in st.stdout
+    again = run_cli("run", str(spec), "--no-progress", "--cluster", "serial")
+    assert again.returncode == 0 and "nothing to compute" in again.stdout
+
+
+def test_test_mode_runs_a_prefix_into_its_own_store(spec, tmp_path):
+    r = run_cli("run", str(spec), "--test", "30", "--no-progress", "--cluster", "threads")
+    assert r.returncode == 0, r.stderr
+    assert "first 30 samples" in r.stdout
+    assert not (tmp_path / "mc.zarr").exists()
+    small = xr.open_zarr(tmp_path / "mc.test.zarr")
+    assert small.sizes["sample"] == 30
+    space = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2], 1)}, n=400, seed=5)
+    assert np.array_equal(small.x.values, space.block((slice(0, 30),))["x"])
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda s: "workerz = 3\n" + s, "line 1: unknown key 'workerz'"),
+        (lambda s: s + "\nspread = 3\n", r"line 22: space.params.w: unknown key\(s\) \['spread'\]"),
+        (lambda s: s.replace("workers = 2", 'workers = "two"'), "line 4: workers = 'two' has the wrong type; expected int"),
+        (lambda s: s.replace("daskbatch.testing:curve", "nosuchmodule:f"), "cannot import module 'nosuchmodule'"),
+        (lambda s: s.replace("daskbatch.testing:curve", "daskbatch.testing:nothing"), "has no attribute 'nothing'"),
+        (lambda s: s.replace('dist = "uniform"', 'dist = "uniformm"'), "dist='uniformm' is not one of"),
+        (lambda s: s.replace("low = 0\nhigh = 1", "low = 1\nhigh = 0"), "low=1.0 must be below high=0.0"),
+        (lambda s: s.replace("[space.params.x]", "[space.params.y]"), r"no argument\(s\) \['y'\]"),
+        (lambda s: s.replace('store = "mc.zarr"', 'store = "nodir/mc.zarr"'), "parent directory"),
+        (lambda s: s.replace("n = 400", "n = 0"), "n=0 must be a positive integer"),
+        (lambda s: s + "[[", "not valid TOML"),
+    ],
+    ids=["unknown-key", "unknown-nested-key", "wrong-type", "no-module", "no-attr", "bad-dist", "bad-params", "unknown-param",
+         "bad-store", "empty", "syntax"],
+)
+def test_bad_spec_is_one_line_and_exit_2(spec, tmp_path, edit, words):
+    spec.write_text(edit(SPEC))
+    r = run_cli("run", str(spec), "--no-progress")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    import re
+
+    assert re.search(words, r.stderr), r.stderr
+    assert r.stderr.startswith("daskbatch: error:") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "mc.zarr").exists()
+
+
+@pytest.mark.parametrize("cluster", ["processes", "local"])
+def test_driver_killed_then_resume_equals_uninterrupted(tmp_path, cluster):
+    spec = tmp_path / "slow.toml"
+    spec.write_text(
+        'kernel = "daskbatch.testing:slow_square"\nstore = "slow.zarr"\n'
+        f'cluster = "{cluster}"\nworkers = 2\nchunk_size = 20\n'
+        "[constants]\ndelay = 0.01\n"
+        "[space]\ntype = \"grid\"\naxes = {x = {linspace = [0, 1, 600]}}\n"
+    )
+    exe = Path(sys.executable).with_name("daskbatch")
+    proc = subprocess.Popen(
+        [str(exe), "run", str(spec), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    done_dir = tmp_path / "slow.zarr" / "_daskbatch" / "done" / "c"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        n = len(list(done_dir.glob("*"))) if done_dir.exists() else 0
+        if n >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a scheduler's kill would
+    proc.wait()
+    st = db.status(tmp_path / "slow.zarr")
+    assert 0 < st.blocks_done < st.blocks_total, "the kill should land mid-run"
+    assert "stopped without finishing" in str(st)
+    r = run_cli("resume", str(tmp_path / "slow.zarr"), "--cluster", "processes", "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "600 total: 600 ok" in r.stdout
+    db.run(slow_square, db.Grid(x=np.linspace(0, 1, 600)), tmp_path / "ref.zarr", cluster="threads",
+           chunk_size=20, progress=False, constants={"delay": 0.0})
+    got, want = _values(tmp_path / "slow.zarr"), _values(tmp_path / "ref.zarr")
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+
+
+def test_resume_of_an_in_memory_table_reads_its_rows_from_the_store(tmp_path):
+    store = tmp_path / "t.zarr"
+    space = db.Table({"x": np.arange(30.0)})
+    db.run(slow_square, space, store, cluster="serial", chunk_size=10, progress=False)
+    import zarr
+
+    zarr.open_group(store, mode="r+")["_daskbatch/done"][2] = 0
+    r = run_cli("resume", str(store), "--cluster", "serial", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "10 samples in 1 blocks" in r.stdout
+
+
+def test_status_of_a_missing_store_is_exit_2(tmp_path):
+    r = run_cli("status", str(tmp_path / "none.zarr"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_demo(tmp_path):
+    r = run_cli("demo", "--n", "3000", "--store", str(tmp_path / "demo.zarr"), "--workers", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "3,000 total" in r.stdout and "median" in r.stdout
+    ds = db.open(tmp_path / "demo.zarr")
+    assert ds.rhoa.dims == ("sample", "ab2") and int((ds.status == 1).sum()) > 2900
