@@ -83,9 +83,18 @@ def test_test_mode_runs_a_prefix_into_its_own_store(spec, tmp_path):
     [
         (lambda s: "workerz = 3\n" + s, "line 1: unknown key 'workerz'"),
         (lambda s: s + "\nspread = 3\n", r"line 22: space.params.w: unknown key\(s\) \['spread'\]"),
-        (lambda s: s.replace("workers = 2", 'workers = "two"'), "line 4: workers = 'two' has the wrong type; expected int"),
-        (lambda s: s.replace("daskbatch.testing:curve", "nosuchmodule:f"), "cannot import module 'nosuchmodule'"),
-        (lambda s: s.replace("daskbatch.testing:curve", "daskbatch.testing:nothing"), "has no attribute 'nothing'"),
+        (
+            lambda s: s.replace("workers = 2", 'workers = "two"'),
+            "line 4: workers = 'two' has the wrong type; expected int",
+        ),
+        (
+            lambda s: s.replace("daskbatch.testing:curve", "nosuchmodule:f"),
+            "cannot import module 'nosuchmodule'",
+        ),
+        (
+            lambda s: s.replace("daskbatch.testing:curve", "daskbatch.testing:nothing"),
+            "has no attribute 'nothing'",
+        ),
         (lambda s: s.replace('dist = "uniform"', 'dist = "uniformm"'), "dist='uniformm' is not one of"),
         (lambda s: s.replace("low = 0\nhigh = 1", "low = 1\nhigh = 0"), "low=1.0 must be below high=0.0"),
         (lambda s: s.replace("[space.params.x]", "[space.params.y]"), r"no argument\(s\) \['y'\]"),
@@ -93,8 +102,19 @@ def test_test_mode_runs_a_prefix_into_its_own_store(spec, tmp_path):
         (lambda s: s.replace("n = 400", "n = 0"), "n=0 must be a positive integer"),
         (lambda s: s + "[[", "not valid TOML"),
     ],
-    ids=["unknown-key", "unknown-nested-key", "wrong-type", "no-module", "no-attr", "bad-dist", "bad-params", "unknown-param",
-         "bad-store", "empty", "syntax"],
+    ids=[
+        "unknown-key",
+        "unknown-nested-key",
+        "wrong-type",
+        "no-module",
+        "no-attr",
+        "bad-dist",
+        "bad-params",
+        "unknown-param",
+        "bad-store",
+        "empty",
+        "syntax",
+    ],
 )
 def test_bad_spec_is_one_line_and_exit_2(spec, tmp_path, edit, words):
     spec.write_text(edit(SPEC))
@@ -115,12 +135,14 @@ def test_driver_killed_then_resume_equals_uninterrupted(tmp_path, cluster):
         'kernel = "daskbatch.testing:slow_square"\nstore = "slow.zarr"\n'
         f'cluster = "{cluster}"\nworkers = 2\nchunk_size = 20\n'
         "[constants]\ndelay = 0.01\n"
-        "[space]\ntype = \"grid\"\naxes = {x = {linspace = [0, 1, 600]}}\n"
+        '[space]\ntype = "grid"\naxes = {x = {linspace = [0, 1, 600]}}\n'
     )
     exe = Path(sys.executable).with_name("daskbatch")
     proc = subprocess.Popen(
         [str(exe), "run", str(spec), "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     done_dir = tmp_path / "slow.zarr" / "_daskbatch" / "done" / "c"
     deadline = time.time() + 120
@@ -134,11 +156,20 @@ def test_driver_killed_then_resume_equals_uninterrupted(tmp_path, cluster):
     st = db.status(tmp_path / "slow.zarr")
     assert 0 < st.blocks_done < st.blocks_total, "the kill should land mid-run"
     assert "stopped without finishing" in str(st)
-    r = run_cli("resume", str(tmp_path / "slow.zarr"), "--cluster", "processes", "--workers", "2", "--no-progress")
+    r = run_cli(
+        "resume", str(tmp_path / "slow.zarr"), "--cluster", "processes", "--workers", "2", "--no-progress"
+    )
     assert r.returncode == 0, r.stderr
     assert "600 total: 600 ok" in r.stdout
-    db.run(slow_square, db.Grid(x=np.linspace(0, 1, 600)), tmp_path / "ref.zarr", cluster="threads",
-           chunk_size=20, progress=False, constants={"delay": 0.0})
+    db.run(
+        slow_square,
+        db.Grid(x=np.linspace(0, 1, 600)),
+        tmp_path / "ref.zarr",
+        cluster="threads",
+        chunk_size=20,
+        progress=False,
+        constants={"delay": 0.0},
+    )
     got, want = _values(tmp_path / "slow.zarr"), _values(tmp_path / "ref.zarr")
     for k in want:
         assert np.array_equal(got[k], want[k]), k
@@ -162,7 +193,9 @@ def test_status_of_a_missing_store_is_exit_2(tmp_path):
 
 
 def test_demo(tmp_path):
-    r = run_cli("demo", "--n", "3000", "--store", str(tmp_path / "demo.zarr"), "--workers", "2", "--no-progress")
+    r = run_cli(
+        "demo", "--n", "3000", "--store", str(tmp_path / "demo.zarr"), "--workers", "2", "--no-progress"
+    )
     assert r.returncode == 0, r.stderr
     assert "3,000 total" in r.stdout and "median" in r.stdout
     ds = db.open(tmp_path / "demo.zarr")
