@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import run_cli
 
 import daskbatch as db
 from daskbatch.testing import curve, slow_square
-
-from conftest import run_cli
 
 SPEC = """\
 kernel = "daskbatch.testing:curve"
