@@ -496,7 +496,7 @@ def run(
             st.update_info(info)
         if progress and dashboard and pending:
             print(f"daskbatch: Dask dashboard at {dashboard}", flush=True)
-        computed = {"blocks": 0, "samples": 0}
+        computed = {"blocks": 0, "samples": 0, "ok": 0}
         t_compute = time.perf_counter()
         bar = Progress(
             before.n_samples,
@@ -511,6 +511,7 @@ def run(
             n = sum(counts)
             computed["blocks"] += 1
             computed["samples"] += n
+            computed["ok"] += counts[STATUS["ok"]]
             bar.update(n, n - counts[STATUS["ok"]])
 
         try:
@@ -540,6 +541,8 @@ def run(
                 end=_now(),
                 blocks_computed=computed["blocks"],
                 samples_computed=computed["samples"],
+                samples_ok=computed["ok"],
+                samples_not_ok=computed["samples"] - computed["ok"],
                 wall_seconds=round(wall, 3),
                 total_seconds=round(time.perf_counter() - t_start, 3),
             )
