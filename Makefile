@@ -2,9 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean system-deps
 
-$(VENV)/.installed: pyproject.toml
+# The TEM1D core (daskbatch[tem], in the dev extra) links to the GNU Fortran runtime.
+system-deps:
+	@python3 -c "import ctypes; ctypes.CDLL('libgfortran.so.5')" 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing libgfortran5 (needed by the TEM1D core)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgfortran5; \
+	  else \
+	    echo "The TEM1D core needs libgfortran.so.5: run 'sudo apt-get install libgfortran5' (Debian/Ubuntu)"; \
+	  fi; }
+
+$(VENV)/.installed: pyproject.toml | system-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -24,6 +34,9 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+bench: $(VENV)/.installed  ## the benchmarks; results go into docs/performance.md
+	$(PY) benchmarks/tem1d.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache daskbatch-demo.zarr

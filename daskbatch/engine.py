@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .chunking import chunks_from_block_shape, plan_block_shape
-from .cluster import parse_cluster, start_executor
+from .cluster import check_can_spawn, parse_cluster, start_executor
 from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
 from .kernel import STATUS, Kernel
 from .progress import Progress
@@ -386,6 +386,7 @@ def run(
     constants_json = _jsonable(constants, "constants")
     kernel.check_arguments(space.params, constants)
     spec = parse_cluster(cluster, n_workers)
+    check_can_spawn(spec)
     st = Store(store)
     st.check_writable()
     if st.is_foreign():
