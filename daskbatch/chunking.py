@@ -158,14 +158,15 @@ def auto_samples_per_block(
 
     The smallest of: what takes about :data:`AUTO_BLOCK_SECONDS` (when the cost
     is known), what leaves :data:`AUTO_BLOCKS_PER_WORKER` blocks per worker, and
-    what fits :data:`AUTO_BLOCK_BYTES`; never below one sample.
+    what fits :data:`AUTO_BLOCK_BYTES`; never below one sample. Then made a little
+    smaller if that gives every worker the same number of blocks.
 
     Examples
     --------
     >>> auto_samples_per_block(1_000_000, n_workers=2, seconds_per_sample=1e-3)
     1000
     >>> auto_samples_per_block(100, n_workers=2)
-    12
+    10
     """
     workers = max(1, int(n_workers))
     balance = max(1, total // (AUTO_BLOCKS_PER_WORKER * workers))
@@ -174,4 +175,10 @@ def auto_samples_per_block(
         limits.append(max(1, round(AUTO_BLOCK_SECONDS / seconds_per_sample)))
     if bytes_per_sample:
         limits.append(max(1, AUTO_BLOCK_BYTES // int(bytes_per_sample)))
-    return max(1, min(limits))
+    size = max(1, min(limits))
+    # a whole number of blocks per worker, so that no worker is left with one block
+    # more than the others at the end (the smaller size never breaks the limits above)
+    blocks = math.ceil(total / size)
+    if blocks > workers and blocks % workers:
+        size = max(1, math.ceil(total / (math.ceil(blocks / workers) * workers)))
+    return size

@@ -406,7 +406,7 @@ class Kernel:
 
         def one_sample(i: int) -> None:
             kwargs = {k: v[i] for k, v in flat.items()}
-            where = label(tuple(int(p) for p in np.unravel_index(i, batch_shape)))
+            where = "sample"  # named only if something goes wrong: labels cost time
             try:
                 if self.per_sample:
                     result = self.func(**kwargs, **constants)
@@ -418,6 +418,10 @@ class Kernel:
                     k: self._check_value(k, values[k], where, () if self.per_sample else (1,))
                     for k in self.outputs
                 }
+            except OutputSpecError as exc:
+                named = label(tuple(int(p) for p in np.unravel_index(i, batch_shape)))
+                record(i, OutputSpecError(str(exc).replace("sample:", f"{named}:", 1)))
+                return
             except Exception as exc:
                 record(i, exc)
                 return

@@ -118,6 +118,23 @@ def _quiet_consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+async def _gather_writes(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
+
+
+def _write_all(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
+    """Write several regions concurrently on zarr's I/O loop (all have returned on exit)."""
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - a zarr without its sync helper: one at a time
+        for arr, sel, value in writes:
+            arr[sel] = value
+        return
+    sync(_gather_writes(writes))
+
+
 class Store:
     """A daskbatch Zarr store on the local filesystem.
 
@@ -307,20 +324,23 @@ class Store:
         """Write one block's data, then its marker. Returns its counts per status code."""
         arrays = self._arrays(layout)
         region = layout.block_slices(block)
+        writes: list[tuple[zarr.Array, Any, Any]] = []
         for d, s in zip(layout.batch_dims, region, strict=True):
             if d not in layout.batch_coords:
-                arrays[d][s] = np.arange(s.start, s.stop, dtype=np.int64)
+                writes.append((arrays[d], s, np.arange(s.start, s.stop, dtype=np.int64)))
         for name, values in params.items():
-            arrays[name][region] = values
+            writes.append((arrays[name], region, values))
         for name, values in outputs.items():
-            arrays[name][region] = values
-        arrays["status"][region] = status
+            writes.append((arrays[name], region, values))
+        writes.append((arrays["status"], region, status))
         counts = np.bincount(status.ravel(), minlength=len(STATUS)).astype(np.int64)
-        arrays[f"{INTERNAL}/counts"][block] = counts
-        arrays[f"{INTERNAL}/seconds"][block] = seconds
+        writes.append((arrays[f"{INTERNAL}/counts"], block, counts))
+        writes.append((arrays[f"{INTERNAL}/seconds"], block, seconds))
         doc = {"errors": errors, "n_errors": int(n_errors)} if n_errors else None
-        arrays[f"{INTERNAL}/errors"][block] = json.dumps(doc) if doc else ""
-        arrays[f"{INTERNAL}/done"][block] = 1  # the commit marker, always last
+        writes.append((arrays[f"{INTERNAL}/errors"], block, json.dumps(doc) if doc else ""))
+        _write_all(writes)
+        # the commit marker, strictly after every other write of the block has returned
+        arrays[f"{INTERNAL}/done"][block] = 1
         return counts
 
     # ----------------------------------------------------------------- reading

@@ -43,6 +43,10 @@ def test_auto_rule_bounds(total, workers, sec, nbytes):
         assert math.ceil(total / n) >= AUTO_BLOCKS_PER_WORKER * workers
     if sec is not None and n > 1:
         assert n * sec <= 1.5
+    # whole rounds of blocks for the workers, when there are more blocks than workers
+    blocks = math.ceil(total / n)
+    if blocks > workers and n > 1:
+        assert blocks % workers == 0 or math.ceil(total / (n - 1)) > blocks
 
 
 def test_explicit_chunk_sizes():
