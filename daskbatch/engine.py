@@ -221,7 +221,11 @@ class _BlockContext:
 
 
 def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
-    """Run one block and commit it to the store; return a small summary."""
+    """Run one block and commit it to the store; return a small summary.
+
+    ``arrays`` are one index array per batch dim (the block's global indices), then
+    the parameter blocks in ``ctx.param_names`` order.
+    """
     layout = ctx.layout
     nd = len(layout.batch_dims)
     index_arrays, param_arrays = arrays[:nd], arrays[nd:]
