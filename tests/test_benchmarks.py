@@ -1,0 +1,41 @@
+"""Every benchmark also runs once, small, so that it cannot rot."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+def test_tem1d_benchmark_smoke(tmp_path):
+    pytest.importorskip("joblib")
+    if not os.environ.get("CI"):
+        pytest.importorskip("daskbatch.models.tem1d", exc_type=ImportError)
+    out = tmp_path / "performance.md"
+    out.write_text("# Performance\n\n<!-- tem1d:start -->\nold\n<!-- tem1d:end -->\n\nkept\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "tem1d.py"),
+            "--n",
+            "40",
+            "--repeat",
+            "1",
+            "--workers",
+            "2",
+            "--contenders",
+            "sequential,ceiling,multiprocessing-pool,joblib,dask-threads,daskbatch-running",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "old" not in text and text.endswith("kept\n")
+    for name in ("sequential", "ceiling", "multiprocessing-pool", "joblib", "daskbatch-running"):
+        assert f"| {name} |" in text
+    assert "| daskbatch-running |" in text and "yes (0e+00)" in text
