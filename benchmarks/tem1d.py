@@ -48,8 +48,10 @@ DESCRIPTIONS = {
     "joblib": "joblib.Parallel, one delayed call per model, batch_size='auto'",
     "dask-threads": "dask.array.map_blocks, threaded scheduler",
     "dask-processes": "dask.array.map_blocks, processes scheduler",
-    "dask-localcluster": "dask.array.map_blocks on a LocalCluster already running",
-    "daskbatch-running": "daskbatch.run defaults + Zarr store, on a LocalCluster already running",
+    "dask-localcluster": "dask.array.map_blocks on a LocalCluster already running (warmed by a small run)",
+    "daskbatch-running": (
+        "daskbatch.run defaults + Zarr store, on a LocalCluster already running (warmed by a small run)"
+    ),
     "daskbatch-e2e": "daskbatch.run defaults + Zarr store, cluster='local' started and stopped in the call",
 }
 
@@ -160,6 +162,10 @@ def run_contender(name: str, data: Path, result: Path, workers: int, store: Path
             from distributed import Client, LocalCluster
 
             with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, Client(cluster):
+                # "already running": the workers have computed before (imports, library loaded)
+                warm = min(n, 100 * workers)
+                small = r[:warm], d[:warm]
+                da.map_blocks(_block, *small, chunks=(small[0].chunks[0], (71,)), dtype=float).compute()
                 t = time.perf_counter()
                 out = arr.compute()
                 seconds = time.perf_counter() - t
@@ -178,6 +184,11 @@ def run_contender(name: str, data: Path, result: Path, workers: int, store: Path
             from daskbatch.cluster import ClusterSpec, start_executor
 
             with start_executor(ClusterSpec("local", workers)) as ex:
+                # "already running": the workers have run a sweep before (imports, library loaded)
+                warm = min(n, 100 * workers)
+                head = db.Table({"resistivity": rho[:warm], "depth": depth[:warm]})
+                scratch = store.with_suffix(".warm.zarr")
+                db.run(tem1d, head, scratch, cluster=ex.client, progress=False, overwrite=True)
                 t = time.perf_counter()
                 res = db.run(tem1d, space, store, cluster=ex.client, progress=False, overwrite=True)
                 seconds = time.perf_counter() - t

@@ -30,6 +30,8 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "chunk_size": (int, str, dict),
     "progress": (bool,),
     "constants": (dict,),
+    "retries": (int,),
+    "timeout": (int, float),
     "space": (dict,),
 }
 
@@ -148,6 +150,8 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "chunk_size": doc.get("chunk_size", "auto"),
         "progress": doc.get("progress", True),
         "constants": doc.get("constants"),
+        "retries": doc.get("retries", 0),
+        "timeout": doc.get("timeout"),
     }
 
 
@@ -180,6 +184,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kwargs["chunk_size"] = args.chunk_size
     if args.no_progress:
         kwargs["progress"] = False
+    if args.retries is not None:
+        kwargs["retries"] = args.retries
+    if args.timeout is not None:
+        kwargs["timeout"] = args.timeout
     if args.test:
         kwargs["space"] = kwargs["space"].head(args.test)
         kwargs["store"] = _test_store(Path(kwargs["store"]))
@@ -213,6 +221,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from .engine import run
 
     kernel, space, info = _kernel_and_space_from_store(args.store)
+    options = info.get("options") or {}
     result = run(
         kernel,
         space,
@@ -221,6 +230,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         n_workers=args.workers,
         progress=not args.no_progress,
         constants=info.get("constants") or None,
+        retries=args.retries if args.retries is not None else options.get("retries", 0),
+        timeout=args.timeout if args.timeout is not None else options.get("timeout"),
+        retry_failed=args.retry_failed,
+        verify=args.verify,
     )
     print(result)
     return 0
@@ -230,6 +243,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .engine import status
 
     st = status(args.store)
+    problems = None
+    if args.verify:
+        from .store import Store
+
+        problems = Store(args.store).verify(full=True)
     if args.json:
         print(
             json.dumps(
@@ -242,13 +260,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     "complete": st.complete,
                     "errors": st.errors,
                     "last_run": st.last_run,
+                    "running": st.running,
+                    **(
+                        {"damaged": [{"block": list(d.block), "problem": d.problem} for d in problems]}
+                        if problems is not None
+                        else {}
+                    ),
                 },
                 indent=2,
             )
         )
     else:
         print(st)
-    return 0
+        if problems is not None:
+            if problems:
+                print(f"verify:   {len(problems)} damaged block(s):")
+                for d in problems:
+                    print(f"  {d}")
+                print(f"recompute them with: daskbatch resume {args.store} --verify")
+            else:
+                print(f"verify:   every committed block matches its checksums ({st.blocks_done:,} checked)")
+    return 1 if problems else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -311,6 +343,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
         p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
+    def fault_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--retries", type=int, help="retry a failing sample this many times (default 0)")
+        p.add_argument(
+            "--timeout", type=float, help="seconds a sample may run (a block, for vectorised kernels)"
+        )
+
     p = sub.add_parser("run", help="run a sweep described by a TOML spec file")
     p.add_argument("spec", help="the TOML spec file")
     p.add_argument("--store", help="store path (overrides the spec)")
@@ -325,16 +363,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing store first")
     cluster_opts(p)
+    fault_opts(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("status", help="show samples and blocks done, failed and pending")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every committed chunk and check it against its checksum (exit 1 if damaged)",
+    )
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("resume", help="continue a stopped run; the kernel is re-imported")
     p.add_argument("store")
     cluster_opts(p)
+    fault_opts(p)
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also recompute the samples that failed, timed out or crashed",
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="check every chunk's checksum first; recompute damaged blocks"
+    )
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")

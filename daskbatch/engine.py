@@ -10,6 +10,7 @@ flat however many samples there are.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import getpass
 import hashlib
@@ -17,7 +18,9 @@ import html
 import json
 import math
 import os
+import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,9 +32,9 @@ import numpy as np
 
 from . import __version__
 from .chunking import chunks_from_block_shape, plan_block_shape
-from .cluster import check_can_spawn, parse_cluster, start_executor
+from .cluster import WorkerDiedError, check_can_spawn, parse_cluster, prestart, start_executor
 from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
-from .kernel import STATUS, Kernel
+from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel
 from .progress import Progress
 from .space import Space
 from .store import Layout, Store
@@ -64,6 +67,7 @@ class StoreStatus:
     errors: list[dict[str, Any]] = field(default_factory=list)
     last_run: dict[str, Any] | None = None
     kernel: str = ""
+    running: dict[str, Any] | None = None  # who holds the store's lock now (host, pid, start)
 
     @property
     def complete(self) -> bool:
@@ -74,12 +78,15 @@ class StoreStatus:
         return self.n_samples - self.samples["ok"] - self.samples["pending"]
 
     def _state(self) -> str:
+        if self.running:
+            h = self.running
+            return f"running now (host {h.get('host')}, pid {h.get('pid')}, since {h.get('start')})"
         if self.complete:
             return "complete"
         run = self.last_run or {}
         if run.get("state") == "running":
-            return "running, or stopped without finishing (resume with `daskbatch resume STORE`)"
-        return "incomplete (resume with `daskbatch resume STORE`)"
+            return f"stopped without finishing (killed?); resume with `daskbatch resume {self.store}`"
+        return f"incomplete; resume with `daskbatch resume {self.store}`"
 
     def _lines(self) -> list[str]:
         s = self.samples
@@ -186,6 +193,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def _validate_reliability_args(retries, timeout, retry_failed, verify):
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise DaskbatchError(f"retries={retries!r} must be a whole number >= 0 (0: no retries)")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise DaskbatchError(f"timeout={timeout!r} must be a number of seconds > 0, or None (no timeout)")
+    if timeout is not None and not math.isfinite(timeout):
+        raise DaskbatchError(f"timeout={timeout!r} must be finite; use None for no timeout")
+    for name, value in (("retry_failed", retry_failed), ("verify", verify)):
+        if not isinstance(value, bool):
+            raise DaskbatchError(f"{name}={value!r} must be True or False")
+
+
 def _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants):
     if not isinstance(kernel, Kernel):
         raise KernelSignatureError(
@@ -218,20 +239,16 @@ class _BlockContext:
     layout: Layout
     param_names: tuple[str, ...]
     constants: Mapping[str, Any]
+    retries: int = 0
+    timeout: float | None = None
+    kill_on_timeout: bool = False
+    retry_failed: bool = False
 
 
-def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
-    """Run one block and commit it to the store; return a small summary.
-
-    ``arrays`` are one index array per batch dim (the block's global indices), then
-    the parameter blocks in ``ctx.param_names`` order.
-    """
+def _block_inputs(ctx: _BlockContext, block: tuple[int, ...], param_arrays) -> tuple[dict, dict]:
+    """The kernel's view of a block's parameters, and what the store keeps of them."""
     layout = ctx.layout
     nd = len(layout.batch_dims)
-    index_arrays, param_arrays = arrays[:nd], arrays[nd:]
-    starts = tuple(int(a[0]) for a in index_arrays)
-    block = tuple(s // b for s, b in zip(starts, layout.block_shape, strict=True))
-    batch_shape = tuple(len(a) for a in index_arrays)
     kernel_params: dict[str, np.ndarray] = {}
     stored_params: dict[str, np.ndarray] = {}
     for name, arr in zip(ctx.param_names, param_arrays, strict=True):
@@ -242,6 +259,21 @@ def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
             kernel_params[name] = np.asarray(arr).reshape(shape)
         else:
             kernel_params[name] = stored_params[name] = np.asarray(arr)
+    return kernel_params, stored_params
+
+
+def _compute(
+    ctx: _BlockContext,
+    block: tuple[int, ...],
+    kernel_params: Mapping[str, np.ndarray],
+    positions: list[int] | None = None,
+) -> BlockResult:
+    """Run the kernel on a block (or some of its samples), honouring recorded timeouts."""
+    layout = ctx.layout
+    region = layout.block_slices(block)
+    starts = tuple(s.start for s in region)
+    batch_shape = tuple(s.stop - s.start for s in region)
+    st = Store(ctx.store)
 
     def label(pos: tuple[int, ...]) -> str:
         glob = [s + p for s, p in zip(starts, pos, strict=True)]
@@ -253,18 +285,91 @@ def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
             parts.append(f"{d}={c[g].item()!r}" if c is not None else f"{d}={g}")
         return "sample " + ", ".join(parts)
 
-    res = ctx.kernel.run_block(kernel_params, batch_shape, ctx.constants, label)
-    counts = Store(ctx.store).write_block(
-        layout, block, stored_params, res.outputs, res.status, res.errors, res.n_errors, res.seconds
+    # samples a timeout stopped in an earlier attempt (their process was ended): skipped
+    stopped = st.timeouts(block) if ctx.timeout is not None else {}
+    wanted = range(math.prod(batch_shape)) if positions is None else positions
+    todo = None
+    if stopped or positions is not None:
+        todo = [i for i in wanted if i not in stopped]
+    res = ctx.kernel.run_block(
+        kernel_params,
+        batch_shape,
+        ctx.constants,
+        label,
+        positions=todo,
+        retries=ctx.retries,
+        timeout=ctx.timeout,
+        on_timeout=lambda pos, secs: st.record_timeout(block, pos, secs),
+        kill_on_timeout=ctx.kill_on_timeout,
     )
+    flat_status = res.status.reshape(-1)
+    for i in wanted:
+        if i in stopped:
+            flat_status[i] = TIMEOUT
+            res.n_errors += 1
+            if len(res.errors) < MAX_ERRORS_PER_BLOCK:
+                pos = tuple(int(p) for p in np.unravel_index(i, batch_shape))
+                res.errors.append(
+                    {
+                        "position": list(pos),
+                        "sample": label(pos),
+                        "error": f"SampleTimeout: stopped after the timeout of {stopped[i]:g} s "
+                        "(the process running it was ended)",
+                        "where": "",
+                    }
+                )
+    return res
+
+
+def _summary(block, counts, res: BlockResult, nd: int) -> np.ndarray:
     out = np.empty((1,) * nd, dtype=object)
     out[(0,) * nd] = {
         "block": block,
-        "counts": counts.tolist(),
+        "counts": [int(c) for c in counts],
         "errors": res.errors[:_SHOWN_ERRORS],
         "seconds": res.seconds,
     }
     return out
+
+
+def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
+    """Run one block and commit it to the store; return a small summary.
+
+    ``arrays`` are one index array per batch dim (the block's global indices), then
+    the parameter blocks in ``ctx.param_names`` order. With ``ctx.retry_failed`` a
+    block that is already committed recomputes only its samples that are not ok.
+    """
+    layout = ctx.layout
+    nd = len(layout.batch_dims)
+    index_arrays, param_arrays = arrays[:nd], arrays[nd:]
+    starts = tuple(int(a[0]) for a in index_arrays)
+    block = tuple(s // b for s, b in zip(starts, layout.block_shape, strict=True))
+    kernel_params, stored_params = _block_inputs(ctx, block, param_arrays)
+    st = Store(ctx.store)
+    if ctx.retry_failed and st.is_done(block):
+        old_outputs, old_status = st.read_block(layout, block)
+        redo = [int(i) for i in np.flatnonzero(old_status.reshape(-1) != STATUS["ok"])]
+        res = _compute(ctx, block, kernel_params, redo)
+        keep = res.status.reshape(-1) == STATUS["pending"]  # not recomputed: the old values
+        res.status.reshape(-1)[keep] = old_status.reshape(-1)[keep]
+        for k, v in res.outputs.items():
+            flat = v.reshape((keep.size, -1))
+            flat[keep] = old_outputs[k].reshape((keep.size, -1))[keep]
+        st.unmark([block])  # a crash from here on leaves the block pending, not half-new
+    else:
+        res = _compute(ctx, block, kernel_params)
+    counts = st.write_block(
+        layout, block, stored_params, res.outputs, res.status, res.errors, res.n_errors, res.seconds
+    )
+    st.clear_timeouts(block)
+    return _summary(block, counts, res, nd)
+
+
+def _piece_task(
+    ctx: _BlockContext, block: tuple[int, ...], kernel_params: Mapping[str, np.ndarray], positions: list[int]
+) -> BlockResult:
+    """Some samples of a block whose task kept killing its worker; nothing is written."""
+    return _compute(ctx, block, kernel_params, positions)
 
 
 def _build_tasks(space: Space, layout: Layout, ctx: _BlockContext):
@@ -321,6 +426,7 @@ def _store_status(store: Store, info: Mapping[str, Any], cls=StoreStatus, **extr
         errors=errors[:_SHOWN_ERRORS],
         last_run=history[-1],
         kernel=info.get("kernel", {}).get("identity", ""),
+        running=None if cls is RunResult else store.lock().holder(),
         **extra,
     )
 
@@ -336,6 +442,10 @@ def run(
     progress: bool = True,
     overwrite: bool = False,
     constants: Mapping[str, Any] | None = None,
+    retries: int = 0,
+    timeout: float | None = None,
+    retry_failed: bool = False,
+    verify: bool = False,
 ) -> RunResult:
     """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
 
@@ -367,6 +477,24 @@ def run(
         Discard an existing daskbatch store at ``store`` and start again.
     constants
         Keyword arguments passed unchanged to every kernel call.
+    retries
+        Call a sample (or a vectorised block) that raised up to this many more times
+        before marking it failed: for transient errors (a licence server, a file
+        system hiccup).
+    timeout
+        Seconds a sample may run (per-sample kernels) or a block call may run
+        (vectorised kernels). A sample past it is marked ``timeout`` and the sweep
+        goes on. On worker processes (``"local"``, ``"processes"``, a cluster) the
+        process running it is ended, which stops native code too; it is restarted
+        and the block resumes without that sample. On ``"serial"`` and ``"threads"``
+        only Python code can be stopped.
+    retry_failed
+        Also recompute the samples of committed blocks that failed, timed out or
+        crashed (only those; the others keep their values).
+    verify
+        Before computing, check every committed block's chunks against their
+        checksums and recompute the blocks that do not match. Without it only
+        cheap checks run (unreadable markers, missing or truncated chunk files).
 
     Returns
     -------
@@ -386,6 +514,7 @@ def run(
     """
     t_start = time.perf_counter()
     _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants)
+    _validate_reliability_args(retries, timeout, retry_failed, verify)
     constants = dict(constants or {})
     constants_json = _jsonable(constants, "constants")
     kernel.check_arguments(space.params, constants)
@@ -415,10 +544,82 @@ def run(
                 + ". Pass overwrite=True to discard it and start again, or use a new store path"
             )
         block_shape = tuple(stored_layout["block_shape"])
-        if st.done_mask().all():  # nothing to do: no probe, no cluster
+        damaged = st.verify(full=verify)
+        retry = _blocks_to_retry(st) if retry_failed else []
+        if st.done_mask().all() and not damaged and not retry:  # nothing to do: no probe, no cluster
             return _store_status(st, info, cls=RunResult, cluster=spec.description)
     else:
         block_shape = None
+        damaged, retry = [], []
+
+    created_dir = not st.path.exists()
+    lock = st.lock().acquire()  # a second run on this store is refused here, naming the holder
+    try:
+        return _run_locked(
+            kernel=kernel,
+            space=space,
+            st=st,
+            spec=spec,
+            info=info,
+            block_shape=block_shape,
+            damaged=damaged,
+            retry=retry,
+            lock=lock,
+            t_start=t_start,
+            chunk_size=chunk_size,
+            progress=progress,
+            constants=constants,
+            constants_json=constants_json,
+            space_fp=space_fp,
+            retries=retries,
+            timeout=timeout,
+            retry_failed=retry_failed,
+        )
+    finally:
+        lock.release()
+        if created_dir and st.info() is None:  # stopped before the template: leave nothing
+            shutil.rmtree(st.path, ignore_errors=True)
+
+
+def _run_locked(
+    *,
+    kernel,
+    space,
+    st,
+    spec,
+    info,
+    block_shape,
+    damaged,
+    retry,
+    lock,
+    t_start,
+    chunk_size,
+    progress,
+    constants,
+    constants_json,
+    space_fp,
+    retries,
+    timeout,
+    retry_failed,
+) -> RunResult:
+    if info is not None and lock.previous:
+        prev = lock.previous
+        print(
+            f"daskbatch: took over the lock of a run that ended without releasing it "
+            f"(host {prev.get('host')}, pid {prev.get('pid')}, started {prev.get('start')})",
+            file=sys.stderr,
+        )
+    if damaged:
+        print(
+            "daskbatch: recomputing damaged blocks: "
+            + "; ".join(str(d) for d in damaged[:5])
+            + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""),
+            file=sys.stderr,
+        )
+        st.unmark([d.block for d in damaged])
+    for b in retry:
+        st.clear_timeouts(b)
+    prestart(spec, [kernel.module])  # worker processes get ready while this process probes
 
     # a first look at the kernel, in this process: outputs that cannot be stored fail here
     probe = None
@@ -434,8 +635,8 @@ def run(
                 shape[space.batch_dims.index(name)] = -1
                 values = values.reshape(shape)
             probe_params[name] = values
-        probe = kernel.probe(probe_params, first, constants)
-        probe_seconds = probe.seconds / math.prod(first)
+        probe = _probe(spec, kernel, probe_params, first, constants, timeout)
+        probe_seconds = probe.seconds / math.prod(first) if probe is not None else None
         out_bytes = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
         in_bytes = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
     layout_args = dict(
@@ -453,7 +654,7 @@ def run(
                 space.batch_shape,
                 chunk_size,
                 n_workers=executor.n_workers,
-                seconds_per_sample=probe_seconds if probe is not None else None,
+                seconds_per_sample=probe_seconds,
                 bytes_per_sample=in_bytes + out_bytes if probe is not None else None,
             )
             layout = Layout(block_shape=block_shape, store_id=uuid.uuid4().hex, **layout_args)
@@ -485,7 +686,12 @@ def run(
 
         done = st.done_mask()
         pending = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
+        retry = [b for b in retry if done[b]]
+        pending += retry
         before = _store_status(st, info)
+        counts_now = st.block_counts() * done[..., None]
+        redo_samples = sum(int(counts_now[b].sum()) for b in retry)
+        redo_failed = sum(int(counts_now[b].sum() - counts_now[b][STATUS["ok"]]) for b in retry)
         dashboard = executor.dashboard_link
         entry = {
             "start": _now(),
@@ -496,6 +702,9 @@ def run(
             "user": _user(),
             "blocks_pending": len(pending),
         }
+        if retry:
+            entry["blocks_retried"] = len(retry)
+        info["options"] = {"retries": retries, "timeout": timeout}  # what `resume` uses again
         if pending:
             info["history"] = [*info.get("history", []), entry]
             st.update_info(info)
@@ -505,8 +714,8 @@ def run(
         t_compute = time.perf_counter()
         bar = Progress(
             before.n_samples,
-            initial=before.n_samples - before.samples["pending"],
-            failed=before.n_failed,
+            initial=before.n_samples - before.samples["pending"] - redo_samples,
+            failed=before.n_failed - redo_failed,
             enabled=progress and bool(pending),
         )
 
@@ -527,16 +736,22 @@ def run(
                     layout=layout,
                     param_names=tuple(space.params),
                     constants=constants,
+                    retries=retries,
+                    timeout=timeout,
+                    # only a worker process may be ended to stop native code, never this one
+                    kill_on_timeout=spec.kind not in ("serial", "threads"),
+                    retry_failed=retry_failed,
                 )
                 tasks = _build_tasks(space, layout, ctx)
-                executor.compute([tasks[b] for b in pending], on_done)
+                _compute_all(executor, st, space, ctx, tasks, pending, on_done)
         except BaseException as exc:
             bar.close()
             if pending:
                 entry.update(state="stopped", end=_now(), error=f"{type(exc).__name__}: {exc}")
                 entry["blocks_computed"] = computed["blocks"]
                 info["history"][-1] = entry
-                st.update_info(info)
+                with contextlib.suppress(OSError):  # a full disk: the error that stopped it matters more
+                    st.update_info(info)
             raise
         bar.close()
         wall = time.perf_counter() - t_compute
@@ -563,6 +778,177 @@ def run(
             cluster=executor.description,
             dashboard=dashboard,
         )
+
+
+def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | None:
+    """Run the first samples once, before anything starts: outputs that break their spec
+    raise here. Returns None when the probe could not finish (see below).
+
+    When the run uses worker processes, the probe runs in a child process forked from
+    daskbatch's forkserver, so that a sample that crashes its process (a segfault in a
+    compiled core) or hangs past ``timeout`` cannot take this process with it; the run
+    then goes on without the probe's figures and isolates that sample like any other.
+    With ``"serial"`` and ``"threads"`` everything runs in this process anyway.
+    """
+    if spec.kind in ("serial", "threads") or sys.platform == "win32":
+        return kernel.probe(params, shape, constants, timeout=timeout)
+    import multiprocessing
+
+    import cloudpickle
+
+    prestart(spec, [kernel.module])
+    ctx = multiprocessing.get_context("forkserver")
+    receive, send = ctx.Pipe(duplex=False)
+    payload = cloudpickle.dumps((kernel, dict(params), shape, dict(constants), timeout))
+    child = ctx.Process(target=_probe_child, args=(payload, send), daemon=True, name="daskbatch-probe")
+    child.start()
+    send.close()
+    limit = None if timeout is None else 5.0 + timeout * math.prod(shape)
+    try:
+        if not receive.poll(limit):
+            child.kill()
+            print(
+                f"daskbatch: the probe of the first samples ran past {limit:g} s; going on without it",
+                file=sys.stderr,
+            )
+            return None
+        kind, value = cloudpickle.loads(receive.recv_bytes())
+    except (EOFError, OSError):
+        child.join()
+        print(
+            f"daskbatch: a probe process running the first {math.prod(shape)} samples died "
+            f"(exit code {child.exitcode}); going on without it",
+            file=sys.stderr,
+        )
+        return None
+    finally:
+        receive.close()
+        child.join(timeout=5)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _probe_child(payload: bytes, send) -> None:
+    import cloudpickle
+
+    kernel, params, shape, constants, timeout = cloudpickle.loads(payload)
+    try:  # a sample past the timeout ends this process, which is all the parent needs to know
+        message = ("ok", kernel.probe(params, shape, constants, timeout=timeout, kill_on_timeout=True))
+    except Exception as e:
+        message = ("error", e)
+    send.send_bytes(cloudpickle.dumps(message))
+    send.close()
+
+
+def _blocks_to_retry(st: Store) -> list[tuple[int, ...]]:
+    """Committed blocks with samples that failed, timed out or crashed."""
+    done = st.done_mask()
+    counts = st.block_counts()
+    bad = done & (counts[..., STATUS["ok"]] + counts[..., STATUS["pending"]] < counts.sum(axis=-1))
+    return [tuple(int(i) for i in idx) for idx in np.argwhere(bad)]
+
+
+def _compute_all(executor, st: Store, space: Space, ctx: _BlockContext, tasks, pending, on_done) -> None:
+    """Compute the pending blocks; isolate those whose task keeps killing its worker.
+
+    With dask's processes scheduler a dead worker breaks the whole pool: if it was
+    ended by a timeout (recorded in the store), the remaining blocks are computed
+    again with a fresh pool, which skips the samples that timed out; any other death
+    stops the run with an error, and the store stays resumable.
+    """
+    while True:
+        # a record is only cleared when its block commits, which needs another round
+        round_start = time.time() - 1.0  # filesystem time stamps may be coarse
+        try:
+            lost = executor.compute([tasks[b] for b in pending], on_done)
+        except WorkerDiedError:
+            if not st.timeouts_recorded_since(round_start):
+                raise
+            done = st.done_mask()
+            pending = [b for b in pending if not done[b]]
+            continue
+        break
+    for i in lost:
+        _salvage(executor, st, space, ctx, pending[i], on_done)
+
+
+_PIECES = 8
+
+
+def _salvage(executor, st: Store, space: Space, ctx: _BlockContext, block, on_done) -> None:
+    """Compute a block whose task killed its worker every time, in ever smaller pieces.
+
+    The block's samples are split into pieces, each a separate task that returns its
+    results instead of writing them; a piece that kills its worker again is split
+    again, down to single samples, which are marked ``crashed``. The driver then
+    writes the block. Bounded: each sample is tried a few times at most.
+    """
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    layout = ctx.layout
+    region = layout.block_slices(block)
+    batch_shape = tuple(s.stop - s.start for s in region)
+    n = math.prod(batch_shape)
+    block_values = space.block(region)
+    kernel_params, stored_params = _block_inputs(ctx, block, [block_values[k] for k in ctx.param_names])
+    outputs = {k: np.full(batch_shape + o.shape, o.fill, dtype=o.dtype) for k, o in layout.outputs.items()}
+    flat_out = {k: v.reshape((n, *layout.outputs[k].shape)) for k, v in outputs.items()}
+    status = np.full(batch_shape, STATUS["pending"], dtype=np.int8)
+    flat_status = status.reshape(-1)
+    errors: list[dict[str, Any]] = []
+    n_errors, seconds = 0, 0.0
+    client = executor.client
+
+    def submit(positions: list[int]):
+        # the block's parameters go with each piece: scattered data would die with a worker
+        fut = client.submit(_piece_task, ctx, block, kernel_params, positions, pure=False)
+        owners[fut.key] = positions
+        return fut
+
+    owners: dict[str, list[int]] = {}
+    step = max(1, math.ceil(n / _PIECES))
+    queue = as_completed([submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)])
+    for fut in queue:
+        positions = owners.pop(fut.key)
+        try:
+            res: BlockResult = fut.result()
+        except KilledWorker:
+            if len(positions) == 1:
+                i = positions[0]
+                flat_status[i] = STATUS["crashed"]
+                n_errors += 1
+                if len(errors) < MAX_ERRORS_PER_BLOCK:
+                    pos = [int(p) for p in np.unravel_index(i, batch_shape)]
+                    glob = [s.start + q for s, q in zip(region, pos, strict=True)]
+                    errors.append(
+                        {
+                            "position": pos,
+                            "sample": "sample " + ", ".join(str(g) for g in glob),
+                            "error": "WorkerCrash: the process running this sample died every time "
+                            "it was tried (a segfault, an abort, or os._exit in the core)",
+                            "where": "",
+                        }
+                    )
+                continue
+            step = max(1, math.ceil(len(positions) / _PIECES))
+            for j in range(0, len(positions), step):
+                queue.add(submit(positions[j : j + step]))
+            continue
+        finally:
+            fut.release()
+        piece_status = res.status.reshape(-1)
+        for i in positions:
+            flat_status[i] = piece_status[i]
+            for k in flat_out:
+                flat_out[k][i] = res.outputs[k].reshape(flat_out[k].shape)[i]
+        n_errors += res.n_errors
+        errors.extend(res.errors[: MAX_ERRORS_PER_BLOCK - len(errors)])
+        seconds += res.seconds
+    counts = st.write_block(layout, block, stored_params, outputs, status, errors, n_errors, seconds)
+    st.clear_timeouts(block)
+    on_done(_summary(block, counts, BlockResult(outputs, status, errors, n_errors, seconds), len(region)))
 
 
 def _user() -> str:

@@ -17,6 +17,8 @@ __all__ = [
     "SpecFileError",
     "StoreError",
     "StoreExistsError",
+    "StoreLockedError",
+    "StoreWriteError",
 ]
 
 
@@ -54,3 +56,23 @@ class ClusterError(DaskbatchError, RuntimeError):
 
 class SpecFileError(DaskbatchError):
     """A TOML spec file has unknown keys or values of the wrong type."""
+
+
+class StoreLockedError(StoreError):
+    """Another run is writing to the store right now."""
+
+
+class StoreWriteError(StoreError):
+    """Writing results to the store failed (disk full, permissions, ...).
+
+    Blocks committed before the failure are kept; the failed block is not counted
+    as done, so running again recomputes it. ``errno`` is the operating system's
+    error number (``errno.ENOSPC`` for a full disk).
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __reduce__(self):  # crosses process boundaries intact
+        return (type(self), (str(self), self.errno))

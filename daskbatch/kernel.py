@@ -9,14 +9,17 @@ process, whatever the scheduler.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import inspect
 import math
+import os
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,10 @@ __all__ = ["STATUS", "BlockResult", "Kernel", "Output", "kernel"]
 #: Per-sample status codes stored in the ``status`` variable.
 STATUS: dict[str, int] = {"pending": 0, "ok": 1, "failed": 2, "timeout": 3, "crashed": 4}
 PENDING, OK, FAILED = STATUS["pending"], STATUS["ok"], STATUS["failed"]
+TIMEOUT, CRASHED = STATUS["timeout"], STATUS["crashed"]
+
+#: Exit code of a worker process that ended itself to stop a sample past its timeout.
+TIMEOUT_EXIT_CODE = 75
 
 #: Errors kept per block (the counts are always exact).
 MAX_ERRORS_PER_BLOCK = 20
@@ -357,6 +364,12 @@ class Kernel:
         batch_shape: tuple[int, ...],
         constants: Mapping[str, Any] | None = None,
         label: Callable[[tuple[int, ...]], str] | None = None,
+        *,
+        positions: Sequence[int] | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        on_timeout: Callable[[list[int], float], None] | None = None,
+        kill_on_timeout: bool = False,
     ) -> BlockResult:
         """Run the kernel on one block.
 
@@ -370,6 +383,18 @@ class Kernel:
             Keyword arguments passed unchanged to every call.
         label
             Turns a position in the block into a sample label for error messages.
+        positions
+            Compute only these samples (flat positions in the block); the others stay
+            pending. A vectorised kernel is then called on just those samples.
+        retries
+            Calls again a sample (or block) that raised, up to this many times, before
+            marking it failed.
+        timeout
+            Seconds per sample (per-sample kernels) or per call (vectorised kernels).
+            A call past it is stopped: by raising in its thread, which stops Python
+            code, or, with ``kill_on_timeout``, by ending this process, which stops
+            native code too. ``on_timeout(positions, timeout)`` is called first, so
+            that the next attempt at the block can skip those samples.
         """
         t0 = time.perf_counter()
         constants = dict(constants or {})
@@ -388,10 +413,12 @@ class Kernel:
         flat_out = {k: v.reshape((n, *self.outputs[k].shape)) for k, v in outputs.items()}
         flat_status = status.reshape(n)
         n_errors = 0
+        todo = list(range(n)) if positions is None else [int(i) for i in positions]
+        watchdog = _Watchdog(timeout, on_timeout, kill_on_timeout) if timeout is not None and todo else None
 
-        def record(i: int, exc: BaseException) -> None:
+        def record(i: int, exc: BaseException, code: int = FAILED) -> None:
             nonlocal n_errors
-            flat_status[i] = FAILED
+            flat_status[i] = code
             n_errors += 1
             if len(errors) < MAX_ERRORS_PER_BLOCK:
                 pos = np.unravel_index(i, batch_shape)
@@ -404,47 +431,100 @@ class Kernel:
                     }
                 )
 
-        def one_sample(i: int) -> None:
+        def call_one(i: int) -> dict[str, np.ndarray]:
             kwargs = {k: v[i] for k, v in flat.items()}
-            where = "sample"  # named only if something goes wrong: labels cost time
-            try:
-                if self.per_sample:
-                    result = self.func(**kwargs, **constants)
-                else:
-                    one = {k: v[None] for k, v in kwargs.items()}
-                    result = self.func(**one, **constants)
-                values = self._as_dict(result, where)
-                checked = {
-                    k: self._check_value(k, values[k], where, () if self.per_sample else (1,))
-                    for k in self.outputs
-                }
-            except OutputSpecError as exc:
-                named = label(tuple(int(p) for p in np.unravel_index(i, batch_shape)))
-                record(i, OutputSpecError(str(exc).replace("sample:", f"{named}:", 1)))
-                return
-            except Exception as exc:
-                record(i, exc)
-                return
-            for k, v in checked.items():
-                flat_out[k][i] = v if self.per_sample else v[0]
-            flat_status[i] = OK
-
-        with lock if lock is not None else _nullcontext():
             if self.per_sample:
-                for i in range(n):
-                    one_sample(i)
+                result = self.func(**kwargs, **constants)
             else:
+                result = self.func(**{k: v[None] for k, v in kwargs.items()}, **constants)
+            values = self._as_dict(result, "sample")
+            return {
+                k: self._check_value(k, values[k], "sample", () if self.per_sample else (1,))
+                for k in self.outputs
+            }
+
+        def one_sample(i: int) -> None:
+            for attempt in range(retries + 1):
                 try:
-                    block_params = {k: np.array(_broadcast(v, batch_shape)) for k, v in params.items()}
-                    result = self.func(**block_params, **constants)
-                    values = self._as_dict(result, "block")
-                    for k in self.outputs:
-                        outputs[k][...] = self._check_value(k, values[k], "block", batch_shape)
-                    status[...] = OK
-                except Exception:
-                    # isolate the culprit(s): run the block again one sample at a time
-                    for i in range(n):
-                        one_sample(i)
+                    if watchdog is not None and self.per_sample:
+                        watchdog.arm([i])
+                    try:
+                        checked = call_one(i)
+                    finally:
+                        if watchdog is not None and self.per_sample:
+                            watchdog.disarm()
+                except SampleTimeout:
+                    record(i, SampleTimeout(f"stopped after the timeout of {timeout:g} s"), TIMEOUT)
+                    return
+                except OutputSpecError as exc:  # the same next time: not retried
+                    named = label(tuple(int(p) for p in np.unravel_index(i, batch_shape)))
+                    record(i, OutputSpecError(str(exc).replace("sample:", f"{named}:", 1)))
+                    return
+                except Exception as exc:
+                    if attempt < retries:
+                        continue
+                    record(i, exc)
+                    return
+                for k, v in checked.items():
+                    flat_out[k][i] = v if self.per_sample else v[0]
+                flat_status[i] = OK
+                return
+
+        def whole_block() -> None:
+            if positions is None:
+                block_params = {k: np.array(_broadcast(v, batch_shape)) for k, v in params.items()}
+                shape, where = batch_shape, "block"
+            else:
+                block_params = {k: v[todo] for k, v in flat.items()}
+                shape, where = (len(todo),), "block"
+            result = self.func(**block_params, **constants)
+            values = self._as_dict(result, where)
+            checked = {k: self._check_value(k, values[k], where, shape) for k in self.outputs}
+            for k, v in checked.items():
+                if positions is None:
+                    outputs[k][...] = v
+                else:
+                    flat_out[k][todo] = v
+            flat_status[todo] = OK
+
+        try:
+            with lock if lock is not None else _nullcontext():
+                if watchdog is not None:
+                    watchdog.start()
+                if self.per_sample:
+                    for i in todo:
+                        try:
+                            one_sample(i)
+                        except SampleTimeout:  # arrived just after the sample's own handler
+                            record(i, SampleTimeout(f"stopped after the timeout of {timeout:g} s"), TIMEOUT)
+                else:
+                    timed_out = False
+                    for attempt in range(retries + 1):
+                        try:
+                            if watchdog is not None:
+                                watchdog.arm(todo)
+                            try:
+                                whole_block()
+                            finally:
+                                if watchdog is not None:
+                                    watchdog.disarm()
+                            break
+                        except SampleTimeout:
+                            timed_out = True
+                            break
+                        except Exception:
+                            if attempt < retries:
+                                continue
+                            # isolate the culprit(s): run the block again one sample at a time
+                            for i in todo:
+                                one_sample(i)
+                    if timed_out:
+                        exc = SampleTimeout(f"the block call was stopped after the timeout of {timeout:g} s")
+                        for i in todo:
+                            record(i, exc, TIMEOUT)
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
         return BlockResult(outputs, status, errors, n_errors, time.perf_counter() - t0)
 
     def probe(
@@ -452,18 +532,87 @@ class Kernel:
         params: Mapping[str, np.ndarray],
         batch_shape: tuple[int, ...],
         constants: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        kill_on_timeout: bool = False,
     ) -> BlockResult:
         """Run a small block in this process and raise if its outputs break their spec.
 
         Used before a run starts, so that a kernel whose outputs cannot be stored
         (wrong shape, dtype or names) fails before a store is created or a worker
         started. Other exceptions are left to the run, where failures are data.
+        ``timeout`` and ``kill_on_timeout`` are as in :meth:`run_block`.
         """
-        res = self.run_block(params, batch_shape, constants, label=lambda idx: f"probe sample {idx}")
+        res = self.run_block(
+            params,
+            batch_shape,
+            constants,
+            label=lambda idx: f"probe sample {idx}",
+            timeout=timeout,
+            kill_on_timeout=kill_on_timeout,
+        )
         for err in res.errors:
             if err["error"].startswith("OutputSpecError"):
                 raise OutputSpecError(err["error"].removeprefix("OutputSpecError: "))
         return res
+
+
+class SampleTimeout(Exception):
+    """Raised in a kernel's thread when its sample (or block call) ran past ``timeout``."""
+
+
+class _Watchdog:
+    """A thread that stops a call running past its deadline.
+
+    The running thread arms it before each call and disarms it after. When a call
+    overruns, the watchdog calls ``on_timeout`` (which records the samples in the
+    store), then either ends the process (``kill=True``: the only way to stop native
+    code) or raises :class:`SampleTimeout` in the running thread.
+    """
+
+    def __init__(self, timeout: float, on_timeout, kill: bool) -> None:
+        self.timeout = float(timeout)
+        self.on_timeout = on_timeout
+        self.kill = kill
+        self.target = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed: tuple[list[int], float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="daskbatch-timeout", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def arm(self, positions: list[int]) -> None:
+        with self._lock:
+            self._armed = (positions, time.monotonic())
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        poll = min(0.05, self.timeout / 4)
+        while not self._stop.wait(poll):
+            with self._lock:
+                armed = self._armed
+                if armed is None or time.monotonic() - armed[1] < self.timeout:
+                    continue
+                self._armed = None
+                if self.on_timeout is not None:
+                    try:
+                        self.on_timeout(armed[0], self.timeout)
+                    except Exception as e:  # pragma: no cover - the store is gone
+                        print(f"daskbatch: could not record a timeout: {e}", file=sys.stderr)
+                if self.kill:
+                    os._exit(TIMEOUT_EXIT_CODE)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.target), ctypes.py_object(SampleTimeout)
+                )
 
 
 class _nullcontext:

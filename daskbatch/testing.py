@@ -6,9 +6,12 @@ scheduler, and remote workers, can import them by name.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -17,8 +20,13 @@ from .kernel import Output, kernel
 __all__ = [
     "affine",
     "concurrency_probe",
+    "crash_on",
     "curve",
     "fail_on_multiples",
+    "flaky",
+    "hang_on",
+    "kill_worker_once",
+    "noise",
     "slow_square",
     "vector_affine",
     "wrong_shape",
@@ -94,3 +102,62 @@ def slow_square(x, delay=0.0):
     """``x**2`` after sleeping ``delay`` seconds: a sweep slow enough to interrupt."""
     time.sleep(delay)
     return x * x
+
+
+# --------------------------------------------------------------------------- faults
+# Kernels that do real damage to the process that runs them, for reliability tests.
+
+
+@kernel(outputs={"y": Output()})
+def kill_worker_once(i, flag="", at=0):
+    """``y = 2 i``; at sample ``i == at``, if there is no file at ``flag``, creates it
+    and SIGKILLs its own process: one worker death in the middle of a run."""
+    if flag and int(i) == at and not os.path.exists(flag):
+        Path(flag).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 2.0 * float(i)
+
+
+@kernel(outputs={"y": Output()})
+def crash_on(i, bad=(), how="segfault"):
+    """``y = 2 i``, but the samples whose ``i`` is in ``bad`` crash the process every
+    time: a segmentation fault (reading address 0) or ``os._exit(3)``."""
+    if int(i) in set(bad):
+        if how == "segfault":
+            ctypes.string_at(0)
+        os._exit(3)
+    return 2.0 * float(i)
+
+
+@kernel(outputs={"y": Output()})
+def hang_on(i, bad=(), how="sleep", delay=0.0):
+    """``y = 2 i``, but the samples whose ``i`` is in ``bad`` never return: ``sleep``
+    blocks in C like native code does (an exception cannot stop it), ``spin`` loops in
+    Python. The others sleep ``delay`` seconds."""
+    if int(i) in set(bad):
+        if how == "sleep":
+            time.sleep(10**6)
+        while True:
+            pass
+    time.sleep(delay)
+    return 2.0 * float(i)
+
+
+@kernel(outputs={"y": Output()})
+def flaky(i, folder="", times=1):
+    """``y = 2 i`` after failing ``times`` times per sample (attempts counted in files
+    under ``folder``): a transient error, like a licence server that is busy."""
+    marker = Path(folder) / f"{int(i)}.attempts"
+    seen = int(marker.read_text()) if marker.exists() else 0
+    if seen < times:
+        marker.write_text(str(seen + 1))
+        raise ConnectionError(f"transient failure {seen + 1} of sample {int(i)}")
+    return 2.0 * float(i)
+
+
+@kernel(outputs={"v": Output(dims=("k",), shape=(2048,))}, threadsafe=True)
+def noise(x, delay=0.0):
+    """2,048 pseudo-random floats per sample, seeded by ``x``: incompressible output,
+    so that writing a block takes a while; ``delay`` seconds of sleep per sample."""
+    time.sleep(delay)
+    return np.random.default_rng(int(abs(x) * 1e6)).random(2048)
