@@ -216,6 +216,8 @@ class Executor:
         kwargs: dict[str, Any] = {"scheduler": scheduler}
         if scheduler != "sync":
             kwargs["num_workers"] = self.n_workers
+        if scheduler == "processes":
+            kwargs["initializer"] = _die_with_parent
         try:
             with Callback(posttask=posttask):
                 dask.compute(*tasks, optimize_graph=False, **kwargs)
@@ -232,6 +234,21 @@ class Executor:
         if self._cluster is not None:
             self.client.close()
             self._cluster.close()
+
+
+def _die_with_parent() -> None:
+    """In a pool worker: end when the driver ends, even by SIGKILL (Linux only).
+
+    Without it, the idle workers of dask's processes scheduler outlive a killed driver.
+    """
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the driver died before this line: go at once
+            os._exit(1)
 
 
 def check_can_spawn(spec: ClusterSpec) -> None:
