@@ -35,13 +35,14 @@ from .chunking import chunks_from_block_shape, plan_block_shape
 from .cluster import WorkerDiedError, check_can_spawn, parse_cluster, prestart, start_executor
 from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel
-from .progress import Progress
+from .progress import Progress, format_eta
 from .space import Space
 from .store import Layout, Store
 
 __all__ = ["RunResult", "StoreStatus", "open", "run", "status"]
 
 _PROBE_SAMPLES = 16
+_PUBLISH_SECONDS = 2.0  # how often a run writes its progress for `daskbatch status`
 _SHOWN_ERRORS = 5
 
 
@@ -80,7 +81,14 @@ class StoreStatus:
     def _state(self) -> str:
         if self.running:
             h = self.running
-            return f"running now (host {h.get('host')}, pid {h.get('pid')}, since {h.get('start')})"
+            text = f"running now (host {h.get('host')}, pid {h.get('pid')}, since {h.get('start')})"
+            prog = h.get("progress") or {}
+            if prog.get("rate"):
+                text += (
+                    f"; {prog['rate']:,.0f} samples/s, ETA {format_eta(prog.get('eta_seconds'))} "
+                    f"(as of {prog.get('updated', '?')})"
+                )
+            return text
         if self.complete:
             return "complete"
         run = self.last_run or {}
@@ -719,6 +727,22 @@ def _run_locked(
             enabled=progress and bool(pending),
         )
 
+        published = [0.0]
+
+        def publish(final: bool = False) -> None:
+            now = time.monotonic()
+            if final or now - published[0] >= _PUBLISH_SECONDS:
+                published[0] = now
+                lock.update(
+                    done=bar.done,
+                    total=bar.total,
+                    failed=bar.failed,
+                    rate=bar.rate,
+                    eta_seconds=bar.eta,
+                    blocks_computed=computed["blocks"],
+                    blocks_pending=len(pending),
+                )
+
         def on_done(result: np.ndarray) -> None:
             summary = result.flat[0]
             counts = summary["counts"]
@@ -727,6 +751,7 @@ def _run_locked(
             computed["samples"] += n
             computed["ok"] += counts[STATUS["ok"]]
             bar.update(n, n - counts[STATUS["ok"]])
+            publish()
 
         try:
             if pending:

@@ -150,6 +150,9 @@ def _checksum(path: Path) -> tuple[int, int]:
     return len(data), zlib.crc32(data)
 
 
+_LOCK_SIZE = 2048
+
+
 class StoreLock:
     """One writer at a time: an advisory ``flock`` on ``.daskbatch/lock`` in the store.
 
@@ -163,6 +166,7 @@ class StoreLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._doc: dict[str, Any] = {}
         self.previous: dict[str, Any] | None = None
 
     def holder(self) -> dict[str, Any] | None:
@@ -207,11 +211,25 @@ class StoreLock:
             "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(sys.argv)[:300],
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        os.fsync(fd)
         self._fd = fd
+        self._doc = me
+        os.ftruncate(fd, 0)
+        self._write()
+        os.fsync(fd)
         return self
+
+    def _write(self) -> None:
+        # one fixed-size write: a reader never sees a half-replaced document
+        text = json.dumps(self._doc)
+        os.pwrite(self._fd, text.ljust(max(_LOCK_SIZE, len(text))).encode(), 0)
+
+    def update(self, **progress: Any) -> None:
+        """Publish the run's progress (done, rate, ETA, ...) for ``daskbatch status``."""
+        if self._fd is None:
+            return
+        self._doc["progress"] = {**progress, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with contextlib.suppress(OSError):  # a full disk must not stop the run here
+            self._write()
 
     def release(self) -> None:
         if self._fd is None:
@@ -253,7 +271,7 @@ def _unlock(fd: int) -> None:
 
 def _read_holder(path: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads(path.read_text() or "null")
+        doc = json.loads(path.read_text().strip() or "null")
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
