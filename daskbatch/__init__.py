@@ -16,9 +16,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .distributions import LogNormal, LogUniform, Normal, Uniform
-from .engine import RunResult, StoreStatus, open, run, status
+from .engine import RunResult, StoreStatus, open, plan, run, status
 from .errors import DaskbatchError
 from .kernel import STATUS, Kernel, Output, kernel
+from .plan import Plan
 from .space import Grid, MonteCarlo, Space, Table
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "MonteCarlo",
     "Normal",
     "Output",
+    "Plan",
     "RunResult",
     "Space",
     "StoreStatus",
@@ -39,6 +41,7 @@ __all__ = [
     "__version__",
     "kernel",
     "open",
+    "plan",
     "run",
     "status",
 ]

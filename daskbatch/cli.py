@@ -32,6 +32,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "constants": (dict,),
     "retries": (int,),
     "timeout": (int, float),
+    "memory_limit": (int, str),
     "space": (dict,),
 }
 
@@ -152,6 +153,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "constants": doc.get("constants"),
         "retries": doc.get("retries", 0),
         "timeout": doc.get("timeout"),
+        "memory_limit": doc.get("memory_limit"),
     }
 
 
@@ -184,6 +186,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kwargs["chunk_size"] = args.chunk_size
     if args.no_progress:
         kwargs["progress"] = False
+    if args.memory_limit:
+        kwargs["memory_limit"] = args.memory_limit
     if args.retries is not None:
         kwargs["retries"] = args.retries
     if args.timeout is not None:
@@ -236,6 +240,26 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         verify=args.verify,
     )
     print(result)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .engine import plan
+
+    kwargs = load_spec(args.spec)
+    for key in ("progress", "retries"):
+        kwargs.pop(key, None)
+    if args.store:
+        kwargs["store"] = Path(args.store)
+    if args.cluster:
+        kwargs["cluster"] = args.cluster
+    if args.workers:
+        kwargs["n_workers"] = args.workers
+    if args.chunk_size:
+        kwargs["chunk_size"] = args.chunk_size
+    if args.memory_limit:
+        kwargs["memory_limit"] = args.memory_limit
+    print(plan(**kwargs))
     return 0
 
 
@@ -362,9 +386,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run only the first N samples (default 100) into STORE.test.zarr",
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing store first")
+    p.add_argument("--memory-limit", help="memory per worker, e.g. 4GiB (default: the machine's, shared)")
     cluster_opts(p)
     fault_opts(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="show what `run` would do: blocks, memory, time, cluster")
+    p.add_argument("spec", help="the TOML spec file")
+    p.add_argument("--store", help="store path (overrides the spec)")
+    p.add_argument("--chunk-size", type=_chunk_size, help="samples per block, or 'auto'")
+    p.add_argument("--memory-limit", help="memory per worker, e.g. 4GiB")
+    cluster_opts(p)
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("status", help="show samples and blocks done, failed and pending")
     p.add_argument("store")

@@ -302,8 +302,12 @@ def _unguarded_main() -> bool:
 
 
 @contextmanager
-def start_executor(spec: ClusterSpec) -> Iterator[Executor]:
-    """Start (or connect to) what ``spec`` describes; stop what was started on exit."""
+def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterator[Executor]:
+    """Start (or connect to) what ``spec`` describes; stop what was started on exit.
+
+    ``memory_limit`` (bytes per worker) is given to the workers of a LocalCluster
+    that this starts; other clusters keep their own.
+    """
     if spec.kind in LOCAL_SCHEDULERS:
         yield Executor(spec)
         return
@@ -355,6 +359,7 @@ def start_executor(spec: ClusterSpec) -> Iterator[Executor]:
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address=_dashboard_address(),
+                memory_limit=memory_limit if memory_limit is not None else "auto",
             )
     except Exception as e:
         raise ClusterError(f"the local cluster did not start ({type(e).__name__}: {e}). {GUARD_HINT}") from e

@@ -32,14 +32,23 @@ import numpy as np
 
 from . import __version__
 from .chunking import chunks_from_block_shape, plan_block_shape
-from .cluster import WorkerDiedError, check_can_spawn, parse_cluster, prestart, start_executor
+from .cluster import (
+    ClusterSpec,
+    WorkerDiedError,
+    check_can_spawn,
+    default_workers,
+    parse_cluster,
+    prestart,
+    start_executor,
+)
 from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel
+from .plan import Plan, make_plan
 from .progress import Progress, format_eta
 from .space import Space
 from .store import Layout, Store
 
-__all__ = ["RunResult", "StoreStatus", "open", "run", "status"]
+__all__ = ["RunResult", "StoreStatus", "open", "plan", "run", "status"]
 
 _PROBE_SAMPLES = 16
 _PUBLISH_SECONDS = 2.0  # how often a run writes its progress for `daskbatch status`
@@ -213,6 +222,23 @@ def _validate_reliability_args(retries, timeout, retry_failed, verify):
     for name, value in (("retry_failed", retry_failed), ("verify", verify)):
         if not isinstance(value, bool):
             raise DaskbatchError(f"{name}={value!r} must be True or False")
+
+
+def _memory_limit(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(value)
+        except ValueError:
+            raise DaskbatchError(
+                f"memory_limit={value!r} is not a size; use bytes (an int) or text such as '4GiB'"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DaskbatchError(f"memory_limit={value!r} must be a size > 0 in bytes, or text such as '4GiB'")
+    return value
 
 
 def _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants):
@@ -454,6 +480,7 @@ def run(
     timeout: float | None = None,
     retry_failed: bool = False,
     verify: bool = False,
+    memory_limit: int | str | None = None,
 ) -> RunResult:
     """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
 
@@ -503,6 +530,11 @@ def run(
         Before computing, check every committed block's chunks against their
         checksums and recompute the blocks that do not match. Without it only
         cheap checks run (unreadable markers, missing or truncated chunk files).
+    memory_limit
+        Memory per worker, in bytes or as text (``"4GiB"``); default: the machine's
+        memory shared by the workers. ``chunk_size="auto"`` keeps each task within
+        half of it (see :func:`plan`); daskbatch's LocalCluster gives it to its
+        workers as their limit.
 
     Returns
     -------
@@ -523,6 +555,7 @@ def run(
     t_start = time.perf_counter()
     _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants)
     _validate_reliability_args(retries, timeout, retry_failed, verify)
+    memory_limit = _memory_limit(memory_limit)
     constants = dict(constants or {})
     constants_json = _jsonable(constants, "constants")
     kernel.check_arguments(space.params, constants)
@@ -582,6 +615,7 @@ def run(
             retries=retries,
             timeout=timeout,
             retry_failed=retry_failed,
+            memory_limit=memory_limit,
         )
     finally:
         lock.release()
@@ -609,6 +643,7 @@ def _run_locked(
     retries,
     timeout,
     retry_failed,
+    memory_limit,
 ) -> RunResult:
     if info is not None and lock.previous:
         prev = lock.previous
@@ -630,7 +665,7 @@ def _run_locked(
     prestart(spec, [kernel.module])  # worker processes get ready while this process probes
 
     # a first look at the kernel, in this process: outputs that cannot be stored fail here
-    probe = None
+    probe = probe_seconds = None
     if info is None:
         n_probe = min(_PROBE_SAMPLES, space.size)
         first = plan_block_shape(space.batch_dims, space.batch_shape, n_probe, n_workers=1)
@@ -645,8 +680,6 @@ def _run_locked(
             probe_params[name] = values
         probe = _probe(spec, kernel, probe_params, first, constants, timeout)
         probe_seconds = probe.seconds / math.prod(first) if probe is not None else None
-        out_bytes = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
-        in_bytes = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
     layout_args = dict(
         batch_dims=space.batch_dims,
         batch_shape=space.batch_shape,
@@ -655,16 +688,19 @@ def _run_locked(
         batch_coords=space.batch_coords(),
     )
 
-    with start_executor(spec) as executor:
+    plan = None
+    if block_shape is None:
+        workers = _workers_before_start(spec)
+        if workers is not None:  # a block that cannot fit fails here, before any worker starts
+            plan = _make_run_plan(kernel, space, spec, chunk_size, workers, probe_seconds, memory_limit)
+
+    with start_executor(spec, memory_limit=memory_limit) as executor:
         if block_shape is None:
-            block_shape = plan_block_shape(
-                space.batch_dims,
-                space.batch_shape,
-                chunk_size,
-                n_workers=executor.n_workers,
-                seconds_per_sample=probe_seconds,
-                bytes_per_sample=in_bytes + out_bytes if probe is not None else None,
-            )
+            if plan is None:
+                plan = _make_run_plan(
+                    kernel, space, spec, chunk_size, executor.n_workers, probe_seconds, memory_limit
+                )
+            block_shape = plan.block_shape
             layout = Layout(block_shape=block_shape, store_id=uuid.uuid4().hex, **layout_args)
             layout.validate()
             info = {
@@ -866,6 +902,43 @@ def _probe_child(payload: bytes, send) -> None:
     send.close()
 
 
+def _workers_before_start(spec) -> int | None:
+    """Workers the run will have, when that is known before anything starts."""
+    if spec.kind == "serial":
+        return 1
+    if spec.kind in ("threads", "processes", "local"):
+        return spec.n_workers or default_workers()
+    if spec.kind == "client":
+        return max(1, sum(spec.client.nthreads().values()))
+    return None
+
+
+def _bytes_per_sample(kernel: Kernel, space: Space) -> tuple[int, int]:
+    b_in = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
+    b_out = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
+    return b_in, b_out
+
+
+def _make_run_plan(kernel, space, spec, chunk_size, n_workers, seconds_per_sample, memory_limit) -> Plan:
+    b_in, b_out = _bytes_per_sample(kernel, space)
+    if spec.kind in ("serial", "threads"):
+        desc = spec.description
+    else:
+        desc = ClusterSpec(spec.kind, n_workers, spec.address, spec.client).description
+    return make_plan(
+        kernel=kernel.identity,
+        batch_dims=space.batch_dims,
+        batch_shape=space.batch_shape,
+        chunk_size=chunk_size,
+        n_workers=n_workers,
+        cluster=desc,
+        bytes_in_per_sample=b_in,
+        bytes_out_per_sample=b_out,
+        seconds_per_sample=seconds_per_sample,
+        memory_limit=memory_limit,
+    )
+
+
 def _blocks_to_retry(st: Store) -> list[tuple[int, ...]]:
     """Committed blocks with samples that failed, timed out or crashed."""
     done = st.done_mask()
@@ -999,6 +1072,68 @@ def status(store: str | os.PathLike[str]) -> StoreStatus:
     """
     st = Store(store)
     return _store_status(st, st.require_info())
+
+
+def plan(
+    kernel: Kernel,
+    space: Space,
+    store: str | os.PathLike[str] | None = None,
+    *,
+    cluster: Any = "local",
+    n_workers: int | None = None,
+    chunk_size: int | str | Mapping[str, int] = "auto",
+    constants: Mapping[str, Any] | None = None,
+    memory_limit: int | str | None = None,
+    timeout: float | None = None,
+) -> Plan:
+    """What :func:`run` would do with these arguments, without doing it.
+
+    Runs the first samples (up to 16) once, as :func:`run` does, to measure the time
+    per sample and check the outputs, then returns the :class:`~daskbatch.plan.Plan`
+    that :func:`run` would follow: batch dims and sizes, blocks and samples per
+    block, bytes per sample in and out, memory per task and per worker, time per
+    block and in total, and the cluster. Starts no cluster (a scheduler address is
+    asked for its workers) and writes nothing; with the path of an existing store,
+    its blocks are the plan's.
+
+    Examples
+    --------
+    >>> import daskbatch as db
+    >>> @db.kernel(outputs={"y": db.Output()})
+    ... def square(x):
+    ...     return x * x
+    >>> p = db.plan(square, db.Grid(x=range(1000)), cluster="threads", n_workers=2, chunk_size=100)
+    >>> p.n_blocks, p.samples_per_block, p.bytes_out_per_sample
+    (10, 100, 8)
+    """
+    _validate_run_args(kernel, space, chunk_size, True, False, constants)
+    _validate_reliability_args(0, timeout, False, False)
+    memory_limit = _memory_limit(memory_limit)
+    constants = dict(constants or {})
+    kernel.check_arguments(space.params, constants)
+    spec = parse_cluster(cluster, n_workers)
+    check_can_spawn(spec)
+    if store is not None:
+        info = Store(store).info()
+        if info is not None and info["layout"]["batch_shape"] == list(space.batch_shape):
+            chunk_size = dict(zip(space.batch_dims, info["layout"]["block_shape"], strict=True))
+    n_probe = min(_PROBE_SAMPLES, space.size)
+    first = plan_block_shape(space.batch_dims, space.batch_shape, n_probe, n_workers=1)
+    probe_params = {}
+    for name, values in space.block(tuple(slice(0, b) for b in first)).items():
+        p = space.params[name]
+        if p.is_axis:
+            shape = [1] * len(space.batch_dims)
+            shape[space.batch_dims.index(name)] = -1
+            values = values.reshape(shape)
+        probe_params[name] = values
+    probe = _probe(spec, kernel, probe_params, first, constants, timeout)
+    seconds = probe.seconds / math.prod(first) if probe is not None else None
+    workers = _workers_before_start(spec)
+    if workers is None:  # a scheduler address: ask it
+        with start_executor(spec) as executor:
+            workers = executor.n_workers
+    return _make_run_plan(kernel, space, spec, chunk_size, workers, seconds, memory_limit)
 
 
 def open(store: str | os.PathLike[str]):

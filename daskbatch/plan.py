@@ -1,0 +1,219 @@
+"""What a run will do before it does it: blocks, bytes, memory, time, cluster.
+
+:func:`make_plan` is pure (sizes and measured costs in, a :class:`Plan` out) and is
+what :func:`daskbatch.run` uses to choose its blocks; :func:`daskbatch.plan` probes
+the kernel and calls it, so a user sees the same numbers without running anything.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .chunking import auto_samples_per_block, block_shape_for_samples, plan_block_shape
+from .errors import DaskbatchError
+
+__all__ = ["MEMORY_FACTOR", "TASK_SHARE", "Plan", "PlanError", "default_memory_limit", "make_plan"]
+
+#: A task holds its parameters and outputs about this many times over: the arrays
+#: themselves, the kernel's own copies, and Zarr's encoding buffers.
+MEMORY_FACTOR = 3
+#: A task may use this share of its worker's memory limit (distributed starts to
+#: spill and pause workers at 60-80%).
+TASK_SHARE = 0.5
+
+
+class PlanError(DaskbatchError):
+    """No block fits the memory budget, or the planning arguments are invalid."""
+
+
+def default_memory_limit(n_workers: int) -> int:
+    """Memory per worker: the machine's (or the cgroup's) memory shared by the workers."""
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT // max(1, n_workers))
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "unknown (no probe)"
+    if s < 1:
+        return f"{s * 1e3:,.1f} ms"
+    if s < 120:
+        return f"{s:,.1f} s"
+    h, rest = divmod(round(s), 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's plan: how the samples are cut into blocks and what that will cost.
+
+    Estimates of time come from the probe of the first samples; estimates of memory
+    from the declared sizes of parameters and outputs (times :data:`MEMORY_FACTOR`
+    for a task, plus nothing for the kernel's own data, which daskbatch cannot see).
+    """
+
+    kernel: str
+    batch_dims: tuple[str, ...]
+    batch_shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    bytes_in_per_sample: int
+    bytes_out_per_sample: int
+    seconds_per_sample: float | None
+    n_workers: int
+    cluster: str
+    memory_limit: int
+
+    @property
+    def n_samples(self) -> int:
+        return math.prod(self.batch_shape)
+
+    @property
+    def samples_per_block(self) -> int:
+        return math.prod(self.block_shape)
+
+    @property
+    def n_blocks(self) -> int:
+        return math.prod(math.ceil(n / b) for n, b in zip(self.batch_shape, self.block_shape, strict=True))
+
+    @property
+    def task_memory(self) -> int:
+        """Bytes one task holds at its peak (estimate)."""
+        per = self.bytes_in_per_sample + self.bytes_out_per_sample
+        return MEMORY_FACTOR * per * self.samples_per_block
+
+    @property
+    def seconds_per_block(self) -> float | None:
+        if self.seconds_per_sample is None:
+            return None
+        return self.seconds_per_sample * self.samples_per_block
+
+    @property
+    def total_seconds(self) -> float | None:
+        """Wall time of the computation if every worker is busy all the time."""
+        if self.seconds_per_block is None:
+            return None
+        rounds = math.ceil(self.n_blocks / max(1, self.n_workers))
+        return rounds * self.seconds_per_block
+
+    def _rows(self) -> list[tuple[str, str]]:
+        dims = ", ".join(f"{d}: {n:,}" for d, n in zip(self.batch_dims, self.batch_shape, strict=True))
+        block = " × ".join(f"{b:,}" for b in self.block_shape)
+        return [
+            ("kernel", self.kernel),
+            ("samples", f"{self.n_samples:,} ({dims})"),
+            ("blocks", f"{self.n_blocks:,} of {self.samples_per_block:,} samples ({block})"),
+            (
+                "bytes per sample",
+                f"{_bytes(self.bytes_in_per_sample)} in, {_bytes(self.bytes_out_per_sample)} out "
+                f"({_bytes(self.bytes_out_per_sample * self.n_samples)} of results in all)",
+            ),
+            (
+                "memory",
+                f"{_bytes(self.task_memory)} per task, {_bytes(self.task_memory)} per worker "
+                f"(1 task at a time; limit {_bytes(self.memory_limit)} per worker)",
+            ),
+            ("time per sample", _seconds(self.seconds_per_sample)),
+            ("time per block", _seconds(self.seconds_per_block)),
+            ("time in all", f"{_seconds(self.total_seconds)} on {self.n_workers} workers (estimate)"),
+            ("cluster", self.cluster),
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{k + ':':18s}{v}" for k, v in self._rows())
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{html.escape(v)}</td></tr>"
+            for k, v in self._rows()
+        )
+        return f"<table><caption>daskbatch plan</caption>{rows}</table>"
+
+
+def make_plan(
+    *,
+    kernel: str,
+    batch_dims: Sequence[str],
+    batch_shape: Sequence[int],
+    chunk_size: int | str | Mapping[str, int],
+    n_workers: int,
+    cluster: str,
+    bytes_in_per_sample: int,
+    bytes_out_per_sample: int,
+    seconds_per_sample: float | None,
+    memory_limit: int | None = None,
+) -> Plan:
+    """Choose the blocks within the memory budget and estimate the run.
+
+    ``chunk_size="auto"`` takes :func:`~daskbatch.chunking.auto_samples_per_block`,
+    capped so that a task fits :data:`TASK_SHARE` of ``memory_limit`` (per worker;
+    default :func:`default_memory_limit`). An explicit ``chunk_size`` is kept, but a
+    block that does not fit is refused, like a single sample that does not fit.
+
+    Examples
+    --------
+    >>> p = make_plan(kernel="k", batch_dims=("sample",), batch_shape=(1000,), chunk_size="auto",
+    ...               n_workers=2, cluster="local", bytes_in_per_sample=8, bytes_out_per_sample=8,
+    ...               seconds_per_sample=0.01, memory_limit=2**30)
+    >>> p.block_shape, p.n_blocks, p.total_seconds
+    ((100,), 10, 5.0)
+    """
+    if memory_limit is None:
+        memory_limit = default_memory_limit(n_workers)
+    if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0:
+        raise PlanError(f"memory_limit={memory_limit!r} must be a number of bytes > 0, e.g. 4 * 2**30")
+    per_sample = MEMORY_FACTOR * (bytes_in_per_sample + bytes_out_per_sample)
+    budget = int(TASK_SHARE * memory_limit)
+    if per_sample > budget:
+        raise PlanError(
+            f"one sample needs about {_bytes(per_sample)} in a task ({MEMORY_FACTOR} × "
+            f"{_bytes(bytes_in_per_sample)} of parameters + {_bytes(bytes_out_per_sample)} of outputs), "
+            f"more than the {_bytes(budget)} a task may use ({TASK_SHARE:.0%} of memory_limit="
+            f"{_bytes(memory_limit)} per worker): give the workers more memory (memory_limit=) or "
+            "make the outputs smaller"
+        )
+    total = math.prod(batch_shape)
+    if chunk_size == "auto":
+        size = auto_samples_per_block(
+            total,
+            n_workers=n_workers,
+            seconds_per_sample=seconds_per_sample,
+            bytes_per_sample=bytes_in_per_sample + bytes_out_per_sample,
+        )
+        size = max(1, min(size, budget // max(1, per_sample)))
+        block_shape = block_shape_for_samples(size, batch_shape)
+    else:
+        block_shape = plan_block_shape(batch_dims, batch_shape, chunk_size, n_workers=n_workers)
+        need = per_sample * math.prod(block_shape)
+        if need > budget:
+            fits = budget // max(1, per_sample)
+            raise PlanError(
+                f"chunk_size={chunk_size!r}: a block of {math.prod(block_shape):,} samples needs about "
+                f"{_bytes(need)}, more than the {_bytes(budget)} a task may use ({TASK_SHARE:.0%} of "
+                f"memory_limit={_bytes(memory_limit)} per worker); use at most {fits:,} samples per "
+                "block, or chunk_size='auto'"
+            )
+    return Plan(
+        kernel=kernel,
+        batch_dims=tuple(batch_dims),
+        batch_shape=tuple(batch_shape),
+        block_shape=tuple(block_shape),
+        bytes_in_per_sample=int(bytes_in_per_sample),
+        bytes_out_per_sample=int(bytes_out_per_sample),
+        seconds_per_sample=seconds_per_sample,
+        n_workers=int(n_workers),
+        cluster=cluster,
+        memory_limit=int(memory_limit),
+    )

@@ -1,0 +1,123 @@
+"""Plans: blocks within a memory budget, estimates checked against a real run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from conftest import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import daskbatch as db
+from daskbatch.plan import MEMORY_FACTOR, TASK_SHARE, PlanError, make_plan
+from daskbatch.testing import slow_square
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 10**9),
+    workers=st.integers(1, 512),
+    seconds=st.one_of(st.none(), st.floats(1e-7, 100)),
+    b_in=st.integers(1, 10**6),
+    b_out=st.integers(1, 10**7),
+    memory=st.integers(2**20, 2**40),
+)
+def test_auto_blocks_always_fit_the_memory_budget(n, workers, seconds, b_in, b_out, memory):
+    args = dict(
+        kernel="k",
+        batch_dims=("sample",),
+        batch_shape=(n,),
+        chunk_size="auto",
+        n_workers=workers,
+        cluster="c",
+        bytes_in_per_sample=b_in,
+        bytes_out_per_sample=b_out,
+        seconds_per_sample=seconds,
+        memory_limit=memory,
+    )
+    if MEMORY_FACTOR * (b_in + b_out) > TASK_SHARE * memory:
+        with pytest.raises(PlanError, match="one sample needs about"):
+            make_plan(**args)
+        return
+    p = make_plan(**args)
+    assert 1 <= p.samples_per_block <= n
+    assert p.task_memory <= TASK_SHARE * memory
+    assert p.n_blocks * p.samples_per_block >= n
+    if seconds is not None and p.samples_per_block > 1:
+        assert p.seconds_per_block <= 2.0  # never much more than a second of work
+
+
+def test_a_block_that_cannot_fit_fails_before_anything_exists_naming_both_numbers(tmp_path):
+    big = db.kernel(outputs={"v": db.Output(dims=("k",), shape=(1_000_000,))})(lambda x: np.zeros(10**6))
+    store = tmp_path / "never.zarr"
+    with pytest.raises(PlanError, match=r"one sample needs about 22\.9 MiB .* more than the 5\.0 MiB"):
+        db.run(big, db.Grid(x=[1.0, 2.0]), store, cluster="serial", progress=False, memory_limit="10MiB")
+    assert not store.exists()
+    with pytest.raises(
+        PlanError,
+        match=r"a block of 100 samples needs about 4\.7 KiB, more than the 1\.0 KiB.*use at most 21 samples",
+    ):
+        db.run(
+            slow_square,
+            db.Grid(x=np.arange(100.0)),
+            store,
+            cluster="serial",
+            chunk_size=100,
+            progress=False,
+            memory_limit=2048,
+        )
+    assert not store.exists()
+    with pytest.raises(db.DaskbatchError, match="memory_limit='lots' is not a size"):
+        db.run(slow_square, db.Grid(x=[1.0]), store, cluster="serial", progress=False, memory_limit="lots")
+
+
+def test_plan_is_what_run_does_and_its_time_estimate_holds(tmp_path):
+    """Tolerance: the measured mean block time is within ±50% of the plan's."""
+    space = db.Grid(x=np.linspace(0, 1, 200))
+    args = dict(cluster="threads", n_workers=2, constants={"delay": 0.005})
+    p = db.plan(slow_square, space, chunk_size=20, **args)
+    assert (p.n_blocks, p.samples_per_block, p.block_shape) == (10, 20, (20,))
+    assert p.bytes_in_per_sample == 8 and p.bytes_out_per_sample == 8
+    assert p.seconds_per_block == pytest.approx(0.1, rel=0.5)
+    res = db.run(slow_square, space, tmp_path / "s.zarr", chunk_size=20, progress=False, **args)
+    assert res.blocks_total == p.n_blocks
+    measured = zarr.open_group(tmp_path / "s.zarr")["_daskbatch/seconds"][...]
+    assert measured.mean() == pytest.approx(p.seconds_per_block, rel=0.5)
+    assert res.wall_seconds == pytest.approx(p.total_seconds, rel=0.5)
+    # auto chunking: the same plan in `plan` and in `run` (the cost here is in the balance)
+    cheap = db.Grid(x=np.arange(1000.0))
+    auto = db.plan(slow_square, cheap, cluster="threads", n_workers=2)
+    res = db.run(slow_square, cheap, tmp_path / "a.zarr", cluster="threads", n_workers=2, progress=False)
+    assert res.blocks_total == auto.n_blocks == 8
+    # a store's own blocks are the plan's
+    again = db.plan(slow_square, space, tmp_path / "s.zarr", chunk_size="auto", **args)
+    assert again.block_shape == (20,)
+
+
+def test_plan_prints_and_renders(tmp_path):
+    p = db.plan(slow_square, db.Grid(x=np.arange(50.0)), cluster="serial", chunk_size=10)
+    text = str(p)
+    for words in (
+        "samples:",
+        "50 (x: 50)",
+        "blocks:",
+        "5 of 10 samples",
+        "bytes per sample:",
+        "memory:",
+        "per task",
+        "time per block:",
+        "time in all:",
+        "cluster:",
+        "serial",
+    ):
+        assert words in text, text
+    assert p._repr_html_().startswith("<table><caption>daskbatch plan</caption>")
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'kernel = "daskbatch.testing:slow_square"\nstore = "s.zarr"\ncluster = "serial"\n'
+        '[space]\ntype = "grid"\naxes = {x = {linspace = [0, 1, 300]}}\n'
+    )
+    r = run_cli("plan", str(spec), "--chunk-size", "30")
+    assert r.returncode == 0, r.stderr
+    assert "10 of 30 samples" in r.stdout and not (tmp_path / "s.zarr").exists()
