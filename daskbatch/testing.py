@@ -29,6 +29,7 @@ __all__ = [
     "noise",
     "slow_square",
     "vector_affine",
+    "vector_hang",
     "wrong_shape",
 ]
 
@@ -161,3 +162,13 @@ def noise(x, delay=0.0):
     so that writing a block takes a while; ``delay`` seconds of sleep per sample."""
     time.sleep(delay)
     return np.random.default_rng(int(abs(x) * 1e6)).random(2048)
+
+
+@kernel(outputs={"y": Output()}, per_sample=False)
+def vector_hang(i, bad=()):
+    """``y = 2 i`` on a whole block, but a block that holds any ``i`` in ``bad`` blocks
+    in C forever: a vectorised core that hangs."""
+    i = np.asarray(i)
+    if np.isin(i, list(bad)).any():
+        time.sleep(10**6)
+    return 2.0 * i

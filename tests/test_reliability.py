@@ -229,6 +229,28 @@ def test_timeout_stops_a_sample_stuck_in_native_code(tmp_path, cluster):
     )
 
 
+def test_timeout_of_a_vectorised_kernel_is_per_block(tmp_path):
+    from daskbatch.testing import vector_hang
+
+    res = db.run(
+        vector_hang,
+        IDS,
+        tmp_path / "v.zarr",
+        cluster="local",
+        n_workers=2,
+        chunk_size=8,
+        progress=False,
+        timeout=1.0,
+        constants={"bad": [30]},
+    )
+    assert res.complete and res.samples["timeout"] == 8 and res.samples["ok"] == 32
+    ds = db.open(tmp_path / "v.zarr")
+    assert (ds.status.values[24:32] == db.STATUS["timeout"]).all()
+    assert (
+        "the block call was stopped" in res.errors[0]["error"] or "timeout of 1 s" in res.errors[0]["error"]
+    )
+
+
 @pytest.mark.parametrize("cluster", ["serial", "threads"])
 def test_timeout_stops_python_code_in_the_driver_process(tmp_path, cluster):
     res = db.run(
