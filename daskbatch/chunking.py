@@ -27,7 +27,8 @@ AUTO_BLOCK_SECONDS = 1.0
 AUTO_BLOCKS_PER_WORKER = 4
 #: No block holds more than this many bytes of parameters and outputs.
 AUTO_BLOCK_BYTES = 256 * 2**20
-#: Without a measured cost, blocks hold at most this many samples.
+#: Without a measured cost, blocks hold at most this many samples (with one, the
+#: time per block decides).
 AUTO_MAX_SAMPLES = 100_000
 
 
@@ -157,8 +158,9 @@ def auto_samples_per_block(
     """Samples per block for ``chunk_size="auto"``.
 
     The smallest of: what takes about :data:`AUTO_BLOCK_SECONDS` (when the cost
-    is known), what leaves :data:`AUTO_BLOCKS_PER_WORKER` blocks per worker, and
-    what fits :data:`AUTO_BLOCK_BYTES`; never below one sample. Then made a little
+    is known, else :data:`AUTO_MAX_SAMPLES`), what leaves
+    :data:`AUTO_BLOCKS_PER_WORKER` blocks per worker, and what fits
+    :data:`AUTO_BLOCK_BYTES`; never below one sample. Then made a little
     smaller if that gives every worker the same number of blocks.
 
     Examples
@@ -170,9 +172,11 @@ def auto_samples_per_block(
     """
     workers = max(1, int(n_workers))
     balance = max(1, total // (AUTO_BLOCKS_PER_WORKER * workers))
-    limits = [balance, AUTO_MAX_SAMPLES]
+    limits = [balance]
     if seconds_per_sample is not None and seconds_per_sample > 0:
         limits.append(max(1, round(AUTO_BLOCK_SECONDS / seconds_per_sample)))
+    else:  # no measured cost: keep blocks moderate
+        limits.append(AUTO_MAX_SAMPLES)
     if bytes_per_sample:
         limits.append(max(1, AUTO_BLOCK_BYTES // int(bytes_per_sample)))
     size = max(1, min(limits))

@@ -51,6 +51,8 @@ from .store import Layout, Store
 __all__ = ["RunResult", "StoreStatus", "open", "plan", "run", "status"]
 
 _PROBE_SAMPLES = 16
+_VECTOR_PROBE_SAMPLES = 16_384
+_QUICK_PROBE_SECONDS = 0.05
 _PUBLISH_SECONDS = 2.0  # how often a run writes its progress for `daskbatch status`
 _SHOWN_ERRORS = 5
 
@@ -665,21 +667,9 @@ def _run_locked(
     prestart(spec, [kernel.module])  # worker processes get ready while this process probes
 
     # a first look at the kernel, in this process: outputs that cannot be stored fail here
-    probe = probe_seconds = None
+    probe_seconds = None
     if info is None:
-        n_probe = min(_PROBE_SAMPLES, space.size)
-        first = plan_block_shape(space.batch_dims, space.batch_shape, n_probe, n_workers=1)
-        slices = tuple(slice(0, b) for b in first)
-        probe_params = {}
-        for name, values in space.block(slices).items():
-            p = space.params[name]
-            if p.is_axis:
-                shape = [1] * len(space.batch_dims)
-                shape[space.batch_dims.index(name)] = -1
-                values = values.reshape(shape)
-            probe_params[name] = values
-        probe = _probe(spec, kernel, probe_params, first, constants, timeout)
-        probe_seconds = probe.seconds / math.prod(first) if probe is not None else None
+        probe_seconds = _measure(spec, kernel, space, constants, timeout)
     layout_args = dict(
         batch_dims=space.batch_dims,
         batch_shape=space.batch_shape,
@@ -839,6 +829,40 @@ def _run_locked(
             cluster=executor.description,
             dashboard=dashboard,
         )
+
+
+def _probe_block(space: Space, n: int) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+    """The first ``n`` samples (or so) of ``space``: their block shape and parameters."""
+    shape = plan_block_shape(space.batch_dims, space.batch_shape, n, n_workers=1)
+    params = {}
+    for name, values in space.block(tuple(slice(0, b) for b in shape)).items():
+        p = space.params[name]
+        if p.is_axis:
+            axis = [1] * len(space.batch_dims)
+            axis[space.batch_dims.index(name)] = -1
+            values = values.reshape(axis)
+        params[name] = values
+    return shape, params
+
+
+def _measure(spec, kernel: Kernel, space: Space, constants, timeout) -> float | None:
+    """Probe the first samples (checking their outputs); return seconds per sample.
+
+    A vectorised core called on 16 samples measures mostly its call overhead, so
+    when that call was quick a second probe of up to 16,384 samples gives the cost
+    per sample. None if the probe could not finish.
+    """
+    shape, params = _probe_block(space, min(_PROBE_SAMPLES, space.size))
+    probe = _probe(spec, kernel, params, shape, constants, timeout)
+    if probe is None:
+        return None
+    seconds = probe.seconds / math.prod(shape)
+    if not kernel.per_sample and probe.seconds < _QUICK_PROBE_SECONDS and space.size > math.prod(shape):
+        shape, params = _probe_block(space, min(_VECTOR_PROBE_SAMPLES, space.size))
+        second = _probe(spec, kernel, params, shape, constants, timeout)
+        if second is not None:
+            seconds = second.seconds / math.prod(shape)
+    return seconds
 
 
 def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | None:
@@ -1117,18 +1141,7 @@ def plan(
         info = Store(store).info()
         if info is not None and info["layout"]["batch_shape"] == list(space.batch_shape):
             chunk_size = dict(zip(space.batch_dims, info["layout"]["block_shape"], strict=True))
-    n_probe = min(_PROBE_SAMPLES, space.size)
-    first = plan_block_shape(space.batch_dims, space.batch_shape, n_probe, n_workers=1)
-    probe_params = {}
-    for name, values in space.block(tuple(slice(0, b) for b in first)).items():
-        p = space.params[name]
-        if p.is_axis:
-            shape = [1] * len(space.batch_dims)
-            shape[space.batch_dims.index(name)] = -1
-            values = values.reshape(shape)
-        probe_params[name] = values
-    probe = _probe(spec, kernel, probe_params, first, constants, timeout)
-    seconds = probe.seconds / math.prod(first) if probe is not None else None
+    seconds = _measure(spec, kernel, space, constants, timeout)
     workers = _workers_before_start(spec)
     if workers is None:  # a scheduler address: ask it
         with start_executor(spec) as executor:

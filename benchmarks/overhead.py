@@ -1,0 +1,194 @@
+"""Scheduling and storage overhead: a cheap vectorised numpy kernel over N samples.
+
+The kernel is a handful of numpy operations per sample with one float64 out; its
+two parameters are drawn by daskbatch's counter-based generator (the same numbers
+for every contender). Contenders, each in its own process tree, medians of rounds:
+
+- ``numpy-single``: one process draws the whole parameter arrays, computes the
+  whole output with numpy and writes parameters and output to a Zarr store;
+- ``dask-running``: plain ``dask.array.map_blocks(...).to_zarr(...)`` with dask's
+  own chunking, on a LocalCluster already running (warmed by a small computation);
+- ``daskbatch-running``: ``daskbatch.run`` with its defaults on the same kind of
+  cluster, already running;
+- ``daskbatch-e2e``: ``daskbatch.run`` with ``cluster="local"``, started in the call.
+
+    python benchmarks/overhead.py                 # N = 50,000,000
+    python benchmarks/overhead.py --n 2000000 --repeat 1
+
+Prints samples/s and ratios against ``numpy-single``, and writes the table into
+docs/performance.md (between the overhead markers) unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tem1d import PeakMemory
+
+import daskbatch as db
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS = ["numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"]
+DESCRIPTIONS = {
+    "numpy-single": "one process: whole arrays with numpy, then written to Zarr",
+    "dask-running": "dask.array map_blocks(...).to_zarr(...), dask's chunks, LocalCluster already running",
+    "daskbatch-running": "daskbatch.run defaults, LocalCluster already running",
+    "daskbatch-e2e": "daskbatch.run defaults, cluster='local' started in the call",
+}
+
+
+def formula(a, b):
+    return np.sqrt(a * a + b * b) * np.sin(a) + np.log1p(b) - a * b
+
+
+@db.kernel(outputs={"y": db.Output()}, per_sample=False, threadsafe=True)
+def cheap(a, b):
+    """A handful of numpy operations per sample, one float64 out."""
+    return formula(a, b)
+
+
+def space(n: int) -> db.MonteCarlo:
+    return db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=n, seed=7)
+
+
+def run_contender(name: str, n: int, store: Path, workers: int) -> dict:
+    sp = space(n)
+    if name == "numpy-single":
+        import zarr
+
+        t = time.perf_counter()
+        params = sp.block((slice(0, n),))
+        y = formula(params["a"], params["b"])
+        root = zarr.open_group(str(store), mode="w")
+        for key, values in (("a", params["a"]), ("b", params["b"]), ("y", y)):
+            root.create_array(key, data=values, chunks=(1_000_000,))
+        return {"seconds": time.perf_counter() - t}
+    if name == "daskbatch-e2e":
+        t = time.perf_counter()
+        res = db.run(cheap, sp, store, n_workers=workers, progress=False, overwrite=True)
+        return {"seconds": time.perf_counter() - t, "blocks": res.blocks_total}
+    from daskbatch.cluster import ClusterSpec, start_executor
+
+    with start_executor(ClusterSpec("local", workers)) as ex:
+        if name == "dask-running":
+            import dask.array as da
+
+            def go(target: Path, size: int) -> None:
+                # dask's own choice of chunks (128 MiB), as a user of dask.array would get
+                chunks = da.core.normalize_chunks("auto", (size,), dtype=np.float64)
+                arrays = space(size).to_dask(chunks)
+                y = da.map_blocks(formula, arrays["a"], arrays["b"], dtype=float)
+                da.to_zarr(y, str(target), overwrite=True)
+
+            go(store.with_suffix(".warm.zarr"), 100_000)
+            t = time.perf_counter()
+            go(store, n)
+            return {"seconds": time.perf_counter() - t}
+        db.run(cheap, space(100_000), store.with_suffix(".warm.zarr"), cluster=ex.client, progress=False)
+        t = time.perf_counter()
+        res = db.run(cheap, sp, store, cluster=ex.client, progress=False, overwrite=True)
+        return {"seconds": time.perf_counter() - t, "blocks": res.blocks_total}
+
+
+def _check(name: str, store: Path, n: int) -> bool:
+    """The output equals the formula on the same parameters (first and last million)."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r") if name != "dask-running" else None
+    y = zarr.open_array(str(store), mode="r") if root is None else root["y"]
+    sp = space(n)
+    for sl in (slice(0, min(n, 1_000_000)), slice(max(0, n - 1_000_000), n)):
+        p = sp.block((sl,))
+        if not np.array_equal(y[sl], formula(p["a"], p["b"])):
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=50_000_000)
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--child", nargs=2, metavar=("NAME", "STORE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_contender(args.child[0], args.n, Path(args.child[1]), args.workers)))
+        return 0
+    names = [c for c in args.contenders.split(",") if c]
+    tmp = Path(tempfile.mkdtemp(prefix="daskbatch-overhead-"))
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(args.repeat):
+        for name in names:
+            store = tmp / f"{name}.zarr"
+            shutil.rmtree(store, ignore_errors=True)
+            cmd = [sys.executable, __file__, "--n", str(args.n), "--workers", str(args.workers)]
+            proc = subprocess.Popen([*cmd, "--child", name, str(store)], stdout=subprocess.PIPE, text=True)
+            mem = PeakMemory(proc.pid)
+            out, _ = proc.communicate()
+            peak = mem.stop()
+            if proc.returncode:
+                runs[name].append({"error": f"exit {proc.returncode}"})
+                continue
+            runs[name].append({**json.loads(out.strip().splitlines()[-1]), "peak": peak, "store": store})
+    base = None
+    rows = []
+    for name in names:
+        ok = [r for r in runs[name] if "error" not in r]
+        if len(ok) < len(runs[name]):
+            rows.append(f"| {name} | {DESCRIPTIONS[name]} | failed | | | |")
+            continue
+        rate = statistics.median(args.n / r["seconds"] for r in ok)
+        base = base or (rate if name == "numpy-single" else None)
+        correct = _check(name, ok[-1]["store"], args.n)
+        ratio = f"{rate / base:.2f}" if base else "-"
+        peak = max(r["peak"] for r in ok) / 2**20
+        rows.append(
+            f"| {name} | {DESCRIPTIONS[name]} | {rate:,.0f} | {ratio} | {peak:,.0f} MB | "
+            f"{'yes' if correct else 'NO'} |"
+        )
+        rates = ", ".join(f"{args.n / r['seconds']:,.0f}" for r in ok)
+        print(f"  {name:18s} {rate:12,.0f} samples/s  x{ratio}  peak {peak:6,.0f} MB  (runs: {rates})")
+    table = (
+        f"N = {args.n:,} samples, {args.workers} workers, medians of {args.repeat} rounds; "
+        f"`python benchmarks/overhead.py --n {args.n}`\n\n"
+        "| contender | what | samples/s | ÷ numpy-single | peak RSS of any process | correct |\n"
+        "|---|---|---:|---:|---:|---|\n" + "\n".join(rows) + "\n"
+    )
+    print()
+    print(table)
+    if not args.no_write:
+        _write_overhead(Path(args.out), table)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _write_overhead(path: Path, table: str) -> None:
+    start, end = "<!-- overhead:start -->", "<!-- overhead:end -->"
+    text = path.read_text()
+    block = f"{start}\n{table}{end}"
+    if start in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Overhead: a cheap vectorised kernel\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"written into {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
