@@ -37,6 +37,7 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed  ## the benchmarks; results go into docs/performance.md
 	$(PY) benchmarks/tem1d.py
+	$(PY) benchmarks/overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache daskbatch-demo.zarr

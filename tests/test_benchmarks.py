@@ -39,3 +39,31 @@ def test_tem1d_benchmark_smoke(tmp_path):
     for name in ("sequential", "ceiling", "multiprocessing-pool", "joblib", "daskbatch-running"):
         assert f"| {name} |" in text
     assert "| daskbatch-running |" in text and "yes (0e+00)" in text
+
+
+def test_overhead_benchmark_smoke(tmp_path):
+    out = tmp_path / "performance.md"
+    out.write_text("# Performance\n\n<!-- overhead:start -->\nold\n<!-- overhead:end -->\n\nkept\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "overhead.py"),
+            "--n",
+            "200000",
+            "--repeat",
+            "1",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "old" not in text and text.endswith("kept\n")
+    for name in ("numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"):
+        assert f"| {name} |" in text
+    assert "| NO |" not in text and "failed" not in text
