@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tem1d import PeakMemory
+from tem1d import PeakMemory, write_table
 
 import daskbatch as db
 
@@ -180,22 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if not args.no_write:
-        _write_overhead(Path(args.out), table)
+        write_table(Path(args.out), table, "overhead", "## Overhead: a cheap vectorised kernel")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _write_overhead(path: Path, table: str) -> None:
-    start, end = "<!-- overhead:start -->", "<!-- overhead:end -->"
-    text = path.read_text()
-    block = f"{start}\n{table}{end}"
-    if start in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Overhead: a cheap vectorised kernel\n\n" + block + "\n"
-    path.write_text(text)
-    print(f"written into {path}")
 
 
 if __name__ == "__main__":

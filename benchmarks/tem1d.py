@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if not args.no_write:
-        _write(Path(args.out), table, large=args.n >= 500_000)
+        write_table(Path(args.out), table, "tem1d-large" if args.n >= 500_000 else "tem1d")
     return 0
 
 
@@ -410,8 +410,11 @@ def _table(args, seq_rate, limit, rows) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _write(path: Path, table: str, large: bool) -> None:
-    tag = "tem1d-large" if large else "tem1d"
+def write_table(path: Path, table: str, tag: str, heading: str = "") -> None:
+    """Put ``table`` between the ``<!-- tag:start/end -->`` markers of ``path``.
+
+    Without the markers, the table (under ``heading``) is appended.
+    """
     start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
     text = path.read_text() if path.exists() else "# Performance\n"
     block = f"{start}\n{table}{end}"
@@ -420,7 +423,7 @@ def _write(path: Path, table: str, large: bool) -> None:
         _, after = rest.split(end, 1)
         text = before + block + after
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        text = text.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     path.write_text(text)
     print(f"written into {path}")
 

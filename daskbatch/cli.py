@@ -172,22 +172,26 @@ def _test_store(store: Path) -> Path:
     return store.with_name(f"{stem}.test.zarr")
 
 
+def _spec_with_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec file's run arguments, with the command-line flags that override them."""
+    kwargs = load_spec(args.spec)
+    flags = {
+        "store": Path(args.store) if args.store else None,
+        "cluster": args.cluster,
+        "n_workers": args.workers,
+        "chunk_size": args.chunk_size,
+        "memory_limit": args.memory_limit,
+    }
+    kwargs.update({k: v for k, v in flags.items() if v})
+    return kwargs
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .engine import run
 
-    kwargs = load_spec(args.spec)
-    if args.store:
-        kwargs["store"] = Path(args.store)
-    if args.cluster:
-        kwargs["cluster"] = args.cluster
-    if args.workers:
-        kwargs["n_workers"] = args.workers
-    if args.chunk_size:
-        kwargs["chunk_size"] = args.chunk_size
+    kwargs = _spec_with_flags(args)
     if args.no_progress:
         kwargs["progress"] = False
-    if args.memory_limit:
-        kwargs["memory_limit"] = args.memory_limit
     if args.retries is not None:
         kwargs["retries"] = args.retries
     if args.timeout is not None:
@@ -246,19 +250,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .engine import plan
 
-    kwargs = load_spec(args.spec)
-    for key in ("progress", "retries"):
+    kwargs = _spec_with_flags(args)
+    for key in ("progress", "retries"):  # not planning matters
         kwargs.pop(key, None)
-    if args.store:
-        kwargs["store"] = Path(args.store)
-    if args.cluster:
-        kwargs["cluster"] = args.cluster
-    if args.workers:
-        kwargs["n_workers"] = args.workers
-    if args.chunk_size:
-        kwargs["chunk_size"] = args.chunk_size
-    if args.memory_limit:
-        kwargs["memory_limit"] = args.memory_limit
     print(plan(**kwargs))
     return 0
 
