@@ -207,8 +207,24 @@ def run_contender(name: str, data: Path, result: Path, workers: int, store: Path
 # --------------------------------------------------------------------------- the harness
 
 
+def _high_water(pid: int) -> int | None:
+    """The kernel's record of a process's peak resident memory (Linux ``VmHWM``), in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class PeakMemory:
-    """Samples the resident memory of a process and its children; keeps each one's peak."""
+    """Samples the peak resident memory of a process and its children; keeps each one's.
+
+    On Linux each sample reads the kernel's high-water mark (``VmHWM``), so a peak
+    between two samples is not missed; elsewhere the current RSS is sampled.
+    """
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         import psutil
@@ -230,7 +246,7 @@ class PeakMemory:
                 break
             for p in procs:
                 try:
-                    rss = p.memory_info().rss
+                    rss = _high_water(p.pid) or p.memory_info().rss
                 except psutil.Error:
                     continue
                 self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), rss)

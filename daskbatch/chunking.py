@@ -26,7 +26,7 @@ AUTO_BLOCK_SECONDS = 1.0
 #: ... and at least this many blocks per worker, so that workers finish together.
 AUTO_BLOCKS_PER_WORKER = 4
 #: No block holds more than this many bytes of parameters and outputs.
-AUTO_BLOCK_BYTES = 256 * 2**20
+AUTO_BLOCK_BYTES = 8 * 2**20
 #: Without a measured cost, blocks hold at most this many samples (with one, the
 #: time per block decides).
 AUTO_MAX_SAMPLES = 100_000

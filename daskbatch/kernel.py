@@ -403,17 +403,30 @@ class Kernel:
         if self.wants_state:
             constants["state"] = state
         n = math.prod(batch_shape)
-        outputs = {k: np.full(batch_shape + o.shape, o.fill, dtype=o.dtype) for k, o in self.outputs.items()}
+        # the output arrays, filled with their fill values; a vectorised kernel's own
+        # result arrays are kept instead when it computes the whole block at once, so
+        # that a block's outputs are not held twice (see whole_block)
+        outputs: dict[str, np.ndarray] = {}
+        flat_out: dict[str, np.ndarray] = {}
+
+        def allocate(fresh: bool = False) -> None:
+            for k, o in self.outputs.items():
+                if fresh or k not in outputs:
+                    outputs[k] = np.full(batch_shape + o.shape, o.fill, dtype=o.dtype)
+                flat_out[k] = outputs[k].reshape((n, *o.shape))
+
         status = np.full(batch_shape, PENDING, dtype=np.int8)
         errors: list[dict[str, Any]] = []
         flat = {
             k: _broadcast(v, batch_shape).reshape((n, *np.shape(v)[len(batch_shape) :]))
             for k, v in params.items()
         }
-        flat_out = {k: v.reshape((n, *self.outputs[k].shape)) for k, v in outputs.items()}
         flat_status = status.reshape(n)
+        if self.per_sample or positions is not None:
+            allocate()
         n_errors = 0
-        todo = list(range(n)) if positions is None else [int(i) for i in positions]
+        # every sample (a range, never a list of millions of ints) or the given ones
+        todo: Sequence[int] = range(n) if positions is None else [int(i) for i in positions]
         watchdog = _Watchdog(timeout, on_timeout, kill_on_timeout) if timeout is not None and todo else None
 
         def record(i: int, exc: BaseException, code: int = FAILED) -> None:
@@ -472,6 +485,8 @@ class Kernel:
 
         def whole_block() -> None:
             if positions is None:
+                # a copy each, so that a kernel that works in place on its inputs cannot
+                # change the parameters that are stored
                 block_params = {k: np.array(_broadcast(v, batch_shape)) for k, v in params.items()}
                 shape, where = batch_shape, "block"
             else:
@@ -482,10 +497,13 @@ class Kernel:
             checked = {k: self._check_value(k, values[k], where, shape) for k in self.outputs}
             for k, v in checked.items():
                 if positions is None:
-                    outputs[k][...] = v
+                    outputs[k] = _owned(v, values[k])
                 else:
                     flat_out[k][todo] = v
-            flat_status[todo] = OK
+            if positions is None:
+                status[...] = OK
+            else:
+                flat_status[todo] = OK
 
         try:
             with lock if lock is not None else _nullcontext():
@@ -516,15 +534,18 @@ class Kernel:
                             if attempt < retries:
                                 continue
                             # isolate the culprit(s): run the block again one sample at a time
+                            allocate(fresh=True)
                             for i in todo:
                                 one_sample(i)
                     if timed_out:
+                        allocate(fresh=positions is None)
                         exc = SampleTimeout(f"the block call was stopped after the timeout of {timeout:g} s")
                         for i in todo:
                             record(i, exc, TIMEOUT)
         finally:
             if watchdog is not None:
                 watchdog.stop()
+        allocate()  # an empty block, or one stopped before its outputs were set
         return BlockResult(outputs, status, errors, n_errors, time.perf_counter() - t0)
 
     def probe(
@@ -575,14 +596,14 @@ class _Watchdog:
         self.kill = kill
         self.target = threading.get_ident()
         self._lock = threading.Lock()
-        self._armed: tuple[list[int], float] | None = None
+        self._armed: tuple[Sequence[int], float] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="daskbatch-timeout", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def arm(self, positions: list[int]) -> None:
+    def arm(self, positions: Sequence[int]) -> None:
         with self._lock:
             self._armed = (positions, time.monotonic())
 
@@ -605,7 +626,7 @@ class _Watchdog:
                 self._armed = None
                 if self.on_timeout is not None:
                     try:
-                        self.on_timeout(armed[0], self.timeout)
+                        self.on_timeout(list(armed[0]), self.timeout)
                     except Exception as e:  # pragma: no cover - the store is gone
                         print(f"daskbatch: could not record a timeout: {e}", file=sys.stderr)
                 if self.kill:
@@ -621,6 +642,19 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _owned(checked: np.ndarray, returned: Any) -> np.ndarray:
+    """``checked`` as an array of the block's own: the kernel's result itself when it is
+    a fresh, writable, contiguous array (no copy), else a copy."""
+    if (
+        checked is returned
+        and checked.flags.writeable
+        and checked.flags.c_contiguous
+        and checked.flags.owndata
+    ):
+        return checked
+    return np.array(checked, order="C")
 
 
 def _broadcast(value: np.ndarray, batch_shape: tuple[int, ...]) -> np.ndarray:

@@ -146,8 +146,13 @@ class BlockProblem:
 
 
 def _checksum(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    return len(data), zlib.crc32(data)
+    """Size and CRC-32 of a file, read in pieces (a chunk file is never held whole)."""
+    size, crc = 0, 0
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            size += len(piece)
+            crc = zlib.crc32(piece, crc)
+    return size, crc
 
 
 _LOCK_SIZE = 2048
