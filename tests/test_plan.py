@@ -121,3 +121,32 @@ def test_plan_prints_and_renders(tmp_path):
     r = run_cli("plan", str(spec), "--chunk-size", "30")
     assert r.returncode == 0, r.stderr
     assert "10 of 30 samples" in r.stdout and not (tmp_path / "s.zarr").exists()
+
+
+def _memory_now() -> tuple[int, int]:
+    """This process's resident memory and its high-water mark (Linux), in bytes."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def test_plan_memory_estimate_bounds_a_real_workers_peak(tmp_path):
+    """Tolerance: a worker's measured peak growth during the run lies between a third
+    of the plan's per-worker memory and the plan itself (the plan is an upper bound)."""
+    from daskbatch.cluster import ClusterSpec, start_executor
+    from daskbatch.testing import noise
+
+    space = db.Grid(x=np.linspace(0, 1, 8000))
+    with start_executor(ClusterSpec("local", 2)) as ex:
+        p = db.plan(noise, space, chunk_size=2000, cluster=ex.client)
+        # 2,000 samples x 16 KiB out: 31 MiB of outputs per block, x MEMORY_FACTOR
+        assert p.task_memory == MEMORY_FACTOR * 2000 * (8 + 2048 * 8)
+        before = ex.client.run(_memory_now)
+        db.run(noise, space, tmp_path / "n.zarr", chunk_size=2000, cluster=ex.client, progress=False)
+        after = ex.client.run(_memory_now)
+    growth = max(after[w][1] - before[w][0] for w in before)
+    assert p.task_memory / 3 <= growth <= p.task_memory, (growth / 2**20, p.task_memory / 2**20)
