@@ -15,33 +15,60 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .distributions import LogNormal, LogUniform, Normal, Uniform
+from .distributions import (
+    Beta,
+    Choice,
+    Constant,
+    LogNormal,
+    LogUniform,
+    MultivariateNormal,
+    Normal,
+    Scipy,
+    Triangular,
+    TruncatedNormal,
+    Uniform,
+)
 from .engine import RunResult, StoreStatus, open, plan, run, status
 from .errors import DaskbatchError
 from .kernel import STATUS, Kernel, Output, kernel
 from .plan import Plan
-from .space import Grid, MonteCarlo, Space, Table
+from .space import Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
+from .validate import ValidationError, ValidationReport, validate
 
 __all__ = [
     "STATUS",
+    "Beta",
+    "Choice",
+    "Constant",
     "DaskbatchError",
     "Grid",
+    "Halton",
     "Kernel",
+    "LatinHypercube",
     "LogNormal",
     "LogUniform",
     "MonteCarlo",
+    "MultivariateNormal",
     "Normal",
     "Output",
     "Plan",
+    "Product",
     "RunResult",
+    "Scipy",
+    "Sobol",
     "Space",
     "StoreStatus",
     "Table",
+    "Triangular",
+    "TruncatedNormal",
     "Uniform",
+    "ValidationError",
+    "ValidationReport",
     "__version__",
     "kernel",
     "open",
     "plan",
     "run",
     "status",
+    "validate",
 ]

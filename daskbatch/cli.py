@@ -209,20 +209,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
-    from .space import Table, space_from_spec
-    from .store import Store
+    from .validate import load_run
 
-    st = Store(store)
-    info = st.require_info()
-    kernel = import_kernel(info["kernel"]["identity"], None, file_hint=info.get("kernel_file"))
-    spec = info["space_spec"]
-    if spec.get("type") == "table" and "path" not in spec:
-        # an in-memory table: its rows are in the store
-        ds = st.open_dataset()
-        space = Table(ds[list(spec["columns"])].drop_vars("sample", errors="ignore").load())
-    else:
-        space = space_from_spec(spec)
-    return kernel, space, info
+    return load_run(store)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -255,6 +244,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         kwargs.pop(key, None)
     print(plan(**kwargs))
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate
+
+    report = validate(
+        args.store, args.n, rtol=args.rtol, atol=args.atol, seed=args.seed, raise_on_failure=False
+    )
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -416,6 +415,16 @@ def _parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="check every chunk's checksum first; recompute damaged blocks"
     )
     p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser(
+        "validate", help="recompute random samples one by one here and compare them with the store"
+    )
+    p.add_argument("store")
+    p.add_argument("--n", type=int, default=100, help="samples to recompute (default 100)")
+    p.add_argument("--rtol", type=float, default=1e-10, help="relative tolerance (default 1e-10)")
+    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="which random samples (default 0)")
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")
     p.add_argument("--n", type=int, default=100_000, help="number of samples (default 100000)")

@@ -251,7 +251,8 @@ def _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants
         )
     if not isinstance(space, Space):
         raise DaskbatchError(
-            f"space={space!r} is not a parameter space; use daskbatch.Grid, Table or MonteCarlo"
+            f"space={space!r} is not a parameter space; use daskbatch.Grid, Table, MonteCarlo, "
+            "LatinHypercube, Sobol, Halton or Product"
         )
     if not (chunk_size == "auto" or isinstance(chunk_size, int | Mapping)) or isinstance(chunk_size, bool):
         raise DaskbatchError(

@@ -20,12 +20,25 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .distributions import Distribution
+from .designs import halton_points, lhs_points, sobol_points, to_open_unit
+from .distributions import Distribution, as_distribution
 from .distributions import from_spec as dist_from_spec
 from .errors import SpaceError
-from .random import uniforms
+from .random import stream_key, uniforms
 
-__all__ = ["Grid", "MonteCarlo", "Param", "Space", "Table", "space_from_spec"]
+__all__ = [
+    "Design",
+    "Grid",
+    "Halton",
+    "LatinHypercube",
+    "MonteCarlo",
+    "Param",
+    "Product",
+    "Sobol",
+    "Space",
+    "Table",
+    "space_from_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,38 @@ class Space:
     def spec(self) -> dict[str, Any]:
         """A JSON-able description, stored in the store and used for fingerprints."""
         raise NotImplementedError
+
+    def to_toml(self) -> str:
+        """The ``[space]`` table of a spec file for ``daskbatch run`` that makes this space.
+
+        Examples
+        --------
+        >>> print(Grid(x=[1, 2]).to_toml())
+        [space]
+        type = "grid"
+        <BLANKLINE>
+        [space.axes]
+        x = [
+            1,
+            2,
+        ]
+        <BLANKLINE>
+        """
+        import tomli_w
+
+        def check(spec: Mapping[str, Any], where: str) -> None:
+            if spec.get("type") == "table" and "path" not in spec:
+                raise SpaceError(
+                    f"{where}: a Table made in memory has no file to name in a spec file; "
+                    "save it (CSV, Parquet or Zarr) and make the Table from that path"
+                )
+            for part in ("outer", "inner"):
+                if isinstance(spec.get(part), Mapping):
+                    check(spec[part], f"{where}.{part}")
+
+        spec = self.spec()
+        check(spec, "space")
+        return tomli_w.dumps({"space": spec})
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{d}: {n}" for d, n in zip(self.batch_dims, self.batch_shape, strict=True))
@@ -346,19 +391,121 @@ class Table(Space):
         return out
 
 
-# --------------------------------------------------------------------------- MonteCarlo
+# --------------------------------------------------------------------------- designs
 
 
-class MonteCarlo(Space):
+class Design(Space):
+    """Base class of the random and quasi-random designs: ``n`` samples of ``dists``.
+
+    Each parameter is drawn by its distribution's inverse CDF from design points in
+    the unit cube; a point depends only on ``(seed, sample index)`` (and the
+    design's size for a Latin hypercube), never on the chunking, the number of
+    workers, the scheduler or where a run was resumed.
+    """
+
+    batch_dims = ("sample",)
+    kind = ""
+
+    def __init__(self, dists: Mapping[str, Any], n: int, seed: int | None = None) -> None:
+        cls = type(self).__name__
+        if not isinstance(dists, Mapping) or not dists:
+            raise SpaceError(
+                f"{cls}: dists={dists!r} must be a non-empty dict of "
+                "{name: distribution}, e.g. {'x': Uniform(0, 1)}"
+            )
+        checked: dict[str, Distribution] = {}
+        for name, d in dists.items():
+            _check_name(cls, name)
+            checked[name] = as_distribution(d, where=f"{cls}: {name}")
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise SpaceError(f"{cls}: n={n!r} must be a positive integer")
+        if seed is None:
+            seed = secrets.randbits(63)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise SpaceError(f"{cls}: seed={seed!r} must be a non-negative integer or None")
+        self.dists = checked
+        self.n = int(n)
+        self._seed = int(seed)
+        self.batch_shape = (self.n,)
+        self.params = {
+            name: Param(name, ("sample", *((d.dim or f"{name}_dim",) if d.shape else ())), d.shape, d.dtype)
+            for name, d in self.dists.items()
+        }
+        # the design's columns of each parameter (quasi-random designs share one point set)
+        self._columns: dict[str, slice] = {}
+        start = 0
+        for name, d in self.dists.items():
+            self._columns[name] = slice(start, start + d.n_uniforms)
+            start += d.n_uniforms
+        self.dimension = start
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def reseeded(self, seed: int) -> Design:
+        """The same design with another seed."""
+        import copy
+
+        other = copy.copy(self)
+        other._seed = int(seed)
+        return other
+
+    def _uniforms(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Design points of samples ``[start, stop)`` for one parameter, in (0, 1)."""
+        raise NotImplementedError
+
+    def _draw(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.dists[name].ppf(self._uniforms(name, start, stop))
+
+    def to_dask(self, chunks):
+        (c,) = chunks
+        out = {}
+        for name, d in self.dists.items():
+
+            def gen(block_info=None, _name=name):
+                start, stop = block_info[None]["array-location"][0]
+                return self._draw(_name, start, stop)
+
+            out[name] = da.map_blocks(
+                gen,
+                chunks=(c, *((s,) for s in d.shape)),
+                dtype=d.dtype,
+                meta=np.empty((0,) * (1 + len(d.shape)), dtype=d.dtype),
+                name=f"daskbatch-{self.kind}-{name}-{self._seed}-{self.n}",
+            )
+        return out
+
+    def block(self, slices):
+        (s,) = slices
+        return {name: self._draw(name, s.start, s.stop) for name in self.dists}
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def head(self, n: int) -> Design:
+        return type(self)(self.dists, n=max(1, min(n, self.n)), seed=self._seed, **self._options())
+
+    def spec(self):
+        return {
+            "type": self.kind,
+            "n": self.n,
+            "seed": self._seed,
+            **self._options(),
+            "params": {n: d.spec() for n, d in self.dists.items()},
+        }
+
+
+class MonteCarlo(Design):
     """Independent random samples; ``seed`` fixes every value bit for bit.
 
-    A value depends only on ``(seed, parameter name, sample index)``, never on the
-    chunking, the number of workers, the scheduler or where a run was resumed.
+    A value depends only on ``(seed, parameter name, sample index)``, so adding a
+    parameter leaves the others' values unchanged.
 
     Parameters
     ----------
     dists
-        ``{name: distribution}``.
+        ``{name: distribution}``: daskbatch distributions or frozen ``scipy.stats`` ones.
     n
         Number of samples.
     seed
@@ -374,79 +521,294 @@ class MonteCarlo(Space):
     (2, 3)
     """
 
-    batch_dims = ("sample",)
+    kind = "montecarlo"
 
-    def __init__(self, dists: Mapping[str, Distribution], n: int, seed: int | None = None) -> None:
-        if not isinstance(dists, Mapping) or not dists:
+    def _uniforms(self, name, start, stop):
+        return uniforms(self._seed, name, np.arange(start, stop, dtype=np.int64), self.dists[name].n_uniforms)
+
+
+class LatinHypercube(Design):
+    """Latin hypercube: each parameter's range is cut into ``n`` strata of equal
+    probability, and every stratum holds exactly one sample.
+
+    Computed block by block (a keyed permutation of the strata per dimension, see
+    :mod:`daskbatch.designs`), so the design never exists whole in memory. A value
+    depends on the seed, the parameter, the sample index and ``n``.
+
+    ``strata`` is the design's size; it defaults to ``n`` and is kept by the
+    first-samples view of a smoke run (``head``), so those samples are the full
+    design's.
+
+    Examples
+    --------
+    >>> from daskbatch import Uniform
+    >>> lhs = LatinHypercube({"x": Uniform(0, 1)}, n=10, seed=1)
+    >>> sorted((lhs.block((slice(0, 10),))["x"] * 10).astype(int).tolist())
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
+
+    kind = "latinhypercube"
+
+    def __init__(
+        self, dists: Mapping[str, Any], n: int, seed: int | None = None, *, strata: int | None = None
+    ) -> None:
+        super().__init__(dists, n, seed)
+        if strata is None:
+            strata = self.n
+        if isinstance(strata, bool) or not isinstance(strata, int | np.integer) or strata < self.n:
+            raise SpaceError(f"LatinHypercube: strata={strata!r} must be an integer >= n={self.n}")
+        self.strata = int(strata)
+
+    def _uniforms(self, name, start, stop):
+        d = self.dists[name].n_uniforms
+        pts = lhs_points(self._seed, name, np.arange(start, stop, dtype=np.int64), self.strata, d)
+        return to_open_unit(pts)
+
+    def _options(self):
+        return {"strata": self.strata} if self.strata != self.n else {}
+
+    def head(self, n: int) -> LatinHypercube:
+        return LatinHypercube(self.dists, n=max(1, min(n, self.n)), seed=self._seed, strata=self.strata)
+
+
+class _QMC(Design):
+    """Quasi-random designs: one point set of ``dimension`` columns shared by the parameters."""
+
+    def __init__(
+        self, dists: Mapping[str, Any], n: int, seed: int | None = None, *, scramble: bool = True
+    ) -> None:
+        super().__init__(dists, n, seed)
+        if not isinstance(scramble, bool):
+            raise SpaceError(f"{type(self).__name__}: scramble={scramble!r} must be True or False")
+        self.scramble = scramble
+
+    def _points(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _uniforms(self, name, start, stop):
+        if self.dists[name].n_uniforms == 0:
+            return np.empty((stop - start, 0))
+        return to_open_unit(self._points(start, stop)[:, self._columns[name]])
+
+    def _options(self):
+        return {} if self.scramble else {"scramble": False}
+
+
+class Sobol(_QMC):
+    """Scrambled Sobol points (``scipy.stats.qmc.Sobol``): low-discrepancy, best with
+    ``n`` a power of two (a warning says so otherwise); at most 2**30 samples.
+
+    Examples
+    --------
+    >>> from daskbatch import Uniform
+    >>> Sobol({"x": Uniform(0, 1), "y": Uniform(0, 1)}, n=256, seed=3).dimension
+    2
+    """
+
+    kind = "sobol"
+
+    def __init__(
+        self, dists: Mapping[str, Any], n: int, seed: int | None = None, *, scramble: bool = True
+    ) -> None:
+        super().__init__(dists, n, seed, scramble=scramble)
+        if self.n > 2**30:
+            raise SpaceError(f"Sobol: n={self.n:,} is more than the 2**30 points the sequence has")
+        if self.n & (self.n - 1):
+            import warnings
+
+            lower = 1 << (self.n.bit_length() - 1)
+            warnings.warn(
+                f"Sobol: n={self.n:,} is not a power of 2; Sobol points keep their balance "
+                f"properties only at powers of 2 (e.g. n={lower:,} or n={2 * lower:,})",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _points(self, start, stop):
+        return sobol_points(self._seed, max(1, self.dimension), start, stop, self.scramble)
+
+
+class Halton(_QMC):
+    """Scrambled Halton points (``scipy.stats.qmc.Halton``): low-discrepancy for any ``n``.
+
+    Examples
+    --------
+    >>> from daskbatch import Uniform
+    >>> h = Halton({"x": Uniform(0, 1)}, n=4, seed=3, scramble=False)
+    >>> h.block((slice(1, 4),))["x"].tolist()
+    [0.5, 0.25, 0.75]
+    """
+
+    kind = "halton"
+
+    def _points(self, start, stop):
+        return halton_points(self._seed, max(1, self.dimension), start, stop, self.scramble)
+
+
+# --------------------------------------------------------------------------- products
+
+
+class Product(Space):
+    """Every configuration of ``outer`` times ``inner``'s ``n`` realisations.
+
+    Parameters
+    ----------
+    outer
+        The configurations: a :class:`Grid` (its axes stay batch dims) or a
+        :class:`Table` (its rows become the batch dim ``config``).
+    inner
+        A design (:class:`MonteCarlo`, :class:`LatinHypercube`, :class:`Sobol`,
+        :class:`Halton`) drawn for every configuration.
+    dim
+        Name of the realisation dim (default ``"realisation"``).
+    flat
+        One flat ``sample`` dim (configuration-major) instead of the outer dims
+        plus ``dim``.
+    common
+        Every configuration gets the same realisations (common random numbers,
+        for comparing configurations); by default each configuration gets its own,
+        from a seed derived from the inner seed and the configuration's index.
+
+    Examples
+    --------
+    >>> from daskbatch import Normal
+    >>> p = Product(Grid(config=np.arange(10)), MonteCarlo({"k": Normal(0, 1)}, n=1000, seed=1))
+    >>> p.batch_dims, p.batch_shape
+    (('config', 'realisation'), (10, 1000))
+    >>> Product(p.outer, p.inner, flat=True).batch_shape
+    (10000,)
+    """
+
+    def __init__(
+        self,
+        outer: Grid | Table,
+        inner: Design,
+        *,
+        dim: str = "realisation",
+        flat: bool = False,
+        common: bool = False,
+    ) -> None:
+        if not isinstance(outer, Grid | Table):
+            raise SpaceError(f"Product: outer={outer!r} must be a Grid or a Table of configurations")
+        if not isinstance(inner, Design):
             raise SpaceError(
-                f"MonteCarlo: dists={dists!r} must be a non-empty dict of "
-                "{name: distribution}, e.g. {'x': Uniform(0, 1)}"
+                f"Product: inner={inner!r} must be a design (MonteCarlo, LatinHypercube, Sobol, Halton)"
             )
-        for name, d in dists.items():
-            _check_name("MonteCarlo", name)
-            if not isinstance(d, Distribution):
-                raise SpaceError(f"MonteCarlo: {name}={d!r} is not a distribution; use e.g. Uniform(0, 1)")
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise SpaceError(f"MonteCarlo: n={n!r} must be a positive integer")
-        if seed is None:
-            seed = secrets.randbits(63)
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise SpaceError(f"MonteCarlo: seed={seed!r} must be a non-negative integer or None")
-        self.dists = dict(dists)
-        self.n = int(n)
-        self._seed = int(seed)
-        self.batch_shape = (self.n,)
-        self.params = {
-            name: Param(
-                name,
-                ("sample", *((d.dim or f"{name}_dim",) if d.shape else ())),
-                d.shape,
-                np.dtype("float64"),
-            )
-            for name, d in self.dists.items()
-        }
+        if not isinstance(dim, str) or not dim.isidentifier():
+            raise SpaceError(f"Product: dim={dim!r} must be a name such as 'realisation'")
+        for name, value in (("flat", flat), ("common", common)):
+            if not isinstance(value, bool):
+                raise SpaceError(f"Product: {name}={value!r} must be True or False")
+        clash = sorted(set(outer.params) & set(inner.params))
+        if clash:
+            raise SpaceError(f"Product: parameter(s) {clash} are in both outer and inner; rename one")
+        self.outer, self.inner, self.dim, self.flat, self.common = outer, inner, dim, flat, common
+        self._outer_dims = outer.batch_dims if isinstance(outer, Grid) else ("config",)
+        if not flat and dim in self._outer_dims:
+            raise SpaceError(f"Product: dim={dim!r} is already a dim of outer; choose another name")
+        if flat:
+            self.batch_dims = ("sample",)
+            self.batch_shape = (outer.size * inner.n,)
+        else:
+            self.batch_dims = (*self._outer_dims, dim)
+            self.batch_shape = (*outer.batch_shape, inner.n)
+        self.params = {}
+        for name, p in outer.params.items():
+            if p.is_axis and not flat:
+                self.params[name] = p
+            else:
+                self.params[name] = Param(name, (*self.batch_dims, *p.core_dims), p.core_shape, p.dtype)
+        for name, p in inner.params.items():
+            self.params[name] = Param(name, (*self.batch_dims, *p.core_dims), p.core_shape, p.dtype)
 
     @property
     def seed(self) -> int:
-        return self._seed
+        return self.inner.seed
 
-    def _draw(self, name: str, start: int, stop: int) -> np.ndarray:
-        d = self.dists[name]
-        u = uniforms(self._seed, name, np.arange(start, stop, dtype=np.int64), d.size)
-        return d.ppf(u)
+    def batch_coords(self) -> dict[str, np.ndarray]:
+        return {} if self.flat else self.outer.batch_coords()
+
+    def _inner_for(self, config: int) -> Design:
+        if self.common:
+            return self.inner
+        derived = int(stream_key(self.inner.seed, f"config{int(config)}")) & (2**63 - 1)
+        return self.inner.reseeded(derived)
+
+    def _outer_value(self, name: str, configs: np.ndarray) -> np.ndarray:
+        if isinstance(self.outer, Grid):
+            pos = np.unravel_index(configs, self.outer.batch_shape)
+            return self.outer.axes[name][pos[self.outer.batch_dims.index(name)]]
+        return self.outer.data[name][configs]
+
+    def _values(self, name: str, slices: tuple[slice, ...]) -> np.ndarray:
+        """One parameter's values over a block (a slice per batch dim)."""
+        p = self.params[name]
+        if self.flat:
+            (s,) = slices
+            k = np.arange(s.start, s.stop, dtype=np.int64)
+            configs, reals = np.divmod(k, self.inner.n)
+        else:
+            outer_idx = np.meshgrid(*(np.arange(sl.start, sl.stop) for sl in slices[:-1]), indexing="ij")
+            cfg = np.ravel_multi_index([i.ravel() for i in outer_idx], self.outer.batch_shape)
+            r = slices[-1]
+            configs = np.repeat(cfg, r.stop - r.start)
+            reals = np.tile(np.arange(r.start, r.stop), cfg.size)
+        shape = tuple(sl.stop - sl.start for sl in slices)
+        if name in self.outer.params:
+            return self._outer_value(name, configs).reshape(shape + p.core_shape)
+        out = np.empty((configs.size, *p.core_shape), dtype=p.dtype)
+        # runs of one configuration: contiguous realisations
+        edges = np.flatnonzero(np.diff(configs)) + 1
+        for lo, hi in zip([0, *edges.tolist()], [*edges.tolist(), configs.size], strict=True):
+            if hi > lo:
+                inner = self._inner_for(int(configs[lo]))
+                out[lo:hi] = inner._draw(name, int(reals[lo]), int(reals[hi - 1]) + 1)
+        return out.reshape(shape + p.core_shape)
 
     def to_dask(self, chunks):
-        (c,) = chunks
         out = {}
-        for name, d in self.dists.items():
+        axis_arrays = self.outer.to_dask(chunks[: len(self._outer_dims)]) if not self.flat else {}
+        for name, p in self.params.items():
+            if p.is_axis:
+                out[name] = axis_arrays[name]
+                continue
 
             def gen(block_info=None, _name=name):
-                start, stop = block_info[None]["array-location"][0]
-                return self._draw(_name, start, stop)
+                loc = block_info[None]["array-location"][: len(self.batch_dims)]
+                return self._values(_name, tuple(slice(a, b) for a, b in loc))
 
             out[name] = da.map_blocks(
                 gen,
-                chunks=(c, *((s,) for s in d.shape)),
-                dtype=np.float64,
-                meta=np.empty((0,) * (1 + len(d.shape))),
-                name=f"daskbatch-mc-{name}-{self._seed}-{self.n}",
+                chunks=(*chunks, *((s,) for s in p.core_shape)),
+                dtype=p.dtype,
+                meta=np.empty((0,) * (len(chunks) + len(p.core_shape)), dtype=p.dtype),
+                name=f"daskbatch-product-{name}-{self.inner.seed}-{self.batch_shape}",
             )
         return out
 
     def block(self, slices):
-        (s,) = slices
-        return {name: self._draw(name, s.start, s.stop) for name in self.dists}
+        out = {}
+        for name, p in self.params.items():
+            if p.is_axis:
+                out[name] = self.outer.axes[name][slices[self.batch_dims.index(name)]]
+            else:
+                out[name] = self._values(name, tuple(slices))
+        return out
 
-    def head(self, n: int) -> MonteCarlo:
-        return MonteCarlo(self.dists, n=max(1, min(n, self.n)), seed=self._seed)
+    def head(self, n: int) -> Product:
+        inner = self.inner.head(min(n, self.inner.n))
+        outer = self.outer.head(max(1, n // inner.n))
+        return Product(outer, inner, dim=self.dim, flat=self.flat, common=self.common)
 
     def spec(self):
-        return {
-            "type": "montecarlo",
-            "n": self.n,
-            "seed": self._seed,
-            "params": {n: d.spec() for n, d in self.dists.items()},
-        }
+        out: dict[str, Any] = {"type": "product", "outer": self.outer.spec(), "inner": self.inner.spec()}
+        if self.dim != "realisation":
+            out["dim"] = self.dim
+        if self.flat:
+            out["flat"] = True
+        if self.common:
+            out["common"] = True
+        return out
 
 
 # --------------------------------------------------------------------------- specs
@@ -482,6 +844,10 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
     allowed = {
         "grid": {"type", "axes"},
         "montecarlo": {"type", "n", "seed", "params"},
+        "latinhypercube": {"type", "n", "seed", "params", "strata"},
+        "sobol": {"type", "n", "seed", "params", "scramble"},
+        "halton": {"type", "n", "seed", "params", "scramble"},
+        "product": {"type", "outer", "inner", "dim", "flat", "common"},
         "table": {"type", "path", "rows", "columns", "sha256"},
     }
     if kind not in allowed:
@@ -496,7 +862,7 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         if not isinstance(axes, Mapping) or not axes:
             raise SpaceError("space.axes: give a table of axes, e.g. axes = {x = [1, 2, 3]}")
         return Grid(**{k: _axis_from_spec(k, v) for k, v in axes.items()})
-    if kind == "montecarlo":
+    if kind in _DESIGNS:
         params = spec.get("params")
         if not isinstance(params, Mapping) or not params:
             raise SpaceError(
@@ -504,8 +870,17 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
             )
         dists = {k: dist_from_spec(v, where=f"space.params.{k}") for k, v in params.items()}
         if "n" not in spec:
-            raise SpaceError("space.n: the number of samples is required for type='montecarlo'")
-        return MonteCarlo(dists, n=spec["n"], seed=spec.get("seed"))
+            raise SpaceError(f"space.n: the number of samples is required for type={kind!r}")
+        options = {k: spec[k] for k in ("strata", "scramble") if k in spec}
+        return _DESIGNS[kind](dists, n=spec["n"], seed=spec.get("seed"), **options)
+    if kind == "product":
+        for part in ("outer", "inner"):
+            if not isinstance(spec.get(part), Mapping):
+                raise SpaceError(f"space.{part}: a product needs an {part} table, e.g. [space.{part}]")
+        outer = space_from_spec(spec["outer"], base_dir=base_dir)
+        inner = space_from_spec(spec["inner"], base_dir=base_dir)
+        options = {k: spec[k] for k in ("dim", "flat", "common") if k in spec}
+        return Product(outer, inner, **options)  # type: ignore[arg-type]
     path = spec.get("path")
     if not isinstance(path, str):
         raise SpaceError("space.path: a table space needs path = 'inputs.csv' (or .parquet, .zarr)")
@@ -520,3 +895,6 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
             "differs); restore it, or start a new store"
         )
     return table
+
+
+_DESIGNS: dict[str, type[Design]] = {c.kind: c for c in (MonteCarlo, LatinHypercube, Sobol, Halton)}

@@ -28,6 +28,7 @@ __all__ = [
     "kill_worker_once",
     "noise",
     "slow_square",
+    "tagged",
     "vector_affine",
     "vector_hang",
     "wrong_shape",
@@ -172,3 +173,9 @@ def vector_hang(i, bad=()):
     if np.isin(i, list(bad)).any():
         time.sleep(10**6)
     return 2.0 * i
+
+
+@kernel(outputs={"y": Output()}, threadsafe=True)
+def tagged(kind, x):
+    """``y = len(kind) + x``: a string parameter (a Choice of labels) and a number."""
+    return float(len(str(kind))) + float(x)

@@ -1,0 +1,206 @@
+"""Recompute random samples of a store sequentially and compare them with what is stored.
+
+What users of hand-written pools do by hand ("compare the parallel results against
+a sequential run on a subset"), done for them: ``daskbatch.validate(store)`` or
+``daskbatch validate STORE``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DaskbatchError
+from .kernel import STATUS
+
+__all__ = ["ValidationError", "ValidationReport", "load_run", "validate"]
+
+
+class ValidationError(DaskbatchError):
+    """Recomputed samples differ from the stored ones beyond the tolerance.
+
+    The full :class:`ValidationReport` is in ``.report``.
+    """
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+    def __reduce__(self):
+        return (type(self), (self.report,))
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate` compared and found."""
+
+    store: str
+    n_checked: int
+    rtol: float
+    atol: float
+    #: per output: (largest absolute difference, largest relative difference)
+    outputs: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: parameters whose recomputed values are not bitwise the stored ones
+    params_differ: list[str] = field(default_factory=list)
+    #: samples that differ beyond the tolerance (at most 10): label, what, stored, recomputed
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    n_mismatched: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.n_mismatched == 0 and not self.params_differ
+
+    def __str__(self) -> str:
+        head = (
+            f"validated {self.n_checked:,} random ok samples of {self.store}: recomputed one by one "
+            f"in this process (rtol={self.rtol:g}, atol={self.atol:g})"
+        )
+        lines = [head]
+        for name, (a, r) in self.outputs.items():
+            lines.append(f"  {name:20s} max abs diff {a:.3g}   max rel diff {r:.3g}")
+        if self.params_differ:
+            lines.append(f"  parameters not reproduced bit for bit: {self.params_differ}")
+        if self.n_mismatched:
+            lines.append(f"  {self.n_mismatched:,} sample(s) differ beyond the tolerance, e.g.:")
+            for m in self.mismatches[:5]:
+                lines.append(
+                    f"    {m['sample']}: {m['what']}: stored {m['stored']}, recomputed {m['recomputed']}"
+                )
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+def load_run(store: str | os.PathLike[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """The kernel, the space and the stored run description of a store."""
+    from .cli import import_kernel
+    from .space import Table, space_from_spec
+    from .store import Store
+
+    st = Store(store)
+    info = st.require_info()
+    kernel = import_kernel(info["kernel"]["identity"], None, file_hint=info.get("kernel_file"))
+    spec = info["space_spec"]
+    if spec.get("type") == "table" and "path" not in spec:
+        # an in-memory table: its rows are in the store
+        ds = st.open_dataset()
+        space = Table(ds[list(spec["columns"])].drop_vars("sample", errors="ignore").load())
+    else:
+        space = space_from_spec(spec)
+    return kernel, space, info
+
+
+def _pick(status, total: int, n: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """Up to ``n`` random positions whose status is ok, reading only their status."""
+    chosen: list[tuple[int, ...]] = []
+    seen: set[int] = set()
+    for _ in range(8):
+        want = n - len(chosen)
+        k = min(total, max(4 * want, 64))
+        cand = np.asarray([c for c in rng.choice(total, size=k, replace=False).tolist() if c not in seen])
+        if cand.size == 0:
+            break
+        seen.update(cand.tolist())
+        idx = np.unravel_index(cand, status.shape)
+        ok = np.asarray(status.get_coordinate_selection(idx)) == STATUS["ok"]
+        chosen += [tuple(int(i[j]) for i in idx) for j in np.flatnonzero(ok)]
+        if len(chosen) >= n or len(seen) >= total:
+            break
+    return chosen[:n]
+
+
+def validate(
+    store: str | os.PathLike[str],
+    n: int = 100,
+    *,
+    rtol: float = 1e-10,
+    atol: float = 0.0,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+) -> ValidationReport:
+    """Recompute ``n`` random ok samples sequentially and compare with the store.
+
+    Each chosen sample's parameters are produced again from the stored design
+    (and must be bitwise the stored ones), the kernel is called on it in this
+    process, one sample at a time, and every output is compared with the stored
+    values: ``|stored - recomputed| <= atol + rtol * |recomputed|``.
+
+    Parameters
+    ----------
+    store
+        A store written by :func:`daskbatch.run`.
+    n
+        Samples to recompute (chosen at random among the ok ones, with ``seed``).
+    rtol, atol
+        Relative and absolute tolerance.
+    raise_on_failure
+        Raise :class:`ValidationError` (which holds the report) when a sample
+        differs; otherwise return the report with ``ok == False``.
+    """
+    import zarr
+
+    from .store import Store
+
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise DaskbatchError(f"validate: n={n!r} must be a positive number of samples, e.g. 100")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise DaskbatchError(f"validate: {name}={v!r} must be a number >= 0, e.g. 1e-10")
+    kernel, space, info = load_run(store)
+    st = Store(store)
+    root = zarr.open_group(str(st.path), mode="r", use_consolidated=False)
+    status = root["status"]
+    total = int(np.prod(status.shape))
+    rng = np.random.default_rng(seed)
+    picked = _pick(status, total, int(n), rng)
+    constants = info.get("constants") or {}
+    nd = len(space.batch_dims)
+    report = ValidationReport(str(st.path), len(picked), float(rtol), float(atol))
+    worst = {k: [0.0, 0.0] for k in kernel.outputs}
+    for pos in picked:
+        slices = tuple(slice(p, p + 1) for p in pos)
+        values = space.block(slices)
+        label = "sample " + ", ".join(f"{d}={p}" for d, p in zip(space.batch_dims, pos, strict=True))
+        kernel_params = {}
+        for name, v in values.items():
+            p = space.params[name]
+            if p.is_axis:
+                shape = [1] * nd
+                shape[space.batch_dims.index(name)] = -1
+                kernel_params[name] = np.asarray(v).reshape(shape)
+            else:
+                kernel_params[name] = np.asarray(v)
+                stored = np.asarray(root[name][slices])
+                if not np.array_equal(stored, v) and name not in report.params_differ:
+                    report.params_differ.append(name)
+        res = kernel.run_block(kernel_params, (1,) * nd, constants, lambda _i, _l=label: _l)
+        if res.status.reshape(-1)[0] != STATUS["ok"]:
+            report.n_mismatched += 1
+            err = res.errors[0]["error"] if res.errors else "not ok"
+            report.mismatches.append({"sample": label, "what": "status", "stored": "ok", "recomputed": err})
+            continue
+        sample_bad = False
+        for name, arr in res.outputs.items():
+            new = np.asarray(arr, dtype=np.float64).reshape(-1)
+            old = np.asarray(root[name][slices], dtype=np.float64).reshape(-1)
+            diff = np.abs(old - new)
+            both_nan = np.isnan(old) & np.isnan(new)
+            diff[both_nan] = 0.0
+            rel = np.divide(diff, np.abs(new), out=np.where(diff > 0, np.inf, 0.0), where=new != 0)
+            worst[name][0] = max(worst[name][0], float(np.nanmax(diff, initial=0.0)))
+            worst[name][1] = max(worst[name][1], float(np.nanmax(rel, initial=0.0)))
+            bad = ~(diff <= atol + rtol * np.abs(new))
+            if bad.any():
+                sample_bad = True
+                j = int(np.flatnonzero(bad)[0])
+                if len(report.mismatches) < 10:
+                    report.mismatches.append(
+                        {"sample": label, "what": name, "stored": float(old[j]), "recomputed": float(new[j])}
+                    )
+        report.n_mismatched += sample_bad
+    report.outputs = {k: (v[0], v[1]) for k, v in worst.items()}
+    if raise_on_failure and not report.ok:
+        raise ValidationError(report)
+    return report
