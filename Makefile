@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format bench clean system-deps
+.PHONY: demo test lint format bench pictures clean system-deps
 
 # The TEM1D core (daskbatch[tem], in the dev extra) links to the GNU Fortran runtime.
 system-deps:
@@ -38,6 +38,11 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed  ## the benchmarks; results go into docs/performance.md
 	$(PY) benchmarks/tem1d.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/chunking.py
+
+pictures: $(VENV)/.installed  ## the design pictures of docs/designs.md
+	$(PY) docs/design_pictures.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache daskbatch-demo.zarr

@@ -437,3 +437,20 @@ def test_validate_on_a_grid_skips_failed_samples(tmp_path):
         db.validate(store, n=0)
     with pytest.raises(db.DaskbatchError, match="rtol=-1"):
         db.validate(store, rtol=-1)
+
+
+def test_design_pictures_in_the_docs_are_what_the_script_draws():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "design_pictures.py"
+    spec = importlib.util.spec_from_file_location("design_pictures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pictures = module.pictures()
+    assert len(pictures) == 5
+    for file, text in pictures.items():
+        assert text.count("<circle") == 256
+        assert (path.parent / "img" / file).read_text() == text, (
+            f"run python docs/design_pictures.py ({file})"
+        )
