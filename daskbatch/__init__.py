@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .analysis import export, summarize
 from .distributions import (
     Beta,
     Choice,
@@ -65,10 +66,12 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "export",
     "kernel",
     "open",
     "plan",
     "run",
     "status",
+    "summarize",
     "validate",
 ]

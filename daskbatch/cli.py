@@ -256,6 +256,60 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .analysis import summarize
+
+    summary = summarize(args.store)
+    counts = {k.removeprefix("n_"): int(summary[k]) for k in summary.data_vars if k.startswith("n_")}
+    total = sum(counts.values())
+    outputs = [k for k in summary.data_vars if not k.startswith("n_")]
+    if args.json:
+        doc = {
+            "store": args.store,
+            "samples": counts,
+            "outputs": {
+                k: {str(s): summary[k].sel(stat=s).values.tolist() for s in summary.stat.values}
+                for k in outputs
+            },
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    done = total - counts["pending"]
+    rate = counts["ok"] / done if done else 0.0
+    print(f"store:    {args.store}")
+    print(
+        f"samples:  {total:,} ({counts['ok']:,} ok, {counts['failed']:,} failed, "
+        f"{counts['timeout']:,} timed out, {counts['crashed']:,} crashed, {counts['pending']:,} pending); "
+        f"success rate {rate:.2%} of those run"
+    )
+    stats = [str(s) for s in summary.stat.values]
+    header = f"{'output':24s}" + "".join(f"{s:>12s}" for s in stats)
+    print()
+    print(header)
+    for k in outputs:
+        v = summary[k]
+        if v.ndim == 1:
+            print(f"{k:24s}" + "".join(f"{float(x):12.4g}" for x in v.values))
+        else:  # a curve: its range of each statistic over the core dims
+            core = ", ".join(f"{d} ({v.sizes[d]})" for d in v.dims if d != "stat")
+            print(f"{k + ' over ' + core:24s}")
+            for s in ("p10", "p50", "p90"):
+                if s in stats:
+                    band = v.sel(stat=s).values
+                    print(f"  {s:22s}from {np.nanmin(band):.4g} to {np.nanmax(band):.4g}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .analysis import export
+
+    rows = export(args.store, args.output, args.format, curves=args.curves)
+    print(f"wrote {rows:,} rows to {args.output}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from .engine import status
 
@@ -425,6 +479,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
     p.add_argument("--seed", type=int, default=0, help="which random samples (default 0)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("summary", help="totals, success rate and statistics of every output")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("export", help="parameters, status and outputs, one row per sample, to CSV or Parquet")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, help="file to write (.csv or .parquet)")
+    p.add_argument("--format", choices=["csv", "parquet"], help="default: from the file's suffix")
+    p.add_argument(
+        "--curves",
+        choices=["none", "wide", "long"],
+        default="none",
+        help="outputs with core dims: left out (default), a column per index, or a row per index",
+    )
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")
     p.add_argument("--n", type=int, default=100_000, help="number of samples (default 100000)")

@@ -67,3 +67,35 @@ def test_overhead_benchmark_smoke(tmp_path):
     for name in ("numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"):
         assert f"| {name} |" in text
     assert "| NO |" not in text and "failed" not in text
+
+
+def _bench(name: str, tmp_path, *args: str) -> str:
+    out = tmp_path / "performance.md"
+    out.write_text(f"# Performance\n\n<!-- {name}:start -->\nold\n<!-- {name}:end -->\n\nkept\n")
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / f"{name}.py"),
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        *args,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "old" not in text and text.endswith("kept\n")
+    return text
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    text = _bench("memory", tmp_path, "--sizes", "2000,20000")
+    for name in ("daskbatch", "dask", "pool"):
+        assert f"| {name} | 20,000 |" in text and f"| {name} | large ÷ small |" in text
+    assert "| NO |" not in text and "failed" not in text
+
+
+def test_chunking_benchmark_smoke(tmp_path):
+    text = _bench("chunking", tmp_path, "--scale", "0.005", "--repeat", "1", "--max-blocks", "50")
+    for name in ("cheap", "1ms", "varying"):
+        assert f"| {name} |" in text

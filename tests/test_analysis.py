@@ -1,0 +1,126 @@
+"""Summaries checked against numpy, the approximate quantiles of large reductions, and
+the streamed export round-tripped through pandas (and the commands that print them)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+import daskbatch as db
+from daskbatch import analysis
+from daskbatch.testing import curve, fail_on_multiples, vector_affine
+
+MC = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2, 3], 1, dim="k")}, n=500, seed=4)
+
+
+@pytest.fixture(scope="module")
+def mc_store(tmp_path_factory):
+    store = tmp_path_factory.mktemp("a") / "mc.zarr"
+    db.run(curve, MC, store, cluster="serial", chunk_size=64, progress=False)
+    return store
+
+
+def test_summary_statistics_equal_numpy(mc_store):
+    s = db.summarize(mc_store)
+    ds = db.open(mc_store).load()
+    assert list(s.stat.values) == ["count", "mean", "std", "min", "max", "p10", "p50", "p90"]
+    assert int(s.n_ok) == 500 and int(s.n_failed) == 0
+    for name in ("total", "npos"):
+        v = ds[name].values.astype(float)
+        want = [v.size, v.mean(), v.std(), v.min(), v.max(), *np.quantile(v, [0.1, 0.5, 0.9])]
+        assert np.allclose(s[name].values, want, rtol=1e-12), name
+    # a curve: the same statistics per time, i.e. ensemble bands
+    c = ds.curve.values
+    assert s.curve.dims == ("stat", "t")
+    assert np.allclose(s.curve.sel(stat="p50"), np.median(c, axis=0), rtol=1e-12)
+    assert np.allclose(s.curve.sel(stat="p90"), np.quantile(c, 0.9, axis=0), rtol=1e-12)
+    assert np.allclose(s.curve.sel(stat="std"), c.std(axis=0), rtol=1e-12)
+
+
+def test_failed_samples_are_counted_not_averaged(tmp_path):
+    store = tmp_path / "f.zarr"
+    db.run(fail_on_multiples, db.Grid(i=np.arange(70)), store, cluster="serial", progress=False)
+    s = db.summarize(store)
+    ok = np.array([i for i in range(70) if i % 7 or i == 0], dtype=float)
+    assert int(s.n_ok) == ok.size and int(s.n_failed) == 9
+    assert float(s.y.sel(stat="mean")) == pytest.approx(ok.mean())
+    assert float(s.y.sel(stat="count")) == ok.size
+
+
+def test_statistics_over_chosen_grid_dims(tmp_path):
+    store = tmp_path / "g.zarr"
+    grid = db.Grid(a=np.arange(4.0), b=np.arange(10.0))
+    db.run(vector_affine, grid, store, cluster="serial", progress=False, constants={"scale": 2.0})
+    s = db.summarize(store, over=["b"])
+    assert s.y.dims == ("stat", "a") and list(s.a.values) == [0, 1, 2, 3]
+    assert np.allclose(s.y.sel(stat="mean"), 2 * np.arange(4.0) + 4.5)
+    with pytest.raises(db.DaskbatchError, match=r"over=\['c'\]: give some of the batch dims \['a', 'b'\]"):
+        db.summarize(store, over=["c"])
+    with pytest.raises(db.DaskbatchError, match="must be probabilities"):
+        db.summarize(store, quantiles=[50])
+
+
+def test_large_reductions_use_approximate_quantiles_within_tolerance(tmp_path, monkeypatch):
+    store = tmp_path / "big.zarr"
+    space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=200_000, seed=2)
+    db.run(vector_affine, space, store, cluster="threads", n_workers=2, chunk_size=20_000, progress=False)
+    exact = db.summarize(store)
+    monkeypatch.setattr(analysis, "EXACT_QUANTILE_SAMPLES", 10_000)
+    approx = db.summarize(store)
+    # documented: dask's merged per-chunk percentiles, within 1% of the range here
+    assert np.allclose(
+        approx.y.sel(stat=["p10", "p50", "p90"]), exact.y.sel(stat=["p10", "p50", "p90"]), atol=0.01
+    )
+    assert np.allclose(approx.y.sel(stat="mean"), exact.y.sel(stat="mean"), rtol=1e-12)
+
+
+def test_export_round_trips_through_pandas(mc_store, tmp_path):
+    ds = db.open(mc_store).load()
+    n = db.export(mc_store, tmp_path / "out.csv")
+    df = pd.read_csv(tmp_path / "out.csv")
+    assert n == len(df) == 500
+    assert set(df.columns) == {"sample", "x", "w_0", "w_1", "w_2", "status", "total", "npos"}
+    assert np.array_equal(df["sample"], np.arange(500))
+    assert np.allclose(df["x"], ds.x.values, rtol=1e-15) and np.allclose(
+        df["w_2"], ds.w.values[:, 2], rtol=1e-15
+    )
+    assert np.array_equal(df["npos"], ds.npos.values) and (df["status"] == 1).all()
+    # parquet keeps the bits; wide curves
+    db.export(mc_store, tmp_path / "out.parquet", curves="wide")
+    pq = pd.read_parquet(tmp_path / "out.parquet")
+    assert np.array_equal(pq["total"], ds.total.values)
+    assert np.array_equal(pq[[f"curve_{j}" for j in range(5)]].to_numpy(), ds.curve.values)
+    # long curves: a row per sample and time index
+    db.export(mc_store, tmp_path / "long.parquet", curves="long")
+    long = pd.read_parquet(tmp_path / "long.parquet")
+    assert len(long) == 2500 and np.array_equal(long["curve"].to_numpy().reshape(500, 5), ds.curve.values)
+    with pytest.raises(db.DaskbatchError, match="format='xlsx'"):
+        db.export(mc_store, tmp_path / "out.xlsx")
+
+
+def test_export_of_a_grid_labels_rows_with_the_axis_values(tmp_path):
+    from daskbatch.testing import tagged
+
+    store = tmp_path / "g.zarr"
+    db.run(tagged, db.Grid(x=[0.5, 1.5], kind=["a", "bb", "ccc"]), store, cluster="serial", progress=False)
+    assert db.export(store, tmp_path / "g.csv") == 6
+    df = pd.read_csv(tmp_path / "g.csv")
+    assert list(df["x"]) == [0.5, 0.5, 0.5, 1.5, 1.5, 1.5] and list(df["kind"]) == ["a", "bb", "ccc"] * 2
+    assert list(df["y"]) == [1.5, 2.5, 3.5, 2.5, 3.5, 4.5]
+
+
+def test_summary_and_export_commands(mc_store, tmp_path):
+    r = run_cli("summary", str(mc_store))
+    assert r.returncode == 0, r.stderr
+    assert "500 ok, 0 failed" in r.stdout and "success rate 100.00%" in r.stdout
+    assert "total" in r.stdout and "curve over t (5)" in r.stdout
+    r = run_cli("summary", str(mc_store), "--json")
+    doc = json.loads(r.stdout)
+    assert doc["samples"]["ok"] == 500 and len(doc["outputs"]["curve"]["p50"]) == 5
+    r = run_cli("export", str(mc_store), "-o", str(tmp_path / "e.parquet"), "--curves", "wide")
+    assert r.returncode == 0 and "wrote 500 rows" in r.stdout
+    assert len(pd.read_parquet(tmp_path / "e.parquet")) == 500
