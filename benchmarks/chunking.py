@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     table = (
         f"Wall seconds (median of {args.repeat}), {args.workers} workers, LocalCluster already running; "
-        "`python benchmarks/chunking.py`\n\n"
+        f"`python benchmarks/chunking.py --max-blocks {args.max_blocks}`\n\n"
         "| kernel | N | 1 | 10 | 100 | 1,000 | 10,000 | auto | best hand-picked | auto ÷ best |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n"
     )
