@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .analysis import export, summarize
+from .analysis import compare, convergence, export, outliers, summarize
 from .distributions import (
     Beta,
     Choice,
@@ -66,9 +66,12 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "compare",
+    "convergence",
     "export",
     "kernel",
     "open",
+    "outliers",
     "plan",
     "run",
     "status",

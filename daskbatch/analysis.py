@@ -16,7 +16,7 @@ import numpy as np
 from .errors import DaskbatchError
 from .kernel import STATUS
 
-__all__ = ["EXACT_QUANTILE_SAMPLES", "export", "summarize"]
+__all__ = ["EXACT_QUANTILE_SAMPLES", "compare", "convergence", "export", "outliers", "summarize"]
 
 #: Quantiles are exact when each value's reduction covers at most this many samples
 #: (they are then held in one task: 8 bytes each); beyond it, scalar outputs reduced
@@ -260,3 +260,173 @@ def export(
         if tmp.exists():
             tmp.unlink()
     return rows
+
+
+def _scalar(ds, info: dict, output: str):
+    """An output as a flat dask array over the samples (ok samples, NaN elsewhere)."""
+    outputs = info["kernel"]["outputs"]
+    if output not in outputs:
+        raise DaskbatchError(f"output={output!r} is not an output of this store; outputs: {sorted(outputs)}")
+    if outputs[output]["shape"]:
+        raise DaskbatchError(
+            f"output={output!r} has core dims {outputs[output]['dims']}; choose a scalar output, "
+            f"or select one value first (ds[{output!r}].isel(...))"
+        )
+    x = ds[output].astype("float64").where(ds.status == STATUS["ok"])
+    return x.data.reshape(-1)
+
+
+def outliers(data: Any, output: str, method: str = "iqr", threshold: float | None = None, limit: int = 1000):
+    """Samples whose value of a scalar output lies far from the others.
+
+    ``method="iqr"``: below ``p25 - threshold * IQR`` or above ``p75 + threshold *
+    IQR`` (``threshold`` 1.5 by default); ``method="zscore"``: ``|x - mean| / sd``
+    above ``threshold`` (3 by default). Returns a :class:`pandas.DataFrame` with the
+    samples' batch coordinates, parameters, the value and its score (z-score, or the
+    distance outside the fences in IQRs), the most extreme first, at most ``limit``
+    rows; ``df.attrs`` holds the fences and the total count.
+    """
+    import dask.array as da
+    import pandas as pd
+
+    ds, info = _open(data)
+    if method not in ("iqr", "zscore"):
+        raise DaskbatchError(f"method={method!r}: use 'iqr' or 'zscore'")
+    if threshold is None:
+        threshold = 1.5 if method == "iqr" else 3.0
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold > 0:
+        raise DaskbatchError(f"threshold={threshold!r} must be a number > 0")
+    x = _scalar(ds, info, output)
+    summary = summarize(ds, quantiles=(0.25, 0.75))[output]
+    mean, sd = float(summary.sel(stat="mean")), float(summary.sel(stat="std"))
+    if method == "iqr":
+        q1, q3 = float(summary.sel(stat="p25")), float(summary.sel(stat="p75"))
+        iqr = q3 - q1
+        lo, hi = q1 - threshold * iqr, q3 + threshold * iqr
+        score = da.maximum(lo - x, x - hi) / (iqr if iqr > 0 else 1.0)
+    else:
+        lo, hi = mean - threshold * sd, mean + threshold * sd
+        score = abs(x - mean) / (sd if sd > 0 else 1.0)
+    flagged = (x < lo) | (x > hi)
+    (idx,) = da.nonzero(flagged)
+    idx = idx.compute()
+    total = int(idx.size)
+    if total > limit:  # the most extreme
+        scores = score.vindex[idx].compute() if idx.size else np.empty(0)
+        idx = np.sort(idx[np.argsort(-scores, kind="stable")[:limit]])
+    batch_dims = list(info["layout"]["batch_dims"])
+    pos = np.unravel_index(idx, tuple(info["layout"]["batch_shape"]))
+    rows: dict[str, Any] = {}
+    sel = {d: ("_o", p) for d, p in zip(batch_dims, pos, strict=True)}
+    import xarray as xr
+
+    picked = ds.isel({d: xr.DataArray(p, dims="_o") for d, (_, p) in sel.items()})
+    for d in batch_dims:
+        rows[d] = picked[d].values
+    skip = {*batch_dims, "status", *info["kernel"]["outputs"]}
+    for name in ds.data_vars:
+        if name in skip:
+            continue
+        v = picked[name].values
+        if v.ndim == 1:
+            rows[name] = v
+    rows[output] = picked[output].values.astype("float64")
+    rows["score"] = score.vindex[idx].compute() if idx.size else np.empty(0)
+    df = pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    df.attrs.update({"output": output, "method": method, "threshold": threshold, "low": lo, "high": hi})
+    df.attrs["total"] = total
+    return df
+
+
+def convergence(data: Any, output: str, points: int = 200):
+    """The running mean of a scalar output and its standard error against the number
+    of (ok) samples, in sample order: a Monte Carlo run's convergence.
+
+    Returns a :class:`xarray.Dataset` over ``n`` (about ``points`` log-spaced sample
+    counts, the last one all ok samples) with ``mean`` and ``sem``. Computed with
+    dask's cumulative sums, one block at a time.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    ds, info = _open(data)
+    x = _scalar(ds, info, output)
+    ok = ~da.isnan(x)
+    count = da.cumsum(ok.astype("int64"))
+    s1 = da.cumsum(da.where(ok, x, 0.0))
+    s2 = da.cumsum(da.where(ok, x * x, 0.0))
+    n_total = int(count[-1].compute())
+    if n_total < 2:
+        raise DaskbatchError(f"convergence: {output!r} has {n_total} ok sample(s); need at least 2")
+    targets = np.unique(np.geomspace(2, n_total, num=max(2, int(points))).astype(np.int64))
+    # the position of the n-th ok sample, for each target n
+    where = da.searchsorted(count, da.from_array(targets), side="left").compute()
+    c, a, b = (np.asarray(v) for v in da.compute(count.vindex[where], s1.vindex[where], s2.vindex[where]))
+    mean = a / c
+    var = np.maximum(b / c - mean * mean, 0.0) * c / np.maximum(c - 1, 1)
+    out = xr.Dataset(
+        {"mean": ("n", mean), "sem": ("n", np.sqrt(var / c))},
+        coords={"n": c.astype(np.int64)},
+    )
+    out.attrs["output"] = output
+    return out
+
+
+def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_samples: int = 1_000_000):
+    """Compare two runs with the same outputs.
+
+    Returns a :class:`pandas.DataFrame`, one row per scalar output: the mean and the
+    quantiles of each run and their differences, the two-sample Kolmogorov-Smirnov
+    statistic and p-value (on at most ``max_ks_samples`` random ok samples of each),
+    and, when the runs share their parameters (same design, same values), how many
+    samples differ beyond ``atol + rtol * |b|`` and the first of them
+    (``df.attrs["differing"]``).
+    """
+    import dask.array as da
+    import pandas as pd
+    from scipy import stats
+
+    ds_a, info_a = _open(a)
+    ds_b, info_b = _open(b)
+    out_a, out_b = info_a["kernel"]["outputs"], info_b["kernel"]["outputs"]
+    common = [k for k in out_a if k in out_b and not out_a[k]["shape"] and not out_b[k]["shape"]]
+    if not common:
+        raise DaskbatchError(f"compare: the runs share no scalar output ({sorted(out_a)} vs {sorted(out_b)})")
+    sa, sb = summarize(ds_a), summarize(ds_b)
+    same_params = ds_a.sizes == ds_b.sizes and all(
+        k in ds_b and ds_a[k].dims == ds_b[k].dims for k in ds_a.data_vars if k not in out_a and k != "status"
+    )
+    if same_params:
+        names = [k for k in ds_a.data_vars if k not in out_a and k != "status"]
+        same_params = all(bool((ds_a[k] == ds_b[k]).all().compute()) for k in names)
+    rng = np.random.default_rng(0)
+    rows, differing = [], {}
+    for k in common:
+        row: dict[str, Any] = {"output": k}
+        for stat in ("count", "mean", "p10", "p50", "p90"):
+            va, vb = float(sa[k].sel(stat=stat)), float(sb[k].sel(stat=stat))
+            row[f"{stat} a"], row[f"{stat} b"], row[f"{stat} diff"] = va, vb, vb - va
+        samples = []
+        for ds, info in ((ds_a, info_a), (ds_b, info_b)):
+            x = _scalar(ds, info, k)
+            n = x.shape[0]
+            take = np.sort(rng.choice(n, size=min(n, max_ks_samples), replace=False))
+            v = x.vindex[take].compute() if take.size < n else x.compute()
+            samples.append(v[~np.isnan(v)])
+        ks = stats.ks_2samp(samples[0], samples[1])
+        row["ks statistic"], row["ks p-value"] = float(ks.statistic), float(ks.pvalue)
+        if same_params:
+            xa, xb = _scalar(ds_a, info_a, k), _scalar(ds_b, info_b, k)
+            bad = ~((abs(xa - xb) <= atol + rtol * abs(xb)) | (da.isnan(xa) & da.isnan(xb)))
+            (idx,) = da.nonzero(bad)
+            idx = idx.compute()
+            row["samples differing"] = int(idx.size)
+            differing[k] = idx[:100].tolist()
+        else:
+            row["samples differing"] = None
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("output")
+    df.attrs.update(
+        {"same_parameters": bool(same_params), "differing": differing, "rtol": rtol, "atol": atol}
+    )
+    return df

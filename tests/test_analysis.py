@@ -12,7 +12,7 @@ from conftest import run_cli
 
 import daskbatch as db
 from daskbatch import analysis
-from daskbatch.testing import curve, fail_on_multiples, vector_affine
+from daskbatch.testing import affine, curve, fail_on_multiples, vector_affine
 
 MC = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2, 3], 1, dim="k")}, n=500, seed=4)
 
@@ -124,3 +124,57 @@ def test_summary_and_export_commands(mc_store, tmp_path):
     r = run_cli("export", str(mc_store), "-o", str(tmp_path / "e.parquet"), "--curves", "wide")
     assert r.returncode == 0 and "wrote 500 rows" in r.stdout
     assert len(pd.read_parquet(tmp_path / "e.parquet")) == 500
+
+
+def test_outliers_are_found_on_planted_data(tmp_path):
+    values = np.random.default_rng(1).normal(0, 1, 1000)
+    values[[17, 404, 777]] = [50.0, -40.0, 12.0]
+    store = tmp_path / "o.zarr"
+    db.run(affine, db.Table({"a": values}), store, cluster="serial", chunk_size=128, progress=False)
+    for method, threshold in (("iqr", 5.0), ("zscore", 5.0)):
+        df = db.outliers(store, "y", method=method, threshold=threshold)
+        assert sorted(df["sample"].tolist()) == [17, 404, 777], method
+        assert df["sample"].iloc[0] == 17 and df["a"].iloc[0] == 50.0  # the most extreme first
+        assert df.attrs["total"] == 3
+    assert db.outliers(store, "y", threshold=5.0, limit=2)["sample"].tolist() == [17, 404]
+    with pytest.raises(db.DaskbatchError, match="method='mad'"):
+        db.outliers(store, "y", method="mad")
+
+
+def test_convergence_of_a_running_mean(tmp_path):
+    store = tmp_path / "c.zarr"
+    space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=5000, seed=8)
+    db.run(affine, space, store, cluster="serial", chunk_size=700, progress=False)
+    c = db.convergence(store, "y", points=50)
+    a = db.open(store).a.values
+    assert int(c.n[-1]) == 5000 and (np.diff(c.n) > 0).all()
+    assert float(c["mean"][-1]) == pytest.approx(a.mean(), rel=1e-12)
+    assert float(c.sem[-1]) == pytest.approx(a.std(ddof=1) / np.sqrt(5000), rel=1e-9)
+    k = int(c.n[10])
+    assert float(c["mean"][10]) == pytest.approx(a[:k].mean(), rel=1e-12)
+
+
+def test_compare_two_runs(tmp_path):
+    space = db.MonteCarlo({"a": db.Normal(0, 1)}, n=3000, seed=2)
+    db.run(affine, space, tmp_path / "a.zarr", cluster="serial", chunk_size=500, progress=False)
+    db.run(affine, space, tmp_path / "b.zarr", cluster="threads", chunk_size=300, progress=False)
+    same = db.compare(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    assert same.attrs["same_parameters"] and same.loc["y", "samples differing"] == 0
+    assert same.loc["y", "ks p-value"] == pytest.approx(1.0) and abs(same.loc["y", "mean diff"]) < 1e-12
+    db.run(
+        affine,
+        space,
+        tmp_path / "c.zarr",
+        cluster="serial",
+        progress=False,
+        constants={"scale": 1.001},
+    )
+    close = db.compare(tmp_path / "a.zarr", tmp_path / "c.zarr", rtol=1e-6)
+    assert close.attrs["same_parameters"] and close.loc["y", "samples differing"] > 2900
+    other = db.MonteCarlo({"a": db.Normal(0.3, 1)}, n=3000, seed=3)
+    db.run(affine, other, tmp_path / "d.zarr", cluster="serial", progress=False)
+    shifted = db.compare(tmp_path / "a.zarr", tmp_path / "d.zarr")
+    assert not shifted.attrs["same_parameters"] and shifted.loc["y", "samples differing"] is None
+    assert shifted.loc["y", "ks p-value"] < 1e-6 and shifted.loc["y", "mean diff"] == pytest.approx(
+        0.3, abs=0.08
+    )
