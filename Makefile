@@ -2,9 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format bench pictures clean system-deps
+.PHONY: demo test lint format bench pictures clean system-deps test-deps
 
-# The TEM1D core (daskbatch[tem], in the dev extra) links to the GNU Fortran runtime.
+# The TEM1D core (daskbatch[tem], in the dev extra) links to the GNU Fortran runtime;
+# the tests open the HTML report in a headless chromium.
 system-deps:
 	@python3 -c "import ctypes; ctypes.CDLL('libgfortran.so.5')" 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -12,6 +13,15 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgfortran5; \
 	  else \
 	    echo "The TEM1D core needs libgfortran.so.5: run 'sudo apt-get install libgfortran5' (Debian/Ubuntu)"; \
+	  fi; }
+
+test-deps: system-deps
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (the tests open the HTML report in it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "The report test needs chromium: run 'sudo apt-get install chromium' (it is skipped without)"; \
 	  fi; }
 
 $(VENV)/.installed: pyproject.toml | system-deps
@@ -23,7 +33,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 demo: $(VENV)/.installed  ## install, then sweep the built-in DC sounding model on a local cluster
 	$(VENV)/bin/daskbatch demo
 
-test: $(VENV)/.installed  ## install, lint, then run every test (doctests included)
+test: $(VENV)/.installed test-deps  ## install, lint, then run every test (doctests included)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

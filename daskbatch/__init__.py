@@ -33,6 +33,7 @@ from .engine import RunResult, StoreStatus, open, plan, run, status
 from .errors import DaskbatchError
 from .kernel import STATUS, Kernel, Output, kernel
 from .plan import Plan
+from .report import report
 from .space import Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
 from .validate import ValidationError, ValidationReport, validate
 
@@ -73,6 +74,7 @@ __all__ = [
     "open",
     "outliers",
     "plan",
+    "report",
     "run",
     "status",
     "summarize",

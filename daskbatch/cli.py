@@ -259,7 +259,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .analysis import summarize
+    from .analysis import outliers, summarize
 
     summary = summarize(args.store)
     counts = {k.removeprefix("n_"): int(summary[k]) for k in summary.data_vars if k.startswith("n_")}
@@ -285,13 +285,14 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         f"success rate {rate:.2%} of those run"
     )
     stats = [str(s) for s in summary.stat.values]
-    header = f"{'output':24s}" + "".join(f"{s:>12s}" for s in stats)
+    header = f"{'output':24s}" + "".join(f"{s:>12s}" for s in stats) + f"{'outliers':>10s}"
     print()
     print(header)
     for k in outputs:
         v = summary[k]
         if v.ndim == 1:
-            print(f"{k:24s}" + "".join(f"{float(x):12.4g}" for x in v.values))
+            n_out = outliers(args.store, k).attrs["total"] if counts["ok"] else 0
+            print(f"{k:24s}" + "".join(f"{float(x):12.4g}" for x in v.values) + f"{n_out:10,}")
         else:  # a curve: its range of each statistic over the core dims
             core = ", ".join(f"{d} ({v.sizes[d]})" for d in v.dims if d != "stat")
             print(f"{k + ' over ' + core:24s}")
@@ -299,6 +300,14 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                 if s in stats:
                     band = v.sel(stat=s).values
                     print(f"  {s:22s}from {np.nanmin(band):.4g} to {np.nanmax(band):.4g}")
+    print("\noutliers: outside p25 - 1.5 IQR .. p75 + 1.5 IQR (daskbatch.outliers lists them)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    print(f"wrote {report(args.store, args.output)}")
     return 0
 
 
@@ -496,6 +505,11 @@ def _parser() -> argparse.ArgumentParser:
         help="outputs with core dims: left out (default), a column per index, or a row per index",
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", help="a self-contained HTML report with plots")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")
     p.add_argument("--n", type=int, default=100_000, help="number of samples (default 100000)")

@@ -178,3 +178,55 @@ def test_compare_two_runs(tmp_path):
     assert shifted.loc["y", "ks p-value"] < 1e-6 and shifted.loc["y", "mean diff"] == pytest.approx(
         0.3, abs=0.08
     )
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: `make test` installs it (apt-get install chromium)")
+        pytest.skip("needs chromium (apt-get install chromium)")
+    return exe
+
+
+def test_report_opens_in_headless_chromium_with_every_plot_drawn(mc_store, tmp_path):
+    import re
+    import subprocess
+
+    exe = _chromium()
+    out = tmp_path / "report.html"
+    r = run_cli("report", str(mc_store), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "Provenance" in text and "Failures" not in text
+    for words in ("total: histogram", "curve: median and p10", "total: running mean", "total against x"):
+        assert words in text, words
+    dom = subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    m = re.search(r'data-plots="(\d+)"[^>]*>canvases=(\d+) drawn=(\d+)<', dom)
+    assert m, dom[-2000:]
+    plots, canvases, drawn = (int(g) for g in m.groups())
+    assert plots == 5 and drawn >= plots, (plots, canvases, drawn)
+
+
+def test_report_lists_failures_with_their_messages(tmp_path):
+    store = tmp_path / "f.zarr"
+    db.run(fail_on_multiples, db.Grid(i=np.arange(30)), store, cluster="serial", progress=False)
+    path = db.report(store, tmp_path / "r.html")
+    text = path.read_text()
+    assert "Failures (first" in text and "boom at i=7" in text and "RuntimeError" in text

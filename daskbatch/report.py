@@ -1,0 +1,273 @@
+"""A self-contained HTML report of a store, with bokeh plots.
+
+``daskbatch report STORE -o report.html`` (or :func:`report`): the totals, a histogram
+per scalar output, the quantile bands of every curve output, the convergence of the
+first scalar output, parameter-against-output scatter plots for the parameters that
+matter most, the failures with their messages, and the run's provenance. BokehJS is
+inlined, so the file opens anywhere without a network. Every statistic comes from
+dask reductions or a bounded random subsample, never from loading an output whole.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis import _open, _scalar, convergence, summarize
+from .errors import DaskbatchError
+from .kernel import STATUS
+
+__all__ = ["report"]
+
+#: Points drawn in a scatter plot (a random subsample of the ok samples).
+SCATTER_POINTS = 5000
+
+# Filled by the page once BokehJS has drawn: the number of canvases with pixels on
+# them, so that a headless browser (and a test) can tell that the plots rendered.
+_RENDER_CHECK = """
+<div id="daskbatch-render-check" data-plots="@PLOTS@" style="display:none">pending</div>
+<script>
+(function () {
+  function canvases(root, out) {
+    root.querySelectorAll("*").forEach(function (el) {
+      if (el.tagName === "CANVAS") out.push(el);
+      if (el.shadowRoot) canvases(el.shadowRoot, out);
+    });
+    return out;
+  }
+  function check() {
+    var drawn = 0, all = canvases(document, []);
+    all.forEach(function (c) {
+      try {
+        var d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        for (var i = 3; i < d.length; i += 4) { if (d[i] !== 0) { drawn += 1; break; } }
+      } catch (e) {}
+    });
+    document.getElementById("daskbatch-render-check").textContent =
+      "canvases=" + all.length + " drawn=" + drawn;
+  }
+  var tries = 0;
+  function poll() { check(); tries += 1; if (tries < 60) setTimeout(poll, 500); }
+  window.addEventListener("load", function () { setTimeout(poll, 500); });
+})();
+</script>
+"""
+
+
+def _histogram(values, name: str, lo: float, hi: float, bins: int = 50):
+    import dask.array as da
+    from bokeh.plotting import figure
+
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        return None
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = da.histogram(values[~da.isnan(values)], bins=bins, range=(lo, hi))
+    counts = counts.compute()
+    p = figure(
+        title=f"{name}: histogram of the ok samples", height=280, width=520, tools="pan,wheel_zoom,reset,save"
+    )
+    p.quad(top=counts, bottom=0, left=edges[:-1], right=edges[1:], fill_color="#1f77b4", line_color="white")
+    p.xaxis.axis_label, p.yaxis.axis_label = name, "samples"
+    return p
+
+
+def _bands(summary, name: str):
+    from bokeh.plotting import figure
+
+    v = summary[name]
+    core = [d for d in v.dims if d != "stat"]
+    if len(core) != 1:
+        v = v.stack(_i=core) if core else v
+        x = np.arange(v.sizes.get("_i", 1))
+        label = " × ".join(core) + " (flattened)"
+    else:
+        coord = summary[core[0]] if core[0] in summary.coords else None
+        x = coord.values if coord is not None and coord.dtype.kind in "iuf" else np.arange(v.sizes[core[0]])
+        label = core[0]
+    lo, mid, hi = (np.asarray(v.sel(stat=s).values, dtype=float).ravel() for s in ("p10", "p50", "p90"))
+    positive = bool(np.all(x > 0)) and x.size > 2 and x.max() / x.min() > 100
+    pos_y = bool(np.all(lo > 0)) and np.nanmax(hi) / max(np.nanmin(lo), 1e-300) > 100
+    p = figure(
+        title=f"{name}: median and p10–p90 band over the samples",
+        height=320,
+        width=520,
+        x_axis_type="log" if positive else "linear",
+        y_axis_type="log" if pos_y else "linear",
+        tools="pan,wheel_zoom,reset,save",
+    )
+    p.varea(x=x, y1=lo, y2=hi, fill_color="#1f77b4", fill_alpha=0.25, legend_label="p10–p90")
+    p.line(x=x, y=mid, line_color="#1f77b4", line_width=2, legend_label="median")
+    p.xaxis.axis_label, p.yaxis.axis_label = label, name
+    return p
+
+
+def _convergence(data, name: str):
+    from bokeh.plotting import figure
+
+    c = convergence(data, name)
+    n, m, se = c.n.values, c["mean"].values, c.sem.values
+    p = figure(
+        title=f"{name}: running mean ± 2 standard errors",
+        height=280,
+        width=520,
+        x_axis_type="log",
+        tools="pan,wheel_zoom,reset,save",
+    )
+    p.varea(x=n, y1=m - 2 * se, y2=m + 2 * se, fill_color="#ff7f0e", fill_alpha=0.25)
+    p.line(x=n, y=m, line_color="#ff7f0e", line_width=2)
+    p.xaxis.axis_label, p.yaxis.axis_label = "ok samples", f"mean of {name}"
+    return p
+
+
+def _influence(ds, info: dict, name: str, rng: np.random.Generator):
+    """Scatter plots of the (up to three) scalar parameters with the largest rank
+    correlation with output ``name``, on a random subsample."""
+    from bokeh.plotting import figure
+    from scipy import stats
+
+    dims = list(info["layout"]["batch_dims"])
+    total = int(np.prod(info["layout"]["batch_shape"]))
+    take = np.sort(rng.choice(total, size=min(total, SCATTER_POINTS), replace=False))
+    pos = np.unravel_index(take, tuple(info["layout"]["batch_shape"]))
+    y = _scalar(ds, info, name).vindex[take].compute()
+    ok = ~np.isnan(y)
+    candidates = {}
+    for pname in ds.data_vars:
+        if pname in info["kernel"]["outputs"] or pname == "status":
+            continue
+        var = ds[pname]
+        if var.dtype.kind not in "iuf" or not set(var.dims) <= set(dims):
+            continue
+        idx = tuple(pos[dims.index(d)] for d in var.dims)
+        candidates[pname] = np.asarray(var.data.vindex[idx].compute(), dtype=float)
+    for d in dims:  # grid axes (batch coordinates) count as parameters too; indices do not
+        coord = ds[d].values
+        if (
+            coord.dtype.kind in "iuf"
+            and d not in candidates
+            and not np.array_equal(coord, np.arange(coord.size))
+        ):
+            candidates[d] = coord[pos[dims.index(d)]].astype(float)
+    scores = {}
+    for pname, x in candidates.items():
+        keep = ok & np.isfinite(x)
+        if keep.sum() > 2 and np.ptp(x[keep]) > 0:
+            rho = stats.spearmanr(x[keep], y[keep]).statistic
+            if np.isfinite(rho):
+                scores[pname] = abs(float(rho))
+    plots = []
+    for pname in sorted(scores, key=lambda k: -scores[k])[:3]:
+        x = candidates[pname]
+        p = figure(
+            title=f"{name} against {pname} (|Spearman ρ| = {scores[pname]:.2f})",
+            height=280,
+            width=520,
+            tools="pan,wheel_zoom,box_zoom,reset,save",
+        )
+        p.scatter(x[ok], y[ok], size=3, alpha=0.4, color="#2ca02c")
+        p.xaxis.axis_label, p.yaxis.axis_label = pname, name
+        plots.append(p)
+    return plots
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table class='db'>{cells}</table>"
+
+
+_STYLE = (
+    "<style>table.db{border-collapse:collapse;font:13px sans-serif}"
+    "table.db th,table.db td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+    "h2{font:bold 16px sans-serif;margin:18px 0 6px}</style>"
+)
+
+
+def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Write a self-contained HTML report of ``store`` to ``path``; returns the path."""
+    from bokeh.embed import file_html
+    from bokeh.layouts import column, row
+    from bokeh.models import Div
+    from bokeh.resources import INLINE
+
+    from .engine import status
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DaskbatchError(f"report: the folder of {str(path)!r} does not exist")
+    ds, info = _open(store)
+    st = status(store)
+    summary = summarize(ds)
+    outputs = info["kernel"]["outputs"]
+    scalars = [k for k, o in outputs.items() if not o["shape"]]
+    curves = [k for k, o in outputs.items() if o["shape"]]
+    rng = np.random.default_rng(seed)
+    parts: list[Any] = []
+    s = st.samples
+    done = st.n_samples - s["pending"]
+    parts.append(
+        Div(
+            text=_STYLE
+            + f"<h1 style='font:bold 20px sans-serif'>daskbatch report: {html.escape(str(store))}</h1>"
+            + _table(
+                [
+                    ("kernel", info["kernel"]["identity"]),
+                    ("samples", f"{st.n_samples:,} in {st.blocks_total:,} blocks ({st.blocks_done:,} done)"),
+                    (
+                        "status",
+                        ", ".join(f"{s[k]:,} {k}" for k in STATUS)
+                        + (f"; success rate {s['ok'] / done:.2%} of those run" if done else ""),
+                    ),
+                ]
+            )
+        )
+    )
+    stat_rows = []
+    for k in scalars:
+        v = summary[k]
+        stat_rows.append(
+            (k, "  ".join(f"{name} {float(v.sel(stat=name)):.4g}" for name in summary.stat.values.tolist()))
+        )
+    if stat_rows:
+        parts.append(Div(text="<h2>Scalar outputs</h2>" + _table(stat_rows)))
+    plots = []
+    for k in scalars:
+        v = summary[k]
+        h = _histogram(_scalar(ds, info, k), k, float(v.sel(stat="min")), float(v.sel(stat="max")))
+        if h is not None:
+            plots.append(h)
+    for k in curves:
+        plots.append(_bands(summary, k))
+    if scalars and int(summary[scalars[0]].sel(stat="count")) >= 2:
+        plots.append(_convergence(ds, scalars[0]))
+    if scalars and s["ok"] > 2:
+        plots += _influence(ds, info, scalars[0], rng)
+    if plots:
+        parts.append(Div(text="<h2>Plots</h2>"))
+        parts += [row(*plots[i : i + 2]) for i in range(0, len(plots), 2)]
+    if st.errors:
+        rows = [(e.get("sample", ""), f"{e.get('error', '')}  [{e.get('where', '')}]") for e in st.errors]
+        parts.append(Div(text=f"<h2>Failures (first {len(rows)})</h2>" + _table(rows)))
+    history = info.get("history") or []
+    prov = [
+        ("daskbatch version", str(info.get("version", ""))),
+        ("kernel source sha256", str(info.get("kernel_source_sha256", ""))),
+        ("seed", str(info.get("seed"))),
+        ("space", json.dumps(info.get("space_spec"), default=str)[:2000]),
+        ("constants", json.dumps(info.get("constants"), default=str)[:2000]),
+    ]
+    for i, h in enumerate(history):
+        prov.append((f"run {i + 1}", json.dumps(h, default=str)[:1000]))
+    parts.append(Div(text="<h2>Provenance</h2>" + _table(prov), width=1040))
+    doc = file_html(column(*parts), resources=INLINE, title=f"daskbatch report: {Path(str(store)).name}")
+    head, tail = doc.rsplit("</body>", 1)  # the last one: the inlined BokehJS holds the string too
+    doc = head + _RENDER_CHECK.replace("@PLOTS@", str(len(plots))) + "</body>" + tail
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
