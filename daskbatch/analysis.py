@@ -7,6 +7,7 @@ arrays, so a store of any size is summarised or exported with bounded memory.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from .kernel import STATUS
 __all__ = ["EXACT_QUANTILE_SAMPLES", "compare", "convergence", "export", "outliers", "summarize"]
 
 #: Quantiles are exact when each value's reduction covers at most this many samples
-#: (they are then held in one task: 8 bytes each); beyond it, scalar outputs reduced
-#: over every batch dim use dask's approximate merged percentiles.
-EXACT_QUANTILE_SAMPLES = 2**25
+#: (they are then held in one task: 8 bytes each, 64 MiB); beyond it, reductions over
+#: every batch dim merge per-block quantile sketches (approximate, see summarize).
+EXACT_QUANTILE_SAMPLES = 2**23
+#: Quantiles computed per block for the approximate merge: 0, 0.5, 1, ... 100 %.
+SKETCH_PERCENTILES = np.linspace(0.0, 100.0, 201)
 
 
 def _open(data: Any):
@@ -72,7 +75,6 @@ def summarize(
         ``n_crashed`` and ``n_pending``.
     """
     import dask
-    import dask.array as da
     import xarray as xr
 
     ds, info = _open(data)
@@ -108,11 +110,8 @@ def summarize(
                 chunks.update({d: max(1, min(x.sizes[d], per)) for d in kept})
                 q = x.chunk(chunks).quantile(qs, dim=over, skipna=True)
                 stats += [q.sel(quantile=v, drop=True) for v in qs]
-            elif not kept:
-                flat = x.data.reshape(-1)
-                flat = flat[~da.isnan(flat)]
-                pct = da.percentile(flat, [v * 100 for v in qs], internal_method="dask")
-                stats += [xr.DataArray(pct[i]) for i in range(len(qs))]
+            elif set(over) == set(batch_dims):
+                stats += _sketch_quantiles(x, over, qs)
             else:
                 raise DaskbatchError(
                     f"summarize: exact quantiles of {name!r} over {n_over:,} samples per value are more "
@@ -124,6 +123,58 @@ def summarize(
     result.attrs["store"] = str(getattr(data, "path", data)) if not isinstance(data, xr.Dataset) else ""
     result.attrs["over"] = list(over)
     return result
+
+
+def _sketch_quantiles(x, over: Sequence[str], qs: list[float]) -> list:
+    """Approximate quantiles over every batch dim, with the memory of one block.
+
+    Each block of samples gives its 0, 0.5, ... 100 % percentiles per value of the
+    core dims and its count of ok samples; the blocks' percentiles are merged, weighted
+    by their counts, as dask's ``percentile`` does (``merge_percentiles``). The result
+    lies within the spread of the blocks' own quantiles; on 200,000 uniform values in
+    blocks of 20,000 it is within 0.01 of the exact quantiles.
+    """
+    import dask.array as da
+    import xarray as xr
+    from dask.array.percentile import merge_percentiles
+
+    core = [d for d in x.dims if d not in over]
+    x = x.transpose(*over, *core)
+    n_core = int(np.prod([x.sizes[d] for d in core])) if core else 1
+    data = x.data.reshape((-1, n_core))  # samples x values, chunked like the blocks
+    data = data.rechunk({1: -1})
+
+    def sketch(block):
+        counts = np.sum(~np.isnan(block), axis=0).astype(np.float64)
+        pct = np.full((SKETCH_PERCENTILES.size, block.shape[1]), np.nan)
+        if block.size:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # values with no ok sample
+                pct = np.nanpercentile(block, SKETCH_PERCENTILES, axis=0)
+        return np.concatenate([counts[None, :], pct], axis=0)[None, :, :]
+
+    sketches = da.map_blocks(
+        sketch,
+        data,
+        new_axis=1,
+        chunks=((1,) * data.numblocks[0], (SKETCH_PERCENTILES.size + 1,), (n_core,)),
+        dtype=np.float64,
+    ).compute()  # (blocks, 1 + percentiles, values): small
+    out = np.full((len(qs), n_core), np.nan)
+    for k in range(n_core):
+        counts, vals = sketches[:, 0, k], sketches[:, 1:, k]
+        use = counts > 0
+        if use.any():
+            out[:, k] = merge_percentiles(
+                np.asarray(qs) * 100,
+                [SKETCH_PERCENTILES] * int(use.sum()),
+                list(vals[use]),
+                method="linear",
+                Ns=[int(c) for c in counts[use]],
+            )
+    shape = [x.sizes[d] for d in core]
+    coords = {d: x[d] for d in core if d in x.coords}
+    return [xr.DataArray(out[i].reshape(shape), dims=core, coords=coords) for i in range(len(qs))]
 
 
 def _frame(root, info: dict, params: list[str], region: tuple[slice, ...], curves: str):

@@ -78,6 +78,19 @@ def test_large_reductions_use_approximate_quantiles_within_tolerance(tmp_path, m
     assert np.allclose(approx.y.sel(stat="mean"), exact.y.sel(stat="mean"), rtol=1e-12)
 
 
+def test_approximate_bands_of_a_curve_output(tmp_path, monkeypatch):
+    store = tmp_path / "curves.zarr"
+    space = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2, 3], 1, dim="k")}, n=20_000, seed=5)
+    db.run(curve, space, store, cluster="serial", chunk_size=2000, progress=False)
+    exact = db.summarize(store)
+    monkeypatch.setattr(analysis, "EXACT_QUANTILE_SAMPLES", 100)
+    approx = db.summarize(store)
+    for q in ("p10", "p50", "p90"):
+        a, e = approx.curve.sel(stat=q).values, exact.curve.sel(stat=q).values
+        assert approx.curve.sel(stat=q).dims == ("t",)
+        assert np.allclose(a, e, rtol=0.01, atol=0.01 * np.ptp(e)), q
+
+
 def test_export_round_trips_through_pandas(mc_store, tmp_path):
     ds = db.open(mc_store).load()
     n = db.export(mc_store, tmp_path / "out.csv")
