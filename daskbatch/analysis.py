@@ -17,12 +17,13 @@ import numpy as np
 from .errors import DaskbatchError
 from .kernel import STATUS
 
-__all__ = ["EXACT_QUANTILE_SAMPLES", "compare", "convergence", "export", "outliers", "summarize"]
+__all__ = ["EXACT_QUANTILE_VALUES", "compare", "convergence", "export", "outliers", "summarize"]
 
-#: Quantiles are exact when each value's reduction covers at most this many samples
-#: (they are then held in one task: 8 bytes each, 64 MiB); beyond it, reductions over
-#: every batch dim merge per-block quantile sketches (approximate, see summarize).
-EXACT_QUANTILE_SAMPLES = 2**23
+#: Quantiles are exact when the output holds at most this many values (the reduced
+#: dims are then gathered into one chunk per group of kept values: 128 MiB in all at
+#: most); beyond it, reductions over every batch dim merge per-block quantile
+#: sketches (approximate, see summarize), with the memory of a block.
+EXACT_QUANTILE_VALUES = 2**24
 #: Quantiles computed per block for the approximate merge: 0, 0.5, 1, ... 100 %.
 SKETCH_PERCENTILES = np.linspace(0.0, 100.0, 201)
 
@@ -102,10 +103,10 @@ def summarize(
         stats = [x.count(over), x.mean(over), x.std(over), x.min(over), x.max(over)]
         if qs:
             kept = [d for d in x.dims if d not in over]
-            if n_over <= EXACT_QUANTILE_SAMPLES:
-                # the reduced dims in one chunk, the kept ones cut so a task holds about
-                # EXACT_QUANTILE_SAMPLES values
-                per = max(1, EXACT_QUANTILE_SAMPLES // n_over)
+            n_kept = int(np.prod([x.sizes[d] for d in kept]))
+            if n_over * n_kept <= EXACT_QUANTILE_VALUES:
+                # the reduced dims in one chunk, the kept ones cut into a few tasks
+                per = max(1, EXACT_QUANTILE_VALUES // (8 * n_over))
                 chunks = {d: -1 for d in over}
                 chunks.update({d: max(1, min(x.sizes[d], per)) for d in kept})
                 q = x.chunk(chunks).quantile(qs, dim=over, skipna=True)
@@ -114,8 +115,9 @@ def summarize(
                 stats += _sketch_quantiles(x, over, qs)
             else:
                 raise DaskbatchError(
-                    f"summarize: exact quantiles of {name!r} over {n_over:,} samples per value are more "
-                    f"than {EXACT_QUANTILE_SAMPLES:,}; reduce over fewer dims, or pass quantiles=()"
+                    f"summarize: exact quantiles of {name!r} would gather {n_over * n_kept:,} values, more "
+                    f"than {EXACT_QUANTILE_VALUES:,}; reduce over every batch dim (approximate "
+                    "quantiles), or pass quantiles=()"
                 )
         out[name] = xr.concat(stats, dim="stat", coords="minimal", compat="override")
     result = xr.Dataset(out).assign_coords(stat=names)
@@ -140,24 +142,25 @@ def _sketch_quantiles(x, over: Sequence[str], qs: list[float]) -> list:
 
     core = [d for d in x.dims if d not in over]
     x = x.transpose(*over, *core)
+    grid = np.union1d(SKETCH_PERCENTILES, np.asarray(qs) * 100)  # the asked ones exactly too
     n_core = int(np.prod([x.sizes[d] for d in core])) if core else 1
     data = x.data.reshape((-1, n_core))  # samples x values, chunked like the blocks
     data = data.rechunk({1: -1})
 
     def sketch(block):
         counts = np.sum(~np.isnan(block), axis=0).astype(np.float64)
-        pct = np.full((SKETCH_PERCENTILES.size, block.shape[1]), np.nan)
+        pct = np.full((grid.size, block.shape[1]), np.nan)
         if block.size:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # values with no ok sample
-                pct = np.nanpercentile(block, SKETCH_PERCENTILES, axis=0)
+                pct = np.nanpercentile(block, grid, axis=0)
         return np.concatenate([counts[None, :], pct], axis=0)[None, :, :]
 
     sketches = da.map_blocks(
         sketch,
         data,
         new_axis=1,
-        chunks=((1,) * data.numblocks[0], (SKETCH_PERCENTILES.size + 1,), (n_core,)),
+        chunks=((1,) * data.numblocks[0], (grid.size + 1,), (n_core,)),
         dtype=np.float64,
     ).compute()  # (blocks, 1 + percentiles, values): small
     out = np.full((len(qs), n_core), np.nan)
@@ -167,7 +170,7 @@ def _sketch_quantiles(x, over: Sequence[str], qs: list[float]) -> list:
         if use.any():
             out[:, k] = merge_percentiles(
                 np.asarray(qs) * 100,
-                [SKETCH_PERCENTILES] * int(use.sum()),
+                [grid] * int(use.sum()),
                 list(vals[use]),
                 method="linear",
                 Ns=[int(c) for c in counts[use]],

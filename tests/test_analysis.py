@@ -69,7 +69,7 @@ def test_large_reductions_use_approximate_quantiles_within_tolerance(tmp_path, m
     space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=200_000, seed=2)
     db.run(vector_affine, space, store, cluster="threads", n_workers=2, chunk_size=20_000, progress=False)
     exact = db.summarize(store)
-    monkeypatch.setattr(analysis, "EXACT_QUANTILE_SAMPLES", 10_000)
+    monkeypatch.setattr(analysis, "EXACT_QUANTILE_VALUES", 10_000)
     approx = db.summarize(store)
     # documented: dask's merged per-chunk percentiles, within 1% of the range here
     assert np.allclose(
@@ -83,7 +83,7 @@ def test_approximate_bands_of_a_curve_output(tmp_path, monkeypatch):
     space = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2, 3], 1, dim="k")}, n=20_000, seed=5)
     db.run(curve, space, store, cluster="serial", chunk_size=2000, progress=False)
     exact = db.summarize(store)
-    monkeypatch.setattr(analysis, "EXACT_QUANTILE_SAMPLES", 100)
+    monkeypatch.setattr(analysis, "EXACT_QUANTILE_VALUES", 100)
     approx = db.summarize(store)
     for q in ("p10", "p50", "p90"):
         a, e = approx.curve.sel(stat=q).values, exact.curve.sel(stat=q).values
