@@ -285,22 +285,26 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         f"success rate {rate:.2%} of those run"
     )
     stats = [str(s) for s in summary.stat.values]
-    header = f"{'output':24s}" + "".join(f"{s:>12s}" for s in stats) + f"{'outliers':>10s}"
-    print()
-    print(header)
+    scalars = [k for k in outputs if summary[k].ndim == 1]
+    if scalars:
+        print()
+        print(f"{'output':24s}" + "".join(f"{s:>12s}" for s in stats) + f"{'outliers':>10s}")
+    for k in scalars:
+        n_out = outliers(args.store, k).attrs["total"] if counts["ok"] else 0
+        print(f"{k:24s}" + "".join(f"{float(x):12.4g}" for x in summary[k].values) + f"{n_out:10,}")
     for k in outputs:
         v = summary[k]
-        if v.ndim == 1:
-            n_out = outliers(args.store, k).attrs["total"] if counts["ok"] else 0
-            print(f"{k:24s}" + "".join(f"{float(x):12.4g}" for x in v.values) + f"{n_out:10,}")
-        else:  # a curve: its range of each statistic over the core dims
-            core = ", ".join(f"{d} ({v.sizes[d]})" for d in v.dims if d != "stat")
-            print(f"{k + ' over ' + core:24s}")
-            for s in ("p10", "p50", "p90"):
-                if s in stats:
-                    band = v.sel(stat=s).values
-                    print(f"  {s:22s}from {np.nanmin(band):.4g} to {np.nanmax(band):.4g}")
-    print("\noutliers: outside p25 - 1.5 IQR .. p75 + 1.5 IQR (daskbatch.outliers lists them)")
+        if k in scalars:
+            continue
+        # a curve: the range of its median and band over the core dims
+        core = ", ".join(f"{d} ({v.sizes[d]})" for d in v.dims if d != "stat")
+        print(f"\n{k} over {core}:")
+        for s in ("p10", "p50", "p90"):
+            if s in stats:
+                band = v.sel(stat=s).values
+                print(f"  {s:22s}from {np.nanmin(band):.4g} to {np.nanmax(band):.4g}")
+    if scalars:
+        print("\noutliers: outside p25 - 1.5 IQR .. p75 + 1.5 IQR (daskbatch.outliers lists them)")
     return 0
 
 

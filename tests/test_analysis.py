@@ -130,7 +130,7 @@ def test_summary_and_export_commands(mc_store, tmp_path):
     r = run_cli("summary", str(mc_store))
     assert r.returncode == 0, r.stderr
     assert "500 ok, 0 failed" in r.stdout and "success rate 100.00%" in r.stdout
-    assert "total" in r.stdout and "curve over t (5)" in r.stdout
+    assert "total" in r.stdout and "curve over t (5):" in r.stdout and "outliers" in r.stdout
     r = run_cli("summary", str(mc_store), "--json")
     doc = json.loads(r.stdout)
     assert doc["samples"]["ok"] == 500 and len(doc["outputs"]["curve"]["p50"]) == 5
