@@ -282,21 +282,32 @@ class _BlockContext:
     retry_failed: bool = False
 
 
-def _block_inputs(ctx: _BlockContext, block: tuple[int, ...], param_arrays) -> tuple[dict, dict]:
-    """The kernel's view of a block's parameters, and what the store keeps of them."""
-    layout = ctx.layout
-    nd = len(layout.batch_dims)
+def kernel_inputs(
+    values: Mapping[str, Any], params: Mapping[str, Any], batch_dims: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A block's parameter values as the kernel sees them, and what the store keeps.
+
+    A grid axis (a 1-D array along its own dim) is shaped to broadcast against the
+    block's batch dims and is not stored per block (it is the dim's coordinate); every
+    other parameter is passed and stored as it is.
+    """
+    nd = len(batch_dims)
     kernel_params: dict[str, np.ndarray] = {}
     stored_params: dict[str, np.ndarray] = {}
-    for name, arr in zip(ctx.param_names, param_arrays, strict=True):
-        p = layout.params[name]
-        if p.is_axis:
+    for name, arr in values.items():
+        if params[name].is_axis:
             shape = [1] * nd
-            shape[layout.batch_dims.index(name)] = -1
+            shape[batch_dims.index(name)] = -1
             kernel_params[name] = np.asarray(arr).reshape(shape)
         else:
             kernel_params[name] = stored_params[name] = np.asarray(arr)
     return kernel_params, stored_params
+
+
+def _block_inputs(ctx: _BlockContext, block: tuple[int, ...], param_arrays) -> tuple[dict, dict]:
+    """The kernel's view of a block's parameters, and what the store keeps of them."""
+    values = dict(zip(ctx.param_names, param_arrays, strict=True))
+    return kernel_inputs(values, ctx.layout.params, tuple(ctx.layout.batch_dims))
 
 
 def _compute(

@@ -141,6 +141,7 @@ def validate(
     """
     import zarr
 
+    from .engine import kernel_inputs
     from .store import Store
 
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
@@ -163,18 +164,10 @@ def validate(
         slices = tuple(slice(p, p + 1) for p in pos)
         values = space.block(slices)
         label = "sample " + ", ".join(f"{d}={p}" for d, p in zip(space.batch_dims, pos, strict=True))
-        kernel_params = {}
-        for name, v in values.items():
-            p = space.params[name]
-            if p.is_axis:
-                shape = [1] * nd
-                shape[space.batch_dims.index(name)] = -1
-                kernel_params[name] = np.asarray(v).reshape(shape)
-            else:
-                kernel_params[name] = np.asarray(v)
-                stored = np.asarray(root[name][slices])
-                if not np.array_equal(stored, v) and name not in report.params_differ:
-                    report.params_differ.append(name)
+        kernel_params, regenerated = kernel_inputs(values, space.params, tuple(space.batch_dims))
+        for name, v in regenerated.items():
+            if not np.array_equal(np.asarray(root[name][slices]), v) and name not in report.params_differ:
+                report.params_differ.append(name)
         res = kernel.run_block(kernel_params, (1,) * nd, constants, lambda _i, _l=label: _l)
         if res.status.reshape(-1)[0] != STATUS["ok"]:
             report.n_mismatched += 1
