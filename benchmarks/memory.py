@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tem1d import PeakMemory, write_table
+from tem1d import run_measured, write_table
 
 import daskbatch as db
 
@@ -156,17 +155,14 @@ def main(argv: list[str] | None = None) -> int:
                 str(n),
                 str(store),
             ]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=tmp)
-            mem = PeakMemory(proc.pid, interval=0.05)
-            out, _ = proc.communicate()
-            mem.stop()
-            if proc.returncode:
-                rows.append(f"| {name} | {n:,} | failed (exit {proc.returncode}) | | | | |")
+            code, out, mem = run_measured(cmd, interval=0.05, cwd=tmp)
+            if code:
+                rows.append(f"| {name} | {n:,} | failed (exit {code}) | | | | |")
                 peaks.append(None)
                 continue
             info = json.loads(out.strip().splitlines()[-1])
-            driver = mem.peaks.get(proc.pid, 0)
-            others = sorted((v for k, v in mem.peaks.items() if k != proc.pid), reverse=True)
+            driver = mem.peaks.get(mem.root_pid, 0)
+            others = sorted((v for k, v in mem.peaks.items() if k != mem.root_pid), reverse=True)
             worker = others[0] if others else 0
             correct = _check(name, store, n)
             shutil.rmtree(store, ignore_errors=True)

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tem1d import PeakMemory, write_table
+from tem1d import run_measured, write_table
 
 import daskbatch as db
 
@@ -145,12 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             store = tmp / f"{name}.zarr"
             shutil.rmtree(store, ignore_errors=True)
             cmd = [sys.executable, __file__, "--n", str(args.n), "--workers", str(args.workers)]
-            proc = subprocess.Popen([*cmd, "--child", name, str(store)], stdout=subprocess.PIPE, text=True)
-            mem = PeakMemory(proc.pid)
-            out, _ = proc.communicate()
-            peak = mem.stop()
-            if proc.returncode:
-                runs[name].append({"error": f"exit {proc.returncode}"})
+            code, out, mem = run_measured([*cmd, "--child", name, str(store)])
+            peak = max(mem.peaks.values(), default=0)
+            if code:
+                runs[name].append({"error": f"exit {code}"})
                 continue
             runs[name].append({**json.loads(out.strip().splitlines()[-1]), "peak": peak, "store": store})
     base = None

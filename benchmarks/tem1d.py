@@ -229,6 +229,7 @@ class PeakMemory:
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         import psutil
 
+        self.root_pid = pid
         self._root = psutil.Process(pid)
         self._interval = interval
         self.peaks: dict[int, int] = {}
@@ -258,6 +259,17 @@ class PeakMemory:
         return max(self.peaks.values(), default=0)
 
 
+def run_measured(cmd: list[str], interval: float = 0.2, **popen) -> tuple[int, str, PeakMemory]:
+    """Run ``cmd`` as a child, sampling its process tree's peak memory; returns the exit
+    code, its standard output and the sampler (``.peaks`` by pid; the child's pid is
+    ``.root_pid``)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **popen)
+    mem = PeakMemory(proc.pid, interval=interval)
+    out, _ = proc.communicate()
+    mem.stop()
+    return proc.returncode, out, mem
+
+
 def _responses(name: str, result: Path, store: Path, rows: np.ndarray) -> np.ndarray:
     if name.startswith("daskbatch-"):
         import xarray as xr
@@ -285,14 +297,10 @@ def _run_child(name: str, args, data: Path, tmp: Path) -> dict:
         str(result),
         str(store),
     ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, text=True, cwd=tmp, env={**os.environ, **THREAD_LIMITS}
-    )
-    mem = PeakMemory(proc.pid)
-    stdout, _ = proc.communicate()
-    peak = mem.stop()
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}"}
+    code, stdout, mem = run_measured(cmd, cwd=tmp, env={**os.environ, **THREAD_LIMITS})
+    peak = max(mem.peaks.values(), default=0)
+    if code != 0:
+        return {"error": f"exit {code}"}
     info = json.loads(stdout.strip().splitlines()[-1])
     return {**info, "peak": peak, "result": result, "store": store}
 

@@ -8,67 +8,6 @@ import pytest
 from conftest import ROOT
 
 
-def test_tem1d_benchmark_smoke(tmp_path):
-    pytest.importorskip("joblib")
-    if not os.environ.get("CI"):
-        pytest.importorskip("daskbatch.models.tem1d", exc_type=ImportError)
-    out = tmp_path / "performance.md"
-    out.write_text("# Performance\n\n<!-- tem1d:start -->\nold\n<!-- tem1d:end -->\n\nkept\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "tem1d.py"),
-            "--n",
-            "40",
-            "--repeat",
-            "1",
-            "--workers",
-            "2",
-            "--contenders",
-            "sequential,ceiling,multiprocessing-pool,joblib,dask-threads,daskbatch-running",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    text = out.read_text()
-    assert "old" not in text and text.endswith("kept\n")
-    for name in ("sequential", "ceiling", "multiprocessing-pool", "joblib", "daskbatch-running"):
-        assert f"| {name} |" in text
-    assert "| daskbatch-running |" in text and "yes (0e+00)" in text
-
-
-def test_overhead_benchmark_smoke(tmp_path):
-    out = tmp_path / "performance.md"
-    out.write_text("# Performance\n\n<!-- overhead:start -->\nold\n<!-- overhead:end -->\n\nkept\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "overhead.py"),
-            "--n",
-            "200000",
-            "--repeat",
-            "1",
-            "--workers",
-            "2",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    text = out.read_text()
-    assert "old" not in text and text.endswith("kept\n")
-    for name in ("numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"):
-        assert f"| {name} |" in text
-    assert "| NO |" not in text and "failed" not in text
-
-
 def _bench(name: str, tmp_path, *args: str) -> str:
     out = tmp_path / "performance.md"
     out.write_text(f"# Performance\n\n<!-- {name}:start -->\nold\n<!-- {name}:end -->\n\nkept\n")
@@ -86,6 +25,24 @@ def _bench(name: str, tmp_path, *args: str) -> str:
     text = out.read_text()
     assert "old" not in text and text.endswith("kept\n")
     return text
+
+
+def test_tem1d_benchmark_smoke(tmp_path):
+    pytest.importorskip("joblib")
+    if not os.environ.get("CI"):
+        pytest.importorskip("daskbatch.models.tem1d", exc_type=ImportError)
+    names = "sequential,ceiling,multiprocessing-pool,joblib,dask-threads,daskbatch-running"
+    text = _bench("tem1d", tmp_path, "--n", "40", "--repeat", "1", "--contenders", names)
+    for name in ("sequential", "ceiling", "multiprocessing-pool", "joblib", "daskbatch-running"):
+        assert f"| {name} |" in text
+    assert "| daskbatch-running |" in text and "yes (0e+00)" in text
+
+
+def test_overhead_benchmark_smoke(tmp_path):
+    text = _bench("overhead", tmp_path, "--n", "200000", "--repeat", "1")
+    for name in ("numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"):
+        assert f"| {name} |" in text
+    assert "| NO |" not in text and "failed" not in text
 
 
 def test_memory_benchmark_smoke(tmp_path):
