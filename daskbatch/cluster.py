@@ -277,11 +277,12 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     scheduler and its dashboard start in this process, the two overlap on separate
     cores, and each worker then starts (and stops) in milliseconds instead of
     importing everything itself. The probe of the first samples also runs in a
-    process forked from it, for every cluster with worker processes. Nothing for
-    ``"serial"`` and ``"threads"``. The server lives as long as this process, like
-    the one distributed itself starts for its test suite.
+    process forked from it, for the processes scheduler, ``"local"`` and a scheduler
+    address. Nothing for ``"serial"``, ``"threads"`` and a running ``Client`` (whose
+    workers run the probe). The server lives as long as this process, like the one
+    distributed itself starts for its test suite.
     """
-    if spec.kind in ("serial", "threads") or sys.platform == "win32":
+    if spec.kind in ("serial", "threads", "client") or sys.platform == "win32":
         return
     from multiprocessing import forkserver
 

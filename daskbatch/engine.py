@@ -886,9 +886,16 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     compiled core) or hangs past ``timeout`` cannot take this process with it; the run
     then goes on without the probe's figures and isolates that sample like any other.
     With ``"serial"`` and ``"threads"`` everything runs in this process anyway.
+
+    With a cluster that is already running (a ``Client``), the probe is a task on one
+    of its workers instead: they have the kernel's module loaded already (a fresh
+    process would import it again: a second or more for cores that import plotting
+    libraries), and a worker that dies is restarted by its nanny.
     """
     if spec.kind in ("serial", "threads") or sys.platform == "win32":
         return kernel.probe(params, shape, constants, timeout=timeout)
+    if spec.kind == "client":
+        return _probe_on_worker(spec.client, kernel, params, shape, constants, timeout)
     import multiprocessing
 
     import cloudpickle
@@ -924,6 +931,46 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     if kind == "error":
         raise value
     return value
+
+
+def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | None:
+    from distributed.scheduler import KilledWorker
+
+    n = math.prod(shape)
+    limit = None if timeout is None else 5.0 + timeout * n
+    fut = client.submit(
+        _probe_task,
+        kernel,
+        dict(params),
+        shape,
+        dict(constants),
+        timeout,
+        key=f"daskbatch-probe-{uuid.uuid4().hex}",
+        pure=False,
+    )
+    try:
+        kind, value = fut.result(timeout=limit)
+    except KilledWorker:
+        print(
+            f"daskbatch: the probe of the first {n} samples killed the worker that ran it; going on without it",
+            file=sys.stderr,
+        )
+        return None
+    except TimeoutError:
+        print(f"daskbatch: the probe of the first samples ran past {limit:g} s; going on without it", file=sys.stderr)
+        return None
+    finally:
+        fut.cancel()
+    if kind == "error":
+        raise value
+    return value
+
+
+def _probe_task(kernel: Kernel, params, shape, constants, timeout) -> tuple[str, Any]:
+    try:  # a sample past the timeout ends this worker process; its nanny starts another
+        return "ok", kernel.probe(params, shape, constants, timeout=timeout, kill_on_timeout=True)
+    except Exception as e:
+        return "error", e
 
 
 def _probe_child(payload: bytes, send) -> None:
