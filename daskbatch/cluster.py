@@ -11,9 +11,11 @@ whatever order, so progress and summaries work the same everywhere.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -295,6 +297,15 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
     with contextlib.suppress(Exception):  # if it cannot start, the cluster will say why
         forkserver.ensure_running()
+    if spec.kind == "local" and "distributed.dashboard.scheduler" not in sys.modules:
+        # the scheduler's dashboard (bokeh: half a second of imports) loads in this
+        # process while the forkserver loads the workers' modules on the other core
+        threading.Thread(target=_import_dashboard, name="daskbatch-dashboard-import", daemon=True).start()
+
+
+def _import_dashboard() -> None:
+    with contextlib.suppress(Exception):  # without bokeh the cluster starts without a dashboard
+        importlib.import_module("distributed.dashboard.scheduler")
 
 
 def _unguarded_main() -> bool:

