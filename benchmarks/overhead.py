@@ -9,6 +9,10 @@ for every contender). Contenders, each in its own process tree, medians of round
 - ``dask-running``: plain ``dask.array.map_blocks(...)`` and ``to_zarr`` of the
   parameters and the output, with dask's own chunking, on a LocalCluster already
   running (warmed by a small computation);
+- ``dask-running-lz4``: the same with the codec daskbatch uses (Blosc-LZ4 with
+  shuffling) instead of Zarr's default (Zstandard), to show what is the codec;
+- ``dask-e2e``: plain dask with ``LocalCluster()`` and ``Client`` started (and
+  closed) in the timed call, as a script would;
 - ``daskbatch-running``: ``daskbatch.run`` with its defaults on the same kind of
   cluster, already running;
 - ``daskbatch-e2e``: ``daskbatch.run`` with ``cluster="local"``, started in the call.
@@ -40,10 +44,19 @@ from tem1d import run_measured, write_table
 import daskbatch as db
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ["numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"]
+CONTENDERS = [
+    "numpy-single",
+    "dask-running",
+    "dask-running-lz4",
+    "dask-e2e",
+    "daskbatch-running",
+    "daskbatch-e2e",
+]
 DESCRIPTIONS = {
     "numpy-single": "one process: whole arrays with numpy, then written to Zarr",
     "dask-running": "dask.array map_blocks + to_zarr of a, b, y, dask's chunks, LocalCluster already running",
+    "dask-running-lz4": "the same, written with daskbatch's codec (Blosc-LZ4) instead of Zarr's default",
+    "dask-e2e": "the same as dask-running, LocalCluster() and Client started and closed in the call",
     "daskbatch-running": "daskbatch.run defaults, LocalCluster already running",
     "daskbatch-e2e": "daskbatch.run defaults, cluster='local' started in the call",
 }
@@ -63,6 +76,24 @@ def space(n: int) -> db.MonteCarlo:
     return db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=n, seed=7)
 
 
+def _plain_dask(target: Path, size: int, codec=None) -> None:
+    """What a user of dask.array writes: dask's own chunks (128 MiB), map_blocks, to_zarr."""
+    import dask
+    import dask.array as da
+
+    chunks = da.core.normalize_chunks("auto", (size,), dtype=np.float64)
+    arrays = space(size).to_dask(chunks)
+    y = da.map_blocks(formula, arrays["a"], arrays["b"], dtype=float)
+    extra = {} if codec is None else {"compressors": (codec,)}
+    # parameters and output, as the single process and daskbatch keep them
+    dask.compute(
+        *(
+            da.to_zarr(x, str(target), component=key, overwrite=True, compute=False, **extra)
+            for key, x in (("a", arrays["a"]), ("b", arrays["b"]), ("y", y))
+        )
+    )
+
+
 def run_contender(name: str, n: int, store: Path, workers: int) -> dict:
     sp = space(n)
     if name == "numpy-single":
@@ -79,26 +110,25 @@ def run_contender(name: str, n: int, store: Path, workers: int) -> dict:
         t = time.perf_counter()
         res = db.run(cheap, sp, store, n_workers=workers, progress=False, overwrite=True)
         return {"seconds": time.perf_counter() - t, "blocks": res.blocks_total}
+    if name == "dask-e2e":
+        from distributed import Client, LocalCluster
+
+        t = time.perf_counter()
+        with LocalCluster(n_workers=workers, threads_per_worker=1) as cluster, Client(cluster):
+            _plain_dask(store, n)
+        return {"seconds": time.perf_counter() - t}
     from daskbatch.cluster import ClusterSpec, start_executor
 
     with start_executor(ClusterSpec("local", workers)) as ex:
-        if name == "dask-running":
-            import dask.array as da
+        if name.startswith("dask-running"):
+            codec = None
+            if name == "dask-running-lz4":
+                from zarr.codecs import BloscCodec
+
+                codec = BloscCodec(cname="lz4", clevel=5)
 
             def go(target: Path, size: int) -> None:
-                # dask's own choice of chunks (128 MiB), as a user of dask.array would get
-                chunks = da.core.normalize_chunks("auto", (size,), dtype=np.float64)
-                arrays = space(size).to_dask(chunks)
-                y = da.map_blocks(formula, arrays["a"], arrays["b"], dtype=float)
-                # parameters and output, as the single process and daskbatch keep them
-                import dask
-
-                dask.compute(
-                    *(
-                        da.to_zarr(x, str(target), component=key, overwrite=True, compute=False)
-                        for key, x in (("a", arrays["a"]), ("b", arrays["b"]), ("y", y))
-                    )
-                )
+                _plain_dask(target, size, codec)
 
             go(store.with_suffix(".warm.zarr"), 100_000)
             t = time.perf_counter()
@@ -152,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append({**json.loads(out.strip().splitlines()[-1]), "peak": peak, "store": store})
     base = None
     rows = []
+    rates_by_name: dict[str, float] = {}
     for name in names:
         ok = [r for r in runs[name] if "error" not in r]
         if len(ok) < len(runs[name]):
             rows.append(f"| {name} | {DESCRIPTIONS[name]} | failed | | | |")
             continue
         rate = statistics.median(args.n / r["seconds"] for r in ok)
+        rates_by_name[name] = rate
         base = base or (rate if name == "numpy-single" else None)
         correct = _check(name, ok[-1]["store"], args.n)
         ratio = f"{rate / base:.2f}" if base else "-"
@@ -168,11 +200,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         rates = ", ".join(f"{args.n / r['seconds']:,.0f}" for r in ok)
         print(f"  {name:18s} {rate:12,.0f} samples/s  x{ratio}  peak {peak:6,.0f} MB  (runs: {rates})")
+    pairs = [
+        ("daskbatch-running", "dask-running"),
+        ("daskbatch-running", "dask-running-lz4"),
+        ("daskbatch-e2e", "dask-e2e"),
+    ]
+    against = [
+        f"{a} ÷ {b} = {rates_by_name[a] / rates_by_name[b]:.2f}"
+        for a, b in pairs
+        if a in rates_by_name and b in rates_by_name
+    ]
     table = (
         f"N = {args.n:,} samples, {args.workers} workers, medians of {args.repeat} rounds; "
         f"`python benchmarks/overhead.py --n {args.n}`\n\n"
         "| contender | what | samples/s | ÷ numpy-single | peak RSS of any process | correct |\n"
-        "|---|---|---:|---:|---:|---|\n" + "\n".join(rows) + "\n"
+        "|---|---|---:|---:|---:|---|\n"
+        + "\n".join(rows)
+        + "\n"
+        + (f"\nAgainst plain dask: {'; '.join(against)}.\n" if against else "")
     )
     print()
     print(table)

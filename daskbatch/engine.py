@@ -27,11 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from . import __version__
-from .chunking import chunks_from_block_shape, plan_block_shape
+from .chunking import plan_block_shape
 from .cluster import (
     ClusterSpec,
     WorkerDiedError,
@@ -45,7 +44,7 @@ from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureErr
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel
 from .plan import Plan, make_plan
 from .progress import Progress, format_eta
-from .space import Space
+from .space import Space, Table
 from .store import Layout, Store
 
 __all__ = ["RunResult", "StoreStatus", "open", "plan", "run", "status"]
@@ -380,19 +379,19 @@ def _summary(block, counts, res: BlockResult, nd: int) -> np.ndarray:
     return out
 
 
-def _block_task(*arrays: np.ndarray, ctx: _BlockContext) -> np.ndarray:
+def _block_task(
+    block: tuple[int, ...], source: Space | Mapping[str, np.ndarray], ctx: _BlockContext
+) -> np.ndarray:
     """Run one block and commit it to the store; return a small summary.
 
-    ``arrays`` are one index array per batch dim (the block's global indices), then
-    the parameter blocks in ``ctx.param_names`` order. With ``ctx.retry_failed`` a
-    block that is already committed recomputes only its samples that are not ok.
+    ``source`` is the space, which draws the block's parameters here, or, for a table
+    held in memory, the block's rows themselves. With ``ctx.retry_failed`` a block
+    that is already committed recomputes only its samples that are not ok.
     """
     layout = ctx.layout
     nd = len(layout.batch_dims)
-    index_arrays, param_arrays = arrays[:nd], arrays[nd:]
-    starts = tuple(int(a[0]) for a in index_arrays)
-    block = tuple(s // b for s, b in zip(starts, layout.block_shape, strict=True))
-    kernel_params, stored_params = _block_inputs(ctx, block, param_arrays)
+    values = source.block(layout.block_slices(block)) if isinstance(source, Space) else source
+    kernel_params, stored_params = _block_inputs(ctx, block, [values[k] for k in ctx.param_names])
     st = Store(ctx.store)
     if ctx.retry_failed and st.is_done(block):
         old_outputs, old_status = st.read_block(layout, block)
@@ -420,32 +419,24 @@ def _piece_task(
     return _compute(ctx, block, kernel_params, positions)
 
 
-def _build_tasks(space: Space, layout: Layout, ctx: _BlockContext):
-    """One dask Delayed per block, from a blockwise map over the parameter arrays."""
-    chunks = chunks_from_block_shape(layout.batch_shape, layout.block_shape)
-    out_ind = tuple(f"b{i}" for i in range(len(layout.batch_dims)))
-    args: list[Any] = []
-    for i, (n, c) in enumerate(zip(layout.batch_shape, chunks, strict=True)):
-        args += [da.arange(n, chunks=(c,), dtype=np.int64), (out_ind[i],)]
-    arrays = space.to_dask(chunks)
-    for name in ctx.param_names:
-        p = layout.params[name]
-        ind = tuple(out_ind[layout.batch_dims.index(d)] for d in p.dims[: len(p.dims) - len(p.core_shape)])
-        ind += tuple(f"{name}.core{j}" for j in range(len(p.core_shape)))
-        args += [arrays[name], ind]
+def _build_tasks(space: Space, layout: Layout, ctx: _BlockContext, blocks) -> dict[tuple[int, ...], Any]:
+    """One dask task per block in ``blocks``, with no dependencies.
+
+    Each task draws its block's parameters itself (a design computes them from the
+    sample index; a grid from its axes), so the scheduler handles one task per block
+    and no parameter array ever travels. A table held in memory is the exception:
+    its task carries the block's rows, not the whole table.
+    """
+    import dask
+
     token = hashlib.sha256(f"{ctx.store}{layout.store_id}".encode()).hexdigest()[:12]
-    summaries = da.blockwise(
-        _block_task,
-        out_ind,
-        *args,
-        ctx=ctx,
-        concatenate=True,
-        adjust_chunks={i: 1 for i in out_ind},
-        dtype=object,
-        meta=np.empty((0,) * len(out_ind), dtype=object),
-        name=f"daskbatch-block-{token}",
-    )
-    return summaries.to_delayed(optimize_graph=True)
+    carries_rows = isinstance(space, Table)
+    tasks = {}
+    for b in blocks:
+        source = space.block(layout.block_slices(b)) if carries_rows else space
+        name = f"daskbatch-block-{token}-" + "-".join(str(i) for i in b)
+        tasks[b] = dask.delayed(_block_task, pure=False)(b, source, ctx, dask_key_name=name)
+    return tasks
 
 
 # --------------------------------------------------------------------------- run
@@ -805,7 +796,7 @@ def _run_locked(
                     kill_on_timeout=spec.kind not in ("serial", "threads"),
                     retry_failed=retry_failed,
                 )
-                tasks = _build_tasks(space, layout, ctx)
+                tasks = _build_tasks(space, layout, ctx, pending)
                 _compute_all(executor, st, space, ctx, tasks, pending, on_done)
         except BaseException as exc:
             bar.close()

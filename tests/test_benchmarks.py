@@ -40,8 +40,16 @@ def test_tem1d_benchmark_smoke(tmp_path):
 
 def test_overhead_benchmark_smoke(tmp_path):
     text = _bench("overhead", tmp_path, "--n", "200000", "--repeat", "1")
-    for name in ("numpy-single", "dask-running", "daskbatch-running", "daskbatch-e2e"):
+    for name in (
+        "numpy-single",
+        "dask-running",
+        "dask-running-lz4",
+        "dask-e2e",
+        "daskbatch-running",
+        "daskbatch-e2e",
+    ):
         assert f"| {name} |" in text
+    assert "daskbatch-e2e ÷ dask-e2e = " in text
     assert "| NO |" not in text and "failed" not in text
 
 
