@@ -274,8 +274,8 @@ def check_can_spawn(spec: ClusterSpec) -> None:
 def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     """Start the multiprocessing *forkserver* that worker and probe processes fork from.
 
-    The server imports dask, distributed, numpy, daskbatch and the kernel's module
-    once. daskbatch's LocalCluster forks its workers from it: started here, before the
+    The server imports distributed, numpy, what of daskbatch a block task needs
+    (not xarray, pandas or dask.array) and the kernel's module once. daskbatch's LocalCluster forks its workers from it: started here, before the
     scheduler and its dashboard start in this process, the two overlap on separate
     cores, and each worker then starts (and stops) in milliseconds instead of
     importing everything itself. The probe of the first samples also runs in a
@@ -292,7 +292,7 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
 
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         ctx = get_mp_context()  # distributed sets its own preload list once
-    wanted = ["distributed", "numpy", "daskbatch", "daskbatch.kernel", "daskbatch.store"]
+    wanted = ["distributed", "numpy", "daskbatch.kernel", "daskbatch.store", "daskbatch.engine"]
     wanted += [m for m in modules if m and m not in ("__main__", "__mp_main__")]
     ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
     with contextlib.suppress(Exception):  # if it cannot start, the cluster will say why

@@ -15,9 +15,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from .designs import halton_points, lhs_points, sobol_points, to_open_unit
@@ -25,6 +24,9 @@ from .distributions import Distribution, as_distribution
 from .distributions import from_spec as dist_from_spec
 from .errors import SpaceError
 from .random import stream_key, uniforms
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = [
     "Design",
@@ -184,6 +186,8 @@ class Grid(Space):
         return dict(self.axes)
 
     def to_dask(self, chunks):
+        import dask.array as da
+
         return {
             n: da.from_array(a, chunks=(c,), name=f"daskbatch-axis-{n}")
             for (n, a), c in zip(self.axes.items(), chunks, strict=True)
@@ -357,6 +361,8 @@ class Table(Space):
         self.batch_shape = (int(n_rows),)
 
     def to_dask(self, chunks):
+        import dask.array as da
+
         (c,) = chunks
         return {
             n: da.from_array(a, chunks=(c, *a.shape[1:]), name=f"daskbatch-table-{n}")
@@ -459,6 +465,8 @@ class Design(Space):
         return self.dists[name].ppf(self._uniforms(name, start, stop))
 
     def to_dask(self, chunks):
+        import dask.array as da
+
         (c,) = chunks
         out = {}
         for name, d in self.dists.items():
@@ -766,6 +774,8 @@ class Product(Space):
         return out.reshape(shape + p.core_shape)
 
     def to_dask(self, chunks):
+        import dask.array as da
+
         out = {}
         axis_arrays = self.outer.to_dask(chunks[: len(self._outer_dims)]) if not self.flat else {}
         for name, p in self.params.items():
