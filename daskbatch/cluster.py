@@ -238,14 +238,42 @@ class Executor:
             self._cluster.close()
 
 
+#: malloc arenas a worker process may have (glibc's default is 8 per core)
+MALLOC_ARENAS = 2
+_arenas_limited = False
+
+
+def limit_malloc_arenas() -> None:
+    """Let glibc's malloc use at most :data:`MALLOC_ARENAS` arenas in this process.
+
+    A block task allocates its block (megabytes) in its own thread, and Zarr encodes
+    it in a pool of threads; glibc gives each thread its own arena and keeps freed
+    memory in each, so a worker's resident memory climbed with the number of blocks
+    it had run (measured: 105 MB idle, 150 MB after 4 blocks, 225 MB after 175 blocks
+    of 8 MB) while the blocks themselves never grew. With two arenas: 131-137 MB
+    after 4 blocks, 146-156 MB after 175, and no change in speed. Once per process;
+    nothing off glibc.
+    """
+    global _arenas_limited
+    if _arenas_limited or not sys.platform.startswith("linux"):
+        return
+    _arenas_limited = True
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
+
+
 def _die_with_parent() -> None:
     """In a pool worker: end when the driver ends, even by SIGKILL (Linux only).
 
     Without it, the idle workers of dask's processes scheduler outlive a killed driver.
+    Also limits the worker's malloc arenas (:func:`limit_malloc_arenas`).
     """
     import ctypes
     import signal
 
+    limit_malloc_arenas()
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
@@ -274,15 +302,16 @@ def check_can_spawn(spec: ClusterSpec) -> None:
 def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     """Start the multiprocessing *forkserver* that worker and probe processes fork from.
 
-    The server imports distributed, numpy, what of daskbatch a block task needs
-    (not xarray, pandas or dask.array) and the kernel's module once. daskbatch's LocalCluster forks its workers from it: started here, before the
-    scheduler and its dashboard start in this process, the two overlap on separate
-    cores, and each worker then starts (and stops) in milliseconds instead of
-    importing everything itself. The probe of the first samples also runs in a
-    process forked from it, for the processes scheduler, ``"local"`` and a scheduler
-    address. Nothing for ``"serial"``, ``"threads"`` and a running ``Client`` (whose
-    workers run the probe). The server lives as long as this process, like the one
-    distributed itself starts for its test suite.
+    The server imports distributed, numpy, what of daskbatch a block task needs (not
+    xarray, pandas or dask.array) and the kernel's module once. daskbatch's
+    LocalCluster forks its workers from it: started here, before the scheduler and
+    its dashboard start in this process, the two overlap on separate cores, and each
+    worker then starts (and stops) in milliseconds instead of importing everything
+    itself. The probe of the first samples also runs in a process forked from it, for
+    the processes scheduler, ``"local"`` and a scheduler address. Nothing for
+    ``"serial"``, ``"threads"`` and a running ``Client`` (whose workers run the
+    probe). The server lives as long as this process, like the one distributed itself
+    starts for its test suite.
     """
     if spec.kind in ("serial", "threads", "client") or sys.platform == "win32":
         return
@@ -295,8 +324,17 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     wanted = ["distributed", "numpy", "daskbatch.kernel", "daskbatch.store", "daskbatch.engine"]
     wanted += [m for m in modules if m and m not in ("__main__", "__mp_main__")]
     ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
-    with contextlib.suppress(Exception):  # if it cannot start, the cluster will say why
-        forkserver.ensure_running()
+    # the server's processes start with few malloc arenas (see limit_malloc_arenas);
+    # a value the user set is kept
+    added = "MALLOC_ARENA_MAX" not in os.environ
+    if added:
+        os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
+    try:
+        with contextlib.suppress(Exception):  # if it cannot start, the cluster will say why
+            forkserver.ensure_running()
+    finally:
+        if added:
+            os.environ.pop("MALLOC_ARENA_MAX", None)
     if spec.kind == "local" and "distributed.dashboard.scheduler" not in sys.modules:
         # the scheduler's dashboard (bokeh: half a second of imports) loads in this
         # process while the forkserver loads the workers' modules on the other core
@@ -350,6 +388,7 @@ def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterat
         and multiprocessing.current_process().name != "MainProcess"
     ):
         raise ClusterError("daskbatch.run was called while a worker process was starting. " + GUARD_HINT)
+    prestart(spec)  # the workers fork from daskbatch's forkserver (a no-op when it runs)
     try:
         # distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers to fight
         # fragmentation in dataframe workloads; it makes glibc return and re-fault memory

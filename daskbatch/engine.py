@@ -36,6 +36,7 @@ from .cluster import (
     WorkerDiedError,
     check_can_spawn,
     default_workers,
+    limit_malloc_arenas,
     parse_cluster,
     prestart,
     start_executor,
@@ -388,6 +389,8 @@ def _block_task(
     held in memory, the block's rows themselves. With ``ctx.retry_failed`` a block
     that is already committed recomputes only its samples that are not ok.
     """
+    if ctx.kill_on_timeout:  # a worker process, never the driver: fewer malloc arenas
+        limit_malloc_arenas()  # once per process, in clusters daskbatch did not start too
     layout = ctx.layout
     nd = len(layout.batch_dims)
     values = source.block(layout.block_slices(block)) if isinstance(source, Space) else source
