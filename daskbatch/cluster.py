@@ -239,7 +239,7 @@ class Executor:
 
 
 #: malloc arenas a worker process may have (glibc's default is 8 per core)
-MALLOC_ARENAS = 2
+MALLOC_ARENAS = 1
 _arenas_limited = False
 
 
@@ -249,10 +249,10 @@ def limit_malloc_arenas() -> None:
     A block task allocates its block (megabytes) in its own thread, and Zarr encodes
     it in a pool of threads; glibc gives each thread its own arena and keeps freed
     memory in each, so a worker's resident memory climbed with the number of blocks
-    it had run (measured: 105 MB idle, 150 MB after 4 blocks, 225 MB after 175 blocks
-    of 8 MB) while the blocks themselves never grew. With two arenas: 131-137 MB
-    after 4 blocks, 146-156 MB after 175, and no change in speed. Once per process;
-    nothing off glibc.
+    it had run while the blocks themselves never grew (8 MB blocks of 71 outputs per
+    sample: 137-141 MB after 4 blocks, 176-180 MB after 175). With one arena: 90-95
+    MB and 103-108 MB, at the same speed (one task thread per worker, and Zarr's
+    threads mostly wait on I/O). Once per process; nothing off glibc.
     """
     global _arenas_limited
     if _arenas_limited or not sys.platform.startswith("linux"):
@@ -324,7 +324,7 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     wanted = ["distributed", "numpy", "daskbatch.kernel", "daskbatch.store", "daskbatch.engine"]
     wanted += [m for m in modules if m and m not in ("__main__", "__mp_main__")]
     ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
-    # the server's processes start with few malloc arenas (see limit_malloc_arenas);
+    # the server's processes start with one malloc arena (see limit_malloc_arenas);
     # a value the user set is kept
     added = "MALLOC_ARENA_MAX" not in os.environ
     if added:
