@@ -1,4 +1,4 @@
-"""The run: pending blocks → a blockwise dask graph → a scheduler → summaries.
+"""The run: pending blocks → one dask task each → a scheduler → summaries.
 
 :func:`run` checks every argument before it touches the store or starts a worker,
 compares the store's fingerprint when the store exists, creates the store from a
