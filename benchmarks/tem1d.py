@@ -9,8 +9,9 @@ sequential ones (max relative difference <= 1e-10).
     python benchmarks/tem1d.py --n 1000000 --contenders daskbatch-e2e --check 2000
 
 Efficiency is models/s divided by the limit: workers x sequential models/s, both
-measured in the same run. The table is printed and written into
-docs/performance.md (between the tem1d markers) unless --no-write.
+measured in the same run (each round of contenders starts with a sequential run).
+The table is printed and written into docs/performance.md (between the tem1d
+markers) unless --no-write.
 """
 
 from __future__ import annotations
@@ -345,21 +346,23 @@ def main(argv: list[str] | None = None) -> int:
     if n_seq < args.n:
         seq_data = tmp / "models-seq.npz"
         np.savez(seq_data, rho=rho[:n_seq], depth=depth[:n_seq])
-    seq_runs = [_run_child("sequential", args, seq_data, tmp) for _ in range(args.repeat)]
+    # rounds, each starting with a sequential run, so that slow spells of the machine
+    # hit the limit as much as every contender
+    seq_runs: list[dict] = []
+    runs: dict[str, list[dict]] = {name: [] for name in contenders if name != "sequential"}
+    for i in range(args.repeat):
+        seq_runs.append(_run_child("sequential", args, seq_data, tmp))
+        print(f"  round {i + 1}: sequential {n_seq / seq_runs[-1]['seconds']:,.0f} models/s", flush=True)
+        for name in runs:
+            runs[name].append(_run_child(name, args, data, tmp))
     seq_rate = statistics.median(n_seq / r["seconds"] for r in seq_runs)
     limit = args.workers * seq_rate
     print(
         f"TEM1D benchmark: N = {args.n:,} three-layer models, {args.workers} workers; "
         f"sequential {seq_rate:,.0f} models/s (median of {args.repeat}), limit {limit:,.0f} models/s"
     )
-    runs: dict[str, list[dict]] = {name: [] for name in contenders if name != "sequential"}
     if "sequential" in contenders:
         runs = {"sequential": [{**r, "n_rows": n_seq} for r in seq_runs], **runs}
-    for _ in range(args.repeat):  # rounds, so that slow spells of the machine hit everyone
-        for name in runs:
-            if name == "sequential":
-                continue
-            runs[name].append(_run_child(name, args, data, tmp))
     rows_out = []
     for name, results in runs.items():
         bad = [r for r in results if "error" in r]
