@@ -985,7 +985,8 @@ def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) 
                 return None
             if deadline is not None and time.monotonic() > deadline:
                 print(
-                    f"daskbatch: the probe of the first {n} samples ran past {limit:g} s; going on without it",  # noqa: E501
+                    f"daskbatch: the probe of the first {n} samples ran past {limit:g} s; "
+                    "going on without it",
                     file=sys.stderr,
                 )
                 return None
