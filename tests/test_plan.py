@@ -158,11 +158,23 @@ def _arena_max() -> str | None:
     return os.environ.get("MALLOC_ARENA_MAX")
 
 
+def _housekeeping(dask_worker) -> dict[str, float]:
+    times = {k: pc.callback_time for k, pc in dask_worker.periodic_callbacks.items()}
+    times["memory-monitor"] = dask_worker.memory_manager.memory_monitor_interval * 1000
+    return times
+
+
+def _scheduler_tick(dask_scheduler) -> float:
+    return dask_scheduler.periodic_callbacks["tick"].callback_time
+
+
 def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
     """40 blocks of 8 MB per worker after 4: the peak grows by less than 4 blocks.
 
     With glibc's default malloc arenas (one per thread) it grew by 60 MB here, as Zarr's
     threads kept freed blocks in their own arenas; daskbatch's workers use one arena.
+    The same cluster's servers check their event loops every 500 ms, not every 20 ms,
+    and poll memory every 500 ms (see cluster.start_executor).
     """
     from daskbatch.cluster import ClusterSpec, start_executor
     from daskbatch.testing import noise
@@ -172,6 +184,9 @@ def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
     with start_executor(ClusterSpec("local", 2)) as ex:
         client = ex.client
         assert set(client.run(_arena_max).values()) == {"1"}
+        assert client.run_on_scheduler(_scheduler_tick) == 500
+        for times in client.run(_housekeeping).values():
+            assert times["tick"] == 500 and times["memory-monitor"] == 500, times
         space = db.Grid(x=np.linspace(0, 1, 4000))
         db.run(noise, space, tmp_path / "a.zarr", chunk_size=500, cluster=client, progress=False)
         short = client.run(_memory_now)
