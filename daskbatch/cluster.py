@@ -264,6 +264,54 @@ def limit_malloc_arenas() -> None:
         ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
 
 
+#: resident memory after a block, below which freed memory is left to malloc
+_rss_floor: int | None = None
+#: the least growth (bytes) that makes a worker give freed memory back
+MIN_TRIM_GROWTH = 4 * 2**20
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_freed_memory(block_bytes: int) -> bool:
+    """After a block in a worker process: hand freed memory back once it has piled up.
+
+    glibc serves a worker's first blocks from fresh mappings, which go back to the
+    system when freed, then raises its mapping threshold to their size, so later
+    blocks are carved from the heap, whose freed pieces it keeps. The worker's
+    resident memory then settled about three blocks above where it was after its
+    first block (8 MB blocks: 96 -> 125 MB over a 10^7-sample run). When it has grown
+    more than two blocks (``block_bytes`` each) past the lowest it has been after a
+    block, ``malloc_trim(0)`` returns the freed pages; what it cannot return becomes
+    the new floor, so a kernel that keeps memory on purpose does not trim after every
+    block. Linux with glibc only; returns whether it trimmed.
+    """
+    global _rss_floor
+    if not sys.platform.startswith("linux"):
+        return False
+    rss = _resident_bytes()
+    if rss is None:
+        return False
+    if _rss_floor is None or rss < _rss_floor:
+        _rss_floor = rss
+        return False
+    if rss - _rss_floor <= max(2 * block_bytes, MIN_TRIM_GROWTH):
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    _rss_floor = max(_rss_floor, _resident_bytes() or rss)
+    return True
+
+
 def _die_with_parent() -> None:
     """In a pool worker: end when the driver ends, even by SIGKILL (Linux only).
 

@@ -39,6 +39,7 @@ from .cluster import (
     limit_malloc_arenas,
     parse_cluster,
     prestart,
+    release_freed_memory,
     start_executor,
 )
 from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
@@ -425,7 +426,12 @@ def _block_task(
         layout, block, stored_params, res.outputs, res.status, res.errors, res.n_errors, res.seconds
     )
     st.clear_timeouts(block)
-    return _summary(block, counts, res, nd)
+    summary = _summary(block, counts, res, nd)
+    if ctx.kill_on_timeout:  # a worker process: give freed blocks back when they pile up
+        block_bytes = sum(np.asarray(v).nbytes for v in (*res.outputs.values(), *stored_params.values()))
+        del res, values, kernel_params, stored_params
+        release_freed_memory(block_bytes)
+    return summary
 
 
 def _piece_task(
