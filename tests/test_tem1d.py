@@ -1,5 +1,6 @@
 """TEM1D, the Fortran core: the kernel, validation against sequential calls, the experiments."""
 
+import ctypes
 import json
 import os
 import subprocess
@@ -238,3 +239,25 @@ def test_experiment_spec_files_run_in_test_mode(name, tmp_path):
     assert "24 ok" in r.stdout or "total: 24" in r.stdout
     stores = list(Path(tmp_path).glob("*.test.zarr"))
     assert len(stores) == 1
+
+
+def test_where_no_library_copy_can_load_the_second_geometry_raises(monkeypatch):
+    """A TMPDIR (and home cache) that cannot hold libraries: pytem1d's own library serves
+    the first geometry; the other one is refused rather than computed wrong."""
+    import daskbatch.models.tem1d as tm
+
+    real = ctypes.CDLL
+
+    def noexec(name, *a, **k):
+        if "daskbatch-tem1d-" in str(name):
+            raise OSError(f"{name}: failed to map segment from shared object")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(ctypes, "CDLL", noexec)
+    monkeypatch.setattr(tm, "_shared_geometry", [])
+    rho, th = _models(1)
+    top = np.concatenate([[0.0], np.cumsum(th[0])])
+    lib = Library()
+    assert np.array_equal(lib.response(rho[0], top), run_tem1d(rho[0], top).responses)
+    with pytest.raises(RuntimeError, match="could not load a second copy.*failed to map segment.*TMPDIR"):
+        lib.response(rho[0], top, tx_rx_separation=40.0)

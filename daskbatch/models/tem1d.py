@@ -192,19 +192,47 @@ _CHECKS: dict[bool, list[tuple[tuple[list[float], list[float]], dict[str, Any]]]
 _swap_lock = threading.Lock()
 
 
-def _private_copy() -> ctypes.CDLL:
-    """A copy of pytem1d's shared library with its own Fortran state (its own SAVE data)."""
+_shared_geometry: list[bool] = []  # the geometry given to pytem1d's own library, if ever
+
+
+def _private_copy(central: bool) -> ctypes.CDLL:
+    """A copy of pytem1d's shared library with its own Fortran state (its own SAVE data).
+
+    The copy is a file in a temporary folder (``TMPDIR``), or in ``~/.cache/daskbatch``
+    if that folder does not allow loading libraries (``noexec``). If neither works,
+    pytem1d's own library is used for the first geometry this process asks for, and
+    asking for the other one raises instead of giving wrong numbers.
+    """
     from pytem1d import core
 
     src = Path(core._get_library_path())
-    with tempfile.TemporaryDirectory(prefix="daskbatch-tem1d-") as tmp:
-        # a different file is a different library to the dynamic loader: its static
-        # data are its own; the file can go once it is mapped
-        dst = Path(tmp) / src.name
-        shutil.copyfile(src, dst)
-        lib = ctypes.CDLL(str(dst))
-    core._setup_tem1d_interface(lib)
-    return lib
+    problems = []
+    for parent in (None, Path.home() / ".cache" / "daskbatch"):
+        try:
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="daskbatch-tem1d-", dir=parent) as tmp:
+                # a different file is a different library to the dynamic loader: its
+                # static data are its own; the file can go once it is mapped
+                dst = Path(tmp) / src.name
+                shutil.copyfile(src, dst)
+                lib = ctypes.CDLL(str(dst))
+        except OSError as e:
+            problems.append(str(e))
+            continue
+        core._setup_tem1d_interface(lib)
+        return lib
+    if not _shared_geometry:
+        _shared_geometry.append(central)
+    if _shared_geometry[0] == central:
+        return core.load_library()
+    kinds = {True: "central-loop", False: "offset-loop"}
+    raise RuntimeError(
+        f"this process computed {kinds[not central]} models with TEM1D, after which the library "
+        f"gives wrong {kinds[central]} responses, and daskbatch could not load a second copy of "
+        f"it ({'; '.join(problems)}). Set TMPDIR to a folder that allows loading libraries, or "
+        "run the two geometries in separate runs"
+    )
 
 
 def _run_tem1d_on(lib: ctypes.CDLL, rho: Any, depth: Any, **options: Any) -> np.ndarray:
@@ -279,7 +307,7 @@ class Library:
     def _copy_for(self, central: bool) -> ctypes.CDLL:
         lib = self._copies.get(central)
         if lib is None:
-            lib = self._copies[central] = _private_copy()
+            lib = self._copies[central] = _private_copy(central)
             # the copy's first calls: its filter is set for this geometry from now on
             direct = True
             for (rho, top), kw in _CHECKS[central]:
