@@ -1099,8 +1099,10 @@ def _salvage(executor, st: Store, space: Space, ctx: _BlockContext, block, on_do
 
     The block's samples are split into pieces, each a separate task that returns its
     results instead of writing them; a piece that kills its worker again is split
-    again, down to single samples, which are marked ``crashed``. The driver then
-    writes the block. Bounded: each sample is tried a few times at most.
+    again, down to single samples. A worker that dies also takes the blame for the
+    task it was about to run, so a single sample given up on is tried once more with
+    nothing else in flight, and only then marked ``crashed``. The driver then writes
+    the block. Bounded: each sample is tried a few times at most.
     """
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
@@ -1125,37 +1127,25 @@ def _salvage(executor, st: Store, space: Space, ctx: _BlockContext, block, on_do
         owners[fut.key] = positions
         return fut
 
-    owners: dict[str, list[int]] = {}
-    step = max(1, math.ceil(n / _PIECES))
-    queue = as_completed([submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)])
-    for fut in queue:
-        positions = owners.pop(fut.key)
-        try:
-            res: BlockResult = fut.result()
-        except KilledWorker:
-            if len(positions) == 1:
-                i = positions[0]
-                flat_status[i] = STATUS["crashed"]
-                n_errors += 1
-                if len(errors) < MAX_ERRORS_PER_BLOCK:
-                    pos = [int(p) for p in np.unravel_index(i, batch_shape)]
-                    glob = [s.start + q for s, q in zip(region, pos, strict=True)]
-                    errors.append(
-                        {
-                            "position": pos,
-                            "sample": "sample " + ", ".join(str(g) for g in glob),
-                            "error": "WorkerCrash: the process running this sample died every time "
-                            "it was tried (a segfault, an abort, or os._exit in the core)",
-                            "where": "",
-                        }
-                    )
-                continue
-            step = max(1, math.ceil(len(positions) / _PIECES))
-            for j in range(0, len(positions), step):
-                queue.add(submit(positions[j : j + step]))
-            continue
-        finally:
-            fut.release()
+    def crashed(i: int) -> None:
+        nonlocal n_errors
+        flat_status[i] = STATUS["crashed"]
+        n_errors += 1
+        if len(errors) < MAX_ERRORS_PER_BLOCK:
+            pos = [int(p) for p in np.unravel_index(i, batch_shape)]
+            glob = [s.start + q for s, q in zip(region, pos, strict=True)]
+            errors.append(
+                {
+                    "position": pos,
+                    "sample": "sample " + ", ".join(str(g) for g in glob),
+                    "error": "WorkerCrash: the process running this sample died every time "
+                    "it was tried (a segfault, an abort, or os._exit in the core)",
+                    "where": "",
+                }
+            )
+
+    def take(res: BlockResult, positions: list[int]) -> None:
+        nonlocal n_errors, seconds
         piece_status = res.status.reshape(-1)
         for i in positions:
             flat_status[i] = piece_status[i]
@@ -1164,6 +1154,38 @@ def _salvage(executor, st: Store, space: Space, ctx: _BlockContext, block, on_do
         n_errors += res.n_errors
         errors.extend(res.errors[: MAX_ERRORS_PER_BLOCK - len(errors)])
         seconds += res.seconds
+
+    owners: dict[str, list[int]] = {}
+    # single samples whose piece was given up on while other pieces were in flight: a
+    # worker also holds the next task it will run, and that task is blamed too when the
+    # worker dies, so each is tried again alone before it is called crashed
+    suspects: list[int] = []
+    step = max(1, math.ceil(n / _PIECES))
+    queue = as_completed([submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)])
+    for fut in queue:
+        positions = owners.pop(fut.key)
+        try:
+            res: BlockResult = fut.result()
+        except KilledWorker:
+            if len(positions) == 1:
+                suspects.append(positions[0])
+                continue
+            step = max(1, math.ceil(len(positions) / _PIECES))
+            for j in range(0, len(positions), step):
+                queue.add(submit(positions[j : j + step]))
+            continue
+        finally:
+            fut.release()
+        take(res, positions)
+    for i in suspects:
+        fut = submit([i])
+        try:
+            take(fut.result(), owners.pop(fut.key))
+        except KilledWorker:
+            owners.pop(fut.key, None)
+            crashed(i)
+        finally:
+            fut.release()
     counts = st.write_block(layout, block, stored_params, outputs, status, errors, n_errors, seconds)
     st.clear_timeouts(block)
     on_done(_summary(block, counts, BlockResult(outputs, status, errors, n_errors, seconds), len(region)))
