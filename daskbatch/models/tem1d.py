@@ -16,8 +16,9 @@ Kernels
 ``tem1d``
     ``resistivity`` (per layer) and ``thickness`` (per layer but the last) or
     ``depth`` (top of each layer, the first 0) in; the response at the 71 gate times
-    out (``response`` over ``time``). Options pass through as constants: ``tx_area``,
-    ``tx_rx_separation``, ``tx_height``, ``rx_height``, ``response_type``.
+    out (``response`` over ``time``). Options pass through as constants, or vary per
+    sample as parameters: ``tx_area``, ``tx_rx_separation``, ``tx_height``,
+    ``rx_height``, ``response_type``.
 ``tem1d_two_layer``
     The same for grids of two-layer models: ``rho1``, ``rho2``, ``h1``.
 """
