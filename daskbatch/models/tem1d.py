@@ -342,7 +342,7 @@ class Library:
             direct = True
             for kw, known in _KNOWN[central]:
                 options = tuple(kw.get(k, _DEFAULTS[k]) for k in _OPTION_NAMES)
-                got = self._call(lib, *_KNOWN_MODEL, options)
+                got = self._call(lib, *_KNOWN_MODEL, _instrument(*options))
                 gates = list(known)
                 if got.shape != GATE_TIMES.shape or not np.allclose(
                     got[gates], list(known.values()), rtol=_KNOWN_RTOL, atol=0
@@ -388,17 +388,20 @@ class Library:
             _number("rx_height", rx_height),
             str(response_type),
         )
-        _instrument(*options)  # checks the options (once per distinct set)
+        instrument = _instrument(*options)  # checks the options (once per distinct set)
         _check_model(rho, top, self.max_layers)
         central = options[1] < CENTRAL_LOOP_SEPARATION
         lib = self._copy_for(central)
         if self._direct[central]:
-            return self._call(lib, rho, top, options)
+            return self._call(lib, rho, top, instrument)
         return _run_tem1d_on(lib, rho, top, **dict(zip(_OPTION_NAMES, options, strict=True)))
 
-    def _call(self, lib: ctypes.CDLL, rho: np.ndarray, top: np.ndarray, options: tuple) -> np.ndarray:
-        """The Fortran call, as ``pytem1d.core.call_tem1d`` makes it for these options."""
-        scalars, iresptype = _instrument(*options)
+    def _call(
+        self, lib: ctypes.CDLL, rho: np.ndarray, top: np.ndarray, instrument: tuple[tuple, int]
+    ) -> np.ndarray:
+        """The Fortran call, as ``pytem1d.core.call_tem1d`` makes it (``instrument``: see
+        :func:`_instrument`)."""
+        scalars, iresptype = instrument
         for buf, size in self._zeroed:
             ctypes.memset(buf, 0, size)
         nlay = rho.shape[0]
