@@ -2,6 +2,13 @@
 
 Everything here works block by block or through dask reductions over the Zarr
 arrays, so a store of any size is summarised or exported with bounded memory.
+
+Only committed blocks count: everything reads the store through
+:func:`daskbatch.open`, whose ``status`` shows the samples of a block without its
+commit marker as pending (0), so the counts here are those of
+:func:`daskbatch.status` and the outputs of uncommitted blocks never enter a
+statistic. A Dataset from ``xarray.open_zarr`` shows ``status`` as it is on disk;
+pass the store path or the Dataset ``daskbatch.open`` returned.
 """
 
 from __future__ import annotations
@@ -71,9 +78,11 @@ def summarize(
         ``std``, ``min``, ``max``, then the quantiles), followed by the batch dims
         that are kept and the output's core dims: for a response curve over
         ``time``, ``summary.response.sel(stat="p50")`` is the median curve and
-        ``p10``/``p90`` the band. Only ok samples enter the statistics. The counts of
-        samples per status are the variables ``n_ok``, ``n_failed``, ``n_timeout``,
-        ``n_crashed`` and ``n_pending``.
+        ``p10``/``p90`` the band. Only ok samples of committed blocks enter the
+        statistics. The counts of samples per status are the variables ``n_ok``,
+        ``n_failed``, ``n_timeout``, ``n_crashed`` and ``n_pending`` (the samples of
+        blocks without a commit marker are pending), as :func:`daskbatch.status`
+        counts them.
     """
     import dask
     import xarray as xr
@@ -180,9 +189,10 @@ def _sketch_quantiles(x, over: Sequence[str], qs: list[float]) -> list:
     return [xr.DataArray(out[i].reshape(shape), dims=core, coords=coords) for i in range(len(qs))]
 
 
-def _frame(root, info: dict, params: list[str], region: tuple[slice, ...], curves: str):
+def _frame(root, info: dict, params: list[str], region: tuple[slice, ...], curves: str, committed: bool):
     """One block of the store as a DataFrame: one row per sample (or per sample and
-    core index, for long curves)."""
+    core index, for long curves). A block without its commit marker reads as pending:
+    status 0 and the outputs' fill values, whatever of it is on disk."""
     import pandas as pd
 
     layout = info["layout"]
@@ -204,9 +214,13 @@ def _frame(root, info: dict, params: list[str], region: tuple[slice, ...], curve
         else:
             for j in range(vals.shape[1]):
                 cols[f"{name}_{j}"] = vals[:, j]
-    cols["status"] = np.asarray(root["status"][region]).reshape(n)
+    cols["status"] = np.asarray(root["status"][region]).reshape(n) if committed else np.zeros(n, np.int8)
     for name, spec in outputs.items():
-        vals = np.asarray(root[name][region]).reshape(n, -1)
+        arr = root[name]
+        if committed:
+            vals = np.asarray(arr[region]).reshape(n, -1)
+        else:
+            vals = np.full((n, max(1, int(np.prod(spec["shape"])))), arr.fill_value, dtype=arr.dtype)
         if not spec["shape"]:
             cols[name] = vals[:, 0]
         elif curves == "wide":
@@ -237,7 +251,11 @@ def export(
     """Write parameters, status and outputs, one row per sample, to CSV or Parquet.
 
     The store is read one block at a time and each block appended to the file, so a
-    store of any size is exported with the memory of one block.
+    store of any size is exported with the memory of one block. Only committed
+    blocks count as done: the samples of a block without its commit marker (being
+    written, or left by a run that stopped) are exported as pending (status 0, the
+    outputs' fill values), as :func:`daskbatch.status` counts them. A block's marker
+    is read before its data, so a store being written exports consistently.
 
     Parameters
     ----------
@@ -256,7 +274,7 @@ def export(
     """
     import zarr
 
-    from .store import Store
+    from .store import INTERNAL, Store
 
     path = Path(path)
     fmt = format or path.suffix.lstrip(".").lower()
@@ -289,6 +307,7 @@ def export(
     ds = st.open_dataset()
     skip = {*layout["batch_dims"], "status", *info["kernel"]["outputs"]}
     params = [k for k in ds.data_vars if k not in skip and set(layout["batch_dims"]) <= set(ds[k].dims)]
+    done = root[f"{INTERNAL}/done"]
     tmp = path.with_name(path.name + ".partial")
     rows = 0
     try:
@@ -297,7 +316,11 @@ def export(
                 slice(i * b, min((i + 1) * b, n))
                 for i, b, n in zip(block, layout["block_shape"], layout["batch_shape"], strict=True)
             )
-            frame = _frame(root, info, params, region, curves)
+            try:  # the marker first, then the data; a damaged marker is no marker
+                committed = bool(done[block] == 1)
+            except Exception:
+                committed = False
+            frame = _frame(root, info, params, region, curves, committed)
             rows += len(frame)
             if fmt == "csv":
                 frame.to_csv(tmp, mode="w" if writer is None else "a", header=writer is None, index=False)

@@ -18,11 +18,15 @@
 
 Every array is chunked exactly like the blocks along the batch dims (and whole
 along core dims), so no two tasks ever write the same chunk, and every chunk of a
-block is written even when it holds only fill values. A block's marker is written
-after all of its data and checksums: a block without a marker is pending, whatever
-else of it is on disk, and is simply written again. A marker that cannot be read,
-or a chunk file behind a marker that is missing or has another size than the one
-recorded, makes its block pending again; ``verify`` also compares every checksum.
+block is written even when it holds only fill values. A block is written in order:
+its sample coordinate, parameters and outputs; then its status and bookkeeping;
+then its checksums; last its marker. A block without a marker is pending, whatever
+else of it is on disk, and is simply written again. So ``status`` read directly
+never shows a sample as done before its outputs are on disk, and
+``Store.open_dataset`` shows it as done only once its block has a marker. A marker
+that cannot be read, or a chunk file behind a marker that is missing or has another
+size than the one recorded, makes its block pending again; ``verify`` also compares
+every checksum.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -206,7 +211,8 @@ class StoreLock:
             raise StoreLockedError(
                 f"store {str(self.path.parent.parent)!r} is being written by another run: host "
                 f"{who.get('host', '?')}, pid {who.get('pid', '?')}, started {who.get('start', '?')}. "
-                "Wait for it to finish (`daskbatch status STORE` shows its progress), or stop "
+                f"Wait for it to finish (`daskbatch status {shlex.quote(str(self.path.parent.parent))}` "
+                "shows its progress), or stop "
                 "that run; a lock left by a run that was killed is taken over automatically"
             )
         self.previous = doc or None  # a holder that is gone: its lock is stale
@@ -338,6 +344,85 @@ def _write_all(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
             arr[sel] = value
         return
     sync(_gather_writes(writes))
+
+
+# Arrays a reader opened, per process and store: status and the commit markers.
+_READ: dict[tuple[str, str], tuple[zarr.Array, zarr.Array]] = {}
+
+
+def _read_arrays(path: str, store_id: str) -> tuple[zarr.Array, zarr.Array]:
+    key = (path, store_id)
+    with _OPEN_LOCK:
+        got = _READ.get(key)
+        if got is None:
+            root = zarr.open_group(path, mode="r", use_consolidated=False)
+            got = _READ[key] = (root["status"], root[f"{INTERNAL}/done"])
+        return got
+
+
+class _CommittedStatus:
+    """``status`` as a reader sees it: 0 (pending) wherever the block has no commit marker.
+
+    A lazily indexed array for ``dask.array.from_array``: each read of a region first
+    reads the markers of the blocks it covers (one byte each), then the region of
+    ``status``, and returns the status of the committed blocks and 0 elsewhere. A
+    marker is written after everything else of its block, so a sample shown as done
+    has its outputs, parameters and bookkeeping on disk, final. Holds no data: the
+    memory of a read is that of the region.
+    """
+
+    def __init__(self, path: str, store_id: str, batch_shape, block_shape) -> None:
+        self.path = path
+        self.store_id = store_id
+        self.shape = tuple(int(n) for n in batch_shape)
+        self.block_shape = tuple(int(b) for b in block_shape)
+        self.dtype = np.dtype("int8")
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(j for j, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        region, local = [], []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, slice):  # read the span it covers, then step through it
+                covered = range(*k.indices(n))
+                if not covered:
+                    region.append(slice(0, 0))
+                    local.append(slice(None))
+                    continue
+                lo = min(covered[0], covered[-1])
+                region.append(slice(lo, max(covered[0], covered[-1]) + 1))
+                local.append(slice(covered[0] - lo, None, covered.step))
+            else:
+                i = int(k) + (n if int(k) < 0 else 0)
+                region.append(slice(i, i + 1))
+                local.append(0)
+        status, done = _read_arrays(self.path, self.store_id)
+        committed = self._committed(done, region)  # the markers first, then the data
+        values = np.where(committed, status[tuple(region)], 0).astype(self.dtype)
+        return values[tuple(local)]
+
+    def _committed(self, done: zarr.Array, region: list[slice]) -> np.ndarray:
+        """True for every sample of ``region`` whose block's marker reads 1."""
+        blocks = tuple(
+            slice(r.start // b, max(r.start // b, -(-r.stop // b)))
+            for r, b in zip(region, self.block_shape, strict=True)
+        )
+        try:
+            marks = np.asarray(done[blocks]) == 1
+        except Exception:  # a damaged marker counts as none, the others as they read
+            marks = np.zeros(tuple(s.stop - s.start for s in blocks), dtype=bool)
+            for idx in np.ndindex(marks.shape):
+                with contextlib.suppress(Exception):
+                    marks[idx] = done[tuple(s.start + i for s, i in zip(blocks, idx, strict=True))] == 1
+        for axis, (r, s, b) in enumerate(zip(region, blocks, self.block_shape, strict=True)):
+            first = r.start - s.start * b
+            marks = np.repeat(marks, b, axis=axis)
+            marks = marks[(slice(None),) * axis + (slice(first, first + r.stop - r.start),)]
+        return marks
 
 
 class Store:
@@ -536,25 +621,38 @@ class Store:
         n_errors: int,
         seconds: float,
     ) -> np.ndarray:
-        """Write one block's data, then its marker. Returns its counts per status code."""
+        """Write one block, in three steps, then its marker. Returns its counts per status code.
+
+        1. the sample coordinate, the parameters and the outputs (concurrently);
+        2. once those have returned: ``status``, ``counts``, ``seconds`` and ``errors``
+           (concurrently), so that a reader of ``status`` alone (``xarray.open_zarr``)
+           never sees a sample as done before its outputs are on disk;
+        3. the size and CRC-32 of every chunk file written, in ``checksums``;
+
+        and last the commit marker ``done``.
+        """
         arrays = self._arrays(layout)
         region = layout.block_slices(block)
-        writes: list[tuple[zarr.Array, Any, Any]] = []
+        data: list[tuple[zarr.Array, Any, Any]] = []
         for d, s in zip(layout.batch_dims, region, strict=True):
             if d not in layout.batch_coords:
-                writes.append((arrays[d], s, np.arange(s.start, s.stop, dtype=np.int64)))
+                data.append((arrays[d], s, np.arange(s.start, s.stop, dtype=np.int64)))
         for name, values in params.items():
-            writes.append((arrays[name], region, values))
+            data.append((arrays[name], region, values))
         for name, values in outputs.items():
-            writes.append((arrays[name], region, values))
-        writes.append((arrays["status"], region, status))
+            data.append((arrays[name], region, values))
         counts = np.bincount(status.ravel(), minlength=len(STATUS)).astype(np.int64)
-        writes.append((arrays[f"{INTERNAL}/counts"], block, counts))
-        writes.append((arrays[f"{INTERNAL}/seconds"], block, seconds))
         doc = {"errors": errors, "n_errors": int(n_errors)} if n_errors else None
-        writes.append((arrays[f"{INTERNAL}/errors"], block, json.dumps(doc) if doc else ""))
+        states: list[tuple[zarr.Array, Any, Any]] = [
+            (arrays["status"], region, status),
+            (arrays[f"{INTERNAL}/counts"], block, counts),
+            (arrays[f"{INTERNAL}/seconds"], block, seconds),
+            (arrays[f"{INTERNAL}/errors"], block, json.dumps(doc) if doc else ""),
+        ]
         try:
-            _write_all(writes)
+            _write_all(data)
+            # status only after the data it describes has returned
+            _write_all(states)
             sums = {rel: _checksum(self.path / rel) for rel in self._chunk_files(layout, block, arrays)}
             arrays[f"{INTERNAL}/checksums"][block] = json.dumps(sums)
             # the commit marker, strictly after every other write of the block has returned
@@ -778,8 +876,39 @@ class Store:
         return _read_blocks(self._internal("seconds"), np.nan)
 
     def open_dataset(self):
-        """Open as a lazy, dask-backed :class:`xarray.Dataset`."""
+        """Open as a lazy, dask-backed :class:`xarray.Dataset` of the committed blocks.
+
+        The variables are the store's arrays, but ``status`` reads 0 (pending) for
+        every sample of a block without a commit marker, whatever is on disk: a
+        sample shown as done belongs to a committed block, whose outputs and
+        parameters are final. Each chunk of ``status`` reads its blocks' markers
+        first, then the status values (no marker is read when the store is opened).
+        Outputs and parameters are not masked: select them with ``status``.
+        """
+        import uuid
+
+        import dask.array as da
         import xarray as xr
 
-        self.require_info()
-        return xr.open_zarr(str(self.path), consolidated=True)
+        info = self.require_info()
+        try:
+            ds = xr.open_zarr(str(self.path), consolidated=True)
+        except ValueError:  # a run is rewriting the root metadata now: read every array's own
+            with warnings.catch_warnings():
+                # the listing meets .daskbatch/ (plain files), which is not Zarr, as intended
+                warnings.filterwarnings("ignore", message=".*not recognized as a component")
+                ds = xr.open_zarr(str(self.path), consolidated=False)
+        layout = info["layout"]
+        source = _CommittedStatus(
+            str(self.path), str(info.get("store_id", "")), layout["batch_shape"], layout["block_shape"]
+        )
+        status = da.from_array(
+            source,
+            chunks=ds["status"].data.chunks,
+            name=f"daskbatch-committed-status-{uuid.uuid4().hex}",
+            asarray=False,
+            fancy=False,
+            meta=np.empty((0,) * source.ndim, dtype=source.dtype),
+        )
+        ds["status"] = ds["status"].copy(data=status)
+        return ds
