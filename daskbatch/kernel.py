@@ -9,12 +9,14 @@ process, whatever the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib
 import inspect
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -264,7 +266,16 @@ class Kernel:
 
     def __reduce__(self):
         # By reference when importable (cheap, and keeps module state such as a loaded
-        # library); by value otherwise (a kernel defined in a notebook or __main__).
+        # library); by value otherwise (a kernel defined in a notebook or __main__), and
+        # when its module is registered with cloudpickle.register_pickle_by_value (a
+        # user's module that a remote cluster's workers cannot import). The function is
+        # then pickled by cloudpickle here, whatever pickler pickles the kernel: plain
+        # pickle, which distributed tries first, would store it by reference.
+        if self.module != "__main__" and _pickled_by_value(self.module):
+            import cloudpickle
+
+            fields = (self.func, self.outputs, self.per_sample, self.threadsafe, self.setup, self.name)
+            return (_loads_kernel, (cloudpickle.dumps(fields),))
         if self.module != "__main__":
             try:
                 if _load_kernel(self.module, self.qualname) is self:
@@ -439,7 +450,7 @@ class Kernel:
                     {
                         "position": [int(p) for p in pos],
                         "sample": label(tuple(int(p) for p in pos)),
-                        "error": f"{type(exc).__name__}: {exc}",
+                        "error": _describe(exc),
                         "where": _last_frame(exc),
                     }
                 )
@@ -473,7 +484,9 @@ class Kernel:
                     named = label(tuple(int(p) for p in np.unravel_index(i, batch_shape)))
                     record(i, OutputSpecError(str(exc).replace("sample:", f"{named}:", 1)))
                     return
-                except Exception as exc:
+                except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                    if sigint.stops(exc):  # a real Ctrl-C, not the kernel's own exception
+                        raise
                     if attempt < retries:
                         continue
                     record(i, exc)
@@ -505,6 +518,8 @@ class Kernel:
             else:
                 flat_status[todo] = OK
 
+        threads_before = set(threading.enumerate())
+        sigint = _SignalWatch()
         try:
             with lock if lock is not None else _nullcontext():
                 if watchdog is not None:
@@ -530,7 +545,9 @@ class Kernel:
                         except SampleTimeout:
                             timed_out = True
                             break
-                        except Exception:
+                        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                            if sigint.stops(exc):
+                                raise
                             if attempt < retries:
                                 continue
                             # isolate the culprit(s): run the block again one sample at a time
@@ -543,8 +560,10 @@ class Kernel:
                         for i in todo:
                             record(i, exc, TIMEOUT)
         finally:
+            sigint.restore()
             if watchdog is not None:
                 watchdog.stop()
+            _release_leftover_threads(threads_before, self.name)
         allocate()  # an empty block, or one stopped before its outputs were set
         return BlockResult(outputs, status, errors, n_errors, time.perf_counter() - t0)
 
@@ -636,6 +655,129 @@ class _Watchdog:
                 )
 
 
+class _SignalWatch:
+    """Tells a stop by a signal (Ctrl-C, SIGTERM) from a ``KeyboardInterrupt`` or other
+    exception the kernel raised itself.
+
+    A signal's Python handler runs in the main thread, between two bytecodes of
+    whatever runs there: the kernel, on ``"serial"``. While a block runs in the main
+    thread, this wraps the handlers of SIGINT and SIGTERM to note that a signal came
+    and what its handler raised. An exception with no signal behind it (and any in
+    another thread, where no handler runs) is the kernel's own, and is that sample's
+    failure.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self.raised: BaseException | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.getsignal(signum)
+            except (ValueError, OSError):  # pragma: no cover - no signals here
+                continue
+            if not callable(previous):  # ignored, default or not Python's: it raises nothing
+                continue
+            try:
+                signal.signal(signum, self._handler(previous))
+            except (ValueError, OSError):  # pragma: no cover
+                continue
+            self._previous[signum] = previous
+
+    def _handler(self, previous: Callable[..., Any]) -> Callable[..., Any]:
+        def handler(signum, frame):
+            self.received = True
+            try:
+                return previous(signum, frame)
+            except BaseException as e:
+                self.raised = e
+                raise
+
+        return handler
+
+    def stops(self, exc: BaseException) -> bool:
+        """Whether ``exc`` must stop the run rather than be recorded as a failure."""
+        return exc is self.raised or (isinstance(exc, KeyboardInterrupt) and self.received)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, previous)
+        self._previous = {}
+
+
+def _describe(exc: BaseException) -> str:
+    """The error text recorded for a sample."""
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        return f"SystemExit: the kernel called sys.exit({code})"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised by the kernel" + (f": {exc}" if str(exc) else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+#: threads a kernel left running that no longer keep their process from exiting
+_released_threads: set[threading.Thread] = set()
+
+
+def _release_leftover_threads(before: set[threading.Thread], name: str) -> None:
+    """Let this process exit although the kernel left non-daemon threads running.
+
+    Python waits for every non-daemon thread before a process exits, so a thread the
+    kernel started and never stopped would keep the driver (on ``"serial"`` and
+    ``"threads"``) or a worker process alive for ever after the run. Such a thread is
+    named in a one-line warning and exempted from that wait (it ends with the
+    process). Thread pools (``concurrent.futures``) are left alone: they stop their
+    threads themselves at exit.
+    """
+    for t in threading.enumerate():
+        if t in before or t.daemon or t is threading.current_thread() or not t.is_alive():
+            continue
+        if getattr(getattr(t, "_target", None), "__module__", "") == "concurrent.futures.thread":
+            continue
+        if t in _released_threads:
+            continue
+        _released_threads.add(t)
+        print(
+            f"daskbatch: kernel {name!r} left a thread running ({t.name!r}); "
+            "it will not keep this process from exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        _exempt_from_exit_wait(t)
+
+
+def _exempt_from_exit_wait(t: threading.Thread) -> None:
+    t._daemonic = True  # type: ignore[attr-defined]  # what t.daemon reports from now on
+    locks = getattr(threading, "_shutdown_locks", None)
+    tstate_lock = getattr(t, "_tstate_lock", None)
+    if locks is not None and tstate_lock is not None:  # Python 3.11 and 3.12
+        with threading._shutdown_locks_lock:  # type: ignore[attr-defined]
+            locks.discard(tstate_lock)
+        return
+    # Python 3.13+ waits for the thread in C: end the process before that wait instead
+    # (after flushing), with 1 when the program ended by an uncaught exception.
+    global _exit_hook_registered
+    if not _exit_hook_registered and hasattr(threading, "_register_atexit"):
+        _exit_hook_registered = True
+        threading._register_atexit(_exit_without_waiting)  # type: ignore[attr-defined]
+
+
+_exit_hook_registered = False
+
+
+def _exit_without_waiting() -> None:  # pragma: no cover - Python 3.13+
+    if not any(t.is_alive() for t in _released_threads):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    failed = getattr(sys, "last_exc", None) is not None or getattr(sys, "last_value", None) is not None
+    os._exit(1 if failed else 0)
+
+
 class _nullcontext:
     def __enter__(self):
         return None
@@ -669,6 +811,21 @@ def _last_frame(exc: BaseException) -> str:
         return ""
     f = tb[-1]
     return f"{f.filename}:{f.lineno} in {f.name}"
+
+
+def _pickled_by_value(module: str) -> bool:
+    """Whether ``module`` (or a package above it) is registered with cloudpickle's
+    ``register_pickle_by_value``."""
+    if "cloudpickle" not in sys.modules:  # nothing can be registered without it
+        return False
+    registered = sys.modules["cloudpickle"].list_registry_pickle_by_value()
+    return any(module == m or module.startswith(m + ".") for m in registered)
+
+
+def _loads_kernel(payload: bytes) -> Kernel:
+    import cloudpickle
+
+    return _rebuild_kernel(*cloudpickle.loads(payload))
 
 
 def _rebuild_kernel(func, outputs, per_sample, threadsafe, setup, name) -> Kernel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "flaky",
     "hang_on",
     "kill_worker_once",
+    "misbehave",
     "noise",
     "slow_square",
     "tagged",
@@ -123,10 +125,13 @@ def kill_worker_once(i, flag="", at=0):
 @kernel(outputs={"y": Output()})
 def crash_on(i, bad=(), how="segfault"):
     """``y = 2 i``, but the samples whose ``i`` is in ``bad`` crash the process every
-    time: a segmentation fault (reading address 0) or ``os._exit(3)``."""
+    time: a segmentation fault (reading address 0), ``os.abort()`` (``how="abort"``,
+    SIGABRT, as a failed assertion in C) or ``os._exit(3)``."""
     if int(i) in set(bad):
         if how == "segfault":
             ctypes.string_at(0)
+        if how == "abort":
+            os.abort()
         os._exit(3)
     return 2.0 * float(i)
 
@@ -179,3 +184,33 @@ def vector_hang(i, bad=()):
 def tagged(kind, x):
     """``y = len(kind) + x``: a string parameter (a Choice of labels) and a number."""
     return float(len(str(kind))) + float(x)
+
+
+def _forever() -> None:
+    while True:
+        time.sleep(0.05)
+
+
+@kernel(outputs={"y": Output()})
+def misbehave(i, bad=(), how="exit", code=3, mib=0):
+    """``y = 2 i``, but the samples whose ``i`` is in ``bad`` misbehave every time:
+    ``exit`` calls ``sys.exit(code)``, ``interrupt`` raises ``KeyboardInterrupt``,
+    ``os_exit`` calls ``os._exit(code)``, ``abort`` calls ``os.abort()``, ``thread``
+    starts a non-daemon thread that never ends (and returns normally), ``memory``
+    touches ``mib`` MiB and holds them for two seconds."""
+    if int(i) in set(bad):
+        if how == "exit":
+            sys.exit(code)
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        if how == "os_exit":
+            os._exit(code)
+        if how == "abort":
+            os.abort()
+        if how == "thread":
+            threading.Thread(target=_forever, name=f"left-behind-{int(i)}").start()
+        if how == "memory":
+            block = np.ones(int(mib) * 2**20 // 8)
+            time.sleep(2.0)
+            return float(block[0])
+    return 2.0 * float(i)
