@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
+import signal
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,15 +26,20 @@ from typing import Any
 
 import dask
 
-from .errors import ClusterError
+from .errors import ClusterError, Stopped
 
 __all__ = [
     "ClusterSpec",
     "Executor",
+    "KernelCrashError",
     "WorkerDiedError",
+    "WorkerImportError",
     "check_can_spawn",
+    "kernel_shipped",
     "parse_cluster",
     "prestart",
+    "quiet_level",
+    "signals_stop",
     "start_executor",
 ]
 
@@ -44,6 +52,16 @@ GUARD_HINT = (
     "code fed on standard input cannot start worker processes at all (save it to a "
     'file). Or run without worker processes: cluster="threads" or cluster="serial".'
 )
+
+
+class WorkerImportError(ClusterError):
+    """The scheduler or workers of a running cluster cannot load the kernel: a module it
+    needs is not installed there."""
+
+
+class KernelCrashError(ClusterError):
+    """A sample ended the process that ran it where daskbatch cannot isolate it: with
+    ``"serial"`` or ``"threads"`` that process is the driver itself."""
 
 
 class WorkerDiedError(ClusterError):
@@ -363,13 +381,20 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     """
     if spec.kind in ("serial", "threads", "client") or sys.platform == "win32":
         return
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
     from distributed.utils import get_mp_context
 
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         ctx = get_mp_context()  # distributed sets its own preload list once
-    wanted = ["distributed", "numpy", "daskbatch.kernel", "daskbatch.store", "daskbatch.engine"]
+    wanted = [
+        "daskbatch._forkserver",  # first: SIGINT and SIGTERM ignored in the server and its children
+        "distributed",
+        "numpy",
+        "daskbatch.kernel",
+        "daskbatch.store",
+        "daskbatch.engine",
+    ]
     wanted += [m for m in modules if m and m not in ("__main__", "__mp_main__")]
     ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
     # the server's processes start with one malloc arena (see limit_malloc_arenas);
@@ -377,16 +402,30 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     added = "MALLOC_ARENA_MAX" not in os.environ
     if added:
         os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
+    os.environ[_FORKSERVER_FLAG] = "1"
+    # the server is started with SIGINT and SIGTERM blocked (one that comes during its
+    # start waits, in it, until daskbatch._forkserver has made them ignored; here it is
+    # delivered as usual); multiprocessing's resource tracker first: starting it
+    # unblocks both
+    with contextlib.suppress(Exception):
+        resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         with contextlib.suppress(Exception):  # if it cannot start, the cluster will say why
             forkserver.ensure_running()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.environ.pop(_FORKSERVER_FLAG, None)
         if added:
             os.environ.pop("MALLOC_ARENA_MAX", None)
     if spec.kind == "local" and "distributed.dashboard.scheduler" not in sys.modules:
         # the scheduler's dashboard (bokeh: half a second of imports) loads in this
         # process while the forkserver loads the workers' modules on the other core
         threading.Thread(target=_import_dashboard, name="daskbatch-dashboard-import", daemon=True).start()
+
+
+#: set while daskbatch starts its forkserver: daskbatch._forkserver acts only then
+_FORKSERVER_FLAG = "DASKBATCH_FORKSERVER"
 
 
 def _import_dashboard() -> None:
@@ -399,13 +438,110 @@ def _unguarded_main() -> bool:
     return main is not None and getattr(main, "__file__", None) is None
 
 
+def quiet_level() -> int | None:
+    """The level below which distributed's log records are kept out of the terminal.
+
+    While daskbatch's LocalCluster runs, distributed logs every worker death,
+    restart, ``KilledWorker`` and closed connection; daskbatch handles each of them
+    (a crashed sample is listed in the run's summary), so by default only critical
+    records pass (:data:`QUIET_LEVEL`). ``None`` (distributed's own default: warnings
+    and errors) when asked for: the dask config key ``daskbatch.verbose`` is true
+    (the command line's ``--verbose`` sets it), or the user configured distributed's
+    logging (the dask config keys ``logging`` or ``distributed.logging``, or a level
+    other than INFO, which distributed sets on import, on the ``distributed`` logger).
+    """
+    if dask.config.get("daskbatch.verbose", default=False):
+        return None
+    for key in ("logging", "logging-file-config", "distributed.logging", "distributed.logging-file-config"):
+        if dask.config.get(key, default=None):
+            return None
+    if logging.getLogger("distributed").level not in (logging.NOTSET, logging.INFO):
+        return None
+    return QUIET_LEVEL
+
+
+#: what passes :func:`quiet_level`'s filter by default
+QUIET_LEVEL = logging.CRITICAL
+
+
+@contextmanager
+def _quiet_logs(level: int | None) -> Iterator[None]:
+    """Raise the level of the ``distributed`` logger's stream handlers while inside."""
+    if level is None:
+        yield
+        return
+    changed = []
+    for handler in logging.getLogger("distributed").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.level < level:
+            changed.append((handler, handler.level))
+            handler.setLevel(level)
+    try:
+        yield
+    finally:
+        for handler, old in changed:
+            handler.setLevel(old)
+
+
+@contextmanager
+def signals_stop(*signums: int, only_default: bool = False, keep: bool = False) -> Iterator[list[int]]:
+    """While inside, the first of ``signums`` raises :class:`Stopped` in the main thread.
+
+    Later ones are ignored: the orderly stop (the store's history, the cluster's
+    shutdown) goes on undisturbed. On exit the previous handlers come back, unless a
+    signal came and ``keep`` is true (a command that is ending: a second Ctrl-C must
+    not raise in its last lines). With ``only_default``, only signals that nothing
+    handles yet (``SIG_DFL``) are taken: a handler of the caller's stays. Nothing
+    outside the main thread, where Python cannot set handlers. Yields the list of
+    signals received.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise Stopped(signum)
+
+    previous = {}
+    for signum in signums:
+        old = signal.getsignal(signum)
+        if only_default and old is not signal.SIG_DFL:
+            continue
+        previous[signum] = old
+        signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_IGN if received and keep else old)
+
+    try:
+        yield received
+    finally:
+        try:
+            restore()
+        finally:  # again, if the first signal came just as the block ended
+            restore()
+
+
 @contextmanager
 def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterator[Executor]:
     """Start (or connect to) what ``spec`` describes; stop what was started on exit.
 
     ``memory_limit`` (bytes per worker) is given to the workers of a LocalCluster
-    that this starts; other clusters keep their own.
+    that this starts; other clusters keep their own. While inside, SIGTERM (what a
+    batch system sends at the end of a job's time) stops the run in order, raising
+    :class:`~daskbatch.errors.Stopped`, if nothing else handles SIGTERM (see
+    :func:`signals_stop`).
     """
+    with signals_stop(signal.SIGTERM, only_default=True), _start_executor(spec, memory_limit) as executor:
+        yield executor
+
+
+@contextmanager
+def _start_executor(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
     if spec.kind in LOCAL_SCHEDULERS:
         yield Executor(spec)
         return
@@ -429,14 +565,82 @@ def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterat
         return
     import multiprocessing
 
-    from distributed import LocalCluster
-
     if (
         multiprocessing.parent_process() is not None
         and multiprocessing.current_process().name != "MainProcess"
     ):
         raise ClusterError("daskbatch.run was called while a worker process was starting. " + GUARD_HINT)
     prestart(spec)  # the workers fork from daskbatch's forkserver (a no-op when it runs)
+    quiet = quiet_level()
+    with _quiet_logs(quiet):  # in this process: the scheduler, the nannies, the client
+        yield from _start_local_cluster(spec, memory_limit, quiet)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while inside; act on the first one on the way out.
+
+    A LocalCluster interrupted while it starts is never returned, and its scheduler
+    and workers go on starting in the event loop's thread; one interrupted while it
+    closes is left half closed. Either is shut down later by distributed's own
+    clean-up at exit: seconds of waiting and a screenful of log. So the start and
+    the close (each a second or two) finish first, then the signal does what it
+    would have done (its handler is called, or, with none, its default action).
+    Only in the main thread; a signal that is ignored stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        old = signal.getsignal(signum)
+        if old is not signal.SIG_IGN and old is not None:
+            previous[signum] = old
+            signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        if held:
+            old = previous[held[0]]
+            if callable(old):
+                old(held[0], sys._getframe())
+            else:  # SIG_DFL
+                signal.raise_signal(held[0])
+
+
+def _start_local_cluster(
+    spec: ClusterSpec, memory_limit: int | None, quiet: int | None
+) -> Iterator[Executor]:
+    from distributed import Client
+
+    cluster = client = None
+    # for as long as the cluster runs: a nanny reads it again whenever it restarts a
+    # worker that died, which would otherwise be spawned (slowly, and without what
+    # daskbatch's forkserver sets up: SIGINT and SIGTERM ignored, the log kept quiet)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        try:
+            with _signals_deferred():  # a Ctrl-C acts once the cluster has started
+                cluster = _new_local_cluster(spec, memory_limit, quiet)
+                client = Client(cluster)
+            yield Executor(spec, client=client, cluster=cluster)
+        finally:
+            with _signals_deferred():  # and the cluster closes in full
+                if client is not None:
+                    client.close()
+                if cluster is not None:
+                    cluster.close()
+
+
+def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int | None) -> Any:
+    from distributed import LocalCluster
+
     try:
         # distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers to fight
         # fragmentation in dataframe workloads; it makes glibc return and re-fault memory
@@ -461,20 +665,129 @@ def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterat
             "distributed.admin.system-monitor.interval": "1s",
             "distributed.worker.memory.monitor-interval": "500ms",
         }
-        with dask.config.set(settings):
-            cluster = LocalCluster(
+        with dask.config.set(settings), warnings.catch_warnings():
+            if quiet is not None:  # the dashboard's address is printed by the run
+                warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+            return LocalCluster(
                 n_workers=spec.n_workers or default_workers(),
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address=_dashboard_address(),
                 memory_limit=memory_limit if memory_limit is not None else "auto",
+                # the workers' handlers too (distributed's default: warnings)
+                silence_logs=quiet if quiet is not None else logging.WARNING,
             )
     except Exception as e:
         raise ClusterError(f"the local cluster did not start ({type(e).__name__}: {e}). {GUARD_HINT}") from e
-    client = Client(cluster)
-    executor = Executor(spec, client=client, cluster=cluster)
+
+
+# --------------------------------------------------------------------------- kernels on remote workers
+
+
+def _is_user_module(name: str) -> bool:
+    """A module of the user's own (a file beside their script, a folder on sys.path), as
+    opposed to the standard library, an installed package, or daskbatch."""
+    import sysconfig
+
+    if name in ("__main__", "__mp_main__") or name == "daskbatch" or name.startswith("daskbatch."):
+        return False
+    path = getattr(sys.modules.get(name), "__file__", None)
+    if not path:
+        return False
+    path = os.path.realpath(path)
+    roots = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    with contextlib.suppress(Exception):
+        import site
+
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    for root in filter(None, roots):
+        root = os.path.realpath(root)
+        if path == root or path.startswith(root + os.sep):
+            return False
+    return True
+
+
+def module_origins(names: Sequence[str]) -> dict[str, str | None]:
+    """Where this process would import each module from (None: nowhere). Runs on the
+    workers and the scheduler too, so it lives in a module they all import."""
+    import importlib.util
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except Exception:  # a parent package that cannot be imported
+            spec = None
+        origin = getattr(spec, "origin", None)
+        out[name] = os.path.realpath(origin) if origin and os.path.exists(origin) else None
+    return out
+
+
+def try_loads(payload: bytes) -> tuple[str, str, str | None] | None:
+    """Unpickle ``payload`` here; None if it loads, else (error type, message, missing
+    module). Run on workers and the scheduler to check that they can load a kernel."""
+    import pickle
+
     try:
-        yield executor
+        pickle.loads(payload)
+    except Exception as e:
+        return type(e).__name__, str(e), getattr(e, "name", None)
+    return None
+
+
+@contextmanager
+def kernel_shipped(client: Any, kernel: Any, where: str) -> Iterator[list[str]]:
+    """Make ``kernel`` loadable on the scheduler and workers of a running cluster.
+
+    A kernel is pickled by reference (its module and name), which keeps its module's
+    state. A kernel whose module is the user's own and which the cluster's processes
+    import from another file, or not at all (a file beside the script, not installed
+    there), is pickled by value instead while this context lasts
+    (``cloudpickle.register_pickle_by_value``). Then the kernel is loaded once on the
+    scheduler and on every worker: when a module it needs is missing there,
+    :class:`WorkerImportError` says what to install where, before anything is
+    computed. Yields the names of the modules sent by value.
+    """
+    import cloudpickle
+
+    names = [kernel.module, getattr(kernel.setup, "__module__", None)]
+    names = [n for n in dict.fromkeys(names) if n and _is_user_module(n)]
+    shipped: list[str] = []
+    try:
+        if names:
+            here = module_origins(names)
+            there = [client.run_on_scheduler(module_origins, names)]
+            there += list(client.run(module_origins, names).values())
+            registered = cloudpickle.list_registry_pickle_by_value()
+            for n in names:
+                if n not in registered and any(o.get(n) != here[n] for o in there):
+                    cloudpickle.register_pickle_by_value(sys.modules[n])
+                    shipped.append(n)
+        payload = cloudpickle.dumps(kernel)
+        failures = [("the scheduler", client.run_on_scheduler(try_loads, payload))]
+        failures += [(f"worker {w}", r) for w, r in sorted(client.run(try_loads, payload).items())]
+        for who, failure in failures:
+            if failure is not None:
+                raise WorkerImportError(import_failure_message(kernel, where, who, *failure))
+        yield shipped
     finally:
-        executor.close()
+        for n in shipped:
+            with contextlib.suppress(Exception):
+                cloudpickle.unregister_pickle_by_value(sys.modules[n])
+
+
+def import_failure_message(
+    kernel: Any, where: str, who: str, kind: str, message: str, missing: str | None
+) -> str:
+    """One line: what a cluster's process could not load, and what to install where."""
+    text = f"kernel {kernel.identity!r} cannot be loaded by {who} of the {where} ({kind}: {message})"
+    if missing:
+        origin = module_origins([missing]).get(missing)
+        here = f" (here: {origin})" if origin else ""
+        return (
+            f"{text}: install {missing!r}{here} in the Python environment of the scheduler and of "
+            "every worker, the same version as here, then run the same command again"
+        )
+    return f"{text}: the scheduler and the workers need the packages this process has"

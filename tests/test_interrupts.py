@@ -1,0 +1,258 @@
+"""Ctrl-C, SIGTERM, crashing workers and closed pipes, on the real command.
+
+Each test runs the `daskbatch` command in a subprocess of its own session (process
+group) and signals the whole group, as a terminal's Ctrl-C or a batch system does.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import run_cli
+
+import daskbatch as db
+from daskbatch.testing import slow_square
+
+N = 2000
+
+SPEC = f"""\
+kernel = "daskbatch.testing:slow_square"
+store = "my store.zarr"
+cluster = "local"
+workers = 2
+chunk_size = 40
+
+[constants]
+delay = 0.01
+
+[space]
+type = "montecarlo"
+n = {N}
+seed = 3
+
+[space.params.x]
+dist = "uniform"
+low = 0
+high = 1
+"""
+
+CRASH_SPEC = """\
+kernel = "daskbatch.testing:crash_on"
+store = "crash.zarr"
+cluster = "local"
+workers = 2
+chunk_size = 8
+
+[constants]
+bad = {bad}
+how = "abort"
+
+[space]
+type = "grid"
+axes = {{ i = {{ arange = [0, 40, 1] }} }}
+"""
+
+
+def _command() -> list[str]:
+    exe = Path(sys.executable).with_name("daskbatch")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "daskbatch.cli"]
+
+
+def _ready(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the command handles SIGTERM (its imports are done, it has started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                caught = next(line for line in f if line.startswith("SigCgt:"))
+        except (FileNotFoundError, StopIteration):
+            return
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.01)
+
+
+def _signalled(args: list[str], signum: int, delay: float, cwd: Path, until=None):
+    """Start the command, wait ``delay`` s once it has started (or until ``until()``),
+    send ``signum`` to its process group; returns (exit code, stderr lines)."""
+    p = subprocess.Popen(
+        [*_command(), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _ready(p.pid)
+        if until is not None:
+            deadline = time.monotonic() + 60
+            while not until() and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.05)
+        time.sleep(delay)
+        os.killpg(p.pid, signum)
+        _, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:  # pragma: no cover - a hang: do not leave it behind
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return p.returncode, [line for line in err.splitlines() if line.strip()]
+
+
+def _check_complete(store: Path) -> None:
+    ds = xr.open_zarr(store)
+    space = db.MonteCarlo({"x": db.Uniform(0, 1)}, n=N, seed=3)
+    assert np.array_equal(ds.x.values, space.block((slice(0, N),))["x"])
+    assert np.array_equal(ds.y.values, ds.x.values**2)
+    assert (ds.status.values == 1).all()
+
+
+def _blocks_done(store: Path) -> int:
+    try:
+        return db.status(store).blocks_done
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_random_moments_is_one_line_exit_130_and_resumes(tmp_path):
+    (tmp_path / "sweep.toml").write_text(SPEC)
+    store = tmp_path / "my store.zarr"
+    rng = random.Random(20)
+    for attempt in range(10):
+        delay = rng.uniform(0.0, 2.5)
+        code, lines = _signalled(["run", "sweep.toml", "--no-progress"], signal.SIGINT, delay, tmp_path)
+        assert code == 130, (attempt, delay, lines)
+        assert len(lines) == 1 and lines[0].startswith("daskbatch: interrupted"), (attempt, delay, lines)
+        assert "STORE" not in lines[0]
+        if store.exists():
+            assert "blocks done. Continue with: daskbatch resume " + shlex.quote(str(store)) in lines[0]
+        else:
+            assert lines[0] == "daskbatch: interrupted; nothing was written"
+    r = run_cli("resume", str(store), "--no-progress", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ""
+    _check_complete(store)
+
+
+@pytest.mark.slow
+def test_sigterm_is_an_orderly_stop_exit_143_status_says_so_and_resume_completes(tmp_path):
+    (tmp_path / "sweep.toml").write_text(SPEC)
+    store = tmp_path / "my store.zarr"
+    rng = random.Random(7)
+    for attempt in range(4):
+        delay = rng.uniform(0.0, 2.5)
+        code, lines = _signalled(["run", "sweep.toml", "--no-progress"], signal.SIGTERM, delay, tmp_path)
+        assert code == 143, (attempt, delay, lines)
+        assert len(lines) == 1 and lines[0].startswith("daskbatch: interrupted by SIGTERM"), lines
+    # once more, surely while blocks are being computed
+    before = _blocks_done(store)
+    code, lines = _signalled(
+        ["resume", str(store), "--no-progress"],
+        signal.SIGTERM,
+        0.0,
+        tmp_path,
+        until=lambda: _blocks_done(store) > before,
+    )
+    assert code == 143 and len(lines) == 1, lines
+    assert lines[0].endswith("Continue with: daskbatch resume " + shlex.quote(str(store)))
+    last = db.status(store).last_run
+    assert last["state"] == "stopped" and last["reason"] == "stopped by SIGTERM"
+    st = run_cli("status", str(store))
+    assert st.returncode == 0
+    assert "stopped by SIGTERM; resume with: daskbatch resume " + shlex.quote(str(store)) in st.stdout
+    assert "killed?" not in st.stdout
+    r = run_cli("resume", str(store), "--no-progress", timeout=120)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    _check_complete(store)
+
+
+SCRIPT = """\
+import sys
+import daskbatch as db
+from daskbatch.errors import Stopped
+from daskbatch.testing import slow_square
+
+if __name__ == "__main__":
+    space = db.MonteCarlo({"x": db.Uniform(0, 1)}, n=400, seed=1)
+    try:
+        db.run(slow_square, space, sys.argv[1], cluster="threads", n_workers=2,
+               chunk_size=10, constants={"delay": 0.02}, progress=False)
+    except Stopped as e:
+        print(f"stopped: {e}")
+        sys.exit(e.exit_code)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_stops_daskbatch_run_in_a_script_in_order(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT)
+    store = tmp_path / "s.zarr"
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while _blocks_done(store) < 2 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert out.strip() == "stopped: stopped by SIGTERM"
+    assert "Traceback" not in err
+    st = db.status(store)
+    assert st.last_run["reason"] == "stopped by SIGTERM" and not st.complete
+    assert "stopped by SIGTERM; resume with" in str(st)
+
+
+@pytest.mark.slow
+def test_aborting_samples_keep_the_terminal_quiet_unless_verbose(tmp_path):
+    (tmp_path / "crash.toml").write_text(CRASH_SPEC.format(bad="[21, 30]"))
+    r = run_cli("run", str(tmp_path / "crash.toml"), "--no-progress", timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if " - distributed." in line], lines  # no log record
+    # usually nothing, or the standard library's resource tracker on a lock a dead
+    # worker had made (2 lines); rarely, on a loaded machine, the traceback of a worker
+    # that its nanny was restarting as the cluster closed (known, not yet silenced)
+    assert len(lines) <= 2 or "Process Dask Worker process" in r.stderr, lines
+    assert len(lines) <= 40, lines
+    assert "2 crashed" in r.stdout
+    assert "sample 21: WorkerCrash" in r.stdout and "sample 30: WorkerCrash" in r.stdout
+
+    r = run_cli(
+        "run",
+        str(tmp_path / "crash.toml"),
+        "--no-progress",
+        "--verbose",
+        "--store",
+        str(tmp_path / "v.zarr"),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert " - distributed." in r.stderr  # the nannies' and scheduler's warnings
+    assert "sample 21: WorkerCrash" in r.stdout
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    store = tmp_path / "s.zarr"
+    space = db.MonteCarlo({"x": db.Uniform(0, 1)}, n=40, seed=1)
+    db.run(slow_square, space, store, cluster="serial", chunk_size=10, progress=False)
+    for args in (["status", str(store)], ["status", str(store), "--json"]):
+        p = subprocess.Popen([*_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()  # the reader is gone before anything is written, as with `| head -0`
+        err = p.stderr.read().decode()
+        p.wait(timeout=60)
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+        assert err.strip() == ""
+        assert p.returncode == 141
