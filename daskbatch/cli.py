@@ -7,11 +7,12 @@ interrupted (the store is resumable). A traceback means a bug in daskbatch.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+import contextlib
 import json
 import os
 import re
+import shlex
+import signal
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -54,49 +55,11 @@ def _where(path: Path, text: str, key: str) -> str:
     return f"{path}{f', line {line}' if line else ''}"
 
 
-def _add_import_path(directory: Path) -> None:
-    d = str(directory.resolve())
-    if d not in sys.path:
-        sys.path.insert(0, d)
-    # worker processes are spawned with this environment and must import the kernel too
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if d not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([d, *parts])
-
-
 def import_kernel(ref: str, base_dir: Path | None = None, file_hint: str | None = None) -> Any:
-    """Import ``module:function`` or ``path/to/file.py:function``."""
-    from .kernel import Kernel
+    """Import ``module:function`` or ``path/to/file.py:function`` (see :mod:`daskbatch.provenance`)."""
+    from .provenance import import_kernel as _import
 
-    if not isinstance(ref, str) or ref.count(":") != 1:
-        raise SpecFileError(
-            f"kernel={ref!r} must be 'module:function' (e.g. 'daskbatch.models.dcsounding:schlumberger')"
-            " or 'file.py:function'"
-        )
-    module_name, qualname = ref.split(":")
-    if base_dir is not None:
-        _add_import_path(base_dir)
-    if module_name.endswith(".py") or module_name == "__main__":
-        file = Path(file_hint or module_name)
-        if base_dir is not None and not file.is_absolute():
-            file = base_dir / file
-        if not file.is_file():
-            raise SpecFileError(f"kernel={ref!r}: file {str(file)!r} does not exist")
-        _add_import_path(file.parent)
-        module_name = file.stem
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise SpecFileError(f"kernel={ref!r}: cannot import module {module_name!r} ({e})") from e
-    for part in qualname.split("."):
-        if not hasattr(obj, part):
-            raise SpecFileError(f"kernel={ref!r}: {module_name!r} has no attribute {part!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, Kernel):
-        raise SpecFileError(
-            f"kernel={ref!r} is not a daskbatch kernel; decorate it with @daskbatch.kernel(outputs=...)"
-        )
-    return obj
+    return _import(ref, base_dir, file_hint)
 
 
 def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -154,6 +117,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "retries": doc.get("retries", 0),
         "timeout": doc.get("timeout"),
         "memory_limit": doc.get("memory_limit"),
+        "spec_file": p,
     }
 
 
@@ -196,6 +160,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         kwargs["retries"] = args.retries
     if args.timeout is not None:
         kwargs["timeout"] = args.timeout
+    kwargs["verify"] = args.verify
+    kwargs["retry_failed"] = args.retry_failed
+    kwargs["kernel_changed"] = args.kernel_changed
     if args.test:
         kwargs["space"] = kwargs["space"].head(args.test)
         kwargs["store"] = _test_store(Path(kwargs["store"]))
@@ -231,6 +198,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         timeout=args.timeout if args.timeout is not None else options.get("timeout"),
         retry_failed=args.retry_failed,
         verify=args.verify,
+        kernel_changed=args.kernel_changed,
+        spec_file=info.get("spec_file"),
     )
     print(result)
     return 0
@@ -240,7 +209,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .engine import plan
 
     kwargs = _spec_with_flags(args)
-    for key in ("progress", "retries"):  # not planning matters
+    for key in ("progress", "retries", "spec_file"):  # not planning matters
         kwargs.pop(key, None)
     print(plan(**kwargs))
     return 0
@@ -345,6 +314,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     "errors": st.errors,
                     "last_run": st.last_run,
                     "running": st.running,
+                    "resume": st.resume_hint,
+                    "kernel_changes": st.kernel_changes,
                     **(
                         {"damaged": [{"block": list(d.block), "problem": d.problem} for d in problems]}
                         if problems is not None
@@ -361,7 +332,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 print(f"verify:   {len(problems)} damaged block(s):")
                 for d in problems:
                     print(f"  {d}")
-                print(f"recompute them with: daskbatch resume {args.store} --verify")
+                hint = st.resume_hint
+                if hint.startswith("daskbatch resume "):
+                    print(f"recompute them with: {hint} --verify")
+                else:
+                    print(f"recompute them: call daskbatch.run(..., verify=True) again ({hint})")
             else:
                 print(f"verify:   every committed block matches its checksums ({st.blocks_done:,} checked)")
     return 1 if problems else 0
@@ -407,7 +382,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "\nopen the results with:\n"
         f"  import daskbatch; ds = daskbatch.open({str(args.store)!r})\n"
-        f"status from another shell: daskbatch status {args.store}"
+        f"status from another shell: daskbatch status {shlex.quote(str(args.store))}"
     )
     return 0
 
@@ -426,11 +401,33 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--cluster", help="local (default), processes, threads, serial, or an address")
         p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
         p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+        p.add_argument(
+            "--verbose", action="store_true", help="show distributed's log (worker deaths, restarts, ...)"
+        )
 
     def fault_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--retries", type=int, help="retry a failing sample this many times (default 0)")
         p.add_argument(
             "--timeout", type=float, help="seconds a sample may run (a block, for vectorised kernels)"
+        )
+
+    def rerun_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="also recompute the samples that failed, timed out or crashed",
+        )
+        p.add_argument(
+            "--verify",
+            action="store_true",
+            help="check every chunk's checksum first; recompute damaged blocks",
+        )
+        p.add_argument(
+            "--kernel-changed",
+            choices=["refuse", "continue"],
+            default="refuse",
+            help="the store holds results of other kernel code: refuse (default), or continue "
+            "with the new code (recorded in the store's history)",
         )
 
     p = sub.add_parser("run", help="run a sweep described by a TOML spec file")
@@ -449,6 +446,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", help="memory per worker, e.g. 4GiB (default: the machine's, shared)")
     cluster_opts(p)
     fault_opts(p)
+    rerun_opts(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("plan", help="show what `run` would do: blocks, memory, time, cluster")
@@ -473,14 +471,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     cluster_opts(p)
     fault_opts(p)
-    p.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="also recompute the samples that failed, timed out or crashed",
-    )
-    p.add_argument(
-        "--verify", action="store_true", help="check every chunk's checksum first; recompute damaged blocks"
-    )
+    rerun_opts(p)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser(
@@ -523,21 +514,92 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``daskbatch`` command."""
-    args = _parser().parse_args(argv)
+def _store_of(args: argparse.Namespace | None) -> str | None:
+    """The store a command writes (run, resume, demo), or None."""
+    command = getattr(args, "command", None)
+    if command in ("resume", "demo"):
+        return str(args.store)
+    if command != "run":
+        return None
+    try:  # the spec was read once already: its kernel's module is imported
+        store = Path(_spec_with_flags(args)["store"])
+    except Exception:
+        return None
+    return str(_test_store(store) if args.test else store)
+
+
+def _how_far(store: str) -> str:
+    """How far a stopped run got: 37 of 120 blocks done and how to continue, or nothing."""
+    from .engine import status
+
     try:
-        return int(args.func(args) or 0)
-    except DaskbatchError as e:
-        print(f"daskbatch: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        store = getattr(args, "store", None) or "STORE"
-        print(
-            f"\ndaskbatch: interrupted; finished blocks are kept. Continue with: daskbatch resume {store}",
-            file=sys.stderr,
-        )
-        return 130
+        st = status(store)
+    except Exception:  # no store yet (stopped before it was created), or not readable
+        return "nothing was written"
+    if st.complete:
+        return f"all {st.blocks_total:,} blocks done (the store is complete)"
+    hint = getattr(st, "resume_hint", "") or f"daskbatch resume {shlex.quote(store)}"
+    return f"{st.blocks_done:,} of {st.blocks_total:,} blocks done. Continue with: {hint}"
+
+
+def _interrupted(args: argparse.Namespace | None, exc: KeyboardInterrupt) -> int:
+    """Say in one line how far the command got; the exit code is 128 + the signal."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    text = "daskbatch: interrupted"
+    if signum != signal.SIGINT:
+        text += f" by {signal.Signals(signum).name}"
+    store = _store_of(args)
+    if store is not None:
+        text += f"; {_how_far(store)}"
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
+    return 128 + signum
+
+
+def _stdout_closed() -> int:
+    """The reader of standard output went away (``daskbatch status STORE | head -1``).
+
+    Stop quietly, as a program that SIGPIPE ends would (exit 141); standard output
+    is pointed at /dev/null so that Python's last flush of it does not fail again.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``daskbatch`` command; returns its exit code.
+
+    SIGINT (Ctrl-C) and SIGTERM stop a command in order: a run records why it
+    stopped in the store's history and shuts its cluster down, then one line says
+    how far it got and how to continue; exit 130 and 143. Signals that come while it
+    stops are ignored. A standard output closed early (``| head``) ends the command
+    quietly, exit 141.
+    """
+    from .cluster import signals_stop
+
+    args = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(signals_stop(signal.SIGINT, signal.SIGTERM, keep=True))
+        try:
+            try:
+                args = _parser().parse_args(argv)
+                if getattr(args, "verbose", False):  # distributed's logs reach the terminal
+                    import dask
+
+                    stack.enter_context(dask.config.set({"daskbatch.verbose": True}))
+                code = int(args.func(args) or 0)
+            except DaskbatchError as e:
+                print(f"daskbatch: error: {e}", file=sys.stderr)
+                code = 2
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+        except KeyboardInterrupt as e:  # daskbatch.errors.Stopped, from signals_stop
+            code = _interrupted(args, e)
+        except BrokenPipeError:
+            code = _stdout_closed()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

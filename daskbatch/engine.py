@@ -18,6 +18,7 @@ import html
 import json
 import math
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,10 +44,17 @@ from .cluster import (
     release_freed_memory,
     start_executor,
 )
-from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, StoreError
+from .errors import (
+    DaskbatchError,
+    FingerprintMismatchError,
+    KernelChangedError,
+    KernelSignatureError,
+    StoreError,
+)
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel
 from .plan import Plan, make_plan
 from .progress import Progress, format_eta
+from .provenance import changed_parts, code_changes, kernel_code, kernel_origin
 from .space import Space, Table
 from .store import Layout, Store
 
@@ -56,6 +65,7 @@ _VECTOR_PROBE_SAMPLES = 16_384
 _QUICK_PROBE_SECONDS = 0.05
 _PUBLISH_SECONDS = 2.0  # how often a run writes its progress for `daskbatch status`
 _SHOWN_ERRORS = 5
+_KERNEL_CHANGED = ("refuse", "continue")
 
 
 # --------------------------------------------------------------------------- results
@@ -81,6 +91,10 @@ class StoreStatus:
     last_run: dict[str, Any] | None = None
     kernel: str = ""
     running: dict[str, Any] | None = None  # who holds the store's lock now (host, pid, start)
+    #: how to continue: a command to run, or what to rerun (a notebook cell, a script)
+    resume_hint: str = ""
+    #: runs that went on with changed kernel code (``kernel_changed="continue"``)
+    kernel_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -105,8 +119,14 @@ class StoreStatus:
             return "complete"
         run = self.last_run or {}
         if run.get("state") == "running":
-            return f"stopped without finishing (killed?); resume with `daskbatch resume {self.store}`"
-        return f"incomplete; resume with `daskbatch resume {self.store}`"
+            return f"stopped without finishing (killed?); {self._resume_text()}"
+        if run.get("state") == "stopped" and run.get("reason"):  # "stopped by SIGTERM", "interrupted"
+            return f"{run['reason']}; {self._resume_text()}"
+        return f"incomplete; {self._resume_text()}"
+
+    def _resume_text(self) -> str:
+        hint = self.resume_hint or f"daskbatch resume {shlex.quote(self.store)}"
+        return f"resume with: {hint}" if hint.startswith(("daskbatch ", "python ")) else hint
 
     def _lines(self) -> list[str]:
         s = self.samples
@@ -120,6 +140,13 @@ class StoreStatus:
             f"({pct:.1f}% done)",
             f"blocks:   {self.blocks_done:,} of {self.blocks_total:,} done",
         ]
+        for ch in self.kernel_changes:
+            lines.insert(
+                2,
+                f"code:     went on with changed kernel code at {ch.get('start', '?')} "
+                f"({str(ch.get('from'))[:12]} -> {str(ch.get('to'))[:12]}: "
+                f"{', '.join(ch.get('parts', [])[:3]) or 'source'}); blocks before it used the old code",
+            )
         if self.errors:
             lines.append("errors (first ones):")
             lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[:_SHOWN_ERRORS]]
@@ -489,8 +516,25 @@ def _store_status(store: Store, info: Mapping[str, Any], cls=StoreStatus, **extr
         last_run=history[-1],
         kernel=info.get("kernel", {}).get("identity", ""),
         running=None if cls is RunResult else store.lock().holder(),
+        resume_hint=resume_hint(info, str(store.path)),
+        kernel_changes=[
+            {"start": h.get("start"), **h["kernel_changed"]}
+            for h in info.get("history", [])
+            if h.get("kernel_changed")
+        ],
         **extra,
     )
+
+
+def resume_hint(info: Mapping[str, Any], store: str) -> str:
+    """How a user continues this store: a command that works, or what to rerun."""
+    identity = info.get("kernel", {}).get("identity", "")
+    if identity.startswith("__main__:"):
+        file = info.get("kernel_file")
+        if info.get("kernel_origin") == "notebook" or not file or not os.path.isfile(file):
+            return "run the notebook cell that called daskbatch.run again"
+        return f"python {shlex.quote(file)}"
+    return f"daskbatch resume {shlex.quote(store)}"
 
 
 def run(
@@ -509,6 +553,8 @@ def run(
     retry_failed: bool = False,
     verify: bool = False,
     memory_limit: int | str | None = None,
+    kernel_changed: str = "refuse",
+    spec_file: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
 
@@ -563,6 +609,16 @@ def run(
         memory shared by the workers. ``chunk_size="auto"`` keeps each task within
         half of it (see :func:`plan`); daskbatch's LocalCluster gives it to its
         workers as their limit.
+    kernel_changed
+        What to do when the store holds results of *other code* of this kernel (its
+        source, or the functions and constants of the user's own code it uses; see
+        :mod:`daskbatch.provenance` for what counts): ``"refuse"`` (default) raises
+        :class:`~daskbatch.errors.KernelChangedError` with a short diff;
+        ``"continue"`` keeps the results and goes on with the new code, recorded in
+        the store's history with both code hashes. ``overwrite=True`` starts again.
+    spec_file
+        The spec file this run was described in (the CLI passes it): recorded so
+        that ``daskbatch resume`` and ``validate`` import the kernel from its folder.
 
     Returns
     -------
@@ -583,12 +639,18 @@ def run(
     t_start = time.perf_counter()
     _validate_run_args(kernel, space, chunk_size, progress, overwrite, constants)
     _validate_reliability_args(retries, timeout, retry_failed, verify)
+    if kernel_changed not in _KERNEL_CHANGED:
+        raise DaskbatchError(
+            f"kernel_changed={kernel_changed!r} is not valid; use 'refuse' (the default: a store with "
+            "results of other kernel code is refused) or 'continue' (keep them and go on)"
+        )
     memory_limit = _memory_limit(memory_limit)
     constants = dict(constants or {})
     constants_json = _jsonable(constants, "constants")
     kernel.check_arguments(space.params, constants)
     spec = parse_cluster(cluster, n_workers)
     check_can_spawn(spec)
+    code = kernel_code(kernel)
     st = Store(store)
     st.check_writable()
     if st.is_foreign():
@@ -596,34 +658,47 @@ def run(
             f"store={str(st.path)!r} is not empty and was not written by daskbatch; choose a new "
             "path (daskbatch never deletes data it did not write)"
         )
+    provenance = {
+        "kernel_code": code,
+        "kernel_origin": kernel_origin(kernel),
+        "kernel_file": kernel.source_file(),
+        "kernel_source_sha256": kernel.source_hash(),
+    }
+    if spec_file is not None:
+        provenance["spec_file"] = str(Path(spec_file).resolve())
+        provenance["spec_dir"] = str(Path(spec_file).resolve().parent)
+
+    def check(info: dict[str, Any] | None, announce: bool) -> tuple[Space, dict[str, Any] | None]:
+        """The space to run (a seedless design takes the store's seed) and the code change."""
+        nonlocal space
+        if info is None:
+            return space, None
+        space = _adopt_seed(space, info, announce)
+        _check_fingerprint(st, info, kernel, space, constants_json, chunk_size)
+        return space, _check_kernel_code(st, info, kernel, code, kernel_changed)
+
     info = None if overwrite else st.info()
-    space_fp = _space_fingerprint(space)
     if info is not None:
-        stored_layout = info["layout"]
-        now = {"kernel": kernel.spec(), "space": space_fp, "constants": constants_json}
-        diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
-        if chunk_size != "auto":
-            bs = plan_block_shape(space.batch_dims, space.batch_shape, chunk_size, n_workers=1)
-            if list(bs) != stored_layout["block_shape"]:
-                diffs.append(f"chunking (block shape {stored_layout['block_shape']} -> {list(bs)})")
-        if diffs:
-            raise FingerprintMismatchError(
-                f"store {str(st.path)!r} was written by a different run; what differs: "
-                + ", ".join(diffs)
-                + ". Pass overwrite=True to discard it and start again, or use a new store path"
-            )
-        block_shape = tuple(stored_layout["block_shape"])
-        damaged = st.verify(full=verify)
+        check(info, announce=True)
+        damaged = st.verify(full=False) if not verify else ["full check asked for"]
         retry = _blocks_to_retry(st) if retry_failed else []
-        if st.done_mask().all() and not damaged and not retry:  # nothing to do: no probe, no cluster
+        if st.done_mask().all() and not damaged and not retry:  # no probe, no cluster, no lock
             return _store_status(st, info, cls=RunResult, cluster=spec.description)
-    else:
-        block_shape = None
-        damaged, retry = [], []
 
     created_dir = not st.path.exists()
     lock = st.lock().acquire()  # a second run on this store is refused here, naming the holder
     try:
+        # read again under the lock: a run that ended meanwhile has written its history
+        info = None if overwrite else st.info()
+        _, code_change = check(info, announce=False)
+        if info is not None:
+            block_shape = tuple(info["layout"]["block_shape"])
+            damaged = st.verify(full=verify)
+            retry = _blocks_to_retry(st) if retry_failed else []
+            info.update({k: v for k, v in provenance.items() if k != "spec_dir" or v})
+        else:
+            block_shape = None
+            damaged, retry = [], []
         return _run_locked(
             kernel=kernel,
             space=space,
@@ -639,16 +714,92 @@ def run(
             progress=progress,
             constants=constants,
             constants_json=constants_json,
-            space_fp=space_fp,
+            space_fp=_space_fingerprint(space),
             retries=retries,
             timeout=timeout,
             retry_failed=retry_failed,
             memory_limit=memory_limit,
+            provenance=provenance,
+            code_change=code_change,
         )
     finally:
         lock.release()
         if created_dir and st.info() is None:  # stopped before the template: leave nothing
             shutil.rmtree(st.path, ignore_errors=True)
+
+
+def _adopt_seed(space: Space, info: Mapping[str, Any], announce: bool) -> Space:
+    """A design given no seed continues with the seed its store was started with."""
+    stored = info.get("seed")
+    if space.seed_given or stored is None or stored == space.seed:
+        return space
+    other = space.with_seed(int(stored))
+    if _space_fingerprint(other) != info.get("space"):
+        return space  # something else differs too: the fingerprint check names it
+    if announce:
+        print(
+            f"daskbatch: no seed given; continuing with the seed this store was started with ({stored})",
+            file=sys.stderr,
+        )
+    return other
+
+
+def _check_fingerprint(
+    st: Store, info: Mapping[str, Any], kernel: Kernel, space: Space, constants_json, chunk_size
+) -> None:
+    stored_layout = info["layout"]
+    now = {"kernel": kernel.spec(), "space": _space_fingerprint(space), "constants": constants_json}
+    diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
+    if chunk_size != "auto":
+        bs = plan_block_shape(space.batch_dims, space.batch_shape, chunk_size, n_workers=1)
+        if list(bs) != stored_layout["block_shape"]:
+            diffs.append(f"chunking (block shape {stored_layout['block_shape']} -> {list(bs)})")
+    if diffs:
+        raise FingerprintMismatchError(
+            f"store {str(st.path)!r} was written by a different run; what differs: "
+            + ", ".join(diffs)
+            + ". Pass overwrite=True to discard it and start again, or use a new store path"
+        )
+
+
+def _check_kernel_code(
+    st: Store, info: Mapping[str, Any], kernel: Kernel, code: Mapping[str, Any], kernel_changed: str
+) -> dict[str, Any] | None:
+    """None when the kernel's code is the store's; else the change, or a refusal naming it.
+
+    A store with no committed block takes the new code silently: nothing would mix.
+    """
+    old = info.get("kernel_code")
+    if old is None:  # written before the code was recorded: only a hash of the raw source
+        raw = info.get("kernel_source_sha256")
+        if raw is None or raw == kernel.source_hash():
+            return None
+        old = {"sha256": raw, "parts": {}}
+        lines = ["  (this store recorded only a hash of the kernel's source: no diff to show)"]
+    elif old.get("sha256") == code["sha256"]:
+        return None
+    else:
+        lines = code_changes(old, code)
+    done = st.done_mask()
+    change = {
+        "from": old.get("sha256"),
+        "to": code["sha256"],
+        "parts": changed_parts(old, code),
+    }
+    if not done.any():
+        change["results"] = False
+        return change
+    if kernel_changed == "continue":
+        change["results"] = True
+        return change
+    raise KernelChangedError(
+        f"store {str(st.path)!r} holds results of other code of kernel {kernel.identity!r} "
+        f"({int(done.sum()):,} of {done.size:,} blocks done). What changed:\n"
+        + "\n".join(lines)
+        + "\nTo discard those results and start again: overwrite=True (--overwrite). To keep them "
+        "and go on with the new code: kernel_changed='continue' (--kernel-changed continue); "
+        "the store's history records it"
+    )
 
 
 def _run_locked(
@@ -672,6 +823,8 @@ def _run_locked(
     timeout,
     retry_failed,
     memory_limit,
+    provenance,
+    code_change,
 ) -> RunResult:
     if info is not None and lock.previous:
         prev = lock.previous
@@ -724,8 +877,7 @@ def _run_locked(
                 "version": __version__,
                 "store_id": layout.store_id,
                 "kernel": kernel.spec(),
-                "kernel_file": kernel.source_file(),
-                "kernel_source_sha256": kernel.source_hash(),
+                **provenance,
                 "space": space_fp,
                 "space_spec": space.spec(),
                 "seed": space.seed,
@@ -764,6 +916,13 @@ def _run_locked(
         }
         if retry:
             entry["blocks_retried"] = len(retry)
+        if code_change is not None and code_change.get("results"):
+            entry["kernel_changed"] = {k: code_change[k] for k in ("from", "to", "parts")}
+            print(
+                f"daskbatch: the kernel's code changed ({', '.join(code_change['parts'][:3]) or 'source'}); "
+                "going on with the new code as asked (recorded in the store's history)",
+                file=sys.stderr,
+            )
         info["options"] = {"retries": retries, "timeout": timeout}  # what `resume` uses again
         if pending:
             info["history"] = [*info.get("history", []), entry]
@@ -824,7 +983,11 @@ def _run_locked(
         except BaseException as exc:
             bar.close()
             if pending:
-                entry.update(state="stopped", end=_now(), error=f"{type(exc).__name__}: {exc}")
+                entry.update(state="stopped", end=_now())
+                if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a signal (errors.Stopped)
+                    entry["reason"] = str(exc) or "interrupted"
+                else:
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
                 entry["blocks_computed"] = computed["blocks"]
                 info["history"][-1] = entry
                 with contextlib.suppress(OSError):  # a full disk: the error that stopped it matters more
@@ -895,58 +1058,163 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     """Run the first samples once, before anything starts: outputs that break their spec
     raise here. Returns None when the probe could not finish (see below).
 
-    When the run uses worker processes, the probe runs in a child process forked from
-    daskbatch's forkserver, so that a sample that crashes its process (a segfault in a
-    compiled core) or hangs past ``timeout`` cannot take this process with it; the run
-    then goes on without the probe's figures and isolates that sample like any other.
-    With ``"serial"`` and ``"threads"`` everything runs in this process anyway.
+    The probe runs in a child process, so that a sample that ends its process (a
+    segfault in a compiled core, ``os._exit``, a Fortran ``STOP``) or hangs past
+    ``timeout`` cannot take this process with it. With worker processes the child is
+    forked from daskbatch's forkserver, and the run then goes on without the probe's
+    figures and isolates that sample like any other. With ``"serial"`` and
+    ``"threads"`` the child is a fork of this process (from the forkserver when this
+    process runs other threads), and a sample that ends its process stops the run
+    with :class:`~daskbatch.cluster.KernelCrashError` naming it: the run would run it
+    in this process. A kernel that cannot be pickled is probed here then.
 
     With a cluster that is already running (a ``Client``), the probe is a task on one
     of its workers instead: they have the kernel's module loaded already (a fresh
     process would import it again: a second or more for cores that import plotting
     libraries), and a worker that dies is restarted by its nanny.
     """
-    if spec.kind in ("serial", "threads") or sys.platform == "win32":
+    if sys.platform == "win32":
         return kernel.probe(params, shape, constants, timeout=timeout)
     if spec.kind == "client":
         res = _probe_on_worker(spec.client, kernel, params, shape, constants, timeout)
         if res is not False:
             return res
     import multiprocessing
+    import threading
 
     import cloudpickle
 
-    prestart(spec, [kernel.module])
-    ctx = multiprocessing.get_context("forkserver")
+    from .kernel import TIMEOUT_EXIT_CODE
+
+    in_driver = spec.kind in ("serial", "threads")
+    args = (kernel, dict(params), shape, dict(constants), timeout)
+    if in_driver and sys.platform.startswith("linux") and threading.active_count() == 1:
+        # a fork of this process: quick, and the kernel need not be picklable. Only
+        # with no other thread running, which a fork could catch holding a lock.
+        ctx = multiprocessing.get_context("fork")
+        payload: Any = args
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+            with contextlib.suppress(Exception):
+                stream.flush()
+    else:
+        try:
+            payload = cloudpickle.dumps(args)
+        except Exception:
+            if in_driver:  # a kernel or constants that cannot leave this process
+                return kernel.probe(params, shape, constants, timeout=timeout)
+            raise
+        prestart(spec if not in_driver else ClusterSpec("processes", None), [kernel.module])
+        ctx = multiprocessing.get_context("forkserver")
     receive, send = ctx.Pipe(duplex=False)
-    payload = cloudpickle.dumps((kernel, dict(params), shape, dict(constants), timeout))
     child = ctx.Process(target=_probe_child, args=(payload, send), daemon=True, name="daskbatch-probe")
-    child.start()
+    with _without_main_module():  # a forked child must not run the user's script again
+        child.start()
     send.close()
-    limit = None if timeout is None else 5.0 + timeout * math.prod(shape)
+    n = math.prod(shape)
+    limit = None if timeout is None else 5.0 + timeout * n
+    deadline = None if limit is None else time.monotonic() + limit
+    running = None  # the position of the sample the child is running
     try:
-        if not receive.poll(limit):
-            child.kill()
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not receive.poll(wait):
+                child.kill()
+                print(
+                    f"daskbatch: the probe of the first samples ran past {limit:g} s; going on without it",
+                    file=sys.stderr,
+                )
+                return None
+            kind, value = cloudpickle.loads(receive.recv_bytes())
+            if kind != "sample":
+                break
+            running = value
+    except (EOFError, OSError):
+        child.join()
+        who = (
+            "sample " + ", ".join(str(int(i)) for i in np.unravel_index(running, shape))
+            if running is not None
+            else f"one of the first {n} samples"
+        )
+        code = child.exitcode
+        if code == TIMEOUT_EXIT_CODE and timeout is not None:
             print(
-                f"daskbatch: the probe of the first samples ran past {limit:g} s; going on without it",
+                f"daskbatch: probe {who} ran past the timeout of {timeout:g} s; going on without the probe",
                 file=sys.stderr,
             )
             return None
-        kind, value = cloudpickle.loads(receive.recv_bytes())
-    except (EOFError, OSError):
-        child.join()
+        how = _describe_exit(code)
+        if in_driver:
+            from .cluster import KernelCrashError
+
+            raise KernelCrashError(
+                f"{who} ended the process that ran it ({how}) when the first {n} samples were "
+                f"tried in a separate process; with cluster={spec.kind!r} it would end this one. "
+                "Fix the kernel, or use cluster='local', which isolates such a sample and marks "
+                "it crashed"
+            ) from None
         print(
-            f"daskbatch: a probe process running the first {math.prod(shape)} samples died "
-            f"(exit code {child.exitcode}); going on without it",
+            f"daskbatch: probe {who} ended the process that ran it ({how}); going on without the probe",
             file=sys.stderr,
         )
         return None
     finally:
         receive.close()
         child.join(timeout=5)
+    if kind == "unloadable":
+        if in_driver:  # the run computes in this process anyway
+            return kernel.probe(params, shape, constants, timeout=timeout)
+        print(
+            f"daskbatch: a fresh process could not load the kernel to probe it ({value}); "
+            "going on without the probe",
+            file=sys.stderr,
+        )
+        return None
     if kind == "error":
         raise value
     return value
+
+
+def _describe_exit(code: int | None) -> str:
+    """What a process's exit code says about how it ended."""
+    import signal
+
+    if code is None:
+        return "it is still running"
+    if code < 0:
+        name = {signal.SIGSEGV: "a segfault", signal.SIGABRT: "an abort", signal.SIGKILL: "SIGKILL"}
+        try:
+            sig = signal.Signals(-code)
+        except ValueError:
+            return f"killed by signal {-code}"
+        return f"killed by {sig.name}" + (f": {name[sig]}" if sig in name else "")
+    return f"exit code {code}: os._exit or exit() called by the kernel or its native code"
+
+
+@contextlib.contextmanager
+def _without_main_module():
+    """While inside, processes started by multiprocessing do not import the main script.
+
+    A spawned or forkserver child runs the script that started this process again
+    (under ``__mp_main__``) so that objects defined there unpickle; the probe's
+    payload is pickled by value and needs nothing from it, and a script that calls
+    ``daskbatch.run`` without an ``if __name__ == "__main__":`` guard would start its
+    whole work again in the child.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def preparation_data(name):
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
 
 
 def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | bool | None:
@@ -956,23 +1224,27 @@ def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) 
     timeout) is not tried again on the next worker: the driver sees the worker leave
     and goes on without the probe. None then; ``False`` when there is no worker.
     """
+    from .cluster import kernel_shipped
+
     workers = sorted(client.nthreads())
     if not workers:
         return False
     n = math.prod(shape)
     addr = workers[0]
-    fut = client.submit(
-        _probe_task,
-        kernel,
-        dict(params),
-        shape,
-        dict(constants),
-        timeout,
-        key=f"daskbatch-probe-{uuid.uuid4().hex}",
-        pure=False,
-        workers=[addr],
-        allow_other_workers=False,
-    )
+    where = f"cluster at {client.scheduler.address}"
+    with kernel_shipped(client, kernel, where):  # by value if the workers cannot import it
+        fut = client.submit(
+            _probe_task,
+            kernel,
+            dict(params),
+            shape,
+            dict(constants),
+            timeout,
+            key=f"daskbatch-probe-{uuid.uuid4().hex}",
+            pure=False,
+            workers=[addr],
+            allow_other_workers=False,
+        )
     limit = None if timeout is None else 5.0 + timeout * n
     deadline = None if limit is None else time.monotonic() + limit
     try:
@@ -1010,16 +1282,45 @@ def _probe_task(kernel: Kernel, params, shape, constants, timeout) -> tuple[str,
         return "error", e
 
 
-def _probe_child(payload: bytes, send) -> None:
+def _probe_child(payload: Any, send) -> None:
+    """The probe, in its own process: before each sample, its position goes to the
+    parent (which names the sample that ends the process); then the result or the
+    error. ``payload`` is the arguments, pickled unless this process is a fork."""
+    import functools
+    import pickle
+    import signal
+
     import cloudpickle
 
-    kernel, params, shape, constants, timeout = cloudpickle.loads(payload)
-    try:  # a sample past the timeout ends this process, which is all the parent needs to know
-        message = ("ok", kernel.probe(params, shape, constants, timeout=timeout, kill_on_timeout=True))
-    except Exception as e:
-        message = ("error", e)
-    send.send_bytes(cloudpickle.dumps(message))
-    send.close()
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle
+        if isinstance(payload, bytes):
+            try:
+                payload = cloudpickle.loads(payload)
+            except Exception as e:  # e.g. a kernel module on the driver's sys.path only
+                send.send_bytes(pickle.dumps(("unloadable", f"{type(e).__name__}: {e}")))
+                return
+        kernel, params, shape, constants, timeout = payload
+        if kernel.per_sample:  # the probe runs its samples in order, each once
+            func, calls = kernel.func, iter(range(math.prod(shape)))
+
+            @functools.wraps(func)
+            def announced(*args, **kwargs):
+                send.send_bytes(pickle.dumps(("sample", next(calls, None))))
+                return func(*args, **kwargs)
+
+            kernel.func = announced
+        try:  # a sample past the timeout ends this process, which is all the parent needs to know
+            message = ("ok", kernel.probe(params, shape, constants, timeout=timeout, kill_on_timeout=True))
+        except Exception as e:
+            message = ("error", e)
+        send.send_bytes(cloudpickle.dumps(message))
+        send.close()
+    finally:  # never back into a forked parent's code, nor waiting for threads left behind
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
 
 
 def _workers_before_start(spec) -> int | None:
@@ -1074,7 +1375,38 @@ def _compute_all(executor, st: Store, space: Space, ctx: _BlockContext, tasks, p
     ended by a timeout (recorded in the store), the remaining blocks are computed
     again with a fresh pool, which skips the samples that timed out; any other death
     stops the run with an error, and the store stays resumable.
+
+    On a cluster daskbatch did not start (an address or a ``Client``), the kernel
+    travels by value when the workers cannot import its module (see
+    :func:`~daskbatch.cluster.kernel_shipped`), and a kernel they cannot load at all
+    stops the run, before anything is computed, with an error that says what to
+    install where.
     """
+    if executor.spec.kind in ("address", "client"):
+        from .cluster import kernel_shipped
+
+        where = f"cluster at {executor.client.scheduler.address}"
+        with kernel_shipped(executor.client, ctx.kernel, where):
+            try:
+                _compute_all_here(executor, st, space, ctx, tasks, pending, on_done)
+            except RuntimeError as e:
+                # the scheduler could not unpickle the graph after all (a worker that
+                # joined later, a module that differs): one line, not a traceback
+                if "deserializ" not in str(e):
+                    raise
+                from .cluster import WorkerImportError
+
+                cause = e.__cause__ or e.__context__
+                detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
+                raise WorkerImportError(
+                    f"the {where} cannot load the tasks of kernel {ctx.kernel.identity!r} ({detail}): "
+                    "its scheduler and workers need the packages this process has"
+                ) from None
+        return
+    _compute_all_here(executor, st, space, ctx, tasks, pending, on_done)
+
+
+def _compute_all_here(executor, st: Store, space: Space, ctx: _BlockContext, tasks, pending, on_done) -> None:
     while True:
         # a record is only cleared when its block commits, which needs another round
         round_start = time.time() - 1.0  # filesystem time stamps may be coarse
@@ -1127,19 +1459,49 @@ def _salvage(executor, st: Store, space: Space, ctx: _BlockContext, block, on_do
         owners[fut.key] = positions
         return fut
 
-    def crashed(i: int) -> None:
+    # crashed samples, and the worker that died last running each
+    dead: dict[int, tuple[str | None, int | None]] = {}
+
+    def crashed(i: int, exc: BaseException) -> None:
+        last = getattr(exc, "last_worker", None)
+        if isinstance(last, str) or last is None:
+            dead[i] = (last, None)
+        else:
+            dead[i] = (getattr(last, "address", None), getattr(last, "memory_limit", None))
+
+    def record_crashes() -> None:
         nonlocal n_errors
-        flat_status[i] = STATUS["crashed"]
-        n_errors += 1
-        if len(errors) < MAX_ERRORS_PER_BLOCK:
+        # distributed's nanny ends a worker that exceeds its memory limit, and says so
+        memory_kills: dict[str, Any] = {}
+        if dead:
+            with contextlib.suppress(Exception):
+                for _, event in client.get_events("worker-restart-memory"):
+                    memory_kills[event.get("worker")] = event
+        for i, (addr, limit) in dead.items():
+            flat_status[i] = STATUS["crashed"]
+            n_errors += 1
+            if len(errors) >= MAX_ERRORS_PER_BLOCK:
+                continue
             pos = [int(p) for p in np.unravel_index(i, batch_shape)]
             glob = [s.start + q for s, q in zip(region, pos, strict=True)]
+            if addr in memory_kills:
+                rss = memory_kills[addr].get("rss")
+                used = f" ({rss / 2**20:.0f} MiB" if rss else ""
+                used += (f" of {limit / 2**20:.0f} MiB)" if limit else ")") if used else ""
+                text = (
+                    "MemoryLimit: the worker process running this sample died every time it was "
+                    f"tried: its nanny ended it for exceeding its memory limit{used}"
+                )
+            else:
+                text = (
+                    "WorkerCrash: the worker process running this sample died every time it was tried "
+                    "(a segfault, an abort, os._exit, or its memory limit)"
+                )
             errors.append(
                 {
                     "position": pos,
                     "sample": "sample " + ", ".join(str(g) for g in glob),
-                    "error": "WorkerCrash: the process running this sample died every time "
-                    "it was tried (a segfault, an abort, or os._exit in the core)",
+                    "error": text,
                     "where": "",
                 }
             )
@@ -1160,32 +1522,56 @@ def _salvage(executor, st: Store, space: Space, ctx: _BlockContext, block, on_do
     # worker also holds the next task it will run, and that task is blamed too when the
     # worker dies, so each is tried again alone before it is called crashed
     suspects: list[int] = []
-    step = max(1, math.ceil(n / _PIECES))
-    queue = as_completed([submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)])
-    for fut in queue:
-        positions = owners.pop(fut.key)
-        try:
-            res: BlockResult = fut.result()
-        except KilledWorker:
+    # On daskbatch's own cluster the scheduler gives up on a task sooner here: after one
+    # death instead of allowed-failures + 1 (4) for a piece, which is split again, and
+    # after two for a sample tried alone. Every death costs a worker restart, and each
+    # sample given up on in a piece is tried again alone anyway.
+    scheduler = getattr(executor._cluster, "scheduler", None) if executor.spec.kind == "local" else None
+    allowed = getattr(scheduler, "allowed_failures", None)
+
+    def allow(failures: int) -> None:
+        if scheduler is not None and isinstance(allowed, int):
+            scheduler.allowed_failures = min(allowed, failures)
+
+    try:
+        allow(0)
+        step = max(1, math.ceil(n / _PIECES))
+        # with the results: a finished piece's result is fetched at once, before the
+        # death of its worker (running another piece) can lose it
+        queue = as_completed(
+            [submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)],
+            with_results=True,
+            raise_errors=False,
+        )
+        for fut, res in queue:
+            positions = owners.pop(fut.key)
+            fut.release()
+            if isinstance(res, BlockResult):
+                take(res, positions)
+                continue
+            exc = res[1] if isinstance(res, tuple) else res
+            if not isinstance(exc, KilledWorker):
+                raise exc
             if len(positions) == 1:
                 suspects.append(positions[0])
                 continue
             step = max(1, math.ceil(len(positions) / _PIECES))
             for j in range(0, len(positions), step):
                 queue.add(submit(positions[j : j + step]))
-            continue
-        finally:
-            fut.release()
-        take(res, positions)
-    for i in suspects:
-        fut = submit([i])
-        try:
-            take(fut.result(), owners.pop(fut.key))
-        except KilledWorker:
-            owners.pop(fut.key, None)
-            crashed(i)
-        finally:
-            fut.release()
+        allow(1)
+        for i in suspects:
+            fut = submit([i])
+            try:
+                take(fut.result(), owners.pop(fut.key))
+            except KilledWorker as exc:
+                owners.pop(fut.key, None)
+                crashed(i, exc)
+            finally:
+                fut.release()
+    finally:
+        if scheduler is not None and isinstance(allowed, int):
+            scheduler.allowed_failures = allowed
+    record_crashes()
     counts = st.write_block(layout, block, stored_params, outputs, status, errors, n_errors, seconds)
     st.clear_timeouts(block)
     on_done(_summary(block, counts, BlockResult(outputs, status, errors, n_errors, seconds), len(region)))
@@ -1272,7 +1658,11 @@ def open(store: str | os.PathLike[str]):
 
     Batch dims carry their coordinates (``sample`` indices, or the grid axes);
     the variables are the parameters, the outputs, and ``status`` (0 pending,
-    1 ok, 2 failed, 3 timeout, 4 crashed). ``xarray.open_zarr(store)`` opens the
-    same store.
+    1 ok, 2 failed, 3 timeout, 4 crashed). Only committed blocks count as done:
+    ``status`` is 0 for every sample of a block without its commit marker (being
+    written now, or left by a run that stopped), as :func:`status` counts them, so a
+    sample shown as done has its outputs on disk. Everything stays lazy; the markers
+    are read with the chunks of ``status``. ``xarray.open_zarr(store)`` opens the
+    same arrays with ``status`` as it is on disk (see docs/store-format.md).
     """
     return Store(store).open_dataset()

@@ -7,14 +7,18 @@ caller can catch them all at once; subclasses also inherit the builtin that fits
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "ClusterError",
     "DaskbatchError",
     "FingerprintMismatchError",
+    "KernelChangedError",
     "KernelSignatureError",
     "OutputSpecError",
     "SpaceError",
     "SpecFileError",
+    "Stopped",
     "StoreError",
     "StoreExistsError",
     "StoreLockedError",
@@ -50,6 +54,10 @@ class FingerprintMismatchError(StoreError):
     """An existing store was written by a different kernel, space or chunking."""
 
 
+class KernelChangedError(FingerprintMismatchError):
+    """The store holds results computed by other code of the same kernel."""
+
+
 class ClusterError(DaskbatchError, RuntimeError):
     """The ``cluster=`` argument cannot be turned into a scheduler."""
 
@@ -76,3 +84,24 @@ class StoreWriteError(StoreError):
 
     def __reduce__(self):  # crosses process boundaries intact
         return (type(self), (str(self), self.errno))
+
+
+class Stopped(KeyboardInterrupt):
+    """A run stopped on purpose by a signal (SIGINT or SIGTERM); the store is resumable.
+
+    A :class:`KeyboardInterrupt`, so that ``except Exception`` (in kernels, in dask)
+    does not swallow it and code that handles Ctrl-C handles it too. ``signum`` is the
+    signal's number and ``exit_code`` what a command should exit with (128 + signum).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        name = signal.Signals(self.signum).name
+        super().__init__("interrupted (SIGINT)" if self.signum == signal.SIGINT else f"stopped by {name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __reduce__(self):  # crosses process boundaries intact
+        return (type(self), (self.signum,))

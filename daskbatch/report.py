@@ -5,7 +5,9 @@ per scalar output, the quantile bands of every curve output, the convergence of 
 first scalar output, parameter-against-output scatter plots for the parameters that
 matter most, the failures with their messages, and the run's provenance. BokehJS is
 inlined, so the file opens anywhere without a network. Every statistic comes from
-dask reductions or a bounded random subsample, never from loading an output whole.
+dask reductions or a bounded random subsample, never from loading an output whole,
+and counts only committed blocks (the samples of a block without its commit marker
+are pending), as ``daskbatch status`` does.
 """
 
 from __future__ import annotations
@@ -256,12 +258,23 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
     history = info.get("history") or []
     prov = [
         ("daskbatch version", str(info.get("version", ""))),
-        ("kernel source sha256", str(info.get("kernel_source_sha256", ""))),
+        ("kernel code sha256", str((info.get("kernel_code") or {}).get("sha256", ""))),
+        ("kernel code covers", ", ".join((info.get("kernel_code") or {}).get("parts", {}))[:2000]),
+        ("kernel file", str(info.get("kernel_file", ""))),
         ("seed", str(info.get("seed"))),
         ("space", json.dumps(info.get("space_spec"), default=str)[:2000]),
         ("constants", json.dumps(info.get("constants"), default=str)[:2000]),
     ]
     for i, h in enumerate(history):
+        ch = h.get("kernel_changed")
+        if ch:
+            prov.append(
+                (
+                    f"run {i + 1}: kernel code changed",
+                    f"went on with new code ({ch.get('from', '')[:12]} -> {ch.get('to', '')[:12]}; "
+                    f"{', '.join(ch.get('parts', []))}): blocks committed before used the old code",
+                )
+            )
         prov.append((f"run {i + 1}", json.dumps(h, default=str)[:1000]))
     parts.append(Div(text="<h2>Provenance</h2>" + _table(prov), width=1040))
     doc = file_html(column(*parts), resources=INLINE, title=f"daskbatch report: {Path(str(store)).name}")

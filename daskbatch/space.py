@@ -83,6 +83,15 @@ class Space:
     def seed(self) -> int | None:
         return None
 
+    @property
+    def seed_given(self) -> bool:
+        """False for a design whose seed was picked at random (``seed=None``)."""
+        return True
+
+    def with_seed(self, seed: int) -> Space:
+        """The same space drawn with another seed (a space without randomness: itself)."""
+        return self
+
     def batch_coords(self) -> dict[str, np.ndarray]:
         """Coordinate values of batch dims that have labels (grid axes)."""
         return {}
@@ -425,6 +434,7 @@ class Design(Space):
             checked[name] = as_distribution(d, where=f"{cls}: {name}")
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise SpaceError(f"{cls}: n={n!r} must be a positive integer")
+        self._seed_given = seed is not None
         if seed is None:
             seed = secrets.randbits(63)
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -449,13 +459,21 @@ class Design(Space):
     def seed(self) -> int:
         return self._seed
 
+    @property
+    def seed_given(self) -> bool:
+        return self._seed_given
+
     def reseeded(self, seed: int) -> Design:
         """The same design with another seed."""
         import copy
 
         other = copy.copy(self)
         other._seed = int(seed)
+        other._seed_given = True
         return other
+
+    def with_seed(self, seed: int) -> Design:
+        return self.reseeded(seed)
 
     def _uniforms(self, name: str, start: int, stop: int) -> np.ndarray:
         """Design points of samples ``[start, stop)`` for one parameter, in (0, 1)."""
@@ -732,6 +750,17 @@ class Product(Space):
     @property
     def seed(self) -> int:
         return self.inner.seed
+
+    @property
+    def seed_given(self) -> bool:
+        return self.inner.seed_given
+
+    def with_seed(self, seed: int) -> Product:
+        import copy
+
+        other = copy.copy(self)
+        other.inner = self.inner.reseeded(seed)
+        return other
 
     def batch_coords(self) -> dict[str, np.ndarray]:
         return {} if self.flat else self.outer.batch_coords()

@@ -48,6 +48,8 @@ class ValidationReport:
     #: samples that differ beyond the tolerance (at most 10): label, what, stored, recomputed
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     n_mismatched: int = 0
+    #: the parts of the kernel's code that differ from the code that wrote the store
+    code_changed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +61,11 @@ class ValidationReport:
             f"in this process (rtol={self.rtol:g}, atol={self.atol:g})"
         )
         lines = [head]
+        if self.code_changed:
+            lines.append(
+                "  note: the kernel's code differs from the code that wrote the store "
+                f"({', '.join(self.code_changed[:3])}); differences are expected"
+            )
         for name, (a, r) in self.outputs.items():
             lines.append(f"  {name:20s} max abs diff {a:.3g}   max rel diff {r:.3g}")
         if self.params_differ:
@@ -75,13 +82,13 @@ class ValidationReport:
 
 def load_run(store: str | os.PathLike[str]) -> tuple[Any, Any, dict[str, Any]]:
     """The kernel, the space and the stored run description of a store."""
-    from .cli import import_kernel
+    from .provenance import kernel_from_info
     from .space import Table, space_from_spec
     from .store import Store
 
     st = Store(store)
     info = st.require_info()
-    kernel = import_kernel(info["kernel"]["identity"], None, file_hint=info.get("kernel_file"))
+    kernel = kernel_from_info(info, str(st.path))
     spec = info["space_spec"]
     if spec.get("type") == "table" and "path" not in spec:
         # an in-memory table: its rows are in the store
@@ -142,6 +149,7 @@ def validate(
     import zarr
 
     from .engine import kernel_inputs
+    from .provenance import changed_parts, kernel_code
     from .store import Store
 
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
@@ -159,11 +167,20 @@ def validate(
     constants = info.get("constants") or {}
     nd = len(space.batch_dims)
     report = ValidationReport(str(st.path), len(picked), float(rtol), float(atol))
+    stored_code = info.get("kernel_code")
+    if stored_code is not None:
+        now = kernel_code(kernel)
+        if now["sha256"] != stored_code.get("sha256"):
+            report.code_changed = changed_parts(stored_code, now)
+    coords = space.batch_coords()
     worst = {k: [0.0, 0.0] for k in kernel.outputs}
     for pos in picked:
         slices = tuple(slice(p, p + 1) for p in pos)
         values = space.block(slices)
-        label = "sample " + ", ".join(f"{d}={p}" for d, p in zip(space.batch_dims, pos, strict=True))
+        label = "sample " + ", ".join(
+            f"{d}={coords[d][p].item()!r}" if d in coords else f"{d}={p}"
+            for d, p in zip(space.batch_dims, pos, strict=True)
+        )
         kernel_params, regenerated = kernel_inputs(values, space.params, tuple(space.batch_dims))
         for name, v in regenerated.items():
             if not np.array_equal(np.asarray(root[name][slices]), v) and name not in report.params_differ:

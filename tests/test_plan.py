@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 
@@ -210,11 +211,14 @@ def test_freed_memory_is_handed_back_once_per_two_blocks_of_growth(monkeypatch):
     block = 8 * 2**20
     assert not cluster.release_freed_memory(block)  # the first block sets the floor
     floor = cluster._rss_floor
-    kept = np.ones(4 * block // 8)  # grows the process by 4 blocks and stays
+    # grows the process by 4 blocks and stays: its own mapping, so that memory freed
+    # earlier in this process (by other tests) cannot serve it without growing
+    kept = mmap.mmap(-1, 4 * block)
+    kept.write(b"\1" * (4 * block))
     assert not cluster.release_freed_memory(100 * block)  # within 2 blocks of 100 MB
     assert cluster.release_freed_memory(block)  # 4 blocks past the floor
     assert cluster._rss_floor >= floor
     # what the trim could not return (the array kept) is the new floor: no trim again
     assert not cluster.release_freed_memory(block)
     assert not cluster.release_freed_memory(block)
-    del kept
+    kept.close()

@@ -1,0 +1,467 @@
+"""What a store records about the code that wrote it, and how that code is found again.
+
+Two jobs, both about trusting a rerun:
+
+* :func:`kernel_code` — the kernel's identity *with its code*. A store keeps it, and a
+  run on a store with results compares it: a kernel whose code changed is refused
+  (naming what changed, as a short diff) unless the user says ``overwrite=True`` or
+  ``kernel_changed="continue"``.
+* :func:`import_kernel` / :func:`kernel_from_info` — the one way to import a kernel
+  from a ``module:function`` reference, from a spec file's folder, or from the file a
+  store says the kernel came from.
+
+What counts as the kernel's code
+--------------------------------
+Compared after parsing, so comments, blank lines, spacing and docstrings never count:
+
+* the source of the kernel function (its decorator line included) and of its
+  ``setup=`` function;
+* the source of every function and class it uses by name that is *the user's own
+  code* (defined in a file outside the Python installation and its installed
+  packages), followed further through what those use; functions it reaches through a
+  closure too;
+* the values of the constants it uses by name from those modules: numbers, strings,
+  bytes, ``None``, tuples / lists / dicts / sets of those, and numpy arrays (hashed
+  by dtype, shape and bytes);
+* the whole source of a user module it uses as a module (``helpers.forward(x)``).
+
+Not counted: installed packages (numpy, scipy, a compiled model's wheel — their
+versions can change without refusing a resume), data files the kernel reads at run
+time, and module-level objects of other types (their type name is recorded).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import re
+import sys
+import sysconfig
+import textwrap
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SpecFileError
+
+__all__ = [
+    "changed_parts",
+    "code_changes",
+    "import_kernel",
+    "kernel_code",
+    "kernel_from_info",
+    "kernel_origin",
+]
+
+_MAX_PARTS = 200
+_MAX_TEXT = 20_000
+_MAX_CONSTANT_ITEMS = 10_000
+
+
+# --------------------------------------------------------------------------- code identity
+
+
+def _installed_roots() -> tuple[str, ...]:
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with_path = sysconfig.get_paths().get(key)
+        if with_path:
+            roots.add(os.path.realpath(with_path))
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix):
+        roots.add(os.path.realpath(os.path.join(p, "lib")))
+    return tuple(sorted(roots))
+
+
+_ROOTS = _installed_roots()
+_OWN = os.path.realpath(os.path.dirname(__file__))
+
+
+def _is_user_module(name: str | None, file: str | None) -> bool:
+    """Code the user wrote (or a core that ships with daskbatch), not an installed package."""
+    if not name or name in sys.builtin_module_names:
+        return False
+    if name == "__main__":  # the user's script or notebook
+        return True
+    if name == "daskbatch" or name.startswith("daskbatch."):
+        # daskbatch's own machinery is not the kernel's code; the cores it ships are
+        return name.startswith(("daskbatch.models", "daskbatch.testing"))
+    if not file:
+        return False
+    real = os.path.realpath(file)
+    if real.startswith(_OWN + os.sep):
+        return False
+    return not any(real.startswith(root + os.sep) for root in _ROOTS) and "site-packages" not in real
+
+
+def _normalized(source: str) -> tuple[str, str] | None:
+    """(sha256, text) of source code with comments, spacing and docstrings removed."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    dumped = ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return hashlib.sha256(dumped.encode()).hexdigest(), ast.unparse(tree)
+
+
+def _code_object_digest(code: types.CodeType) -> str:
+    """A fallback when no source can be found: the compiled code, without line numbers."""
+    h = hashlib.sha256()
+
+    def feed(c: types.CodeType) -> None:
+        h.update(c.co_code)
+        h.update(repr(c.co_names).encode())
+        h.update(repr(c.co_varnames).encode())
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                feed(const)
+            else:
+                h.update(repr(const).encode())
+
+    feed(code)
+    return h.hexdigest()
+
+
+def _names_used(code: types.CodeType) -> list[str]:
+    names: list[str] = []
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.extend(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return list(dict.fromkeys(names))
+
+
+def _constant_digest(value: Any) -> str | None:
+    """A digest of a plain value, or None for objects whose value cannot be pinned down."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject or value.size > 10**8:
+            return None
+        h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+        return h.hexdigest()
+    if isinstance(value, np.generic):
+        return hashlib.sha256(f"{value.dtype.str}{value!r}".encode()).hexdigest()
+
+    count = [0]
+
+    def plain(v: Any) -> Any:
+        count[0] += 1
+        if count[0] > _MAX_CONSTANT_ITEMS:
+            raise ValueError
+        if v is None or isinstance(v, bool | int | float | complex | str | bytes):
+            return [type(v).__name__, repr(v)]
+        if isinstance(v, list | tuple):
+            return [type(v).__name__, [plain(x) for x in v]]
+        if isinstance(v, set | frozenset):
+            return [type(v).__name__, sorted(json.dumps(plain(x)) for x in v)]
+        if isinstance(v, Mapping) and type(v) is dict:
+            return ["dict", [[plain(k), plain(x)] for k, x in v.items()]]
+        raise ValueError
+
+    try:
+        return hashlib.sha256(json.dumps(plain(value)).encode()).hexdigest()
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, Any]] = {}
+        self.seen: set[int] = set()
+
+    def add(self, label: str, part: dict[str, Any]) -> None:
+        if len(self.parts) < _MAX_PARTS:
+            self.parts[label] = part
+
+    def source_part(self, obj: Any, kind: str) -> dict[str, Any]:
+        try:
+            src = inspect.getsource(obj)
+        except (OSError, TypeError):
+            src = None
+        norm = _normalized(src) if src is not None else None
+        if norm is None:
+            code = getattr(obj, "__code__", None)
+            if code is None:
+                return {"kind": kind, "sha256": "", "text": "(source not available)"}
+            return {"kind": kind, "sha256": _code_object_digest(code), "text": "(source not available)"}
+        sha, text = norm
+        return {"kind": kind, "sha256": sha, "text": text[:_MAX_TEXT]}
+
+    def function(self, func: Any, label: str | None = None) -> None:
+        func = inspect.unwrap(func)
+        if id(func) in self.seen or not isinstance(func, types.FunctionType):
+            return
+        self.seen.add(id(func))
+        label = label or f"{func.__module__}:{func.__qualname__}"
+        self.add(label, self.source_part(func, "function"))
+        self.references(func.__code__, func.__globals__, func.__module__)
+        for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            self.value(f"{label}.<closure {name}>", value, from_user_module=True)
+
+    def klass(self, cls: type) -> None:
+        if id(cls) in self.seen:
+            return
+        self.seen.add(id(cls))
+        self.add(f"{cls.__module__}:{cls.__qualname__}", self.source_part(cls, "class"))
+        for member in vars(cls).values():
+            f = member.__func__ if isinstance(member, staticmethod | classmethod) else member
+            if isinstance(f, types.FunctionType):
+                self.seen.add(id(f))
+                self.references(f.__code__, f.__globals__, f.__module__)
+
+    def module(self, mod: types.ModuleType) -> None:
+        if id(mod) in self.seen:
+            return
+        self.seen.add(id(mod))
+        try:
+            src = inspect.getsource(mod)
+        except (OSError, TypeError):
+            return
+        norm = _normalized(src)
+        if norm is not None:
+            self.add(
+                f"{mod.__name__} (module)", {"kind": "module", "sha256": norm[0], "text": norm[1][:_MAX_TEXT]}
+            )
+
+    def references(self, code: types.CodeType, namespace: Mapping[str, Any], module: str | None) -> None:
+        user = _is_user_module(module, getattr(sys.modules.get(module or ""), "__file__", None))
+        for name in _names_used(code):
+            if name not in namespace:
+                continue  # an attribute name, a builtin, or a name bound at run time
+            self.value(f"{module}:{name}", namespace[name], from_user_module=user)
+
+    def value(self, label: str, value: Any, from_user_module: bool) -> None:
+        from .kernel import Kernel
+
+        if isinstance(value, Kernel):
+            self.function(value.func)
+        elif isinstance(value, types.FunctionType):
+            mod = value.__module__
+            if _is_user_module(mod, getattr(sys.modules.get(mod or ""), "__file__", None)):
+                self.function(value)
+        elif isinstance(value, type):
+            mod = value.__module__
+            if _is_user_module(mod, getattr(sys.modules.get(mod or ""), "__file__", None)):
+                self.klass(value)
+        elif isinstance(value, types.ModuleType):
+            if _is_user_module(value.__name__, getattr(value, "__file__", None)):
+                self.module(value)
+        elif from_user_module and not callable(value):
+            digest = _constant_digest(value)
+            if digest is None:
+                self.add(label, {"kind": "object", "sha256": "", "text": f"<{type(value).__name__}>"})
+            else:
+                text = repr(value)
+                if len(text) > 200:
+                    text = text[:197] + "..."
+                self.add(label, {"kind": "constant", "sha256": digest, "text": text})
+
+
+def kernel_code(kernel: Any) -> dict[str, Any]:
+    """The kernel's code as the store records it: a digest and the parts it covers.
+
+    ``parts`` maps a label (``module:name``) to its kind, digest and normalised
+    text (source without comments and docstrings, or a constant's repr), which is
+    what a refusal shows as a diff. See the module docstring for what counts.
+    """
+    w = _Walker()
+    func = inspect.unwrap(kernel.func)
+    if isinstance(func, types.FunctionType):
+        w.function(func, label=f"{kernel.module}:{kernel.qualname}")
+    else:  # a callable object (a partial, an instance with __call__): its class, and its state
+        inner = getattr(func, "func", None)  # functools.partial
+        if isinstance(inner, types.FunctionType):
+            w.function(inner)
+            w.value(f"{kernel.module}:{kernel.name}.args", (func.args, func.keywords), True)
+        else:
+            w.klass(type(func))
+            w.value(
+                f"{kernel.module}:{kernel.name}.state",
+                dict(vars(func)) if hasattr(func, "__dict__") else None,
+                True,
+            )
+    if kernel.setup is not None:
+        w.function(kernel.setup)
+    digest = hashlib.sha256(
+        json.dumps({k: v["sha256"] for k, v in w.parts.items()}, sort_keys=True).encode()
+    ).hexdigest()
+    return {"sha256": digest, "parts": w.parts}
+
+
+def changed_parts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Labels of the parts that differ between two :func:`kernel_code` records."""
+    a, b = old.get("parts", {}), new.get("parts", {})
+    return sorted(
+        k for k in set(a) | set(b) if (a.get(k) or {}).get("sha256") != (b.get(k) or {}).get("sha256")
+    )
+
+
+def code_changes(old: Mapping[str, Any], new: Mapping[str, Any], max_lines: int = 12) -> list[str]:
+    """Lines that say how two :func:`kernel_code` records differ: a short diff per part."""
+    old_parts, new_parts = old.get("parts", {}), new.get("parts", {})
+    lines: list[str] = []
+    for label in sorted(set(old_parts) | set(new_parts)):
+        a, b = old_parts.get(label), new_parts.get(label)
+        if a is not None and b is not None and a.get("sha256") == b.get("sha256"):
+            continue
+        if a is None:
+            lines.append(f"  {label}: new ({b['kind']})")
+            continue
+        if b is None:
+            lines.append(f"  {label}: no longer used")
+            continue
+        lines.append(f"  {label}:")
+        diff = difflib.unified_diff(a.get("text", "").splitlines(), b.get("text", "").splitlines(), n=0)
+        body = [d for d in diff if not d.startswith(("---", "+++", "@@"))]
+        lines += [f"    {d}" for d in body[:max_lines]]
+        if len(body) > max_lines:
+            lines.append(f"    ... and {len(body) - max_lines} more changed lines")
+    return lines
+
+
+def kernel_origin(kernel: Any) -> str:
+    """Where the kernel was defined: ``"module"``, ``"script"`` or ``"notebook"``."""
+    if kernel.module != "__main__":
+        return "module"
+    file = kernel.source_file() or ""
+    if "ipykernel" in sys.modules and (
+        re.search(r"ipykernel_\d+", file) or not os.path.isfile(file) or file.startswith("<")
+    ):
+        return "notebook"
+    if not os.path.isfile(file):
+        return "notebook" if "IPython" in sys.modules else "script"
+    return "script"
+
+
+# --------------------------------------------------------------------------- importing
+
+
+def add_import_path(directory: str | os.PathLike[str]) -> None:
+    """Make modules in ``directory`` importable here and in worker processes started later."""
+    d = str(Path(directory).resolve())
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    # worker processes are spawned with this environment and must import the kernel too
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if d not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([d, *parts])
+
+
+def _module_root(module_name: str, file: str | None) -> Path | None:
+    """The folder to put on ``sys.path`` so that ``module_name`` imports from ``file``."""
+    if not file:
+        return None
+    path = Path(file)
+    if not path.is_file():
+        return None
+    depth = module_name.count(".")
+    root = path.parent
+    if path.name == "__init__.py":
+        depth += 1
+    for _ in range(depth):
+        root = root.parent
+    return root
+
+
+def import_kernel(
+    ref: str,
+    base_dir: str | os.PathLike[str] | None = None,
+    file_hint: str | None = None,
+) -> Any:
+    """Import a kernel from ``module:function`` or ``path/to/file.py:function``.
+
+    ``base_dir`` (a spec file's folder) and the folder that makes ``file_hint`` (the
+    file the kernel came from) importable are put on the import path first, for this
+    process and for worker processes started after it.
+    """
+    from .kernel import Kernel
+
+    if not isinstance(ref, str) or ref.count(":") != 1:
+        raise SpecFileError(
+            f"kernel={ref!r} must be 'module:function' (e.g. 'daskbatch.models.dcsounding:schlumberger')"
+            " or 'file.py:function'"
+        )
+    module_name, qualname = ref.split(":")
+    if base_dir is not None:
+        add_import_path(base_dir)
+    if module_name.endswith(".py") or module_name == "__main__":
+        file = Path(file_hint or module_name)
+        if base_dir is not None and not file.is_absolute():
+            file = Path(base_dir) / file
+        if not file.is_file():
+            raise SpecFileError(f"kernel={ref!r}: file {str(file)!r} does not exist")
+        add_import_path(file.parent)
+        module_name = file.stem
+    else:
+        root = _module_root(module_name, file_hint)
+        if root is not None:  # the file the kernel came from comes first
+            add_import_path(root)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except SyntaxError as e:
+        raise SpecFileError(
+            f"kernel={ref!r}: {e.filename}, line {e.lineno}: syntax error ({e.msg}); fix the file"
+        ) from None
+    except ImportError as e:
+        where = f" (looked in {str(base_dir)!r} too)" if base_dir is not None else ""
+        raise SpecFileError(
+            f"kernel={ref!r}: cannot import module {module_name!r} ({e}){where}; run from the folder "
+            "that holds it, or add that folder to PYTHONPATH"
+        ) from e
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise SpecFileError(f"kernel={ref!r}: {module_name!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, Kernel):
+        raise SpecFileError(
+            f"kernel={ref!r} is not a daskbatch kernel; decorate it with @daskbatch.kernel(outputs=...)"
+        )
+    return obj
+
+
+def kernel_from_info(info: Mapping[str, Any], store: str) -> Any:
+    """Import the kernel that wrote a store, from where the store says it came from.
+
+    A kernel defined in a notebook or in a script run as ``__main__`` cannot be
+    imported again: the message says to rerun the cell or the script.
+    """
+    import shlex
+
+    ref = info["kernel"]["identity"]
+    module_name = ref.split(":")[0]
+    origin = info.get("kernel_origin")
+    file = info.get("kernel_file")
+    if module_name == "__main__":
+        if origin == "notebook" or not (file and os.path.isfile(file)):
+            raise SpecFileError(
+                f"store {store!r} was written by kernel {ref.split(':')[1]!r} defined in a notebook "
+                "(or in code that has no file): run the notebook cell that called daskbatch.run "
+                "again; it continues where it stopped"
+            )
+        raise SpecFileError(
+            f"store {store!r} was written by kernel {ref.split(':')[1]!r} defined in the script "
+            f"{file!r}: run that script again (python {shlex.quote(file)}); it continues where it stopped"
+        )
+    return import_kernel(ref, info.get("spec_dir"), file_hint=file)

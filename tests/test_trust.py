@@ -1,0 +1,452 @@
+"""Reruns you can trust: edited kernels, resume from any folder, seedless designs.
+
+Each test works as a user does: a kernel in a file of their own, edited between two
+runs; the real CLI in a subprocess, run from another folder with no PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import run_cli
+
+import daskbatch as db
+from daskbatch.errors import KernelChangedError
+from daskbatch.store import Store
+
+KERNEL = '''\
+import numpy as np
+import daskbatch as db
+
+SCALE = 1.0
+
+
+def helper(a):
+    return a * SCALE
+
+
+@db.kernel(outputs={"g": db.Output()})
+def sphere(a, b):
+    """Gravity of a buried sphere (not really)."""
+    return helper(a) + b
+'''
+
+SPEC = """\
+kernel = "gravity:sphere"
+store = "my store.zarr"
+cluster = "serial"
+chunk_size = 10
+
+[space]
+type = "grid"
+[space.axes]
+a = {linspace = [0, 9, 10]}
+b = [1.0, 2.0, 3.0]
+"""
+
+
+def _env() -> dict[str, str]:
+    """The environment of a user's shell: nothing on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return env
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("daskbatch")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=_env())
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    d = tmp_path / "my project"
+    d.mkdir()
+    (d / "gravity.py").write_text(KERNEL)
+    (d / "spec.toml").write_text(SPEC)
+    return d
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def _forget_half(store: Path) -> None:
+    st = Store(store)
+    done = st.done_mask()
+    blocks = [tuple(int(i) for i in b) for b in np.argwhere(done)]
+    st.unmark(blocks[: len(blocks) // 2])
+
+
+# --------------------------------------------------------------------------- edited kernels, CLI
+
+
+def test_cli_edited_kernel_is_refused_with_a_diff_and_can_continue(project):
+    store = project / "my store.zarr"
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 0, r.stderr
+    _forget_half(store)  # a run that stopped half-way
+
+    _edit(project / "gravity.py", "return a * SCALE", "return a * SCALE * 100.0")
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert "-    return a * SCALE" in r.stderr and "+    return a * SCALE * 100.0" in r.stderr
+    assert "--kernel-changed continue" in r.stderr and "--overwrite" in r.stderr
+    assert Store(store).done_mask().sum() == 2  # nothing was touched
+
+    r = _cli("run", "spec.toml", "--no-progress", "--kernel-changed", "continue", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "code changed" in r.stderr
+    info = Store(store).info()
+    change = info["history"][-1]["kernel_changed"]
+    assert change["from"] != change["to"] and "gravity:helper" in change["parts"]
+    assert info["kernel_code"]["sha256"] == change["to"]
+    s = _cli("status", str(store), cwd=project.parent)
+    assert "went on with changed kernel code" in s.stdout, s.stdout
+    # the next run with the same (new) code is not refused again
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_finished_store_edited_kernel_is_refused(project):
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 0, r.stderr
+    _edit(project / "gravity.py", "SCALE = 1.0", "SCALE = 2.0")  # a constant the kernel uses
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 2
+    assert "gravity:SCALE" in r.stderr and "nothing to compute" not in r.stdout
+    r = _cli("run", "spec.toml", "--no-progress", "--overwrite", cwd=project)
+    assert r.returncode == 0, r.stderr
+    g = xr.open_zarr(project / "my store.zarr").g.values
+    assert g[1, 0] == pytest.approx(2.0 * 1 + 1.0)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("    return helper(a) + b\n", "    # add the two\n    return helper(a)   +   b  # sum\n"),
+        ('    """Gravity of a buried sphere (not really)."""\n', '    """Another docstring."""\n'),
+        ("import numpy as np\n", "import numpy as np\n\n\n# a note on the model\n"),
+    ],
+    ids=["comments-and-spacing", "docstring", "blank-lines"],
+)
+def test_cosmetic_edits_are_not_changes(project, old, new):
+    assert _cli("run", "spec.toml", "--no-progress", cwd=project).returncode == 0
+    _forget_half(project / "my store.zarr")
+    _edit(project / "gravity.py", old, new)
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "code changed" not in r.stderr
+
+
+# --------------------------------------------------------------------------- edited kernels, Python
+
+
+def _import_fresh(folder: Path, name: str):
+    sys.path.insert(0, str(folder))
+    try:
+        importlib.invalidate_caches()
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
+
+
+def test_python_edited_kernel_body_is_refused(tmp_path):
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "kmod_edit.py").write_text(
+        "import daskbatch as db\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return a * 1.0\n"
+    )
+    mod = _import_fresh(folder, "kmod_edit")
+    space = db.Grid(a=np.arange(20.0))
+    store = tmp_path / "s.zarr"
+    db.run(mod.k, space, store, cluster="serial", chunk_size=5, progress=False)
+    _forget_half(store)
+    (folder / "kmod_edit.py").write_text(
+        "import daskbatch as db\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return a * 100.0\n"
+    )
+    mod = _import_fresh(folder, "kmod_edit")
+    with pytest.raises(KernelChangedError, match=r"a \* 100\.0") as e:
+        db.run(mod.k, space, store, cluster="serial", chunk_size=5, progress=False)
+    assert "kernel_changed='continue'" in str(e.value)
+    with pytest.raises(db.DaskbatchError, match="kernel_changed='maybe'"):
+        db.run(mod.k, space, store, cluster="serial", kernel_changed="maybe", progress=False)
+    res = db.run(mod.k, space, store, cluster="serial", progress=False, kernel_changed="continue")
+    assert res.complete and res.kernel_changes and "went on with changed kernel code" in str(res)
+    y = db.open(store).y.values
+    assert set(np.round(y[1:] / space.axes["a"][1:])) == {1.0, 100.0}  # knowingly mixed, and recorded
+    page = Path(db.report(store, tmp_path / "r.html")).read_text()
+    assert "kernel code changed" in page
+    # overwrite starts again with the new code only
+    db.run(mod.k, space, store, cluster="serial", progress=False, overwrite=True)
+    np.testing.assert_array_equal(db.open(store).y.values, 100.0 * np.arange(20.0))
+    assert not db.status(store).kernel_changes
+
+
+def test_store_with_no_results_takes_new_code(tmp_path):
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "kmod_empty.py").write_text(
+        "import daskbatch as db\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return a\n"
+    )
+    mod = _import_fresh(folder, "kmod_empty")
+    store = tmp_path / "s.zarr"
+    space = db.Grid(a=np.arange(4.0))
+    db.run(mod.k, space, store, cluster="serial", chunk_size=2, progress=False)
+    st = Store(store)
+    st.unmark([(0,), (1,)])
+    (folder / "kmod_empty.py").write_text(
+        "import daskbatch as db\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return a + 1\n"
+    )
+    mod = _import_fresh(folder, "kmod_empty")
+    db.run(mod.k, space, store, cluster="serial", progress=False)  # nothing would mix: no refusal
+    np.testing.assert_array_equal(db.open(store).y.values, np.arange(4.0) + 1)
+
+
+def test_kernel_code_covers_helpers_constants_and_closures():
+    from daskbatch.provenance import kernel_code
+
+    ns: dict = {"__name__": "__main__"}  # as in a notebook
+    src = textwrap.dedent(
+        """
+        import numpy as np
+        import daskbatch as db
+        TABLE = np.arange(3.0)
+        def inner(x):
+            return x + TABLE[0]
+        @db.kernel(outputs={"y": db.Output()})
+        def k(a):
+            return inner(a) * np.pi
+        """
+    )
+    exec(compile(src, "<cell>", "exec"), ns)
+    parts = kernel_code(ns["k"])["parts"]
+    assert any(p.endswith(":inner") for p in parts), parts
+    assert any(p.endswith(":TABLE") for p in parts), parts
+    assert not any("numpy" in p or p.endswith(":np") for p in parts), parts  # packages are not code
+    before = kernel_code(ns["k"])["sha256"]
+    ns["TABLE"] = np.arange(3.0) + 1
+    assert kernel_code(ns["k"])["sha256"] != before
+
+
+# --------------------------------------------------------------------------- resume and validate
+
+
+def test_resume_and_validate_from_anywhere_without_pythonpath(project, tmp_path):
+    store = project / "my store.zarr"
+    r = _cli("run", "spec.toml", "--no-progress", cwd=project)
+    assert r.returncode == 0, r.stderr
+    _forget_half(store)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    s = _cli("status", str(store), cwd=elsewhere)
+    m = re.search(r"resume with: (.+)$", s.stdout, re.M)
+    assert m, s.stdout
+    command = m.group(1)
+    assert command == f"daskbatch resume {shlex.quote(str(store))}"
+    # the suggested command, copied as a user would, run from two folders
+    for cwd in (elsewhere, project):
+        r = subprocess.run(
+            command.replace(
+                "daskbatch ", shlex.quote(str(Path(sys.executable).with_name("daskbatch"))) + " ", 1
+            ),
+            shell=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(),
+        )
+        assert r.returncode == 0, r.stderr
+        assert "30 ok" in r.stdout
+        _forget_half(store)
+    v = _cli("validate", str(store), "--n", "5", cwd=elsewhere)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert "OK" in v.stdout
+
+
+def test_status_verify_repair_command_runs(project, tmp_path):
+    store = project / "my store.zarr"
+    assert _cli("run", "spec.toml", "--no-progress", cwd=project).returncode == 0
+    chunk = store / "g" / "c" / "0" / "0"
+    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))  # damaged data
+    s = _cli("status", str(store), "--verify", cwd=tmp_path)
+    assert s.returncode == 1
+    m = re.search(r"recompute them with: (.+)$", s.stdout, re.M)
+    assert m, s.stdout
+    exe = shlex.quote(str(Path(sys.executable).with_name("daskbatch")))
+    r = subprocess.run(
+        m.group(1).replace("daskbatch ", exe + " ", 1),
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    assert _cli("status", str(store), "--verify", cwd=tmp_path).returncode == 0
+    # the same repair from a spec: `run --verify`
+    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))
+    r = _cli("run", "spec.toml", "--verify", "--no-progress", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "recomputing damaged blocks" in r.stderr
+    assert _cli("status", str(store), "--verify", cwd=tmp_path).returncode == 0
+
+
+def test_script_kernel_status_says_rerun_the_script(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import numpy as np
+            import daskbatch as db
+
+            @db.kernel(outputs={"y": db.Output()})
+            def k(a):
+                return a * 2.0
+
+            if __name__ == "__main__":
+                db.run(k, db.Grid(a=np.arange(6.0)), sys.argv[1], cluster="serial", chunk_size=2,
+                       progress=False)
+            """
+        )
+    )
+    store = tmp_path / "s.zarr"
+    r = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
+    Store(store).unmark([(0,)])
+    s = _cli("status", str(store), cwd=tmp_path)
+    assert f"resume with: python {shlex.quote(str(script))}" in s.stdout, s.stdout
+    r = _cli("resume", str(store), cwd=tmp_path)
+    assert r.returncode == 2 and "run that script again" in r.stderr
+    # the suggested command works
+    r = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
+    assert db.status(store).complete
+
+
+def test_notebook_kernel_says_run_the_cell_again(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    store = tmp_path / "nb.zarr"
+    cell = textwrap.dedent(
+        f"""
+        import numpy as np
+        import daskbatch as db
+
+        @db.kernel(outputs={{"y": db.Output()}})
+        def k(a):
+            return a * 3.0
+
+        res = db.run(k, db.Grid(a=np.arange(6.0)), {str(store)!r}, cluster="serial", chunk_size=2,
+                     progress=False)
+        """
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    Store(store).unmark([(1,)])
+    s = _cli("status", str(store), cwd=tmp_path)
+    assert "run the notebook cell that called daskbatch.run again" in s.stdout, s.stdout
+    assert "daskbatch resume" not in s.stdout
+    r = _cli("resume", str(store), cwd=tmp_path)
+    assert r.returncode == 2 and "notebook cell" in r.stderr and "Traceback" not in r.stderr
+    v = _cli("validate", str(store), cwd=tmp_path)
+    assert v.returncode == 2 and "notebook cell" in v.stderr
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_seedless_montecarlo_resumes_with_the_recorded_seed(tmp_path, capfd):
+    from daskbatch.testing import affine
+
+    store = tmp_path / "mc.zarr"
+    dists = {"a": db.Normal(0, 1)}
+    first = db.MonteCarlo(dists, n=40)
+    db.run(affine, first, store, cluster="serial", chunk_size=10, progress=False)
+    seed = Store(store).info()["seed"]
+    assert seed == first.seed
+    full = db.open(store).y.values.copy()
+    Store(store).unmark([(1,), (3,)])
+    capfd.readouterr()
+    again = db.MonteCarlo(dists, n=40)  # the same call: a new random seed
+    assert again.seed != seed
+    res = db.run(affine, again, store, cluster="serial", progress=False)
+    assert res.complete and res.blocks_computed == 2
+    assert f"continuing with the seed this store was started with ({seed})" in capfd.readouterr().err
+    np.testing.assert_array_equal(db.open(store).y.values, full)
+    # a seed given explicitly that differs is still refused
+    with pytest.raises(db.errors.FingerprintMismatchError, match="seed"):
+        db.run(affine, db.MonteCarlo(dists, n=40, seed=seed + 1), store, cluster="serial", progress=False)
+
+
+def test_seedless_spec_file_resumes(tmp_path):
+    spec = tmp_path / "mc.toml"
+    spec.write_text(
+        textwrap.dedent(
+            """
+            kernel = "daskbatch.testing:affine"
+            store = "mc.zarr"
+            cluster = "serial"
+            chunk_size = 10
+            [space]
+            type = "montecarlo"
+            n = 30
+            [space.params.a]
+            dist = "uniform"
+            low = 0
+            high = 1
+            """
+        )
+    )
+    assert run_cli("run", str(spec), "--no-progress").returncode == 0
+    Store(tmp_path / "mc.zarr").unmark([(0,)])
+    r = run_cli("run", str(spec), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "continuing with the seed" in r.stderr
+    info = json.loads(run_cli("status", str(tmp_path / "mc.zarr"), "--json").stdout)
+    assert info["complete"]
+
+
+# --------------------------------------------------------------------------- the store's info under the lock
+
+
+def test_info_is_read_again_under_the_lock(tmp_path, monkeypatch):
+    """A run that ended between another run's first look and its lock keeps its history."""
+    from daskbatch.store import StoreLock
+    from daskbatch.testing import affine
+
+    store = tmp_path / "s.zarr"
+    space = db.Grid(a=np.arange(8.0))
+    db.run(affine, space, store, cluster="serial", chunk_size=2, progress=False)
+    Store(store).unmark([(2,), (3,)])
+    acquire = StoreLock.acquire
+
+    def other_run_finishes_first(self):
+        st = Store(store)
+        info = st.info()
+        info["history"].append({"start": "then", "state": "finished", "pid": 12345, "host": "elsewhere"})
+        st.update_info(info)
+        return acquire(self)
+
+    monkeypatch.setattr(StoreLock, "acquire", other_run_finishes_first)
+    db.run(affine, space, store, cluster="serial", progress=False)
+    history = Store(store).info()["history"]
+    assert [h.get("pid") for h in history].count(12345) == 1
+    assert history[-1]["state"] == "finished" and history[-1]["pid"] == os.getpid()
