@@ -1064,7 +1064,9 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     forked from daskbatch's forkserver, and the run then goes on without the probe's
     figures and isolates that sample like any other. With ``"serial"`` and
     ``"threads"`` the child is a fork of this process (from the forkserver when this
-    process runs other threads), and a sample that ends its process stops the run
+    process runs other threads and has one already; without one, as in a notebook that
+    has not run on worker processes yet, the probe runs here: starting a forkserver would
+    cost about a second per run), and a sample that ends its process stops the run
     with :class:`~daskbatch.cluster.KernelCrashError` naming it: the run would run it
     in this process. A kernel that cannot be pickled is probed here then.
 
@@ -1088,6 +1090,10 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
 
     in_driver = spec.kind in ("serial", "threads")
     args = (kernel, dict(params), shape, dict(constants), timeout)
+    if in_driver and not (threading.active_count() == 1 or _forkserver_running()):
+        # a driver with other threads (a notebook) that has no forkserver yet: starting
+        # one would cost about a second per run; the run computes in this process anyway
+        return kernel.probe(params, shape, constants, timeout=timeout)
     if in_driver and sys.platform.startswith("linux") and threading.active_count() == 1:
         # a fork of this process: quick, and the kernel need not be picklable. Only
         # with no other thread running, which a fork could catch holding a lock.
@@ -1172,6 +1178,13 @@ def _probe(spec, kernel: Kernel, params, shape, constants, timeout) -> BlockResu
     if kind == "error":
         raise value
     return value
+
+
+def _forkserver_running() -> bool:
+    """Whether this process has a multiprocessing forkserver already (daskbatch's, say)."""
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None) is not None
 
 
 def _describe_exit(code: int | None) -> str:

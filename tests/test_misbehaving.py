@@ -120,9 +120,14 @@ def test_a_real_ctrl_c_still_stops_a_serial_run(tmp_path):
 
 @pytest.mark.parametrize(("cluster", "busy"), [("serial", False), ("threads", False), ("serial", True)])
 def test_a_kernel_ending_the_process_in_the_probe_on_serial_is_a_clear_error(tmp_path, cluster, busy):
-    """``busy``: the driver runs another thread, so the probe forks from the forkserver."""
+    """``busy``: the driver runs another thread and has a forkserver (as after a run on
+    worker processes), so the probe forks from the forkserver."""
     import threading
 
+    from daskbatch.cluster import ClusterSpec, prestart
+
+    if busy:
+        prestart(ClusterSpec("processes", None))
     store = tmp_path / "x.zarr"
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True)
