@@ -181,6 +181,12 @@ def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
     return load_run(store)
 
 
+def _resume_cluster(options: dict[str, Any]) -> str:
+    """The cluster of the run that made the store; a Client cannot be had again: local."""
+    cluster = options.get("cluster")
+    return cluster if isinstance(cluster, str) and cluster != "client" else "local"
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .engine import run
 
@@ -190,8 +196,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         kernel,
         space,
         args.store,
-        cluster=args.cluster or "local",
-        n_workers=args.workers,
+        cluster=args.cluster or _resume_cluster(options),
+        n_workers=args.workers if args.workers is not None or args.cluster else options.get("workers"),
         progress=not args.no_progress,
         constants=info.get("constants") or None,
         retries=args.retries if args.retries is not None else options.get("retries", 0),
@@ -200,6 +206,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         verify=args.verify,
         kernel_changed=args.kernel_changed,
         spec_file=info.get("spec_file"),
+        overwrite=args.overwrite,
     )
     print(result)
     return 0
@@ -225,7 +232,28 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@contextlib.contextmanager
+def _reading(store: str):
+    """A store that cannot be read (a damaged chunk): one line naming the way to find it."""
+    from .errors import StoreError
+
+    try:
+        yield
+    except DaskbatchError:
+        raise
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        raise StoreError(
+            f"reading store {store!r} failed ({type(e).__name__}: {e}); a file of it may be damaged: "
+            f"daskbatch status {shlex.quote(store)} --verify lists damaged blocks and how to recompute them"
+        ) from None
+
+
 def _cmd_summary(args: argparse.Namespace) -> int:
+    with _reading(args.store):
+        return _cmd_summary_unguarded(args)
+
+
+def _cmd_summary_unguarded(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .analysis import outliers, summarize
@@ -278,6 +306,11 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    with _reading(args.store):
+        return _cmd_report_unguarded(args)
+
+
+def _cmd_report_unguarded(args: argparse.Namespace) -> int:
     from .report import report
 
     print(f"wrote {report(args.store, args.output)}")
@@ -285,6 +318,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    with _reading(args.store):
+        return _cmd_export_unguarded(args)
+
+
+def _cmd_export_unguarded(args: argparse.Namespace) -> int:
     from .analysis import export
 
     rows = export(args.store, args.output, args.format, curves=args.curves)
@@ -469,6 +507,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a stopped run; the kernel is re-imported")
     p.add_argument("store")
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard the results and start the same run again"
+    )
     cluster_opts(p)
     fault_opts(p)
     rerun_opts(p)

@@ -126,7 +126,7 @@ class StoreStatus:
 
     def _resume_text(self) -> str:
         hint = self.resume_hint or f"daskbatch resume {shlex.quote(self.store)}"
-        return f"resume with: {hint}" if hint.startswith(("daskbatch ", "python ")) else hint
+        return f"resume with: {hint}" if hint.startswith(("daskbatch ", "python ", "cd ")) else hint
 
     def _lines(self) -> list[str]:
         s = self.samples
@@ -533,7 +533,13 @@ def resume_hint(info: Mapping[str, Any], store: str) -> str:
         file = info.get("kernel_file")
         if info.get("kernel_origin") == "notebook" or not file or not os.path.isfile(file):
             return "run the notebook cell that called daskbatch.run again"
-        return f"python {shlex.quote(file)}"
+        argv = list(info.get("argv") or [])
+        if argv and os.path.realpath(argv[0]) == os.path.realpath(file):
+            command = "python " + " ".join(shlex.quote(a) for a in argv)
+        else:
+            command = f"python {shlex.quote(file)}"
+        cwd = info.get("cwd")
+        return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
     return f"daskbatch resume {shlex.quote(store)}"
 
 
@@ -667,6 +673,11 @@ def run(
     if spec_file is not None:
         provenance["spec_file"] = str(Path(spec_file).resolve())
         provenance["spec_dir"] = str(Path(spec_file).resolve().parent)
+        provenance["kernel_ref"] = _spec_kernel_ref(spec_file) or kernel.identity
+    else:
+        # how to run it again: the script and the folder it ran from (a relative store path)
+        provenance["cwd"] = os.getcwd()
+        provenance["argv"] = [str(a) for a in sys.argv[:50]]
 
     def check(info: dict[str, Any] | None, announce: bool) -> tuple[Space, dict[str, Any] | None]:
         """The space to run (a seedless design takes the store's seed) and the code change."""
@@ -726,6 +737,17 @@ def run(
         lock.release()
         if created_dir and st.info() is None:  # stopped before the template: leave nothing
             shutil.rmtree(st.path, ignore_errors=True)
+
+
+def _spec_kernel_ref(spec_file: str | os.PathLike[str]) -> str | None:
+    """The ``kernel`` a spec file names (how ``daskbatch resume`` imports it again)."""
+    import tomllib
+
+    try:
+        ref = tomllib.loads(Path(spec_file).read_text()).get("kernel")
+    except (OSError, ValueError):
+        return None
+    return ref if isinstance(ref, str) else None
 
 
 def _adopt_seed(space: Space, info: Mapping[str, Any], announce: bool) -> Space:
@@ -923,7 +945,12 @@ def _run_locked(
                 "going on with the new code as asked (recorded in the store's history)",
                 file=sys.stderr,
             )
-        info["options"] = {"retries": retries, "timeout": timeout}  # what `resume` uses again
+        info["options"] = {  # what `daskbatch resume` uses again
+            "retries": retries,
+            "timeout": timeout,
+            "cluster": spec.address if spec.kind == "address" else spec.kind,
+            "workers": spec.n_workers,
+        }
         if pending:
             info["history"] = [*info.get("history", []), entry]
             st.update_info(info)

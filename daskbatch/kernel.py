@@ -155,6 +155,22 @@ _STATES: dict[str, Any] = {}
 _KERNEL_LOCKS: dict[str, threading.Lock] = {}
 
 
+def _module_and_qualname(func: Callable[..., Any]) -> tuple[str, str]:
+    """Where a kernel's function is defined, in a form that is the same in every run:
+    never a repr with a memory address (a ``functools.partial``, a callable object)."""
+    import functools
+
+    if isinstance(func, functools.partial):
+        inner_module, inner_name = _module_and_qualname(func.func)
+        return inner_module, f"partial({inner_name})"
+    qualname = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if isinstance(qualname, str) and isinstance(module, str):
+        return module, qualname
+    cls = type(func)
+    return getattr(cls, "__module__", None) or "__main__", f"{cls.__qualname__}()"
+
+
 def _load_kernel(module: str, qualname: str) -> Kernel:
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
@@ -197,8 +213,7 @@ class Kernel:
         self.per_sample = bool(per_sample)
         self.threadsafe = bool(threadsafe)
         self.setup = setup
-        self.module = getattr(func, "__module__", None) or "__main__"
-        self.qualname = getattr(func, "__qualname__", None) or repr(func)
+        self.module, self.qualname = _module_and_qualname(func)
         self.name = name or getattr(func, "__name__", "kernel")
         self.__doc__ = getattr(func, "__doc__", None)
         self.__wrapped__ = func
@@ -720,6 +735,8 @@ def _describe(exc: BaseException) -> str:
 
 #: threads a kernel left running that no longer keep their process from exiting
 _released_threads: set[threading.Thread] = set()
+#: kernels already named in that warning, in this process
+_warned_kernels: set[str] = set()
 
 
 def _release_leftover_threads(before: set[threading.Thread], name: str) -> None:
@@ -728,7 +745,7 @@ def _release_leftover_threads(before: set[threading.Thread], name: str) -> None:
     Python waits for every non-daemon thread before a process exits, so a thread the
     kernel started and never stopped would keep the driver (on ``"serial"`` and
     ``"threads"``) or a worker process alive for ever after the run. Such a thread is
-    named in a one-line warning and exempted from that wait (it ends with the
+    named in a one-line warning (once per kernel and process) and exempted from that wait (it ends with the
     process). Thread pools (``concurrent.futures``) are left alone: they stop their
     threads themselves at exit.
     """
@@ -740,12 +757,14 @@ def _release_leftover_threads(before: set[threading.Thread], name: str) -> None:
         if t in _released_threads:
             continue
         _released_threads.add(t)
-        print(
-            f"daskbatch: kernel {name!r} left a thread running ({t.name!r}); "
-            "it will not keep this process from exiting",
-            file=sys.stderr,
-            flush=True,
-        )
+        if name not in _warned_kernels:  # once per kernel and process: not a line per sample
+            _warned_kernels.add(name)
+            print(
+                f"daskbatch: kernel {name!r} left a thread running ({t.name!r}); it will not keep "
+                "this process from exiting (further threads it leaves are not named)",
+                file=sys.stderr,
+                flush=True,
+            )
         _exempt_from_exit_wait(t)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import importlib
 import inspect
@@ -149,37 +150,21 @@ def _names_used(code: types.CodeType) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _constant_digest(value: Any) -> str | None:
-    """A digest of a plain value, or None for objects whose value cannot be pinned down."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.hasobject or value.size > 10**8:
-            return None
-        h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
-        h.update(np.ascontiguousarray(value).tobytes())
-        return h.hexdigest()
-    if isinstance(value, np.generic):
-        return hashlib.sha256(f"{value.dtype.str}{value!r}".encode()).hexdigest()
-
-    count = [0]
-
-    def plain(v: Any) -> Any:
-        count[0] += 1
-        if count[0] > _MAX_CONSTANT_ITEMS:
-            raise ValueError
-        if v is None or isinstance(v, bool | int | float | complex | str | bytes):
-            return [type(v).__name__, repr(v)]
-        if isinstance(v, list | tuple):
-            return [type(v).__name__, [plain(x) for x in v]]
-        if isinstance(v, set | frozenset):
-            return [type(v).__name__, sorted(json.dumps(plain(x)) for x in v)]
-        if isinstance(v, Mapping) and type(v) is dict:
-            return ["dict", [[plain(k), plain(x)] for k, x in v.items()]]
-        raise ValueError
-
-    try:
-        return hashlib.sha256(json.dumps(plain(value)).encode()).hexdigest()
-    except (ValueError, TypeError, RecursionError):
+def _array_digest(value: np.ndarray) -> str | None:
+    if value.dtype.hasobject or value.size > 10**8:
         return None
+    h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
+    h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
+
+
+def _module_file(name: str | None) -> str | None:
+    return getattr(sys.modules.get(name or ""), "__file__", None)
+
+
+def _user_callable(value: Any) -> bool:
+    mod = getattr(value, "__module__", None)
+    return _is_user_module(mod, _module_file(mod))
 
 
 class _Walker:
@@ -213,12 +198,18 @@ class _Walker:
         label = label or f"{func.__module__}:{func.__qualname__}"
         self.add(label, self.source_part(func, "function"))
         self.references(func.__code__, func.__globals__, func.__module__)
+        user = _user_callable(func)
         for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
             try:
                 value = cell.cell_contents
             except ValueError:  # an empty cell
                 continue
             self.value(f"{label}.<closure {name}>", value, from_user_module=True)
+        # default values are evaluated once, when the function is defined: they are
+        # not in its source (``def k(a, scale=SCALE)``)
+        defaults = list(func.__defaults__ or ()) + list((func.__kwdefaults__ or {}).values())
+        if defaults:
+            self.value(f"{label}.<defaults>", tuple(defaults), from_user_module=user)
 
     def klass(self, cls: type) -> None:
         if id(cls) in self.seen:
@@ -227,9 +218,14 @@ class _Walker:
         self.add(f"{cls.__module__}:{cls.__qualname__}", self.source_part(cls, "class"))
         for member in vars(cls).values():
             f = member.__func__ if isinstance(member, staticmethod | classmethod) else member
+            if isinstance(f, property):
+                f = f.fget
             if isinstance(f, types.FunctionType):
                 self.seen.add(id(f))
                 self.references(f.__code__, f.__globals__, f.__module__)
+        for base in cls.__mro__[1:]:  # what it inherits from the user's own classes
+            if base is not object and _user_callable(base):
+                self.klass(base)
 
     def module(self, mod: types.ModuleType) -> None:
         if id(mod) in self.seen:
@@ -238,15 +234,25 @@ class _Walker:
         try:
             src = inspect.getsource(mod)
         except (OSError, TypeError):
-            return
-        norm = _normalized(src)
+            src = None
+        norm = _normalized(src) if src is not None else None
         if norm is not None:
             self.add(
                 f"{mod.__name__} (module)", {"kind": "module", "sha256": norm[0], "text": norm[1][:_MAX_TEXT]}
             )
+        # a package: the submodules loaded from it (``mypkg.sub.g(a)`` reaches them
+        # through attributes, which the names a function uses do not show)
+        if hasattr(mod, "__path__"):
+            prefix = mod.__name__ + "."
+            for name in sorted(n for n in list(sys.modules) if n.startswith(prefix)):
+                sub = sys.modules.get(name)
+                if isinstance(sub, types.ModuleType) and _is_user_module(
+                    name, getattr(sub, "__file__", None)
+                ):
+                    self.module(sub)
 
     def references(self, code: types.CodeType, namespace: Mapping[str, Any], module: str | None) -> None:
-        user = _is_user_module(module, getattr(sys.modules.get(module or ""), "__file__", None))
+        user = _is_user_module(module, _module_file(module))
         for name in _names_used(code):
             if name not in namespace:
                 continue  # an attribute name, a builtin, or a name bound at run time
@@ -257,26 +263,83 @@ class _Walker:
 
         if isinstance(value, Kernel):
             self.function(value.func)
-        elif isinstance(value, types.FunctionType):
-            mod = value.__module__
-            if _is_user_module(mod, getattr(sys.modules.get(mod or ""), "__file__", None)):
+            return
+        wrapped = getattr(value, "__wrapped__", None)  # functools.lru_cache, wraps, ...
+        if wrapped is not None and callable(value) and not isinstance(value, type):
+            value = inspect.unwrap(value)
+        if isinstance(value, types.FunctionType):
+            if _user_callable(value):
                 self.function(value)
+        elif isinstance(value, types.MethodType):
+            self.value(label, value.__func__, from_user_module)
         elif isinstance(value, type):
-            mod = value.__module__
-            if _is_user_module(mod, getattr(sys.modules.get(mod or ""), "__file__", None)):
+            if _user_callable(value):
                 self.klass(value)
         elif isinstance(value, types.ModuleType):
             if _is_user_module(value.__name__, getattr(value, "__file__", None)):
                 self.module(value)
+        elif isinstance(value, functools.partial):
+            self.value(label + ".func", value.func, from_user_module)
+            self.constant(label + ".arguments", (value.args, value.keywords))
+        elif from_user_module and _user_callable(type(value)):  # an instance of the user's class
+            self.klass(type(value))
+            if hasattr(value, "__dict__"):
+                self.constant(label + ".state", dict(vars(value)))
         elif from_user_module and not callable(value):
-            digest = _constant_digest(value)
-            if digest is None:
-                self.add(label, {"kind": "object", "sha256": "", "text": f"<{type(value).__name__}>"})
-            else:
-                text = repr(value)
-                if len(text) > 200:
-                    text = text[:197] + "..."
-                self.add(label, {"kind": "constant", "sha256": digest, "text": text})
+            self.constant(label, value)
+
+    def constant(self, label: str, value: Any) -> None:
+        digest = self.digest(value)
+        if digest is None:
+            self.add(label, {"kind": "object", "sha256": "", "text": f"<{type(value).__name__}>"})
+            return
+        text = repr(value)
+        if len(text) > 200:
+            text = text[:197] + "..."
+        self.add(label, {"kind": "constant", "sha256": digest, "text": text})
+
+    def digest(self, value: Any) -> str | None:
+        """A digest of a plain value (functions of the user's inside it are followed and
+        named), or None for objects whose value cannot be pinned down."""
+        count = [0]
+
+        def plain(v: Any) -> Any:
+            count[0] += 1
+            if count[0] > _MAX_CONSTANT_ITEMS:
+                raise ValueError
+            if v is None or isinstance(v, bool | int | float | complex | str | bytes):
+                return [type(v).__name__, repr(v)]
+            if isinstance(v, np.ndarray):
+                d = _array_digest(v)
+                if d is None:
+                    raise ValueError
+                return ["ndarray", d]
+            if isinstance(v, np.generic):
+                return [v.dtype.str, repr(v)]
+            if isinstance(v, list | tuple):
+                return [type(v).__name__, [plain(x) for x in v]]
+            if isinstance(v, set | frozenset):
+                return [type(v).__name__, sorted(json.dumps(plain(x)) for x in v)]
+            if isinstance(v, Mapping) and type(v) is dict:
+                return ["dict", [[plain(k), plain(x)] for k, x in v.items()]]
+            if (
+                callable(v)
+                and not isinstance(v, type)
+                and (isinstance(inspect.unwrap(v), types.FunctionType) or isinstance(v, functools.partial))
+            ):
+                self.value("", v, True)  # a dispatch table of functions: follow them
+                target = inspect.unwrap(v.func if isinstance(v, functools.partial) else v)
+                return ["function", f"{target.__module__}:{target.__qualname__}"]
+            if isinstance(v, type):
+                if _user_callable(v):
+                    self.klass(v)
+                return ["class", f"{v.__module__}:{v.__qualname__}"]
+            raise ValueError
+
+        try:
+            return hashlib.sha256(json.dumps(plain(value)).encode()).hexdigest()
+        except (ValueError, TypeError, RecursionError):
+            return None
 
 
 def kernel_code(kernel: Any) -> dict[str, Any]:
@@ -290,18 +353,11 @@ def kernel_code(kernel: Any) -> dict[str, Any]:
     func = inspect.unwrap(kernel.func)
     if isinstance(func, types.FunctionType):
         w.function(func, label=f"{kernel.module}:{kernel.qualname}")
-    else:  # a callable object (a partial, an instance with __call__): its class, and its state
-        inner = getattr(func, "func", None)  # functools.partial
-        if isinstance(inner, types.FunctionType):
-            w.function(inner)
-            w.value(f"{kernel.module}:{kernel.name}.args", (func.args, func.keywords), True)
-        else:
-            w.klass(type(func))
-            w.value(
-                f"{kernel.module}:{kernel.name}.state",
-                dict(vars(func)) if hasattr(func, "__dict__") else None,
-                True,
-            )
+    elif isinstance(func, functools.partial):
+        w.value(f"{kernel.module}:{kernel.qualname}", func, True)
+    else:  # a callable object: its class, and its state
+        w.klass(type(func))
+        w.constant(f"{kernel.module}:{kernel.qualname}.state", dict(getattr(func, "__dict__", {})))
     if kernel.setup is not None:
         w.function(kernel.setup)
     digest = hashlib.sha256(
@@ -447,9 +503,7 @@ def kernel_from_info(info: Mapping[str, Any], store: str) -> Any:
     A kernel defined in a notebook or in a script run as ``__main__`` cannot be
     imported again: the message says to rerun the cell or the script.
     """
-    import shlex
-
-    ref = info["kernel"]["identity"]
+    ref = info.get("kernel_ref") or info["kernel"]["identity"]
     module_name = ref.split(":")[0]
     origin = info.get("kernel_origin")
     file = info.get("kernel_file")
@@ -460,8 +514,10 @@ def kernel_from_info(info: Mapping[str, Any], store: str) -> Any:
                 "(or in code that has no file): run the notebook cell that called daskbatch.run "
                 "again; it continues where it stopped"
             )
+        from .engine import resume_hint
+
         raise SpecFileError(
             f"store {store!r} was written by kernel {ref.split(':')[1]!r} defined in the script "
-            f"{file!r}: run that script again (python {shlex.quote(file)}); it continues where it stopped"
+            f"{file!r}: run that script again ({resume_hint(info, store)}); it continues where it stopped"
         )
     return import_kernel(ref, info.get("spec_dir"), file_hint=file)

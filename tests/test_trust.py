@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,8 @@ def _edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new))
+    # an edit of the same size within the same second would reuse the old bytecode
+    shutil.rmtree(path.parent / "__pycache__", ignore_errors=True)
 
 
 def _forget_half(store: Path) -> None:
@@ -331,12 +334,18 @@ def test_script_kernel_status_says_rerun_the_script(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stderr
     Store(store).unmark([(0,)])
-    s = _cli("status", str(store), cwd=tmp_path)
-    assert f"resume with: python {shlex.quote(str(script))}" in s.stdout, s.stdout
-    r = _cli("resume", str(store), cwd=tmp_path)
-    assert r.returncode == 2 and "run that script again" in r.stderr
-    # the suggested command works
-    r = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, env=_env())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    s = _cli("status", str(store), cwd=elsewhere)
+    m = re.search(r"resume with: (.+)$", s.stdout, re.M)
+    assert m, s.stdout
+    command = m.group(1)
+    assert command.startswith(f"cd {shlex.quote(os.getcwd())} && python ") and str(script) in command
+    r = _cli("resume", str(store), cwd=elsewhere)
+    assert r.returncode == 2 and "run that script again" in r.stderr and command in r.stderr
+    # the suggested command works, from another folder too
+    command = command.replace("python ", shlex.quote(sys.executable) + " ", 1)
+    r = subprocess.run(command, shell=True, cwd=elsewhere, capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stderr
     assert db.status(store).complete
 
@@ -450,3 +459,117 @@ def test_info_is_read_again_under_the_lock(tmp_path, monkeypatch):
     history = Store(store).info()["history"]
     assert [h.get("pid") for h in history].count(12345) == 1
     assert history[-1]["state"] == "finished" and history[-1]["pid"] == os.getpid()
+
+
+# --------------------------------------------------------------------------- what the code identity covers
+
+_CASES = {
+    "default-argument": (
+        {
+            "kmod.py": "import daskbatch as db\nSCALE = 1.0\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a, scale=SCALE):\n    return a * scale\n"
+        },
+        ("kmod.py", "SCALE = 1.0", "SCALE = 100.0"),
+    ),
+    "lru-cached-helper": (
+        {
+            "kmod.py": "import functools\nimport daskbatch as db\n\n@functools.lru_cache\ndef g(a):\n    return a * 1.0\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return g(float(a))\n"
+        },
+        ("kmod.py", "return a * 1.0", "return a * 100.0"),
+    ),
+    "package-submodule": (
+        {
+            "mypkg/__init__.py": "",
+            "mypkg/sub.py": "def g(a):\n    return a * 1.0\n",
+            "kmod.py": "import mypkg.sub\nimport daskbatch as db\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return mypkg.sub.g(a)\n",
+        },
+        ("mypkg/sub.py", "return a * 1.0", "return a * 100.0"),
+    ),
+    "base-class-in-another-file": (
+        {
+            "helpers.py": "class Base:\n    def compute(self, a):\n        return a * 1.0\n",
+            "kmod.py": "from helpers import Base\nimport daskbatch as db\n\nclass Model(Base):\n    pass\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return Model().compute(a)\n",
+        },
+        ("helpers.py", "return a * 1.0", "return a * 100.0"),
+    ),
+    "array-in-a-dict": (
+        {
+            "kmod.py": "import numpy as np\nimport daskbatch as db\nCOEF = {'s': np.array([1.0])}\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return a * COEF['s'][0]\n"
+        },
+        ("kmod.py", "np.array([1.0])", "np.array([100.0])"),
+    ),
+    "partial-helper": (
+        {
+            "kmod.py": "import functools\nimport daskbatch as db\n\ndef h(a, scale):\n    return a * scale\n\ng = functools.partial(h, scale=1.0)\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return g(a)\n"
+        },
+        ("kmod.py", "scale=1.0)", "scale=100.0)"),
+    ),
+    "dispatch-table": (
+        {
+            "kmod.py": "import daskbatch as db\n\ndef g(a):\n    return a * 1.0\n\nOPS = {'g': g}\n\n@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return OPS['g'](a)\n"
+        },
+        ("kmod.py", "return a * 1.0", "return a * 100.0"),
+    ),
+    "callable-object-kernel": (
+        {
+            "kmod.py": "import daskbatch as db\n\nclass Fwd:\n    def __init__(self):\n        self.scale = 1.0\n\n    def __call__(self, a):\n        return a * self.scale\n\nk = db.kernel(outputs={'y': db.Output()}, name='fwd')(Fwd())\n"
+        },
+        ("kmod.py", "self.scale = 1.0", "self.scale = 100.0"),
+    ),
+    "partial-kernel": (
+        {
+            "kmod.py": "import functools\nimport daskbatch as db\n\ndef h(a, scale):\n    return a * scale\n\nk = db.kernel(outputs={'y': db.Output()})(functools.partial(h, scale=1.0))\n"
+        },
+        ("kmod.py", "scale=1.0)", "scale=100.0)"),
+    ),
+}
+
+_PROBE_CODE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import kmod
+from daskbatch.provenance import kernel_code
+print(json.dumps([kmod.k.identity, kernel_code(kmod.k)["sha256"]]))
+"""
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_code_identity_sees_edits_users_make(tmp_path, case):
+    """Each edit changes the code identity; an unedited kernel keeps it in a new process."""
+    files, (name, old, new) = _CASES[case]
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+
+    def identity() -> tuple[str, str]:
+        r = subprocess.run(
+            [sys.executable, "-B", "-c", _PROBE_CODE, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+        )
+        assert r.returncode == 0, r.stderr
+        ident, sha = json.loads(r.stdout)
+        return ident, sha
+
+    first, again = identity(), identity()
+    assert first == again  # stable across processes: no memory address in it
+    assert "0x" not in first[0]
+    _edit(tmp_path / name, old, new)
+    assert identity()[1] != first[1]
+
+
+def test_resume_overwrite_and_damaged_reads_are_one_line(project, tmp_path):
+    store = project / "my store.zarr"
+    assert _cli("run", "spec.toml", "--no-progress", cwd=project).returncode == 0
+    _edit(project / "gravity.py", "return a * SCALE", "return a * SCALE * 100.0")
+    r = _cli("resume", str(store), "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = _cli("resume", str(store), "--no-progress", "--overwrite", cwd=tmp_path)  # as the refusal says
+    assert r.returncode == 0, r.stderr
+    assert xr.open_zarr(store).g.values[1, 0] == pytest.approx(100.0 + 1.0)
+    chunk = store / "g" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    for command in (["summary", str(store)], ["export", str(store), "-o", str(tmp_path / "o.csv")]):
+        r = _cli(*command, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and "--verify" in r.stderr, r.stderr
