@@ -26,7 +26,7 @@ from typing import Any
 
 import dask
 
-from .errors import ClusterError, Stopped
+from .errors import ClusterError, KernelCrashError, Stopped, WorkerDiedError, WorkerImportError
 
 __all__ = [
     "ClusterSpec",
@@ -52,20 +52,6 @@ GUARD_HINT = (
     "code fed on standard input cannot start worker processes at all (save it to a "
     'file). Or run without worker processes: cluster="threads" or cluster="serial".'
 )
-
-
-class WorkerImportError(ClusterError):
-    """The scheduler or workers of a running cluster cannot load the kernel: a module it
-    needs is not installed there."""
-
-
-class KernelCrashError(ClusterError):
-    """A sample ended the process that ran it where daskbatch cannot isolate it: with
-    ``"serial"`` or ``"threads"`` that process is the driver itself."""
-
-
-class WorkerDiedError(ClusterError):
-    """A worker process of dask's processes scheduler died, breaking its pool."""
 
 
 def default_workers() -> int:

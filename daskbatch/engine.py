@@ -733,6 +733,13 @@ def run(
             provenance=provenance,
             code_change=code_change,
         )
+    except DaskbatchError:
+        # refused before any result (a kernel the cluster cannot load): a store this call
+        # created and nothing committed to is not left behind
+        if created_dir and st.info() is not None and not st.done_mask().any():
+            lock.release()
+            shutil.rmtree(st.path, ignore_errors=True)
+        raise
     finally:
         lock.release()
         if created_dir and st.info() is None:  # stopped before the template: leave nothing
@@ -920,6 +927,7 @@ def _run_locked(
 
         done = st.done_mask()
         pending = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
+        done_before = int(done.sum())
         retry = [b for b in retry if done[b]]
         pending += retry
         before = _store_status(st, info)
@@ -1015,7 +1023,12 @@ def _run_locked(
                     entry["reason"] = str(exc) or "interrupted"
                 else:
                     entry["error"] = f"{type(exc).__name__}: {exc}"
-                entry["blocks_computed"] = computed["blocks"]
+                # blocks whose task committed but whose result the driver had not taken
+                # in yet count too: the markers say what was computed
+                committed_now = computed["blocks"]
+                with contextlib.suppress(Exception):
+                    committed_now = max(committed_now, int(st.done_mask().sum()) - done_before)
+                entry["blocks_computed"] = committed_now
                 info["history"][-1] = entry
                 with contextlib.suppress(OSError):  # a full disk: the error that stopped it matters more
                     st.update_info(info)

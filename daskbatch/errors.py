@@ -14,6 +14,7 @@ __all__ = [
     "DaskbatchError",
     "FingerprintMismatchError",
     "KernelChangedError",
+    "KernelCrashError",
     "KernelSignatureError",
     "OutputSpecError",
     "SpaceError",
@@ -23,6 +24,8 @@ __all__ = [
     "StoreExistsError",
     "StoreLockedError",
     "StoreWriteError",
+    "WorkerDiedError",
+    "WorkerImportError",
 ]
 
 
@@ -60,6 +63,20 @@ class KernelChangedError(FingerprintMismatchError):
 
 class ClusterError(DaskbatchError, RuntimeError):
     """The ``cluster=`` argument cannot be turned into a scheduler."""
+
+
+class WorkerImportError(ClusterError):
+    """The scheduler or workers of a running cluster cannot load the kernel: a module it
+    needs is not installed there."""
+
+
+class KernelCrashError(ClusterError):
+    """A sample ended the process that ran it where daskbatch cannot isolate it: with
+    ``"serial"`` or ``"threads"`` that process is the driver itself."""
+
+
+class WorkerDiedError(ClusterError):
+    """A worker process of dask's processes scheduler died, breaking its pool."""
 
 
 class SpecFileError(DaskbatchError):

@@ -345,6 +345,7 @@ def test_a_kernel_needing_a_package_the_workers_lack_is_one_clear_error(tmp_path
     assert "\n" not in message
     assert f"No module named '{pkg}'" in message and f"install '{pkg}'" in message
     assert "scheduler" in message and "every worker" in message
+    assert not (tmp_path / "x.zarr").exists()  # nothing is left on disk
 
     # the same from the command line: exit 2 and one line
     spec = tmp_path / "far.toml"
