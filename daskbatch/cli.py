@@ -619,17 +619,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     stops are ignored. A standard output closed early (``| head``) ends the command
     quietly, exit 141.
     """
+    import dask
+
     from .cluster import signals_stop
 
     args = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(signals_stop(signal.SIGINT, signal.SIGTERM, keep=True))
+        # the command says how far an interrupted run got (run() says it in Python)
+        stack.enter_context(dask.config.set({"daskbatch.cli": True}))
         try:
             try:
                 args = _parser().parse_args(argv)
                 if getattr(args, "verbose", False):  # distributed's logs reach the terminal
-                    import dask
-
                     stack.enter_context(dask.config.set({"daskbatch.verbose": True}))
                 code = int(args.func(args) or 0)
             except DaskbatchError as e:

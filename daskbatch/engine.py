@@ -746,6 +746,24 @@ def run(
             shutil.rmtree(st.path, ignore_errors=True)
 
 
+def _say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
+    """In Python (a notebook, a script), one line on how far a stopped run got and how
+    to go on; the ``daskbatch`` command prints its own."""
+    import dask
+
+    if dask.config.get("daskbatch.cli", False):
+        return
+    with contextlib.suppress(Exception):
+        done = st.done_mask()
+        how = f" by {exc.args[0].removeprefix('stopped by ')}" if str(exc).startswith("stopped by") else ""
+        print(
+            f"daskbatch: interrupted{how}; {int(done.sum()):,} of {done.size:,} blocks done and kept. "
+            "Run the same call again to continue",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _spec_kernel_ref(spec_file: str | os.PathLike[str]) -> str | None:
     """The ``kernel`` a spec file names (how ``daskbatch resume`` imports it again)."""
     import tomllib
@@ -1032,6 +1050,8 @@ def _run_locked(
                 info["history"][-1] = entry
                 with contextlib.suppress(OSError):  # a full disk: the error that stopped it matters more
                     st.update_info(info)
+            if isinstance(exc, KeyboardInterrupt):
+                _say_interrupted(st, exc)
             raise
         bar.close()
         wall = time.perf_counter() - t_compute

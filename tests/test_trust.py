@@ -573,3 +573,35 @@ def test_resume_overwrite_and_damaged_reads_are_one_line(project, tmp_path):
         r = _cli(*command, cwd=tmp_path)
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr and "--verify" in r.stderr, r.stderr
+
+
+def test_python_run_interrupted_says_how_far_in_one_line(tmp_path):
+    """In a script or notebook, Ctrl-C leaves a resumable store and one line saying so."""
+    script = tmp_path / "interrupt.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, threading
+            import numpy as np
+            import daskbatch as db
+            from daskbatch.testing import slow_square
+
+            if __name__ == "__main__":
+                threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+                try:
+                    db.run(slow_square, db.Grid(x=np.arange(400.0)), {str(tmp_path / "s.zarr")!r},
+                           cluster="serial", chunk_size=10, progress=False, constants={{"delay": 0.02}})
+                except KeyboardInterrupt:
+                    pass
+            """
+        )
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(
+        r"daskbatch: interrupted; \d+ of 40 blocks done and kept\. Run the same call again to continue",
+        lines[0],
+    )
+    assert not db.status(tmp_path / "s.zarr").complete
