@@ -542,7 +542,7 @@ def _start_executor(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
         except OSError as e:
             raise ClusterError(
                 f"cannot connect to the scheduler at {spec.address!r} ({e}); is it running? "
-                "Start one with `dask scheduler`, or use cluster='local'"
+                "Start one with `dask scheduler`, or use cluster='local' (--cluster local)"
             ) from e
         try:
             yield Executor(spec, client=client)
