@@ -23,6 +23,7 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "StoreLockedError",
+    "StoreNotFoundError",
     "StoreWriteError",
     "WorkerDiedError",
     "WorkerImportError",
@@ -51,6 +52,10 @@ class StoreError(DaskbatchError):
 
 class StoreExistsError(StoreError, FileExistsError):
     """The store path holds data that daskbatch did not write."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """There is no store at the path given (also a :class:`FileNotFoundError`)."""
 
 
 class FingerprintMismatchError(StoreError):

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreError, StoreExistsError, StoreLockedError, StoreWriteError
+from .errors import StoreError, StoreExistsError, StoreLockedError, StoreNotFoundError, StoreWriteError
 from .kernel import STATUS, Output
 from .space import Param
 
@@ -484,7 +484,7 @@ class Store:
         info = self.info()
         if info is None:
             if not self.path.exists():
-                raise StoreError(f"store {str(self.path)!r} does not exist")
+                raise StoreNotFoundError(f"store {str(self.path)!r} does not exist")
             raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
         return info
 

@@ -605,3 +605,14 @@ def test_python_run_interrupted_says_how_far_in_one_line(tmp_path):
         lines[0],
     )
     assert not db.status(tmp_path / "s.zarr").complete
+
+
+def test_a_missing_store_is_store_not_found_and_file_not_found(tmp_path):
+    from daskbatch.errors import StoreNotFoundError
+
+    with pytest.raises(StoreNotFoundError, match="does not exist"):
+        db.status(tmp_path / "nope.zarr")
+    with pytest.raises(FileNotFoundError):
+        db.status(tmp_path / "nope.zarr")
+    r = _cli("resume", str(tmp_path / "nope.zarr"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
