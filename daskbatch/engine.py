@@ -895,7 +895,8 @@ def _run_locked(
     # a first look at the kernel, in this process: outputs that cannot be stored fail here
     probe_seconds = None
     if info is None:
-        probe_seconds = _measure(spec, kernel, space, constants, timeout)
+        # an explicit chunk_size needs no cost per sample: the first samples only
+        probe_seconds = _measure(spec, kernel, space, constants, timeout, cost=chunk_size == "auto")
     layout_args = dict(
         batch_dims=space.batch_dims,
         batch_shape=space.batch_shape,
@@ -1094,19 +1095,21 @@ def _probe_block(space: Space, n: int) -> tuple[tuple[int, ...], dict[str, np.nd
     return shape, params
 
 
-def _measure(spec, kernel: Kernel, space: Space, constants, timeout) -> float | None:
+def _measure(spec, kernel: Kernel, space: Space, constants, timeout, cost: bool = True) -> float | None:
     """Probe the first samples (checking their outputs); return seconds per sample.
 
     A vectorised core called on 16 samples measures mostly its call overhead, so
-    when that call was quick a second probe of up to 16,384 samples gives the cost
-    per sample. None if the probe could not finish.
+    when that call was quick and ``cost`` is wanted (``chunk_size="auto"`` sizes
+    blocks by it) a second probe of up to 16,384 samples gives the cost per sample.
+    None if the probe could not finish.
     """
     shape, params = _probe_block(space, min(_PROBE_SAMPLES, space.size))
     probe = _probe(spec, kernel, params, shape, constants, timeout)
     if probe is None:
         return None
     seconds = probe.seconds / math.prod(shape)
-    if not kernel.per_sample and probe.seconds < _QUICK_PROBE_SECONDS and space.size > math.prod(shape):
+    quick = probe.seconds < _QUICK_PROBE_SECONDS
+    if cost and not kernel.per_sample and quick and space.size > math.prod(shape):
         shape, params = _probe_block(space, min(_VECTOR_PROBE_SAMPLES, space.size))
         second = _probe(spec, kernel, params, shape, constants, timeout)
         if second is not None:

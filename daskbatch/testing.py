@@ -214,3 +214,13 @@ def misbehave(i, bad=(), how="exit", code=3, mib=0):
             time.sleep(2.0)
             return float(block[0])
     return 2.0 * float(i)
+
+
+@kernel(outputs={"y": Output()}, per_sample=False, threadsafe=True)
+def logged_sizes(a, log=""):
+    """``y = a`` on a whole block; appends the number of samples of each call to ``log``."""
+    a = np.asarray(a)
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{a.size}\n")
+    return a * 1.0

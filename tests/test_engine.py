@@ -259,3 +259,27 @@ def test_store_status_of_partial_store(store):
     st = db.status(store)
     assert not st.complete and st.samples["pending"] == 5 and "resume" in str(st)
     assert Store(store).done_mask().tolist() == [True, False]
+
+
+def test_an_explicit_chunk_size_skips_the_cost_probe(tmp_path):
+    """Only ``chunk_size="auto"`` needs the cost per sample of a vectorised kernel."""
+    from daskbatch.testing import logged_sizes
+
+    space = db.Grid(a=np.arange(20_000.0))
+    for chunk_size, name in ((2_000, "explicit"), ("auto", "auto")):
+        log = tmp_path / f"{name}.log"
+        db.run(
+            logged_sizes,
+            space,
+            tmp_path / f"{name}.zarr",
+            cluster="serial",
+            chunk_size=chunk_size,
+            progress=False,
+            constants={"log": str(log)},
+        )
+        sizes = [int(x) for x in log.read_text().split()]
+        assert sum(sizes) >= 20_000
+        if name == "explicit":
+            assert sizes == [16] + [2_000] * 10  # the probe's first samples, then the blocks
+        else:
+            assert 16_384 in sizes  # the cost probe
