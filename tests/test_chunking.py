@@ -21,7 +21,13 @@ shapes = st.lists(st.integers(1, 60), min_size=1, max_size=4).map(tuple)
 def test_block_shape_fits_and_covers(shape, samples):
     b = block_shape_for_samples(samples, shape)
     assert all(1 <= bi <= n for bi, n in zip(b, shape, strict=True))
-    assert math.prod(b) <= max(samples, 1) or all(bi == 1 for bi in b[:-1])
+    # never more than asked, and more than half of it (or the whole space)
+    assert math.prod(b) <= samples
+    assert 2 * math.prod(b) > min(samples, math.prod(shape))
+    # trailing dims are kept whole: before the dim that is cut, every dim is 1
+    cut = [i for i, (bi, n) in enumerate(zip(b, shape, strict=True)) if bi < n]
+    if cut:
+        assert all(bi == 1 for bi in b[: cut[-1]])
     chunks = chunks_from_block_shape(shape, b)
     assert tuple(sum(c) for c in chunks) == shape
     # regular: every chunk but the last has the block size (a Zarr regular grid)

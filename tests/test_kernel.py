@@ -104,7 +104,8 @@ def test_setup_runs_once_per_process_and_state_is_passed():
 
     r1 = with_state.run_block({"x": np.arange(3.0)}, (3,))
     r2 = with_state.run_block({"x": np.arange(3.0)}, (3,))
-    assert r1.outputs["y"].tolist() == [100.0, 101.0, 102.0] and r2.status.all()
+    assert r1.outputs["y"].tolist() == [100.0, 101.0, 102.0]
+    assert (r2.status == db.STATUS["ok"]).all() and r2.outputs["y"].tolist() == [100.0, 101.0, 102.0]
     assert len(calls) == 1
 
 

@@ -113,14 +113,19 @@ def test_driver_sigkilled_at_random_moments_then_rerun_is_byte_identical(
         before = _n_committed(store)
         deadline = time.time() + 60
         if moment == "during a block write":
-            while time.time() < deadline and not _writing(store):
-                time.sleep(0.0005)
+            caught = False
+            while time.time() < deadline and not caught:
+                caught = _writing(store)
+                if not caught:
+                    time.sleep(0.0005)
         else:
             while time.time() < deadline and _n_committed(store) <= before:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.5))
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: its worker processes follow it
         proc.wait()
+        if moment == "during a block write":
+            assert caught, "no half-written block was seen in 60 s: the kill did not land in a write"
         deadline = time.time() + 10
         while _group_alive(proc.pid) and time.time() < deadline:
             time.sleep(0.1)
