@@ -47,7 +47,9 @@ def test_auto_blocks_always_fit_the_memory_budget(n, workers, seconds, b_in, b_o
     p = make_plan(**args)
     assert 1 <= p.samples_per_block <= n
     assert p.task_memory <= TASK_SHARE * memory
-    assert p.n_blocks * p.samples_per_block >= n
+    # the blocks cover the space with no empty block, and every worker gets work
+    assert (p.n_blocks - 1) * p.samples_per_block < n <= p.n_blocks * p.samples_per_block
+    assert p.n_blocks >= min(n, workers)
     if seconds is not None and p.samples_per_block > 1:
         assert p.seconds_per_block <= 2.0  # never much more than a second of work
 

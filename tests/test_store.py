@@ -43,8 +43,30 @@ def test_layout_chunks_match_blocks_and_open_zarr_is_clean(store):
 def test_block_files_are_per_block(store):
     _run(store)
     # a block's chunks: one file per array per block, none shared
-    files = sorted(p.relative_to(store).as_posix() for p in Path(store).rglob("*") if p.is_file())
+    files = {p.relative_to(store).as_posix() for p in Path(store).rglob("*") if p.is_file()}
     assert "curve/c/0/0" in files and "curve/c/2/0" in files and "_daskbatch/done/c/2" in files
+    # every array along the batch dim, the bookkeeping included, is chunked exactly as the
+    # blocks are (20 samples of 50: blocks 0, 1, 2): one chunk file per block per array
+    import zarr
+
+    root = zarr.open_group(store, mode="r")
+    checked = []
+    for path, arr in root.members(max_depth=None):
+        if not isinstance(arr, zarr.Array):
+            continue
+        dims = arr.metadata.dimension_names or ()
+        if "sample" in dims:  # per-sample arrays: blocks of 20 along the sample dim
+            assert dims[0] == "sample" and arr.chunks[0] == 20, (path, arr.chunks)
+            want = {f"{path}/c/{b}" + "/0" * (arr.ndim - 1) for b in range(3)}
+        elif path.startswith("_daskbatch/") and arr.shape[:1] == (3,):  # per-block bookkeeping
+            assert arr.chunks == (1, *arr.shape[1:]), (path, arr.chunks)
+            want = {f"{path}/c/{b}" + "/0" * (arr.ndim - 1) for b in range(3)}
+        else:
+            continue
+        have = {f for f in files if f.startswith(f"{path}/c/")}
+        assert have == want, (path, sorted(have))
+        checked.append(path)
+    assert {"curve", "status", "sample", "_daskbatch/done", "_daskbatch/counts"} <= set(checked), checked
 
 
 def test_path_checks(tmp_path):
