@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import shlex
 import signal
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,28 +233,28 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-@contextlib.contextmanager
-def _reading(store: str):
+def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A store that cannot be read (a damaged chunk): one line naming the way to find it."""
     from .errors import StoreError
 
-    try:
-        yield
-    except DaskbatchError:
-        raise
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise StoreError(
-            f"reading store {store!r} failed ({type(e).__name__}: {e}); a file of it may be damaged: "
-            f"daskbatch status {shlex.quote(store)} --verify lists damaged blocks and how to recompute them"
-        ) from None
+    @functools.wraps(command)
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except DaskbatchError:
+            raise
+        except (RuntimeError, ValueError, OSError, KeyError) as e:
+            raise StoreError(
+                f"reading store {args.store!r} failed ({type(e).__name__}: {e}); a file of it may be "
+                f"damaged: daskbatch status {shlex.quote(args.store)} --verify lists damaged blocks "
+                "and how to recompute them"
+            ) from None
+
+    return guarded
 
 
+@_reading
 def _cmd_summary(args: argparse.Namespace) -> int:
-    with _reading(args.store):
-        return _cmd_summary_unguarded(args)
-
-
-def _cmd_summary_unguarded(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .analysis import outliers, summarize
@@ -305,24 +306,16 @@ def _cmd_summary_unguarded(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reading
 def _cmd_report(args: argparse.Namespace) -> int:
-    with _reading(args.store):
-        return _cmd_report_unguarded(args)
-
-
-def _cmd_report_unguarded(args: argparse.Namespace) -> int:
     from .report import report
 
     print(f"wrote {report(args.store, args.output)}")
     return 0
 
 
+@_reading
 def _cmd_export(args: argparse.Namespace) -> int:
-    with _reading(args.store):
-        return _cmd_export_unguarded(args)
-
-
-def _cmd_export_unguarded(args: argparse.Namespace) -> int:
     from .analysis import export
 
     rows = export(args.store, args.output, args.format, curves=args.curves)

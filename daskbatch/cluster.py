@@ -674,25 +674,12 @@ def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int |
 def _is_user_module(name: str) -> bool:
     """A module of the user's own (a file beside their script, a folder on sys.path), as
     opposed to the standard library, an installed package, or daskbatch."""
-    import sysconfig
+    from .provenance import installed_file
 
     if name in ("__main__", "__mp_main__") or name == "daskbatch" or name.startswith("daskbatch."):
         return False
     path = getattr(sys.modules.get(name), "__file__", None)
-    if not path:
-        return False
-    path = os.path.realpath(path)
-    roots = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    with contextlib.suppress(Exception):
-        import site
-
-        roots.update(site.getsitepackages())
-        roots.add(site.getusersitepackages())
-    for root in filter(None, roots):
-        root = os.path.realpath(root)
-        if path == root or path.startswith(root + os.sep):
-            return False
-    return True
+    return bool(path) and not installed_file(path)
 
 
 def module_origins(names: Sequence[str]) -> dict[str, str | None]:

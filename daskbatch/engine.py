@@ -679,36 +679,28 @@ def run(
         provenance["cwd"] = os.getcwd()
         provenance["argv"] = [str(a) for a in sys.argv[:50]]
 
-    def check(info: dict[str, Any] | None, announce: bool) -> tuple[Space, dict[str, Any] | None]:
-        """The space to run (a seedless design takes the store's seed) and the code change."""
-        nonlocal space
-        if info is None:
-            return space, None
-        space = _adopt_seed(space, info, announce)
-        _check_fingerprint(st, info, kernel, space, constants_json, chunk_size)
-        return space, _check_kernel_code(st, info, kernel, code, kernel_changed)
-
     info = None if overwrite else st.info()
     if info is not None:
-        check(info, announce=True)
-        damaged = st.verify(full=False) if not verify else ["full check asked for"]
+        space, _ = _check_store(st, info, kernel, space, constants_json, chunk_size, code, kernel_changed)
         retry = _blocks_to_retry(st) if retry_failed else []
-        if st.done_mask().all() and not damaged and not retry:  # no probe, no cluster, no lock
-            return _store_status(st, info, cls=RunResult, cluster=spec.description)
+        if not verify and not retry and st.done_mask().all() and not st.verify(full=False):
+            return _store_status(st, info, cls=RunResult, cluster=spec.description)  # no probe, no lock
 
     created_dir = not st.path.exists()
     lock = st.lock().acquire()  # a second run on this store is refused here, naming the holder
     try:
         # read again under the lock: a run that ended meanwhile has written its history
         info = None if overwrite else st.info()
-        _, code_change = check(info, announce=False)
         if info is not None:
+            space, code_change = _check_store(
+                st, info, kernel, space, constants_json, chunk_size, code, kernel_changed, announce=False
+            )
             block_shape = tuple(info["layout"]["block_shape"])
             damaged = st.verify(full=verify)
             retry = _blocks_to_retry(st) if retry_failed else []
-            info.update({k: v for k, v in provenance.items() if k != "spec_dir" or v})
+            info.update(provenance)
         else:
-            block_shape = None
+            block_shape, code_change = None, None
             damaged, retry = [], []
         return _run_locked(
             kernel=kernel,
@@ -762,6 +754,24 @@ def _say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+def _check_store(
+    st: Store,
+    info: Mapping[str, Any],
+    kernel: Kernel,
+    space: Space,
+    constants_json: Any,
+    chunk_size: Any,
+    code: Mapping[str, Any],
+    kernel_changed: str,
+    announce: bool = True,
+) -> tuple[Space, dict[str, Any] | None]:
+    """Refuse a store written by a different run; return the space to run (a seedless
+    design takes the store's seed) and the change of the kernel's code, if any."""
+    space = _adopt_seed(space, info, announce)
+    _check_fingerprint(st, info, kernel, space, constants_json, chunk_size)
+    return space, _check_kernel_code(st, info, kernel, code, kernel_changed)
 
 
 def _spec_kernel_ref(spec_file: str | os.PathLike[str]) -> str | None:

@@ -71,18 +71,25 @@ _MAX_CONSTANT_ITEMS = 10_000
 
 
 def _installed_roots() -> tuple[str, ...]:
-    roots = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        with_path = sysconfig.get_paths().get(key)
-        if with_path:
-            roots.add(os.path.realpath(with_path))
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix):
-        roots.add(os.path.realpath(os.path.join(p, "lib")))
-    return tuple(sorted(roots))
+    roots = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots |= {os.path.join(p, "lib") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    try:
+        import site
+
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    except Exception:  # pragma: no cover - a Python without site's helpers
+        pass
+    return tuple(sorted({os.path.realpath(r) for r in roots if r}))
 
 
 _ROOTS = _installed_roots()
-_OWN = os.path.realpath(os.path.dirname(__file__))
+
+
+def installed_file(file: str) -> bool:
+    """Whether ``file`` belongs to the Python installation or an installed package."""
+    real = os.path.realpath(file)
+    return "site-packages" in real or any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
 
 
 def _is_user_module(name: str | None, file: str | None) -> bool:
@@ -96,10 +103,7 @@ def _is_user_module(name: str | None, file: str | None) -> bool:
         return name.startswith(("daskbatch.models", "daskbatch.testing"))
     if not file:
         return False
-    real = os.path.realpath(file)
-    if real.startswith(_OWN + os.sep):
-        return False
-    return not any(real.startswith(root + os.sep) for root in _ROOTS) and "site-packages" not in real
+    return not installed_file(file)
 
 
 def _normalized(source: str) -> tuple[str, str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -32,44 +33,28 @@ def _dask_cli() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("dask") or "dask"]
 
 
-@pytest.fixture(scope="session")
-def remote_scheduler():
-    """A real `dask scheduler` and `dask worker` (2 single-threaded processes) on 127.0.0.1."""
+@contextlib.contextmanager
+def dask_processes(n_workers: int, env: dict[str, str], cwd: Path | None = None, worker_args=()):
+    """A real `dask scheduler` and `dask worker` (single-threaded processes) on 127.0.0.1,
+    started as subprocesses; yields the scheduler's address and stops both after."""
     from distributed import Client
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    # the workers import kernels by module name, like any dask worker: test modules too
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    common = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    sched = subprocess.Popen(
-        [
-            *_dask_cli(),
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-address",
-            "127.0.0.1:0",
-        ],
-        **common,
-    )
+    common = {"env": env, "cwd": cwd, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    host = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    sched = subprocess.Popen([*_dask_cli(), "scheduler", "--port", str(port), *host], **common)
     worker = subprocess.Popen(
         [
             *_dask_cli(),
             "worker",
             address,
             "--nworkers",
-            "2",
+            str(n_workers),
             "--nthreads",
             "1",
-            "--host",
-            "127.0.0.1",
-            "--dashboard-address",
-            "127.0.0.1:0",
-            "--memory-limit",
-            "2GiB",
+            *host,
+            *worker_args,
         ],
         **common,
     )
@@ -78,12 +63,12 @@ def remote_scheduler():
         while True:
             try:
                 with Client(address, timeout="5s") as c:
-                    c.wait_for_workers(2, timeout=60)
+                    c.wait_for_workers(n_workers, timeout=60)
                 break
             except OSError:
                 if time.time() > deadline:
                     raise
-                time.sleep(0.5)
+                time.sleep(0.3)
         yield address
     finally:
         for p in (worker, sched):
@@ -93,6 +78,15 @@ def remote_scheduler():
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def remote_scheduler():
+    """A real `dask scheduler` and `dask worker` (2 single-threaded processes) on 127.0.0.1."""
+    # the workers import kernels by module name, like any dask worker: test modules too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    with dask_processes(2, env, worker_args=("--memory-limit", "2GiB")) as address:
+        yield address
 
 
 @pytest.fixture(params=SCHEDULERS)

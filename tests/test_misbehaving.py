@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _dask_cli, _free_port, run_cli
+from conftest import dask_processes, run_cli
 
 import daskbatch as db
 from daskbatch.cluster import KernelCrashError, WorkerImportError
@@ -248,38 +248,9 @@ def test_a_sample_over_the_memory_limit_is_named_as_such(tmp_path):
 def bare_cluster(tmp_path_factory):
     """A `dask scheduler` and a `dask worker` that import daskbatch but nothing of the
     tests: no PYTHONPATH, started in an empty folder, listening on 127.0.0.1."""
-    from distributed import Client
-
-    here = tmp_path_factory.mktemp("bare")
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    common = {"env": env, "cwd": here, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    host = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
-    sched = subprocess.Popen([*_dask_cli(), "scheduler", "--port", str(port), *host], **common)
-    worker = subprocess.Popen(
-        [*_dask_cli(), "worker", address, "--nworkers", "1", "--nthreads", "1", *host], **common
-    )
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with Client(address, timeout="5s") as c:
-                    c.wait_for_workers(1, timeout=60)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
+    with dask_processes(1, env, cwd=tmp_path_factory.mktemp("bare")) as address:
         yield address
-    finally:
-        for p in (worker, sched):
-            p.terminate()
-        for p in (worker, sched):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def _user_module(folder: Path, body: str) -> str:
