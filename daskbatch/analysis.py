@@ -274,7 +274,7 @@ def export(
     """
     import zarr
 
-    from .store import INTERNAL, Store
+    from .store import Store
 
     path = Path(path)
     fmt = format or path.suffix.lstrip(".").lower()
@@ -307,7 +307,7 @@ def export(
     ds = st.open_dataset()
     skip = {*layout["batch_dims"], "status", *info["kernel"]["outputs"]}
     params = [k for k in ds.data_vars if k not in skip and set(layout["batch_dims"]) <= set(ds[k].dims)]
-    done = root[f"{INTERNAL}/done"]
+    ledger = st.ledger
     tmp = path.with_name(path.name + ".partial")
     rows = 0
     try:
@@ -316,10 +316,8 @@ def export(
                 slice(i * b, min((i + 1) * b, n))
                 for i, b, n in zip(block, layout["block_shape"], layout["batch_shape"], strict=True)
             )
-            try:  # the marker first, then the data; a damaged marker is no marker
-                committed = bool(done[block] == 1)
-            except Exception:
-                committed = False
+            # the ledger first, then the data; an unreadable record (or marker) is none
+            committed = ledger.is_committed(block)
             frame = _frame(root, info, params, region, curves, committed)
             rows += len(frame)
             if fmt == "csv":

@@ -1,4 +1,4 @@
-"""The Zarr layout of a daskbatch store.
+"""A daskbatch store on disk: :class:`Store` creates it, writes and reads its blocks.
 
 ::
 
@@ -8,25 +8,23 @@
       <parameters>                   (batch dims..., core dims...)
       <outputs>                      (batch dims..., output dims...)
       status                         (batch dims...) int8, codes in STATUS
-      _daskbatch/done                one uint8 per block: the commit marker
-      _daskbatch/counts              per block: samples per status code
-      _daskbatch/errors              per block: JSON list of the first errors
-      _daskbatch/seconds             per block: kernel seconds
-      _daskbatch/checksums           per block: size and CRC-32 of every chunk file it wrote
+      .daskbatch/blocks/<i.j>.json   not Zarr: the record of committed block (i, j) (format 2)
       .daskbatch/lock                not Zarr: who is writing the store now (host, pid, start)
       .daskbatch/timeouts/           not Zarr: samples a timeout stopped, per block
 
-Every array is chunked exactly like the blocks along the batch dims (and whole
-along core dims), so no two tasks ever write the same chunk, and every chunk of a
-block is written even when it holds only fill values. A block is written in order:
-its sample coordinate, parameters and outputs; then its status and bookkeeping;
-then its checksums; last its marker. A block without a marker is pending, whatever
-else of it is on disk, and is simply written again. So ``status`` read directly
-never shows a sample as done before its outputs are on disk, and
-``Store.open_dataset`` shows it as done only once its block has a marker. A marker
-that cannot be read, or a chunk file behind a marker that is missing or has another
-size than the one recorded, makes its block pending again; ``verify`` also compares
-every checksum.
+The arrays and their template are in :mod:`daskbatch.layout`, the block ledger (which
+blocks are committed, their records, the store formats) in :mod:`daskbatch.ledger`
+(format 2) and :mod:`daskbatch.ledger_format1`, the writer lock in
+:mod:`daskbatch.lock`; their public names are importable from here too.
+
+Every array is chunked exactly like the blocks along the batch dims, so no two
+tasks ever write the same chunk, and every chunk of a block is written even when it
+holds only fill values. A block is written in order: its sample coordinate,
+parameters and outputs; then its status; then its record (which holds the checksums
+of the chunk files written before), committed to the ledger. A block without a
+record is pending, whatever else of it is on disk, and is simply written again. So
+``status`` read directly never shows a sample as done before its outputs are on
+disk, and ``Store.open_dataset`` shows it as done only once its block is committed.
 """
 
 from __future__ import annotations
@@ -34,98 +32,69 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
-import shlex
 import shutil
-import socket
-import sys
 import threading
-import time
 import warnings
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from .errors import StoreError, StoreExistsError, StoreLockedError, StoreNotFoundError, StoreWriteError
-from .kernel import STATUS, Output
-from .space import Param
+from .errors import StoreError, StoreExistsError, StoreNotFoundError, StoreWriteError
+from .layout import Layout, write_template
+from .ledger import (
+    _WRITE_EMPTY,
+    BLOCKS,
+    HIDDEN,
+    INTERNAL,
+    BlockLedger,
+    BlockProblem,
+    BlockRecord,
+    _checksum,
+    _Format2Ledger,
+    _write_all,
+    store_format,
+)
+from .ledger_format1 import _create_format1, _Format1Ledger
+from .lock import StoreLock
 
-__all__ = ["INTERNAL", "BlockProblem", "Layout", "Store", "StoreLock"]
+# Names defined here before they moved to the modules above; still importable from here.
+from .errors import StoreLockedError as StoreLockedError  # isort: skip
+from .kernel import STATUS as STATUS  # isort: skip
+from .kernel import Output as Output  # isort: skip
+from .layout import _compressors as _compressors  # isort: skip
+from .ledger import _FORMAT as _FORMAT  # isort: skip
+from .ledger import _FORMATS as _FORMATS  # isort: skip
+from .ledger import Block as Block  # isort: skip
+from .ledger import _blocks_of as _blocks_of  # isort: skip
+from .ledger import _gather_writes as _gather_writes  # isort: skip
+from .ledger import _is_count as _is_count  # isort: skip
+from .ledger_format1 import _INTERNAL_ARRAYS as _INTERNAL_ARRAYS  # isort: skip
+from .ledger_format1 import _read_blocks as _read_blocks  # isort: skip
+from .ledger_format1 import _read_region as _read_region  # isort: skip
+from .lock import _LOCK_SIZE as _LOCK_SIZE  # isort: skip
+from .lock import _alive_here as _alive_here  # isort: skip
+from .lock import _read_holder as _read_holder  # isort: skip
+from .lock import _try_flock as _try_flock  # isort: skip
+from .lock import _unlock as _unlock  # isort: skip
+from .space import Param as Param  # isort: skip
 
-INTERNAL = "_daskbatch"
-HIDDEN = ".daskbatch"  # lock and timeout records: plain files, invisible to Zarr and xarray
-_INTERNAL_ARRAYS = ("done", "counts", "errors", "seconds", "checksums")
-_WRITE_EMPTY = {"write_empty_chunks": True}
+__all__ = [
+    "INTERNAL",
+    "BlockLedger",
+    "BlockProblem",
+    "BlockRecord",
+    "Layout",
+    "Store",
+    "StoreLock",
+    "store_format",
+]
+
 _ATTR = "daskbatch"
-_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Everything about the arrays of a store that a block writer needs."""
-
-    batch_dims: tuple[str, ...]
-    batch_shape: tuple[int, ...]
-    block_shape: tuple[int, ...]
-    params: Mapping[str, Param]
-    outputs: Mapping[str, Output]
-    batch_coords: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
-    store_id: str = ""
-
-    @property
-    def numblocks(self) -> tuple[int, ...]:
-        return tuple(math.ceil(n / b) for n, b in zip(self.batch_shape, self.block_shape, strict=True))
-
-    @property
-    def n_blocks(self) -> int:
-        return math.prod(self.numblocks)
-
-    def block_slices(self, block: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(
-            slice(i * b, min((i + 1) * b, n))
-            for i, b, n in zip(block, self.block_shape, self.batch_shape, strict=True)
-        )
-
-    def validate(self) -> None:
-        """Reject names that would clash in the store or in xarray."""
-        taken: dict[str, str] = {d: "batch dim" for d in self.batch_dims}
-        core_sizes: dict[str, int] = {}
-
-        def claim(name: str, what: str) -> None:
-            if name in ("status", INTERNAL) or (name in taken and what != "axis"):
-                other = "reserved by daskbatch" if name in ("status", INTERNAL) else taken[name]
-                raise StoreError(f"{what} {name!r} clashes with a name already used ({other})")
-            taken[name] = what
-
-        def core(dim: str, size: int, owner: str) -> None:
-            if dim in self.batch_dims:
-                raise StoreError(f"{owner}: core dim {dim!r} is also a batch dim; rename it")
-            if core_sizes.setdefault(dim, size) != size:
-                raise StoreError(
-                    f"{owner}: dim {dim!r} has size {size} here and {core_sizes[dim]} elsewhere; "
-                    "give the dims different names"
-                )
-
-        for p in self.params.values():
-            if not p.is_axis:
-                claim(p.name, "parameter")
-            for d, s in zip(p.core_dims, p.core_shape, strict=True):
-                core(d, s, f"parameter {p.name!r}")
-        for name, o in self.outputs.items():
-            claim(name, "output")
-            for d, s in zip(o.dims, o.shape, strict=True):
-                core(d, s, f"output {name!r}")
-        for name, o in self.outputs.items():
-            for d in o.coords:
-                if d in taken:
-                    raise StoreError(f"output {name!r}: coordinate {d!r} clashes with {taken[d]}")
-
+_NEW_STORE_FORMAT = 2  # the format of the stores ``Store.create`` makes (1 only to make old stores)
 
 # Arrays opened per process and store, so that a worker opens each array once.
 _OPEN: dict[tuple[str, str], dict[str, zarr.Array]] = {}
@@ -139,236 +108,44 @@ def _quiet_consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-@dataclass(frozen=True)
-class BlockProblem:
-    """A committed block that cannot be trusted; resume recomputes it."""
-
-    block: tuple[int, ...]
-    problem: str
-
-    def __str__(self) -> str:
-        return f"block {list(self.block)}: {self.problem}"
+# Ledgers per process, store path and creation: a worker opens each store's once.
+_LEDGERS: dict[tuple[str, str], BlockLedger] = {}
 
 
-def _checksum(path: Path) -> tuple[int, int]:
-    """Size and CRC-32 of a file, read in pieces (a chunk file is never held whole)."""
-    size, crc = 0, 0
-    with open(path, "rb") as f:
-        while piece := f.read(1 << 20):
-            size += len(piece)
-            crc = zlib.crc32(piece, crc)
-    return size, crc
+def _ledger_for(path: Path, info: Mapping[str, Any]) -> BlockLedger:
+    """The ledger of the store at ``path`` whose provenance is ``info``."""
+    fmt = store_format(info, path)
+    key = (str(path), str(info.get("store_id", "")))
+    with _OPEN_LOCK:
+        ledger = _LEDGERS.get(key)
+        if ledger is None or ledger.format != fmt:
+            ledger = _LEDGERS[key] = (_Format1Ledger if fmt == 1 else _Format2Ledger)(path, info)
+        return ledger
 
 
-_LOCK_SIZE = 2048
+# The status array a reader opened, per process and store.
+_STATUS: dict[tuple[str, str], zarr.Array] = {}
 
 
-class StoreLock:
-    """One writer at a time: an advisory ``flock`` on ``.daskbatch/lock`` in the store.
-
-    The operating system releases the lock when its process ends, however it ends,
-    so a lock left by a killed run is free again and is taken over; the file keeps
-    the last holder's host, pid and start time, which name the holder when a second
-    run is refused (or the run whose lock was taken over). On filesystems without
-    ``flock`` the holder's pid is checked instead when it ran on this host.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._doc: dict[str, Any] = {}
-        self.previous: dict[str, Any] | None = None
-
-    def holder(self) -> dict[str, Any] | None:
-        """Who holds the lock now, or None; never takes it."""
-        if not self.path.exists():
-            return None
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            got = _try_flock(fd, shared=True)
-            if got:
-                _unlock(fd)
-            doc = _read_holder(self.path)
-            if got is False:
-                return doc or {"host": "?", "pid": "?", "start": "?"}
-            if got is None and doc and _alive_here(doc):
-                return doc
-            return None
-        finally:
-            os.close(fd)
-
-    def acquire(self) -> StoreLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        got = _try_flock(fd)
-        doc = _read_holder(self.path)
-        if got is False or (got is None and doc and _alive_here(doc)):
-            os.close(fd)
-            who = doc or {}
-            raise StoreLockedError(
-                f"store {str(self.path.parent.parent)!r} is being written by another run: host "
-                f"{who.get('host', '?')}, pid {who.get('pid', '?')}, started {who.get('start', '?')}. "
-                f"Wait for it to finish (`daskbatch status {shlex.quote(str(self.path.parent.parent))}` "
-                "shows its progress), or stop "
-                "that run; a lock left by a run that was killed is taken over automatically"
-            )
-        self.previous = doc or None  # a holder that is gone: its lock is stale
-        me = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv)[:300],
-        }
-        self._fd = fd
-        self._doc = me
-        os.ftruncate(fd, 0)
-        self._write()
-        os.fsync(fd)
-        return self
-
-    def _write(self) -> None:
-        # one fixed-size write: a reader never sees a half-replaced document
-        text = json.dumps(self._doc)
-        os.pwrite(self._fd, text.ljust(max(_LOCK_SIZE, len(text))).encode(), 0)
-
-    def update(self, **progress: Any) -> None:
-        """Publish the run's progress (done, rate, ETA, ...) for ``daskbatch status``."""
-        if self._fd is None:
-            return
-        self._doc["progress"] = {**progress, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with contextlib.suppress(OSError):  # a full disk must not stop the run here
-            self._write()
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):  # a full disk: the lock still goes with the fd
-            os.ftruncate(self._fd, 0)
-        _unlock(self._fd)
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> StoreLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _try_flock(fd: int, shared: bool = False) -> bool | None:
-    """True: locked; False: someone else holds it; None: this filesystem has no flock."""
-    import fcntl
-
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as e:
-        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-            return None
-        raise
-
-
-def _unlock(fd: int) -> None:
-    import fcntl
-
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _read_holder(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text().strip() or "null")
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _alive_here(doc: Mapping[str, Any]) -> bool:
-    """Whether the holder's process still runs (only knowable on its own host)."""
-    if doc.get("host") != socket.gethostname():
-        return True  # another host: assume it runs
-    try:
-        os.kill(int(doc["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_blocks(arr: zarr.Array, fill: Any) -> np.ndarray:
-    """Read a per-block bookkeeping array; a chunk that cannot be decoded reads as ``fill``."""
-    try:
-        return arr[...]
-    except Exception:
-        out = np.full(arr.shape, fill, dtype=arr.dtype)
-        nb = arr.shape[: len(arr.shape) - (1 if arr.ndim > 1 and arr.chunks[-1] > 1 else 0)]
-        for b in np.ndindex(nb):
-            with contextlib.suppress(Exception):
-                out[b] = arr[b]
-        return out
-
-
-def _compressors(dtype: Any) -> Any:
-    """Blosc with LZ4 and byte shuffling for numbers, Zarr's default for strings.
-
-    Compressing is most of the cost of writing a block of a cheap kernel: Zarr's
-    default (Zstandard) encodes about 600 MB/s here, Blosc-LZ4 with shuffling about
-    3 GB/s, and it compresses float64 results slightly better and a sample index
-    20x better. Every Zarr reader decodes it.
-    """
-    if dtype is str or np.dtype(dtype).kind in "USO":
-        return "auto"
-    from zarr.codecs import BloscCodec
-
-    return (BloscCodec(cname="lz4", clevel=5),)
-
-
-async def _gather_writes(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
-    import asyncio
-
-    await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
-
-
-def _write_all(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
-    """Write several regions concurrently on zarr's I/O loop (all have returned on exit)."""
-    try:
-        from zarr.core.sync import sync
-    except ImportError:  # pragma: no cover - a zarr without its sync helper: one at a time
-        for arr, sel, value in writes:
-            arr[sel] = value
-        return
-    sync(_gather_writes(writes))
-
-
-# Arrays a reader opened, per process and store: status and the commit markers.
-_READ: dict[tuple[str, str], tuple[zarr.Array, zarr.Array]] = {}
-
-
-def _read_arrays(path: str, store_id: str) -> tuple[zarr.Array, zarr.Array]:
+def _status_array(path: str, store_id: str) -> zarr.Array:
     key = (path, store_id)
     with _OPEN_LOCK:
-        got = _READ.get(key)
+        got = _STATUS.get(key)
         if got is None:
-            root = zarr.open_group(path, mode="r", use_consolidated=False)
-            got = _READ[key] = (root["status"], root[f"{INTERNAL}/done"])
+            got = _STATUS[key] = zarr.open_group(path, mode="r", use_consolidated=False)["status"]
         return got
 
 
 class _CommittedStatus:
-    """``status`` as a reader sees it: 0 (pending) wherever the block has no commit marker.
+    """``status`` as a reader sees it: 0 (pending) wherever the block is not committed.
 
     A lazily indexed array for ``dask.array.from_array``: each read of a region first
-    reads the markers of the blocks it covers (one byte each), then the region of
-    ``status``, and returns the status of the committed blocks and 0 elsewhere. A
-    marker is written after everything else of its block, so a sample shown as done
-    has its outputs, parameters and bookkeeping on disk, final. Holds no data: the
-    memory of a read is that of the region.
+    asks the ledger which blocks it covers are committed (one small file per block in
+    format 2, one byte per block in format 1), then reads the region of ``status``,
+    and returns the status of the committed blocks and 0 elsewhere. A block is
+    committed after everything else of it is on disk, so a sample shown as done has
+    its outputs and parameters on disk, final. Holds no data: the memory of a read is
+    that of the region.
     """
 
     def __init__(self, path: str, store_id: str, batch_shape, block_shape) -> None:
@@ -378,6 +155,10 @@ class _CommittedStatus:
         self.block_shape = tuple(int(b) for b in block_shape)
         self.dtype = np.dtype("int8")
         self.ndim = len(self.shape)
+
+    def _ledger(self) -> BlockLedger:
+        ledger = _LEDGERS.get((self.path, self.store_id))
+        return ledger if ledger is not None else Store(self.path).ledger
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -400,24 +181,18 @@ class _CommittedStatus:
                 i = int(k) + (n if int(k) < 0 else 0)
                 region.append(slice(i, i + 1))
                 local.append(0)
-        status, done = _read_arrays(self.path, self.store_id)
-        committed = self._committed(done, region)  # the markers first, then the data
+        committed = self._committed(region)  # the ledger first, then the data
+        status = _status_array(self.path, self.store_id)
         values = np.where(committed, status[tuple(region)], 0).astype(self.dtype)
         return values[tuple(local)]
 
-    def _committed(self, done: zarr.Array, region: list[slice]) -> np.ndarray:
-        """True for every sample of ``region`` whose block's marker reads 1."""
+    def _committed(self, region: list[slice]) -> np.ndarray:
+        """True for every sample of ``region`` whose block is committed."""
         blocks = tuple(
             slice(r.start // b, max(r.start // b, -(-r.stop // b)))
             for r, b in zip(region, self.block_shape, strict=True)
         )
-        try:
-            marks = np.asarray(done[blocks]) == 1
-        except Exception:  # a damaged marker counts as none, the others as they read
-            marks = np.zeros(tuple(s.stop - s.start for s in blocks), dtype=bool)
-            for idx in np.ndindex(marks.shape):
-                with contextlib.suppress(Exception):
-                    marks[idx] = done[tuple(s.start + i for s, i in zip(blocks, idx, strict=True))] == 1
+        marks = self._ledger().committed(blocks)
         for axis, (r, s, b) in enumerate(zip(region, blocks, self.block_shape, strict=True)):
             first = r.start - s.start * b
             marks = np.repeat(marks, b, axis=axis)
@@ -468,8 +243,13 @@ class Store:
             return False
         return any(child.name != HIDDEN for child in self.path.iterdir())
 
-    def info(self) -> dict[str, Any] | None:
-        """The store's provenance (``attrs["daskbatch"]``), or None if it has none."""
+    def info(self, *, check_format: bool = True) -> dict[str, Any] | None:
+        """The store's provenance (``attrs["daskbatch"]``), or None if it has none.
+
+        Raises :class:`StoreError` when the provenance names a store format this code
+        does not read (a newer daskbatch wrote the store), unless ``check_format`` is
+        False: so every reader and writer refuses such a store before touching it.
+        """
         meta = self.path / "zarr.json"
         if not meta.is_file():
             return None
@@ -477,10 +257,16 @@ class Store:
             doc = json.loads(meta.read_text())
         except (OSError, ValueError):
             return None
-        info = doc.get("attributes", {}).get(_ATTR)
-        return info if isinstance(info, dict) else None
+        info = doc.get("attributes", {}).get(_ATTR) if isinstance(doc, dict) else None
+        if not isinstance(info, dict):
+            return None
+        if check_format:
+            store_format(info, self.path)
+        return info
 
     def require_info(self) -> dict[str, Any]:
+        """The store's provenance; StoreError if there is no daskbatch store here, or
+        one of a store format this code does not read."""
         info = self.info()
         if info is None:
             if not self.path.exists():
@@ -488,114 +274,76 @@ class Store:
             raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
         return info
 
+    @property
+    def format(self) -> int:
+        """The store format (1 or 2) of this store."""
+        return store_format(self.require_info(), self.path)
+
+    @property
+    def ledger(self) -> BlockLedger:
+        """The store's :class:`BlockLedger`: which blocks are committed, and their records."""
+        return _ledger_for(self.path, self.require_info())
+
     # ----------------------------------------------------------------- creation
 
     def create(self, layout: Layout, info: Mapping[str, Any], *, overwrite: bool = False) -> None:
-        """Write the template: every array with its metadata, no data but coordinates."""
+        """Write the template: every array with its metadata, no data but coordinates.
+
+        The store is made in the current store format (2): ``info["format"]`` is set to
+        it, whatever ``info`` says. A store of a format this code does not read is
+        never overwritten.
+        """
         if self.path.exists():
-            if self.is_foreign():
-                raise StoreExistsError(
-                    f"store={str(self.path)!r} is not empty and was not written by daskbatch; "
-                    "daskbatch never deletes data it did not write. Choose a new path"
-                )
-            if self.is_daskbatch() and not overwrite:
-                raise StoreExistsError(f"store {str(self.path)!r} exists; pass overwrite=True")
-            for child in self.path.iterdir():  # everything but the lock this run holds
-                if child.name == HIDDEN:
-                    shutil.rmtree(child / "timeouts", ignore_errors=True)
-                elif child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            self._clear(overwrite)
         root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
-        bshape = layout.block_shape
-
-        def array(name, shape, chunks, dtype, fill, dims, attrs=None):
-            return root.create_array(
-                name=name,
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
-                fill_value=fill,
-                dimension_names=dims,
-                attributes=dict(attrs or {}),
-                compressors=_compressors(dtype),
-            )
-
-        for d, n, b in zip(layout.batch_dims, layout.batch_shape, bshape, strict=True):
-            coord = layout.batch_coords.get(d)
-            if coord is None:  # a sample index, written block by block
-                array(d, (n,), (b,), "int64", -1, (d,))
-            else:
-                a = array(d, (n,), (n,), coord.dtype if coord.dtype.kind != "U" else str, None, (d,))
-                a[:] = coord
-        for p in layout.params.values():
-            if p.is_axis:
-                continue
-            dtype = str if p.dtype.kind == "U" else p.dtype
-            fill = "" if p.dtype.kind == "U" else (np.nan if p.dtype.kind == "f" else 0)
-            array(
-                p.name,
-                layout.batch_shape + p.core_shape,
-                bshape + p.core_shape,
-                dtype,
-                fill,
-                p.dims,
-            )
-        for name, o in layout.outputs.items():
-            array(
-                name,
-                layout.batch_shape + o.shape,
-                bshape + o.shape,
-                o.dtype,
-                o.fill,
-                layout.batch_dims + o.dims,
-                o.attrs,
-            )
-            for d, values in o.coords.items():
-                if d not in root:
-                    a = array(d, values.shape, values.shape, values.dtype, None, (d,))
-                    a[:] = values
-        codes = sorted(STATUS.items(), key=lambda kv: kv[1])
-        array(
-            "status",
-            layout.batch_shape,
-            bshape,
-            "int8",
-            STATUS["pending"],
-            layout.batch_dims,
-            {
-                "long_name": "per-sample status",
-                "flag_values": [v for _, v in codes],
-                "flag_meanings": " ".join(k for k, _ in codes),
-            },
-        )
-        internal = root.create_group(INTERNAL)
-        nb = layout.numblocks
-        ones = (1,) * len(nb)
-        internal.create_array(name="done", shape=nb, chunks=ones, dtype="uint8", fill_value=0)
-        internal.create_array(
-            name="counts",
-            shape=(*nb, len(STATUS)),
-            chunks=(*ones, len(STATUS)),
-            dtype="int64",
-            fill_value=0,
-        )
-        internal.create_array(name="errors", shape=nb, chunks=ones, dtype=str, fill_value="")
-        internal.create_array(name="seconds", shape=nb, chunks=ones, dtype="float64", fill_value=np.nan)
-        internal.create_array(name="checksums", shape=nb, chunks=ones, dtype=str, fill_value="")
-        root.attrs[_ATTR] = dict(info)
+        write_template(root, layout)
+        fmt = _NEW_STORE_FORMAT
+        if fmt == 1:
+            _create_format1(root, layout.numblocks)
+        else:
+            (self.path / HIDDEN / BLOCKS).mkdir(parents=True, exist_ok=True)
+        root.attrs[_ATTR] = {**info, "format": fmt}
         _quiet_consolidate(self.path)
 
+    def _clear(self, overwrite: bool) -> None:
+        """Empty an existing path before a store is made there (the lock this run holds stays).
+
+        Raises :class:`StoreExistsError` for a folder that is not a daskbatch store, and
+        for a store when ``overwrite`` is False.
+        """
+        if self.is_foreign():
+            raise StoreExistsError(
+                f"store={str(self.path)!r} is not empty and was not written by daskbatch; "
+                "daskbatch never deletes data it did not write. Choose a new path"
+            )
+        if self.is_daskbatch() and not overwrite:
+            raise StoreExistsError(f"store {str(self.path)!r} exists; pass overwrite=True")
+        for child in self.path.iterdir():  # everything but the lock this run holds
+            if child.name == HIDDEN:
+                shutil.rmtree(child / "timeouts", ignore_errors=True)
+                shutil.rmtree(child / BLOCKS, ignore_errors=True)
+            elif child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
     def update_info(self, info: Mapping[str, Any]) -> None:
-        """Replace the provenance; only the driver calls this, never a task."""
+        """Replace the provenance; only the driver calls this, never a task.
+
+        The store format is kept as it is on disk (the layout of the bookkeeping
+        decides it, not ``info``); a store of a format this code does not read is
+        refused.
+        """
+        current = self.info(check_format=False)
+        fmt = store_format(current if current is not None else info, self.path)
         root = zarr.open_group(str(self.path), mode="r+")
-        root.attrs[_ATTR] = dict(info)
+        root.attrs[_ATTR] = {**info, "format": fmt}
         _quiet_consolidate(self.path)
 
     # ----------------------------------------------------------------- blocks
 
     def _arrays(self, layout: Layout) -> dict[str, zarr.Array]:
+        """The arrays a block writes (sample coordinate, parameters, outputs, status)."""
         key = (str(self.path), layout.store_id)
         with _OPEN_LOCK:
             cached = _OPEN.get(key)
@@ -605,10 +353,13 @@ class Store:
                 names += [*list(layout.outputs), "status"]
                 names += [d for d in layout.batch_dims if d not in layout.batch_coords]
                 cached = {n: root[n].with_config(_WRITE_EMPTY) for n in names}
-                for n in _INTERNAL_ARRAYS:
-                    cached[f"{INTERNAL}/{n}"] = root[f"{INTERNAL}/{n}"].with_config(_WRITE_EMPTY)
                 _OPEN[key] = cached
             return cached
+
+    def _writer_ledger(self, layout: Layout) -> BlockLedger:
+        """The ledger a block writer commits to (found once per process and store)."""
+        ledger = _LEDGERS.get((str(self.path), layout.store_id))
+        return ledger if ledger is not None else self.ledger
 
     def write_block(
         self,
@@ -621,17 +372,19 @@ class Store:
         n_errors: int,
         seconds: float,
     ) -> np.ndarray:
-        """Write one block, in three steps, then its marker. Returns its counts per status code.
+        """Write one block, in three steps, and commit it. Returns its counts per status code.
 
         1. the sample coordinate, the parameters and the outputs (concurrently);
-        2. once those have returned: ``status``, ``counts``, ``seconds`` and ``errors``
-           (concurrently), so that a reader of ``status`` alone (``xarray.open_zarr``)
-           never sees a sample as done before its outputs are on disk;
-        3. the size and CRC-32 of every chunk file written, in ``checksums``;
-
-        and last the commit marker ``done``.
+        2. once those have returned: ``status``, so that a reader of ``status`` alone
+           (``xarray.open_zarr``) never sees a sample as done before its outputs are
+           on disk;
+        3. the block's record (counts, seconds, errors, and the size and CRC-32 of
+           every chunk file written in steps 1 and 2), committed to the ledger: in
+           format 2 one file renamed into place, in format 1 the bookkeeping arrays
+           and last the marker ``done``.
         """
         arrays = self._arrays(layout)
+        ledger = self._writer_ledger(layout)
         region = layout.block_slices(block)
         data: list[tuple[zarr.Array, Any, Any]] = []
         for d, s in zip(layout.batch_dims, region, strict=True):
@@ -641,22 +394,14 @@ class Store:
             data.append((arrays[name], region, values))
         for name, values in outputs.items():
             data.append((arrays[name], region, values))
-        counts = np.bincount(status.ravel(), minlength=len(STATUS)).astype(np.int64)
-        doc = {"errors": errors, "n_errors": int(n_errors)} if n_errors else None
-        states: list[tuple[zarr.Array, Any, Any]] = [
-            (arrays["status"], region, status),
-            (arrays[f"{INTERNAL}/counts"], block, counts),
-            (arrays[f"{INTERNAL}/seconds"], block, seconds),
-            (arrays[f"{INTERNAL}/errors"], block, json.dumps(doc) if doc else ""),
-        ]
         try:
             _write_all(data)
             # status only after the data it describes has returned
-            _write_all(states)
+            arrays["status"][region] = status
             sums = {rel: _checksum(self.path / rel) for rel in self._chunk_files(layout, block, arrays)}
-            arrays[f"{INTERNAL}/checksums"][block] = json.dumps(sums)
-            # the commit marker, strictly after every other write of the block has returned
-            arrays[f"{INTERNAL}/done"][block] = 1
+            record = BlockRecord.of(status, seconds, errors, n_errors, sums)
+            # the commit, strictly after every other write of the block has returned
+            ledger.commit(tuple(block), record)
         except OSError as e:
             what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
             raise StoreWriteError(
@@ -665,10 +410,10 @@ class Store:
                 "(or fix the cause) and run the same command again to finish",
                 e.errno,
             ) from e
-        return counts
+        return record.counts_array()
 
     def _chunk_files(self, layout: Layout, block: tuple[int, ...], arrays=None) -> list[str]:
-        """Paths (relative to the store) of the chunk files block ``block`` writes.
+        """Paths (relative to the store) of the data and status chunk files block ``block`` writes.
 
         The sample-index coordinate is left out: it is checked by value instead.
         """
@@ -680,10 +425,6 @@ class Store:
             arr = arrays[name]
             coords = tuple(block) + (0,) * (arr.ndim - len(block))
             files.append(f"{name}/{arr.metadata.encode_chunk_key(coords)}")
-        for name in ("counts", "errors", "seconds"):
-            arr = arrays[f"{INTERNAL}/{name}"]
-            coords = tuple(block) + (0,) * (arr.ndim - len(block))
-            files.append(f"{INTERNAL}/{name}/{arr.metadata.encode_chunk_key(coords)}")
         return files
 
     def read_block(self, layout: Layout, block: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -693,13 +434,9 @@ class Store:
         return {k: arrays[k][region] for k in layout.outputs}, arrays["status"][region]
 
     def unmark(self, blocks: list[tuple[int, ...]]) -> None:
-        """Make blocks pending again (their data stays until it is written anew)."""
-        if not blocks:
-            return
-        root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-        done = root[f"{INTERNAL}/done"].with_config(_WRITE_EMPTY)
-        for b in blocks:
-            done[b] = 0
+        """Make blocks pending again: ``ledger.forget(blocks)``."""
+        if blocks:
+            self.ledger.forget(blocks)
 
     # ----------------------------------------------------------------- timeouts
 
@@ -754,135 +491,40 @@ class Store:
 
     # ----------------------------------------------------------------- reading
 
-    def _internal(self, name: str) -> zarr.Array:
-        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
-        return root[f"{INTERNAL}/{name}"]
+    # The block bookkeeping as the engine reads it today; each is one call of the ledger.
 
     def done_mask(self) -> np.ndarray:
-        """One boolean per block: True where the block's commit marker exists and reads 1.
-
-        A marker chunk that cannot be decoded (a truncated file) counts as not done.
-        """
-        return _read_blocks(self._internal("done"), 0) == 1
+        """One boolean per block, True where it is committed: ``ledger.committed()``."""
+        return self.ledger.committed()
 
     def is_done(self, block: tuple[int, ...]) -> bool:
-        """Whether one block's commit marker reads 1 (an unreadable one does not)."""
-        try:
-            return bool(self._internal("done")[block] == 1)
-        except Exception:
-            return False
+        """Whether one block is committed: ``ledger.is_committed(block)``."""
+        return self.ledger.is_committed(tuple(block))
 
     def verify(self, full: bool = True) -> list[BlockProblem]:
-        """Check every block that has a commit marker; return what is wrong.
-
-        Always: markers that cannot be read, chunk files behind a marker that are
-        missing or whose size differs from the one recorded when the block was
-        written. With ``full=True`` also: every chunk's CRC-32 against the recorded
-        one, that every chunk decodes, and that the per-block counts agree with the
-        ``status`` array. Reads every chunk once: use it after a crash of the disk,
-        a copy, or when results look wrong.
-        """
-        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
-        done_arr = root[f"{INTERNAL}/done"]
-        sums_arr = root[f"{INTERNAL}/checksums"]
-        problems: list[BlockProblem] = []
-        try:  # one read of each bookkeeping array; block by block only if one is damaged
-            done = done_arr[...]
-            unreadable = np.zeros(done.shape, dtype=bool)
-        except Exception:
-            done = np.zeros(done_arr.shape, dtype=done_arr.dtype)
-            unreadable = np.zeros(done.shape, dtype=bool)
-            for b in np.ndindex(done.shape):
-                try:
-                    done[b] = done_arr[b]
-                except Exception:
-                    unreadable[b] = True
-        for b in (tuple(int(i) for i in idx) for idx in np.argwhere(unreadable)):
-            problems.append(BlockProblem(b, "its commit marker cannot be read (a damaged file)"))
-        committed = [tuple(int(i) for i in b) for b in np.argwhere(done == 1)]
-        all_sums = _read_blocks(sums_arr, "") if committed else None
-        for b in committed:
-            try:
-                sums = json.loads(str(all_sums[b]) or "{}")
-            except ValueError:
-                problems.append(BlockProblem(b, "its checksums cannot be read"))
-                continue
-            if not sums:
-                problems.append(BlockProblem(b, "it has a commit marker but no checksums"))
-                continue
-            bad = None
-            for rel, (size, crc) in sums.items():
-                f = self.path / rel
-                try:
-                    actual = f.stat().st_size
-                except FileNotFoundError:
-                    bad = f"chunk file {rel} is missing"
-                    break
-                if actual != size:
-                    bad = f"chunk file {rel} has {actual} bytes, {size} were written"
-                    break
-                if full and _checksum(f)[1] != crc:
-                    bad = f"chunk file {rel} does not match its checksum (garbage or overwritten)"
-                    break
-            if bad is None and full:
-                bad = self._decode_check(root, b)
-            if bad is not None:
-                problems.append(BlockProblem(b, bad))
-        return sorted(problems, key=lambda p: p.block)
-
-    def _decode_check(self, root, block: tuple[int, ...]) -> str | None:
-        info = self.require_info()
-        layout = info["layout"]
-        bshape, shape = layout["block_shape"], layout["batch_shape"]
-        region = tuple(
-            slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(block, bshape, shape, strict=True)
-        )
-        try:
-            status = root["status"][region]
-            counts = root[f"{INTERNAL}/counts"][block]
-        except Exception as e:
-            return f"its status cannot be decoded ({type(e).__name__}: {e})"
-        if not np.array_equal(np.bincount(status.ravel(), minlength=len(STATUS)), counts):
-            return "its status array disagrees with its counts"
-        for d, s, b in zip(layout["batch_dims"], region, bshape, strict=True):
-            arr = root[d]
-            if arr.chunks != (b,) or arr.shape[0] == b:  # a coordinate written at creation
-                continue
-            try:
-                values = arr[s]
-            except Exception as e:
-                return f"its {d!r} coordinate cannot be decoded ({type(e).__name__})"
-            if not np.array_equal(values, np.arange(s.start, s.stop)):
-                return f"its {d!r} coordinate holds wrong values"
-        return None
+        """What is wrong with the committed blocks: ``ledger.verify(full)``."""
+        return self.ledger.verify(full)
 
     def block_counts(self) -> np.ndarray:
-        """Samples per status code, per block (zeros for pending blocks)."""
-        return _read_blocks(self._internal("counts"), 0)
+        """Samples per status code, per block (zeros for pending blocks): ``ledger.counts()``."""
+        return self.ledger.counts()
 
     def block_errors(self, blocks: list[tuple[int, ...]]) -> list[dict[str, Any]]:
-        arr = self._internal("errors")
-        out = []
-        for b in blocks:
-            try:
-                text = str(arr[b])
-                if text:
-                    out.append(json.loads(text))
-            except Exception:  # a damaged chunk: verify reports it
-                continue
-        return out
+        """The errors of those ``blocks`` that failed somewhere: ``ledger.errors(blocks)``."""
+        return self.ledger.errors(blocks)
 
     def block_seconds(self) -> np.ndarray:
-        return _read_blocks(self._internal("seconds"), np.nan)
+        """Kernel seconds per block (NaN for pending blocks): ``ledger.seconds()``."""
+        return self.ledger.seconds()
 
     def open_dataset(self):
         """Open as a lazy, dask-backed :class:`xarray.Dataset` of the committed blocks.
 
         The variables are the store's arrays, but ``status`` reads 0 (pending) for
-        every sample of a block without a commit marker, whatever is on disk: a
-        sample shown as done belongs to a committed block, whose outputs and
-        parameters are final. Each chunk of ``status`` reads its blocks' markers
-        first, then the status values (no marker is read when the store is opened).
+        every sample of a block that is not committed, whatever is on disk: a sample
+        shown as done belongs to a committed block, whose outputs and parameters are
+        final. Each chunk of ``status`` asks the ledger about its blocks first, then
+        reads the status values (the ledger is not read when the store is opened).
         Outputs and parameters are not masked: select them with ``status``.
         """
         import uuid
@@ -891,6 +533,7 @@ class Store:
         import xarray as xr
 
         info = self.require_info()
+        _ledger_for(self.path, info)  # found once, before any chunk of status is read
         try:
             ds = xr.open_zarr(str(self.path), consolidated=True)
         except ValueError:  # a run is rewriting the root metadata now: read every array's own

@@ -9,7 +9,7 @@ import zarr
 
 import daskbatch as db
 from daskbatch.errors import StoreError, StoreExistsError
-from daskbatch.store import INTERNAL, Store
+from daskbatch.store import HIDDEN, INTERNAL, Store
 from daskbatch.testing import curve
 
 SPACE = db.MonteCarlo({"x": db.Uniform(0, 1), "w": db.Normal([1, 2], 1)}, n=50, seed=3)
@@ -25,7 +25,12 @@ def test_layout_chunks_match_blocks_and_open_zarr_is_clean(store):
     for name in ("x", "w", "curve", "total", "npos", "status", "sample"):
         assert root[name].chunks[0] == 20, name
     assert root["curve"].chunks == (20, 5) and root["w"].chunks == (20, 2)
-    assert root[f"{INTERNAL}/done"].shape == (3,) and root[f"{INTERNAL}/done"].chunks == (1,)
+    assert INTERNAL not in root  # format 2: the bookkeeping is one record file per block
+    assert sorted(p.name for p in (Path(store) / HIDDEN / "blocks").iterdir()) == [
+        "0.json",
+        "1.json",
+        "2.json",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = xr.open_zarr(store)
@@ -44,9 +49,12 @@ def test_block_files_are_per_block(store):
     _run(store)
     # a block's chunks: one file per array per block, none shared
     files = {p.relative_to(store).as_posix() for p in Path(store).rglob("*") if p.is_file()}
-    assert "curve/c/0/0" in files and "curve/c/2/0" in files and "_daskbatch/done/c/2" in files
-    # every array along the batch dim, the bookkeeping included, is chunked exactly as the
-    # blocks are (20 samples of 50: blocks 0, 1, 2): one chunk file per block per array
+    assert "curve/c/0/0" in files and "curve/c/2/0" in files and ".daskbatch/blocks/2.json" in files
+    # every array along the batch dim is chunked exactly as the blocks are (20 samples
+    # of 50: blocks 0, 1, 2): one chunk file per block per array, and one record per block
+    assert {f for f in files if f.startswith(".daskbatch/blocks/")} == {
+        f".daskbatch/blocks/{b}.json" for b in range(3)
+    }
     import zarr
 
     root = zarr.open_group(store, mode="r")
@@ -58,15 +66,12 @@ def test_block_files_are_per_block(store):
         if "sample" in dims:  # per-sample arrays: blocks of 20 along the sample dim
             assert dims[0] == "sample" and arr.chunks[0] == 20, (path, arr.chunks)
             want = {f"{path}/c/{b}" + "/0" * (arr.ndim - 1) for b in range(3)}
-        elif path.startswith("_daskbatch/") and arr.shape[:1] == (3,):  # per-block bookkeeping
-            assert arr.chunks == (1, *arr.shape[1:]), (path, arr.chunks)
-            want = {f"{path}/c/{b}" + "/0" * (arr.ndim - 1) for b in range(3)}
         else:
             continue
         have = {f for f in files if f.startswith(f"{path}/c/")}
         assert have == want, (path, sorted(have))
         checked.append(path)
-    assert {"curve", "status", "sample", "_daskbatch/done", "_daskbatch/counts"} <= set(checked), checked
+    assert {"curve", "status", "sample", "x", "w", "total", "npos"} <= set(checked), checked
 
 
 def test_path_checks(tmp_path):
