@@ -5,146 +5,79 @@ worker runs: it calls the function once per sample (or once per block), checks t
 outputs against their :class:`Output` declarations, isolates the samples that raise,
 and guarantees that a kernel not declared thread-safe never runs twice at once in one
 process, whatever the scheduler.
+
+The parts live in modules of their own, and their names stay importable from here:
+:mod:`daskbatch.outputs` (:class:`Output` and the checks of a kernel's results),
+:mod:`daskbatch.records` (:data:`STATUS`, :class:`BlockResult`, the error records)
+and :mod:`daskbatch.calls` (running a block: retries, timeouts, signals, threads).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import importlib
 import inspect
-import math
-import os
-import signal
 import sys
 import threading
-import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import KernelSignatureError, OutputSpecError
+from . import calls
 
-__all__ = ["STATUS", "BlockResult", "Kernel", "Output", "kernel"]
+# re-exported: these names were defined here before the split and stay importable from here
+from .calls import (  # noqa: F401
+    SampleTimeout,
+    _broadcast,
+    _exempt_from_exit_wait,
+    _exit_without_waiting,
+    _nullcontext,
+    _owned,
+    _release_leftover_threads,
+    _released_threads,
+    _SignalWatch,
+    _warned_kernels,
+    _Watchdog,
+)
+from .errors import ErrorRecord, KernelSignatureError, OutputSpecError, sample_coords, sample_label  # noqa: F401
+from .outputs import Output, as_dict, check_value, default_fill  # noqa: F401
+from .records import (  # noqa: F401
+    CRASHED,
+    FAILED,
+    MAX_ERRORS_PER_BLOCK,
+    OK,
+    PENDING,
+    STATUS,
+    TIMEOUT,
+    TIMEOUT_EXIT_CODE,
+    TRACEBACK_CHARS,
+    TRACEBACK_FRAMES,
+    BlockResult,
+    Status,
+    _BlockAsSpace,
+    _describe,
+    _last_frame,
+    _locate,
+    _place,
+    _trimmed_traceback,
+    _type_and_message,
+    crash_record,
+    error_record,
+    timeout_record,
+)
 
-#: Per-sample status codes stored in the ``status`` variable.
-STATUS: dict[str, int] = {"pending": 0, "ok": 1, "failed": 2, "timeout": 3, "crashed": 4}
-PENDING, OK, FAILED = STATUS["pending"], STATUS["ok"], STATUS["failed"]
-TIMEOUT, CRASHED = STATUS["timeout"], STATUS["crashed"]
-
-#: Exit code of a worker process that ended itself to stop a sample past its timeout.
-TIMEOUT_EXIT_CODE = 75
-
-#: Errors kept per block (the counts are always exact).
-MAX_ERRORS_PER_BLOCK = 20
-
-
-def default_fill(dtype: np.dtype) -> Any:
-    """The fill value an output gets where no result exists (pending or failed).
-
-    NaN for floats and complex, the most negative value for signed integers, the
-    largest value for unsigned integers, False for booleans.
-    """
-    if dtype.kind in "fc":
-        return np.nan
-    if dtype.kind == "i":
-        return int(np.iinfo(dtype).min)
-    if dtype.kind == "u":
-        return int(np.iinfo(dtype).max)
-    if dtype.kind == "b":
-        return False
-    raise OutputSpecError(f"Output: dtype {dtype} is not supported; use a float, int or bool dtype")
-
-
-@dataclass(frozen=True)
-class Output:
-    """Declaration of one kernel output, per sample.
-
-    Parameters
-    ----------
-    dims
-        Names of the output's own (core) dims, e.g. ``("time",)``; ``()`` for a scalar.
-    shape
-        Sizes of those dims, e.g. ``(71,)``.
-    dtype
-        A numpy float, int or bool dtype.
-    fill
-        Value stored where there is no result (pending or failed samples). Defaults
-        to NaN for floats, the most negative value for signed ints, the largest for
-        unsigned ints, False for bools.
-    coords
-        Optional coordinate values for the core dims, e.g. ``{"time": gate_times}``.
-    attrs
-        Optional attributes stored on the variable (``units``, ``long_name``...).
-
-    Examples
-    --------
-    >>> Output(dims=("time",), shape=(71,)).fill
-    nan
-    """
-
-    dims: tuple[str, ...] = ()
-    shape: tuple[int, ...] = ()
-    dtype: Any = "float64"
-    fill: Any = None
-    coords: Mapping[str, Any] | None = field(default=None, compare=False)
-    attrs: Mapping[str, Any] | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        dims = (self.dims,) if isinstance(self.dims, str) else tuple(self.dims)
-        shape = (self.shape,) if isinstance(self.shape, int) else tuple(self.shape)
-        if len(dims) != len(shape):
-            raise OutputSpecError(f"Output: dims={dims!r} and shape={shape!r} must have the same length")
-        for s in shape:
-            if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1:
-                raise OutputSpecError(f"Output: shape={shape!r} must hold positive integers")
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError as e:
-            raise OutputSpecError(f"Output: dtype={self.dtype!r} is not a numpy dtype") from e
-        fill = default_fill(dtype) if self.fill is None else self.fill
-        if dtype.kind in "iub" and isinstance(fill, float) and not float(fill).is_integer():
-            raise OutputSpecError(f"Output: fill={fill!r} is not a valid {dtype} value")
-        coords = {}
-        for d, values in (self.coords or {}).items():
-            if d not in dims:
-                raise OutputSpecError(f"Output: coords for {d!r}, which is not one of dims={dims!r}")
-            arr = np.asarray(values)
-            if arr.shape != (shape[dims.index(d)],):
-                raise OutputSpecError(
-                    f"Output: coords[{d!r}] has shape {arr.shape}, expected ({shape[dims.index(d)]},)"
-                )
-            coords[d] = arr
-        object.__setattr__(self, "dims", tuple(str(d) for d in dims))
-        object.__setattr__(self, "shape", tuple(int(s) for s in shape))
-        object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "fill", fill)
-        object.__setattr__(self, "coords", coords)
-        object.__setattr__(self, "attrs", dict(self.attrs or {}))
-
-    def spec(self) -> dict[str, Any]:
-        fill = self.fill
-        return {
-            "dims": list(self.dims),
-            "shape": list(self.shape),
-            "dtype": str(self.dtype),
-            "fill": None if isinstance(fill, float) and math.isnan(fill) else np.asarray(fill).item(),
-        }
-
-
-@dataclass
-class BlockResult:
-    """What one block produced: outputs, per-sample status, and error records."""
-
-    outputs: dict[str, np.ndarray]
-    status: np.ndarray
-    errors: list[dict[str, Any]]
-    n_errors: int
-    seconds: float
+__all__ = [
+    "STATUS",
+    "BlockResult",
+    "Kernel",
+    "Output",
+    "Status",
+    "crash_record",
+    "error_record",
+    "kernel",
+    "timeout_record",
+]
 
 
 # Per-process state: setup results and locks, keyed by the kernel's token. A kernel
@@ -338,39 +271,15 @@ class Kernel:
                 "to the space, pass constants={...}, or give them defaults"
             )
 
-    def _check_value(self, name: str, value: Any, where: str, batch_shape: tuple[int, ...] = ()):
-        out = self.outputs[name]
-        arr = np.asarray(value)
-        expected = batch_shape + out.shape
-        if arr.shape != expected:
-            raise OutputSpecError(
-                f"{where}: output {name!r} has shape {arr.shape}, expected {expected} "
-                f"(declared Output(dims={out.dims}, shape={out.shape}))"
-            )
-        if arr.dtype != out.dtype:
-            if not np.can_cast(arr.dtype, out.dtype, casting="same_kind"):
-                raise OutputSpecError(
-                    f"{where}: output {name!r} has dtype {arr.dtype}, expected {out.dtype}; "
-                    f"declare Output(dtype={str(arr.dtype)!r}) or convert the value in the kernel"
-                )
-            arr = arr.astype(out.dtype)
-        return arr
+    def _check_value(
+        self, name: str, value: Any, where: str, batch_shape: tuple[int, ...] = ()
+    ) -> np.ndarray:
+        """Output ``name``'s ``value`` checked and cast (see :func:`~daskbatch.outputs.check_value`)."""
+        return check_value(self.outputs, name, value, where, batch_shape)
 
     def _as_dict(self, result: Any, where: str) -> Mapping[str, Any]:
-        if isinstance(result, Mapping):
-            keys = set(result)
-            expected = set(self.outputs)
-            if keys != expected:
-                raise OutputSpecError(
-                    f"{where}: kernel returned outputs {sorted(keys)}, expected {sorted(expected)}"
-                )
-            return result
-        if len(self.outputs) == 1:
-            return {next(iter(self.outputs)): result}
-        raise OutputSpecError(
-            f"{where}: kernel returned a {type(result).__name__}; with several outputs it must "
-            f"return a dict with keys {sorted(self.outputs)}"
-        )
+        """A result as ``{output name: value}`` (see :func:`~daskbatch.outputs.as_dict`)."""
+        return as_dict(self.outputs, result, where)
 
     # ------------------------------------------------------------------ running
 
@@ -396,6 +305,8 @@ class Kernel:
         timeout: float | None = None,
         on_timeout: Callable[[list[int], float], None] | None = None,
         kill_on_timeout: bool = False,
+        space: Any | None = None,
+        region: Sequence[slice] | None = None,
     ) -> BlockResult:
         """Run the kernel on one block.
 
@@ -408,7 +319,8 @@ class Kernel:
         constants
             Keyword arguments passed unchanged to every call.
         label
-            Turns a position in the block into a sample label for error messages.
+            Turns a position in the block (a tuple) into the sample's label in error
+            records, instead of :func:`~daskbatch.errors.sample_label`.
         positions
             Compute only these samples (flat positions in the block); the others stay
             pending. A vectorised kernel is then called on just those samples.
@@ -421,166 +333,30 @@ class Kernel:
             code, or, with ``kill_on_timeout``, by ending this process, which stops
             native code too. ``on_timeout(positions, timeout)`` is called first, so
             that the next attempt at the block can skip those samples.
+        space, region
+            The space (or the store's :class:`~daskbatch.store.Layout`) and this
+            block's slice of it along each batch dim: error records then name each
+            sample by its flat index in the space and, on a grid, its axis values.
+            Without them the block is its own space (``"sample 7"`` is the block's
+            eighth sample).
+
+        Error records (:class:`~daskbatch.errors.ErrorRecord`, as dicts) are kept for
+        the first :data:`MAX_ERRORS_PER_BLOCK` samples that are not ok.
         """
-        t0 = time.perf_counter()
-        constants = dict(constants or {})
-        label = label or (lambda idx: f"sample {idx}")
-        state, lock = self._state_and_lock()
-        if self.wants_state:
-            constants["state"] = state
-        n = math.prod(batch_shape)
-        # the output arrays, filled with their fill values; a vectorised kernel's own
-        # result arrays are kept instead when it computes the whole block at once, so
-        # that a block's outputs are not held twice (see whole_block)
-        outputs: dict[str, np.ndarray] = {}
-        flat_out: dict[str, np.ndarray] = {}
-
-        def allocate(fresh: bool = False) -> None:
-            for k, o in self.outputs.items():
-                if fresh or k not in outputs:
-                    outputs[k] = np.full(batch_shape + o.shape, o.fill, dtype=o.dtype)
-                flat_out[k] = outputs[k].reshape((n, *o.shape))
-
-        status = np.full(batch_shape, PENDING, dtype=np.int8)
-        errors: list[dict[str, Any]] = []
-        flat = {
-            k: _broadcast(v, batch_shape).reshape((n, *np.shape(v)[len(batch_shape) :]))
-            for k, v in params.items()
-        }
-        flat_status = status.reshape(n)
-        if self.per_sample or positions is not None:
-            allocate()
-        n_errors = 0
-        # every sample (a range, never a list of millions of ints) or the given ones
-        todo: Sequence[int] = range(n) if positions is None else [int(i) for i in positions]
-        watchdog = _Watchdog(timeout, on_timeout, kill_on_timeout) if timeout is not None and todo else None
-
-        def record(i: int, exc: BaseException, code: int = FAILED) -> None:
-            nonlocal n_errors
-            flat_status[i] = code
-            n_errors += 1
-            if len(errors) < MAX_ERRORS_PER_BLOCK:
-                pos = np.unravel_index(i, batch_shape)
-                errors.append(
-                    {
-                        "position": [int(p) for p in pos],
-                        "sample": label(tuple(int(p) for p in pos)),
-                        "error": _describe(exc),
-                        "where": _last_frame(exc),
-                    }
-                )
-
-        def call_one(i: int) -> dict[str, np.ndarray]:
-            kwargs = {k: v[i] for k, v in flat.items()}
-            if self.per_sample:
-                result = self.func(**kwargs, **constants)
-            else:
-                result = self.func(**{k: v[None] for k, v in kwargs.items()}, **constants)
-            values = self._as_dict(result, "sample")
-            return {
-                k: self._check_value(k, values[k], "sample", () if self.per_sample else (1,))
-                for k in self.outputs
-            }
-
-        def one_sample(i: int) -> None:
-            for attempt in range(retries + 1):
-                try:
-                    if watchdog is not None and self.per_sample:
-                        watchdog.arm([i])
-                    try:
-                        checked = call_one(i)
-                    finally:
-                        if watchdog is not None and self.per_sample:
-                            watchdog.disarm()
-                except SampleTimeout:
-                    record(i, SampleTimeout(f"stopped after the timeout of {timeout:g} s"), TIMEOUT)
-                    return
-                except OutputSpecError as exc:  # the same next time: not retried
-                    named = label(tuple(int(p) for p in np.unravel_index(i, batch_shape)))
-                    record(i, OutputSpecError(str(exc).replace("sample:", f"{named}:", 1)))
-                    return
-                except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                    if sigint.stops(exc):  # a real Ctrl-C, not the kernel's own exception
-                        raise
-                    if attempt < retries:
-                        continue
-                    record(i, exc)
-                    return
-                for k, v in checked.items():
-                    flat_out[k][i] = v if self.per_sample else v[0]
-                flat_status[i] = OK
-                return
-
-        def whole_block() -> None:
-            if positions is None:
-                # a copy each, so that a kernel that works in place on its inputs cannot
-                # change the parameters that are stored
-                block_params = {k: np.array(_broadcast(v, batch_shape)) for k, v in params.items()}
-                shape, where = batch_shape, "block"
-            else:
-                block_params = {k: v[todo] for k, v in flat.items()}
-                shape, where = (len(todo),), "block"
-            result = self.func(**block_params, **constants)
-            values = self._as_dict(result, where)
-            checked = {k: self._check_value(k, values[k], where, shape) for k in self.outputs}
-            for k, v in checked.items():
-                if positions is None:
-                    outputs[k] = _owned(v, values[k])
-                else:
-                    flat_out[k][todo] = v
-            if positions is None:
-                status[...] = OK
-            else:
-                flat_status[todo] = OK
-
-        threads_before = set(threading.enumerate())
-        sigint = _SignalWatch()
-        try:
-            with lock if lock is not None else _nullcontext():
-                if watchdog is not None:
-                    watchdog.start()
-                if self.per_sample:
-                    for i in todo:
-                        try:
-                            one_sample(i)
-                        except SampleTimeout:  # arrived just after the sample's own handler
-                            record(i, SampleTimeout(f"stopped after the timeout of {timeout:g} s"), TIMEOUT)
-                else:
-                    timed_out = False
-                    for attempt in range(retries + 1):
-                        try:
-                            if watchdog is not None:
-                                watchdog.arm(todo)
-                            try:
-                                whole_block()
-                            finally:
-                                if watchdog is not None:
-                                    watchdog.disarm()
-                            break
-                        except SampleTimeout:
-                            timed_out = True
-                            break
-                        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-                            if sigint.stops(exc):
-                                raise
-                            if attempt < retries:
-                                continue
-                            # isolate the culprit(s): run the block again one sample at a time
-                            allocate(fresh=True)
-                            for i in todo:
-                                one_sample(i)
-                    if timed_out:
-                        allocate(fresh=positions is None)
-                        exc = SampleTimeout(f"the block call was stopped after the timeout of {timeout:g} s")
-                        for i in todo:
-                            record(i, exc, TIMEOUT)
-        finally:
-            sigint.restore()
-            if watchdog is not None:
-                watchdog.stop()
-            _release_leftover_threads(threads_before, self.name)
-        allocate()  # an empty block, or one stopped before its outputs were set
-        return BlockResult(outputs, status, errors, n_errors, time.perf_counter() - t0)
+        return calls.run_block(
+            self,
+            params,
+            batch_shape,
+            constants,
+            label,
+            positions=positions,
+            retries=retries,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            kill_on_timeout=kill_on_timeout,
+            space=space,
+            region=region,
+        )
 
     def probe(
         self,
@@ -609,227 +385,6 @@ class Kernel:
             if err["error"].startswith("OutputSpecError"):
                 raise OutputSpecError(err["error"].removeprefix("OutputSpecError: "))
         return res
-
-
-class SampleTimeout(Exception):
-    """Raised in a kernel's thread when its sample (or block call) ran past ``timeout``."""
-
-
-class _Watchdog:
-    """A thread that stops a call running past its deadline.
-
-    The running thread arms it before each call and disarms it after. When a call
-    overruns, the watchdog calls ``on_timeout`` (which records the samples in the
-    store), then either ends the process (``kill=True``: the only way to stop native
-    code) or raises :class:`SampleTimeout` in the running thread.
-    """
-
-    def __init__(self, timeout: float, on_timeout, kill: bool) -> None:
-        self.timeout = float(timeout)
-        self.on_timeout = on_timeout
-        self.kill = kill
-        self.target = threading.get_ident()
-        self._lock = threading.Lock()
-        self._armed: tuple[Sequence[int], float] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="daskbatch-timeout", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def arm(self, positions: Sequence[int]) -> None:
-        with self._lock:
-            self._armed = (positions, time.monotonic())
-
-    def disarm(self) -> None:
-        with self._lock:
-            self._armed = None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _watch(self) -> None:
-        poll = min(0.05, self.timeout / 4)
-        while not self._stop.wait(poll):
-            with self._lock:
-                armed = self._armed
-                if armed is None or time.monotonic() - armed[1] < self.timeout:
-                    continue
-                self._armed = None
-                if self.on_timeout is not None:
-                    try:
-                        self.on_timeout(list(armed[0]), self.timeout)
-                    except Exception as e:  # pragma: no cover - the store is gone
-                        print(f"daskbatch: could not record a timeout: {e}", file=sys.stderr)
-                if self.kill:
-                    os._exit(TIMEOUT_EXIT_CODE)
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self.target), ctypes.py_object(SampleTimeout)
-                )
-
-
-class _SignalWatch:
-    """Tells a stop by a signal (Ctrl-C, SIGTERM) from a ``KeyboardInterrupt`` or other
-    exception the kernel raised itself.
-
-    A signal's Python handler runs in the main thread, between two bytecodes of
-    whatever runs there: the kernel, on ``"serial"``. While a block runs in the main
-    thread, this wraps the handlers of SIGINT and SIGTERM to note that a signal came
-    and what its handler raised. An exception with no signal behind it (and any in
-    another thread, where no handler runs) is the kernel's own, and is that sample's
-    failure.
-    """
-
-    def __init__(self) -> None:
-        self.received = False
-        self.raised: BaseException | None = None
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous = signal.getsignal(signum)
-            except (ValueError, OSError):  # pragma: no cover - no signals here
-                continue
-            if not callable(previous):  # ignored, default or not Python's: it raises nothing
-                continue
-            try:
-                signal.signal(signum, self._handler(previous))
-            except (ValueError, OSError):  # pragma: no cover
-                continue
-            self._previous[signum] = previous
-
-    def _handler(self, previous: Callable[..., Any]) -> Callable[..., Any]:
-        def handler(signum, frame):
-            self.received = True
-            try:
-                return previous(signum, frame)
-            except BaseException as e:
-                self.raised = e
-                raise
-
-        return handler
-
-    def stops(self, exc: BaseException) -> bool:
-        """Whether ``exc`` must stop the run rather than be recorded as a failure."""
-        return exc is self.raised or (isinstance(exc, KeyboardInterrupt) and self.received)
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(signum, previous)
-        self._previous = {}
-
-
-def _describe(exc: BaseException) -> str:
-    """The error text recorded for a sample."""
-    if isinstance(exc, SystemExit):
-        code = "" if exc.code is None else repr(exc.code)
-        return f"SystemExit: the kernel called sys.exit({code})"
-    if isinstance(exc, KeyboardInterrupt):
-        return "KeyboardInterrupt raised by the kernel" + (f": {exc}" if str(exc) else "")
-    return f"{type(exc).__name__}: {exc}"
-
-
-#: threads a kernel left running that no longer keep their process from exiting
-_released_threads: set[threading.Thread] = set()
-#: kernels already named in that warning, in this process
-_warned_kernels: set[str] = set()
-
-
-def _release_leftover_threads(before: set[threading.Thread], name: str) -> None:
-    """Let this process exit although the kernel left non-daemon threads running.
-
-    Python waits for every non-daemon thread before a process exits, so a thread the
-    kernel started and never stopped would keep the driver (on ``"serial"`` and
-    ``"threads"``) or a worker process alive for ever after the run. Such a thread is
-    named in a one-line warning (once per kernel and process) and exempted from that wait (it ends with the
-    process). Thread pools (``concurrent.futures``) are left alone: they stop their
-    threads themselves at exit.
-    """
-    for t in threading.enumerate():
-        if t in before or t.daemon or t is threading.current_thread() or not t.is_alive():
-            continue
-        if getattr(getattr(t, "_target", None), "__module__", "") == "concurrent.futures.thread":
-            continue
-        if t in _released_threads:
-            continue
-        _released_threads.add(t)
-        if name not in _warned_kernels:  # once per kernel and process: not a line per sample
-            _warned_kernels.add(name)
-            print(
-                f"daskbatch: kernel {name!r} left a thread running ({t.name!r}); it will not keep "
-                "this process from exiting (further threads it leaves are not named)",
-                file=sys.stderr,
-                flush=True,
-            )
-        _exempt_from_exit_wait(t)
-
-
-def _exempt_from_exit_wait(t: threading.Thread) -> None:
-    t._daemonic = True  # type: ignore[attr-defined]  # what t.daemon reports from now on
-    locks = getattr(threading, "_shutdown_locks", None)
-    tstate_lock = getattr(t, "_tstate_lock", None)
-    if locks is not None and tstate_lock is not None:  # Python 3.11 and 3.12
-        with threading._shutdown_locks_lock:  # type: ignore[attr-defined]
-            locks.discard(tstate_lock)
-        return
-    # Python 3.13+ waits for the thread in C: end the process before that wait instead
-    # (after flushing), with 1 when the program ended by an uncaught exception.
-    global _exit_hook_registered
-    if not _exit_hook_registered and hasattr(threading, "_register_atexit"):
-        _exit_hook_registered = True
-        threading._register_atexit(_exit_without_waiting)  # type: ignore[attr-defined]
-
-
-_exit_hook_registered = False
-
-
-def _exit_without_waiting() -> None:  # pragma: no cover - Python 3.13+
-    if not any(t.is_alive() for t in _released_threads):
-        return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    failed = getattr(sys, "last_exc", None) is not None or getattr(sys, "last_value", None) is not None
-    os._exit(1 if failed else 0)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _owned(checked: np.ndarray, returned: Any) -> np.ndarray:
-    """``checked`` as an array of the block's own: the kernel's result itself when it is
-    a fresh, writable, contiguous array (no copy), else a copy."""
-    if (
-        checked is returned
-        and checked.flags.writeable
-        and checked.flags.c_contiguous
-        and checked.flags.owndata
-    ):
-        return checked
-    return np.array(checked, order="C")
-
-
-def _broadcast(value: np.ndarray, batch_shape: tuple[int, ...]) -> np.ndarray:
-    """Broadcast ``value`` (batch dims first, some of length 1, then core dims)."""
-    arr = np.asarray(value)
-    return np.broadcast_to(arr, batch_shape + arr.shape[len(batch_shape) :])
-
-
-def _last_frame(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    if not tb:
-        return ""
-    f = tb[-1]
-    return f"{f.filename}:{f.lineno} in {f.name}"
 
 
 def _pickled_by_value(module: str) -> bool:

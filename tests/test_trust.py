@@ -25,6 +25,7 @@ from conftest import run_cli
 import daskbatch as db
 from daskbatch.errors import KernelChangedError
 from daskbatch.store import Store
+from daskbatch.testing import damage_chunk
 
 KERNEL = '''\
 import numpy as np
@@ -285,8 +286,7 @@ def test_resume_and_validate_from_anywhere_without_pythonpath(project, tmp_path)
 def test_status_verify_repair_command_runs(project, tmp_path):
     store = project / "my store.zarr"
     assert _cli("run", "spec.toml", "--no-progress", cwd=project).returncode == 0
-    chunk = store / "g" / "c" / "0" / "0"
-    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))  # damaged data
+    damage_chunk(store, "g", (0, 0), how="zeros")  # damaged data
     s = _cli("status", str(store), "--verify", cwd=tmp_path)
     assert s.returncode == 1
     m = re.search(r"recompute them with: (.+)$", s.stdout, re.M)
@@ -304,7 +304,7 @@ def test_status_verify_repair_command_runs(project, tmp_path):
     assert r.returncode == 0, r.stderr
     assert _cli("status", str(store), "--verify", cwd=tmp_path).returncode == 0
     # the same repair from a spec: `run --verify`
-    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))
+    damage_chunk(store, "g", (0, 0), how="zeros")
     r = _cli("run", "spec.toml", "--verify", "--no-progress", cwd=project)
     assert r.returncode == 0, r.stderr
     assert "recomputing damaged blocks" in r.stderr
@@ -567,8 +567,7 @@ def test_resume_overwrite_and_damaged_reads_are_one_line(project, tmp_path):
     r = _cli("resume", str(store), "--no-progress", "--overwrite", cwd=tmp_path)  # as the refusal says
     assert r.returncode == 0, r.stderr
     assert xr.open_zarr(store).g.values[1, 0] == pytest.approx(100.0 + 1.0)
-    chunk = store / "g" / "c" / "0" / "0"
-    chunk.write_bytes(chunk.read_bytes()[:10])
+    damage_chunk(store, "g", (0, 0), keep=10)
     for command in (["summary", str(store)], ["export", str(store), "-o", str(tmp_path / "o.csv")]):
         r = _cli(*command, cwd=tmp_path)
         assert r.returncode == 2, r.stderr
