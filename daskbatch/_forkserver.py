@@ -1,4 +1,4 @@
-"""Imported first by daskbatch's forkserver (see :func:`daskbatch.cluster.prestart`).
+"""Imported first by daskbatch's forkserver (see :func:`daskbatch.hygiene.start_forkserver`).
 
 A Ctrl-C in a terminal sends SIGINT to the whole process group, and a batch system
 at the end of a job's time sends SIGTERM to every process of the job: the driver,
@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import signal
 
-if os.environ.pop("DASKBATCH_FORKSERVER", None):
+from .hygiene import FORKSERVER_FLAG
+
+if os.environ.pop(FORKSERVER_FLAG, None):
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -1,11 +1,21 @@
-"""Turning ``cluster=`` into something that computes blocks.
+"""Starting what ``cluster=`` names, and sending it the kernel.
 
-``"serial"``, ``"threads"`` and ``"processes"`` are dask's local schedulers (no
-server); ``"local"`` starts a :class:`distributed.LocalCluster` with one
-single-threaded worker process per core; a scheduler address or a
-:class:`distributed.Client` uses a cluster that already runs. Every executor offers
-the same :meth:`Executor.compute`, which calls back as each block finishes, in
-whatever order, so progress and summaries work the same everywhere.
+The executor types themselves (the registry, :class:`ClusterSpec`,
+:func:`parse_cluster`, :class:`Executor`) are in :mod:`daskbatch.executors`; their
+names are importable from here too. This module registers the built-in ones, in
+this order: ``"serial"``, ``"threads"`` and ``"processes"`` are dask's local
+schedulers (no server); ``"local"`` starts a :class:`distributed.LocalCluster` with
+one single-threaded worker process per core; ``"address"`` (a scheduler address)
+and ``"client"`` (a :class:`distributed.Client`) use a cluster that already runs.
+
+Here too: :func:`start_executor` (starts what a spec describes, with SIGTERM
+stopping the run in order), :func:`prestart` (the forkserver that worker and probe
+processes fork from), :func:`signals_stop`, :func:`quiet_level` (distributed's log
+kept quiet) and :func:`kernel_shipped` (a kernel made loadable on a running
+cluster's scheduler and workers).
+
+What keeps worker processes lean (malloc arenas, ``malloc_trim``, the parent-death
+signal, the forkserver) lives in :mod:`daskbatch.hygiene`.
 """
 
 from __future__ import annotations
@@ -19,111 +29,193 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import dask
 
+from . import config, hygiene
+from . import log as _log  # noqa: F401  (sets up the daskbatch logger wherever daskbatch runs)
 from .errors import ClusterError, KernelCrashError, Stopped, WorkerDiedError, WorkerImportError
+from .executors import (
+    GUARD_HINT,
+    ClusterSpec,
+    Executor,
+    ExecutorType,
+    StartFunction,
+    check_can_spawn,
+    default_workers,
+    executor_names,
+    get_executor,
+    parse_cluster,
+    register_executor,
+)
+from .hygiene import limit_malloc_arenas, release_freed_memory
 
 __all__ = [
+    "GUARD_HINT",
+    "QUIET_LEVEL",
     "ClusterSpec",
     "Executor",
+    "ExecutorType",
     "KernelCrashError",
+    "StartFunction",
     "WorkerDiedError",
     "WorkerImportError",
     "check_can_spawn",
+    "default_workers",
+    "executor_names",
+    "get_executor",
+    "import_failure_message",
     "kernel_shipped",
+    "limit_malloc_arenas",
+    "module_origins",
     "parse_cluster",
     "prestart",
     "quiet_level",
+    "register_executor",
+    "release_freed_memory",
     "signals_stop",
     "start_executor",
+    "try_loads",
 ]
 
-LOCAL_SCHEDULERS = {"serial": "sync", "threads": "threads", "processes": "processes"}
-NAMES = (*LOCAL_SCHEDULERS, "local")
-
-GUARD_HINT = (
-    "Worker processes re-import the script that started them. If your script calls "
-    'daskbatch.run at top level, put that code under `if __name__ == "__main__":`; '
-    "code fed on standard input cannot start worker processes at all (save it to a "
-    'file). Or run without worker processes: cluster="threads" or cluster="serial".'
-)
+# --------------------------------------------------------------------------- the built-in ones
 
 
-def default_workers() -> int:
-    """Cores this process may use (respecting CPU affinity, as in a cluster job)."""
+@contextmanager
+def _start_dask_scheduler(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
+    yield Executor(spec)
+
+
+@contextmanager
+def _start_with_client(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
+    yield Executor(spec, client=spec.client)
+
+
+@contextmanager
+def _start_with_address(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
+    from distributed import Client
+
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
+        client = Client(spec.address, timeout=f"{config.get('connect-timeout')}s")
+    except OSError as e:
+        raise ClusterError(
+            f"cannot connect to the scheduler at {spec.address!r} ({e}); is it running? "
+            "Start one with `dask scheduler`, or use cluster='local' (--cluster local)"
+        ) from e
+    try:
+        yield Executor(spec, client=client)
+    finally:
+        client.close()
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    """A checked ``cluster=`` argument; nothing has been started yet."""
+@contextmanager
+def _start_local(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
+    import multiprocessing
 
-    kind: str  # serial | threads | processes | local | address | client
-    n_workers: int | None
-    address: str | None = None
-    client: Any = None
-
-    @property
-    def description(self) -> str:
-        if self.kind == "address":
-            return f"scheduler at {self.address}"
-        if self.kind == "client":
-            return f"existing client ({self.client.scheduler.address})"
-        n = self.n_workers or default_workers()
-        if self.kind == "serial":
-            return "serial (one thread, in this process)"
-        unit = {"threads": "threads", "processes": "processes"}.get(self.kind, "worker processes")
-        extra = ", LocalCluster, 1 thread each" if self.kind == "local" else ""
-        return f"{self.kind} ({n} {unit}{extra})"
-
-
-def parse_cluster(cluster: Any, n_workers: int | None = None) -> ClusterSpec:
-    """Check ``cluster=`` and ``n_workers=`` without starting anything.
-
-    Examples
-    --------
-    >>> parse_cluster("threads", 2).description
-    'threads (2 threads)'
-    """
-    if n_workers is not None and (
-        isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1
+    if (
+        multiprocessing.parent_process() is not None
+        and multiprocessing.current_process().name != "MainProcess"
     ):
-        raise ClusterError(f"n_workers={n_workers!r} must be a positive integer or None")
+        raise ClusterError("daskbatch.run was called while a worker process was starting. " + GUARD_HINT)
+    prestart(spec)  # the workers fork from daskbatch's forkserver (a no-op when it runs)
+    quiet = quiet_level()
+    with _quiet_logs(quiet):  # in this process: the scheduler, the nannies, the client
+        yield from _start_local_cluster(spec, memory_limit, quiet)
+
+
+def _match_client(cluster: Any, n_workers: int | None) -> ClusterSpec | None:
     try:
         from distributed import Client
     except ImportError:  # pragma: no cover - a dependency
-        Client = None
-    if Client is not None and isinstance(cluster, Client):
-        if n_workers is not None:
-            raise ClusterError("n_workers cannot be used with an existing Client; scale its cluster instead")
-        return ClusterSpec("client", None, client=cluster)
+        return None
+    if not isinstance(cluster, Client):
+        return None
+    if n_workers is not None:
+        raise ClusterError("n_workers cannot be used with an existing Client; scale its cluster instead")
+    return ClusterSpec("client", None, client=cluster)
+
+
+def _match_address(cluster: Any, n_workers: int | None) -> ClusterSpec | None:
     if not isinstance(cluster, str):
+        return None
+    if not ("://" in cluster or (cluster.count(":") == 1 and cluster.rsplit(":", 1)[1].isdigit())):
+        return None
+    if n_workers is not None:
         raise ClusterError(
-            f"cluster={cluster!r} is not valid; use one of {list(NAMES)}, a scheduler address "
-            "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
+            f"n_workers cannot be used with cluster={cluster!r}, a running scheduler; "
+            "start that many workers on it instead"
         )
-    if cluster in NAMES:
-        return ClusterSpec(cluster, n_workers)
-    if "://" in cluster or (cluster.count(":") == 1 and cluster.rsplit(":", 1)[1].isdigit()):
-        if n_workers is not None:
-            raise ClusterError(
-                f"n_workers cannot be used with cluster={cluster!r}, a running scheduler; "
-                "start that many workers on it instead"
-            )
-        address = cluster if "://" in cluster else f"tcp://{cluster}"
-        return ClusterSpec("address", None, address=address)
-    raise ClusterError(
-        f"cluster={cluster!r} is not valid; use one of {list(NAMES)}, a scheduler address "
-        "such as 'tcp://127.0.0.1:8786', or a distributed.Client"
-    )
+    return ClusterSpec("address", None, address=cluster if "://" in cluster else f"tcp://{cluster}")
+
+
+def _count_threads(spec: ClusterSpec) -> int:
+    return max(1, sum(spec.client.nthreads().values()))
+
+
+register_executor(
+    "serial",
+    _start_dask_scheduler,
+    in_driver=True,
+    separate_processes=False,
+    workers_known_before_start=True,
+    imports_like_driver=True,
+    dask_scheduler="sync",
+    describe=lambda spec: "serial (one thread, in this process)",
+    count_workers=lambda spec: 1,
+)
+register_executor(
+    "threads",
+    _start_dask_scheduler,
+    in_driver=True,
+    separate_processes=False,
+    workers_known_before_start=True,
+    imports_like_driver=True,
+    dask_scheduler="threads",
+    describe=lambda spec: f"threads ({spec.workers_before_start} threads)",
+)
+register_executor(
+    "processes",
+    _start_dask_scheduler,
+    workers_known_before_start=True,
+    needs_main_guard=True,
+    imports_like_driver=True,
+    dask_scheduler="processes",
+    describe=lambda spec: f"processes ({spec.workers_before_start} processes)",
+)
+register_executor(
+    "local",
+    _start_local,
+    workers_known_before_start=True,
+    needs_main_guard=True,
+    starts_cluster=True,
+    imports_like_driver=True,
+    describe=lambda spec: (
+        f"local ({spec.workers_before_start} worker processes, LocalCluster, 1 thread each)"
+    ),
+)
+register_executor(
+    "address",
+    _start_with_address,
+    match=_match_address,
+    hint="a scheduler address such as 'tcp://127.0.0.1:8786'",
+    describe=lambda spec: f"scheduler at {spec.address}",
+)
+register_executor(
+    "client",
+    _start_with_client,
+    workers_known_before_start=True,
+    probe_on_worker=True,
+    match=_match_client,
+    hint="a distributed.Client",
+    describe=lambda spec: f"existing client ({spec.client.scheduler.address})",
+    count_workers=_count_threads,
+)
+
+
+# --------------------------------------------------------------------------- a LocalCluster
 
 
 def _dashboard_address() -> str:
@@ -136,292 +228,32 @@ def _dashboard_address() -> str:
     return "127.0.0.1:8787"
 
 
-class Executor:
-    """Runs a list of block computations and reports each as it finishes."""
-
-    def __init__(self, spec: ClusterSpec, client: Any = None, cluster: Any = None) -> None:
-        self.spec = spec
-        self.client = client
-        self._cluster = cluster
-
-    @property
-    def description(self) -> str:
-        return self.spec.description
-
-    @property
-    def dashboard_link(self) -> str | None:
-        if self.client is None:
-            return None
-        try:
-            return self.client.dashboard_link
-        except Exception:  # pragma: no cover - no bokeh, or no dashboard
-            return None
-
-    @property
-    def n_workers(self) -> int:
-        if self.client is not None:
-            n = sum(self.client.nthreads().values())
-            return max(1, n)
-        if self.spec.kind == "serial":
-            return 1
-        return self.spec.n_workers or default_workers()
-
-    def compute(
-        self,
-        tasks: Sequence[Any],
-        on_done: Callable[[Any], None],
-    ) -> list[int]:
-        """Compute ``tasks`` (dask Delayed objects); call ``on_done(result)`` for each.
-
-        Results are handed over as they arrive. The first task that raises stops the
-        computation and its error propagates; finished blocks stay finished. Returns
-        the indices of the tasks that a distributed scheduler gave up on because they
-        killed their worker every time they ran (``KilledWorker``).
-        """
-        if not tasks:
-            return []
-        if self.client is not None:
-            return self._compute_distributed(tasks, on_done)
-        self._compute_local(tasks, on_done)
-        return []
-
-    def _compute_distributed(self, tasks, on_done) -> list[int]:
-        from distributed import as_completed
-        from distributed.scheduler import KilledWorker
-
-        futures = self.client.compute(list(tasks))
-        index = {f.key: i for i, f in enumerate(futures)}
-        lost = []
-        try:
-            for fut in as_completed(futures):
-                try:
-                    result = fut.result()
-                except KilledWorker:
-                    lost.append(index[fut.key])
-                    continue
-                finally:
-                    fut.release()
-                on_done(result)
-        except BaseException:
-            self.client.cancel(futures)
-            raise
-        return sorted(lost)
-
-    def _compute_local(self, tasks, on_done):
-        from concurrent.futures.process import BrokenProcessPool
-
-        from dask.callbacks import Callback
-
-        keys = {t.key for t in tasks}
-
-        def posttask(key, result, dsk, state, worker_id):
-            if key in keys:
-                on_done(result)
-
-        scheduler = LOCAL_SCHEDULERS[self.spec.kind]
-        kwargs: dict[str, Any] = {"scheduler": scheduler}
-        if scheduler != "sync":
-            kwargs["num_workers"] = self.n_workers
-        if scheduler == "processes":
-            kwargs["initializer"] = _die_with_parent
-        try:
-            with Callback(posttask=posttask):
-                dask.compute(*tasks, optimize_graph=False, **kwargs)
-        except BrokenProcessPool as e:
-            raise WorkerDiedError(
-                f"a worker process of the processes scheduler died ({e}): a sample may have "
-                "crashed it (a segfault or abort in the core), or it was killed. Finished blocks "
-                "are kept: run the same command again to continue; cluster='local' isolates "
-                "samples that crash their worker and marks them crashed. "
-                f"{GUARD_HINT if _unguarded_main() else ''}".strip()
-            ) from e
-
-    def close(self) -> None:
-        if self._cluster is not None:
-            self.client.close()
-            self._cluster.close()
-
-
-#: malloc arenas a worker process may have (glibc's default is 8 per core)
-MALLOC_ARENAS = 1
-_arenas_limited = False
-
-
-def limit_malloc_arenas() -> None:
-    """Let glibc's malloc use at most :data:`MALLOC_ARENAS` arenas in this process.
-
-    A block task allocates its block (megabytes) in its own thread, and Zarr encodes
-    it in a pool of threads; glibc gives each thread its own arena and keeps freed
-    memory in each, so a worker's resident memory climbed with the number of blocks
-    it had run while the blocks themselves never grew (8 MB blocks of 71 outputs per
-    sample: 137-141 MB after 4 blocks, 176-180 MB after 175). With one arena: 90-95
-    MB and 103-108 MB, at the same speed (one task thread per worker, and Zarr's
-    threads mostly wait on I/O). Once per process; nothing off glibc.
-    """
-    global _arenas_limited
-    if _arenas_limited or not sys.platform.startswith("linux"):
-        return
-    _arenas_limited = True
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
-
-
-#: resident memory after a block, below which freed memory is left to malloc
-_rss_floor: int | None = None
-#: the least growth (bytes) that makes a worker give freed memory back
-MIN_TRIM_GROWTH = 4 * 2**20
-
-
-def _resident_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def release_freed_memory(block_bytes: int) -> bool:
-    """After a block in a worker process: hand freed memory back once it has piled up.
-
-    glibc serves a worker's first blocks from fresh mappings, which go back to the
-    system when freed, then raises its mapping threshold to their size, so later
-    blocks are carved from the heap, whose freed pieces it keeps. The worker's
-    resident memory then settled about three blocks above where it was after its
-    first block (8 MB blocks: 96 -> 125 MB over a 10^7-sample run). When it has grown
-    more than two blocks (``block_bytes`` each) past the lowest it has been after a
-    block, ``malloc_trim(0)`` returns the freed pages; what it cannot return becomes
-    the new floor, so a kernel that keeps memory on purpose does not trim after every
-    block. Linux with glibc only; returns whether it trimmed.
-    """
-    global _rss_floor
-    if not sys.platform.startswith("linux"):
-        return False
-    rss = _resident_bytes()
-    if rss is None:
-        return False
-    if _rss_floor is None or rss < _rss_floor:
-        _rss_floor = rss
-        return False
-    if rss - _rss_floor <= max(2 * block_bytes, MIN_TRIM_GROWTH):
-        return False
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        return False
-    _rss_floor = max(_rss_floor, _resident_bytes() or rss)
-    return True
-
-
-def _die_with_parent() -> None:
-    """In a pool worker: end when the driver ends, even by SIGKILL (Linux only).
-
-    Without it, the idle workers of dask's processes scheduler outlive a killed driver.
-    Also limits the worker's malloc arenas (:func:`limit_malloc_arenas`).
-    """
-    import ctypes
-    import signal
-
-    limit_malloc_arenas()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the driver died before this line: go at once
-            os._exit(1)
-
-
-def check_can_spawn(spec: ClusterSpec) -> None:
-    """Refuse, before anything starts, a driver whose worker processes could not start.
-
-    Spawned processes re-run the driver's ``__main__`` from its file; code fed on
-    standard input (``python - < script.py``) has no file to re-run.
-    """
-    if spec.kind not in ("local", "processes"):
-        return
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is not None and not os.path.exists(path):
-        raise ClusterError(
-            f"cluster={spec.kind!r} starts worker processes, which re-run the main script, but "
-            f"this program's main script {path!r} is not a file (code fed on standard input?). "
-            "Save the code to a file and run that, or use cluster='threads' or cluster='serial'"
-        )
-
-
 def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
-    """Start the multiprocessing *forkserver* that worker and probe processes fork from.
+    """Start the multiprocessing *forkserver* that worker and probe processes fork from
+    (:func:`daskbatch.hygiene.start_forkserver`), when ``spec`` needs it.
 
-    The server imports distributed, numpy, what of daskbatch a block task needs (not
-    xarray, pandas or dask.array) and the kernel's module once. daskbatch's
-    LocalCluster forks its workers from it: started here, before the scheduler and
-    its dashboard start in this process, the two overlap on separate cores, and each
-    worker then starts (and stops) in milliseconds instead of importing everything
-    itself. The probe of the first samples also runs in a process forked from it, for
-    the processes scheduler, ``"local"`` and a scheduler address. Nothing for
-    ``"serial"``, ``"threads"`` and a running ``Client`` (whose workers run the
-    probe). The server lives as long as this process, like the one distributed itself
-    starts for its test suite.
+    daskbatch's LocalCluster forks its workers from it: started here, before the
+    scheduler and its dashboard start in this process, the two overlap on separate
+    cores, and each worker then starts (and stops) in milliseconds instead of
+    importing everything itself. The probe of the first samples also runs in a
+    process forked from it, for every executor type whose blocks run neither in the
+    driver (``"serial"``, ``"threads"``) nor on a running cluster's worker (a
+    ``Client``): there this does nothing. When daskbatch starts the cluster, the
+    scheduler's dashboard is imported meanwhile in a thread. The server lives as long
+    as this process, like the one distributed itself starts for its test suite.
     """
-    if spec.kind in ("serial", "threads", "client") or sys.platform == "win32":
+    if spec.in_driver or spec.probe_on_worker or sys.platform == "win32":
         return
-    from multiprocessing import forkserver, resource_tracker
-
-    from distributed.utils import get_mp_context
-
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        ctx = get_mp_context()  # distributed sets its own preload list once
-    wanted = [
-        "daskbatch._forkserver",  # first: SIGINT and SIGTERM ignored in the server and its children
-        "distributed",
-        "numpy",
-        "daskbatch.kernel",
-        "daskbatch.store",
-        "daskbatch.engine",
-    ]
-    wanted += [m for m in modules if m and m not in ("__main__", "__mp_main__")]
-    ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
-    # the server's processes start with one malloc arena (see limit_malloc_arenas);
-    # a value the user set is kept
-    added = "MALLOC_ARENA_MAX" not in os.environ
-    if added:
-        os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
-    os.environ[_FORKSERVER_FLAG] = "1"
-    # the server is started with SIGINT and SIGTERM blocked (one that comes during its
-    # start waits, in it, until daskbatch._forkserver has made them ignored; here it is
-    # delivered as usual); multiprocessing's resource tracker first: starting it
-    # unblocks both
-    with contextlib.suppress(Exception):
-        resource_tracker.ensure_running()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        with contextlib.suppress(Exception):  # if it cannot start, the cluster will say why
-            forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.environ.pop(_FORKSERVER_FLAG, None)
-        if added:
-            os.environ.pop("MALLOC_ARENA_MAX", None)
-    if spec.kind == "local" and "distributed.dashboard.scheduler" not in sys.modules:
+    hygiene.start_forkserver(modules)
+    if spec.starts_cluster and "distributed.dashboard.scheduler" not in sys.modules:
         # the scheduler's dashboard (bokeh: half a second of imports) loads in this
         # process while the forkserver loads the workers' modules on the other core
         threading.Thread(target=_import_dashboard, name="daskbatch-dashboard-import", daemon=True).start()
 
 
-#: set while daskbatch starts its forkserver: daskbatch._forkserver acts only then
-_FORKSERVER_FLAG = "DASKBATCH_FORKSERVER"
-
-
 def _import_dashboard() -> None:
     with contextlib.suppress(Exception):  # without bokeh the cluster starts without a dashboard
         importlib.import_module("distributed.dashboard.scheduler")
-
-
-def _unguarded_main() -> bool:
-    main = sys.modules.get("__main__")
-    return main is not None and getattr(main, "__file__", None) is None
 
 
 def quiet_level() -> int | None:
@@ -512,6 +344,9 @@ def signals_stop(*signums: int, only_default: bool = False, keep: bool = False) 
             restore()
 
 
+# --------------------------------------------------------------------------- starting any executor type
+
+
 @contextmanager
 def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterator[Executor]:
     """Start (or connect to) what ``spec`` describes; stop what was started on exit.
@@ -528,38 +363,11 @@ def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterat
 
 @contextmanager
 def _start_executor(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
-    if spec.kind in LOCAL_SCHEDULERS:
-        yield Executor(spec)
-        return
-    from distributed import Client
-
-    if spec.kind == "client":
-        yield Executor(spec, client=spec.client)
-        return
-    if spec.kind == "address":
-        try:
-            client = Client(spec.address, timeout="10s")
-        except OSError as e:
-            raise ClusterError(
-                f"cannot connect to the scheduler at {spec.address!r} ({e}); is it running? "
-                "Start one with `dask scheduler`, or use cluster='local' (--cluster local)"
-            ) from e
-        try:
-            yield Executor(spec, client=client)
-        finally:
-            client.close()
-        return
-    import multiprocessing
-
-    if (
-        multiprocessing.parent_process() is not None
-        and multiprocessing.current_process().name != "MainProcess"
-    ):
-        raise ClusterError("daskbatch.run was called while a worker process was starting. " + GUARD_HINT)
-    prestart(spec)  # the workers fork from daskbatch's forkserver (a no-op when it runs)
-    quiet = quiet_level()
-    with _quiet_logs(quiet):  # in this process: the scheduler, the nannies, the client
-        yield from _start_local_cluster(spec, memory_limit, quiet)
+    start = spec.executor.start
+    if start is None:  # pragma: no cover - parse_cluster resolves such names
+        raise ClusterError(f"cluster={spec.name!r} stands for another executor type; use parse_cluster")
+    with start(spec, memory_limit) as executor:
+        yield executor
 
 
 @contextmanager
@@ -601,16 +409,31 @@ def _signals_deferred() -> Iterator[None]:
                 signal.raise_signal(held[0])
 
 
+#: dask settings of daskbatch's own LocalCluster, in effect while it runs (see
+#: :func:`_new_local_cluster` for why each)
+CLUSTER_SETTINGS = {
+    "distributed.worker.multiprocessing-method": "forkserver",
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.interval": "100ms",
+    "distributed.worker.profile.cycle": "10s",
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+
+
 def _start_local_cluster(
     spec: ClusterSpec, memory_limit: int | None, quiet: int | None
 ) -> Iterator[Executor]:
     from distributed import Client
 
     cluster = client = None
-    # for as long as the cluster runs: a nanny reads it again whenever it restarts a
-    # worker that died, which would otherwise be spawned (slowly, and without what
-    # daskbatch's forkserver sets up: SIGINT and SIGTERM ignored, the log kept quiet)
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+    # for as long as the cluster runs: a nanny reads them again whenever it starts a
+    # worker (the ones that join after the first, one that restarts after dying),
+    # which would otherwise be spawned (slowly, and without what daskbatch's
+    # forkserver sets up: SIGINT and SIGTERM ignored, the log kept quiet) and get
+    # distributed's defaults instead of the settings below
+    with dask.config.set(CLUSTER_SETTINGS):
         try:
             with _signals_deferred():  # a Ctrl-C acts once the cluster has started
                 cluster = _new_local_cluster(spec, memory_limit, quiet)
@@ -642,20 +465,14 @@ def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int |
         # and each worker's 0.34 s per 14 s of TEM1D). Checks every 500 ms, a system
         # sample per second and a memory poll every 500 ms halve it; the warning on a
         # blocked event loop (after 3 s) and the memory limits work as before.
-        settings = {
-            "distributed.worker.multiprocessing-method": "forkserver",
-            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-            "distributed.worker.profile.interval": "100ms",
-            "distributed.worker.profile.cycle": "10s",
-            "distributed.admin.tick.interval": "500ms",
-            "distributed.admin.system-monitor.interval": "1s",
-            "distributed.worker.memory.monitor-interval": "500ms",
-        }
-        with dask.config.set(settings), warnings.catch_warnings():
+        with warnings.catch_warnings():
             if quiet is not None:  # the dashboard's address is printed by the run
                 warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-            return LocalCluster(
-                n_workers=spec.n_workers or default_workers(),
+            # one worker first, the others while it computes: the run's first blocks
+            # start as soon as one worker is up instead of when all are
+            n = spec.n_workers or default_workers()
+            cluster = LocalCluster(
+                n_workers=1,
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
@@ -664,6 +481,9 @@ def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int |
                 # the workers' handlers too (distributed's default: warnings)
                 silence_logs=quiet if quiet is not None else logging.WARNING,
             )
+            if n > 1:
+                cluster.scale(n)  # returns at once; the workers join as they start
+            return cluster
     except Exception as e:
         raise ClusterError(f"the local cluster did not start ({type(e).__name__}: {e}). {GUARD_HINT}") from e
 

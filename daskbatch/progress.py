@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from . import config
+
 __all__ = ["Progress", "RateWindow", "format_eta"]
 
 
@@ -98,8 +100,9 @@ class Progress:
     file
         Where to draw (standard error by default).
     interval
-        Seconds between plain lines when ``file`` is not a terminal (default 30, or
-        the ``DASKBATCH_PROGRESS_INTERVAL`` environment variable).
+        Seconds between plain lines when ``file`` is not a terminal (default: the
+        ``daskbatch.progress.interval`` setting, 30, see :mod:`daskbatch.config`; the
+        ``DASKBATCH_PROGRESS_INTERVAL`` environment variable still sets it too).
     """
 
     def __init__(
@@ -123,7 +126,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.window.add(self.t0, initial)
         if interval is None:
-            interval = float(os.environ.get("DASKBATCH_PROGRESS_INTERVAL", "30"))
+            interval = config.get("progress.interval")
         self.interval = interval
         self._last_line = self.t0
         self._bar: Any = None

@@ -1,0 +1,138 @@
+"""daskbatch's settings, read from dask's configuration under the ``daskbatch`` key.
+
+The defaults ship in ``daskbatch.yaml`` beside this module and are added to dask's
+defaults when this module is imported, the way distributed adds its own: a dask
+config file, a ``DASK_DASKBATCH__...`` environment variable or
+:func:`dask.config.set` changes them. :func:`get` reads a value when it is called,
+so a ``with dask.config.set(...)`` block acts on what runs inside it.
+
+Examples
+--------
+>>> import dask
+>>> get("probe.samples")
+16
+>>> with dask.config.set({"daskbatch.probe.samples": 32}):
+...     get("probe.samples")
+32
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import dask.config
+import yaml
+
+from .errors import DaskbatchError
+
+__all__ = ["DEFAULTS", "ConfigError", "get"]
+
+with open(Path(__file__).with_name("daskbatch.yaml"), encoding="utf-8") as _f:
+    #: the shipped defaults, as read from ``daskbatch.yaml``
+    DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
+
+dask.config.update_defaults(DEFAULTS)
+
+
+class ConfigError(DaskbatchError):
+    """A setting in dask's configuration has a value daskbatch cannot use."""
+
+
+IntKey = Literal["malloc-arenas", "probe.samples", "probe.vector-samples", "shown-errors"]
+FloatKey = Literal[
+    "progress.interval",
+    "probe.quick-seconds",
+    "probe.seconds",
+    "publish-interval",
+    "auto.start-seconds",
+    "connect-timeout",
+]
+BoolKey = Literal["verbose", "cli"]
+
+#: every key :func:`get` reads (below ``daskbatch.``) and the type of its value
+TYPES: dict[str, type] = {
+    "progress.interval": float,
+    "malloc-arenas": int,
+    "probe.samples": int,
+    "probe.vector-samples": int,
+    "probe.quick-seconds": float,
+    "probe.seconds": float,
+    "publish-interval": float,
+    "auto.start-seconds": float,
+    "connect-timeout": float,
+    "shown-errors": int,
+    "verbose": bool,
+    "cli": bool,
+}
+
+#: environment variables kept from before these settings, read when :func:`get` is
+#: called; one counts only while dask's configuration holds the shipped default
+LEGACY_ENV = {"progress.interval": "DASKBATCH_PROGRESS_INTERVAL"}
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+
+
+@overload
+def get(key: IntKey) -> int: ...
+@overload
+def get(key: FloatKey) -> float: ...
+@overload
+def get(key: BoolKey) -> bool: ...
+def get(key: str) -> int | float | bool:
+    """The current value of the setting ``daskbatch.<key>``, as its type.
+
+    ``key`` may be written with or without the ``daskbatch.`` prefix. An unknown key
+    raises :class:`KeyError` naming the known ones; a value that is not of the
+    key's type (an integer, a number, or true/false) raises :class:`ConfigError`
+    naming the key and the value.
+    """
+    short = key.removeprefix("daskbatch.").replace("_", "-")
+    kind = TYPES.get(short)
+    if kind is None:
+        raise KeyError(f"no daskbatch setting {key!r}; the settings are {sorted(TYPES)}")
+    default = _default(short)
+    value = dask.config.get(f"daskbatch.{short}", default=default)
+    legacy = LEGACY_ENV.get(short)
+    if legacy and os.environ.get(legacy) and value == default:
+        value = os.environ[legacy]
+        where = f"{legacy}={value!r}"
+    else:
+        where = f"daskbatch.{short}={value!r}"
+    try:
+        return _convert(value, kind)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"the setting {where} is not {_TYPE_NAMES[kind]}; it is read from dask's configuration "
+            f"(dask.config.set, a dask config file, or DASK_DASKBATCH__{short.replace('.', '__').upper()})"
+        ) from None
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _default(short: str) -> Any:
+    node: Any = DEFAULTS["daskbatch"]
+    for part in short.split("."):
+        node = node[part]
+    return node
+
+
+def _convert(value: Any, kind: type) -> int | float | bool:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(value)
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if kind is int:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    return float(value)

@@ -1,0 +1,554 @@
+"""Executor types by name with capability flags, process hygiene, settings, logging."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+from daskbatch import cluster, config, executors, hygiene
+from daskbatch.cluster import (
+    ClusterSpec,
+    Executor,
+    check_can_spawn,
+    executor_names,
+    get_executor,
+    parse_cluster,
+    register_executor,
+    start_executor,
+)
+from daskbatch.errors import ClusterError
+from daskbatch.progress import Progress
+
+FLAGS = (
+    "in_driver",
+    "separate_processes",
+    "workers_known_before_start",
+    "probe_on_worker",
+    "can_end_worker",
+    "needs_main_guard",
+    "starts_cluster",
+    "imports_like_driver",
+)
+
+#: the flags of each built-in executor type, in the order of FLAGS
+EXPECTED = {
+    "serial": (True, False, True, False, False, False, False, True),
+    "threads": (True, False, True, False, False, False, False, True),
+    "processes": (False, True, True, False, True, True, False, True),
+    "local": (False, True, True, False, True, True, True, True),
+    "address": (False, True, False, False, True, False, False, False),
+    "client": (False, True, True, True, True, False, False, False),
+}
+
+
+def _run(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python, with ``env`` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the registry for the test, so that its registrations do not stay."""
+    monkeypatch.setattr(executors, "_EXECUTORS", dict(executors._EXECUTORS))
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_built_in_name_is_registered_in_order():
+    assert executor_names() == ("serial", "threads", "processes", "local", "address", "client")
+    assert executor_names(by_name_only=True) == ("serial", "threads", "processes", "local")
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_the_flags_of_each_executor_type(name):
+    entry = get_executor(name)
+    assert tuple(getattr(entry, f) for f in FLAGS) == EXPECTED[name]
+    spec = (
+        parse_cluster("tcp://127.0.0.1:8786")
+        if name == "address"
+        else ClusterSpec(name, None, client=object())
+        if name == "client"
+        else parse_cluster(name, 2)
+    )
+    assert spec.name == name and spec.kind == name and spec.executor is entry
+    assert tuple(getattr(spec, f) for f in FLAGS) == EXPECTED[name]
+
+
+def test_a_timeout_never_ends_the_driver():
+    for name in executor_names():
+        entry = get_executor(name)
+        assert not (entry.in_driver and (entry.can_end_worker or entry.separate_processes)), name
+
+
+def test_a_fresh_import_of_cluster_registers_every_executor_type():
+    r = _run("import daskbatch.cluster as c; print(','.join(c.executor_names()))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["serial,threads,processes,local,address,client"]
+
+
+def test_executors_does_not_import_cluster():
+    """The registry is the lower layer: :mod:`daskbatch.cluster` imports it, never
+    the other way round (no import cycle)."""
+    import ast
+
+    for module in (executors, hygiene):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported.update(f"{node.module or ''}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        assert not {n for n in imported if n.lstrip(".").split(".")[-1] == "cluster"}, module.__name__
+
+
+def test_workers_before_start_and_descriptions():
+    assert parse_cluster("serial", 3).workers_before_start == 1
+    assert parse_cluster("threads", 3).workers_before_start == 3
+    assert parse_cluster("processes").workers_before_start == cluster.default_workers()
+    assert parse_cluster("local", 2).description == "local (2 worker processes, LocalCluster, 1 thread each)"
+    assert parse_cluster("processes", 3).description == "processes (3 processes)"
+    assert parse_cluster("serial").description == "serial (one thread, in this process)"
+    address = parse_cluster("127.0.0.1:8786")
+    assert address.workers_before_start is None
+    assert address.description == "scheduler at tcp://127.0.0.1:8786"
+
+
+def test_label_is_the_address_of_a_running_scheduler_else_the_name():
+    assert parse_cluster("127.0.0.1:8786").label == "tcp://127.0.0.1:8786"
+    assert parse_cluster("tls://sched:8786").label == "tls://sched:8786"
+    assert parse_cluster("local", 2).label == "local"
+    assert parse_cluster("serial").label == "serial"
+
+
+def test_kind_is_a_read_only_alias_of_the_name():
+    spec = parse_cluster("threads", 2)
+    with pytest.raises(AttributeError):
+        spec.kind = "serial"  # type: ignore[misc]
+    assert spec.kind == "threads"
+
+
+def test_an_unknown_name_names_the_bad_value_and_the_known_names():
+    with pytest.raises(ClusterError) as e:
+        parse_cluster("gpu")
+    assert str(e.value) == (
+        "cluster='gpu' is not valid; use one of ['serial', 'threads', 'processes', 'local'], "
+        "a scheduler address such as 'tcp://127.0.0.1:8786', or a distributed.Client"
+    )
+    with pytest.raises(ClusterError, match=r"cluster=3 is not valid; use one of \['serial'"):
+        parse_cluster(3)
+    for make in (lambda: ClusterSpec("gpu", None), lambda: get_executor("gpu")):
+        with pytest.raises(ClusterError) as e:
+            make()
+        assert "'gpu'" in str(e.value)
+        assert all(repr(n) in str(e.value) for n in EXPECTED), str(e.value)
+
+
+def test_n_workers_with_a_running_cluster_is_refused():
+    with pytest.raises(ClusterError, match="a running scheduler; start that many workers"):
+        parse_cluster("tcp://127.0.0.1:8786", 2)
+    with pytest.raises(ClusterError, match="n_workers=0 must be a positive integer"):
+        parse_cluster("local", 0)
+
+
+def test_a_registered_executor_type_is_one_registration(registry, tmp_path):
+    """A new name: parsed, flagged, described, started and computing real blocks; a
+    name standing for another one (as "auto" will) is one registration too."""
+    started = []
+
+    @contextmanager
+    def start_two_threads(spec, memory_limit):
+        started.append((spec.name, memory_limit))
+        yield Executor(spec)
+
+    register_executor(
+        "two-threads",
+        start_two_threads,
+        in_driver=True,
+        separate_processes=False,
+        workers_known_before_start=True,
+        dask_scheduler="threads",
+        count_workers=lambda spec: 2,
+    )
+    register_executor("pick", resolve=lambda n_workers: "two-threads" if n_workers else "serial")
+    spec = parse_cluster("two-threads")
+    assert spec.in_driver and not spec.can_end_worker and spec.workers_before_start == 2
+    assert spec.description == "two-threads (2 workers)" and spec.label == "two-threads"
+    with pytest.raises(ClusterError, match=r"use one of \[.*'two-threads', 'pick'\]"):
+        parse_cluster("nope")
+    assert parse_cluster("pick", 4).name == "two-threads"
+    assert parse_cluster("pick").name == "serial"
+
+    done = []
+    tasks = [dask.delayed(np.square)(np.arange(i, i + 3)) for i in range(5)]
+    with start_executor(spec, memory_limit=123) as ex:
+        assert ex.n_workers == 2
+        assert ex.compute(tasks, done.append) == []
+    assert started == [("two-threads", 123)]
+    assert sorted(int(d.sum()) for d in done) == sorted(
+        int((np.arange(i, i + 3) ** 2).sum()) for i in range(5)
+    )
+
+
+def test_registration_is_checked(registry):
+    @contextmanager
+    def start(spec, memory_limit):
+        yield Executor(spec)
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_executor("local", start)
+    with pytest.raises(ValueError, match="in_driver"):
+        register_executor("odd", start, in_driver=True)  # separate_processes defaults to True
+    with pytest.raises(ValueError, match="needs start="):
+        register_executor("nothing")
+    register_executor("selfish", resolve=lambda n: "selfish")
+    with pytest.raises(ClusterError, match="stands for itself"):
+        parse_cluster("selfish")
+    replaced = register_executor("local", start, replace=True, starts_cluster=True)
+    assert get_executor("local") is replaced
+    assert replaced.can_end_worker  # the default: separate_processes
+
+
+@pytest.mark.parametrize(("name", "refused"), [("processes", True), ("local", True), ("threads", False)])
+def test_only_types_that_spawn_processes_need_a_main_file(name, refused):
+    """Code fed on standard input has no file that spawned processes could re-run."""
+    script = f"from daskbatch.cluster import check_can_spawn, parse_cluster\ncheck_can_spawn(parse_cluster({name!r}))\n"
+    r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    if refused:
+        assert r.returncode == 1 and f"cluster={name!r} starts worker processes" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+    check_can_spawn(parse_cluster(name))  # pytest's __main__ is a file
+
+
+def test_a_threads_executor_computes_real_blocks(tmp_path):
+    import zarr
+
+    store = zarr.open_group(str(tmp_path / "t.zarr"), mode="w")
+    arr = store.create_array("y", shape=(12,), chunks=(4,), dtype="f8")
+
+    def block(i):
+        arr[4 * i : 4 * i + 4] = np.arange(4 * i, 4 * i + 4) * 2.0
+        return i
+
+    done = []
+    with start_executor(parse_cluster("threads", 2)) as ex:
+        assert ex.client is None and ex.n_workers == 2
+        ex.compute([dask.delayed(block)(i) for i in range(3)], done.append)
+    assert sorted(done) == [0, 1, 2]
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "t.zarr"))["y"][:], np.arange(12) * 2.0)
+
+
+# --------------------------------------------------------------------------- process hygiene
+
+
+def test_the_old_names_still_come_from_cluster():
+    assert cluster.limit_malloc_arenas is hygiene.limit_malloc_arenas
+    assert cluster.release_freed_memory is hygiene.release_freed_memory
+    for name in executors.__all__:
+        assert getattr(cluster, name) is getattr(executors, name), name
+        assert name in cluster.__all__, name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forkserver's environment")
+def test_forkserver_children_start_with_the_configured_malloc_arenas(tmp_path):
+    """From ``daskbatch.malloc-arenas`` (here its environment variable); the driver's own
+    environment is left as it was."""
+    script = tmp_path / "arenas.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os
+            from daskbatch import hygiene
+
+            def report(conn):
+                conn.send(os.environ.get("MALLOC_ARENA_MAX"))
+
+            if __name__ == "__main__":
+                hygiene.start_forkserver()
+                ctx = multiprocessing.get_context("forkserver")
+                receive, send = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=report, args=(send,))
+                p.start()
+                print(receive.recv(), os.environ.get("MALLOC_ARENA_MAX"))
+                p.join()
+            """
+        )
+    )
+    for value, expected in (("3", "3"), ("0", "None")):
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        r = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, "DASK_DASKBATCH__MALLOC_ARENAS": value},
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [expected, "None"], r.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_a_pool_worker_ends_when_its_driver_is_killed(tmp_path):
+    """A process that called :func:`die_with_parent` goes when its driver is SIGKILLed
+    (without it, the processes scheduler's idle workers outlived a killed driver)."""
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "driver.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import multiprocessing, os, time
+            from daskbatch import hygiene
+
+            def child():
+                hygiene.die_with_parent()
+                open({str(pid_file)!r} + ".tmp", "w").write(str(os.getpid()))
+                os.rename({str(pid_file)!r} + ".tmp", {str(pid_file)!r})
+                time.sleep(120)
+
+            if __name__ == "__main__":
+                multiprocessing.get_context("spawn").Process(target=child).start()
+                time.sleep(120)
+            """
+        )
+    )
+    driver = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.time() + 60
+        while not pid_file.exists():
+            assert time.time() < deadline and driver.poll() is None, "the child did not start"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        os.kill(child, 0)  # alive
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its killed driver")
+
+
+# --------------------------------------------------------------------------- settings
+
+SETTINGS = {
+    "progress.interval": 30.0,
+    "malloc-arenas": 1,
+    "probe.samples": 16,
+    "probe.vector-samples": 16384,
+    "probe.quick-seconds": 0.05,
+    "probe.seconds": 0.5,
+    "publish-interval": 2.0,
+    "auto.start-seconds": 2.0,
+    "connect-timeout": 10.0,
+    "shown-errors": 5,
+    "verbose": False,
+    "cli": False,
+}
+
+
+def test_the_defaults_are_in_dasks_config():
+    for key, value in SETTINGS.items():
+        assert dask.config.get(f"daskbatch.{key}") == value, key
+        got = config.get(key)
+        assert got == value and type(got) is type(value), key
+        assert config.get(f"daskbatch.{key}") == value
+    assert set(config.TYPES) == set(SETTINGS)
+
+
+def test_the_defaults_file_ships_with_the_package():
+    shipped = importlib.resources.files("daskbatch").joinpath("daskbatch.yaml")
+    assert shipped.is_file()
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert '"daskbatch.yaml"' in pyproject
+
+
+def test_dask_config_set_is_seen_when_read():
+    with dask.config.set({"daskbatch.probe.samples": 32, "daskbatch.progress.interval": 1}):
+        assert config.get("probe.samples") == 32
+        assert config.get("progress.interval") == 1.0
+        assert Progress(10, enabled=False).interval == 1.0
+    assert config.get("probe.samples") == 16
+    assert Progress(10, enabled=False).interval == 30.0
+    with dask.config.set({"daskbatch.cli": True}):  # what the command line sets
+        assert config.get("cli") is True
+        assert dask.config.get("daskbatch.cli", False) is True
+
+
+def test_environment_variables_are_seen():
+    """dask's own ``DASK_DASKBATCH__...`` names; the older DASKBATCH_PROGRESS_INTERVAL
+    still counts, below everything set in dask's config."""
+    r = _run(
+        """
+        import dask
+        from daskbatch import config
+        from daskbatch.progress import Progress
+        print(config.get("probe.samples"), config.get("probe.quick-seconds"), config.get("verbose"),
+              config.get("progress.interval"), Progress(1, enabled=False).interval)
+        with dask.config.set({"daskbatch.progress.interval": 7}):
+            print(config.get("progress.interval"))
+        """,
+        env={
+            "DASK_DASKBATCH__PROBE__SAMPLES": "64",
+            "DASK_DASKBATCH__PROBE__QUICK_SECONDS": "0.2",
+            "DASK_DASKBATCH__VERBOSE": "True",
+            "DASKBATCH_PROGRESS_INTERVAL": "0.3",
+        },
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["64", "0.2", "True", "0.3", "0.3", "7.0"]
+    r = _run(
+        "from daskbatch import config; print(config.get('progress.interval'))",
+        env={"DASK_DASKBATCH__PROGRESS__INTERVAL": "5", "DASKBATCH_PROGRESS_INTERVAL": "0.3"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["5.0"]
+
+
+def test_a_bad_value_or_key_names_itself():
+    with dask.config.set({"daskbatch.probe.samples": "many"}), pytest.raises(config.ConfigError) as e:
+        config.get("probe.samples")
+    assert "daskbatch.probe.samples='many' is not an integer" in str(e.value)
+    assert "DASK_DASKBATCH__PROBE__SAMPLES" in str(e.value)
+    with dask.config.set({"daskbatch.probe.samples": 2.5}), pytest.raises(config.ConfigError):
+        config.get("probe.samples")
+    with (
+        dask.config.set({"daskbatch.verbose": "maybe"}),
+        pytest.raises(config.ConfigError, match="true or false"),
+    ):
+        config.get("verbose")
+    with pytest.raises(KeyError, match="probe.samples"):
+        config.get("probe.sample")
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def test_log_lines_show_on_stderr_as_daskbatch_lines_by_default():
+    r = _run(
+        """
+        import logging
+        from daskbatch.log import logger
+        logger.info("took over the lock")
+        logging.getLogger("daskbatch.probe").warning("probe ended its process")
+        logger.debug("not shown")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "daskbatch: took over the lock\ndaskbatch: probe ended its process\n"
+    assert r.stdout == ""
+
+
+def test_importing_daskbatch_sets_up_the_logger_for_its_modules():
+    r = _run(
+        """
+        import logging
+        import daskbatch
+        logging.getLogger("daskbatch.engine").info("from a module of the package")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "daskbatch: from a module of the package\n"
+
+
+def test_the_users_level_silences_them():
+    r = _run(
+        """
+        import logging
+        import daskbatch
+        logging.getLogger("daskbatch").setLevel(logging.WARNING)
+        from daskbatch.log import logger
+        logger.info("quiet")
+        logger.warning("loud")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "daskbatch: loud\n"
+
+
+def test_a_level_set_before_import_is_kept():
+    r = _run(
+        """
+        import logging
+        logging.getLogger("daskbatch").setLevel(logging.ERROR)
+        from daskbatch.log import logger
+        logger.warning("quiet")
+        print(logger.level)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and r.stdout.split() == [str(logging.ERROR)]
+
+
+def test_logging_the_user_configured_shows_each_line_once_their_way(tmp_path):
+    """basicConfig on the terminal: their format, no second line; a handler of their own
+    on the daskbatch logger: only theirs; a log file of theirs: the file and stderr."""
+    r = _run(
+        """
+        import logging
+        logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+        from daskbatch.log import logger
+        logger.info("once")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "INFO daskbatch once\n"
+    r = _run(
+        """
+        import logging, sys
+        from daskbatch.log import logger
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("mine: %(message)s"))
+        logger.addHandler(handler)
+        logger.info("theirs")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout, r.stderr) == ("mine: theirs\n", "")
+    log = tmp_path / "run.log"
+    r = _run(
+        f"""
+        import logging
+        logging.basicConfig(filename={str(log)!r}, format="%(name)s %(message)s")
+        from daskbatch.log import logger
+        logger.info("both")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "daskbatch: both\n"
+    assert log.read_text() == "daskbatch both\n"
+
+
+def test_log_lines_reach_stderr_and_the_users_capture_in_process(capfd, caplog):
+    from daskbatch.log import logger
+
+    caplog.set_level(logging.INFO, logger="daskbatch")
+    logger.info("seen twice")
+    assert capfd.readouterr().err == "daskbatch: seen twice\n"
+    assert [r.getMessage() for r in caplog.records] == ["seen twice"]
