@@ -16,19 +16,39 @@ costs what the block costs, and the values are bit for bit the same whichever bl
   radical inverse for Halton) instead of stepping through the sequence. The tests
   check the points against ``scipy.stats.qmc``'s own ``fast_forward`` and
   ``random``.
+
+The designs a run is made of are here too: :class:`Design` and its kinds
+(:class:`MonteCarlo`, :class:`LatinHypercube`, :class:`Sobol`, :class:`Halton`),
+which draw each parameter by its distribution's inverse CDF from these points.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .distributions import Distribution, as_distribution
+from .errors import SpaceError
 from .random import _mix, stream_key, uniforms
+from .spacebase import Param, Space, _check_name
 
-__all__ = ["halton_points", "lhs_points", "permute", "sobol_points", "to_open_unit"]
+__all__ = [
+    "Design",
+    "Halton",
+    "LatinHypercube",
+    "MonteCarlo",
+    "Sobol",
+    "halton_points",
+    "lhs_points",
+    "permute",
+    "sobol_points",
+    "to_open_unit",
+]
 
 _ROUNDS = 4
 _TINY = 2.0**-54
@@ -141,3 +161,268 @@ def halton_points(seed: int, d: int, start: int, stop: int, scramble: bool = Tru
         for j, base in enumerate(eng.base)
     ]
     return np.stack(cols, axis=1) if cols else np.empty((stop - start, 0))
+
+
+# --------------------------------------------------------------------------- designs
+
+
+class Design(Space):
+    """Base class of the random and quasi-random designs: ``n`` samples of ``dists``.
+
+    Each parameter is drawn by its distribution's inverse CDF from design points in
+    the unit cube; a point depends only on ``(seed, sample index)`` (and the
+    design's size for a Latin hypercube), never on the chunking, the number of
+    workers, the scheduler or where a run was resumed.
+    """
+
+    batch_dims = ("sample",)
+    kind = ""
+
+    def __init__(self, dists: Mapping[str, Any], n: int, seed: int | None = None) -> None:
+        cls = type(self).__name__
+        if not isinstance(dists, Mapping) or not dists:
+            raise SpaceError(
+                f"{cls}: dists={dists!r} must be a non-empty dict of "
+                "{name: distribution}, e.g. {'x': Uniform(0, 1)}"
+            )
+        checked: dict[str, Distribution] = {}
+        for name, d in dists.items():
+            _check_name(cls, name)
+            checked[name] = as_distribution(d, where=f"{cls}: {name}")
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise SpaceError(f"{cls}: n={n!r} must be a positive integer")
+        self._seed_given = seed is not None
+        if seed is None:
+            seed = secrets.randbits(63)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise SpaceError(f"{cls}: seed={seed!r} must be a non-negative integer or None")
+        self.dists = checked
+        self.n = int(n)
+        self._seed = int(seed)
+        self.batch_shape = (self.n,)
+        self.params = {
+            name: Param(name, ("sample", *((d.dim or f"{name}_dim",) if d.shape else ())), d.shape, d.dtype)
+            for name, d in self.dists.items()
+        }
+        # the design's columns of each parameter (quasi-random designs share one point set)
+        self._columns: dict[str, slice] = {}
+        start = 0
+        for name, d in self.dists.items():
+            self._columns[name] = slice(start, start + d.n_uniforms)
+            start += d.n_uniforms
+        self.dimension = start
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def seed_given(self) -> bool:
+        return self._seed_given
+
+    def reseeded(self, seed: int) -> Design:
+        """The same design with another seed."""
+        import copy
+
+        other = copy.copy(self)
+        other._seed = int(seed)
+        other._seed_given = True
+        return other
+
+    def with_seed(self, seed: int) -> Design:
+        return self.reseeded(seed)
+
+    def _uniforms(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Design points of samples ``[start, stop)`` for one parameter, in (0, 1)."""
+        raise NotImplementedError
+
+    def _draw(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.dists[name].ppf(self._uniforms(name, start, stop))
+
+    def to_dask(self, chunks):
+        import dask.array as da
+
+        (c,) = chunks
+        out = {}
+        for name, d in self.dists.items():
+
+            def gen(block_info=None, _name=name):
+                start, stop = block_info[None]["array-location"][0]
+                return self._draw(_name, start, stop)
+
+            out[name] = da.map_blocks(
+                gen,
+                chunks=(c, *((s,) for s in d.shape)),
+                dtype=d.dtype,
+                meta=np.empty((0,) * (1 + len(d.shape)), dtype=d.dtype),
+                name=f"daskbatch-{self.kind}-{name}-{self._seed}-{self.n}",
+            )
+        return out
+
+    def block(self, slices):
+        (s,) = slices
+        return {name: self._draw(name, s.start, s.stop) for name in self.dists}
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+    def head(self, n: int) -> Design:
+        return type(self)(self.dists, n=max(1, min(n, self.n)), seed=self._seed, **self._options())
+
+    def spec(self):
+        return {
+            "type": self.kind,
+            "n": self.n,
+            "seed": self._seed,
+            **self._options(),
+            "params": {n: d.spec() for n, d in self.dists.items()},
+        }
+
+
+class MonteCarlo(Design):
+    """Independent random samples; ``seed`` fixes every value bit for bit.
+
+    A value depends only on ``(seed, parameter name, sample index)``, so adding a
+    parameter leaves the others' values unchanged.
+
+    Parameters
+    ----------
+    dists
+        ``{name: distribution}``: daskbatch distributions or frozen ``scipy.stats`` ones.
+    n
+        Number of samples.
+    seed
+        Non-negative integer. ``None`` draws one at random; it is recorded in the
+        store, so the run can still be reproduced.
+
+    Examples
+    --------
+    >>> from daskbatch import LogUniform, Normal
+    >>> mc = MonteCarlo({"rho": LogUniform(1, 1000, size=3), "h": Normal([30, 70], [5, 10])},
+    ...                 n=1000, seed=42)
+    >>> mc.block((slice(0, 2),))["rho"].shape
+    (2, 3)
+    """
+
+    kind = "montecarlo"
+
+    def _uniforms(self, name, start, stop):
+        return uniforms(self._seed, name, np.arange(start, stop, dtype=np.int64), self.dists[name].n_uniforms)
+
+
+class LatinHypercube(Design):
+    """Latin hypercube: each parameter's range is cut into ``n`` strata of equal
+    probability, and every stratum holds exactly one sample.
+
+    Computed block by block (a keyed permutation of the strata per dimension, see
+    :mod:`daskbatch.designs`), so the design never exists whole in memory. A value
+    depends on the seed, the parameter, the sample index and ``n``.
+
+    ``strata`` is the design's size; it defaults to ``n`` and is kept by the
+    first-samples view of a smoke run (``head``), so those samples are the full
+    design's.
+
+    Examples
+    --------
+    >>> from daskbatch import Uniform
+    >>> lhs = LatinHypercube({"x": Uniform(0, 1)}, n=10, seed=1)
+    >>> sorted((lhs.block((slice(0, 10),))["x"] * 10).astype(int).tolist())
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
+
+    kind = "latinhypercube"
+
+    def __init__(
+        self, dists: Mapping[str, Any], n: int, seed: int | None = None, *, strata: int | None = None
+    ) -> None:
+        super().__init__(dists, n, seed)
+        if strata is None:
+            strata = self.n
+        if isinstance(strata, bool) or not isinstance(strata, int | np.integer) or strata < self.n:
+            raise SpaceError(f"LatinHypercube: strata={strata!r} must be an integer >= n={self.n}")
+        self.strata = int(strata)
+
+    def _uniforms(self, name, start, stop):
+        d = self.dists[name].n_uniforms
+        pts = lhs_points(self._seed, name, np.arange(start, stop, dtype=np.int64), self.strata, d)
+        return to_open_unit(pts)
+
+    def _options(self):
+        return {"strata": self.strata} if self.strata != self.n else {}
+
+    def head(self, n: int) -> LatinHypercube:
+        return LatinHypercube(self.dists, n=max(1, min(n, self.n)), seed=self._seed, strata=self.strata)
+
+
+class _QMC(Design):
+    """Quasi-random designs: one point set of ``dimension`` columns shared by the parameters."""
+
+    def __init__(
+        self, dists: Mapping[str, Any], n: int, seed: int | None = None, *, scramble: bool = True
+    ) -> None:
+        super().__init__(dists, n, seed)
+        if not isinstance(scramble, bool):
+            raise SpaceError(f"{type(self).__name__}: scramble={scramble!r} must be True or False")
+        self.scramble = scramble
+
+    def _points(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _uniforms(self, name, start, stop):
+        if self.dists[name].n_uniforms == 0:
+            return np.empty((stop - start, 0))
+        return to_open_unit(self._points(start, stop)[:, self._columns[name]])
+
+    def _options(self):
+        return {} if self.scramble else {"scramble": False}
+
+
+class Sobol(_QMC):
+    """Scrambled Sobol points (``scipy.stats.qmc.Sobol``): low-discrepancy, best with
+    ``n`` a power of two (a warning says so otherwise); at most 2**30 samples.
+
+    Examples
+    --------
+    >>> from daskbatch import Uniform
+    >>> Sobol({"x": Uniform(0, 1), "y": Uniform(0, 1)}, n=256, seed=3).dimension
+    2
+    """
+
+    kind = "sobol"
+
+    def __init__(
+        self, dists: Mapping[str, Any], n: int, seed: int | None = None, *, scramble: bool = True
+    ) -> None:
+        super().__init__(dists, n, seed, scramble=scramble)
+        if self.n > 2**30:
+            raise SpaceError(f"Sobol: n={self.n:,} is more than the 2**30 points the sequence has")
+        if self.n & (self.n - 1):
+            import warnings
+
+            lower = 1 << (self.n.bit_length() - 1)
+            warnings.warn(
+                f"Sobol: n={self.n:,} is not a power of 2; Sobol points keep their balance "
+                f"properties only at powers of 2 (e.g. n={lower:,} or n={2 * lower:,})",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _points(self, start, stop):
+        return sobol_points(self._seed, max(1, self.dimension), start, stop, self.scramble)
+
+
+class Halton(_QMC):
+    """Scrambled Halton points (``scipy.stats.qmc.Halton``): low-discrepancy for any ``n``.
+
+    Examples
+    --------
+    >>> from daskbatch import Uniform
+    >>> h = Halton({"x": Uniform(0, 1)}, n=4, seed=3, scramble=False)
+    >>> h.block((slice(1, 4),))["x"].tolist()
+    [0.5, 0.25, 0.75]
+    """
+
+    kind = "halton"
+
+    def _points(self, start, stop):
+        return halton_points(self._seed, max(1, self.dimension), start, stop, self.scramble)

@@ -61,3 +61,16 @@ def test_from_spec_rejects_unknown():
         from_spec({"dist": "gamma"})
     with pytest.raises(SpaceError, match=r"unknown key\(s\) \['mu'\]"):
         from_spec({"dist": "normal", "mean": 0, "sd": 1, "mu": 3})
+
+
+def test_every_distribution_is_importable_from_daskbatch_distributions():
+    import daskbatch.distributions
+    import daskbatch.parametric
+
+    for name in daskbatch.parametric.__all__:
+        assert getattr(daskbatch.distributions, name) is getattr(daskbatch.parametric, name), name
+    for name in daskbatch.distributions.__all__:
+        assert hasattr(daskbatch.distributions, name), name
+    # a spec names a parametric family and a distribution of this module alike
+    assert isinstance(from_spec({"dist": "beta", "a": 2, "b": 3}), daskbatch.parametric.Beta)
+    assert from_spec({"dist": "constant", "value": 1.5}).spec() == {"dist": "constant", "value": 1.5}
