@@ -13,9 +13,10 @@ Examples
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-from .analysis import compare, convergence, export, outliers, summarize
+from ._version import __version__
+from .callbacks import Callback
 from .distributions import (
     Beta,
     Choice,
@@ -33,13 +34,47 @@ from .engine import RunResult, StoreStatus, open, plan, run, status
 from .errors import DaskbatchError
 from .kernel import STATUS, Kernel, Output, kernel
 from .plan import Plan
-from .report import report
 from .space import Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
-from .validate import ValidationError, ValidationReport, validate
+
+if TYPE_CHECKING:
+    from .analysis import compare, convergence, export, outliers, summarize
+    from .reports import report
+    from .validation import ValidationError, ValidationReport, validate
+
+# Imported when first used: a worker process that runs block tasks never loads the
+# analysis, report or validation code (nor pandas and the report's templates).
+_LAZY = {
+    "compare": "analysis",
+    "convergence": "analysis",
+    "export": "analysis",
+    "outliers": "analysis",
+    "summarize": "analysis",
+    "report": "reports",
+    "ValidationError": "validation",
+    "ValidationReport": "validation",
+    "validate": "validation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'daskbatch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "STATUS",
     "Beta",
+    "Callback",
     "Choice",
     "Constant",
     "DaskbatchError",

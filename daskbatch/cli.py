@@ -110,7 +110,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "kernel": kernel,
         "space": space,
         "store": store if store.is_absolute() else base / store,
-        "cluster": doc.get("cluster", "local"),
+        "cluster": doc.get("cluster", "auto"),
         "n_workers": doc.get("workers"),
         "chunk_size": doc.get("chunk_size", "auto"),
         "progress": doc.get("progress", True),
@@ -177,15 +177,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
-    from .validate import load_run
+    from .validation import load_run
 
     return load_run(store)
 
 
 def _resume_cluster(options: dict[str, Any]) -> str:
-    """The cluster of the run that made the store; a Client cannot be had again: local."""
+    """The cluster of the run that made the store; a Client cannot be had again: auto."""
     cluster = options.get("cluster")
-    return cluster if isinstance(cluster, str) and cluster != "client" else "local"
+    return cluster if isinstance(cluster, str) and cluster != "client" else "auto"
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -224,7 +224,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate
+    from .validation import validate
 
     report = validate(
         args.store, args.n, rtol=args.rtol, atol=args.atol, seed=args.seed, raise_on_failure=False
@@ -308,7 +308,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 @_reading
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import report
+    from .reports import report
 
     print(f"wrote {report(args.store, args.output)}")
     return 0
@@ -418,49 +418,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="daskbatch",
-        description="Run a numerical core over many parameter sets with Dask, into a Zarr store.",
+def _cluster_opts(p: argparse.ArgumentParser) -> None:
+    """Where a command runs: --cluster, --workers, --no-progress, --verbose."""
+    p.add_argument(
+        "--cluster",
+        help="auto (default: local, or this process when the work is less than starting a cluster), "
+        "local, processes, threads, serial, or a scheduler address",
     )
-    parser.add_argument("--version", action="version", version=f"daskbatch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.add_argument(
+        "--verbose", action="store_true", help="show distributed's log (worker deaths, restarts, ...)"
+    )
 
-    def cluster_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cluster", help="local (default), processes, threads, serial, or an address")
-        p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
-        p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-        p.add_argument(
-            "--verbose", action="store_true", help="show distributed's log (worker deaths, restarts, ...)"
-        )
 
-    def fault_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--retries", type=int, help="retry a failing sample this many times (default 0)")
-        p.add_argument(
-            "--timeout", type=float, help="seconds a sample may run (a block, for vectorised kernels)"
-        )
+def _fault_opts(p: argparse.ArgumentParser) -> None:
+    """How failing and slow samples are handled: --retries, --timeout."""
+    p.add_argument("--retries", type=int, help="retry a failing sample this many times (default 0)")
+    p.add_argument("--timeout", type=float, help="seconds a sample may run (a block, for vectorised kernels)")
 
-    def rerun_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--retry-failed",
-            action="store_true",
-            help="also recompute the samples that failed, timed out or crashed",
-        )
-        p.add_argument(
-            "--verify",
-            action="store_true",
-            help="check every chunk's checksum first; recompute damaged blocks",
-        )
-        p.add_argument(
-            "--kernel-changed",
-            choices=["refuse", "continue"],
-            default="refuse",
-            help="the store holds results of other kernel code: refuse (default), or continue "
-            "with the new code (recorded in the store's history)",
-        )
 
+def _rerun_opts(p: argparse.ArgumentParser) -> None:
+    """What a run into an existing store recomputes: --retry-failed, --verify, --kernel-changed."""
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also recompute the samples that failed, timed out or crashed",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every chunk's checksum first; recompute damaged blocks",
+    )
+    p.add_argument(
+        "--kernel-changed",
+        choices=["refuse", "continue"],
+        default="refuse",
+        help="the store holds results of other kernel code: refuse (default), or continue "
+        "with the new code (recorded in the store's history)",
+    )
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``run`` command."""
     p = sub.add_parser("run", help="run a sweep described by a TOML spec file")
     p.add_argument("spec", help="the TOML spec file")
     p.add_argument("--store", help="store path (overrides the spec)")
@@ -475,19 +475,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="discard an existing store first")
     p.add_argument("--memory-limit", help="memory per worker, e.g. 4GiB (default: the machine's, shared)")
-    cluster_opts(p)
-    fault_opts(p)
-    rerun_opts(p)
+    _cluster_opts(p)
+    _fault_opts(p)
+    _rerun_opts(p)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``plan`` command."""
     p = sub.add_parser("plan", help="show what `run` would do: blocks, memory, time, cluster")
     p.add_argument("spec", help="the TOML spec file")
     p.add_argument("--store", help="store path (overrides the spec)")
     p.add_argument("--chunk-size", type=_chunk_size, help="samples per block, or 'auto'")
     p.add_argument("--memory-limit", help="memory per worker, e.g. 4GiB")
-    cluster_opts(p)
+    _cluster_opts(p)
     p.set_defaults(func=_cmd_plan)
 
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``status`` command."""
     p = sub.add_parser("status", help="show samples and blocks done, failed and pending")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -498,16 +504,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_status)
 
+
+def _add_resume(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``resume`` command."""
     p = sub.add_parser("resume", help="continue a stopped run; the kernel is re-imported")
     p.add_argument("store")
     p.add_argument(
         "--overwrite", action="store_true", help="discard the results and start the same run again"
     )
-    cluster_opts(p)
-    fault_opts(p)
-    rerun_opts(p)
+    _cluster_opts(p)
+    _fault_opts(p)
+    _rerun_opts(p)
     p.set_defaults(func=_cmd_resume)
 
+
+def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``validate`` command."""
     p = sub.add_parser(
         "validate", help="recompute random samples one by one here and compare them with the store"
     )
@@ -518,6 +530,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which random samples (default 0)")
     p.set_defaults(func=_cmd_validate)
 
+
+def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that read a store's results: ``summary``, ``export`` and ``report``."""
     p = sub.add_parser("summary", help="totals, success rate and statistics of every output")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -540,11 +555,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
     p.set_defaults(func=_cmd_report)
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``demo`` command."""
     p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")
     p.add_argument("--n", type=int, default=100_000, help="number of samples (default 100000)")
     p.add_argument("--store", default="daskbatch-demo.zarr", help="store path")
-    cluster_opts(p)
+    _cluster_opts(p)
     p.set_defaults(func=_cmd_demo, cluster="local")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The ``daskbatch`` command's parser: one sub-command per builder above, in this order."""
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="daskbatch",
+        description="Run a numerical core over many parameter sets with Dask, into a Zarr store.",
+    )
+    parser.add_argument("--version", action="version", version=f"daskbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_plan, _add_status, _add_resume, _add_validate, _add_results, _add_demo):
+        add(sub)
     return parser
 
 

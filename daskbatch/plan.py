@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import html
 import math
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .chunking import auto_samples_per_block, block_shape_for_samples, plan_block_shape
 from .errors import DaskbatchError
@@ -29,11 +31,40 @@ class PlanError(DaskbatchError):
     """No block fits the memory budget, or the planning arguments are invalid."""
 
 
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or less when a cgroup (a
+    container, a cluster job) or ``RLIMIT_RSS`` limits it, as distributed reckons it
+    (without importing distributed: a run in this process never needs it)."""
+    import psutil
+
+    limit = psutil.virtual_memory().total
+    if sys.platform == "linux":
+        for path in (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.soft_limit_in_bytes",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/memory.high",
+            "/sys/fs/cgroup/memory.low",
+        ):
+            try:
+                with open(path) as f:
+                    value = int(f.read())
+            except (OSError, ValueError):  # absent, or "max"
+                continue
+            if value > 0:
+                limit = min(limit, value)
+    if sys.platform != "win32":
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_RSS)[1]
+        if 0 < hard < limit:
+            limit = hard
+    return int(limit)
+
+
 def default_memory_limit(n_workers: int) -> int:
     """Memory per worker: the machine's (or the cgroup's) memory shared by the workers."""
-    from distributed.system import MEMORY_LIMIT
-
-    return int(MEMORY_LIMIT // max(1, n_workers))
+    return machine_memory() // max(1, n_workers)
 
 
 def _bytes(n: float) -> str:
@@ -74,6 +105,23 @@ class Plan:
     n_workers: int
     cluster: str
     memory_limit: int
+    #: the run this plan was made for (set by :func:`daskbatch.plan`); see :meth:`execute`
+    request: Any = field(default=None, repr=False, compare=False)
+
+    def execute(self) -> Any:
+        """Run what this plan describes; returns a :class:`~daskbatch.RunResult`.
+
+        Blocks are cut as planned, and the kernel is not probed again (the plan's
+        probe already checked its outputs and measured its cost). The store is checked
+        again at this point: one that another run created or changed since the plan
+        was made is handled as :func:`daskbatch.run` would.
+        """
+        if self.request is None:
+            raise PlanError(
+                "this plan was not made by daskbatch.plan(kernel, space, store, ...) with a store "
+                "path, so it has nothing to run; call daskbatch.plan with the store path, or daskbatch.run"
+            )
+        return self.request.execute(self)
 
     @property
     def n_samples(self) -> int:

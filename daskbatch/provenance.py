@@ -1,404 +1,53 @@
-"""What a store records about the code that wrote it, and how that code is found again.
+"""The store's info as data: what a run records, how a rerun is checked against it,
+and how the kernel that wrote a store is found again.
 
-Two jobs, both about trusting a rerun:
-
-* :func:`kernel_code` — the kernel's identity *with its code*. A store keeps it, and a
-  run on a store with results compares it: a kernel whose code changed is refused
-  (naming what changed, as a short diff) unless the user says ``overwrite=True`` or
-  ``kernel_changed="continue"``.
-* :func:`import_kernel` / :func:`kernel_from_info` — the one way to import a kernel
+* :func:`run_provenance` and :func:`new_info` build what a store records: the kernel
+  and its code (:mod:`daskbatch.codeid`), the space, the constants, the layout, where
+  the run was started from, and a fingerprint of what must match on a rerun.
+* :func:`check_store` compares a rerun with a store: a different space, kernel
+  signature, constants or chunking is refused (:class:`FingerprintMismatchError`
+  naming what differs); changed kernel code is refused with a short diff
+  (:class:`KernelChangedError`) unless the user asks to continue; a design given no
+  seed continues with the store's.
+* :func:`import_kernel` / :func:`kernel_from_info` are the one way to import a kernel
   from a ``module:function`` reference, from a spec file's folder, or from the file a
   store says the kernel came from.
-
-What counts as the kernel's code
---------------------------------
-Compared after parsing, so comments, blank lines, spacing and docstrings never count:
-
-* the source of the kernel function (its decorator line included) and of its
-  ``setup=`` function;
-* the source of every function and class it uses by name that is *the user's own
-  code* (defined in a file outside the Python installation and its installed
-  packages), followed further through what those use; functions it reaches through a
-  closure too;
-* the values of the constants it uses by name from those modules: numbers, strings,
-  bytes, ``None``, tuples / lists / dicts / sets of those, and numpy arrays (hashed
-  by dtype, shape and bytes);
-* the whole source of a user module it uses as a module (``helpers.forward(x)``).
-
-Not counted: installed packages (numpy, scipy, a compiled model's wheel — their
-versions can change without refusing a resume), data files the kernel reads at run
-time, and module-level objects of other types (their type name is recorded).
 """
 
 from __future__ import annotations
 
-import ast
-import difflib
-import functools
+import datetime as _dt
 import hashlib
 import importlib
-import inspect
 import json
 import os
 import re
 import sys
-import sysconfig
-import textwrap
-import types
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .errors import SpecFileError
+from ._version import __version__
+from .chunking import plan_block_shape
+from .codeid import changed_parts, code_changes, installed_file, kernel_code
+from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError
+from .log import logger
 
 __all__ = [
     "changed_parts",
+    "check_store",
     "code_changes",
     "import_kernel",
+    "installed_file",
     "kernel_code",
     "kernel_from_info",
     "kernel_origin",
+    "new_info",
+    "now",
+    "run_provenance",
+    "space_fingerprint",
 ]
-
-_MAX_PARTS = 200
-_MAX_TEXT = 20_000
-_MAX_CONSTANT_ITEMS = 10_000
-
-
-# --------------------------------------------------------------------------- code identity
-
-
-def _installed_roots() -> tuple[str, ...]:
-    roots = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    roots |= {os.path.join(p, "lib") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    try:
-        import site
-
-        roots.update(site.getsitepackages())
-        roots.add(site.getusersitepackages())
-    except Exception:  # pragma: no cover - a Python without site's helpers
-        pass
-    return tuple(sorted({os.path.realpath(r) for r in roots if r}))
-
-
-_ROOTS = _installed_roots()
-
-
-def installed_file(file: str) -> bool:
-    """Whether ``file`` belongs to the Python installation or an installed package."""
-    real = os.path.realpath(file)
-    return "site-packages" in real or any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
-
-
-def _is_user_module(name: str | None, file: str | None) -> bool:
-    """Code the user wrote (or a core that ships with daskbatch), not an installed package."""
-    if not name or name in sys.builtin_module_names:
-        return False
-    if name == "__main__":  # the user's script or notebook
-        return True
-    if name == "daskbatch" or name.startswith("daskbatch."):
-        # daskbatch's own machinery is not the kernel's code; the cores it ships are
-        return name.startswith(("daskbatch.models", "daskbatch.testing"))
-    if not file:
-        return False
-    return not installed_file(file)
-
-
-def _normalized(source: str) -> tuple[str, str] | None:
-    """(sha256, text) of source code with comments, spacing and docstrings removed."""
-    try:
-        tree = ast.parse(textwrap.dedent(source))
-    except SyntaxError:
-        return None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
-            body = node.body
-            if (
-                body
-                and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)
-            ):
-                node.body = body[1:] or [ast.Pass()]
-    dumped = ast.dump(tree, annotate_fields=False, include_attributes=False)
-    return hashlib.sha256(dumped.encode()).hexdigest(), ast.unparse(tree)
-
-
-def _code_object_digest(code: types.CodeType) -> str:
-    """A fallback when no source can be found: the compiled code, without line numbers."""
-    h = hashlib.sha256()
-
-    def feed(c: types.CodeType) -> None:
-        h.update(c.co_code)
-        h.update(repr(c.co_names).encode())
-        h.update(repr(c.co_varnames).encode())
-        for const in c.co_consts:
-            if isinstance(const, types.CodeType):
-                feed(const)
-            else:
-                h.update(repr(const).encode())
-
-    feed(code)
-    return h.hexdigest()
-
-
-def _names_used(code: types.CodeType) -> list[str]:
-    names: list[str] = []
-    stack = [code]
-    while stack:
-        c = stack.pop()
-        names.extend(c.co_names)
-        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return list(dict.fromkeys(names))
-
-
-def _array_digest(value: np.ndarray) -> str | None:
-    if value.dtype.hasobject or value.size > 10**8:
-        return None
-    h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
-    h.update(np.ascontiguousarray(value).tobytes())
-    return h.hexdigest()
-
-
-def _module_file(name: str | None) -> str | None:
-    return getattr(sys.modules.get(name or ""), "__file__", None)
-
-
-def _user_callable(value: Any) -> bool:
-    mod = getattr(value, "__module__", None)
-    return _is_user_module(mod, _module_file(mod))
-
-
-class _Walker:
-    def __init__(self) -> None:
-        self.parts: dict[str, dict[str, Any]] = {}
-        self.seen: set[int] = set()
-
-    def add(self, label: str, part: dict[str, Any]) -> None:
-        if len(self.parts) < _MAX_PARTS:
-            self.parts[label] = part
-
-    def source_part(self, obj: Any, kind: str) -> dict[str, Any]:
-        try:
-            src = inspect.getsource(obj)
-        except (OSError, TypeError):
-            src = None
-        norm = _normalized(src) if src is not None else None
-        if norm is None:
-            code = getattr(obj, "__code__", None)
-            if code is None:
-                return {"kind": kind, "sha256": "", "text": "(source not available)"}
-            return {"kind": kind, "sha256": _code_object_digest(code), "text": "(source not available)"}
-        sha, text = norm
-        return {"kind": kind, "sha256": sha, "text": text[:_MAX_TEXT]}
-
-    def function(self, func: Any, label: str | None = None) -> None:
-        func = inspect.unwrap(func)
-        if id(func) in self.seen or not isinstance(func, types.FunctionType):
-            return
-        self.seen.add(id(func))
-        label = label or f"{func.__module__}:{func.__qualname__}"
-        self.add(label, self.source_part(func, "function"))
-        self.references(func.__code__, func.__globals__, func.__module__)
-        user = _user_callable(func)
-        for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            self.value(f"{label}.<closure {name}>", value, from_user_module=True)
-        # default values are evaluated once, when the function is defined: they are
-        # not in its source (``def k(a, scale=SCALE)``)
-        defaults = list(func.__defaults__ or ()) + list((func.__kwdefaults__ or {}).values())
-        if defaults:
-            self.value(f"{label}.<defaults>", tuple(defaults), from_user_module=user)
-
-    def klass(self, cls: type) -> None:
-        if id(cls) in self.seen:
-            return
-        self.seen.add(id(cls))
-        self.add(f"{cls.__module__}:{cls.__qualname__}", self.source_part(cls, "class"))
-        for member in vars(cls).values():
-            f = member.__func__ if isinstance(member, staticmethod | classmethod) else member
-            if isinstance(f, property):
-                f = f.fget
-            if isinstance(f, types.FunctionType):
-                self.seen.add(id(f))
-                self.references(f.__code__, f.__globals__, f.__module__)
-        for base in cls.__mro__[1:]:  # what it inherits from the user's own classes
-            if base is not object and _user_callable(base):
-                self.klass(base)
-
-    def module(self, mod: types.ModuleType) -> None:
-        if id(mod) in self.seen:
-            return
-        self.seen.add(id(mod))
-        try:
-            src = inspect.getsource(mod)
-        except (OSError, TypeError):
-            src = None
-        norm = _normalized(src) if src is not None else None
-        if norm is not None:
-            self.add(
-                f"{mod.__name__} (module)", {"kind": "module", "sha256": norm[0], "text": norm[1][:_MAX_TEXT]}
-            )
-        # a package: the submodules loaded from it (``mypkg.sub.g(a)`` reaches them
-        # through attributes, which the names a function uses do not show)
-        if hasattr(mod, "__path__"):
-            prefix = mod.__name__ + "."
-            for name in sorted(n for n in list(sys.modules) if n.startswith(prefix)):
-                sub = sys.modules.get(name)
-                if isinstance(sub, types.ModuleType) and _is_user_module(
-                    name, getattr(sub, "__file__", None)
-                ):
-                    self.module(sub)
-
-    def references(self, code: types.CodeType, namespace: Mapping[str, Any], module: str | None) -> None:
-        user = _is_user_module(module, _module_file(module))
-        for name in _names_used(code):
-            if name not in namespace:
-                continue  # an attribute name, a builtin, or a name bound at run time
-            self.value(f"{module}:{name}", namespace[name], from_user_module=user)
-
-    def value(self, label: str, value: Any, from_user_module: bool) -> None:
-        from .kernel import Kernel
-
-        if isinstance(value, Kernel):
-            self.function(value.func)
-            return
-        wrapped = getattr(value, "__wrapped__", None)  # functools.lru_cache, wraps, ...
-        if wrapped is not None and callable(value) and not isinstance(value, type):
-            value = inspect.unwrap(value)
-        if isinstance(value, types.FunctionType):
-            if _user_callable(value):
-                self.function(value)
-        elif isinstance(value, types.MethodType):
-            self.value(label, value.__func__, from_user_module)
-        elif isinstance(value, type):
-            if _user_callable(value):
-                self.klass(value)
-        elif isinstance(value, types.ModuleType):
-            if _is_user_module(value.__name__, getattr(value, "__file__", None)):
-                self.module(value)
-        elif isinstance(value, functools.partial):
-            self.value(label + ".func", value.func, from_user_module)
-            self.constant(label + ".arguments", (value.args, value.keywords))
-        elif from_user_module and _user_callable(type(value)):  # an instance of the user's class
-            self.klass(type(value))
-            if hasattr(value, "__dict__"):
-                self.constant(label + ".state", dict(vars(value)))
-        elif from_user_module and not callable(value):
-            self.constant(label, value)
-
-    def constant(self, label: str, value: Any) -> None:
-        digest = self.digest(value)
-        if digest is None:
-            self.add(label, {"kind": "object", "sha256": "", "text": f"<{type(value).__name__}>"})
-            return
-        text = repr(value)
-        if len(text) > 200:
-            text = text[:197] + "..."
-        self.add(label, {"kind": "constant", "sha256": digest, "text": text})
-
-    def digest(self, value: Any) -> str | None:
-        """A digest of a plain value (functions of the user's inside it are followed and
-        named), or None for objects whose value cannot be pinned down."""
-        count = [0]
-
-        def plain(v: Any) -> Any:
-            count[0] += 1
-            if count[0] > _MAX_CONSTANT_ITEMS:
-                raise ValueError
-            if v is None or isinstance(v, bool | int | float | complex | str | bytes):
-                return [type(v).__name__, repr(v)]
-            if isinstance(v, np.ndarray):
-                d = _array_digest(v)
-                if d is None:
-                    raise ValueError
-                return ["ndarray", d]
-            if isinstance(v, np.generic):
-                return [v.dtype.str, repr(v)]
-            if isinstance(v, list | tuple):
-                return [type(v).__name__, [plain(x) for x in v]]
-            if isinstance(v, set | frozenset):
-                return [type(v).__name__, sorted(json.dumps(plain(x)) for x in v)]
-            if isinstance(v, Mapping) and type(v) is dict:
-                return ["dict", [[plain(k), plain(x)] for k, x in v.items()]]
-            if (
-                callable(v)
-                and not isinstance(v, type)
-                and (isinstance(inspect.unwrap(v), types.FunctionType) or isinstance(v, functools.partial))
-            ):
-                self.value("", v, True)  # a dispatch table of functions: follow them
-                target = inspect.unwrap(v.func if isinstance(v, functools.partial) else v)
-                return ["function", f"{target.__module__}:{target.__qualname__}"]
-            if isinstance(v, type):
-                if _user_callable(v):
-                    self.klass(v)
-                return ["class", f"{v.__module__}:{v.__qualname__}"]
-            raise ValueError
-
-        try:
-            return hashlib.sha256(json.dumps(plain(value)).encode()).hexdigest()
-        except (ValueError, TypeError, RecursionError):
-            return None
-
-
-def kernel_code(kernel: Any) -> dict[str, Any]:
-    """The kernel's code as the store records it: a digest and the parts it covers.
-
-    ``parts`` maps a label (``module:name``) to its kind, digest and normalised
-    text (source without comments and docstrings, or a constant's repr), which is
-    what a refusal shows as a diff. See the module docstring for what counts.
-    """
-    w = _Walker()
-    func = inspect.unwrap(kernel.func)
-    if isinstance(func, types.FunctionType):
-        w.function(func, label=f"{kernel.module}:{kernel.qualname}")
-    elif isinstance(func, functools.partial):
-        w.value(f"{kernel.module}:{kernel.qualname}", func, True)
-    else:  # a callable object: its class, and its state
-        w.klass(type(func))
-        w.constant(f"{kernel.module}:{kernel.qualname}.state", dict(getattr(func, "__dict__", {})))
-    if kernel.setup is not None:
-        w.function(kernel.setup)
-    digest = hashlib.sha256(
-        json.dumps({k: v["sha256"] for k, v in w.parts.items()}, sort_keys=True).encode()
-    ).hexdigest()
-    return {"sha256": digest, "parts": w.parts}
-
-
-def changed_parts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Labels of the parts that differ between two :func:`kernel_code` records."""
-    a, b = old.get("parts", {}), new.get("parts", {})
-    return sorted(
-        k for k in set(a) | set(b) if (a.get(k) or {}).get("sha256") != (b.get(k) or {}).get("sha256")
-    )
-
-
-def code_changes(old: Mapping[str, Any], new: Mapping[str, Any], max_lines: int = 12) -> list[str]:
-    """Lines that say how two :func:`kernel_code` records differ: a short diff per part."""
-    old_parts, new_parts = old.get("parts", {}), new.get("parts", {})
-    lines: list[str] = []
-    for label in sorted(set(old_parts) | set(new_parts)):
-        a, b = old_parts.get(label), new_parts.get(label)
-        if a is not None and b is not None and a.get("sha256") == b.get("sha256"):
-            continue
-        if a is None:
-            lines.append(f"  {label}: new ({b['kind']})")
-            continue
-        if b is None:
-            lines.append(f"  {label}: no longer used")
-            continue
-        lines.append(f"  {label}:")
-        diff = difflib.unified_diff(a.get("text", "").splitlines(), b.get("text", "").splitlines(), n=0)
-        body = [d for d in diff if not d.startswith(("---", "+++", "@@"))]
-        lines += [f"    {d}" for d in body[:max_lines]]
-        if len(body) > max_lines:
-            lines.append(f"    ... and {len(body) - max_lines} more changed lines")
-    return lines
 
 
 def kernel_origin(kernel: Any) -> str:
@@ -518,10 +167,199 @@ def kernel_from_info(info: Mapping[str, Any], store: str) -> Any:
                 "(or in code that has no file): run the notebook cell that called daskbatch.run "
                 "again; it continues where it stopped"
             )
-        from .engine import resume_hint
+        from .results import resume_hint
 
         raise SpecFileError(
             f"store {store!r} was written by kernel {ref.split(':')[1]!r} defined in the script "
             f"{file!r}: run that script again ({resume_hint(info, store)}); it continues where it stopped"
         )
     return import_kernel(ref, info.get("spec_dir"), file_hint=file)
+
+
+# --------------------------------------------------------------------------- the store's info
+
+
+def now() -> str:
+    """The time now, as the store's history records it (UTC, ISO 8601, seconds)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def space_fingerprint(space: Any) -> dict[str, Any]:
+    """What of a space must match on a rerun (a table is identified by its contents)."""
+    spec = dict(space.spec())
+    spec.pop("path", None)
+    return spec
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _describe_difference(name: str, stored: Any, now: Any) -> str:
+    if isinstance(stored, dict) and isinstance(now, dict):
+        keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        parts = [f"{k}: {_short(stored.get(k))} -> {_short(now.get(k))}" for k in keys[:4]]
+        return f"{name} ({'; '.join(parts)})"
+    return f"{name} ({_short(stored)} -> {_short(now)})"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_provenance(kernel: Any, spec_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """What a run records about its kernel's code and how to run it again.
+
+    Recorded on every run (a rerun with ``kernel_changed="continue"`` records the new
+    code): the code identity, where the kernel was defined, and either the spec file
+    it was described in (``daskbatch resume`` imports the kernel from its folder) or
+    the folder and command line the run was started with.
+    """
+    provenance = {
+        "kernel_code": kernel_code(kernel),
+        "kernel_origin": kernel_origin(kernel),
+        "kernel_file": kernel.source_file(),
+        "kernel_source_sha256": kernel.source_hash(),
+    }
+    if spec_file is not None:
+        provenance["spec_file"] = str(Path(spec_file).resolve())
+        provenance["spec_dir"] = str(Path(spec_file).resolve().parent)
+        provenance["kernel_ref"] = _spec_kernel_ref(spec_file) or kernel.identity
+    else:
+        # how to run it again: the script and the folder it ran from (a relative store path)
+        provenance["cwd"] = os.getcwd()
+        provenance["argv"] = [str(a) for a in sys.argv[:50]]
+    return provenance
+
+
+def new_info(
+    kernel: Any,
+    space: Any,
+    constants_json: Any,
+    block_shape: tuple[int, ...],
+    numblocks: tuple[int, ...],
+    provenance: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The info of a new store: provenance, layout, an empty history and the fingerprint
+    (:meth:`~daskbatch.store.Store.create` adds the store format)."""
+    info = {
+        "version": __version__,
+        "store_id": uuid.uuid4().hex,
+        "kernel": kernel.spec(),
+        **provenance,
+        "space": space_fingerprint(space),
+        "space_spec": space.spec(),
+        "seed": space.seed,
+        "constants": constants_json,
+        "layout": {
+            "batch_dims": list(space.batch_dims),
+            "batch_shape": list(space.batch_shape),
+            "block_shape": list(block_shape),
+            "numblocks": list(numblocks),
+        },
+        "fingerprint": "",
+        "history": [],
+    }
+    info["fingerprint"] = _digest({k: info[k] for k in ("kernel", "space", "constants", "layout")})
+    return info
+
+
+def check_store(
+    store: Any,
+    info: Mapping[str, Any],
+    kernel: Any,
+    space: Any,
+    constants_json: Any,
+    chunk_size: Any,
+    code: Mapping[str, Any],
+    kernel_changed: str,
+    announce: bool = True,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Refuse a store written by a different run; return the space to run (a seedless
+    design takes the store's seed) and the change of the kernel's code, if any."""
+    space = _adopt_seed(space, info, announce)
+    _check_fingerprint(store, info, kernel, space, constants_json, chunk_size)
+    return space, _check_kernel_code(store, info, kernel, code, kernel_changed)
+
+
+def _spec_kernel_ref(spec_file: str | os.PathLike[str]) -> str | None:
+    """The ``kernel`` a spec file names (how ``daskbatch resume`` imports it again)."""
+    import tomllib
+
+    try:
+        ref = tomllib.loads(Path(spec_file).read_text()).get("kernel")
+    except (OSError, ValueError):
+        return None
+    return ref if isinstance(ref, str) else None
+
+
+def _adopt_seed(space: Any, info: Mapping[str, Any], announce: bool) -> Any:
+    """A design given no seed continues with the seed its store was started with."""
+    stored = info.get("seed")
+    if space.seed_given or stored is None or stored == space.seed:
+        return space
+    other = space.with_seed(int(stored))
+    if space_fingerprint(other) != info.get("space"):
+        return space  # something else differs too: the fingerprint check names it
+    if announce:
+        logger.info(f"no seed given; continuing with the seed this store was started with ({stored})")
+    return other
+
+
+def _check_fingerprint(
+    st: Any, info: Mapping[str, Any], kernel: Any, space: Any, constants_json, chunk_size
+) -> None:
+    stored_layout = info["layout"]
+    now = {"kernel": kernel.spec(), "space": space_fingerprint(space), "constants": constants_json}
+    diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
+    if chunk_size != "auto":
+        bs = plan_block_shape(space.batch_dims, space.batch_shape, chunk_size, n_workers=1)
+        if list(bs) != stored_layout["block_shape"]:
+            diffs.append(f"chunking (block shape {stored_layout['block_shape']} -> {list(bs)})")
+    if diffs:
+        raise FingerprintMismatchError(
+            f"store {str(st.path)!r} was written by a different run; what differs: "
+            + ", ".join(diffs)
+            + ". Pass overwrite=True to discard it and start again, or use a new store path"
+        )
+
+
+def _check_kernel_code(
+    st: Any, info: Mapping[str, Any], kernel: Any, code: Mapping[str, Any], kernel_changed: str
+) -> dict[str, Any] | None:
+    """None when the kernel's code is the store's; else the change, or a refusal naming it.
+
+    A store with no committed block takes the new code silently: nothing would mix.
+    """
+    old = info.get("kernel_code")
+    if old is None:  # written before the code was recorded: only a hash of the raw source
+        raw = info.get("kernel_source_sha256")
+        if raw is None or raw == kernel.source_hash():
+            return None
+        old = {"sha256": raw, "parts": {}}
+        lines = ["  (this store recorded only a hash of the kernel's source: no diff to show)"]
+    elif old.get("sha256") == code["sha256"]:
+        return None
+    else:
+        lines = code_changes(old, code)
+    done = st.ledger.committed()
+    change = {
+        "from": old.get("sha256"),
+        "to": code["sha256"],
+        "parts": changed_parts(old, code),
+    }
+    if not done.any():
+        change["results"] = False
+        return change
+    if kernel_changed == "continue":
+        change["results"] = True
+        return change
+    raise KernelChangedError(
+        f"store {str(st.path)!r} holds results of other code of kernel {kernel.identity!r} "
+        f"({int(done.sum()):,} of {done.size:,} blocks done). What changed:\n"
+        + "\n".join(lines)
+        + "\nTo discard those results and start again: overwrite=True (--overwrite). To keep them "
+        "and go on with the new code: kernel_changed='continue' (--kernel-changed continue); "
+        "the store's history records it"
+    )

@@ -8,17 +8,17 @@ import sys
 
 import numpy as np
 import pytest
-import zarr
 from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import daskbatch as db
 from daskbatch.plan import MEMORY_FACTOR, TASK_SHARE, PlanError, make_plan
+from daskbatch.store import Store
 from daskbatch.testing import slow_square
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     n=st.integers(1, 10**9),
     workers=st.integers(1, 512),
@@ -88,7 +88,7 @@ def test_plan_is_what_run_does_and_its_time_estimate_holds(tmp_path):
     assert p.seconds_per_block == pytest.approx(0.1, rel=0.5)
     res = db.run(slow_square, space, tmp_path / "s.zarr", chunk_size=20, progress=False, **args)
     assert res.blocks_total == p.n_blocks
-    measured = zarr.open_group(tmp_path / "s.zarr")["_daskbatch/seconds"][...]
+    measured = Store(tmp_path / "s.zarr").ledger.seconds()
     assert measured.mean() == pytest.approx(p.seconds_per_block, rel=0.5)
     assert res.wall_seconds == pytest.approx(p.total_seconds, rel=0.5)
     # auto chunking: the same plan in `plan` and in `run` (the cost here is in the balance)
@@ -140,6 +140,7 @@ def _memory_now() -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+@pytest.mark.slow
 def test_plan_memory_estimate_bounds_a_real_workers_peak(tmp_path):
     """Tolerance: a worker's measured peak growth during the run lies between a third
     of the plan's per-worker memory and the plan itself (the plan is an upper bound)."""
@@ -172,6 +173,7 @@ def _scheduler_tick(dask_scheduler) -> float:
     return dask_scheduler.periodic_callbacks["tick"].callback_time
 
 
+@pytest.mark.slow
 def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
     """40 blocks of 8 MB per worker after 4: the peak grows by less than 2 blocks.
 
@@ -207,20 +209,20 @@ def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_freed_memory_is_handed_back_once_per_two_blocks_of_growth(monkeypatch):
     """Memory kept on purpose becomes the new floor: no trim after every block."""
-    from daskbatch import cluster
+    from daskbatch import hygiene
 
-    monkeypatch.setattr(cluster, "_rss_floor", None)
+    monkeypatch.setattr(hygiene, "_rss_floor", None)
     block = 8 * 2**20
-    assert not cluster.release_freed_memory(block)  # the first block sets the floor
-    floor = cluster._rss_floor
+    assert not hygiene.release_freed_memory(block)  # the first block sets the floor
+    floor = hygiene._rss_floor
     # grows the process by 4 blocks and stays: its own mapping, so that memory freed
     # earlier in this process (by other tests) cannot serve it without growing
     kept = mmap.mmap(-1, 4 * block)
     kept.write(b"\1" * (4 * block))
-    assert not cluster.release_freed_memory(100 * block)  # within 2 blocks of 100 MB
-    assert cluster.release_freed_memory(block)  # 4 blocks past the floor
-    assert cluster._rss_floor >= floor
+    assert not hygiene.release_freed_memory(100 * block)  # within 2 blocks of 100 MB
+    assert hygiene.release_freed_memory(block)  # 4 blocks past the floor
+    assert hygiene._rss_floor >= floor
     # what the trim could not return (the array kept) is the new floor: no trim again
-    assert not cluster.release_freed_memory(block)
-    assert not cluster.release_freed_memory(block)
+    assert not hygiene.release_freed_memory(block)
+    assert not hygiene.release_freed_memory(block)
     kept.close()

@@ -222,7 +222,7 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
                     ("samples", f"{st.n_samples:,} in {st.blocks_total:,} blocks ({st.blocks_done:,} done)"),
                     (
                         "status",
-                        ", ".join(f"{s[k]:,} {k}" for k in STATUS)
+                        ", ".join(f"{s[k.name]:,} {k.name}" for k in STATUS)
                         + (f"; success rate {s['ok'] / done:.2%} of those run" if done else ""),
                     ),
                 ]

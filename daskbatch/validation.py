@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DaskbatchError
+from .errors import DaskbatchError, sample_label
 from .kernel import STATUS
 
 __all__ = ["ValidationError", "ValidationReport", "load_run", "validate"]
@@ -99,8 +99,19 @@ def load_run(store: str | os.PathLike[str]) -> tuple[Any, Any, dict[str, Any]]:
     return kernel, space, info
 
 
-def _pick(status, total: int, n: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
-    """Up to ``n`` random positions whose status is ok, reading only their status."""
+def _pick(
+    status,
+    total: int,
+    n: int,
+    rng: np.random.Generator,
+    committed: np.ndarray | None = None,
+    block_shape: tuple[int, ...] | None = None,
+) -> list[tuple[int, ...]]:
+    """Up to ``n`` random positions whose status is ok, reading only their status.
+
+    With ``committed`` (one boolean per block, from the store's ledger) and the
+    ``block_shape``, only positions of committed blocks are picked.
+    """
     chosen: list[tuple[int, ...]] = []
     seen: set[int] = set()
     for _ in range(8):
@@ -112,6 +123,8 @@ def _pick(status, total: int, n: int, rng: np.random.Generator) -> list[tuple[in
         seen.update(cand.tolist())
         idx = np.unravel_index(cand, status.shape)
         ok = np.asarray(status.get_coordinate_selection(idx)) == STATUS["ok"]
+        if committed is not None and block_shape is not None:
+            ok &= committed[tuple(i // b for i, b in zip(idx, block_shape, strict=True))]
         chosen += [tuple(int(i[j]) for i in idx) for j in np.flatnonzero(ok)]
         if len(chosen) >= n or len(seen) >= total:
             break
@@ -148,7 +161,7 @@ def validate(
     """
     import zarr
 
-    from .engine import kernel_inputs
+    from .blocktask import kernel_inputs
     from .provenance import changed_parts, kernel_code
     from .store import Store
 
@@ -163,7 +176,9 @@ def validate(
     status = root["status"]
     total = int(np.prod(status.shape))
     rng = np.random.default_rng(seed)
-    picked = _pick(status, total, int(n), rng)
+    committed = st.ledger.committed()  # the ledger first, then the status it covers
+    block_shape = tuple(info["layout"]["block_shape"])
+    picked = _pick(status, total, int(n), rng, committed, block_shape)
     constants = info.get("constants") or {}
     nd = len(space.batch_dims)
     report = ValidationReport(str(st.path), len(picked), float(rtol), float(atol))
@@ -172,15 +187,11 @@ def validate(
         now = kernel_code(kernel)
         if now["sha256"] != stored_code.get("sha256"):
             report.code_changed = changed_parts(stored_code, now)
-    coords = space.batch_coords()
     worst = {k: [0.0, 0.0] for k in kernel.outputs}
     for pos in picked:
         slices = tuple(slice(p, p + 1) for p in pos)
         values = space.block(slices)
-        label = "sample " + ", ".join(
-            f"{d}={coords[d][p].item()!r}" if d in coords else f"{d}={p}"
-            for d, p in zip(space.batch_dims, pos, strict=True)
-        )
+        label = sample_label(space, int(np.ravel_multi_index(pos, space.batch_shape)))
         kernel_params, regenerated = kernel_inputs(values, space.params, tuple(space.batch_dims))
         for name, v in regenerated.items():
             if not np.array_equal(np.asarray(root[name][slices]), v) and name not in report.params_differ:

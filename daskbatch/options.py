@@ -1,0 +1,196 @@
+"""One frozen, validated set of run options.
+
+:func:`daskbatch.run` and :func:`daskbatch.plan` check every argument here, before
+anything touches a store or starts a worker, and pass one :class:`RunOptions` on
+instead of argument lists. A bad value raises an error naming the argument, the
+value and what would work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cluster import ClusterSpec, check_can_spawn, parse_cluster
+from .errors import DaskbatchError, KernelSignatureError
+from .kernel import Kernel
+from .space import Space
+
+__all__ = ["KERNEL_CHANGED", "RunOptions"]
+
+KERNEL_CHANGED = ("refuse", "continue")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run was asked to do, checked (see :func:`daskbatch.run` for each field)."""
+
+    cluster: ClusterSpec
+    chunk_size: int | str | Mapping[str, int] = "auto"
+    progress: bool = True
+    overwrite: bool = False
+    constants: Mapping[str, Any] = field(default_factory=dict)
+    #: the constants as the store records them
+    constants_json: Any = None
+    retries: int = 0
+    timeout: float | None = None
+    retry_failed: bool = False
+    verify: bool = False
+    memory_limit: int | None = None
+    kernel_changed: str = "refuse"
+    spec_file: str | None = None
+    callbacks: tuple[Any, ...] = ()
+    #: ``cluster="auto"``: ``cluster`` is the local cluster the run starts unless its
+    #: predicted work is less than starting one (then it runs in this process)
+    auto: bool = False
+
+    @classmethod
+    def from_arguments(
+        cls,
+        kernel: Any,
+        space: Any,
+        *,
+        cluster: Any = "auto",
+        n_workers: int | None = None,
+        chunk_size: int | str | Mapping[str, int] = "auto",
+        progress: bool = True,
+        overwrite: bool = False,
+        constants: Mapping[str, Any] | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        retry_failed: bool = False,
+        verify: bool = False,
+        memory_limit: int | str | None = None,
+        kernel_changed: str = "refuse",
+        spec_file: str | os.PathLike[str] | None = None,
+        callbacks: Sequence[Any] | None = None,
+    ) -> RunOptions:
+        """Check the arguments of :func:`daskbatch.run` against ``kernel`` and ``space``."""
+        _check_kernel_and_space(kernel, space)
+        _check_chunking(chunk_size, progress, overwrite, constants)
+        _check_reliability(retries, timeout, retry_failed, verify)
+        if kernel_changed not in KERNEL_CHANGED:
+            raise DaskbatchError(
+                f"kernel_changed={kernel_changed!r} is not valid; use 'refuse' (the default: a store with "
+                "results of other kernel code is refused) or 'continue' (keep them and go on)"
+            )
+        callbacks = tuple(callbacks or ())
+        for cb in callbacks:
+            if not any(
+                callable(getattr(cb, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")
+            ):
+                raise DaskbatchError(
+                    f"callbacks: {cb!r} has none of on_run_start, on_block_end, on_run_end; "
+                    "subclass daskbatch.Callback"
+                )
+        constants = dict(constants or {})
+        constants_json = jsonable(constants, "constants")
+        kernel.check_arguments(space.params, constants)
+        auto = isinstance(cluster, str) and cluster == "auto"
+        spec = parse_cluster("local" if auto else cluster, n_workers)
+        if not auto:  # "auto" checks it once it knows it needs worker processes
+            check_can_spawn(spec)
+        return cls(
+            cluster=spec,
+            chunk_size=chunk_size,
+            progress=progress,
+            overwrite=overwrite,
+            constants=constants,
+            constants_json=constants_json,
+            retries=retries,
+            timeout=timeout,
+            retry_failed=retry_failed,
+            verify=verify,
+            memory_limit=memory_limit_bytes(memory_limit),
+            kernel_changed=kernel_changed,
+            spec_file=None if spec_file is None else str(Path(spec_file)),
+            callbacks=callbacks,
+            auto=auto,
+        )
+
+
+def jsonable(value: Any, where: str) -> Any:
+    """``value`` as JSON the store can record, or an error naming ``where``."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufU":
+            raise DaskbatchError(f"{where}: arrays of dtype {value.dtype} cannot be recorded")
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [jsonable(v, where) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise DaskbatchError(
+        f"{where}={value!r} cannot be recorded in the store; constants must be numbers, "
+        "strings, booleans, lists, dicts or numpy arrays"
+    )
+
+
+def _check_reliability(retries: Any, timeout: Any, retry_failed: Any, verify: Any) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise DaskbatchError(f"retries={retries!r} must be a whole number >= 0 (0: no retries)")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise DaskbatchError(f"timeout={timeout!r} must be a number of seconds > 0, or None (no timeout)")
+    if timeout is not None and not math.isfinite(timeout):
+        raise DaskbatchError(f"timeout={timeout!r} must be finite; use None for no timeout")
+    for name, value in (("retry_failed", retry_failed), ("verify", verify)):
+        if not isinstance(value, bool):
+            raise DaskbatchError(f"{name}={value!r} must be True or False")
+
+
+def memory_limit_bytes(value: int | str | None) -> int | None:
+    """``memory_limit=`` in bytes (text such as ``"4GiB"`` parsed), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(value)
+        except ValueError:
+            raise DaskbatchError(
+                f"memory_limit={value!r} is not a size; use bytes (an int) or text such as '4GiB'"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DaskbatchError(f"memory_limit={value!r} must be a size > 0 in bytes, or text such as '4GiB'")
+    return value
+
+
+def _check_kernel_and_space(kernel: Any, space: Any) -> None:
+    if not isinstance(kernel, Kernel):
+        raise KernelSignatureError(
+            f"kernel={kernel!r} is not a daskbatch kernel; decorate the function with "
+            "@daskbatch.kernel(outputs={...})"
+        )
+    if not isinstance(space, Space):
+        raise DaskbatchError(
+            f"space={space!r} is not a parameter space; use daskbatch.Grid, Table, MonteCarlo, "
+            "LatinHypercube, Sobol, Halton or Product"
+        )
+
+
+def _check_chunking(chunk_size: Any, progress: Any, overwrite: Any, constants: Any) -> None:
+    if not (chunk_size == "auto" or isinstance(chunk_size, int | Mapping)) or isinstance(chunk_size, bool):
+        raise DaskbatchError(
+            f"chunk_size={chunk_size!r} is not valid; use 'auto', a number of samples per block, "
+            "or a dict of block sizes per batch dim"
+        )
+    for name, value in (("progress", progress), ("overwrite", overwrite)):
+        if not isinstance(value, bool):
+            raise DaskbatchError(f"{name}={value!r} must be True or False")
+    if constants is not None and not isinstance(constants, Mapping):
+        raise DaskbatchError(f"constants={constants!r} must be a dict of keyword arguments")
+
+
+# --------------------------------------------------------------------------- block task

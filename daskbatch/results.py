@@ -1,0 +1,209 @@
+"""What a run and a store report: :class:`StoreStatus` and :class:`RunResult`.
+
+Both are computed from the store's block ledger (committed blocks and their counts)
+and its info (history, kernel, how to resume), never from what a run remembers, so
+``daskbatch status`` in another shell and the value :func:`daskbatch.run` returns
+agree.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import config
+from .kernel import STATUS
+from .progress import format_eta
+from .store import Store
+
+__all__ = ["RunResult", "StoreStatus", "resume_hint", "store_status"]
+
+
+def _shown_errors() -> int:
+    """How many errors a status shows (``daskbatch.shown-errors`` in dask's config)."""
+    return int(config.get("shown-errors"))
+
+
+def _counts_dict(counts: np.ndarray) -> dict[str, int]:
+    return {name: int(counts[code]) for name, code in STATUS.items()}
+
+
+@dataclass
+class StoreStatus:
+    """Totals of a store: samples and blocks done, failed and pending.
+
+    ``samples["pending"]`` counts the samples of blocks without a commit marker.
+    """
+
+    store: str
+    samples: dict[str, int]
+    n_samples: int
+    blocks_done: int
+    blocks_total: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    last_run: dict[str, Any] | None = None
+    kernel: str = ""
+    running: dict[str, Any] | None = None  # who holds the store's lock now (host, pid, start)
+    #: how to continue: a command to run, or what to rerun (a notebook cell, a script)
+    resume_hint: str = ""
+    #: runs that went on with changed kernel code (``kernel_changed="continue"``)
+    kernel_changes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.blocks_done == self.blocks_total
+
+    @property
+    def n_failed(self) -> int:
+        return self.n_samples - self.samples["ok"] - self.samples["pending"]
+
+    def _state(self) -> str:
+        if self.running:
+            h = self.running
+            text = f"running now (host {h.get('host')}, pid {h.get('pid')}, since {h.get('start')})"
+            prog = h.get("progress") or {}
+            if prog.get("rate"):
+                text += (
+                    f"; {prog['rate']:,.0f} samples/s, ETA {format_eta(prog.get('eta_seconds'))} "
+                    f"(as of {prog.get('updated', '?')})"
+                )
+            return text
+        if self.complete:
+            return "complete"
+        run = self.last_run or {}
+        if run.get("state") == "running":
+            return f"stopped without finishing (killed?); {self._resume_text()}"
+        if run.get("state") == "stopped" and run.get("reason"):  # "stopped by SIGTERM", "interrupted"
+            return f"{run['reason']}; {self._resume_text()}"
+        return f"incomplete; {self._resume_text()}"
+
+    def _resume_text(self) -> str:
+        hint = self.resume_hint or f"daskbatch resume {shlex.quote(self.store)}"
+        return f"resume with: {hint}" if hint.startswith(("daskbatch ", "python ", "cd ")) else hint
+
+    def _lines(self) -> list[str]:
+        s = self.samples
+        pct = 100.0 * (self.n_samples - s["pending"]) / self.n_samples if self.n_samples else 100.0
+        lines = [
+            f"store:    {self.store}",
+            f"kernel:   {self.kernel}",
+            f"state:    {self._state()}",
+            f"samples:  {self.n_samples:,} total: {s['ok']:,} ok, {s['failed']:,} failed, "
+            f"{s['timeout']:,} timed out, {s['crashed']:,} crashed, {s['pending']:,} pending "
+            f"({pct:.1f}% done)",
+            f"blocks:   {self.blocks_done:,} of {self.blocks_total:,} done",
+        ]
+        for ch in self.kernel_changes:
+            lines.insert(
+                2,
+                f"code:     went on with changed kernel code at {ch.get('start', '?')} "
+                f"({str(ch.get('from'))[:12]} -> {str(ch.get('to'))[:12]}: "
+                f"{', '.join(ch.get('parts', [])[:3]) or 'source'}); blocks before it used the old code",
+            )
+        if self.errors:
+            lines.append("errors (first ones):")
+            lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[: _shown_errors()]]
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self._lines())
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+@dataclass
+class RunResult(StoreStatus):
+    """What :func:`run` returns: the store's totals plus what this call did."""
+
+    blocks_computed: int = 0
+    samples_computed: int = 0
+    wall_seconds: float = 0.0
+    cluster: str = ""
+    dashboard: str | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_computed / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def _lines(self) -> list[str]:
+        lines = super()._lines()
+        if self.blocks_computed:
+            lines.insert(
+                3,
+                f"this run: {self.samples_computed:,} samples in {self.blocks_computed:,} blocks, "
+                f"{self.wall_seconds:.2f} s, {self.samples_per_second:,.0f} samples/s on "
+                f"{self.cluster}",
+            )
+        else:
+            lines.insert(3, "this run: nothing to compute, every block was already done")
+        return lines
+
+    def open(self):
+        """The results as a lazy :class:`xarray.Dataset` (see :func:`daskbatch.open`)."""
+        return Store(self.store).open_dataset()
+
+
+def store_status(
+    store: Store, info: Mapping[str, Any], cls: type[StoreStatus] = StoreStatus, **extra: Any
+) -> StoreStatus:
+    """The totals of ``store`` as ``cls``, from its committed blocks only."""
+    ledger = store.ledger
+    records = ledger.records()  # one read of the bookkeeping
+    done = np.zeros(ledger.numblocks, dtype=bool)
+    counts = np.zeros((*ledger.numblocks, len(STATUS)), dtype=np.int64)  # a pending block: zeros
+    for block, record in records.items():
+        done[block] = True
+        counts[block] = record.counts_array()
+    n_samples = int(math.prod(info["layout"]["batch_shape"]))
+    totals = counts.reshape(-1, len(STATUS)).sum(axis=0)
+    samples = _counts_dict(totals)
+    samples["pending"] = n_samples - int(totals.sum()) + int(totals[STATUS["pending"]])
+    failing = [
+        tuple(int(i) for i in idx)
+        for idx in np.argwhere(done & (counts[..., STATUS["ok"]] < counts.sum(axis=-1)))
+    ][: _shown_errors()]
+    errors = [e for b in failing for e in records[b].errors]
+    history = info.get("history") or [None]
+    return cls(
+        store=str(store.path),
+        samples=samples,
+        n_samples=n_samples,
+        blocks_done=int(done.sum()),
+        blocks_total=int(done.size),
+        errors=errors[: _shown_errors()],
+        last_run=history[-1],
+        kernel=info.get("kernel", {}).get("identity", ""),
+        running=None if cls is RunResult else store.lock().holder(),
+        resume_hint=resume_hint(info, str(store.path)),
+        kernel_changes=[
+            {"start": h.get("start"), **h["kernel_changed"]}
+            for h in info.get("history", [])
+            if h.get("kernel_changed")
+        ],
+        **extra,
+    )
+
+
+def resume_hint(info: Mapping[str, Any], store: str) -> str:
+    """How a user continues this store: a command that works, or what to rerun."""
+    identity = info.get("kernel", {}).get("identity", "")
+    if identity.startswith("__main__:"):
+        file = info.get("kernel_file")
+        if info.get("kernel_origin") == "notebook" or not file or not os.path.isfile(file):
+            return "run the notebook cell that called daskbatch.run again"
+        argv = list(info.get("argv") or [])
+        if argv and os.path.realpath(argv[0]) == os.path.realpath(file):
+            command = "python " + " ".join(shlex.quote(a) for a in argv)
+        else:
+            command = f"python {shlex.quote(file)}"
+        cwd = info.get("cwd")
+        return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
+    return f"daskbatch resume {shlex.quote(store)}"

@@ -1,0 +1,495 @@
+"""The run loop: a locked store, a started executor, pending blocks → committed blocks.
+
+:class:`Runner` does one run on a store whose writer lock it holds: it repairs what
+the store's checks found, probes the kernel on a new store, plans the blocks, starts
+the executor, creates the store from its template, computes the pending blocks
+(isolating the ones that kill their worker, see :mod:`daskbatch.salvage`) and keeps
+the store's history. What it tells the world as it goes (the progress bar, the
+progress ``daskbatch status`` shows, the user's own) goes through
+:class:`~daskbatch.callbacks.Callback` objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import config
+from .blocktask import BlockContext, build_tasks
+from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
+from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
+from .kernel import STATUS, Kernel
+from .log import logger
+from .options import RunOptions
+from .plan import Plan, make_plan
+from .probe import measure
+from .provenance import new_info, now
+from .results import RunResult, store_status
+from .space import Space
+from .store import Layout, Store
+
+__all__ = ["Runner", "blocks_to_retry", "make_run_plan", "workers_before_start"]
+
+
+@dataclass
+class Runner:
+    """One run on a store whose lock is held (see the module docstring)."""
+
+    kernel: Kernel
+    space: Space
+    st: Store
+    options: RunOptions
+    lock: Any
+    info: dict[str, Any] | None  # None: a new store
+    provenance: Mapping[str, Any]
+    t_start: float
+    damaged: list[Any]
+    retry: list[tuple[int, ...]]
+    code_change: dict[str, Any] | None = None
+    plan: Plan | None = None  # a plan made (and probed) before: no probe again
+
+    def run(self) -> RunResult:
+        self._repair()
+        plan, seconds, probed = self.plan, None, False
+        if self.options.auto:
+            if self.info is None:  # the probe, in a fork of this process, says how much work it is
+                seconds, probed = auto_probe(self.kernel, self.space, self.options), True
+            else:
+                seconds = seconds_per_sample(self.st)
+            self.options = choose_cluster(self.kernel, self.options, seconds, self._pending_samples())
+        spec = self.options.cluster
+        prestart(spec, [self.kernel.module])  # worker processes get ready while this process probes
+        if self.info is None and plan is None:
+            # a first look at the kernel: outputs that cannot be stored fail here. An explicit
+            # chunk_size needs no cost per sample: the first samples only
+            seconds = (
+                seconds
+                if probed
+                else measure(
+                    spec,
+                    self.kernel,
+                    self.space,
+                    self.options.constants,
+                    self.options.timeout,
+                    cost=self.options.chunk_size == "auto",
+                )
+            )
+            workers = workers_before_start(spec)
+            if workers is not None:  # a block that cannot fit fails here, before any worker starts
+                plan = make_run_plan(self.kernel, self.space, self.options, workers, seconds)
+        with start_executor(spec, memory_limit=self.options.memory_limit) as executor:
+            if self.info is None:
+                if plan is None:
+                    plan = make_run_plan(self.kernel, self.space, self.options, executor.n_workers, seconds)
+                layout = self._create(plan.block_shape)
+            else:
+                layout = self._layout(tuple(self.info["layout"]["block_shape"]), self.info["store_id"])
+            return self._loop(executor, layout)
+
+    def _pending_samples(self) -> int:
+        if self.info is None:
+            return self.space.size
+        return max(0, self.space.size - int(self.st.ledger.counts().sum()))
+
+    # ----------------------------------------------------------------- before
+
+    def _repair(self) -> None:
+        st = self.st
+        if self.info is not None and self.lock.previous:
+            prev = self.lock.previous
+            logger.info(
+                f"took over the lock of a run that ended without releasing it "
+                f"(host {prev.get('host')}, pid {prev.get('pid')}, started {prev.get('start')})"
+            )
+        if self.damaged:
+            damaged = self.damaged
+            logger.warning(
+                "recomputing damaged blocks: "
+                + "; ".join(str(d) for d in damaged[:5])
+                + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+            )
+            st.ledger.forget([d.block for d in damaged])
+        for b in self.retry:
+            st.clear_timeouts(b)
+
+    def _layout(self, block_shape: tuple[int, ...], store_id: str) -> Layout:
+        space = self.space
+        return Layout(
+            block_shape=block_shape,
+            store_id=store_id,
+            batch_dims=space.batch_dims,
+            batch_shape=space.batch_shape,
+            params=space.params,
+            outputs=self.kernel.outputs,
+            batch_coords=space.batch_coords(),
+        )
+
+    def _create(self, block_shape: tuple[int, ...]) -> Layout:
+        numblocks = tuple(math.ceil(n / b) for n, b in zip(self.space.batch_shape, block_shape, strict=True))
+        info = new_info(
+            self.kernel,
+            self.space,
+            self.options.constants_json,
+            block_shape,
+            numblocks,
+            self.provenance,
+        )
+        layout = self._layout(block_shape, info["store_id"])
+        layout.validate()
+        self.st.create(layout, info, overwrite=True)
+        self.info = info
+        return layout
+
+    # ----------------------------------------------------------------- the loop
+
+    def _entry(self, executor: Any, pending: list, retry: list) -> dict[str, Any]:
+        entry = {
+            "start": now(),
+            "state": "running",
+            "cluster": executor.description,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": _user(),
+            "blocks_pending": len(pending),
+        }
+        if retry:
+            entry["blocks_retried"] = len(retry)
+        change = self.code_change
+        if change is not None and change.get("results"):
+            entry["kernel_changed"] = {k: change[k] for k in ("from", "to", "parts")}
+            logger.info(
+                f"the kernel's code changed ({', '.join(change['parts'][:3]) or 'source'}); "
+                "going on with the new code as asked (recorded in the store's history)"
+            )
+        return entry
+
+    def _loop(self, executor: Any, layout: Layout) -> RunResult:
+        st, info, options = self.st, self.info, self.options
+        assert info is not None
+        ledger = st.ledger
+        done = ledger.committed()
+        pending = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
+        done_before = int(done.sum())
+        retry = [b for b in self.retry if done[b]]
+        pending += retry
+        before = store_status(st, info)
+        counts_now = ledger.counts()
+        redo_samples = sum(int(counts_now[b].sum()) for b in retry)
+        redo_failed = sum(int(counts_now[b].sum() - counts_now[b][STATUS["ok"]]) for b in retry)
+        dashboard = executor.dashboard_link
+        entry = self._entry(executor, pending, retry)
+        info["options"] = {  # what `daskbatch resume` uses again
+            "retries": options.retries,
+            "timeout": options.timeout,
+            "cluster": "auto" if options.auto else options.cluster.label,
+            "workers": options.cluster.n_workers,
+        }
+        if pending:
+            info["history"] = [*info.get("history", []), entry]
+            st.update_info(info)
+        if options.progress and dashboard and pending:
+            print(f"daskbatch: Dask dashboard at {dashboard}", flush=True)
+        tally, bar = Tally(), ProgressBar(options.progress)
+        callbacks: list[Callback] = [tally, bar, Publisher(self.lock, bar, tally, _publish_seconds())]
+        callbacks += list(options.callbacks)
+        _call(
+            callbacks,
+            "on_run_start",
+            RunStart(
+                store=str(st.path),
+                n_samples=before.n_samples,
+                samples_done=before.n_samples - before.samples["pending"] - redo_samples,
+                samples_failed=before.n_failed - redo_failed,
+                blocks_pending=len(pending),
+                blocks_total=before.blocks_total,
+                cluster=executor.description,
+                dashboard=dashboard,
+            ),
+        )
+
+        def on_done(result: np.ndarray) -> None:
+            _call(callbacks, "on_block_end", block_end(result.flat[0]))
+
+        t_compute = time.perf_counter()
+        try:
+            if pending:
+                ctx = BlockContext(
+                    kernel=self.kernel,
+                    store=str(st.path),
+                    layout=layout,
+                    param_names=tuple(self.space.params),
+                    constants=options.constants,
+                    retries=options.retries,
+                    timeout=options.timeout,
+                    # only a worker process may be ended to stop native code, never this one
+                    kill_on_timeout=options.cluster.can_end_worker,
+                    retry_failed=options.retry_failed,
+                )
+                tasks = build_tasks(self.space, layout, ctx, pending)
+                compute_all(executor, st, self.space, ctx, tasks, pending, on_done)
+        except BaseException as exc:
+            wall = time.perf_counter() - t_compute
+            _call(callbacks, "on_run_end", RunEnd("stopped", tally.blocks, tally.samples, wall, exc))
+            if pending:
+                self._stopped(entry, exc, tally.blocks, done_before)
+            if isinstance(exc, KeyboardInterrupt):
+                say_interrupted(st, exc)
+            raise
+        wall = time.perf_counter() - t_compute
+        _call(callbacks, "on_run_end", RunEnd("finished", tally.blocks, tally.samples, wall))
+        if pending:
+            entry.update(
+                state="finished",
+                end=now(),
+                blocks_computed=tally.blocks,
+                samples_computed=tally.samples,
+                samples_ok=tally.ok,
+                samples_not_ok=tally.samples - tally.ok,
+                wall_seconds=round(wall, 3),
+                total_seconds=round(time.perf_counter() - self.t_start, 3),
+            )
+            info["history"][-1] = entry
+            st.update_info(info)
+        result = store_status(
+            st,
+            info,
+            cls=RunResult,
+            blocks_computed=tally.blocks,
+            samples_computed=tally.samples,
+            wall_seconds=wall,
+            cluster=executor.description,
+            dashboard=dashboard,
+        )
+        assert isinstance(result, RunResult)
+        return result
+
+    def _stopped(self, entry: dict[str, Any], exc: BaseException, computed: int, done_before: int) -> None:
+        """Record in the history how far a run that stopped got."""
+        st, info = self.st, self.info
+        assert info is not None
+        entry.update(state="stopped", end=now())
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or a signal (errors.Stopped)
+            entry["reason"] = str(exc) or "interrupted"
+        else:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        # blocks whose task committed but whose result the driver had not taken in yet
+        # count too: the markers say what was computed
+        with contextlib.suppress(Exception):
+            computed = max(computed, int(st.ledger.committed().sum()) - done_before)
+        entry["blocks_computed"] = computed
+        info["history"][-1] = entry
+        with contextlib.suppress(OSError):  # a full disk: the error that stopped it matters more
+            st.update_info(info)
+
+
+def _call(callbacks: list[Callback], method: str, event: Any) -> None:
+    for cb in callbacks:
+        hook = getattr(cb, method, None)
+        if hook is not None:
+            hook(event)
+
+
+def _publish_seconds() -> float:
+    """How often a run writes its progress for ``daskbatch status``."""
+    return float(config.get("publish-interval"))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # pragma: no cover - no user name in a container
+        return ""
+
+
+def say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
+    """In Python (a notebook, a script), one line on how far a stopped run got and how
+    to go on; the ``daskbatch`` command prints its own."""
+    if config.get("cli"):
+        return
+    with contextlib.suppress(Exception):
+        done = st.done_mask()
+        how = f" by {exc.args[0].removeprefix('stopped by ')}" if str(exc).startswith("stopped by") else ""
+        logger.info(
+            f"interrupted{how}; {int(done.sum()):,} of {done.size:,} blocks done and kept. "
+            "Run the same call again to continue"
+        )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def auto_probe(kernel: Kernel, space: Space, options: RunOptions) -> float | None:
+    """``cluster="auto"``'s probe: in a fork of this process (quick, no cluster), with
+    the cost per sample of a vectorised kernel. None when it could not finish, or
+    when a sample ended the process that ran it (a cluster isolates such samples)."""
+    from .errors import KernelCrashError
+
+    in_process = ClusterSpec("serial", 1)
+    try:
+        return measure(in_process, kernel, space, options.constants, options.timeout, cost=True)
+    except KernelCrashError as e:
+        logger.warning(f"{e}; cluster='auto' runs it on a local cluster, which isolates such samples")
+        return None
+
+
+def seconds_per_sample(st: Store) -> float | None:
+    """The kernel seconds per sample of a store's committed blocks (None: none yet)."""
+    ledger = st.ledger
+    samples = int(ledger.counts().sum())
+    if not samples:
+        return None
+    seconds = np.nan_to_num(ledger.seconds()[ledger.committed()]).sum()
+    return float(seconds) / samples
+
+
+def choose_cluster(kernel: Kernel, options: RunOptions, seconds: float | None, n_samples: int) -> RunOptions:
+    """Resolve ``cluster="auto"``: this process when the predicted work is less than
+    starting a cluster would cost, else the local cluster.
+
+    In this process, the run computes about ``seconds * n_samples`` (on threads when
+    the kernel is declared thread-safe, reckoned as one: the GIL may serialise them);
+    on a local cluster of ``n`` workers, ``daskbatch.auto.start-seconds`` plus that
+    divided by ``n``. The quicker one wins. An unknown cost (no probe), or a script that cannot
+    start worker processes, decides too.
+    """
+    from .cluster import check_can_spawn, parse_cluster
+    from .errors import ClusterError
+
+    local = options.cluster
+    n = local.workers_before_start or 1
+    threads = kernel.threadsafe and n > 1
+    here = parse_cluster("threads" if threads else "serial", n if threads else None)
+    try:
+        check_can_spawn(local)
+    except ClusterError:
+        logger.info(
+            "cluster='auto': this script cannot start worker processes (no main guard); "
+            f"running in this process ({here.description})"
+        )
+        return dataclasses.replace(options, cluster=here)
+    if seconds is None:
+        return options
+    work = seconds * n_samples
+    start = float(config.get("auto.start-seconds"))
+    # threads (a thread-safe kernel) may not run at once (the GIL): reckoned as one
+    if work <= start + work / n:
+        logger.info(
+            f"cluster='auto': about {_duration(work)} of work, less than starting a cluster "
+            f"(~{start:g} s) would save; running in this process ({here.description}). "
+            "cluster='local' forces a cluster"
+        )
+        return dataclasses.replace(options, cluster=here)
+    return options
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
+
+
+def workers_before_start(spec: ClusterSpec) -> int | None:
+    """Workers the run will have, when that is known before anything starts."""
+    return spec.workers_before_start
+
+
+def make_run_plan(
+    kernel: Kernel, space: Space, options: RunOptions, n_workers: int, seconds_per_sample: float | None
+) -> Plan:
+    """The plan for ``n_workers`` workers, from the sizes and the probe's cost per sample."""
+    spec = options.cluster
+    b_in = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
+    b_out = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
+    desc = spec.description if spec.in_driver else dataclasses.replace(spec, n_workers=n_workers).description
+    return make_plan(
+        kernel=kernel.identity,
+        batch_dims=space.batch_dims,
+        batch_shape=space.batch_shape,
+        chunk_size=options.chunk_size,
+        n_workers=n_workers,
+        cluster=desc,
+        bytes_in_per_sample=b_in,
+        bytes_out_per_sample=b_out,
+        seconds_per_sample=seconds_per_sample,
+        memory_limit=options.memory_limit,
+    )
+
+
+def blocks_to_retry(st: Store) -> list[tuple[int, ...]]:
+    """Committed blocks with samples that failed, timed out or crashed."""
+    ledger = st.ledger
+    done, counts = ledger.committed(), ledger.counts()
+    bad = done & (counts[..., STATUS["ok"]] + counts[..., STATUS["pending"]] < counts.sum(axis=-1))
+    return [tuple(int(i) for i in idx) for idx in np.argwhere(bad)]
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def compute_all(
+    executor: Any, st: Store, space: Space, ctx: BlockContext, tasks: dict, pending: list, on_done: Callable
+) -> None:
+    """Compute the pending blocks; isolate those whose task keeps killing its worker.
+
+    With dask's processes scheduler a dead worker breaks the whole pool: if it was
+    ended by a timeout (recorded in the store), the remaining blocks are computed
+    again with a fresh pool, which skips the samples that timed out; any other death
+    stops the run with an error, and the store stays resumable.
+
+    On a cluster daskbatch did not start (an address or a ``Client``), the kernel
+    travels by value when the workers cannot import its module (see
+    :func:`~daskbatch.cluster.kernel_shipped`), and a kernel they cannot load at all
+    stops the run, before anything is computed, with an error that says what to
+    install where.
+    """
+    if executor.client is not None and not executor.spec.imports_like_driver:
+        from .cluster import kernel_shipped
+
+        where = f"cluster at {executor.client.scheduler.address}"
+        with kernel_shipped(executor.client, ctx.kernel, where):
+            try:
+                _compute_all_here(executor, st, space, ctx, tasks, pending, on_done)
+            except RuntimeError as e:
+                # the scheduler could not unpickle the graph after all (a worker that
+                # joined later, a module that differs): one line, not a traceback
+                if "deserializ" not in str(e):
+                    raise
+                from .errors import WorkerImportError
+
+                cause = e.__cause__ or e.__context__
+                detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
+                raise WorkerImportError(
+                    f"the {where} cannot load the tasks of kernel {ctx.kernel.identity!r} ({detail}): "
+                    "its scheduler and workers need the packages this process has"
+                ) from None
+        return
+    _compute_all_here(executor, st, space, ctx, tasks, pending, on_done)
+
+
+def _compute_all_here(
+    executor: Any, st: Store, space: Space, ctx: BlockContext, tasks: dict, pending: list, on_done: Callable
+) -> None:
+    from .salvage import salvage
+
+    while True:
+        # a record is only cleared when its block commits, which needs another round
+        round_start = time.time() - 1.0  # filesystem time stamps may be coarse
+        try:
+            lost = executor.compute([tasks[b] for b in pending], on_done)
+        except WorkerDiedError:
+            if not st.timeouts_recorded_since(round_start):
+                raise
+            done = st.ledger.committed()
+            pending = [b for b in pending if not done[b]]
+            continue
+        break
+    for i in lost:
+        salvage(executor, st, space, ctx, pending[i], on_done)
