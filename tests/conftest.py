@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,9 +13,25 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEDULERS = ["serial", "threads", "processes", "local", "remote"]
+# the schedulers that start processes are marked slow (`pytest -m "not slow"` skips them)
+SCHEDULERS = [
+    "serial",
+    "threads",
+    pytest.param("processes", marks=pytest.mark.slow),
+    pytest.param("local", marks=pytest.mark.slow),
+    pytest.param("remote", marks=pytest.mark.slow),
+]
+
+# Hypothesis, once for every test: no deadline (the suite runs on small, busy machines,
+# where one slow example says nothing of the code); a test's own @settings only sets
+# its number of examples. On CI (CI=true) the examples are the same on every run, so
+# that a failure there shows again with HYPOTHESIS_PROFILE=ci on any machine.
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 
 @pytest.fixture
@@ -36,12 +53,19 @@ def _dask_cli() -> list[str]:
 @contextlib.contextmanager
 def dask_processes(n_workers: int, env: dict[str, str], cwd: Path | None = None, worker_args=()):
     """A real `dask scheduler` and `dask worker` (single-threaded processes) on 127.0.0.1,
-    started as subprocesses; yields the scheduler's address and stops both after."""
+    started as subprocesses; yields the scheduler's address and kills both after."""
     from distributed import Client
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    common = {"env": env, "cwd": cwd, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    # each in a process group of its own, which the end stops whole (nannies, workers)
+    common = {
+        "env": env,
+        "cwd": cwd,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "start_new_session": True,
+    }
     host = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
     sched = subprocess.Popen([*_dask_cli(), "scheduler", "--port", str(port), *host], **common)
     worker = subprocess.Popen(
@@ -71,13 +95,13 @@ def dask_processes(n_workers: int, env: dict[str, str], cwd: Path | None = None,
                 time.sleep(0.3)
         yield address
     finally:
+        # no test reads anything from them afterwards: stopped at once, not in order
+        # (an orderly close of both took 6-9 s, the worker waiting on its nannies)
         for p in (worker, sched):
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
         for p in (worker, sched):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            p.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +122,7 @@ def cluster(request) -> str:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env=None):
-    """Run the real `daskbatch` command in a subprocess."""
+    """Run the real `daskbatch` command in a subprocess (about a second of imports)."""
     exe = Path(sys.executable).with_name("daskbatch")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "daskbatch.cli"]
     return subprocess.run(
@@ -109,3 +133,29 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env=None)
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the `daskbatch` command in this process: ``cli(*args, cwd=None)`` returns a
+    CompletedProcess with the exit code and what the command printed.
+
+    For cases where the command's text and exit code are the point; each command keeps
+    at least one test that starts the real `daskbatch` in a subprocess (`run_cli`).
+    With ``cwd``, the test stays in that folder until it ends. An exception that the
+    command does not turn into an exit code (a bug: a traceback) fails the test.
+    """
+    from daskbatch.cli import main
+
+    def call(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()  # only this command's output
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors (exit 2) and --help
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["daskbatch", *args], code, out, err)
+
+    return call

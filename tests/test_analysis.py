@@ -126,12 +126,12 @@ def test_export_of_a_grid_labels_rows_with_the_axis_values(tmp_path):
     assert list(df["y"]) == [1.5, 2.5, 3.5, 2.5, 3.5, 4.5]
 
 
-def test_summary_and_export_commands(mc_store, tmp_path):
+def test_summary_and_export_commands(mc_store, tmp_path, cli):
     r = run_cli("summary", str(mc_store))
     assert r.returncode == 0, r.stderr
     assert "500 ok, 0 failed" in r.stdout and "success rate 100.00%" in r.stdout
     assert "total" in r.stdout and "curve over t (5):" in r.stdout and "outliers" in r.stdout
-    r = run_cli("summary", str(mc_store), "--json")
+    r = cli("summary", str(mc_store), "--json")  # the same command, in this process
     doc = json.loads(r.stdout)
     assert doc["samples"]["ok"] == 500 and len(doc["outputs"]["curve"]["p50"]) == 5
     r = run_cli("export", str(mc_store), "-o", str(tmp_path / "e.parquet"), "--curves", "wide")
@@ -205,6 +205,7 @@ def _chromium() -> str:
     return exe
 
 
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium_with_every_plot_drawn(mc_store, tmp_path):
     import re
     import subprocess

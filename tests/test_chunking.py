@@ -16,7 +16,7 @@ from daskbatch.errors import DaskbatchError
 shapes = st.lists(st.integers(1, 60), min_size=1, max_size=4).map(tuple)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(shape=shapes, samples=st.integers(1, 10**6))
 def test_block_shape_fits_and_covers(shape, samples):
     b = block_shape_for_samples(samples, shape)
@@ -34,7 +34,7 @@ def test_block_shape_fits_and_covers(shape, samples):
     assert all(all(c == bi for c in cs[:-1]) for cs, bi in zip(chunks, b, strict=True))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     total=st.integers(1, 10**9),
     workers=st.integers(1, 512),

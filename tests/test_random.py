@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from daskbatch.random import uniforms
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(
     seed=st.integers(0, 2**63 - 1),
     n=st.integers(1, 500),

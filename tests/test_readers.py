@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-from conftest import run_cli
 
 import daskbatch as db
 from daskbatch.store import Store
@@ -38,7 +37,7 @@ def _committed() -> np.ndarray:
     return keep
 
 
-def test_every_reader_counts_an_unmarked_block_as_pending(unmarked_store, tmp_path):
+def test_every_reader_counts_an_unmarked_block_as_pending(unmarked_store, tmp_path, cli):
     store = unmarked_store
     st = db.status(store)
     assert st.samples["pending"] == 20 and st.samples["ok"] == 80 and st.blocks_done == 4
@@ -73,7 +72,7 @@ def test_every_reader_counts_an_unmarked_block_as_pending(unmarked_store, tmp_pa
     far = np.abs(total - total.mean()) > 0.5 * total.std()
     assert out.attrs["total"] == int(far.sum()) and not set(out["sample"]) & set(range(40, 60))
 
-    r = run_cli("summary", str(store), "--json")
+    r = cli("summary", str(store), "--json")  # the real command: test_analysis.py
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["samples"] == st.samples
 
