@@ -7,6 +7,9 @@ import sys
 import pytest
 from conftest import ROOT
 
+# each starts several clusters in processes of their own
+pytestmark = pytest.mark.slow
+
 
 def _bench(name: str, tmp_path, *args: str) -> str:
     out = tmp_path / "performance.md"
@@ -31,9 +34,16 @@ def test_tem1d_benchmark_smoke(tmp_path):
     pytest.importorskip("joblib")
     if not os.environ.get("CI"):
         pytest.importorskip("daskbatch.models.tem1d", exc_type=ImportError)
-    names = "sequential,ceiling,multiprocessing-pool,joblib,dask-threads,daskbatch-running"
+    names = "sequential,ceiling,multiprocessing-pool,joblib,dask-threads,daskbatch-running,daskbatch-user"
     text = _bench("tem1d", tmp_path, "--n", "40", "--repeat", "1", "--contenders", names)
-    for name in ("sequential", "ceiling", "multiprocessing-pool", "joblib", "daskbatch-running"):
+    for name in (
+        "sequential",
+        "ceiling",
+        "multiprocessing-pool",
+        "joblib",
+        "daskbatch-running",
+        "daskbatch-user",
+    ):
         assert f"| {name} |" in text
     assert "| daskbatch-running |" in text and "yes (0e+00)" in text
 
@@ -64,3 +74,15 @@ def test_chunking_benchmark_smoke(tmp_path):
     text = _bench("chunking", tmp_path, "--scale", "0.005", "--repeat", "1", "--max-blocks", "50")
     for name in ("cheap", "1ms", "varying"):
         assert f"| {name} |" in text
+
+
+def test_scaling_benchmark_smoke(tmp_path):
+    out = tmp_path / "performance.md"
+    out.write_text("# Performance\n\n<!-- scaling:start -->\nold\n<!-- scaling:end -->\n\nkept\n")
+    script = ROOT / "benchmarks" / "scaling.py"
+    cmd = [sys.executable, str(script), "--slots", "8", "--blocks", "24", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "old" not in text and text.endswith("kept\n")
+    assert "| 8 | client-map |" in text and "| 8 | daskbatch |" in text
