@@ -32,7 +32,7 @@ workers = 2
 chunk_size = 40
 
 [constants]
-delay = 0.01
+delay = 0.005
 
 [space]
 type = "montecarlo"
@@ -91,15 +91,15 @@ def test_ctrl_c_at_random_moments_is_one_line_exit_130_and_resumes(tmp_path):
     (tmp_path / "sweep.toml").write_text(SPEC)
     store = tmp_path / "my store.zarr"
     rng = random.Random(20)
-    for attempt in range(10):
-        delay = rng.uniform(0.0, 2.5)
+    for attempt in range(6):
+        delay = rng.uniform(0.0, 2.0)
         code, lines = _signalled(["run", "sweep.toml", "--no-progress"], signal.SIGINT, delay, tmp_path)
         assert code == 130, (attempt, delay, lines)
         assert len(lines) == 1 and lines[0].startswith("daskbatch: interrupted"), (attempt, delay, lines)
         assert "STORE" not in lines[0]
-        if store.exists():
+        if store.exists() and not lines[0].endswith("(the store is complete)"):
             assert "blocks done. Continue with: daskbatch resume " + shlex.quote(str(store)) in lines[0]
-        else:
+        elif not store.exists():
             assert lines[0] == "daskbatch: interrupted; nothing was written"
     r = run_cli("resume", str(store), "--no-progress", timeout=120)
     assert r.returncode == 0, r.stderr
@@ -112,7 +112,7 @@ def test_sigterm_is_an_orderly_stop_exit_143_status_says_so_and_resume_completes
     (tmp_path / "sweep.toml").write_text(SPEC)
     store = tmp_path / "my store.zarr"
     rng = random.Random(7)
-    for attempt in range(4):
+    for attempt in range(3):
         delay = rng.uniform(0.0, 2.5)
         code, lines = _signalled(["run", "sweep.toml", "--no-progress"], signal.SIGTERM, delay, tmp_path)
         assert code == 143, (attempt, delay, lines)
