@@ -382,3 +382,40 @@ def code_changes(old: Mapping[str, Any], new: Mapping[str, Any], max_lines: int 
         if len(body) > max_lines:
             lines.append(f"    ... and {len(body) - max_lines} more changed lines")
     return lines
+
+
+def modules_used(kernel: Any) -> list[str]:
+    """The installed modules a kernel's function (and its ``setup=``) uses by name.
+
+    A module it names (``np``), or the module a function or class it names comes from
+    (``run_tem1d`` → ``pytem1d.core``), found in its globals and closure; the user's
+    own modules and ``__main__`` are left out. Worker processes forked from a server
+    that has imported these start without importing them again (see
+    :func:`daskbatch.hygiene.start_forkserver`).
+    """
+    found: list[str] = []
+    for func in (getattr(kernel, "func", None), getattr(kernel, "setup", None)):
+        func = inspect.unwrap(func) if callable(func) else None
+        code = getattr(func, "__code__", None)
+        if code is None:
+            continue
+        values = [func.__globals__.get(n) for n in _names_used(code)]
+        values += [c.cell_contents for c in func.__closure__ or () if _cell_set(c)]
+        for value in values:
+            is_module = isinstance(value, types.ModuleType)
+            name = value.__name__ if is_module else getattr(value, "__module__", None)
+            if not isinstance(name, str) or name in ("__main__", "__mp_main__", "builtins"):
+                continue
+            module = sys.modules.get(name)
+            file = getattr(module, "__file__", None)
+            if module is not None and file and installed_file(file):
+                found.append(name)
+    return list(dict.fromkeys(found))
+
+
+def _cell_set(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # an empty cell
+        return False
+    return True

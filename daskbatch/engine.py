@@ -57,7 +57,7 @@ class _Request:
                 options = dataclasses.replace(options, chunk_size=block)
         if options.auto:
             seconds = auto_probe(self.kernel, space, options)
-            options = choose_cluster(self.kernel, options, seconds, space.size)
+            options = choose_cluster(self.kernel, space, options, seconds, space.size)
             spec = options.cluster
         else:
             seconds = measure(spec, self.kernel, space, options.constants, options.timeout)

@@ -22,6 +22,7 @@ import numpy as np
 from . import config
 from .chunking import plan_block_shape
 from .cluster import ClusterSpec, prestart
+from .codeid import modules_used
 from .errors import sample_label
 from .kernel import BlockResult, Kernel
 from .log import logger
@@ -118,15 +119,18 @@ def probe(
     with :class:`~daskbatch.cluster.KernelCrashError` naming it: the run would run it
     in this process. A kernel that cannot be pickled is probed here then.
 
-    With a cluster that is already running (a ``Client``), the probe is a task on one
-    of its workers instead: they have the kernel's module loaded already (a fresh
+    With a cluster that is already running (a ``Client``), or the local cluster the
+    run has just started (``spec.client`` set), the probe is a task on one of its
+    workers instead: they have the kernel's module loaded already (a fresh
     process would import it again: a second or more for cores that import plotting
     libraries), and a worker that dies is restarted by its nanny.
     """
     if sys.platform == "win32":
         return kernel.probe(params, shape, constants, timeout=timeout)
-    if spec.probe_on_worker:
-        res = _probe_on_worker(spec.client, kernel, params, shape, constants, timeout)
+    if spec.client is not None and (spec.probe_on_worker or spec.starts_cluster):
+        # a cluster already running, or the one this run has just started
+        ship = not spec.imports_like_driver  # daskbatch's own workers import what this process does
+        res = _probe_on_worker(spec.client, kernel, params, shape, constants, timeout, ship)
         if res is not False:
             return res
     import multiprocessing
@@ -155,7 +159,8 @@ def probe(
             if in_driver:  # a kernel or constants that cannot leave this process
                 return kernel.probe(params, shape, constants, timeout=timeout)
             raise
-        prestart(spec if not in_driver else ClusterSpec("processes", None), [kernel.module])
+        modules = [kernel.module, *modules_used(kernel)]
+        prestart(spec if not in_driver else ClusterSpec("processes", None), modules)
         ctx = multiprocessing.get_context("forkserver")
     got = _run_child(ctx, payload, shape, timeout, spec, in_driver, space)
     if got is None:
@@ -292,7 +297,15 @@ def _without_main_module():
         spawn.get_preparation_data = original
 
 
-def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) -> BlockResult | bool | None:
+def _probe_on_worker(
+    client: Any,
+    kernel: Kernel,
+    params: Any,
+    shape: tuple[int, ...],
+    constants: Any,
+    timeout: float | None,
+    ship: bool = True,
+) -> BlockResult | bool | None:
     """The probe as a task pinned to one worker of a running cluster.
 
     Pinned, so that a probe that ends its worker (a crash, or a sample past the
@@ -307,7 +320,8 @@ def _probe_on_worker(client, kernel: Kernel, params, shape, constants, timeout) 
     n = math.prod(shape)
     addr = workers[0]
     where = f"cluster at {client.scheduler.address}"
-    with kernel_shipped(client, kernel, where):  # by value if the workers cannot import it
+    shipped = kernel_shipped(client, kernel, where) if ship else contextlib.nullcontext()
+    with shipped:  # by value if the workers cannot import it
         fut = client.submit(
             _probe_task,
             kernel,

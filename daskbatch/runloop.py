@@ -28,6 +28,7 @@ from . import config
 from .blocktask import BlockContext, build_tasks
 from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
 from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
+from .codeid import modules_used
 from .kernel import STATUS, Kernel
 from .log import logger
 from .options import RunOptions
@@ -60,34 +61,31 @@ class Runner:
 
     def run(self) -> RunResult:
         self._repair()
-        plan, seconds, probed = self.plan, None, False
+        plan, seconds, probed = self.plan, None, self.plan is not None
         if self.options.auto:
             if self.info is None:  # the probe, in a fork of this process, says how much work it is
                 seconds, probed = auto_probe(self.kernel, self.space, self.options), True
             else:
                 seconds = seconds_per_sample(self.st)
-            self.options = choose_cluster(self.kernel, self.options, seconds, self._pending_samples())
-        spec = self.options.cluster
-        prestart(spec, [self.kernel.module])  # worker processes get ready while this process probes
-        if self.info is None and plan is None:
-            # a first look at the kernel: outputs that cannot be stored fail here. An explicit
-            # chunk_size needs no cost per sample: the first samples only
-            seconds = (
-                seconds
-                if probed
-                else measure(
-                    spec,
-                    self.kernel,
-                    self.space,
-                    self.options.constants,
-                    self.options.timeout,
-                    cost=self.options.chunk_size == "auto",
-                )
+            self.options = choose_cluster(
+                self.kernel, self.space, self.options, seconds, self._pending_samples()
             )
+        spec = self.options.cluster
+        # worker processes get ready while this process probes, with the kernel's modules
+        prestart(spec, [self.kernel.module, *modules_used(self.kernel)])
+        # a cluster this run starts is up in a fraction of a second, and its first worker
+        # probes the kernel: it has to load the kernel's modules anyway
+        on_worker = self.info is None and not probed and spec.starts_cluster
+        if self.info is None and not probed and not on_worker:
+            seconds, probed = self._measure(spec), True
+        if self.info is None and plan is None:
             workers = workers_before_start(spec)
             if workers is not None:  # a block that cannot fit fails here, before any worker starts
                 plan = make_run_plan(self.kernel, self.space, self.options, workers, seconds)
         with start_executor(spec, memory_limit=self.options.memory_limit) as executor:
+            if on_worker:
+                seconds = self._measure(dataclasses.replace(spec, client=executor.client))
+                plan = make_run_plan(self.kernel, self.space, self.options, executor.n_workers, seconds)
             if self.info is None:
                 if plan is None:
                     plan = make_run_plan(self.kernel, self.space, self.options, executor.n_workers, seconds)
@@ -95,6 +93,12 @@ class Runner:
             else:
                 layout = self._layout(tuple(self.info["layout"]["block_shape"]), self.info["store_id"])
             return self._loop(executor, layout)
+
+    def _measure(self, spec: ClusterSpec) -> float | None:
+        """The probe: outputs that cannot be stored fail here. An explicit chunk_size
+        needs no cost per sample: the first samples only."""
+        o = self.options
+        return measure(spec, self.kernel, self.space, o.constants, o.timeout, cost=o.chunk_size == "auto")
 
     def _pending_samples(self) -> int:
         if self.info is None:
@@ -327,6 +331,10 @@ def say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
 
 # --------------------------------------------------------------------------- planning
 
+#: what writing a byte of a block costs (encoding and compressing it, the file
+#: system): about 3 ns here, measured with a cheap kernel whose time goes to Zarr
+WRITE_SECONDS_PER_BYTE = 3e-9
+
 
 def auto_probe(kernel: Kernel, space: Space, options: RunOptions) -> float | None:
     """``cluster="auto"``'s probe: in a fork of this process (quick, no cluster), with
@@ -352,11 +360,15 @@ def seconds_per_sample(st: Store) -> float | None:
     return float(seconds) / samples
 
 
-def choose_cluster(kernel: Kernel, options: RunOptions, seconds: float | None, n_samples: int) -> RunOptions:
+def choose_cluster(
+    kernel: Kernel, space: Space, options: RunOptions, seconds: float | None, n_samples: int
+) -> RunOptions:
     """Resolve ``cluster="auto"``: this process when the predicted work is less than
     starting a cluster would cost, else the local cluster.
 
-    In this process, the run computes about ``seconds * n_samples`` (on threads when
+    The work is the kernel's ``seconds`` per sample, plus writing each sample's
+    parameters and outputs (reckoned at :data:`WRITE_SECONDS_PER_BYTE`), times
+    ``n_samples``. In this process, the run takes about that (on threads when
     the kernel is declared thread-safe, reckoned as one: the GIL may serialise them);
     on a local cluster of ``n`` workers, ``daskbatch.auto.start-seconds`` plus that
     divided by ``n``. The quicker one wins. An unknown cost (no probe), or a script that cannot
@@ -379,7 +391,8 @@ def choose_cluster(kernel: Kernel, options: RunOptions, seconds: float | None, n
         return dataclasses.replace(options, cluster=here)
     if seconds is None:
         return options
-    work = seconds * n_samples
+    b_in, b_out = bytes_per_sample(kernel, space)
+    work = (seconds + (b_in + b_out) * WRITE_SECONDS_PER_BYTE) * n_samples
     start = float(config.get("auto.start-seconds"))
     # threads (a thread-safe kernel) may not run at once (the GIL): reckoned as one
     if work <= start + work / n:
@@ -396,6 +409,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
 
 
+def bytes_per_sample(kernel: Kernel, space: Space) -> tuple[int, int]:
+    """Bytes of parameters and of outputs per sample, as the store keeps them."""
+    b_in = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
+    b_out = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
+    return b_in, b_out
+
+
 def workers_before_start(spec: ClusterSpec) -> int | None:
     """Workers the run will have, when that is known before anything starts."""
     return spec.workers_before_start
@@ -406,8 +426,7 @@ def make_run_plan(
 ) -> Plan:
     """The plan for ``n_workers`` workers, from the sizes and the probe's cost per sample."""
     spec = options.cluster
-    b_in = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
-    b_out = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
+    b_in, b_out = bytes_per_sample(kernel, space)
     desc = spec.description if spec.in_driver else dataclasses.replace(spec, n_workers=n_workers).description
     return make_plan(
         kernel=kernel.identity,
