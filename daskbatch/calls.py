@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import OutputSpecError, sample_label
+from .log import logger
 from .outputs import Output, as_dict, check_value
 from .records import (
     FAILED,
@@ -370,7 +371,7 @@ class _Watchdog:
                     try:
                         self.on_timeout(list(armed[0]), self.timeout)
                     except Exception as e:  # pragma: no cover - the store is gone
-                        print(f"daskbatch: could not record a timeout: {e}", file=sys.stderr)
+                        logger.warning(f"could not record a timeout: {e}")
                 if self.kill:
                     os._exit(TIMEOUT_EXIT_CODE)
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
@@ -457,11 +458,9 @@ def _release_leftover_threads(before: set[threading.Thread], name: str) -> None:
         _released_threads.add(t)
         if name not in _warned_kernels:  # once per kernel and process: not a line per sample
             _warned_kernels.add(name)
-            print(
-                f"daskbatch: kernel {name!r} left a thread running ({t.name!r}); it will not keep "
-                "this process from exiting (further threads it leaves are not named)",
-                file=sys.stderr,
-                flush=True,
+            logger.warning(
+                f"kernel {name!r} left a thread running ({t.name!r}); it will not keep "
+                "this process from exiting (further threads it leaves are not named)"
             )
         _exempt_from_exit_wait(t)
 

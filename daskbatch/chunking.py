@@ -161,7 +161,7 @@ def auto_samples_per_block(
     is known, else :data:`AUTO_MAX_SAMPLES`), what leaves
     :data:`AUTO_BLOCKS_PER_WORKER` blocks per worker, and what fits
     :data:`AUTO_BLOCK_BYTES`; never below one sample. Then made a little
-    smaller if that gives every worker the same number of blocks.
+    smaller if that gives every worker the same number of equal blocks.
 
     Examples
     --------
@@ -180,9 +180,10 @@ def auto_samples_per_block(
     if bytes_per_sample:
         limits.append(max(1, AUTO_BLOCK_BYTES // int(bytes_per_sample)))
     size = max(1, min(limits))
-    # a whole number of blocks per worker, so that no worker is left with one block
-    # more than the others at the end (the smaller size never breaks the limits above)
+    # the same number of equal blocks per worker: as many rounds of blocks as this size
+    # needs, cut evenly, so that no worker is left with one more block, or a longer one,
+    # than the others at the end (the smaller size never breaks the limits above)
     blocks = math.ceil(total / size)
-    if blocks > workers and blocks % workers:
+    if blocks > workers:
         size = max(1, math.ceil(total / (math.ceil(blocks / workers) * workers)))
     return size

@@ -25,7 +25,7 @@ from typing import Any, Literal, overload
 import dask.config
 import yaml
 
-from .errors import DaskbatchError
+from .errors import ConfigError
 
 __all__ = ["DEFAULTS", "ConfigError", "get"]
 
@@ -34,10 +34,6 @@ with open(Path(__file__).with_name("daskbatch.yaml"), encoding="utf-8") as _f:
     DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
 
 dask.config.update_defaults(DEFAULTS)
-
-
-class ConfigError(DaskbatchError):
-    """A setting in dask's configuration has a value daskbatch cannot use."""
 
 
 IntKey = Literal["malloc-arenas", "probe.samples", "probe.vector-samples", "shown-errors"]

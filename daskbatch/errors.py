@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "ClusterError",
+    "ConfigError",
     "DaskbatchError",
     "ErrorRecord",
     "FingerprintMismatchError",
@@ -28,6 +29,7 @@ __all__ = [
     "KernelCrashError",
     "KernelSignatureError",
     "OutputSpecError",
+    "PlanError",
     "SpaceError",
     "SpecFileError",
     "Stopped",
@@ -36,6 +38,7 @@ __all__ = [
     "StoreLockedError",
     "StoreNotFoundError",
     "StoreWriteError",
+    "ValidationError",
     "WorkerDiedError",
     "WorkerImportError",
     "sample_coords",
@@ -119,6 +122,28 @@ class StoreWriteError(StoreError):
 
     def __reduce__(self):  # crosses process boundaries intact
         return (type(self), (str(self), self.errno))
+
+
+class PlanError(DaskbatchError):
+    """No block fits the memory budget, or the planning arguments are invalid."""
+
+
+class ConfigError(DaskbatchError):
+    """A setting in dask's configuration has a value daskbatch cannot use."""
+
+
+class ValidationError(DaskbatchError):
+    """Recomputed samples differ from the stored ones beyond the tolerance.
+
+    The full :class:`~daskbatch.validation.ValidationReport` is in ``.report``.
+    """
+
+    def __init__(self, report: Any) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+    def __reduce__(self):
+        return (type(self), (self.report,))
 
 
 class Stopped(KeyboardInterrupt):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chunking import auto_samples_per_block, block_shape_for_samples, plan_block_shape
-from .errors import DaskbatchError
+from .errors import PlanError
 
 __all__ = ["MEMORY_FACTOR", "TASK_SHARE", "Plan", "PlanError", "default_memory_limit", "make_plan"]
 
@@ -25,10 +25,6 @@ MEMORY_FACTOR = 3
 #: A task may use this share of its worker's memory limit (distributed starts to
 #: spill and pause workers at 60-80%).
 TASK_SHARE = 0.5
-
-
-class PlanError(DaskbatchError):
-    """No block fits the memory budget, or the planning arguments are invalid."""
 
 
 def machine_memory() -> int:

@@ -13,24 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DaskbatchError, sample_label
+from .errors import DaskbatchError, ValidationError, sample_label
 from .kernel import STATUS
 
 __all__ = ["ValidationError", "ValidationReport", "load_run", "validate"]
-
-
-class ValidationError(DaskbatchError):
-    """Recomputed samples differ from the stored ones beyond the tolerance.
-
-    The full :class:`ValidationReport` is in ``.report``.
-    """
-
-    def __init__(self, report: ValidationReport) -> None:
-        super().__init__(str(report))
-        self.report = report
-
-    def __reduce__(self):
-        return (type(self), (self.report,))
 
 
 @dataclass
