@@ -86,3 +86,12 @@ def test_scaling_benchmark_smoke(tmp_path):
     text = out.read_text()
     assert "old" not in text and text.endswith("kept\n")
     assert "| 8 | client-map |" in text and "| 8 | daskbatch |" in text
+
+
+def test_commit_benchmark_smoke():
+    script = ROOT / "benchmarks" / "commit.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--blocks", "20"], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "format 2: write_block median" in r.stdout and "format 1: write_block median" in r.stdout
