@@ -72,9 +72,7 @@ def _writing(store: Path) -> bool:
     return bool(written - committed)
 
 
-@pytest.mark.parametrize(
-    "cluster, seed", [("processes", 1), ("local", 3), ("local", 4)]
-)
+@pytest.mark.parametrize("cluster, seed", [("processes", 1), ("local", 3), ("local", 4)])
 def test_driver_sigkilled_at_random_moments_then_rerun_is_byte_identical(
     tmp_path, cluster, seed, big_noise_reference
 ):
