@@ -117,6 +117,15 @@ def test_sigterm_is_an_orderly_stop_exit_143_status_says_so_and_resume_completes
         code, lines = _signalled(["run", "sweep.toml", "--no-progress"], signal.SIGTERM, delay, tmp_path)
         assert code == 143, (attempt, delay, lines)
         assert len(lines) == 1 and lines[0].startswith("daskbatch: interrupted by SIGTERM"), lines
+    if not store.exists():  # a slow minute: no attempt got as far as creating the store
+        code, lines = _signalled(
+            ["run", "sweep.toml", "--no-progress"],
+            signal.SIGTERM,
+            0.0,
+            tmp_path,
+            until=lambda: blocks_done(store) > 0,
+        )
+        assert code == 143 and len(lines) == 1, lines
     # once more, surely while blocks are being computed
     before = blocks_done(store)
     code, lines = _signalled(
