@@ -294,13 +294,20 @@ class BlockLedger:
         """The record of every committed block, by block."""
         return self._scan()[0]
 
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(committed(), counts())`` from one read of the bookkeeping: which blocks
+        are committed, and their samples per status code (zeros for the others)."""
+        done = np.zeros(self.numblocks, dtype=bool)
+        counts = np.zeros((*self.numblocks, len(STATUS)), dtype=np.int64)
+        for b, rec in self.records().items():
+            done[b] = True
+            counts[b] = rec.counts_array()
+        return done, counts
+
     def counts(self) -> np.ndarray:
         """Samples per status code, per block: shape ``numblocks + (len(STATUS),)``,
         zeros for blocks that are not committed."""
-        out = np.zeros((*self.numblocks, len(STATUS)), dtype=np.int64)
-        for b, rec in self.records().items():
-            out[b] = rec.counts_array()
-        return out
+        return self.state()[1]
 
     def seconds(self) -> np.ndarray:
         """Kernel seconds per block; NaN for blocks that are not committed."""

@@ -190,8 +190,9 @@ class _Format1Ledger(BlockLedger):
                 problems.append(BlockProblem(b, problem))
         return records, problems
 
-    def counts(self) -> np.ndarray:
-        return _read_blocks(self._arrays()["counts"], 0) * self.committed()[..., None]
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        done = self.committed()
+        return done, _read_blocks(self._arrays()["counts"], 0) * done[..., None]
 
     def seconds(self) -> np.ndarray:
         return np.where(self.committed(), _read_blocks(self._arrays()["seconds"], np.nan), np.nan)

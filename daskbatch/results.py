@@ -156,12 +156,7 @@ def store_status(
 ) -> StoreStatus:
     """The totals of ``store`` as ``cls``, from its committed blocks only."""
     ledger = store.ledger
-    records = ledger.records()  # one read of the bookkeeping
-    done = np.zeros(ledger.numblocks, dtype=bool)
-    counts = np.zeros((*ledger.numblocks, len(STATUS)), dtype=np.int64)  # a pending block: zeros
-    for block, record in records.items():
-        done[block] = True
-        counts[block] = record.counts_array()
+    done, counts = ledger.state()  # one read of the bookkeeping; a pending block's counts: zeros
     n_samples = int(math.prod(info["layout"]["batch_shape"]))
     totals = counts.reshape(-1, len(STATUS)).sum(axis=0)
     samples = _counts_dict(totals)
@@ -170,7 +165,7 @@ def store_status(
         tuple(int(i) for i in idx)
         for idx in np.argwhere(done & (counts[..., STATUS["ok"]] < counts.sum(axis=-1)))
     ][: _shown_errors()]
-    errors = [e for b in failing for e in records[b].errors]
+    errors = [e for doc in ledger.errors(failing) for e in doc["errors"]]
     history = info.get("history") or [None]
     return cls(
         store=str(store.path),

@@ -180,14 +180,12 @@ class Runner:
     def _loop(self, executor: Any, layout: Layout) -> RunResult:
         st, info, options = self.st, self.info, self.options
         assert info is not None
-        ledger = st.ledger
-        done = ledger.committed()
+        done, counts_now = st.ledger.state()  # one read of the bookkeeping
         pending = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
         done_before = int(done.sum())
         retry = [b for b in self.retry if done[b]]
         pending += retry
         before = store_status(st, info)
-        counts_now = ledger.counts()
         redo_samples = sum(int(counts_now[b].sum()) for b in retry)
         redo_failed = sum(int(counts_now[b].sum() - counts_now[b][STATUS["ok"]]) for b in retry)
         dashboard = executor.dashboard_link
@@ -352,12 +350,11 @@ def auto_probe(kernel: Kernel, space: Space, options: RunOptions) -> float | Non
 
 def seconds_per_sample(st: Store) -> float | None:
     """The kernel seconds per sample of a store's committed blocks (None: none yet)."""
-    ledger = st.ledger
-    samples = int(ledger.counts().sum())
+    records = st.ledger.records().values()
+    samples = sum(int(r.counts_array().sum()) for r in records)
     if not samples:
         return None
-    seconds = np.nan_to_num(ledger.seconds()[ledger.committed()]).sum()
-    return float(seconds) / samples
+    return float(np.nansum([r.seconds for r in records])) / samples
 
 
 def choose_cluster(
@@ -444,8 +441,7 @@ def make_run_plan(
 
 def blocks_to_retry(st: Store) -> list[tuple[int, ...]]:
     """Committed blocks with samples that failed, timed out or crashed."""
-    ledger = st.ledger
-    done, counts = ledger.committed(), ledger.counts()
+    done, counts = st.ledger.state()
     bad = done & (counts[..., STATUS["ok"]] + counts[..., STATUS["pending"]] < counts.sum(axis=-1))
     return [tuple(int(i) for i in idx) for idx in np.argwhere(bad)]
 
