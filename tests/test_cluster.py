@@ -171,6 +171,35 @@ def test_n_workers_with_a_running_cluster_is_refused():
         parse_cluster("local", 0)
 
 
+def test_a_tls_scheduler_without_credentials_names_the_config_keys():
+    """A user's own tls:// address is used as given, with dask's TLS config: none set
+    is one line naming the keys, not distributed's TypeError."""
+    spec = parse_cluster("tls://127.0.0.1:9")
+    assert spec.address == "tls://127.0.0.1:9"
+    with pytest.raises(ClusterError) as e, start_executor(spec):
+        pass
+    text = str(e.value)
+    assert "\n" not in text and "'tls://127.0.0.1:9'" in text
+    assert "distributed.comm.tls.ca-file" in text and "distributed.comm.tls.client.cert" in text
+
+
+@pytest.mark.slow
+def test_the_local_cluster_speaks_tls_on_127_0_0_1_with_its_dashboard_on_http():
+    """Only its own processes, holding the cluster's credentials, get in (see
+    test_security.py for another user's attempts)."""
+    from distributed import Client
+
+    with start_executor(parse_cluster("local", 1)) as ex:
+        address = ex.client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        assert ex.client.security.require_encryption
+        assert (ex.dashboard_link or "").startswith("http://127.0.0.1:")
+        with pytest.raises(OSError):
+            Client(address.replace("tls://", "tcp://"), timeout=3)
+        ex.client.wait_for_workers(1, timeout=60)
+        assert all(w.startswith("tls://127.0.0.1:") for w in ex.client.scheduler_info()["workers"])
+
+
 def test_a_registered_executor_type_is_one_registration(registry, tmp_path):
     """A new name: parsed, flagged, described, started and computing real blocks; a
     name standing for another one (as "auto" will) is one registration too."""
