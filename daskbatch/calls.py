@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import OutputSpecError, sample_label
 from .log import logger
-from .outputs import Output, as_dict, check_value
+from .outputs import Output, OutputValueError, as_dict, cast_value, check_value, unfit_message
 from .records import (
     FAILED,
     MAX_ERRORS_PER_BLOCK,
@@ -213,6 +213,9 @@ class _BlockRun:
             except SampleTimeout:
                 self.record_timeout(i)
                 return
+            except OutputValueError as exc:  # a value, not a transient fault: not retried
+                self.record(i, exc.with_traceback(None))  # daskbatch's frame, not the kernel's
+                return
             except OutputSpecError as exc:  # the same next time: not retried
                 named = self.label_of(i)
                 if named is None:
@@ -244,7 +247,11 @@ class _BlockRun:
             shape, where = (len(todo),), "block"
         result = self.kernel.func(**block_params, **self.constants)
         values = as_dict(specs, result, where)
-        checked = {k: check_value(specs, k, values[k], where, shape) for k in specs}
+        checked, unfit = {}, {}
+        for k in specs:
+            checked[k], bad = cast_value(specs, k, values[k], where, shape)
+            if bad is not None:
+                unfit[k] = bad.reshape(-1)
         for k, v in checked.items():
             if positions is None:
                 self.outputs[k] = _owned(v, values[k])
@@ -254,6 +261,31 @@ class _BlockRun:
             self.status[...] = OK
         else:
             self.flat_status[todo] = OK
+        if unfit:
+            self.fail_unfit(values, unfit, None if positions is None else todo)
+
+    def fail_unfit(
+        self, values: Mapping[str, Any], unfit: dict[str, np.ndarray], todo: Sequence[int] | None
+    ) -> None:
+        """Mark failed the samples of a block call with a value that did not fit its
+        output's dtype (``unfit``: a flat mask per output over the samples computed,
+        ``todo`` their positions, or None for the whole block), their outputs set back
+        to the fill values; the other samples keep theirs."""
+        specs = self.kernel.outputs
+        any_bad = np.logical_or.reduce(list(unfit.values()))
+        computed = np.flatnonzero(any_bad)
+        at = computed if todo is None else np.asarray(todo)[computed]
+        for k, o in specs.items():
+            flat = self.outputs[k].reshape((self.n, *o.shape)) if todo is None else self.flat_out[k]
+            flat[at] = o.fill
+        self.flat_status[at] = FAILED
+        for done, (j, i) in enumerate(zip(computed.tolist(), at.tolist(), strict=True)):
+            if len(self.errors) >= MAX_ERRORS_PER_BLOCK:  # counted, not described
+                self.n_errors += len(at) - done
+                break
+            k = next(name for name, mask in unfit.items() if mask[j])
+            sample_value = np.asarray(values[k]).reshape((-1, *specs[k].shape))[j]
+            self.record(i, OutputValueError(unfit_message(k, sample_value, specs[k].dtype)))
 
     # ------------------------------------------------------------------ the run
 

@@ -41,7 +41,7 @@ from .calls import (  # noqa: F401
     _Watchdog,
 )
 from .errors import ErrorRecord, KernelSignatureError, OutputSpecError, sample_coords, sample_label  # noqa: F401
-from .outputs import Output, as_dict, check_value, default_fill  # noqa: F401
+from .outputs import RESERVED_NAMES, Output, as_dict, check_value, default_fill  # noqa: F401
 from .records import (  # noqa: F401
     CRASHED,
     FAILED,
@@ -137,6 +137,11 @@ class Kernel:
         for k, v in outputs.items():
             if not isinstance(k, str) or not k.isidentifier():
                 raise KernelSignatureError(f"kernel: output name {k!r} must be an identifier")
+            if k in RESERVED_NAMES:
+                raise KernelSignatureError(
+                    f"kernel: output name {k!r} is reserved by daskbatch ({', '.join(RESERVED_NAMES)}); "
+                    f"rename the output, e.g. {k + '_'!r}"
+                )
             if not isinstance(v, Output):
                 raise KernelSignatureError(f"kernel: outputs[{k!r}]={v!r} is not an Output(...)")
         if setup is not None and not callable(setup):

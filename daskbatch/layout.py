@@ -19,6 +19,7 @@ import zarr
 from .errors import StoreError
 from .kernel import STATUS, Output
 from .ledger import INTERNAL
+from .outputs import check_name
 from .space import Param
 
 __all__ = ["Layout", "write_template"]
@@ -76,8 +77,10 @@ class Layout:
             for d, s in zip(p.core_dims, p.core_shape, strict=True):
                 core(d, s, f"parameter {p.name!r}")
         for name, o in self.outputs.items():
+            check_name(name, "output")
             claim(name, "output")
             for d, s in zip(o.dims, o.shape, strict=True):
+                check_name(d, f"output {name!r}: dim")
                 core(d, s, f"output {name!r}")
         for name, o in self.outputs.items():
             for d in o.coords:

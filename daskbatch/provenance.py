@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 from ._version import __version__
 from .chunking import plan_block_shape
 from .codeid import changed_parts, code_changes, installed_file, kernel_code
-from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError
+from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
 from .log import logger
 
 __all__ = [
@@ -98,12 +99,22 @@ def import_kernel(
     ref: str,
     base_dir: str | os.PathLike[str] | None = None,
     file_hint: str | None = None,
+    *,
+    store: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Import a kernel from ``module:function`` or ``path/to/file.py:function``.
 
     ``base_dir`` (a spec file's folder) and the folder that makes ``file_hint`` (the
     file the kernel came from) importable are put on the import path first, for this
     process and for worker processes started after it.
+
+    ``store``: the reference and folders come from that store's info (``resume``,
+    ``validate``). Code inside the store is then never imported (a
+    :class:`~daskbatch.errors.StoreError` names the file), and the file imported is
+    logged before it runs.
+
+    A module that cannot be imported (a syntax error, an exception while it runs) is
+    a one-line :class:`~daskbatch.errors.SpecFileError` naming the file and line.
     """
     from .kernel import Kernel
 
@@ -113,32 +124,31 @@ def import_kernel(
             " or 'file.py:function'"
         )
     module_name, qualname = ref.split(":")
+    guard = _StoreCode(store, ref) if store is not None else None
+    if guard is not None:
+        guard.refuse(base_dir, "the spec folder")
+        guard.refuse(file_hint, "the kernel file")
     if base_dir is not None:
         add_import_path(base_dir)
     if module_name.endswith(".py") or module_name == "__main__":
         file = Path(file_hint or module_name)
         if base_dir is not None and not file.is_absolute():
             file = Path(base_dir) / file
+        if guard is not None:
+            guard.refuse(file, "the kernel file")
         if not file.is_file():
             raise SpecFileError(f"kernel={ref!r}: file {str(file)!r} does not exist")
         add_import_path(file.parent)
         module_name = file.stem
     else:
         root = _module_root(module_name, file_hint)
+        if guard is not None:
+            guard.refuse(root, "the kernel's import folder")
         if root is not None:  # the file the kernel came from comes first
             add_import_path(root)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except SyntaxError as e:
-        raise SpecFileError(
-            f"kernel={ref!r}: {e.filename}, line {e.lineno}: syntax error ({e.msg}); fix the file"
-        ) from None
-    except ImportError as e:
-        where = f" (looked in {str(base_dir)!r} too)" if base_dir is not None else ""
-        raise SpecFileError(
-            f"kernel={ref!r}: cannot import module {module_name!r} ({e}){where}; run from the folder "
-            "that holds it, or add that folder to PYTHONPATH"
-        ) from e
+    if guard is not None:
+        guard.check_module(module_name)
+    obj: Any = _import_module(ref, module_name, base_dir)
     for part in qualname.split("."):
         if not hasattr(obj, part):
             raise SpecFileError(f"kernel={ref!r}: {module_name!r} has no attribute {part!r}")
@@ -150,30 +160,161 @@ def import_kernel(
     return obj
 
 
+def _import_module(ref: str, module_name: str, base_dir: str | os.PathLike[str] | None) -> Any:
+    """Import ``module_name``; what keeps it from importing, as one line."""
+    try:
+        return importlib.import_module(module_name)
+    except SyntaxError as e:
+        file, line = e.filename, e.lineno
+        if not file or str(file).startswith("<"):  # no file of its own (null bytes, exec)
+            file, line = _failing_frame(e, module_name) or (file, line)
+        raise SpecFileError(
+            f"kernel={ref!r}: {file}, line {line}: syntax error ({e.msg}); fix the file"
+        ) from None
+    except ImportError as e:
+        where = f" (looked in {str(base_dir)!r} too)" if base_dir is not None else ""
+        raise SpecFileError(
+            f"kernel={ref!r}: cannot import module {module_name!r} ({e}){where}; run from the folder "
+            "that holds it, or add that folder to PYTHONPATH"
+        ) from e
+    except Exception as e:  # the module's own code raised while it was imported
+        file, line = _failing_frame(e, module_name) or ("?", "?")
+        text = str(e).splitlines()[0] if str(e) else ""
+        raise SpecFileError(
+            f"kernel={ref!r}: importing module {module_name!r} raised {type(e).__name__}"
+            f"{': ' + text if text else ''} ({file}, line {line}); fix the module"
+        ) from None
+
+
+def _failing_frame(exc: BaseException, module_name: str) -> tuple[str, int] | None:
+    """The file and line where importing ``module_name`` failed: the last frame of the
+    traceback outside Python's import machinery, else the module's own file (at its
+    first NUL byte, the one error Python names no line of)."""
+    machinery = os.path.dirname(importlib.__file__)
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<")
+        and f.filename != __file__
+        and os.path.dirname(f.filename) != machinery
+    ]
+    if frames:
+        return frames[-1].filename, frames[-1].lineno or 0
+    files = [f for f in _module_files(module_name) if f.is_file()]
+    if not files:
+        return None
+    try:
+        data = files[-1].read_bytes()
+    except OSError:
+        return str(files[-1]), 1
+    nul = data.find(b"\0")
+    return str(files[-1]), (data.count(b"\n", 0, nul) + 1 if nul >= 0 else 1)
+
+
+def _module_files(module_name: str) -> list[Path]:
+    """The files (or namespace folders) importing ``module_name`` would run, found
+    without running any: its packages' ``__init__.py`` and its own file. Modules
+    already imported run nothing and are left out."""
+    import importlib.machinery
+    import importlib.util
+
+    files: list[Path] = []
+    path: Any = None
+    parts = module_name.split(".")
+    for k in range(len(parts)):
+        name = ".".join(parts[: k + 1])
+        module = sys.modules.get(name)
+        if module is not None:
+            path = getattr(module, "__path__", None)
+            continue
+        try:
+            spec = (
+                importlib.util.find_spec(name)
+                if k == 0
+                else importlib.machinery.PathFinder.find_spec(name, path)
+            )
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            break
+        if spec.origin and spec.has_location:
+            files.append(Path(spec.origin))
+        else:
+            files.extend(Path(p) for p in spec.submodule_search_locations or ())
+        path = spec.submodule_search_locations
+    return files
+
+
+class _StoreCode:
+    """Keeps a store's own files from being imported as its kernel.
+
+    A store's info says where its kernel came from; a crafted (or carelessly copied)
+    store could point at a file inside itself, to be run by ``resume`` or
+    ``validate``. Every path is compared resolved (symlinks followed).
+    """
+
+    def __init__(self, store: str | os.PathLike[str], ref: str) -> None:
+        self.store = Path(store)
+        self.root = self.store.resolve()  # once: the store's real path, links followed
+        self.ref = ref
+
+    def inside(self, path: str | os.PathLike[str]) -> bool:
+        from .results import inside_store
+
+        return inside_store(path, self.root)
+
+    def refuse(self, path: str | os.PathLike[str] | None, what: str) -> None:
+        if path is None or path == "" or not self.inside(path):
+            return
+        raise StoreError(
+            f"store {str(self.store)!r} records {what} {str(path)!r} (kernel={self.ref!r}), which is "
+            "inside the store itself; daskbatch does not import code from a store: run the kernel "
+            "from its own file with `daskbatch run SPEC` instead"
+        )
+
+    def check_module(self, module_name: str) -> None:
+        """Refuse ``module_name`` if it would be imported from the store; else say
+        which file is about to be imported."""
+        files = _module_files(module_name)
+        for f in files:
+            self.refuse(f, "the kernel file")
+        if files:
+            logger.info(f"importing the kernel from {files[-1]} (recorded in the store)")
+
+
 def kernel_from_info(info: Mapping[str, Any], store: str) -> Any:
     """Import the kernel that wrote a store, from where the store says it came from.
 
     A kernel defined in a notebook or in a script run as ``__main__`` cannot be
-    imported again: the message says to rerun the cell or the script.
+    imported again: the message says to rerun the cell or the script. Nothing inside
+    the store itself is ever imported (see :func:`import_kernel`).
     """
     ref = info.get("kernel_ref") or info["kernel"]["identity"]
+    if not isinstance(ref, str):
+        raise StoreError(f"store {store!r}: the kernel reference {ref!r} recorded in it is not text")
     module_name = ref.split(":")[0]
     origin = info.get("kernel_origin")
     file = info.get("kernel_file")
     if module_name == "__main__":
         if origin == "notebook" or not (file and os.path.isfile(file)):
             raise SpecFileError(
-                f"store {store!r} was written by kernel {ref.split(':')[1]!r} defined in a notebook "
+                f"store {store!r} was written by kernel {ref.split(':')[-1]!r} defined in a notebook "
                 "(or in code that has no file): run the notebook cell that called daskbatch.run "
                 "again; it continues where it stopped"
             )
-        from .results import resume_hint
+        from .results import inside_store, resume_hint
 
+        if inside_store(file, store):
+            raise StoreError(
+                f"store {store!r} records the script of its kernel {ref.split(':')[-1]!r} as "
+                f"{file!r}, which is inside the store itself; daskbatch does not run code from a "
+                "store: run the script that called daskbatch.run again"
+            )
         raise SpecFileError(
-            f"store {store!r} was written by kernel {ref.split(':')[1]!r} defined in the script "
+            f"store {store!r} was written by kernel {ref.split(':')[-1]!r} defined in the script "
             f"{file!r}: run that script again ({resume_hint(info, store)}); it continues where it stopped"
         )
-    return import_kernel(ref, info.get("spec_dir"), file_hint=file)
+    return import_kernel(ref, info.get("spec_dir"), file_hint=file, store=store)
 
 
 # --------------------------------------------------------------------------- the store's info
