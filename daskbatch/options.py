@@ -92,6 +92,8 @@ class RunOptions:
         constants = dict(constants or {})
         constants_json = jsonable(constants, "constants")
         kernel.check_arguments(space.params, constants)
+        memory = memory_limit_bytes(memory_limit)
+        _check_size(kernel, space, chunk_size, memory)  # before any probe, store or worker
         auto = isinstance(cluster, str) and cluster == "auto"
         spec = parse_cluster("local" if auto else cluster, n_workers)
         if not auto:  # "auto" checks it once it knows it needs worker processes
@@ -107,7 +109,7 @@ class RunOptions:
             timeout=timeout,
             retry_failed=retry_failed,
             verify=verify,
-            memory_limit=memory_limit_bytes(memory_limit),
+            memory_limit=memory,
             kernel_changed=kernel_changed,
             spec_file=None if spec_file is None else str(Path(spec_file)),
             callbacks=callbacks,
@@ -178,6 +180,20 @@ def _check_kernel_and_space(kernel: Any, space: Any) -> None:
             f"space={space!r} is not a parameter space; use daskbatch.Grid, Table, MonteCarlo, "
             "LatinHypercube, Sobol, Halton or Product"
         )
+
+
+def _check_size(kernel: Kernel, space: Space, chunk_size: Any, memory_limit: int | None) -> None:
+    """A space too big for a task or for the run's bookkeeping is refused with its numbers."""
+    from .designs import Design
+    from .plan import check_run_size
+
+    if isinstance(space, Design):
+        what = f"n={space.n}"
+    else:
+        what = " × ".join(f"{d}={n}" for d, n in zip(space.batch_dims, space.batch_shape, strict=True))
+    params = {name: (math.prod(p.core_shape), p.dtype) for name, p in space.params.items()}
+    outputs = {name: (math.prod(o.shape), o.dtype) for name, o in kernel.outputs.items()}
+    check_run_size(what, space.batch_dims, space.batch_shape, chunk_size, params, outputs, memory_limit)
 
 
 def _check_chunking(chunk_size: Any, progress: Any, overwrite: Any, constants: Any) -> None:

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chunking import auto_samples_per_block, block_shape_for_samples, plan_block_shape
+import numpy as np
+
+from .chunking import AUTO_BLOCK_BYTES, auto_samples_per_block, block_shape_for_samples, plan_block_shape
 from .errors import PlanError
 
 __all__ = ["MEMORY_FACTOR", "TASK_SHARE", "Plan", "PlanError", "default_memory_limit", "make_plan"]
@@ -25,6 +27,17 @@ MEMORY_FACTOR = 3
 #: A task may use this share of its worker's memory limit (distributed starts to
 #: spill and pause workers at 60-80%).
 TASK_SHARE = 0.5
+#: Memory the run's own process keeps per block: its task in the graph and its
+#: bookkeeping. Measured: about 5 KB with the serial scheduler, about 15 KB with a
+#: local cluster (whose scheduler runs in the run's process), which also spends about
+#: a millisecond per block before the first block starts.
+DRIVER_BYTES_PER_BLOCK = 16 * 2**10
+#: The per-block bookkeeping of a run may use this share of the machine's memory,
+#: and what the run's own process holds of the parameters (grid axes) another share.
+DRIVER_SHARE = 0.25
+#: No run has more blocks than this, whatever the memory: each block is a task of the
+#: graph (a million take minutes to schedule) and, once committed, a record file.
+MAX_BLOCKS = 1_000_000
 
 
 def machine_memory() -> int:
@@ -63,9 +76,127 @@ def default_memory_limit(n_workers: int) -> int:
     return machine_memory() // max(1, n_workers)
 
 
+def driver_budget() -> int:
+    """Bytes of parameters the run's own process may hold (grid axes):
+    :data:`DRIVER_SHARE` of the machine's memory."""
+    return int(DRIVER_SHARE * machine_memory())
+
+
+def max_blocks(memory: int | None = None) -> int:
+    """The most blocks a run keeps track of: :data:`DRIVER_BYTES_PER_BLOCK` each within
+    :data:`DRIVER_SHARE` of ``memory`` (default: the machine's), and never more than
+    :data:`MAX_BLOCKS`.
+
+    Examples
+    --------
+    >>> max_blocks(2**30)
+    16384
+    """
+    memory = machine_memory() if memory is None else memory
+    return max(1, min(MAX_BLOCKS, int(DRIVER_SHARE * memory) // DRIVER_BYTES_PER_BLOCK))
+
+
+def check_blocks(
+    what: str, total: int, samples_per_block: int, per_sample: int, budget: int, blocks: int | None = None
+) -> None:
+    """Refuse a run of more blocks than :func:`max_blocks`, saying what chunk size would do.
+
+    ``total`` samples cut into blocks of at most ``samples_per_block``; ``per_sample``
+    bytes a sample takes in a task, ``budget`` the bytes a task may use; ``blocks``
+    the number of blocks, when it is known (a grid's blocks may be fewer samples).
+
+    Examples
+    --------
+    >>> check_blocks("n=10", 10, 1, 8, 2**20)
+    """
+    limit = max_blocks()
+    if blocks is None:
+        blocks = math.ceil(total / max(1, samples_per_block))
+    if blocks <= limit:
+        return
+    need = math.ceil(total / limit)
+    if need * per_sample <= budget:
+        advice = (
+            f"give chunk_size= at least {need:,} samples per block (about "
+            f"{_bytes(need * per_sample)} in a task), or make the space smaller"
+        )
+    else:
+        advice = (
+            f"a task cannot hold the {need:,} samples per block that needs (about "
+            f"{_bytes(need * per_sample)}, more than its {_bytes(budget)}): make the space smaller "
+            "or split it into several runs"
+        )
+    if limit < MAX_BLOCKS:
+        why = (
+            f"a run keeps about {_bytes(DRIVER_BYTES_PER_BLOCK)} per block in its own process, so "
+            f"this machine ({_bytes(machine_memory())}) runs at most {limit:,} blocks"
+        )
+    else:
+        why = f"a run has at most {limit:,} blocks (each is a task to schedule and a record to keep)"
+    raise PlanError(
+        f"{what}: {total:,} samples in blocks of at most {samples_per_block:,} make {blocks:,} "
+        f"blocks; {why}; {advice}"
+    )
+
+
+def check_run_size(
+    what: str,
+    batch_dims: Sequence[str],
+    batch_shape: Sequence[int],
+    chunk_size: int | str | Mapping[str, int],
+    params: Mapping[str, tuple[int, Any]],
+    outputs: Mapping[str, tuple[int, Any]],
+    memory_limit: int | None = None,
+) -> None:
+    """Refuse, before anything starts, a run that cannot fit, whatever the probe measures.
+
+    ``what`` names the space's size (``"n=1000"``); ``params`` and ``outputs`` give
+    each parameter's and output's values per sample and dtype. A sample must fit a task (with the memory of a
+    single worker unless ``memory_limit`` is given), and the fewest blocks the chunk
+    size allows must be at most :func:`max_blocks`. :func:`make_plan` checks again
+    with the workers the run has and the cost the probe measured.
+    """
+    memory_limit = machine_memory() if memory_limit is None else memory_limit
+    budget = int(TASK_SHARE * memory_limit)
+    sizes = {
+        (kind, name): (n, np.dtype(dtype), n * np.dtype(dtype).itemsize)
+        for kind, given in (("parameter", params), ("output", outputs))
+        for name, (n, dtype) in given.items()
+    }
+    b_in = sum(size for (kind, _), (_, _, size) in sizes.items() if kind == "parameter")
+    bytes_out_per_sample = sum(size for (kind, _), (_, _, size) in sizes.items() if kind == "output")
+    per_sample = MEMORY_FACTOR * (b_in + bytes_out_per_sample)
+    if per_sample > budget:
+        (kind, name), (n, dtype, size) = max(sizes.items(), key=lambda kv: kv[1][2])
+        one = _one_sample(b_in, bytes_out_per_sample, memory_limit)
+        raise PlanError(f"{kind} {name!r} holds {n:,} {dtype} values per sample ({_bytes(size)}): {one}")
+    total = math.prod(batch_shape)
+    if chunk_size == "auto":
+        largest = min(total, budget // max(1, per_sample))
+        if b_in + bytes_out_per_sample:
+            largest = min(largest, max(1, AUTO_BLOCK_BYTES // (b_in + bytes_out_per_sample)))
+        what = f"{what} (chunk_size='auto')"
+    else:
+        largest = math.prod(plan_block_shape(batch_dims, batch_shape, chunk_size, n_workers=1))
+        what = f"{what} (chunk_size={chunk_size!r})"
+    check_blocks(what, total, largest, per_sample, budget)
+
+
+def _one_sample(b_in: int, b_out: int, memory_limit: int) -> str:
+    per_sample = MEMORY_FACTOR * (b_in + b_out)
+    budget = int(TASK_SHARE * memory_limit)
+    return (
+        f"one sample needs about {_bytes(per_sample)} in a task ({MEMORY_FACTOR} × "
+        f"{_bytes(b_in)} of parameters + {_bytes(b_out)} of outputs), "
+        f"more than the {_bytes(budget)} a task may use ({TASK_SHARE:.0%} of memory_limit="
+        f"{_bytes(memory_limit)} per worker): give the workers more memory (memory_limit=) or "
+        "make the parameters or outputs smaller"
+    )
+
+
 def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(n) < 1024 or unit == "EiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     raise AssertionError  # pragma: no cover
@@ -221,13 +352,7 @@ def make_plan(
     per_sample = MEMORY_FACTOR * (bytes_in_per_sample + bytes_out_per_sample)
     budget = int(TASK_SHARE * memory_limit)
     if per_sample > budget:
-        raise PlanError(
-            f"one sample needs about {_bytes(per_sample)} in a task ({MEMORY_FACTOR} × "
-            f"{_bytes(bytes_in_per_sample)} of parameters + {_bytes(bytes_out_per_sample)} of outputs), "
-            f"more than the {_bytes(budget)} a task may use ({TASK_SHARE:.0%} of memory_limit="
-            f"{_bytes(memory_limit)} per worker): give the workers more memory (memory_limit=) or "
-            "make the outputs smaller"
-        )
+        raise PlanError(_one_sample(bytes_in_per_sample, bytes_out_per_sample, memory_limit))
     total = math.prod(batch_shape)
     if chunk_size == "auto":
         size = auto_samples_per_block(
@@ -249,6 +374,11 @@ def make_plan(
                 f"memory_limit={_bytes(memory_limit)} per worker); use at most {fits:,} samples per "
                 "block, or chunk_size='auto'"
             )
+    dims = ", ".join(f"{d}: {n:,}" for d, n in zip(batch_dims, batch_shape, strict=True))
+    blocks = math.prod(math.ceil(n / b) for n, b in zip(batch_shape, block_shape, strict=True))
+    check_blocks(
+        f"chunk_size={chunk_size!r} ({dims})", total, math.prod(block_shape), per_sample, budget, blocks
+    )
     return Plan(
         kernel=kernel,
         batch_dims=tuple(batch_dims),

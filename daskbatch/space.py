@@ -15,6 +15,7 @@ the designs (:class:`MonteCarlo`, :class:`LatinHypercube`, :class:`Sobol`,
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,6 +79,7 @@ class Grid(Space):
         self.axes: dict[str, np.ndarray] = {}
         for name, values in axes.items():
             _check_name("Grid", name)
+            _check_one_kind(f"Grid: axis {name}", values)
             arr = np.asarray(values)
             if arr.ndim != 1:
                 raise SpaceError(f"Grid: axis {name}={values!r} must be 1-D, got shape {arr.shape}")
@@ -121,6 +123,28 @@ class Grid(Space):
 
     def spec(self):
         return {"type": "grid", "axes": {n: a.tolist() for n, a in self.axes.items()}}
+
+
+def _check_one_kind(where: str, values: Any) -> None:
+    """Refuse a list that mixes strings, booleans and numbers: numpy would silently turn
+    them all into strings (or booleans into numbers). ``where`` names the axis."""
+    if isinstance(values, np.ndarray) or not isinstance(values, list | tuple):
+        return
+
+    def kind(v: Any) -> str:
+        if isinstance(v, bool | np.bool_):
+            return "booleans"
+        if isinstance(v, str | np.str_):
+            return "strings"
+        return "numbers" if isinstance(v, int | float | np.number) else type(v).__name__
+
+    kinds = [kind(v) for v in values]
+    if len(set(kinds)) > 1:
+        i = next(i for i, k in enumerate(kinds) if k != kinds[0])
+        raise SpaceError(
+            f"{where}={list(values)!r} mixes {kinds[0]} and {kinds[i]} (value {i}: "
+            f"{values[i]!r}); an axis must be all numbers or all strings"
+        )
 
 
 # --------------------------------------------------------------------------- products
@@ -305,20 +329,74 @@ class Product(Space):
 # --------------------------------------------------------------------------- specs
 
 
+_AXIS_ARGS = {
+    "linspace": ("start", "stop", "num"),
+    "logspace": ("start", "stop", "num"),
+    "arange": ("start", "stop", "step"),
+}
+
+
 def _axis_from_spec(name: str, value: Any) -> np.ndarray:
+    where = f"space.axes.{name}"
     if isinstance(value, list):
+        _check_one_kind(where, value)
         return np.asarray(value)
     if isinstance(value, dict) and len(value) == 1:
         ((kind, args),) = value.items()
-        fns = {"linspace": np.linspace, "logspace": np.logspace, "arange": np.arange}
-        if kind in fns and isinstance(args, list) and all(isinstance(a, int | float) for a in args):
-            if kind != "arange" and len(args) == 3:
-                args = [args[0], args[1], int(args[2])]
-            return fns[kind](*args)
+        if kind in _AXIS_ARGS and isinstance(args, list):
+            return _axis_range(where, kind, args)
     raise SpaceError(
-        f"space.axes.{name}: {value!r} is not a list of values or a table such as "
+        f"{where}: {value!r} is not a list of values or a table such as "
         "{linspace = [10, 100, 30]}, {logspace = [1, 3, 50]} or {arange = [0, 10, 1]}"
     )
+
+
+def _axis_range(where: str, kind: str, args: list[Any]) -> np.ndarray:
+    """``{linspace|logspace = [start, stop, num]}`` or ``{arange = [start, stop, step]}``,
+    checked before numpy sees it: a bad count or step, or an axis too big to hold."""
+    from .plan import DRIVER_SHARE, _bytes, driver_budget, machine_memory
+
+    keys, head = _AXIS_ARGS[kind], f"{where}: {kind} = {args!r}"
+    example = {"linspace": "[10, 100, 30]", "logspace": "[1, 3, 50]", "arange": "[0, 10, 1]"}[kind]
+    if len(args) not in (2, 3) or not all(
+        isinstance(a, int | float) and not isinstance(a, bool) for a in args
+    ):
+        raise SpaceError(f"{head}: give [{', '.join(keys)}] as numbers, e.g. {example}")
+    if len(args) == 2:  # numpy's default: 50 values, or a step of 1
+        args = [*args, 1 if kind == "arange" else 50]
+    for key, a in zip(keys, args, strict=True):
+        if not math.isfinite(a):
+            raise SpaceError(f"{head}: {key}={a!r} must be a finite number")
+    start, stop, third = args
+    if kind == "arange":
+        if third == 0:
+            raise SpaceError(f"{head}: step=0 never reaches stop; give a step other than 0")
+        if all(isinstance(a, int) for a in args):
+            num = len(range(start, stop, third))
+        else:
+            num = max(0, math.ceil((stop - start) / third))
+        if num < 1:
+            raise SpaceError(
+                f"{head}: no values from start={start!r} to stop={stop!r} with step={third!r}; "
+                f"a {'positive' if stop > start else 'negative'} step goes from start to stop"
+            )
+    else:
+        if isinstance(third, float) and not third.is_integer():
+            raise SpaceError(f"{head}: num={third!r} must be a whole number of values, e.g. 30")
+        num = int(third)
+        if num < 1:
+            raise SpaceError(f"{head}: num={third!r} must be at least 1 (the number of values)")
+    need, budget = num * np.dtype(np.float64).itemsize, driver_budget()
+    if need > budget:
+        raise SpaceError(
+            f"{head}: {num:,} values need {_bytes(need)}, more than the {_bytes(budget)} "
+            f"a run may hold of a grid's axes ({DRIVER_SHARE:.0%} of this machine's "
+            f"{_bytes(machine_memory())}); use fewer values (a Monte Carlo or quasi-random design "
+            "computes its samples in the workers instead)"
+        )
+    if kind == "arange":
+        return np.arange(start, stop, third)
+    return np.linspace(start, stop, num) if kind == "linspace" else np.logspace(start, stop, num)
 
 
 def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None) -> Space:

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import daskbatch as db
-from daskbatch.plan import MEMORY_FACTOR, TASK_SHARE, PlanError, make_plan
+from daskbatch.chunking import auto_samples_per_block
+from daskbatch.plan import MEMORY_FACTOR, TASK_SHARE, PlanError, make_plan, max_blocks
 from daskbatch.store import Store
 from daskbatch.testing import slow_square
 
@@ -42,6 +43,16 @@ def test_auto_blocks_always_fit_the_memory_budget(n, workers, seconds, b_in, b_o
     )
     if MEMORY_FACTOR * (b_in + b_out) > TASK_SHARE * memory:
         with pytest.raises(PlanError, match="one sample needs about"):
+            make_plan(**args)
+        return
+    size = auto_samples_per_block(
+        n, n_workers=workers, seconds_per_sample=seconds, bytes_per_sample=b_in + b_out
+    )
+    size = max(1, min(size, int(TASK_SHARE * memory) // (MEMORY_FACTOR * (b_in + b_out))))
+    if -(-n // size) > max_blocks():  # more blocks than a run keeps track of: refused, with advice
+        with pytest.raises(
+            PlanError, match=r"blocks; .* at most [\d,]+ blocks.*chunk_size= at least|several runs"
+        ):
             make_plan(**args)
         return
     p = make_plan(**args)
@@ -140,6 +151,7 @@ def _memory_now() -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_plan_memory_estimate_bounds_a_real_workers_peak(tmp_path):
     """Tolerance: a worker's measured peak growth during the run lies between a third
@@ -173,6 +185,7 @@ def _scheduler_tick(dask_scheduler) -> float:
     return dask_scheduler.periodic_callbacks["tick"].callback_time
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
     """40 blocks of 8 MB per worker after 4: the peak grows by less than 2 blocks.
