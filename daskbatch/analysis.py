@@ -13,6 +13,7 @@ pass the store path or the Dataset ``daskbatch.open`` returned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DaskbatchError
+from .fstools import clear_partial
 from .kernel import STATUS
 
 __all__ = ["EXACT_QUANTILE_VALUES", "compare", "convergence", "export", "outliers", "summarize"]
@@ -309,6 +311,7 @@ def export(
     params = [k for k in ds.data_vars if k not in skip and set(layout["batch_dims"]) <= set(ds[k].dims)]
     ledger = st.ledger
     tmp = path.with_name(path.name + ".partial")
+    clear_partial(tmp)  # one a stopped export left: never written through
     rows = 0
     try:
         for block in np.ndindex(*layout["numblocks"]):
@@ -332,7 +335,7 @@ def export(
             writer.close()
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return rows
 

@@ -11,115 +11,17 @@ import contextlib
 import functools
 import json
 import os
-import re
 import shlex
 import signal
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DaskbatchError, SpecFileError
+from .errors import DaskbatchError
+from .specfile import load_spec
 
 __all__ = ["load_spec", "main"]
-
-_TOP_KEYS: dict[str, tuple[type, ...]] = {
-    "kernel": (str,),
-    "store": (str,),
-    "cluster": (str,),
-    "workers": (int,),
-    "chunk_size": (int, str, dict),
-    "progress": (bool,),
-    "constants": (dict,),
-    "retries": (int,),
-    "timeout": (int, float),
-    "memory_limit": (int, str),
-    "space": (dict,),
-}
-
-
-def _line_of(text: str, key: str, start: int = 1) -> int | None:
-    """Line number (1-based, from ``start`` on) where ``key`` is set or its table starts."""
-    last = key.split(".")[-1]
-    patterns = [rf"^\s*\[+\s*{re.escape(key)}\s*\]+", rf"^\s*{re.escape(last)}\s*="]
-    lines = text.splitlines()
-    for pat in patterns:
-        for i in range(start, len(lines) + 1):
-            if re.search(pat, lines[i - 1]):
-                return i
-    return None
-
-
-def _where(path: Path, text: str, key: str) -> str:
-    line = _line_of(text, key)
-    return f"{path}{f', line {line}' if line else ''}"
-
-
-def import_kernel(ref: str, base_dir: Path | None = None, file_hint: str | None = None) -> Any:
-    """Import ``module:function`` or ``path/to/file.py:function`` (see :mod:`daskbatch.provenance`)."""
-    from .provenance import import_kernel as _import
-
-    return _import(ref, base_dir, file_hint)
-
-
-def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check a TOML spec; returns the arguments of :func:`daskbatch.run`.
-
-    Keys: ``kernel`` ('module:function'), ``store``, ``[space]``, and optionally
-    ``cluster``, ``workers``, ``chunk_size``, ``progress``, ``[constants]``. Paths are
-    relative to the spec file's folder.
-    """
-    from .space import space_from_spec
-
-    p = Path(path)
-    if not p.is_file():
-        raise SpecFileError(f"spec file {str(p)!r} does not exist")
-    text = p.read_text()
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecFileError(f"{p}: not valid TOML: {e}") from e
-    unknown = sorted(set(doc) - set(_TOP_KEYS))
-    if unknown:
-        k = unknown[0]
-        raise SpecFileError(f"{_where(p, text, k)}: unknown key {k!r}; the keys are {sorted(_TOP_KEYS)}")
-    for key in ("kernel", "store", "space"):
-        if key not in doc:
-            raise SpecFileError(f"{p}: missing key {key!r}")
-    for key, value in doc.items():
-        types = _TOP_KEYS[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join("table" if t is dict else t.__name__ for t in types)
-            raise SpecFileError(
-                f"{_where(p, text, key)}: {key} = {value!r} has the wrong type; expected {names}"
-            )
-    base = p.parent
-    kernel = import_kernel(doc["kernel"], base)
-    try:
-        space = space_from_spec(doc["space"], base_dir=base)
-    except DaskbatchError as e:
-        table = str(e).split(":")[0]
-        line = _line_of(text, table)
-        bad = re.search(r"unknown key\(s\) \['([^']+)'", str(e))
-        if bad and line:  # point at the offending key, not at its table
-            line = _line_of(text, bad.group(1), start=line) or line
-        raise SpecFileError(f"{p}{f', line {line}' if line else ''}: {e}") from e
-    store = Path(doc["store"])
-    return {
-        "kernel": kernel,
-        "space": space,
-        "store": store if store.is_absolute() else base / store,
-        "cluster": doc.get("cluster", "auto"),
-        "n_workers": doc.get("workers"),
-        "chunk_size": doc.get("chunk_size", "auto"),
-        "progress": doc.get("progress", True),
-        "constants": doc.get("constants"),
-        "retries": doc.get("retries", 0),
-        "timeout": doc.get("timeout"),
-        "memory_limit": doc.get("memory_limit"),
-        "spec_file": p,
-    }
 
 
 def _chunk_size(text: str) -> int | str:
@@ -326,17 +228,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from .engine import status
 
-    st = status(args.store)
-    problems = None
-    if args.verify:
-        from .store import Store
+    report = None
+    if args.verify:  # first: a store whose metadata is damaged may not even count its blocks
+        from .repair import check
 
-        problems = Store(args.store).verify(full=True)
+        report = check(args.store, full=True)
+    try:
+        st = status(args.store)
+    except DaskbatchError:
+        if report is None or not report.metadata:
+            raise
+        st = None
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        if report is None or not report.metadata:
+            raise DaskbatchError(
+                f"reading store {args.store!r} failed ({type(e).__name__}: {e}); a file of it may be "
+                f"damaged: daskbatch status {shlex.quote(args.store)} --verify names it"
+            ) from None
+        st = None
+        print(f"store:    {args.store} (its status cannot be read: {type(e).__name__}: {e})")
     if args.json:
-        print(
-            json.dumps(
+        doc: dict[str, Any] = {"store": args.store}
+        if st is not None:
+            doc.update(
                 {
-                    "store": st.store,
                     "samples": st.samples,
                     "n_samples": st.n_samples,
                     "blocks_done": st.blocks_done,
@@ -347,30 +262,57 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     "running": st.running,
                     "resume": st.resume_hint,
                     "kernel_changes": st.kernel_changes,
-                    **(
-                        {"damaged": [{"block": list(d.block), "problem": d.problem} for d in problems]}
-                        if problems is not None
-                        else {}
-                    ),
-                },
-                indent=2,
+                }
             )
+        if report is not None:
+            doc["damaged"] = [{"block": list(d.block), "problem": d.problem} for d in report.blocks]
+            doc["metadata"] = [
+                {"file": p.file, "problem": p.problem, "repair": p.fix} for p in report.metadata
+            ]
+            doc["repair"] = _repair_command(args.store, st) if not report.ok else None
+        print(json.dumps(doc, indent=2))
+    else:
+        if st is not None:
+            print(st)
+        if report is not None:
+            _print_verify(report, args.store, st)
+    return 1 if report is not None and not report.ok else 0
+
+
+def _repair_command(store: str, st: Any) -> str:
+    """The command that repairs a store (``resume --verify``, or the script's own run)."""
+    hint = st.resume_hint if st is not None else f"daskbatch resume {shlex.quote(store)}"
+    if hint.startswith("daskbatch resume "):
+        return f"{hint} --verify"
+    return f"call daskbatch.run(..., verify=True) again ({hint})"
+
+
+def _print_verify(report: Any, store: str, st: Any) -> None:
+    """What ``status --verify`` found: metadata problems apart from damaged blocks."""
+    if report.metadata:
+        print(f"verify:   {len(report.metadata)} metadata problem(s) (committed results are kept):")
+        for p in report.metadata:
+            print(f"  {p}")
+    if report.blocks:
+        print(f"verify:   {len(report.blocks)} damaged block(s) (their data is wrong; recomputed):")
+        for d in report.blocks:
+            print(f"  {d}")
+    elif report.metadata and not report.decoded:
+        print(
+            f"verify:   {report.checked:,} committed block(s) checked against their checksums only; "
+            "they are decoded once the metadata is repaired"
         )
     else:
-        print(st)
-        if problems is not None:
-            if problems:
-                print(f"verify:   {len(problems)} damaged block(s):")
-                for d in problems:
-                    print(f"  {d}")
-                hint = st.resume_hint
-                if hint.startswith("daskbatch resume "):
-                    print(f"recompute them with: {hint} --verify")
-                else:
-                    print(f"recompute them: call daskbatch.run(..., verify=True) again ({hint})")
-            else:
-                print(f"verify:   every committed block matches its checksums ({st.blocks_done:,} checked)")
-    return 1 if problems else 0
+        print(f"verify:   every committed block matches its checksums ({report.checked:,} checked)")
+    if report.fatal:
+        print(
+            "cannot repair: " + ", ".join(p.file for p in report.fatal) + " cannot be rebuilt; "
+            "restore it from a copy of the store, or start again with --overwrite"
+        )
+    elif report.metadata:
+        print(f"repair with: {_repair_command(store, st)}")
+    elif report.blocks:
+        print(f"recompute them with: {_repair_command(store, st)}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from .options import RunOptions
 from .plan import Plan
 from .probe import measure
 from .provenance import check_store, run_provenance
+from .repair import damage_hint, repair
 from .results import RunResult, StoreStatus, store_status
 from .runloop import Runner, auto_probe, blocks_to_retry, choose_cluster, make_run_plan, workers_before_start
 from .space import Space
@@ -77,6 +78,7 @@ class _Request:
         kernel, space, options = self.kernel, self.space, self.options
         st = Store(self.store)
         st.check_writable()
+        st.remove_leftovers()  # of a creation that was stopped
         if st.is_foreign():
             raise StoreError(
                 f"store={str(st.path)!r} is not empty and was not written by daskbatch; choose a new "
@@ -86,9 +88,12 @@ class _Request:
         info = None if options.overwrite else st.info()
         if info is not None:
             space, _ = self._check(st, info, provenance)
+            hint = None if options.verify else damage_hint(st.path)
+            if hint is not None:  # damaged metadata: only a run with verify=True repairs it
+                raise StoreError(hint)
             retry = blocks_to_retry(st) if options.retry_failed else []
-            complete = st.ledger.committed().all() and not st.ledger.verify(full=False)
-            if complete and not options.verify and not retry:
+            complete = not options.verify and st.ledger.committed().all() and not st.ledger.verify(full=False)
+            if complete and not retry:
                 done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
                 assert isinstance(done, RunResult)
                 return done  # no probe, no lock
@@ -96,12 +101,17 @@ class _Request:
         created_dir = not st.path.exists()
         lock = st.lock().acquire()  # a second run on this store is refused here, naming the holder
         try:
+            st.check_links()  # nothing is written through a link planted in the store
             # read again under the lock: a run that ended meanwhile has written its history
             info = None if options.overwrite else st.info()
             code_change, damaged, retry = None, [], []
             if info is not None:
                 space, code_change = self._check(st, info, provenance, announce=False)
-                damaged = st.ledger.verify(full=options.verify)
+                # verify: rebuild damaged metadata first; recompute only blocks whose data is wrong
+                if options.verify:
+                    damaged = repair(st.path, outputs=kernel.outputs).blocks
+                else:
+                    damaged = st.ledger.verify(full=False)
                 retry = blocks_to_retry(st) if options.retry_failed else []
                 info.update(provenance)
             runner = Runner(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .errors import StoreError
 from .kernel import STATUS
 from .ledger import (
     _WRITE_EMPTY,
@@ -79,8 +80,15 @@ class _Format1Ledger(BlockLedger):
     def _arrays(self, write: bool = False) -> dict[str, zarr.Array]:
         cache = self._write if write else self._read
         if not cache:
-            root = zarr.open_group(str(self.path), mode="r+" if write else "r", use_consolidated=False)
-            opened = {n: root[f"{INTERNAL}/{n}"] for n in _INTERNAL_ARRAYS}
+            try:
+                root = zarr.open_group(str(self.path), mode="r+" if write else "r", use_consolidated=False)
+                opened = {n: root[f"{INTERNAL}/{n}"] for n in _INTERNAL_ARRAYS}
+            except (KeyError, OSError, ValueError, TypeError) as e:
+                raise StoreError(
+                    f"store {str(self.path)!r}: the metadata of its block ledger ({INTERNAL}/) cannot be "
+                    f"read ({type(e).__name__}: {e}); daskbatch status {str(self.path)!r} --verify names "
+                    f"the file, and daskbatch resume {str(self.path)!r} --verify rebuilds it"
+                ) from None
             cache.update({n: a.with_config(_WRITE_EMPTY) for n, a in opened.items()} if write else opened)
         return cache
 

@@ -12,6 +12,7 @@ are pending), as ``daskbatch status`` does.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -22,6 +23,7 @@ import numpy as np
 
 from .analysis import _open, _scalar, convergence, summarize
 from .errors import DaskbatchError
+from .fstools import clear_partial
 from .kernel import STATUS
 
 __all__ = ["report"]
@@ -281,6 +283,11 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
     head, tail = doc.rsplit("</body>", 1)  # the last one: the inlined BokehJS holds the string too
     doc = head + _RENDER_CHECK.replace("@PLOTS@", str(len(plots))) + "</body>" + tail
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
+    clear_partial(tmp)  # one a stopped report left: never written through
+    try:
+        tmp.write_text(doc, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return path

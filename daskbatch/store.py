@@ -33,7 +33,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import threading
 import warnings
 from collections.abc import Mapping
@@ -43,7 +42,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreError, StoreExistsError, StoreNotFoundError, StoreWriteError
+from .errors import DaskbatchError, StoreError, StoreExistsError, StoreNotFoundError, StoreWriteError
+from .fstools import build_aside, first_link, link_message, put_in_place, remove_stale, test_pause
 from .layout import Layout, write_template
 from .ledger import (
     _WRITE_EMPTY,
@@ -60,6 +60,7 @@ from .ledger import (
 )
 from .ledger_format1 import _create_format1, _Format1Ledger
 from .lock import StoreLock
+from .repair import check, provenance_copy, save_provenance
 
 # Names defined here before they moved to the modules above; still importable from here.
 from .errors import StoreLockedError as StoreLockedError  # isort: skip
@@ -106,6 +107,24 @@ def _quiet_consolidate(path: Path) -> None:
         # consolidated metadata is not in the v3 spec yet; xarray still reads it first
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(str(path))
+
+
+def _write_new(path: Path, layout: Layout, info: Mapping[str, Any]) -> None:
+    """Write a new store's template into the empty folder ``path``.
+
+    :meth:`Store.create` calls this on the temporary folder it then renames into
+    place: everything a new store holds, ``.daskbatch/`` included, is written here.
+    """
+    root = zarr.open_group(str(path), mode="a", zarr_format=3)
+    write_template(root, layout)
+    fmt = _NEW_STORE_FORMAT
+    if fmt == 1:
+        _create_format1(root, layout.numblocks)
+    else:
+        (path / HIDDEN / BLOCKS).mkdir(parents=True, exist_ok=True)
+    root.attrs[_ATTR] = {**info, "format": fmt}
+    _quiet_consolidate(path)
+    save_provenance(path, template=True)  # .daskbatch/: what a repair rebuilds from
 
 
 # Ledgers per process, store path and creation: a worker opens each store's once.
@@ -251,12 +270,12 @@ class Store:
         False: so every reader and writer refuses such a store before touching it.
         """
         meta = self.path / "zarr.json"
-        if not meta.is_file():
-            return None
         try:
             doc = json.loads(meta.read_text())
         except (OSError, ValueError):
-            return None
+            # a root zarr.json that is missing or cannot be read: the copy the store keeps
+            # of its provenance (``resume --verify`` rebuilds zarr.json from it)
+            doc = None if not self.path.is_dir() else {"attributes": {_ATTR: provenance_copy(self.path)}}
         info = doc.get("attributes", {}).get(_ATTR) if isinstance(doc, dict) else None
         if not isinstance(info, dict):
             return None
@@ -271,6 +290,13 @@ class Store:
         if info is None:
             if not self.path.exists():
                 raise StoreNotFoundError(f"store {str(self.path)!r} does not exist")
+            if (self.path / "zarr.json").is_file() and (self.path / HIDDEN / BLOCKS).is_dir():
+                raise StoreError(
+                    f"store {str(self.path)!r}: its root metadata zarr.json cannot be read and the "
+                    f"store keeps no copy of its provenance ({HIDDEN}/provenance.json), so it cannot "
+                    "be repaired; restore zarr.json from a copy of the store, or start again with "
+                    "overwrite=True (--overwrite)"
+                )
             raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
         return info
 
@@ -292,25 +318,52 @@ class Store:
         The store is made in the current store format (2): ``info["format"]`` is set to
         it, whatever ``info`` says. A store of a format this code does not read is
         never overwritten.
+
+        Atomic: the template is written whole into ``.<name>.creating-<pid>`` next to
+        the store (:func:`_write_new`), then swapped with the store path in one rename,
+        carrying over the writer lock this run holds; the old contents (only the lock, or
+        the store an overwrite replaces) are removed after. A creation stopped at any
+        moment leaves the path as it was or the complete new store, never part of one.
+        The store path may be a link the user made to a folder: the folder it points to
+        is replaced, the link stays. Its folder must be writable.
         """
         if self.path.exists():
             self._clear(overwrite)
-        root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
-        write_template(root, layout)
-        fmt = _NEW_STORE_FORMAT
-        if fmt == 1:
-            _create_format1(root, layout.numblocks)
-        else:
-            (self.path / HIDDEN / BLOCKS).mkdir(parents=True, exist_ok=True)
-        root.attrs[_ATTR] = {**info, "format": fmt}
-        _quiet_consolidate(self.path)
+        real = self.path.resolve()
+        if not os.access(real.parent, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"store={str(self.path)!r}: its folder {str(real.parent)!r} is not writable; a new "
+                "store is made next to its path and renamed into place. Choose a writable folder"
+            )
+        remove_stale(real)
+        try:
+            with build_aside(real) as tmp:
+                _write_new(tmp, layout, info)
+                test_pause("create-written")
+                put_in_place(tmp, real, keep=f"{HIDDEN}/lock", pause=lambda: test_pause("create-swapped"))
+        except OSError as e:
+            if isinstance(e, DaskbatchError):
+                raise
+            what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
+            raise StoreWriteError(
+                f"creating store {str(self.path)!r} failed: {what}. Nothing of it was kept; make room "
+                "(or fix the cause) and run the same command again",
+                e.errno,
+            ) from e
 
     def _clear(self, overwrite: bool) -> None:
-        """Empty an existing path before a store is made there (the lock this run holds stays).
+        """Check that an existing path may be replaced by a new store.
 
         Raises :class:`StoreExistsError` for a folder that is not a daskbatch store, and
-        for a store when ``overwrite`` is False.
+        for a store when ``overwrite`` is False; :class:`StoreError` when a symbolic link
+        is below the path (daskbatch never makes one). Deletes nothing: :meth:`create`
+        swaps the new store in and then removes the old contents, never through a link
+        and never outside the path.
         """
+        if not self.path.is_dir():
+            raise StoreExistsError(
+                f"store={str(self.path)!r} is a file; give a directory path such as 'results.zarr'"
+            )
         if self.is_foreign():
             raise StoreExistsError(
                 f"store={str(self.path)!r} is not empty and was not written by daskbatch; "
@@ -318,14 +371,28 @@ class Store:
             )
         if self.is_daskbatch() and not overwrite:
             raise StoreExistsError(f"store {str(self.path)!r} exists; pass overwrite=True")
-        for child in self.path.iterdir():  # everything but the lock this run holds
-            if child.name == HIDDEN:
-                shutil.rmtree(child / "timeouts", ignore_errors=True)
-                shutil.rmtree(child / BLOCKS, ignore_errors=True)
-            elif child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        self.check_links()
+
+    def check_links(self) -> None:
+        """Before a run writes: refuse a symbolic link below the store, remove leftovers.
+
+        daskbatch makes no link in a store, so one there was planted: writing or
+        deleting through it would reach outside the store. :class:`StoreError` names
+        it. The store path itself may be a link (to a folder), and is followed. Also
+        :meth:`remove_leftovers`. Reads every folder of the store once.
+        """
+        if not self.path.is_dir():
+            return
+        link = first_link(self.path)
+        if link is not None:
+            raise StoreError(link_message(self.path, link))
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Remove the temporaries that stopped creations of this store left next to it
+        (``.<name>.creating-<pid>``) whose process has ended."""
+        with contextlib.suppress(OSError):
+            remove_stale(self.path.resolve())
 
     def update_info(self, info: Mapping[str, Any]) -> None:
         """Replace the provenance; only the driver calls this, never a task.
@@ -339,6 +406,7 @@ class Store:
         root = zarr.open_group(str(self.path), mode="r+")
         root.attrs[_ATTR] = {**info, "format": fmt}
         _quiet_consolidate(self.path)
+        save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
 
     # ----------------------------------------------------------------- blocks
 
@@ -502,8 +570,12 @@ class Store:
         return self.ledger.is_committed(tuple(block))
 
     def verify(self, full: bool = True) -> list[BlockProblem]:
-        """What is wrong with the committed blocks: ``ledger.verify(full)``."""
-        return self.ledger.verify(full)
+        """The committed blocks whose data is proven wrong (see :func:`daskbatch.repair.check`).
+
+        Damaged metadata is not a damaged block: :func:`daskbatch.repair.check` reports
+        it apart, and :func:`daskbatch.repair.repair` rebuilds it.
+        """
+        return check(self.path, full).blocks
 
     def block_counts(self) -> np.ndarray:
         """Samples per status code, per block (zeros for pending blocks): ``ledger.counts()``."""
@@ -535,12 +607,19 @@ class Store:
         info = self.require_info()
         _ledger_for(self.path, info)  # found once, before any chunk of status is read
         try:
-            ds = xr.open_zarr(str(self.path), consolidated=True)
-        except ValueError:  # a run is rewriting the root metadata now: read every array's own
-            with warnings.catch_warnings():
-                # the listing meets .daskbatch/ (plain files), which is not Zarr, as intended
-                warnings.filterwarnings("ignore", message=".*not recognized as a component")
-                ds = xr.open_zarr(str(self.path), consolidated=False)
+            try:
+                ds = xr.open_zarr(str(self.path), consolidated=True)
+            except ValueError:  # a run is rewriting the root metadata now: read every array's own
+                with warnings.catch_warnings():
+                    # the listing meets .daskbatch/ (plain files), which is not Zarr, as intended
+                    warnings.filterwarnings("ignore", message=".*not recognized as a component")
+                    ds = xr.open_zarr(str(self.path), consolidated=False)
+        except Exception as e:
+            raise StoreError(
+                f"store {str(self.path)!r}: its metadata cannot be read ({type(e).__name__}: {e}); "
+                f"daskbatch status {str(self.path)!r} --verify names the damaged file, and "
+                f"daskbatch resume {str(self.path)!r} --verify repairs it"
+            ) from None
         layout = info["layout"]
         source = _CommittedStatus(
             str(self.path), str(info.get("store_id", "")), layout["batch_shape"], layout["block_shape"]

@@ -1,0 +1,562 @@
+"""Checking and repairing a store: damaged metadata is rebuilt, damaged data recomputed.
+
+A store keeps two things beside its Zarr metadata that let it be repaired:
+
+* ``.daskbatch/provenance.json``: a copy of the provenance (the root attributes,
+  ``attrs["daskbatch"]``), written when the store is created and at every change of
+  it. A root ``zarr.json`` that cannot be read is rebuilt from it.
+* ``.daskbatch/template.json``: what the template wrote at creation: every array's
+  ``zarr.json`` document, the size and CRC-32 of every chunk file the template wrote
+  (grid axes, output core coordinates) and those coordinates' values. An array's
+  ``zarr.json`` that is missing, garbled or differs from it is rebuilt from it (its
+  chunk files are not touched); a damaged coordinate chunk is written again.
+
+:func:`check` reads a store and sorts what is wrong into metadata problems (each
+naming its file and what a repair does about it) and damaged blocks (data proven
+wrong: a chunk file that differs from its checksum under intact metadata, a status
+that disagrees with its block's counts, a wrong sample coordinate). :func:`repair`
+(``daskbatch resume --verify``, ``run(..., verify=True)``) first checks everything,
+stops naming the file when something cannot be rebuilt (before changing anything),
+then rebuilds the metadata and returns the damaged blocks, which the run recomputes.
+Committed blocks are never made pending for damaged metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .errors import StoreError
+from .ledger import HIDDEN, INTERNAL, BlockProblem, _checksum, store_format
+
+__all__ = ["MetadataProblem", "Report", "check", "provenance_copy", "repair", "save_provenance"]
+
+PROVENANCE = "provenance.json"
+TEMPLATE = "template.json"
+_ATTR = "daskbatch"
+# the fields of an array's metadata that must be the template's
+_FIELDS = ("node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs")
+_FIELDS_GENERATED = ("node_type", "shape", "data_type", "chunk_grid", "dimension_names")
+
+
+@dataclass(frozen=True)
+class MetadataProblem:
+    """A metadata file (or a template chunk) that is damaged; ``fix`` is what a repair
+    does about it, None when it cannot be rebuilt."""
+
+    file: str
+    problem: str
+    fix: str | None
+
+    def __str__(self) -> str:
+        what = f"repair: {self.fix}" if self.fix else "cannot be rebuilt automatically"
+        return f"{self.file}: {self.problem}; {what}"
+
+
+@dataclass
+class Report:
+    """What :func:`check` found: metadata problems, damaged blocks, blocks checked."""
+
+    metadata: list[MetadataProblem] = field(default_factory=list)
+    blocks: list[BlockProblem] = field(default_factory=list)
+    checked: int = 0
+    #: False when the blocks could only be checked against their checksums (the
+    #: metadata needed to decode them is damaged; a repair decodes them after it)
+    decoded: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.metadata and not self.blocks
+
+    @property
+    def fatal(self) -> list[MetadataProblem]:
+        return [p for p in self.metadata if p.fix is None]
+
+
+# ------------------------------------------------------------------ small file helpers
+
+
+def _hidden(path: Path, name: str) -> Path:
+    return Path(path) / HIDDEN / name
+
+
+def _write_json(target: Path, doc: Any) -> None:
+    """Write ``doc`` to ``target`` aside and rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(document, None), or (None, why it cannot be read)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "is missing"
+    except OSError as e:
+        return None, f"cannot be read ({e})"
+    try:
+        return json.loads(data), None
+    except ValueError:
+        return None, f"is not JSON ({len(data)} bytes: truncated or garbage)"
+
+
+def provenance_copy(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The copy of the provenance in ``.daskbatch/provenance.json``, or None."""
+    doc, _ = _read_json(_hidden(Path(path), PROVENANCE))
+    info = doc.get(_ATTR) if isinstance(doc, dict) else None
+    return info if isinstance(info, dict) and isinstance(info.get("layout"), dict) else None
+
+
+def _template(path: Path, store_id: str) -> dict[str, Any] | None:
+    doc, _ = _read_json(_hidden(path, TEMPLATE))
+    if isinstance(doc, dict) and doc.get("store_id") == store_id and isinstance(doc.get("arrays"), dict):
+        return doc
+    return None
+
+
+def _arrays_on_disk(path: Path) -> dict[str, zarr.Array]:
+    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    with warnings.catch_warnings():  # the listing meets .daskbatch/, which is not Zarr
+        warnings.simplefilter("ignore")
+        return {n: a for n, a in root.members(max_depth=None) if isinstance(a, zarr.Array)}
+
+
+def save_provenance(path: str | os.PathLike[str], *, template: bool = False) -> None:
+    """Keep a copy of the store's provenance in ``.daskbatch/provenance.json``; with
+    ``template=True`` (at creation) also record the template in ``.daskbatch/template.json``.
+
+    Called by :meth:`~daskbatch.store.Store.create` and
+    :meth:`~daskbatch.store.Store.update_info` once the root metadata is written.
+    """
+    path = Path(path)
+    doc, _ = _read_json(path / "zarr.json")
+    info = doc.get("attributes", {}).get(_ATTR) if isinstance(doc, dict) else None
+    if not isinstance(info, dict):
+        return
+    if template:
+        arrays, chunks, coords = {}, {}, {}
+        for name, arr in _arrays_on_disk(path).items():
+            meta, _ = _read_json(path / name / "zarr.json")
+            arrays[name] = meta
+            files = sorted(p for p in (path / name / "c").rglob("*") if p.is_file())
+            if files and INTERNAL not in name:  # a coordinate written by the template
+                for f in files:
+                    chunks[f.relative_to(path).as_posix()] = list(_checksum(f))
+                values = arr[...]
+                coords[name] = {"dtype": values.dtype.str, "values": values.tolist()}
+        groups = (
+            {INTERNAL: _read_json(path / INTERNAL / "zarr.json")[0]} if (path / INTERNAL).is_dir() else {}
+        )
+        doc_t = {"store_id": info.get("store_id"), "arrays": arrays, "groups": groups}
+        _write_json(_hidden(path, TEMPLATE), {**doc_t, "chunks": chunks, "coords": coords})
+    _write_json(_hidden(path, PROVENANCE), {_ATTR: info})
+
+
+# ------------------------------------------------------------------ what the metadata should be
+
+
+def _generated(info: Mapping[str, Any], fmt: int) -> dict[str, dict[str, Any]]:
+    """Every array's metadata as the template would write it now, from the provenance
+    alone (for stores made before the template was recorded); {} when it cannot be made."""
+    from .kernel import Output
+    from .layout import Layout, write_template
+    from .ledger_format1 import _create_format1
+    from .space import space_from_spec
+
+    try:
+        space = space_from_spec(info["space_spec"])
+        outputs = {
+            k: Output(dims=tuple(o["dims"]), shape=tuple(o["shape"]), dtype=o["dtype"], fill=o.get("fill"))
+            for k, o in info["kernel"]["outputs"].items()
+        }
+        layout = Layout(
+            batch_dims=space.batch_dims,
+            batch_shape=space.batch_shape,
+            block_shape=tuple(info["layout"]["block_shape"]),
+            params=space.params,
+            outputs=outputs,
+            batch_coords=space.batch_coords(),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            root = zarr.open_group(tmp, mode="w", zarr_format=3)
+            write_template(root, layout)
+            if fmt == 1:
+                _create_format1(root, layout.numblocks)
+            return {n: _read_json(Path(tmp, n, "zarr.json"))[0] for n in _arrays_on_disk(Path(tmp))}
+    except Exception:
+        return {}
+
+
+def _batch_coords(info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    from .space import space_from_spec
+
+    try:
+        return dict(space_from_spec(info["space_spec"]).batch_coords())
+    except Exception:
+        return {}
+
+
+def _differs(doc: Any, ref: Mapping[str, Any], fields: tuple[str, ...]) -> str | None:
+    """What of an array's metadata ``doc`` differs from ``ref`` (None: nothing)."""
+    if not isinstance(doc, dict):
+        return "is not a JSON object"
+    for key in fields:
+        if doc.get(key) != ref.get(key):
+            return f"has {key} {_short(doc.get(key))}, the template {_short(ref.get(key))}"
+    attrs, want = doc.get("attributes"), ref.get("attributes")
+    if isinstance(want, dict) and (
+        not isinstance(attrs, dict) or any(attrs.get(k) != v for k, v in want.items())
+    ):
+        return "has attributes that differ from the template's"
+    return None
+
+
+def _short(value: Any, limit: int = 50) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class _Plan:
+    """What a repair would write, found by :func:`_inspect` before anything is written."""
+
+    path: Path
+    info: dict[str, Any]
+    root_doc: dict[str, Any] | None
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # relative file -> document
+    coords: dict[str, np.ndarray] = field(default_factory=dict)  # array -> values to write again
+    consolidate: bool = False
+    problems: list[MetadataProblem] = field(default_factory=list)
+
+    def add(self, file: str, problem: str, fix: str | None) -> None:
+        self.problems.append(MetadataProblem(file, problem, fix))
+
+
+def _root(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """(root document, provenance, why the root cannot be read)."""
+    doc, why = _read_json(path / "zarr.json")
+    info = doc.get("attributes", {}).get(_ATTR) if isinstance(doc, dict) else None
+    if why is None and not isinstance(info, dict):
+        why = "holds no daskbatch provenance (attributes['daskbatch'])"
+    return (doc if why is None else None), (info if why is None else None), why
+
+
+def _inspect(path: Path, quick: bool = False, outputs: Mapping[str, Any] | None = None) -> _Plan:
+    """Find every metadata problem of the store at ``path``, and how to repair it."""
+    root_doc, info, why = _root(path)
+    if info is None:
+        info = provenance_copy(path)
+        if info is None:
+            if not path.exists():
+                raise StoreError(f"store {str(path)!r} does not exist")
+            raise StoreError(
+                f"store {str(path)!r}: zarr.json {why}, and the store keeps no copy of its provenance "
+                f"({HIDDEN}/{PROVENANCE}); it cannot be repaired"
+            )
+    store_format(info, path)
+    plan = _Plan(path, info, root_doc)
+    if root_doc is None:
+        plan.add("zarr.json", why or "cannot be read", f"rebuilt from {HIDDEN}/{PROVENANCE}")
+        plan.docs["zarr.json"] = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: info}}
+        plan.consolidate = True
+    _inspect_arrays(plan, quick)
+    _inspect_coords(plan, outputs)
+    return plan
+
+
+def _inspect_arrays(plan: _Plan, quick: bool = False) -> None:
+    path, info = plan.path, plan.info
+    fmt = store_format(info, path)
+    template = _template(path, str(info.get("store_id", "")))
+    consolidated = {}
+    if plan.root_doc is not None:
+        meta = (plan.root_doc.get("consolidated_metadata") or {}).get("metadata")
+        consolidated = meta if isinstance(meta, dict) else {}
+    if template is not None:
+        refs, fields, source = template["arrays"], (*_FIELDS, "dimension_names"), f"{HIDDEN}/{TEMPLATE}"
+        groups = dict(template.get("groups") or {})
+    else:
+        refs, fields, source = _generated(info, fmt), _FIELDS_GENERATED, "the provenance"
+        fields = fields[:1] if quick else fields  # a run without verify: only files that cannot be read
+        groups = {INTERNAL: {"zarr_format": 3, "node_type": "group", "attributes": {}}} if fmt == 1 else {}
+        for name, doc in consolidated.items():
+            if name not in refs and isinstance(doc, dict) and doc.get("node_type") == "array":
+                refs[name] = doc  # known only from the consolidated copy (e.g. output coordinates)
+    for name, doc in groups.items():
+        got, bad = _read_json(path / name / "zarr.json")
+        if bad is not None or not isinstance(got, dict) or got.get("node_type") != "group":
+            plan.add(f"{name}/zarr.json", bad or "is not a group's metadata", f"rebuilt from {source}")
+            plan.docs[f"{name}/zarr.json"] = doc
+    for name, ref in sorted(refs.items()):
+        file = f"{name}/zarr.json"
+        got, bad = _read_json(path / file)
+        bad = bad or _differs(got, ref, fields)
+        if bad is None:
+            if plan.root_doc is not None and consolidated.get(name) != got:
+                plan.consolidate = True
+                plan.add(
+                    "zarr.json", f"its consolidated copy of {file} differs from {file}", "consolidated again"
+                )
+            continue
+        doc, fix = ref, f"rebuilt from {source} (its chunk files are not touched)"
+        if template is None:
+            copy = consolidated.get(name)
+            if isinstance(copy, dict) and _differs(copy, ref, fields) is None:
+                doc, fix = (
+                    copy,
+                    ("rebuilt from the consolidated copy in zarr.json (its chunk files are not touched)"),
+                )
+            cannot = _undecodable(path, name, doc)
+            if cannot:
+                plan.add(file, bad, None)
+                plan.add(file, f"a rebuilt {file} does not decode its chunks ({cannot})", None)
+                continue
+        plan.add(file, bad, fix)
+        plan.docs[file] = doc
+        plan.consolidate = True
+
+
+def _undecodable(path: Path, name: str, doc: Mapping[str, Any]) -> str | None:
+    """Whether one chunk file of array ``name`` on disk decodes under metadata ``doc``."""
+    files = sorted(p for p in (path / name / "c").rglob("*") if p.is_file()) if (path / name).is_dir() else []
+    if not files:
+        return None
+    first = files[0]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp, name, *first.relative_to(path / name).parts)
+            target.parent.mkdir(parents=True)
+            target.write_bytes(first.read_bytes())
+            Path(tmp, name, "zarr.json").write_text(json.dumps(doc))
+            arr = zarr.open_array(str(Path(tmp, name)), mode="r")
+            index = [int(i) for i in first.relative_to(path / name / "c").parts]
+            region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, arr.chunks, strict=True))
+            arr[region]
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _inspect_coords(plan: _Plan, outputs: Mapping[str, Any] | None = None) -> None:
+    """The coordinates the template wrote (grid axes, output core coordinates)."""
+    path, info = plan.path, plan.info
+    dims = list(info["layout"]["batch_dims"])
+    template = _template(path, str(info.get("store_id", "")))
+
+    def kind(name: str) -> str:
+        return f"the grid axis {name!r}" if name in dims else f"the output coordinate {name!r}"
+
+    if template is not None:
+        sums = template.get("chunks") or {}
+        for name, spec in sorted((template.get("coords") or {}).items()):
+            try:
+                values = np.asarray(spec["values"], dtype=np.dtype(spec["dtype"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            for rel, (size, crc) in sorted(sums.items()):
+                if rel.split("/c/")[0] != name:
+                    continue
+                f = path / rel
+                if not f.is_file():
+                    bad = "is missing"
+                elif _checksum(f) != (size, crc):
+                    bad = "does not match the checksum recorded at creation"
+                else:
+                    continue
+                plan.add(rel, bad, f"rewrote {kind(name)} from {HIDDEN}/{TEMPLATE}")
+                plan.coords[name] = values
+        return
+    root = None
+    for name, values in sorted(_batch_coords(info).items()):
+        rel = f"{name}/c/0"
+        if f"{name}/zarr.json" in plan.docs:
+            bad = None if (path / rel).is_file() else "is missing"
+        else:
+            try:
+                root = root or zarr.open_group(str(path), mode="r", use_consolidated=False)
+                got = np.asarray(root[name][...])
+                same = got.shape == values.shape and bool(np.all(got == values))
+                bad = None if same and (path / rel).is_file() else "differs from the provenance's axis"
+            except Exception as e:
+                bad = f"cannot be read ({type(e).__name__})"
+        if bad is not None:
+            plan.add(rel, bad, f"rewrote {kind(name)} from the provenance (its space)")
+            plan.coords[name] = np.asarray(values)
+    _inspect_output_coords(plan, dims, outputs)
+
+
+def _inspect_output_coords(plan: _Plan, dims: list[str], outputs: Mapping[str, Any] | None) -> None:
+    """Output coordinates of a store made before its template was recorded: checked
+    against the kernel's ``Output(coords=...)`` when it is given (a run has it)."""
+    path = plan.path
+    for name, spec in sorted(plan.info["kernel"].get("outputs", {}).items()):
+        for d in spec.get("dims", []):
+            if d in dims or d in plan.coords or not (path / d / "zarr.json").exists():
+                continue
+            rel = f"{d}/c/0"
+            out = (outputs or {}).get(name)
+            want = None if out is None else (out.coords or {}).get(d)
+            if want is None:
+                if not (path / rel).is_file():
+                    fix = None if outputs is not None else "rewritten from the kernel's Output(coords=...)"
+                    plan.add(rel, "is missing", fix)
+                continue
+            try:
+                got = zarr.open_array(str(path / d), mode="r")[...]
+                same = (path / rel).is_file() and got.shape == want.shape and bool(np.all(got == want))
+            except Exception:
+                same = False
+            if not same:
+                plan.add(rel, "is missing or differs", f"rewrote the output coordinate {d!r} from the kernel")
+                plan.coords[d] = np.asarray(want)
+
+
+# ------------------------------------------------------------------ check and repair
+
+
+def _blocks(path: Path, full: bool, decode: bool) -> tuple[list[BlockProblem], int]:
+    """The committed blocks whose data is wrong, and how many blocks were checked.
+    Without ``decode`` only the chunk files are compared with their checksums."""
+    from .store import Store
+
+    ledger = Store(path).ledger
+    if decode:
+        problems = ledger.verify(full)
+        return problems, len(ledger.records()) if full else 0
+    records, problems = ledger._scan()
+    for b, rec in sorted(records.items()):
+        bad = ledger._check_files(rec, full)
+        if bad is not None:
+            problems.append(BlockProblem(b, bad))
+    return sorted(problems, key=lambda p: p.block), len(records)
+
+
+def _opens(path: Path) -> MetadataProblem | None:
+    """Open the store as ``daskbatch.open`` does (its coordinates are read; data chunks
+    are the blocks' checks' business)."""
+    from .store import Store
+
+    try:
+        ds = Store(path).open_dataset()
+        for name in ds.coords:
+            ds[name].load()
+    except Exception as e:
+        cause = e.__cause__ or e.__context__ or e
+        return MetadataProblem("zarr.json", f"daskbatch.open fails ({type(cause).__name__}: {cause})", None)
+    return None
+
+
+def check(store: str | os.PathLike[str], full: bool = True) -> Report:
+    """What is wrong with a store, without changing anything.
+
+    Metadata problems (root and array ``zarr.json`` files, the consolidated copy, the
+    template's coordinate chunks) each name their file and what :func:`repair` does
+    about it; damaged blocks are those whose data is proven wrong. With ``full`` every
+    chunk's CRC-32 is compared and the store is opened as ``daskbatch.open`` does.
+    Raises :class:`StoreError` when the store has no provenance at all.
+    """
+    path = Path(store).expanduser().absolute()
+    plan = _inspect(path)
+    report = Report(metadata=list(plan.problems))
+    if not report.metadata and full:
+        problem = _opens(path)
+        if problem is not None:
+            report.metadata.append(problem)
+    report.decoded = not report.metadata
+    if not any(p.file.startswith(f"{INTERNAL}/") for p in plan.problems):
+        with contextlib.suppress(Exception):  # a format-1 ledger under a damaged root: after the repair
+            report.blocks, report.checked = _blocks(path, full, decode=report.decoded)
+    return report
+
+
+def repair(
+    store: str | os.PathLike[str], full: bool = True, outputs: Mapping[str, Any] | None = None
+) -> Report:
+    """Rebuild a store's damaged metadata, and return its damaged blocks.
+
+    Everything is checked first: when a problem cannot be repaired, raises
+    :class:`StoreError` naming its file, and nothing is changed. Otherwise the root
+    metadata is rebuilt from ``.daskbatch/provenance.json``, each array's from the
+    template (its chunk files are not touched), damaged template coordinates are
+    written again, the metadata is consolidated again, and then the blocks are
+    verified (``full``: every checksum, and decoded) under the repaired metadata. The
+    report's ``metadata`` lists what was repaired; its ``blocks`` are to be recomputed.
+    ``outputs`` (the kernel's outputs) rebuild the output coordinates of a store made
+    before its template was recorded.
+    """
+    from .log import logger
+
+    path = Path(store).expanduser().absolute()
+    plan = _inspect(path, outputs=outputs if outputs is not None else {})
+    fatal = [p for p in plan.problems if p.fix is None]
+    if fatal:
+        raise StoreError(_refusal(path, fatal))
+    for rel, doc in sorted(plan.docs.items(), key=lambda kv: kv[0] != "zarr.json"):
+        _write_json(path / rel, doc)
+    for name, values in plan.coords.items():
+        zarr.open_array(str(path / name), mode="r+")[...] = values
+    if plan.consolidate or plan.coords:
+        from .store import _quiet_consolidate
+
+        _quiet_consolidate(path)
+    if plan.problems:
+        _forget_open(path)
+        save_provenance(path)
+        logger.warning("repaired the store's metadata: " + "; ".join(str(p) for p in plan.problems))
+    report = Report(metadata=list(plan.problems))
+    if full:
+        problem = _opens(path)
+        if problem is not None:
+            raise StoreError(_refusal(path, [problem]))
+    report.blocks, report.checked = _blocks(path, full, decode=True)
+    return report
+
+
+def _refusal(path: Path, problems: list[MetadataProblem]) -> str:
+    listed = "; ".join(f"{p.file}: {p.problem}" for p in problems)
+    return (
+        f"store {str(path)!r} cannot be repaired automatically: {listed}. Nothing was changed; "
+        "restore that file from a copy of the store, or start again with overwrite=True (--overwrite)"
+    )
+
+
+def _forget_open(path: Path) -> None:
+    """Drop what this process opened of the store before its metadata was rebuilt."""
+    from . import store as store_module
+
+    with store_module._OPEN_LOCK:
+        for cache in (store_module._OPEN, store_module._LEDGERS, store_module._STATUS):
+            for key in [k for k in cache if k[0] == str(path)]:
+                del cache[key]
+
+
+def damage_hint(store: str | os.PathLike[str]) -> str | None:
+    """A one-line refusal for a run without verify on a store whose metadata is damaged
+    (a few small files read; None when the metadata is intact)."""
+    path = Path(store).expanduser().absolute()
+    try:
+        plan = _inspect(path, quick=True)
+    except StoreError as e:
+        return str(e)
+    if not plan.problems:
+        return None
+    more = f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""
+    return (
+        f"store {str(path)!r}: {plan.problems[0]}{more}. Repair it with: daskbatch resume "
+        f"{str(path)!r} --verify (or daskbatch.run(..., verify=True))"
+    )

@@ -1,0 +1,114 @@
+"""Spec files: a sweep written as TOML, read into the arguments of :func:`daskbatch.run`.
+
+The keys and their types are checked here; a mistake is one line naming the file,
+the line and the key (see docs/spec-files.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import DaskbatchError, SpecFileError
+
+__all__ = ["import_kernel", "load_spec"]
+
+_TOP_KEYS: dict[str, tuple[type, ...]] = {
+    "kernel": (str,),
+    "store": (str,),
+    "cluster": (str,),
+    "workers": (int,),
+    "chunk_size": (int, str, dict),
+    "progress": (bool,),
+    "constants": (dict,),
+    "retries": (int,),
+    "timeout": (int, float),
+    "memory_limit": (int, str),
+    "space": (dict,),
+}
+
+
+def _line_of(text: str, key: str, start: int = 1) -> int | None:
+    """Line number (1-based, from ``start`` on) where ``key`` is set or its table starts."""
+    last = key.split(".")[-1]
+    patterns = [rf"^\s*\[+\s*{re.escape(key)}\s*\]+", rf"^\s*{re.escape(last)}\s*="]
+    lines = text.splitlines()
+    for pat in patterns:
+        for i in range(start, len(lines) + 1):
+            if re.search(pat, lines[i - 1]):
+                return i
+    return None
+
+
+def _where(path: Path, text: str, key: str) -> str:
+    line = _line_of(text, key)
+    return f"{path}{f', line {line}' if line else ''}"
+
+
+def import_kernel(ref: str, base_dir: Path | None = None, file_hint: str | None = None) -> Any:
+    """Import ``module:function`` or ``path/to/file.py:function`` (see :mod:`daskbatch.provenance`)."""
+    from .provenance import import_kernel as _import
+
+    return _import(ref, base_dir, file_hint)
+
+
+def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a TOML spec; returns the arguments of :func:`daskbatch.run`.
+
+    Keys: ``kernel`` ('module:function'), ``store``, ``[space]``, and optionally
+    ``cluster``, ``workers``, ``chunk_size``, ``progress``, ``[constants]``. Paths are
+    relative to the spec file's folder.
+    """
+    from .space import space_from_spec
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecFileError(f"spec file {str(p)!r} does not exist")
+    text = p.read_text()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecFileError(f"{p}: not valid TOML: {e}") from e
+    unknown = sorted(set(doc) - set(_TOP_KEYS))
+    if unknown:
+        k = unknown[0]
+        raise SpecFileError(f"{_where(p, text, k)}: unknown key {k!r}; the keys are {sorted(_TOP_KEYS)}")
+    for key in ("kernel", "store", "space"):
+        if key not in doc:
+            raise SpecFileError(f"{p}: missing key {key!r}")
+    for key, value in doc.items():
+        types = _TOP_KEYS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join("table" if t is dict else t.__name__ for t in types)
+            raise SpecFileError(
+                f"{_where(p, text, key)}: {key} = {value!r} has the wrong type; expected {names}"
+            )
+    base = p.parent
+    kernel = import_kernel(doc["kernel"], base)
+    try:
+        space = space_from_spec(doc["space"], base_dir=base)
+    except DaskbatchError as e:
+        table = str(e).split(":")[0]
+        line = _line_of(text, table)
+        bad = re.search(r"unknown key\(s\) \['([^']+)'", str(e))
+        if bad and line:  # point at the offending key, not at its table
+            line = _line_of(text, bad.group(1), start=line) or line
+        raise SpecFileError(f"{p}{f', line {line}' if line else ''}: {e}") from e
+    store = Path(doc["store"])
+    return {
+        "kernel": kernel,
+        "space": space,
+        "store": store if store.is_absolute() else base / store,
+        "cluster": doc.get("cluster", "auto"),
+        "n_workers": doc.get("workers"),
+        "chunk_size": doc.get("chunk_size", "auto"),
+        "progress": doc.get("progress", True),
+        "constants": doc.get("constants"),
+        "retries": doc.get("retries", 0),
+        "timeout": doc.get("timeout"),
+        "memory_limit": doc.get("memory_limit"),
+        "spec_file": p,
+    }
