@@ -36,7 +36,8 @@ demo: $(VENV)/.installed  ## install, then sweep the built-in DC sounding model 
 test: $(VENV)/.installed test-deps  ## install, lint, then run every test (doctests included)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 -m 'not serial'
+	$(PY) -m pytest -m serial
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
