@@ -4,21 +4,33 @@ A store keeps two things beside its Zarr metadata that let it be repaired:
 
 * ``.daskbatch/provenance.json``: a copy of the provenance (the root attributes,
   ``attrs["daskbatch"]``), written when the store is created and at every change of
-  it. A root ``zarr.json`` that cannot be read is rebuilt from it.
+  it, after the root. Which of the two is right when they differ is decided by
+  :func:`daskbatch.repaircheck.read_provenance` (the root when it is well-formed and
+  they differ only in what a run changes, since a run may stop between the two writes;
+  otherwise the one the rest of the store agrees with). A root ``zarr.json`` that
+  cannot be read, holds a malformed provenance or one the store contradicts is rebuilt
+  from the copy; a copy that is missing, damaged or differs is written again from the
+  verified root.
 * ``.daskbatch/template.json``: what the template wrote at creation: every array's
   ``zarr.json`` document, the size and CRC-32 of every chunk file the template wrote
   (grid axes, output core coordinates) and those coordinates' values. An array's
   ``zarr.json`` that is missing, garbled or differs from it is rebuilt from it (its
-  chunk files are not touched); a damaged coordinate chunk is written again.
+  chunk files are not touched); a damaged coordinate chunk is written again. A
+  template that is missing, damaged, of another store or that contradicts the
+  provenance is not used: the arrays are checked against what the provenance makes
+  (as for a store made before the template was recorded), and a repair records the
+  template again from the verified arrays.
 
 :func:`check` reads a store and sorts what is wrong into metadata problems (each
 naming its file and what a repair does about it) and damaged blocks (data proven
 wrong: a chunk file that differs from its checksum under intact metadata, a status
-that disagrees with its block's counts, a wrong sample coordinate). :func:`repair`
-(``daskbatch resume --verify``, ``run(..., verify=True)``) first checks everything,
-stops naming the file when something cannot be rebuilt (before changing anything),
-then rebuilds the metadata and returns the damaged blocks, which the run recomputes.
-Committed blocks are never made pending for damaged metadata.
+that disagrees with its block's counts, a wrong sample coordinate), judged under the
+provenance chosen first. :func:`repair` (``daskbatch resume --verify``,
+``run(..., verify=True)``) first checks everything, stops naming the file when
+something cannot be rebuilt (before changing anything), then rebuilds the metadata
+and returns the damaged blocks, which the run recomputes. Committed blocks are never
+made pending for damaged metadata. A store whose root and copy are both gone cannot
+be repaired: :func:`check` says so, :func:`repair` refuses and changes nothing.
 """
 
 from __future__ import annotations
@@ -38,29 +50,26 @@ import zarr
 
 from .errors import StoreError
 from .ledger import HIDDEN, INTERNAL, BlockProblem, _checksum, store_format
+from .repaircheck import (
+    _ATTR,
+    PROVENANCE,
+    TEMPLATE,
+    TEMPLATE_FILE,
+    MetadataProblem,
+    _array_layout,
+    gone_message,
+    looks_like_store,
+    read_provenance,
+)
+from .repaircheck import hidden as _hidden
+from .repaircheck import read_json as _read_json
+from .repaircheck import write_json as _write_json
 
 __all__ = ["MetadataProblem", "Report", "check", "provenance_copy", "repair", "save_provenance"]
 
-PROVENANCE = "provenance.json"
-TEMPLATE = "template.json"
-_ATTR = "daskbatch"
 # the fields of an array's metadata that must be the template's
 _FIELDS = ("node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs")
 _FIELDS_GENERATED = ("node_type", "shape", "data_type", "chunk_grid", "dimension_names")
-
-
-@dataclass(frozen=True)
-class MetadataProblem:
-    """A metadata file (or a template chunk) that is damaged; ``fix`` is what a repair
-    does about it, None when it cannot be rebuilt."""
-
-    file: str
-    problem: str
-    fix: str | None
-
-    def __str__(self) -> str:
-        what = f"repair: {self.fix}" if self.fix else "cannot be rebuilt automatically"
-        return f"{self.file}: {self.problem}; {what}"
 
 
 @dataclass
@@ -73,6 +82,9 @@ class Report:
     #: False when the blocks could only be checked against their checksums (the
     #: metadata needed to decode them is damaged; a repair decodes them after it)
     decoded: bool = True
+    #: why the store has no provenance left (root and copy both unusable): it cannot
+    #: be repaired, and nothing else was checked
+    gone: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -86,35 +98,6 @@ class Report:
 # ------------------------------------------------------------------ small file helpers
 
 
-def _hidden(path: Path, name: str) -> Path:
-    return Path(path) / HIDDEN / name
-
-
-def _write_json(target: Path, doc: Any) -> None:
-    """Write ``doc`` to ``target`` aside and rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
-def _read_json(path: Path) -> tuple[Any, str | None]:
-    """(document, None), or (None, why it cannot be read)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, "is missing"
-    except OSError as e:
-        return None, f"cannot be read ({e})"
-    try:
-        return json.loads(data), None
-    except ValueError:
-        return None, f"is not JSON ({len(data)} bytes: truncated or garbage)"
-
-
 def provenance_copy(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The copy of the provenance in ``.daskbatch/provenance.json``, or None."""
     doc, _ = _read_json(_hidden(Path(path), PROVENANCE))
@@ -122,11 +105,29 @@ def provenance_copy(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return info if isinstance(info, dict) and isinstance(info.get("layout"), dict) else None
 
 
-def _template(path: Path, store_id: str) -> dict[str, Any] | None:
-    doc, _ = _read_json(_hidden(path, TEMPLATE))
-    if isinstance(doc, dict) and doc.get("store_id") == store_id and isinstance(doc.get("arrays"), dict):
-        return doc
-    return None
+def _template(path: Path, info: Mapping[str, Any], generated: Mapping[str, Any] | None = None):
+    """(the template, None) when ``.daskbatch/template.json`` is intact and this store's,
+    else (None, what is wrong with it). With ``generated`` (every array's metadata as
+    the provenance makes it) the template's arrays are checked against it too."""
+    doc, why = _read_json(_hidden(path, TEMPLATE))
+    if why is not None:
+        return None, why
+    arrays = doc.get("arrays") if isinstance(doc, dict) else None
+    if not isinstance(arrays, dict) or not all(isinstance(a, dict) for a in arrays.values()):
+        return None, "is not a template (no object of array metadata)"
+    if doc.get("store_id") != info.get("store_id"):
+        return None, f"was written for another store (store_id {_short(doc.get('store_id'))})"
+    layout = info["layout"]
+    if _array_layout(arrays.get("status")) != (layout["batch_shape"], layout["block_shape"]):
+        return None, "its status array does not have the store's layout"
+    chunks, coords = doc.get("chunks", {}), doc.get("coords", {})
+    if not isinstance(chunks, dict) or not isinstance(coords, dict):
+        return None, "its coordinate chunks are not recorded as objects"
+    for name, ref in (generated or {}).items():
+        bad = _differs(arrays.get(name), ref, _FIELDS_GENERATED)
+        if bad is not None:
+            return None, f"its metadata of {name!r} {bad.replace('the template', 'the provenance')}"
+    return doc, None
 
 
 def _arrays_on_disk(path: Path) -> dict[str, zarr.Array]:
@@ -149,22 +150,37 @@ def save_provenance(path: str | os.PathLike[str], *, template: bool = False) -> 
     if not isinstance(info, dict):
         return
     if template:
-        arrays, chunks, coords = {}, {}, {}
-        for name, arr in _arrays_on_disk(path).items():
-            meta, _ = _read_json(path / name / "zarr.json")
-            arrays[name] = meta
-            files = sorted(p for p in (path / name / "c").rglob("*") if p.is_file())
-            if files and INTERNAL not in name:  # a coordinate written by the template
-                for f in files:
-                    chunks[f.relative_to(path).as_posix()] = list(_checksum(f))
-                values = arr[...]
-                coords[name] = {"dtype": values.dtype.str, "values": values.tolist()}
-        groups = (
-            {INTERNAL: _read_json(path / INTERNAL / "zarr.json")[0]} if (path / INTERNAL).is_dir() else {}
-        )
-        doc_t = {"store_id": info.get("store_id"), "arrays": arrays, "groups": groups}
-        _write_json(_hidden(path, TEMPLATE), {**doc_t, "chunks": chunks, "coords": coords})
+        _record_template(path, info)
     _write_json(_hidden(path, PROVENANCE), {_ATTR: info})
+
+
+def _record_template(path: Path, info: Mapping[str, Any], names: set[str] | None = None) -> None:
+    """Record every array's metadata, and the coordinates ``names`` (their chunk files'
+    sizes and CRC-32, their values), in ``.daskbatch/template.json``. Without ``names``
+    (at creation) the coordinates are the arrays that have chunk files."""
+    arrays, chunks, coords = {}, {}, {}
+    for name, arr in _arrays_on_disk(path).items():
+        meta, _ = _read_json(path / name / "zarr.json")
+        arrays[name] = meta
+        files = sorted(p for p in (path / name / "c").rglob("*") if p.is_file())
+        is_coord = name in names if names is not None else bool(files) and INTERNAL not in name
+        if is_coord:  # a coordinate written by the template
+            for f in files:
+                chunks[f.relative_to(path).as_posix()] = list(_checksum(f))
+            values = arr[...]
+            coords[name] = {"dtype": values.dtype.str, "values": values.tolist()}
+    groups = {INTERNAL: _read_json(path / INTERNAL / "zarr.json")[0]} if (path / INTERNAL).is_dir() else {}
+    doc_t = {"store_id": info.get("store_id"), "arrays": arrays, "groups": groups}
+    _write_json(_hidden(path, TEMPLATE), {**doc_t, "chunks": chunks, "coords": coords})
+
+
+def _coordinate_names(path: Path, info: Mapping[str, Any]) -> set[str]:
+    """The arrays the template writes values into: grid axes, output core coordinates."""
+    dims = set(info["layout"]["batch_dims"])
+    names = set(_batch_coords(info))
+    for spec in info["kernel"]["outputs"].values():
+        names.update(d for d in spec["dims"] if d not in dims and (path / d / "zarr.json").is_file())
+    return names
 
 
 # ------------------------------------------------------------------ what the metadata should be
@@ -238,51 +254,66 @@ class _Plan:
     path: Path
     info: dict[str, Any]
     root_doc: dict[str, Any] | None
+    template: dict[str, Any] | None = None  # the template, when it is intact
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)  # relative file -> document
     coords: dict[str, np.ndarray] = field(default_factory=dict)  # array -> values to write again
     consolidate: bool = False
+    copy: bool = False  # .daskbatch/provenance.json to write again, from the root
+    retemplate: bool = False  # .daskbatch/template.json to record again, from the arrays
     problems: list[MetadataProblem] = field(default_factory=list)
+    gone: str | None = None  # the store has no provenance left
+    provenance: list[MetadataProblem] = field(default_factory=list)  # of the root and the copy
 
     def add(self, file: str, problem: str, fix: str | None) -> None:
         self.problems.append(MetadataProblem(file, problem, fix))
 
+    @property
+    def damaged(self) -> list[MetadataProblem]:
+        """The problems of the store's Zarr metadata (not of the repair copies)."""
+        return [p for p in self.problems if not p.file.startswith(f"{HIDDEN}/")]
 
-def _root(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
-    """(root document, provenance, why the root cannot be read)."""
-    doc, why = _read_json(path / "zarr.json")
-    info = doc.get("attributes", {}).get(_ATTR) if isinstance(doc, dict) else None
-    if why is None and not isinstance(info, dict):
-        why = "holds no daskbatch provenance (attributes['daskbatch'])"
-    return (doc if why is None else None), (info if why is None else None), why
+    @property
+    def undecodable(self) -> list[MetadataProblem]:
+        """The problems that keep the blocks from being decoded before a repair (not a
+        damaged provenance in a root that is otherwise readable)."""
+        return [p for p in self.damaged if p not in self.provenance or self.root_doc is None]
+
+
+def _rebuilt_root(doc: dict[str, Any] | None, info: Mapping[str, Any]) -> dict[str, Any]:
+    """The root document with ``info`` as its provenance (other attributes kept)."""
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    attrs = {k: v for k, v in attrs.items() if k != _ATTR} if isinstance(attrs, dict) else {}
+    return {"zarr_format": 3, "node_type": "group", "attributes": {**attrs, _ATTR: dict(info)}}
 
 
 def _inspect(path: Path, quick: bool = False, outputs: Mapping[str, Any] | None = None) -> _Plan:
     """Find every metadata problem of the store at ``path``, and how to repair it."""
-    root_doc, info, why = _root(path)
-    if info is None:
-        info = provenance_copy(path)
-        if info is None:
-            if not path.exists():
-                raise StoreError(f"store {str(path)!r} does not exist")
-            raise StoreError(
-                f"store {str(path)!r}: zarr.json {why}, and the store keeps no copy of its provenance "
-                f"({HIDDEN}/{PROVENANCE}); it cannot be repaired"
-            )
-    store_format(info, path)
-    plan = _Plan(path, info, root_doc)
-    if root_doc is None:
-        plan.add("zarr.json", why or "cannot be read", f"rebuilt from {HIDDEN}/{PROVENANCE}")
-        plan.docs["zarr.json"] = {"zarr_format": 3, "node_type": "group", "attributes": {_ATTR: info}}
+    prov = read_provenance(path)
+    if prov.info is None:
+        if not path.exists():
+            raise StoreError(f"store {str(path)!r} does not exist")
+        if not looks_like_store(path):
+            raise StoreError(f"{str(path)!r} is not a daskbatch store (no daskbatch metadata)")
+        return _Plan(path, {}, None, gone=prov.gone)
+    info = prov.info
+    plan = _Plan(path, info, prov.root_doc, problems=list(prov.problems), provenance=list(prov.problems))
+    if not prov.root_ok:
+        plan.docs["zarr.json"] = _rebuilt_root(prov.root_doc, info)
         plan.consolidate = True
-    _inspect_arrays(plan, quick)
+    plan.copy = not prov.copy_ok
+    generated = None if quick else _generated(info, store_format(info, path))
+    plan.template, why = _template(path, info, generated)
+    if why is not None:
+        plan.retemplate = True
+        plan.add(TEMPLATE_FILE, why, "recorded again from the arrays, checked against the provenance")
+    _inspect_arrays(plan, quick, generated)
     _inspect_coords(plan, outputs)
     return plan
 
 
-def _inspect_arrays(plan: _Plan, quick: bool = False) -> None:
-    path, info = plan.path, plan.info
+def _inspect_arrays(plan: _Plan, quick: bool = False, generated: dict[str, Any] | None = None) -> None:
+    path, info, template = plan.path, plan.info, plan.template
     fmt = store_format(info, path)
-    template = _template(path, str(info.get("store_id", "")))
     consolidated = {}
     if plan.root_doc is not None:
         meta = (plan.root_doc.get("consolidated_metadata") or {}).get("metadata")
@@ -291,7 +322,8 @@ def _inspect_arrays(plan: _Plan, quick: bool = False) -> None:
         refs, fields, source = template["arrays"], (*_FIELDS, "dimension_names"), f"{HIDDEN}/{TEMPLATE}"
         groups = dict(template.get("groups") or {})
     else:
-        refs, fields, source = _generated(info, fmt), _FIELDS_GENERATED, "the provenance"
+        refs = dict(generated) if generated is not None else _generated(info, fmt)
+        fields, source = _FIELDS_GENERATED, "the provenance"
         fields = fields[:1] if quick else fields  # a run without verify: only files that cannot be read
         groups = {INTERNAL: {"zarr_format": 3, "node_type": "group", "attributes": {}}} if fmt == 1 else {}
         for name, doc in consolidated.items():
@@ -355,8 +387,7 @@ def _undecodable(path: Path, name: str, doc: Mapping[str, Any]) -> str | None:
 def _inspect_coords(plan: _Plan, outputs: Mapping[str, Any] | None = None) -> None:
     """The coordinates the template wrote (grid axes, output core coordinates)."""
     path, info = plan.path, plan.info
-    dims = list(info["layout"]["batch_dims"])
-    template = _template(path, str(info.get("store_id", "")))
+    dims, template = list(info["layout"]["batch_dims"]), plan.template
 
     def kind(name: str) -> str:
         return f"the grid axis {name!r}" if name in dims else f"the output coordinate {name!r}"
@@ -381,15 +412,13 @@ def _inspect_coords(plan: _Plan, outputs: Mapping[str, Any] | None = None) -> No
                 plan.add(rel, bad, f"rewrote {kind(name)} from {HIDDEN}/{TEMPLATE}")
                 plan.coords[name] = values
         return
-    root = None
     for name, values in sorted(_batch_coords(info).items()):
         rel = f"{name}/c/0"
         if f"{name}/zarr.json" in plan.docs:
             bad = None if (path / rel).is_file() else "is missing"
         else:
-            try:
-                root = root or zarr.open_group(str(path), mode="r", use_consolidated=False)
-                got = np.asarray(root[name][...])
+            try:  # the array alone: the root's zarr.json may be the damaged file
+                got = np.asarray(zarr.open_array(str(path / name), mode="r")[...])
                 same = got.shape == values.shape and bool(np.all(got == values))
                 bad = None if same and (path / rel).is_file() else "differs from the provenance's axis"
             except Exception as e:
@@ -464,20 +493,27 @@ def _opens(path: Path) -> MetadataProblem | None:
 def check(store: str | os.PathLike[str], full: bool = True) -> Report:
     """What is wrong with a store, without changing anything.
 
-    Metadata problems (root and array ``zarr.json`` files, the consolidated copy, the
-    template's coordinate chunks) each name their file and what :func:`repair` does
-    about it; damaged blocks are those whose data is proven wrong. With ``full`` every
-    chunk's CRC-32 is compared and the store is opened as ``daskbatch.open`` does.
-    Raises :class:`StoreError` when the store has no provenance at all.
+    Metadata problems (the root's provenance and its copy, the template, root and
+    array ``zarr.json`` files, the consolidated copy, the template's coordinate chunks)
+    each name their file and what :func:`repair` does about it; damaged blocks are
+    those whose data is proven wrong, under the provenance found right first. With
+    ``full`` every chunk's CRC-32 is compared and the store is opened as
+    ``daskbatch.open`` does. A store whose provenance is gone (its root and the copy
+    both unusable) gives a report whose ``gone`` says so. Raises :class:`StoreError`
+    when there is no store, or the folder is no daskbatch store.
     """
     path = Path(store).expanduser().absolute()
     plan = _inspect(path)
+    if plan.gone is not None:
+        problem = MetadataProblem("zarr.json", f"the store's provenance is gone ({plan.gone})", None)
+        return Report(metadata=[problem], decoded=False, gone=plan.gone)
     report = Report(metadata=list(plan.problems))
-    if not report.metadata and full:
+    report.decoded = not plan.undecodable
+    if report.decoded and full:
         problem = _opens(path)
         if problem is not None:
             report.metadata.append(problem)
-    report.decoded = not report.metadata
+            report.decoded = False
     if not any(p.file.startswith(f"{INTERNAL}/") for p in plan.problems):
         with contextlib.suppress(Exception):  # a format-1 ledger under a damaged root: after the repair
             report.blocks, report.checked = _blocks(path, full, decode=report.decoded)
@@ -489,20 +525,24 @@ def repair(
 ) -> Report:
     """Rebuild a store's damaged metadata, and return its damaged blocks.
 
-    Everything is checked first: when a problem cannot be repaired, raises
-    :class:`StoreError` naming its file, and nothing is changed. Otherwise the root
-    metadata is rebuilt from ``.daskbatch/provenance.json``, each array's from the
-    template (its chunk files are not touched), damaged template coordinates are
-    written again, the metadata is consolidated again, and then the blocks are
-    verified (``full``: every checksum, and decoded) under the repaired metadata. The
-    report's ``metadata`` lists what was repaired; its ``blocks`` are to be recomputed.
-    ``outputs`` (the kernel's outputs) rebuild the output coordinates of a store made
-    before its template was recorded.
+    Everything is checked first: when a problem cannot be repaired (or the store's
+    provenance is gone), raises :class:`StoreError` naming its file, and nothing is
+    changed. Otherwise the root metadata is rebuilt from ``.daskbatch/provenance.json``
+    when the copy is the right provenance, each array's from the template (or what the
+    provenance makes, when the template is damaged; its chunk files are not touched),
+    damaged template coordinates are written again, the metadata is consolidated
+    again, the copy is written again from the root and a damaged template recorded
+    again; then the blocks are verified (``full``: every checksum, and decoded) under
+    the repaired metadata. The report's ``metadata`` lists what was repaired; its
+    ``blocks`` are to be recomputed. ``outputs`` (the kernel's outputs) rebuild the
+    output coordinates of a store whose template is not there.
     """
     from .log import logger
 
     path = Path(store).expanduser().absolute()
     plan = _inspect(path, outputs=outputs if outputs is not None else {})
+    if plan.gone is not None:
+        raise StoreError(gone_message(path, plan.gone))
     fatal = [p for p in plan.problems if p.fix is None]
     if fatal:
         raise StoreError(_refusal(path, fatal))
@@ -516,7 +556,9 @@ def repair(
         _quiet_consolidate(path)
     if plan.problems:
         _forget_open(path)
-        save_provenance(path)
+        save_provenance(path)  # the copy, from the root (verified or rebuilt above)
+        if plan.retemplate:
+            _record_template(path, plan.info, _coordinate_names(path, plan.info))
         logger.warning("repaired the store's metadata: " + "; ".join(str(p) for p in plan.problems))
     report = Report(metadata=list(plan.problems))
     if full:
@@ -553,10 +595,13 @@ def damage_hint(store: str | os.PathLike[str]) -> str | None:
         plan = _inspect(path, quick=True)
     except StoreError as e:
         return str(e)
-    if not plan.problems:
+    if plan.gone is not None:
+        return gone_message(path, plan.gone)
+    damaged = plan.damaged  # a damaged repair copy alone does not stop a run: verify rewrites it
+    if not damaged:
         return None
-    more = f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""
+    more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
     return (
-        f"store {str(path)!r}: {plan.problems[0]}{more}. Repair it with: daskbatch resume "
+        f"store {str(path)!r}: {damaged[0]}{more}. Repair it with: daskbatch resume "
         f"{str(path)!r} --verify (or daskbatch.run(..., verify=True))"
     )

@@ -60,7 +60,8 @@ from .ledger import (
 )
 from .ledger_format1 import _create_format1, _Format1Ledger
 from .lock import StoreLock
-from .repair import check, provenance_copy, save_provenance
+from .repair import check, save_provenance
+from .repaircheck import gone_message, looks_like_store, read_provenance
 
 # Names defined here before they moved to the modules above; still importable from here.
 from .errors import StoreLockedError as StoreLockedError  # isort: skip
@@ -219,6 +220,10 @@ class _CommittedStatus:
         return marks
 
 
+#: the longest name (a path's part) Linux filesystems accept, in bytes
+_NAME_MAX = 255
+
+
 class Store:
     """A daskbatch Zarr store on the local filesystem.
 
@@ -231,7 +236,21 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, str | os.PathLike) or not str(path).strip():
             raise StoreError(f"store={path!r} must be a directory path such as 'results.zarr'")
-        self.path = Path(path).expanduser().absolute()
+        if "\0" in str(path):
+            raise StoreError(f"store={str(path)!r} contains a null byte; give a path without one")
+        try:
+            self.path = Path(path).expanduser().absolute()
+        except RuntimeError:  # ~user with no such user (or no home directory)
+            raise StoreError(
+                f"store={str(path)!r}: {str(path).split('/')[0]!r} names no user with a home directory; "
+                "give the path in full"
+            ) from None
+        longest = max((len(part.encode()) for part in self.path.parts), default=0)
+        if longest > _NAME_MAX:
+            raise StoreError(
+                f"store={str(path)!r}: a name in the path has {longest} bytes, more than the "
+                f"{_NAME_MAX} a file name may have; give a shorter name"
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -241,7 +260,11 @@ class Store:
     def check_writable(self) -> None:
         """Raise :class:`StoreError` if a store cannot be created or written here."""
         p = self.path
-        if p.exists() and not p.is_dir():
+        try:
+            exists = p.exists()
+        except OSError as e:  # a path the system refuses to look up
+            raise StoreError(f"store={str(p)!r}: {e.strerror}; choose another path") from None
+        if exists and not p.is_dir():
             raise StoreError(f"store={str(p)!r} is a file; give a directory path such as 'results.zarr'")
         parent = p.parent
         if not parent.is_dir():
@@ -265,38 +288,29 @@ class Store:
     def info(self, *, check_format: bool = True) -> dict[str, Any] | None:
         """The store's provenance (``attrs["daskbatch"]``), or None if it has none.
 
+        The root's provenance, or its copy in ``.daskbatch/provenance.json`` when the
+        root's cannot be read, is malformed or contradicted by the rest of the store
+        (:func:`daskbatch.repaircheck.read_provenance` decides; ``resume --verify``
+        rebuilds the root then). None when neither is usable.
+
         Raises :class:`StoreError` when the provenance names a store format this code
         does not read (a newer daskbatch wrote the store), unless ``check_format`` is
         False: so every reader and writer refuses such a store before touching it.
         """
-        meta = self.path / "zarr.json"
-        try:
-            doc = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            # a root zarr.json that is missing or cannot be read: the copy the store keeps
-            # of its provenance (``resume --verify`` rebuilds zarr.json from it)
-            doc = None if not self.path.is_dir() else {"attributes": {_ATTR: provenance_copy(self.path)}}
-        info = doc.get("attributes", {}).get(_ATTR) if isinstance(doc, dict) else None
-        if not isinstance(info, dict):
+        if not self.path.is_dir():
             return None
-        if check_format:
-            store_format(info, self.path)
-        return info
+        return read_provenance(self.path, check_format).info
 
     def require_info(self) -> dict[str, Any]:
-        """The store's provenance; StoreError if there is no daskbatch store here, or
-        one of a store format this code does not read."""
+        """The store's provenance; StoreError if there is no daskbatch store here, one
+        whose provenance is gone, or one of a store format this code does not read."""
         info = self.info()
         if info is None:
             if not self.path.exists():
                 raise StoreNotFoundError(f"store {str(self.path)!r} does not exist")
-            if (self.path / "zarr.json").is_file() and (self.path / HIDDEN / BLOCKS).is_dir():
-                raise StoreError(
-                    f"store {str(self.path)!r}: its root metadata zarr.json cannot be read and the "
-                    f"store keeps no copy of its provenance ({HIDDEN}/provenance.json), so it cannot "
-                    "be repaired; restore zarr.json from a copy of the store, or start again with "
-                    "overwrite=True (--overwrite)"
-                )
+            gone = read_provenance(self.path).gone if self.path.is_dir() else None
+            if gone is not None and looks_like_store(self.path):
+                raise StoreError(gone_message(self.path, gone))
             raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
         return info
 

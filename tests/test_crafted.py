@@ -168,6 +168,8 @@ def test_a_script_kernel_recorded_inside_the_store_is_not_suggested(tmp_path, cl
     info["kernel_ref"] = None
     info.update(kernel_origin="script", kernel_file=str(payload), argv=[str(payload)], cwd=str(tmp_path))
     meta.write_text(json.dumps(doc))
+    # the kernel's identity is fixed at creation: a crafted store changes the copy too
+    (store / ".daskbatch" / "provenance.json").write_text(json.dumps({"daskbatch": info}))
     res = cli("status", str(store), cwd=tmp_path)
     assert res.returncode == 0 and "script.py" not in res.stdout + res.stderr
     hint = db.status(store).resume_hint

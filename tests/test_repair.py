@@ -63,7 +63,80 @@ def _set_dtype(doc) -> None:
     doc["data_type"] = "float32"
 
 
+def _attrs(change):
+    """Damage that edits the root's attributes['daskbatch'] (the JSON still parses)."""
+
+    def damage(store: Path) -> None:
+        _edit_json(store / "zarr.json", lambda doc: change(doc["attributes"]["daskbatch"]))
+
+    return damage
+
+
+def _set_root_attrs(value):
+    return lambda s: _edit_json(
+        s / "zarr.json", lambda doc: doc["attributes"].__setitem__("daskbatch", value)
+    )
+
+
+def _drop_root_attrs(s: Path) -> None:
+    _edit_json(s / "zarr.json", lambda doc: doc["attributes"].pop("daskbatch"))
+
+
+def _other_block_shape(info) -> None:
+    layout = info["layout"]
+    layout["block_shape"] = [layout["block_shape"][0] * 2, *layout["block_shape"][1:]]
+
+
+def _consistent_block_shape(info) -> None:  # numblocks follows; only the fingerprint tells
+    layout = info["layout"]
+    _other_block_shape(info)
+    layout["numblocks"] = [
+        -(-n // b) for n, b in zip(layout["batch_shape"], layout["block_shape"], strict=True)
+    ]
+
+
+def _copy(store: Path, change) -> None:
+    _edit_json(store / ".daskbatch/provenance.json", lambda doc: change(doc["daskbatch"]))
+
+
+# damage to the root's provenance whose JSON still parses: the copy is right
+ROOT_ATTRS = {
+    "store_id changed": _attrs(lambda a: a.__setitem__("store_id", "deadbeef" * 4)),
+    "store_id an integer": _attrs(lambda a: a.__setitem__("store_id", 5)),
+    "block_shape changed": _attrs(_other_block_shape),
+    "block_shape and numblocks changed": _attrs(_consistent_block_shape),
+    "numblocks changed": _attrs(lambda a: a["layout"].__setitem__("numblocks", [1, 1])),
+    "a grid value changed": _attrs(lambda a: a["space"]["axes"]["x"].__setitem__(3, 0.5)),
+    "an output dtype changed": _attrs(lambda a: a["kernel"]["outputs"]["y"].__setitem__("dtype", "float32")),
+    "the fingerprint changed": _attrs(lambda a: a.__setitem__("fingerprint", "0" * 64)),
+    "the kernel removed": _attrs(lambda a: a.pop("kernel")),
+    "history a string": _attrs(lambda a: a.__setitem__("history", "junk")),
+    "history of strings": _attrs(lambda a: a.__setitem__("history", ["junk"])),
+    "attributes removed": _drop_root_attrs,
+    "attributes a list": _set_root_attrs([1, 2]),
+}
+
+# damage to the repair copies: verify reports them, repair writes them again
+COPIES = {
+    "delete provenance.json": lambda s: (s / ".daskbatch/provenance.json").unlink(),
+    "truncate provenance.json": lambda s: (s / ".daskbatch/provenance.json").write_text('{"daskb'),
+    "garble provenance.json": lambda s: (s / ".daskbatch/provenance.json").write_bytes(b"\x00\xff" * 64),
+    "another store_id in provenance.json": lambda s: _copy(s, lambda a: a.__setitem__("store_id", "x")),
+    "another space in provenance.json": lambda s: _copy(s, lambda a: a["space"].__setitem__("axes", {})),
+    "delete template.json": lambda s: (s / ".daskbatch/template.json").unlink(),
+    "truncate template.json": lambda s: (s / ".daskbatch/template.json").write_text('{"store_id'),
+    "garble template.json": lambda s: (s / ".daskbatch/template.json").write_bytes(b"\x00\xff" * 64),
+    "another store_id in template.json": lambda s: _edit_json(
+        s / ".daskbatch/template.json", lambda d: d.__setitem__("store_id", "x")
+    ),
+    "status dtype in template.json": lambda s: _edit_json(
+        s / ".daskbatch/template.json", lambda d: d["arrays"]["status"].__setitem__("data_type", "int16")
+    ),
+}
+
 DAMAGE = {
+    **{f"root provenance: {k}": ("zarr.json", v) for k, v in ROOT_ATTRS.items()},
+    **{k: (f".daskbatch/{k.split()[-1]}", v) for k, v in COPIES.items()},
     "delete status/zarr.json": ("status/zarr.json", lambda s: (s / "status/zarr.json").unlink()),
     "delete an output's zarr.json": ("y/zarr.json", lambda s: (s / "y/zarr.json").unlink()),
     "garble an output's zarr.json": (
@@ -110,6 +183,13 @@ def test_damaged_metadata_is_rebuilt_and_no_committed_block_lost(reference, tmp_
     for name in ("x", "t", "y", "curve", "status"):
         assert np.array_equal(ds[name].values, ref[name].values)
     assert check(store).ok
+    # the provenance and both copies are the ones made with the store
+    root = json.loads((store / "zarr.json").read_text())["attributes"]["daskbatch"]
+    assert root == json.loads((reference / "zarr.json").read_text())["attributes"]["daskbatch"]
+    for name in ("provenance.json", "template.json"):
+        assert json.loads((store / ".daskbatch" / name).read_text()) == json.loads(
+            (reference / ".daskbatch" / name).read_text()
+        ), name
 
 
 def test_a_run_without_verify_refuses_damaged_metadata_and_names_the_repair(reference, tmp_path):
@@ -136,16 +216,85 @@ def test_damaged_data_is_still_recomputed_and_only_those_blocks(reference, tmp_p
     assert_stores_identical(store, reference)
 
 
-def test_a_file_that_cannot_be_rebuilt_stops_the_repair_before_any_change(reference, tmp_path):
+def _files(store: Path) -> dict[str, bytes]:
+    return {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+# the root's provenance unusable and its copy gone: the store cannot be repaired
+GONE = {
+    "root truncated": lambda s: (s / "zarr.json").write_text("{"),
+    "root deleted": lambda s: (s / "zarr.json").unlink(),
+    "root history a string": _attrs(lambda a: a.__setitem__("history", "junk")),
+    "root attributes a list": _set_root_attrs([1, 2]),
+}
+
+
+@pytest.mark.parametrize("case", list(GONE))
+def test_a_store_whose_provenance_is_gone_is_named_and_left_alone(reference, tmp_path, case):
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
-    (store / "zarr.json").write_text("{")
+    GONE[case](store)
     (store / ".daskbatch" / "provenance.json").unlink()
-    records = sorted(p.name for p in (store / ".daskbatch" / "blocks").iterdir())
+    before = _files(store)
+    r = run_cli("status", str(store), "--verify")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cannot repair: the store's provenance is gone ("), lines
+    assert "provenance.json is missing" in lines[0] and "--overwrite" in lines[0], lines
+    for args in (("resume", str(store), "--verify", "--no-progress"), ("status", str(store))):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "its provenance is gone (zarr.json " in lines[0], lines
+        assert "cannot be repaired; nothing was changed" in lines[0], lines
+    assert _files(store) == before
+
+
+def test_a_repaired_copy_repairs_a_later_root_damage(reference, tmp_path):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    (store / ".daskbatch" / "provenance.json").unlink()
+    (store / ".daskbatch" / "template.json").write_text("xx")
+    assert run_cli("resume", str(store), "--verify", "--no-progress").returncode == 0
+    (store / "zarr.json").write_bytes((store / "zarr.json").read_bytes()[:100])
+    (store / "y" / "zarr.json").unlink()
     r = run_cli("resume", str(store), "--verify", "--no-progress")
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "zarr.json cannot be read" in r.stderr and "provenance.json" in r.stderr, r.stderr
-    assert sorted(p.name for p in (store / ".daskbatch" / "blocks").iterdir()) == records
+    assert r.returncode == 0 and "nothing to compute" in r.stdout, r.stdout + r.stderr
+    assert "zarr.json: is not JSON" in r.stderr and "y/zarr.json: is missing" in r.stderr, r.stderr
+    assert_stores_identical(store, reference)
+    assert check(store).ok
+
+
+def test_a_run_stopped_between_root_and_copy_keeps_the_root(reference, tmp_path):
+    # the root is written first: a copy one history entry behind is only out of date
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    _copy(store, lambda a: a.__setitem__("history", a["history"][:-1]))
+    r = run_cli("status", str(store), "--verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "  .daskbatch/provenance.json: differs from the root's in what a run changes" in r.stdout
+    assert "rewritten from zarr.json" in r.stdout and "damaged block" not in r.stdout, r.stdout
+    r = run_cli("resume", str(store), "--no-progress")  # not refused: the copy is written again
+    assert r.returncode == 0 and "nothing to compute" in r.stdout, r.stdout + r.stderr
+    r = run_cli("resume", str(store), "--verify", "--no-progress")
+    assert r.returncode == 0 and "nothing to compute" in r.stdout, r.stdout + r.stderr
+    root = json.loads((store / "zarr.json").read_text())["attributes"]
+    assert json.loads((store / ".daskbatch" / "provenance.json").read_text()) == root
+    assert check(store).ok
+
+
+def test_readers_use_the_copy_while_the_root_provenance_is_damaged(reference, tmp_path):
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    _attrs(lambda a: a.__setitem__("history", "junk"))(store)
+    r = run_cli("status", str(store))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "blocks:   6 of 6 done" in r.stdout, r.stdout
+    assert np.array_equal(db.open(store)["y"].values, db.open(reference)["y"].values)
+    r = run_cli("resume", str(store), "--no-progress")  # a run without verify is refused
+    assert r.returncode == 2 and "zarr.json: holds a damaged daskbatch provenance" in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("daskbatch: error: ")]
+    assert len(errors) == 1 and errors[0].endswith("--verify (or daskbatch.run(..., verify=True))"), r.stderr
 
 
 FORMAT1 = Path(__file__).parent / "data" / "format1_mc"
@@ -167,3 +316,41 @@ def test_format1_store_metadata_is_rebuilt_and_resumed(tmp_path, file):
     st = db.status(store)
     assert st.complete and st.blocks_done == 3
     assert run_cli("status", str(store), "--verify").returncode == 0
+
+
+def test_root_and_copy_that_both_look_right_are_not_chosen_between(reference, tmp_path):
+    # both well-formed, each consistent with its own fingerprint, store id and layout:
+    # nothing tells which is right, so nothing is rebuilt
+    import hashlib
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+
+    def other_constants(info) -> None:
+        info["constants"] = {"scale": 2.0}
+        fields = {k: info[k] for k in ("kernel", "space", "constants", "layout")}
+        info["fingerprint"] = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    _attrs(other_constants)(store)
+    before = _files(store)
+    r = run_cli("status", str(store), "--verify")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert (
+        "zarr.json: its daskbatch provenance and .daskbatch/provenance.json differ in constants" in r.stdout
+    )
+    assert "cannot repair: zarr.json cannot be rebuilt" in r.stdout, r.stdout
+    r = run_cli("resume", str(store), "--verify", "--no-progress")  # refused, whatever it meets first
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert _files(store) == before
+
+
+def test_a_deleted_block_record_only_uncommits_its_block(reference, tmp_path):
+    # by design: a block without a record is pending, whatever is on disk
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    next((store / ".daskbatch" / "blocks").glob("*.json")).unlink()
+    r = run_cli("status", str(store), "--verify")
+    assert r.returncode == 0 and "blocks:   5 of 6 done" in r.stdout, r.stdout + r.stderr
+    r = run_cli("resume", str(store), "--verify", "--no-progress")
+    assert r.returncode == 0 and "4 samples in 1 blocks" in r.stdout, r.stdout + r.stderr
+    assert_stores_identical(store, reference)
