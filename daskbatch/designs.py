@@ -204,6 +204,14 @@ class Design(Space):
             name: Param(name, ("sample", *((d.dim or f"{name}_dim",) if d.shape else ())), d.shape, d.dtype)
             for name, d in self.dists.items()
         }
+        for name, p in self.params.items():
+            for dim in p.core_dims:
+                if dim in self.params:
+                    raise SpaceError(
+                        f"{cls}: parameter {name!r} has core dim {dim!r}, the name of parameter {dim!r} "
+                        f"(which would hide it in the store); give the dim another name with dim=, "
+                        f"e.g. '{name}_dim'"
+                    )
         # the design's columns of each parameter (quasi-random designs share one point set)
         self._columns: dict[str, slice] = {}
         start = 0

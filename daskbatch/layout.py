@@ -75,6 +75,7 @@ class Layout:
             if not p.is_axis:
                 claim(p.name, "parameter")
             for d, s in zip(p.core_dims, p.core_shape, strict=True):
+                check_name(d, f"parameter {p.name!r}: dim")
                 core(d, s, f"parameter {p.name!r}")
         for name, o in self.outputs.items():
             check_name(name, "output")
@@ -82,6 +83,17 @@ class Layout:
             for d, s in zip(o.dims, o.shape, strict=True):
                 check_name(d, f"output {name!r}: dim")
                 core(d, s, f"output {name!r}")
+        # a core dim named like a parameter or an output: xarray takes that variable for
+        # the dim's coordinate, and it is not one, so it would vanish from the dataset
+        owners = [(f"parameter {p.name!r}", p.core_dims) for p in self.params.values()]
+        owners += [(f"output {name!r}", o.dims) for name, o in self.outputs.items()]
+        for owner, dims in owners:
+            for d in dims:
+                if taken.get(d) in ("parameter", "output"):
+                    raise StoreError(
+                        f"{owner}: core dim {d!r} is also the name of {taken[d]} {d!r}; "
+                        f"give the dim another name, e.g. '{d}_dim'"
+                    )
         for name, o in self.outputs.items():
             for d in o.coords:
                 if d in taken:

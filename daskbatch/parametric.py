@@ -17,6 +17,7 @@ import numpy as np
 from scipy import special
 
 from .errors import SpaceError
+from .outputs import RESERVED_NAMES
 
 __all__ = [
     "Beta",
@@ -48,8 +49,16 @@ def _as_param(dist: str, name: str, value: Any, allow_inf: bool = False) -> np.n
 def _check_size_dim(cls: str, size: Any, dim: Any) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1):
         raise SpaceError(f"{cls}: size={size!r} must be a positive integer or None")
-    if dim is not None and (not isinstance(dim, str) or not dim):
-        raise SpaceError(f"{cls}: dim={dim!r} must be a non-empty string")
+    if dim is None:
+        return
+    rule = "a core dim's name must be an identifier (letters, digits and _, not starting with a digit)"
+    if not isinstance(dim, str) or not dim.isidentifier():
+        raise SpaceError(f"{cls}: dim={dim!r} is not a valid name: {rule}, e.g. 'layer'")
+    if dim in RESERVED_NAMES:
+        raise SpaceError(
+            f"{cls}: dim={dim!r} is reserved by daskbatch ({', '.join(RESERVED_NAMES)}); "
+            f"name the core dim something else, e.g. '{dim}_'"
+        )
 
 
 class Distribution:

@@ -80,9 +80,18 @@ class Grid(Space):
         for name, values in axes.items():
             _check_name("Grid", name)
             _check_one_kind(f"Grid: axis {name}", values)
-            arr = np.asarray(values)
+            try:
+                arr, ragged = np.asarray(values), False
+            except ValueError:  # lists of different lengths
+                arr, ragged = np.empty((0, 0)), True
             if arr.ndim != 1:
-                raise SpaceError(f"Grid: axis {name}={values!r} must be 1-D, got shape {arr.shape}")
+                what = "a single value" if arr.ndim == 0 else f"nested values of shape {arr.shape}"
+                if ragged:
+                    what = "nested lists of different lengths"
+                raise SpaceError(
+                    f"Grid: axis {name!r} must be 1-D, a flat list of values, got {what}; "
+                    f"e.g. {name} = [1, 2, 3] (use one axis per dimension)"
+                )
             if arr.size == 0:
                 raise SpaceError(f"Grid: axis {name!r} is empty; give at least one value")
             if arr.dtype.kind not in "biufU":
@@ -91,6 +100,13 @@ class Grid(Space):
                 )
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
                 raise SpaceError(f"Grid: axis {name!r} contains NaN or inf: {arr.tolist()!r}")
+            unique, counts = np.unique(arr, return_counts=True)
+            if unique.size < arr.size:
+                first = next(v for v in arr.tolist() if counts[np.searchsorted(unique, v)] > 1)
+                raise SpaceError(
+                    f"Grid: axis {name!r} has the value {first!r} more than once, so it cannot be "
+                    "selected by value; give each value once"
+                )
             self.axes[name] = arr
         self.batch_dims = tuple(self.axes)
         self.batch_shape = tuple(a.size for a in self.axes.values())
@@ -198,6 +214,8 @@ class Product(Space):
             )
         if not isinstance(dim, str) or not dim.isidentifier():
             raise SpaceError(f"Product: dim={dim!r} must be a name such as 'realisation'")
+        if dim in ("status", "_daskbatch"):
+            raise SpaceError(f"Product: dim={dim!r} is reserved by daskbatch; use e.g. 'realisation'")
         for name, value in (("flat", flat), ("common", common)):
             if not isinstance(value, bool):
                 raise SpaceError(f"Product: {name}={value!r} must be True or False")
@@ -336,11 +354,11 @@ _AXIS_ARGS = {
 }
 
 
-def _axis_from_spec(name: str, value: Any) -> np.ndarray:
+def _axis_from_spec(name: str, value: Any) -> np.ndarray | list[Any]:
     where = f"space.axes.{name}"
     if isinstance(value, list):
         _check_one_kind(where, value)
-        return np.asarray(value)
+        return value  # Grid checks it (a nested list too)
     if isinstance(value, dict) and len(value) == 1:
         ((kind, args),) = value.items()
         if kind in _AXIS_ARGS and isinstance(args, list):
@@ -394,9 +412,18 @@ def _axis_range(where: str, kind: str, args: list[Any]) -> np.ndarray:
             f"{_bytes(machine_memory())}); use fewer values (a Monte Carlo or quasi-random design "
             "computes its samples in the workers instead)"
         )
-    if kind == "arange":
-        return np.arange(start, stop, third)
-    return np.linspace(start, stop, num) if kind == "linspace" else np.logspace(start, stop, num)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "arange":
+            values = np.arange(start, stop, third)
+        else:
+            values = np.linspace(start, stop, num) if kind == "linspace" else np.logspace(start, stop, num)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        bad = float(values[~np.isfinite(values)][0])
+        raise SpaceError(
+            f"{head}: gives {bad!r}, past the largest float64 (about 1.8e308); "
+            + ("keep start and stop below 308" if kind == "logspace" else "use smaller numbers")
+        )
+    return values
 
 
 def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None) -> Space:
