@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint format bench pictures clean system-deps test-deps
 
 # The TEM1D core (daskbatch[tem], in the dev extra) links to the GNU Fortran runtime;
-# the tests open the HTML report in a headless chromium.
+# the tests open the HTML report in a headless chromium and start a one-node SLURM
+# (slurm-wlm, munge).
 system-deps:
 	@python3 -c "import ctypes; ctypes.CDLL('libgfortran.so.5')" 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -22,6 +23,13 @@ test-deps: system-deps
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else \
 	    echo "The report test needs chromium: run 'sudo apt-get install chromium' (it is skipped without)"; \
+	  fi; }
+	@{ command -v slurmctld && command -v munged; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing slurm-wlm and munge (the SLURM tests start a one-node SLURM)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; \
+	  else \
+	    echo "The SLURM tests need slurmctld, slurmd and munged: run 'sudo apt-get install slurm-wlm munge' (they are skipped without)"; \
 	  fi; }
 
 $(VENV)/.installed: pyproject.toml | system-deps

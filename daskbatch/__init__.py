@@ -32,6 +32,7 @@ from .distributions import (
 )
 from .engine import RunResult, StoreStatus, open, plan, run, status
 from .errors import DaskbatchError
+from .hpc import JobQueue
 from .kernel import STATUS, Kernel, Output, kernel
 from .plan import Plan
 from .space import Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
@@ -80,6 +81,7 @@ __all__ = [
     "DaskbatchError",
     "Grid",
     "Halton",
+    "JobQueue",
     "Kernel",
     "LatinHypercube",
     "LogNormal",

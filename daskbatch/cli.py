@@ -289,6 +289,12 @@ def _repair_command(store: str, st: Any) -> str:
 
 def _print_verify(report: Any, store: str, st: Any) -> None:
     """What ``status --verify`` found: metadata problems apart from damaged blocks."""
+    if report.gone is not None:  # nothing else could be checked
+        print(
+            f"cannot repair: the store's provenance is gone ({report.gone}); restore zarr.json "
+            "from a copy of the store, or start again with --overwrite"
+        )
+        return
     if report.metadata:
         print(f"verify:   {len(report.metadata)} metadata problem(s) (committed results are kept):")
         for p in report.metadata:
@@ -507,6 +513,42 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_demo, cluster="local")
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .errors import ClusterError
+    from .submit import prepare, report, submit
+
+    if args.slurm and args.pbs:
+        raise ClusterError("--slurm and --pbs both given; the driver job goes to one of them")
+    sub = prepare(
+        args.spec,
+        scheduler="slurm" if args.slurm else "pbs" if args.pbs else None,
+        walltime=args.walltime,
+        chain=args.chain,
+        allow_local_store=args.allow_local_store,
+    )
+    print(sub.dry_run() if args.dry_run else report(sub, submit(sub)))
+    return 0
+
+
+def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``submit`` command."""
+    p = sub.add_parser("submit", help="run a spec as a SLURM or PBS batch job (the driver), then log out")
+    p.add_argument("spec", help="the TOML spec file")
+    p.add_argument("--slurm", action="store_true", help="submit with sbatch (default: the spec's cluster)")
+    p.add_argument("--pbs", action="store_true", help="submit with qsub (default: the spec's cluster)")
+    p.add_argument("--walltime", help="HH:MM:SS for the driver job (default: walltime of [cluster])")
+    p.add_argument(
+        "--chain", type=int, default=1, metavar="N", help="N jobs, each continuing after the one before"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the job script; submit nothing")
+    p.add_argument(
+        "--allow-local-store",
+        action="store_true",
+        help="allow a store on node-local storage (/tmp, ...): for a one-node test only",
+    )
+    p.set_defaults(func=_cmd_submit)
+
+
 def _parser() -> argparse.ArgumentParser:
     """The ``daskbatch`` command's parser: one sub-command per builder above, in this order."""
     from ._version import __version__
@@ -519,6 +561,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_plan, _add_status, _add_resume, _add_validate, _add_results, _add_demo):
         add(sub)
+    _add_submit(sub)
     return parser
 
 

@@ -694,3 +694,6 @@ def import_failure_message(
             "every worker, the same version as here, then run the same command again"
         )
     return f"{text}: the scheduler and the workers need the packages this process has"
+
+
+from . import hpc as _hpc  # noqa: E402, F401  (registers "slurm", "pbs", "sge", "lsf" and "deploy")

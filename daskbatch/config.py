@@ -44,6 +44,7 @@ FloatKey = Literal[
     "publish-interval",
     "auto.start-seconds",
     "connect-timeout",
+    "lease.seconds",
 ]
 BoolKey = Literal["verbose", "cli"]
 
@@ -58,6 +59,7 @@ TYPES: dict[str, type] = {
     "publish-interval": float,
     "auto.start-seconds": float,
     "connect-timeout": float,
+    "lease.seconds": float,
     "shown-errors": int,
     "verbose": bool,
     "cli": bool,

@@ -245,6 +245,9 @@ class ClusterSpec:
     n_workers: int | None
     address: str | None = None
     client: Any = None
+    #: what else the executor type needs to start (a :class:`daskbatch.JobQueue`, a
+    #: cluster object); None for the others
+    options: Any = None
 
     def __post_init__(self) -> None:
         get_executor(self.name)  # an unknown name is refused here, naming the known ones

@@ -1,9 +1,39 @@
-"""The writer lock of a store: one run writes a store at a time.
+"""The writer lock of a store: one run writes a store at a time, on any host.
 
 A run holds an exclusive ``flock`` on ``.daskbatch/lock`` in the store (a plain
 file, invisible to Zarr and xarray) from its first check of the store to its end.
-The file holds the holder's host, pid, start time and command, and the run's
-progress for ``daskbatch status``; it is emptied when the run ends.
+The file holds the holder's host, pid, start time and command, the run's progress
+for ``daskbatch status``, and a lease: ``heartbeat`` (UTC time) and
+``lease_seconds``. It is emptied when the run ends.
+
+Across hosts (a store on NFS or a parallel filesystem, written by a driver on one
+node and then by a driver on another) ``flock`` is not to be trusted and a pid
+cannot be checked, so the lease decides there: a lock whose holder names another
+host is honoured while its heartbeat is younger than its lease, and taken over,
+with a warning, once it is older (that run was killed, or its node is gone). A lock
+of this host is decided as before, by ``flock`` (or, on a filesystem without it, by
+whether its pid still runs). The heartbeat's age is measured from the later of its
+``heartbeat`` and the file's modification time (set by the file server's clock on
+NFS; the only one a holder written by an older daskbatch has), so a holder whose
+clock runs behind is not taken over early; clocks that differ by a good part of the
+lease (60 s by default, ``daskbatch.lease.seconds``) defeat it.
+
+The holder renews the heartbeat every quarter of its lease from a small daemon
+thread of :class:`StoreLock` (the progress that a run publishes between blocks
+stops during a long block; the thread does not). How it writes: the whole document,
+padded to a fixed size, in one ``pwrite`` at offset 0 of the lock file's open
+descriptor, then ``fsync`` (which sends it to an NFS server at once). Replacing the
+file (write aside, rename) would give the path a new inode, away from the ``flock``
+held on the old one's descriptor, and a second file (a ``lease.json`` beside it)
+would be a second document to keep in step with the holder's; one small write in
+place keeps the lock, its holder and its lease one file. The padding means a
+shorter document never leaves the tail of a longer one behind (no ``truncate``, so
+no moment at which a reader sees an empty file), and a reader that parses a
+document caught half-written reads it again. Before each heartbeat the thread reads
+the document back: one that names another holder means this run's lock was taken
+over (its heartbeats did not arrive in time), which it logs as an error; from then
+on it writes nothing to the lock file. The thread holds no lock that a ``fork``
+could catch: a fork waits for a heartbeat being written to end.
 """
 
 from __future__ import annotations
@@ -11,24 +41,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shlex
 import shutil
 import socket
 import stat
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import DaskbatchError, StoreError, StoreLockedError, StoreWriteError
+from .errors import ConfigError, DaskbatchError, StoreError, StoreLockedError, StoreWriteError
 from .fstools import link_message
+from .log import logger
 
-__all__ = ["StoreLock"]
+__all__ = ["StoreLock", "hostname", "threads_besides_heartbeats"]
 
 _LOCK_SIZE = 2048
+#: how often a reader reads a document again that it caught half-written
+_READ_TRIES = 3
 
 
 class StoreLock:
@@ -42,6 +78,12 @@ class StoreLock:
     is checked (a pid that a newer process has reused does not count); a lock naming
     another host is held until the file is deleted, which the refusal says.
 
+    A lock naming another host is held while its heartbeat is fresh (see the
+    module): it is taken over once the heartbeat is older than the holder's lease,
+    with a warning naming it; until then a run is refused, and the refusal says when
+    the lock will be taken over. While it holds the lock, a daemon thread renews the
+    heartbeat every quarter of :attr:`lease` seconds (``daskbatch.lease.seconds``).
+
     Neither ``.daskbatch`` nor the lock file is followed through a symbolic link, and
     a lock file that is not a regular file is refused: :class:`StoreError` naming it.
     """
@@ -50,7 +92,17 @@ class StoreLock:
         self.path = path
         self._fd: int | None = None
         self._doc: dict[str, Any] = {}
+        #: the holder of a lock of this host whose run had ended (its lock taken over)
         self.previous: dict[str, Any] | None = None
+        #: the holder of another host's lock taken over because its heartbeat was stale
+        self.taken_over: dict[str, Any] | None = None
+        #: seconds of this run's lease (set when the lock is taken)
+        self.lease: float = 0.0
+        self._size = _LOCK_SIZE  # the longest document written: shorter ones are padded to it
+        self._mutex = threading.Lock()  # one write at a time (heartbeat, progress, release, fork)
+        self._stop = threading.Event()
+        self._thread: _Heartbeat | None = None
+        self._lost = False  # another run took this lock over: write nothing more
 
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lock now, or None; never takes it (nor reads through a link)."""
@@ -64,11 +116,13 @@ class StoreLock:
             got = _try_flock(fd, shared=True)
             if got:
                 _unlock(fd)
-            doc = _read_fd(fd)
+            doc = _read_doc(fd)
             if got is False:
-                return doc or {"host": "?", "pid": "?", "start": "?"}
+                return _with_age(doc or {"host": "?", "pid": "?", "start": "?"}, fd)
+            if doc and doc.get("host") != hostname():  # another host: its lease says
+                return _with_age(doc, fd)
             if got is None and doc and _alive_here(doc):
-                return doc
+                return _with_age(doc, fd)
             return None
         finally:
             os.close(fd)
@@ -78,28 +132,45 @@ class StoreLock:
 
         Creates the store folder and ``.daskbatch`` when missing (and removes them
         again when the lock cannot be taken). A file system error (a full disk, a path
-        where no folder can be made) is one :class:`StoreError` naming the path.
+        where no folder can be made) is one :class:`StoreError` naming the path. A
+        ``daskbatch.lease.seconds`` that is not a positive number is a
+        :class:`ConfigError` naming it.
         """
         store = self.path.parent.parent
         made: list[Path] = []
         fd: int | None = None
         try:
+            self.lease = lease_seconds()
             fd = self._open(store, made)
             got = _try_flock(fd)
-            doc = _read_fd(fd)
-            if got is False or (got is None and doc and _alive_here(doc)):
-                raise StoreLockedError(_held_message(store, self.path, doc or {}, has_flock=got is False))
-            self.previous = doc or None  # a holder that is gone: its lock is stale
+            doc = _read_doc(fd)
+            foreign = bool(doc) and doc.get("host") != hostname()
+            age, its_lease = _heartbeat_age(doc or {}, fd), _lease_of(doc or {}, self.lease)
+            if (
+                got is False
+                or (foreign and age < its_lease)
+                or (got is None and not foreign and doc and _alive_here(doc))
+            ):
+                info = {"age": age, "lease": its_lease, "foreign": foreign}
+                raise StoreLockedError(_held_message(store, self.path, doc or {}, got is False, **info))
+            self.previous = None if foreign else doc or None  # a holder that is gone
+            self.taken_over = doc if foreign else None
             me = {
-                "host": socket.gethostname(),
+                "host": hostname(),
                 "pid": os.getpid(),
                 "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join(sys.argv)[:300],
+                "heartbeat": _utc_now(),
+                "lease_seconds": self.lease,
             }
-            self._fd, self._doc = fd, me
-            os.ftruncate(fd, 0)
+            self._fd, self._doc, self._lost = fd, me, False
+            # padded over the old document, not emptied first: never an empty file for a reader
+            self._size = max(_LOCK_SIZE, os.fstat(fd).st_size)
             self._write()
             os.fsync(fd)
+            if foreign:
+                self._confirm_takeover(store, doc or {}, age, its_lease)
+            self._start_heartbeat()
             return self
         except BaseException as e:
             self._fd = None
@@ -147,33 +218,199 @@ class StoreLock:
             )
         return fd
 
+    def _confirm_takeover(self, store: Path, old: Mapping[str, Any], age: float, lease: float) -> None:
+        """After taking over another host's stale lock: warn, and make sure that no run
+        on a third host took it over at the same moment (the last document written
+        wins: a run that reads another's document back a moment later gives way)."""
+        time.sleep(min(1.0, lease / 10))
+        now = _read_doc(self._fd) if self._fd is not None else None
+        if now is not None and not _same_holder(now, self._doc):
+            fd = self._fd
+            age = _heartbeat_age(now, fd) if fd is not None else 0.0
+            info = {"age": age, "lease": _lease_of(now, self.lease), "foreign": now.get("host") != hostname()}
+            raise StoreLockedError(_held_message(store, self.path, now, False, **info))
+        logger.warning(
+            f"took over the lock of host {old.get('host', '?')} pid {old.get('pid', '?')}: its heartbeat "
+            f"is {age:.0f} s old (lease {lease:g} s)"
+        )
+
     def _write(self) -> None:
-        # one fixed-size write: a reader never sees a half-replaced document
+        # one write of a fixed size: a reader never sees a half-replaced document, nor
+        # the tail of a longer one
         text = json.dumps(self._doc)
-        os.pwrite(self._fd, text.ljust(max(_LOCK_SIZE, len(text))).encode(), 0)
+        self._size = max(self._size, len(text))
+        os.pwrite(self._fd, text.ljust(self._size).encode(), 0)
 
     def update(self, **progress: Any) -> None:
         """Publish the run's progress (done, rate, ETA, ...) for ``daskbatch status``."""
-        if self._fd is None:
-            return
-        self._doc["progress"] = {**progress, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with contextlib.suppress(OSError):  # a full disk must not stop the run here
-            self._write()
+        with self._mutex:
+            if self._fd is None or self._lost:
+                return
+            self._doc["progress"] = {**progress, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self._doc["heartbeat"] = _utc_now()
+            with contextlib.suppress(OSError):  # a full disk must not stop the run here
+                self._write()
+
+    def heartbeat(self) -> bool:
+        """Renew the lease now; False once the lock is released or was taken over.
+
+        The heartbeat thread calls this every quarter of the lease. A write that fails
+        (a full disk, a server that does not answer) is tried again at the next one.
+        """
+        with self._mutex:
+            if self._fd is None or self._lost:
+                return False
+            now = _read_doc(self._fd)
+            if now is not None and not _same_holder(now, self._doc):
+                self._lost = True
+                logger.error(
+                    f"store {str(self.path.parent.parent)!r}: this run lost its lock to host "
+                    f"{now.get('host', '?')} pid {now.get('pid', '?')} (started {now.get('start', '?')}), "
+                    "which took it over because this run's heartbeat did not reach the store within its "
+                    f"lease of {self.lease:g} s; two runs now write the store: stop one of them, then "
+                    "check it (daskbatch status --verify)"
+                )
+                return False
+            self._doc["heartbeat"] = _utc_now()
+            with contextlib.suppress(OSError):
+                self._write()
+                os.fsync(self._fd)  # to the file server now, where other hosts read it
+            return True
+
+    def _start_heartbeat(self) -> None:
+        self._stop = threading.Event()
+        self._thread = _Heartbeat(self, self._stop, max(0.05, self.lease / 4))
+        self._thread.start()
+        _HOLDING.add(self)
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):  # a full disk: the lock still goes with the fd
-            os.ftruncate(self._fd, 0)
-        _unlock(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10.0)
+        _HOLDING.discard(self)
+        with self._mutex:
+            if self._fd is None:
+                return
+            if not self._lost:  # the document of a run that took the lock over stays
+                with contextlib.suppress(OSError):  # a full disk: the lock still goes with the fd
+                    os.ftruncate(self._fd, 0)
+            _unlock(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> StoreLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class _Heartbeat(threading.Thread):
+    """Renews a held lock's lease every ``interval`` seconds until ``stop`` is set."""
+
+    def __init__(self, lock: StoreLock, stop: threading.Event, interval: float) -> None:
+        super().__init__(name="daskbatch-lock-heartbeat", daemon=True)
+        self.lock, self.stop, self.interval = lock, stop, interval
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            if not self.lock.heartbeat():
+                return
+
+
+#: the locks this process holds, whose heartbeat threads a fork waits for
+_HOLDING: weakref.WeakSet[StoreLock] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for lock in list(_HOLDING):
+        lock._mutex.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for lock in list(_HOLDING):
+        with contextlib.suppress(RuntimeError):
+            lock._mutex.release()
+
+
+def _after_fork_in_child() -> None:
+    # a forked child (the probe) neither renews nor releases its parent's lock
+    for lock in list(_HOLDING):
+        lock._mutex = threading.Lock()
+        lock._fd, lock._thread = None, None
+    _HOLDING.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
+
+
+def threads_besides_heartbeats() -> int:
+    """:func:`threading.active_count` without the heartbeat threads of held store locks.
+
+    They hold nothing a ``fork`` could catch (a fork waits for a heartbeat being
+    written), so a process whose only other threads they are may fork safely.
+    """
+    return sum(1 for t in threading.enumerate() if not isinstance(t, _Heartbeat))
+
+
+def hostname() -> str:
+    """This host's name, as the lock file records it (the UTS namespace's name)."""
+    return socket.gethostname()
+
+
+def lease_seconds() -> float:
+    """``daskbatch.lease.seconds``: how long a lock stays valid without a heartbeat."""
+    from . import config
+
+    value = config.get("lease.seconds")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"the setting daskbatch.lease.seconds={value!r} is not a positive number of seconds; set "
+            "it (dask.config.set, a dask config file, or DASK_DASKBATCH__LEASE__SECONDS) to e.g. 60"
+        )
+    return value
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _lease_of(doc: Mapping[str, Any], default: float) -> float:
+    """The lease a holder promised to renew within (``default`` for an older holder)."""
+    value = doc.get("lease_seconds")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return default
+
+
+def _heartbeat_age(doc: Mapping[str, Any], fd: int) -> float:
+    """Seconds since the holder's last sign of life: the later of its ``heartbeat``
+    and the lock file's modification time (all a holder without a heartbeat has)."""
+    last = 0.0
+    with contextlib.suppress(OSError):
+        last = os.fstat(fd).st_mtime
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        beat = datetime.fromisoformat(str(doc["heartbeat"]))
+        if beat.tzinfo is not None:
+            last = max(last, beat.timestamp())
+    return max(0.0, time.time() - last)
+
+
+def _with_age(doc: dict[str, Any], fd: int) -> dict[str, Any]:
+    """The holder document with ``heartbeat_age`` (seconds), its lease, and ``stale``:
+    whether it is another host's whose heartbeat is older than its lease."""
+    age = _heartbeat_age(doc, fd)
+    lease = _lease_of(doc, lease_seconds())
+    foreign = doc.get("host") != hostname()
+    return {**doc, "heartbeat_age": round(age, 1), "lease_seconds": lease, "stale": foreign and age >= lease}
+
+
+def _same_holder(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("host", "pid", "start"))
 
 
 def _try_flock(fd: int, shared: bool = False) -> bool | None:
@@ -208,6 +445,23 @@ def _read_fd(fd: int) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _read_doc(fd: int) -> dict[str, Any] | None:
+    """The holder document in an open lock file, or None; a document caught while
+    another host rewrites it (not JSON) is read again, a few times."""
+    for attempt in range(_READ_TRIES):
+        doc = _read_fd(fd)
+        if doc is not None:
+            return doc
+        try:
+            if not os.pread(fd, 64, 0).strip():
+                return None  # empty: nobody holds it
+        except OSError:
+            return None
+        if attempt + 1 < _READ_TRIES:
+            time.sleep(0.05)
+    return None
+
+
 def _read_holder(path: Path) -> dict[str, Any] | None:
     """The holder document of the lock file at ``path`` (never through a link), or None."""
     try:
@@ -220,21 +474,37 @@ def _read_holder(path: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
-def _held_message(store: Path, lock: Path, who: Mapping[str, Any], has_flock: bool) -> str:
+def _held_message(
+    store: Path,
+    lock: Path,
+    who: Mapping[str, Any],
+    has_flock: bool,
+    age: float | None = None,
+    lease: float | None = None,
+    foreign: bool = False,
+) -> str:
     """Why a run is refused: who holds the lock, and what to do about it (one line)."""
     host, pid = who.get("host", "?"), who.get("pid", "?")
     where = shlex.quote(str(store))
+    beat = f", last heartbeat {age:.0f} s ago" if age is not None else ""
     text = (
         f"store {str(store)!r} is being written by another run: host {host}, pid {pid}, started "
-        f"{who.get('start', '?')}. Wait for it to finish (`daskbatch status {where}` shows its "
+        f"{who.get('start', '?')}{beat}. Wait for it to finish (`daskbatch status {where}` shows its "
         "progress), or stop that run"
     )
+    if foreign and age is not None and lease is not None:
+        if age >= lease:  # stale, but its file lock is held: a process that lives
+            return (
+                f"{text}; its heartbeat is older than its lease of {lease:g} s, yet its file lock is "
+                "held: that run may be stopped or hung"
+            )
+        return (
+            f"{text}; a lock of another host is taken over once its heartbeat is older than its "
+            f"lease of {lease:g} s (that run looks stopped then)"
+        )
     if has_flock:
         return text + "; a lock left by a run that was killed is taken over automatically"
-    if host == socket.gethostname():
-        held = f"while pid {pid} runs on this host ({host})"
-    else:
-        held = f"until it is removed: daskbatch cannot see whether pid {pid} still runs on host {host}"
+    held = f"while pid {pid} runs on this host ({host})"
     return (
         f"{text}. This filesystem has no file locks, so the lock is held {held}; if you are sure "
         f"no run is writing this store, delete the lock file {str(lock)!r} and run again"
@@ -275,7 +545,7 @@ def _alive_here(doc: Mapping[str, Any]) -> bool:
     A process with the holder's pid that started after the lock was taken is another
     process that reuses the pid: the holder is gone.
     """
-    if doc.get("host") != socket.gethostname():
+    if doc.get("host") != hostname():
         return True  # another host: assume it runs
     try:
         pid = int(doc["pid"])

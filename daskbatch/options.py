@@ -19,12 +19,16 @@ import numpy as np
 
 from .cluster import ClusterSpec, check_can_spawn, parse_cluster
 from .errors import DaskbatchError, KernelSignatureError
+from .hpc import for_kernel
 from .kernel import Kernel
 from .space import Space
 
 __all__ = ["KERNEL_CHANGED", "RunOptions"]
 
 KERNEL_CHANGED = ("refuse", "continue")
+#: the longest ``timeout=`` a sample may take, in seconds (7 days): the waits that measure
+#: it take at most 2**31 milliseconds (24.8 days), and a longer one overflows
+MAX_TIMEOUT = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class RunOptions:
         memory = memory_limit_bytes(memory_limit)
         _check_size(kernel, space, chunk_size, memory)  # before any probe, store or worker
         auto = isinstance(cluster, str) and cluster == "auto"
-        spec = parse_cluster("local" if auto else cluster, n_workers)
+        spec = for_kernel(parse_cluster("local" if auto else cluster, n_workers), kernel)
         if not auto:  # "auto" checks it once it knows it needs worker processes
             check_can_spawn(spec)
         return cls(
@@ -146,6 +150,11 @@ def _check_reliability(retries: Any, timeout: Any, retry_failed: Any, verify: An
         raise DaskbatchError(f"timeout={timeout!r} must be a number of seconds > 0, or None (no timeout)")
     if timeout is not None and not math.isfinite(timeout):
         raise DaskbatchError(f"timeout={timeout!r} must be finite; use None for no timeout")
+    if timeout is not None and timeout > MAX_TIMEOUT:
+        raise DaskbatchError(
+            f"timeout={timeout!r} is more than {MAX_TIMEOUT:,} seconds (7 days); "
+            "give at most that, or None for no timeout"
+        )
     for name, value in (("retry_failed", retry_failed), ("verify", verify)):
         if not isinstance(value, bool):
             raise DaskbatchError(f"{name}={value!r} must be True or False")
@@ -185,8 +194,12 @@ def _check_kernel_and_space(kernel: Any, space: Any) -> None:
 def _check_size(kernel: Kernel, space: Space, chunk_size: Any, memory_limit: int | None) -> None:
     """A space too big for a task or for the run's bookkeeping is refused with its numbers."""
     from .designs import Design
+    from .layout import Layout
     from .plan import check_run_size
 
+    # names that would clash in the store, refused now rather than when it is created
+    shape = space.batch_shape
+    Layout(space.batch_dims, shape, shape, space.params, kernel.outputs).validate()
     if isinstance(space, Design):
         what = f"n={space.n}"
     else:

@@ -134,17 +134,19 @@ def probe(
         if res is not False:
             return res
     import multiprocessing
-    import threading
 
     import cloudpickle
 
+    from .lock import threads_besides_heartbeats
+
     in_driver = spec.in_driver
     args = (kernel, dict(params), shape, dict(constants), timeout)
-    if in_driver and not (threading.active_count() == 1 or _forkserver_running()):
+    alone = threads_besides_heartbeats() == 1  # a store lock's heartbeat waits for a fork
+    if in_driver and not (alone or _forkserver_running()):
         # a driver with other threads (a notebook) that has no forkserver yet: starting
         # one would cost about a second per run; the run computes in this process anyway
         return kernel.probe(params, shape, constants, timeout=timeout)
-    if in_driver and sys.platform.startswith("linux") and threading.active_count() == 1:
+    if in_driver and sys.platform.startswith("linux") and alone:
         # a fork of this process: quick, and the kernel need not be picklable. Only
         # with no other thread running, which a fork could catch holding a lock.
         ctx = multiprocessing.get_context("fork")

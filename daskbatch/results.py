@@ -56,6 +56,8 @@ class StoreStatus:
     resume_hint: str = ""
     #: runs that went on with changed kernel code (``kernel_changed="continue"``)
     kernel_changes: list[dict[str, Any]] = field(default_factory=list)
+    #: the batch jobs that ran it (``daskbatch submit``): job id, state, blocks computed
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -68,7 +70,16 @@ class StoreStatus:
     def _state(self) -> str:
         if self.running:
             h = self.running
-            text = f"running now (host {h.get('host')}, pid {h.get('pid')}, since {h.get('start')})"
+            age = h.get("heartbeat_age")
+            beat = f", heartbeat {age:.0f} s ago" if isinstance(age, int | float) else ""
+            if h.get("stale"):  # another host's lock whose lease ran out
+                return (
+                    f"looks stopped: the run on host {h.get('host')} (pid {h.get('pid')}, since "
+                    f"{h.get('start')}{beat}) has not renewed its lock within its lease of "
+                    f"{h.get('lease_seconds') or 0:g} s; the next run takes the lock over; "
+                    f"{self._resume_text()}"
+                )
+            text = f"running now (host {h.get('host')}, pid {h.get('pid')}, since {h.get('start')}{beat})"
             prog = h.get("progress") or {}
             if prog.get("rate"):
                 text += (
@@ -108,6 +119,12 @@ class StoreStatus:
                 f"({str(ch.get('from'))[:12]} -> {str(ch.get('to'))[:12]}: "
                 f"{', '.join(ch.get('parts', [])[:3]) or 'source'}); blocks before it used the old code",
             )
+        if self.jobs:
+            runs = [
+                f"{j['job']} ({j.get('reason') or j.get('state')}, {j.get('blocks_computed', 0):,} blocks)"
+                for j in self.jobs
+            ]
+            lines.append(f"jobs:     {', '.join(runs)}")
         if self.errors:
             lines.append("errors (first ones):")
             lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[: _shown_errors()]]
@@ -167,7 +184,9 @@ def store_status(
         for idx in np.argwhere(done & (counts[..., STATUS["ok"]] < counts.sum(axis=-1)))
     ][: _shown_errors()]
     errors = [e for doc in ledger.errors(failing) for e in doc["errors"]]
-    history = info.get("history") or [None]
+    # the provenance is verified when read (daskbatch.repaircheck); a hand-made info may not be
+    history = info.get("history") if isinstance(info.get("history"), list) else []
+    history = [h for h in history if isinstance(h, dict)]
     return cls(
         store=str(store.path),
         samples=samples,
@@ -175,15 +194,16 @@ def store_status(
         blocks_done=int(done.sum()),
         blocks_total=int(done.size),
         errors=errors[: _shown_errors()],
-        last_run=history[-1],
+        last_run=history[-1] if history else None,
         kernel=info.get("kernel", {}).get("identity", ""),
         running=None if cls is RunResult else store.lock().holder(),
         resume_hint=resume_hint(info, str(store.path)),
         kernel_changes=[
             {"start": h.get("start"), **h["kernel_changed"]}
-            for h in info.get("history", [])
-            if h.get("kernel_changed")
+            for h in history
+            if isinstance(h.get("kernel_changed"), dict)
         ],
+        jobs=[h for h in history if h.get("job")],
         **extra,
     )
 

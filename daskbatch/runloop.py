@@ -166,6 +166,9 @@ class Runner:
             "user": _user(),
             "blocks_pending": len(pending),
         }
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+        if job:  # the batch job this run is part of (daskbatch submit)
+            entry["job"] = job
         if retry:
             entry["blocks_retried"] = len(retry)
         change = self.code_change

@@ -19,7 +19,7 @@ __all__ = ["import_kernel", "load_spec"]
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "kernel": (str,),
     "store": (str,),
-    "cluster": (str,),
+    "cluster": (str, dict),
     "workers": (int,),
     "chunk_size": (int, str, dict),
     "progress": (bool,),
@@ -48,6 +48,60 @@ def _where(path: Path, text: str, key: str) -> str:
     return f"{path}{f', line {line}' if line else ''}"
 
 
+def _cluster(value: Any, path: Path, text: str) -> Any:
+    """``cluster``: a name or address as it is, or a ``[cluster]`` table (``kind`` and
+    the fields of :class:`daskbatch.JobQueue`) as a JobQueue."""
+    import dataclasses
+
+    from .errors import ClusterError
+    from .hpc import KINDS, JobQueue
+
+    if isinstance(value, str):
+        return value
+    start = _line_of(text, "cluster")
+
+    def where(key: str) -> str:
+        line = _line_of(text, key, start=start) if start else None
+        return f"{path}{f', line {line or start}' if line or start else ''}"
+
+    fields = [f.name for f in dataclasses.fields(JobQueue) if f.name != "kind"]
+    kind = value.get("kind")
+    if not isinstance(kind, str):
+        raise SpecFileError(
+            f"{where('kind')}: the [cluster] table needs kind = one of {list(KINDS)} "
+            f"(or 'local', 'auto', ..., a scheduler address), not {kind!r}"
+        )
+    unknown = sorted(set(value) - {"kind", *fields})
+    if unknown:
+        k = unknown[0]
+        raise SpecFileError(
+            f"{where(k)}: unknown key {k!r} in [cluster]; the keys are {['kind', *fields]} "
+            "(other dask_jobqueue options go in [cluster.extra])"
+        )
+    options = {k: v for k, v in value.items() if k != "kind"}
+    if kind not in KINDS:
+        if kind != "auto":
+            from .executors import parse_cluster
+
+            try:
+                parse_cluster(kind)
+            except ClusterError as e:
+                raise SpecFileError(f"{where('kind')}: [cluster] {e}") from e
+        if options:
+            k = sorted(options)[0]
+            raise SpecFileError(
+                f"{where(k)}: cluster.{k} is an option of the batch systems {list(KINDS)}, "
+                f"and kind = {kind!r}; remove it or use kind = 'slurm'"
+            )
+        return kind
+    try:
+        return JobQueue(kind, **options)
+    except ClusterError as e:
+        bad = re.search(r"extra=\{'(\w+)'|(\w+)(?:\['\w+'\])?=", str(e))
+        key = (bad.group(1) or bad.group(2)) if bad else "kind"
+        raise SpecFileError(f"{where(key)}: [cluster] {e}") from e
+
+
 def import_kernel(ref: str, base_dir: Path | None = None, file_hint: str | None = None) -> Any:
     """Import ``module:function`` or ``path/to/file.py:function`` (see :mod:`daskbatch.provenance`)."""
     from .provenance import import_kernel as _import
@@ -59,8 +113,10 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a TOML spec; returns the arguments of :func:`daskbatch.run`.
 
     Keys: ``kernel`` ('module:function'), ``store``, ``[space]``, and optionally
-    ``cluster``, ``workers``, ``chunk_size``, ``progress``, ``[constants]``. Paths are
-    relative to the spec file's folder.
+    ``cluster`` (a name, an address, or a ``[cluster]`` table: ``kind`` and the
+    fields of :class:`daskbatch.JobQueue`, returned as one), ``workers``,
+    ``chunk_size``, ``progress``, ``[constants]``. Paths are relative to the spec
+    file's folder.
     """
     from .space import space_from_spec
 
@@ -102,7 +158,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "kernel": kernel,
         "space": space,
         "store": store if store.is_absolute() else base / store,
-        "cluster": doc.get("cluster", "auto"),
+        "cluster": _cluster(doc["cluster"], p, text) if "cluster" in doc else "auto",
         "n_workers": doc.get("workers"),
         "chunk_size": doc.get("chunk_size", "auto"),
         "progress": doc.get("progress", True),

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# the session fixture `slurm`: a real one-node SLURM (tests/slurm_fixture.py)
+pytest_plugins = ["slurm_fixture"]
+
 ROOT = Path(__file__).resolve().parent.parent
 # the schedulers that start processes are marked slow (`pytest -m "not slow"` skips them)
 SCHEDULERS = [

@@ -74,7 +74,10 @@ def registry(monkeypatch):
 
 
 def test_every_built_in_name_is_registered_in_order():
-    assert executor_names() == ("serial", "threads", "processes", "local", "address", "client")
+    assert executor_names() == (
+        *("serial", "threads", "processes", "local", "address", "client"),
+        *("slurm", "pbs", "sge", "lsf", "deploy"),
+    )
     assert executor_names(by_name_only=True) == ("serial", "threads", "processes", "local")
 
 
@@ -102,7 +105,7 @@ def test_a_timeout_never_ends_the_driver():
 def test_a_fresh_import_of_cluster_registers_every_executor_type():
     r = _run("import daskbatch.cluster as c; print(','.join(c.executor_names()))")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["serial,threads,processes,local,address,client"]
+    assert r.stdout.split() == ["serial,threads,processes,local,address,client,slurm,pbs,sge,lsf,deploy"]
 
 
 def test_executors_does_not_import_cluster():
@@ -153,7 +156,9 @@ def test_an_unknown_name_names_the_bad_value_and_the_known_names():
         parse_cluster("gpu")
     assert str(e.value) == (
         "cluster='gpu' is not valid; use one of ['serial', 'threads', 'processes', 'local'], "
-        "a scheduler address such as 'tcp://127.0.0.1:8786', or a distributed.Client"
+        "a scheduler address such as 'tcp://127.0.0.1:8786', a distributed.Client, "
+        "'slurm', 'pbs', 'sge' or 'lsf' (or a daskbatch.JobQueue), "
+        "or a running distributed Cluster (dask_jobqueue.SLURMCluster, ...)"
     )
     with pytest.raises(ClusterError, match=r"cluster=3 is not valid; use one of \['serial'"):
         parse_cluster(3)
@@ -396,6 +401,7 @@ SETTINGS = {
     "publish-interval": 2.0,
     "auto.start-seconds": 2.0,
     "connect-timeout": 10.0,
+    "lease.seconds": 60.0,
     "shown-errors": 5,
     "verbose": False,
     "cli": False,

@@ -1,0 +1,455 @@
+"""Batch-system clusters (daskbatch.hpc): options, job scripts, spec files, and real SLURM runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+import daskbatch as db
+from daskbatch.cluster import parse_cluster
+from daskbatch.errors import ClusterError, SpecFileError
+from daskbatch.hpc import JobQueue, for_kernel, job_script, lifetime
+from daskbatch.specfile import load_spec
+from daskbatch.testing import affine, assert_stores_identical, blocks_done, daskbatch_command, slow_square
+
+# --------------------------------------------------------------------------- job scripts
+
+
+def test_a_slurm_job_script_has_partition_account_walltime_prologue_processes_and_lifetime():
+    jq = JobQueue(
+        "slurm",
+        queue="debug",
+        account="proj42",
+        cores=4,
+        memory="16GB",
+        walltime="01:00:00",
+        prologue=["module load python", "source env/bin/activate"],
+        jobs=2,
+        local_directory="$TMPDIR",
+        interface="lo",
+    )
+    script = job_script(jq)
+    lines = script.splitlines()
+    for directive in (
+        "#SBATCH -p debug",
+        "#SBATCH -A proj42",
+        "#SBATCH -t 01:00:00",
+        "#SBATCH --cpus-per-task=4",
+    ):
+        assert directive in lines, script
+    worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    # the prologue runs before the worker starts
+    assert lines.index("module load python") < lines.index("source env/bin/activate") < lines.index(worker)
+    # one single-threaded worker process per core (the kernel is not thread-safe)
+    assert "--nworkers 4" in worker and "--nthreads 1" in worker
+    # workers retire 6 minutes (± 90 s) before the job's hour is up
+    assert "--lifetime 3240s --lifetime-stagger 90s" in worker
+    assert "--local-directory $TMPDIR" in worker and "--interface lo" in worker
+    assert worker.startswith(sys.executable)
+
+
+def test_lifetime_keeps_a_margin_before_the_walltime():
+    for walltime in (120, 600, 3600, 86400, 7 * 86400):
+        life, stagger = lifetime(walltime)
+        assert life - stagger > 0 and life + stagger < walltime
+        assert walltime - (life + stagger) >= min(45, walltime / 4)
+
+
+@pytest.mark.parametrize(
+    "jq, expected",
+    [
+        (
+            JobQueue("pbs", queue="workq", account="proj", cores=4, memory="16GB", walltime="1-00:00:00"),
+            [
+                "#PBS -q workq",
+                "#PBS -A proj",
+                "#PBS -l select=1:ncpus=4:mem=15GB",
+                "#PBS -l walltime=24:00:00",
+            ],
+        ),
+        (
+            JobQueue(
+                "pbs", cores=8, memory="32GB", walltime="00:30:00", extra={"resource_spec": "nodes=1:ppn=8"}
+            ),
+            ["#PBS -l nodes=1:ppn=8", "#PBS -l walltime=00:30:00"],
+        ),
+        (
+            JobQueue("sge", queue="all.q", account="proj", cores=4, memory="16GB", walltime="02:00:00"),
+            ["#$ -q all.q", "#$ -P proj", "#$ -l h_rt=02:00:00"],
+        ),
+        (
+            JobQueue("lsf", queue="normal", account="proj", cores=4, memory="16GB", walltime="02:30:00"),
+            ["#BSUB -q normal", '#BSUB -P "proj"', "#BSUB -n 4", "#BSUB -W 02:30"],
+        ),
+    ],
+    ids=["pbs-select", "pbs-nodes-ppn", "sge", "lsf"],
+)
+def test_pbs_sge_and_lsf_scripts_are_what_qsub_and_bsub_expect(jq, expected):
+    script = job_script(jq)
+    lines = script.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    for line in expected:
+        assert line in lines, script
+    # every directive comes before the first command, as qsub and bsub read them
+    first_command = next(i for i, line in enumerate(lines[1:], 1) if line and not line.startswith("#"))
+    assert all(not line.startswith(("#PBS", "#$", "#BSUB")) for line in lines[first_command:])
+    worker = lines[first_command]
+    assert f"--nworkers {jq.cores}" in worker and "--lifetime " in worker
+
+
+def test_defaults_come_from_dask_jobqueue_config_with_daskbatch_defaults_on_top():
+    site = {
+        "jobqueue.slurm.queue": "site-partition",
+        "jobqueue.slurm.cores": 8,
+        "jobqueue.slurm.memory": "32GB",
+        "jobqueue.slurm.walltime": "02:00:00",
+        "jobqueue.slurm.job-script-prologue": ["module load site-python"],
+    }
+    with dask.config.set(site):
+        jq = JobQueue("slurm", jobs=3)
+        script = job_script(jq)
+        assert jq.planned_workers() == 24  # 3 jobs × 8 single-threaded workers
+    assert "#SBATCH -p site-partition" in script and "#SBATCH -t 02:00:00" in script
+    assert "module load site-python" in script
+    assert "--nworkers 8" in script and "--nthreads 1" in script
+    assert "--lifetime 6480s --lifetime-stagger 180s" in script
+
+
+def test_a_thread_safe_kernel_keeps_dask_jobqueues_split_of_processes_and_threads():
+    jq = JobQueue("slurm", cores=16, memory="64GB", jobs=2)
+    ready = for_kernel(parse_cluster(jq), slow_square)  # threadsafe=True
+    assert ready.options.processes is None
+    assert "--nworkers 4" in job_script(jq, threadsafe=True) and "--nthreads 4" in job_script(
+        jq, threadsafe=True
+    )
+    assert ready.workers_before_start == 32
+    plain = for_kernel(parse_cluster(jq), db.testing.fail_on_multiples)  # not thread-safe
+    assert plain.options.processes == 16 and plain.workers_before_start == 32
+
+
+def test_auto_chunking_plans_for_the_cluster_that_will_exist_and_submits_nothing():
+    """jobs × processes workers (or adapt's max), not the one worker that is up first."""
+    space = db.Grid(a=np.arange(1000.0))
+    for jq, workers in (
+        (JobQueue("slurm", cores=2, memory="1GB", jobs=3, walltime="00:10:00"), 6),
+        (JobQueue("slurm", cores=2, memory="1GB", adapt={"min": 0, "max": 5}), 10),
+    ):
+        p = db.plan(affine, space, cluster=jq)
+        assert p.n_workers == workers
+        assert p.n_blocks >= workers
+    spec = parse_cluster("slurm", 5)  # n_workers: worker processes, in whole jobs
+    with dask.config.set({"jobqueue.slurm.cores": 2, "jobqueue.slurm.memory": "2GB"}):
+        ready = for_kernel(spec, db.testing.fail_on_multiples)
+        assert ready.options.jobs == 3 and ready.workers_before_start == 6
+        assert ready.description == "slurm (3 jobs × 2 worker processes, SLURMCluster, walltime 00:30:00)"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: JobQueue("slurmm"), ["kind='slurmm'", "['slurm', 'pbs', 'sge', 'lsf']"]),
+        (
+            lambda: JobQueue("slurm", extra={"partition": "x"}),
+            ["'partition'", "SLURMCluster", "job_extra_directives"],
+        ),
+        (lambda: JobQueue("slurm", extra={"queue": "x"}), ["extra={'queue'", "JobQueue(queue=...)"]),
+        (lambda: JobQueue("slurm", walltime="1h"), ["walltime='1h'", "'HH:MM:SS'"]),
+        (lambda: JobQueue("slurm", walltime="01:75:00"), ["walltime='01:75:00'", "'HH:MM:SS'"]),
+        (lambda: JobQueue("slurm", memory="16"), ["memory='16'", "memory='16GB'"]),
+        (lambda: JobQueue("slurm", memory=16), ["memory=16", "memory='16GB'"]),
+        (lambda: JobQueue("slurm", jobs=2, adapt={"min": 0, "max": 4}), ["jobs=2", "adapt=", "use one"]),
+        (lambda: JobQueue("slurm", cores=-4), ["cores=-4", ">= 1"]),
+        (lambda: JobQueue("slurm", jobs=0), ["jobs=0", ">= 1"]),
+        (lambda: JobQueue("slurm", adapt={"min": -1, "max": 2}), ["adapt['min']=-1", ">= 0"]),
+        (lambda: JobQueue("slurm", adapt={"min": 3, "max": 2}), ["min is more than max"]),
+        (lambda: JobQueue("slurm", adapt=5), ["adapt=5", "{'min': 0, 'max': 10}"]),
+        (lambda: JobQueue("slurm", cores=2, processes=4), ["processes=4", "cores=2"]),
+        (lambda: JobQueue("slurm", prologue=[1]), ["prologue=[1]", "module load"]),
+        (lambda: parse_cluster(JobQueue("slurm", jobs=2), 4), ["n_workers=4", "jobs="]),
+        (
+            lambda: for_kernel(
+                parse_cluster(JobQueue("slurm", cores=4, memory="4GB", processes=2)),
+                db.testing.fail_on_multiples,
+            ),
+            ["processes=2", "not declared thread-safe", "processes=4"],
+        ),
+        (lambda: _without("pbs"), ["cluster='pbs' needs PBS's qsub on PATH", "cluster='local'"]),
+        (lambda: _without("lsf"), ["cluster='lsf' needs LSF's bsub on PATH"]),
+        (
+            lambda: for_kernel(parse_cluster(JobQueue("slurm")), affine),
+            ["needs cores per job", "jobqueue.yaml"],
+        ),
+    ],
+)
+def test_bad_options_are_one_line_naming_the_value_and_the_fix(make, words):
+    with pytest.raises(ClusterError) as e:
+        make()
+    text = str(e.value)
+    assert "\n" not in text
+    for w in words:
+        assert w in text, text
+
+
+def _without(kind: str) -> None:
+    """for_kernel with the batch system's command not on PATH."""
+    old = os.environ["PATH"]
+    os.environ["PATH"] = os.path.dirname(sys.executable)
+    try:
+        for_kernel(parse_cluster(JobQueue(kind, cores=1, memory="1GB")), affine)
+    finally:
+        os.environ["PATH"] = old
+
+
+def test_sbatch_missing_is_one_line_before_any_store_is_made(tmp_path):
+    spec = _spec(tmp_path, "sq.zarr", cluster='[cluster]\nkind = "slurm"\ncores = 1\nmemory = "1GB"\n')
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+    r = subprocess.run(
+        daskbatch_command("run", str(spec)), capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "cluster='slurm' needs SLURM's sbatch on PATH, and it is not found; run on a login "
+        "node of the SLURM cluster (or load its module), or use cluster='local'"
+    ), r.stderr
+    assert not (tmp_path / "sq.zarr").exists()
+
+
+def test_import_daskbatch_does_not_import_dask_jobqueue():
+    code = "import sys, daskbatch; daskbatch.JobQueue('slurm', jobs=2); print('dask_jobqueue' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["False"], r.stderr
+
+
+# --------------------------------------------------------------------------- spec files
+
+KERNEL = textwrap.dedent(
+    """
+    import time
+    import daskbatch as db
+
+    @db.kernel(outputs={"y": db.Output()})
+    def cube(x, delay=0.0):
+        time.sleep(delay)
+        return x ** 3 + 0.5
+    """
+)
+
+
+def _spec(
+    tmp_path: Path, store: str, cluster: str = "", n: int = 12, chunk: int = 2, delay: float = 0.0
+) -> Path:
+    (tmp_path / "kern.py").write_text(KERNEL)
+    spec = tmp_path / f"{store}.toml"
+    top, tables = (cluster, "") if not cluster.lstrip().startswith("[") else ("", cluster)
+    spec.write_text(
+        f'{top}kernel = "kern.py:cube"\nstore = "{store}"\nchunk_size = {chunk}\n'
+        f'[space]\ntype = "grid"\naxes = {{ x = {{ linspace = [0, 1, {n}] }} }}\n'
+        f"[constants]\ndelay = {delay}\n{tables}"
+    )
+    return spec
+
+
+def test_a_cluster_table_becomes_a_jobqueue(tmp_path):
+    spec = _spec(
+        tmp_path,
+        "t.zarr",
+        cluster=textwrap.dedent(
+            """
+            [cluster]
+            kind = "slurm"
+            queue = "normal"
+            account = "proj"
+            cores = 4
+            memory = "16GB"
+            processes = 4
+            walltime = "01:00:00"
+            adapt = {min = 0, max = 10}
+            prologue = ["module load python"]
+            interface = "ib0"
+            local_directory = "$TMPDIR"
+            [cluster.extra]
+            job_extra_directives = ["--qos=long"]
+            """
+        ),
+    )
+    assert load_spec(spec)["cluster"] == JobQueue(
+        "slurm",
+        queue="normal",
+        account="proj",
+        cores=4,
+        memory="16GB",
+        processes=4,
+        walltime="01:00:00",
+        adapt={"min": 0, "max": 10},
+        prologue=("module load python",),
+        interface="ib0",
+        local_directory="$TMPDIR",
+        extra={"job_extra_directives": ["--qos=long"]},
+    )
+    assert load_spec(_spec(tmp_path, "s.zarr", cluster='cluster = "slurm"\n'))["cluster"] == "slurm"
+    assert load_spec(_spec(tmp_path, "l.zarr", cluster='[cluster]\nkind = "local"\n'))["cluster"] == "local"
+
+
+@pytest.mark.parametrize(
+    "table, line, words",
+    [
+        ('kind = "slurm"\nwalltime = "1h"\n', 11, ["walltime='1h'", "'HH:MM:SS'"]),
+        ('kind = "slurm"\nmemory = "16"\n', 11, ["memory='16'", "'16GB'"]),
+        ('kind = "slurm"\npartition = "x"\n', 11, ["unknown key 'partition' in [cluster]", "'queue'"]),
+        ('kind = "slurmm"\n', 10, ["cluster='slurmm' is not valid", "'slurm', 'pbs', 'sge' or 'lsf'"]),
+        ('kind = "local"\ncores = 4\n', 11, ["cluster.cores", "kind = 'local'"]),
+        ('queue = "x"\n', 9, ["needs kind = one of"]),
+        ('kind = "slurm"\njobs = 2\nadapt = {min = 0, max = 3}\n', 11, ["jobs=2", "use one"]),
+        ('kind = "slurm"\n[cluster.extra]\nbogus = 1\n', 12, ["'bogus'", "SLURMCluster"]),
+    ],
+)
+def test_a_bad_cluster_table_names_the_file_the_line_and_the_key(tmp_path, table, line, words):
+    spec = _spec(tmp_path, "t.zarr", cluster="[cluster]\n" + table)
+    with pytest.raises(SpecFileError) as e:
+        load_spec(spec)
+    text = str(e.value)
+    assert text.startswith(f"{spec}, line {line}: ") and "\n" not in text, text
+    for w in words:
+        assert w in text, text
+
+
+# --------------------------------------------------------------------------- any deploy Cluster
+
+
+def test_a_running_distributed_cluster_object_is_used_and_left_running(tmp_path):
+    from distributed import LocalCluster
+
+    space = db.Grid(a=np.arange(20.0))
+    ref = db.run(affine, space, tmp_path / "ref.zarr", cluster="serial", chunk_size=4, progress=False)
+    assert ref.complete
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
+        spec = parse_cluster(lc)
+        assert spec.name == "deploy" and spec.label == lc.scheduler_address
+        assert spec.workers_before_start == 2
+        with pytest.raises(ClusterError, match="n_workers cannot be used with a running LocalCluster"):
+            parse_cluster(lc, 3)
+        r = db.run(affine, space, tmp_path / "on.zarr", cluster=lc, chunk_size=4, progress=False)
+        assert r.complete
+        assert lc.status.name == "running"
+    assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "on.zarr")
+
+
+# --------------------------------------------------------------------------- a real SLURM
+
+
+SLURM_TABLE = textwrap.dedent(
+    """
+    [cluster]
+    kind = "slurm"
+    queue = "debug"
+    cores = 1
+    memory = "1GB"
+    processes = 1
+    {jobs}
+    walltime = "00:10:00"
+    [cluster.extra]
+    log_directory = "{logs}"
+    """
+)
+
+
+def _daskbatch(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        daskbatch_command(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+@pytest.mark.parametrize("jobs", ["jobs = 2", "adapt = {min = 0, max = 2}"])
+def test_a_sweep_on_slurm_equals_the_same_sweep_in_one_process(slurm, tmp_path, jobs):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spec = _spec(tmp_path, "slurm.zarr", cluster=SLURM_TABLE.format(logs=logs, jobs=jobs), n=24, chunk=3)
+    ref = _spec(tmp_path, "ref.zarr", n=24, chunk=3)
+    try:
+        r = subprocess.run(
+            daskbatch_command("run", str(spec)), cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{slurm.logs()}"
+    finally:
+        slurm.cancel_all()
+    s = subprocess.run(
+        daskbatch_command("run", str(ref), "--cluster", "serial"), cwd=tmp_path, capture_output=True
+    )
+    assert s.returncode == 0, s.stderr
+    assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "slurm.zarr")
+    # the workers were SLURM jobs, and they spoke TLS with the run's temporary credentials
+    outputs = [p.read_text() for p in sorted(logs.glob("dask-worker-*.err"))]
+    assert len(outputs) == 2 if jobs.startswith("jobs") else 1 <= len(outputs) <= 2  # adaptive: as needed
+    started = [m.group(1) for o in outputs for m in re.finditer(r"Start worker at: +(\w+)://", o)]
+    assert started and set(started) == {"tls"}, outputs  # a job may end before its worker starts
+    how = "2 jobs" if jobs.startswith("jobs") else "0-2 jobs (adaptive)"
+    assert f"slurm ({how} × 1 worker processes, SLURMCluster, walltime 00:10:00)" in r.stdout + r.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+def test_a_worker_job_cancelled_mid_run_loses_nothing_and_counts_nothing_twice(slurm, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    n, chunk = 40, 2  # 20 blocks of 2 × 0.5 s: about 10 s on two workers, longer on one
+    spec = _spec(
+        tmp_path,
+        "slurm.zarr",
+        cluster=SLURM_TABLE.format(logs=logs, jobs="jobs = 2"),
+        n=n,
+        chunk=chunk,
+        delay=0.5,
+    )
+    ref = _spec(tmp_path, "ref.zarr", n=n, chunk=chunk)
+    # a lost job is replaced 2 s after its worker left (distributed's default: 15 s)
+    env = {**os.environ, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "2s"}
+    proc = _daskbatch(["run", str(spec)], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 180
+
+        def both_working() -> bool:  # both workers joined, and blocks are being committed
+            joined = sum("Registered to:" in p.read_text() for p in logs.glob("*.err"))
+            store = tmp_path / "slurm.zarr"
+            return joined == 2 and store.exists() and blocks_done(store) >= 3
+
+        while not both_working():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, slurm.logs()
+            time.sleep(0.2)
+        jobs = slurm.jobs()
+        assert len(jobs) == 2, jobs
+        slurm.run(["scancel", jobs[0]])
+        assert blocks_done(tmp_path / "slurm.zarr") < n // chunk  # cancelled mid-run
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{out}\n{err}\n{slurm.logs()}"
+        assert slurm.job(jobs[0])["JobState"] == "CANCELLED"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        slurm.cancel_all()
+    s = subprocess.run(
+        daskbatch_command("run", str(ref), "--cluster", "serial"), cwd=tmp_path, capture_output=True
+    )
+    assert s.returncode == 0, s.stderr
+    assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "slurm.zarr")
+    status = db.status(tmp_path / "slurm.zarr")
+    assert status.complete and status.samples["ok"] == n and sum(status.samples.values()) == n
+    # the cancelled job was replaced by a third one, whose worker joined the run
+    outputs = [p.read_text() for p in sorted(logs.glob("dask-worker-*.err"))]
+    assert len(outputs) == 3, outputs
+    assert sum("Registered to:" in o for o in outputs) == 3, outputs

@@ -1,0 +1,274 @@
+"""The store lock across hosts: a lease with a heartbeat in the lock file.
+
+A driver on another host is played by the real ``daskbatch`` command in a UTS
+namespace of its own (``unshare --uts``), whose host name differs: the kernel, the
+filesystem and the store are the same, as for two nodes that mount one NFS share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+import daskbatch as db
+from daskbatch.errors import ConfigError, StoreLockedError
+from daskbatch.lock import StoreLock
+from daskbatch.testing import assert_stores_identical, blocks_done, daskbatch_command, slow_square
+
+OTHER = "other-node"
+LEASE = 4  # seconds: long enough for a command to start on a busy machine, short for a test
+N, CHUNK, DELAY = 300, 10, 0.03
+
+SPEC = (
+    'kernel = "daskbatch.testing:slow_square"\nstore = "slow.zarr"\ncluster = "serial"\n'
+    f"chunk_size = {CHUNK}\n[constants]\ndelay = {DELAY}\n"
+    f'[space]\ntype = "grid"\naxes = {{x = {{linspace = [0, 1, {N}]}}}}\n'
+)
+
+
+def _env(lease: float = LEASE) -> dict[str, str]:
+    return {**os.environ, "DASK_DASKBATCH__LEASE__SECONDS": str(lease)}
+
+
+def _namespace_prefix() -> list[str]:
+    """How to start a command on "another host": in a UTS namespace of its own (with a
+    user namespace when not root). Skips where that is impossible, except on CI."""
+    reason = None
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        reason = "needs Linux and unshare(1)"
+    else:
+        base = ["unshare", "--uts", "--fork"]
+        if os.geteuid() != 0:
+            base = ["unshare", "--user", "--map-root-user", "--uts", "--fork"]
+        probe = subprocess.run(
+            [*base, "sh", "-c", f"hostname {OTHER} && hostname"], capture_output=True, text=True
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == OTHER:
+            return [*base, "sh", "-c", 'hostname "$0" && exec "$@"', OTHER]
+        reason = f"cannot make a UTS namespace here ({probe.stderr.strip() or probe.returncode})"
+    if os.environ.get("CI"):
+        pytest.fail(f"the store lock across hosts is untested: {reason}")
+    pytest.skip(reason)
+
+
+def _elsewhere(prefix: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real ``daskbatch`` command, run on the other host."""
+    return subprocess.run(
+        [*prefix, *daskbatch_command(*args)], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+def _here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        daskbatch_command(*args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_driver_on_another_host_is_refused_while_the_first_runs_and_takes_over_a_stale_lease(tmp_path):
+    prefix = _namespace_prefix()
+    (tmp_path / "slow.toml").write_text(SPEC)
+    store = tmp_path / "slow.zarr"
+    first = subprocess.Popen(
+        daskbatch_command("run", "slow.toml", "--no-progress"),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    me = socket.gethostname()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not blocks_done(store):
+            time.sleep(0.05)
+        assert blocks_done(store), "the first run did not start"
+        # the first runs: the second driver, on another host, is refused
+        r = _elsewhere(prefix, "run", "slow.toml", "--no-progress", cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        line = r.stderr.strip()
+        assert "\n" not in line, line
+        assert f"host {me}, pid {first.pid}, started " in line
+        assert re.search(r"last heartbeat \d+ s ago", line), line
+        assert f"taken over once its heartbeat is older than its lease of {LEASE} s" in line
+        assert first.poll() is None, "the first run ended before the second one was refused"
+        shown = _here("status", "slow.zarr", cwd=tmp_path).stdout
+        assert re.search(
+            rf"running now \(host {me}, pid {first.pid}, since \S+, heartbeat \d+ s ago\)", shown
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    killed = time.monotonic()
+    assert not db.status(store).complete
+    # killed: its lease is still fresh, so the other host still may not take it over
+    r = _elsewhere(prefix, "run", "slow.toml", "--no-progress", cwd=tmp_path)
+    if time.monotonic() - killed < LEASE - 0.5:  # (a very slow start would have let it go)
+        assert r.returncode == 2 and f"pid {first.pid}" in r.stderr, r.stderr
+    # once the heartbeat is older than the lease: looks stopped, then taken over
+    time.sleep(max(0.0, LEASE + 0.5 - (time.monotonic() - killed)))
+    shown = _elsewhere(prefix, "status", "slow.zarr", cwd=tmp_path).stdout
+    assert f"looks stopped: the run on host {me} (pid {first.pid}, since " in shown, shown
+    assert f"within its lease of {LEASE} s; the next run takes the lock over" in shown
+    r = _elsewhere(prefix, "run", "slow.toml", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    took = re.search(
+        rf"took over the lock of host {me} pid {first.pid}: its heartbeat is (\d+) s old \(lease {LEASE} s\)",
+        r.stderr,
+    )
+    assert took and int(took.group(1)) >= LEASE, r.stderr
+    assert f"{N} total: {N} ok" in r.stdout
+    assert db.status(store).running is None  # released: the lock file is empty
+    reference = db.run(
+        slow_square,
+        db.Grid(x=np.linspace(0, 1, N)),
+        tmp_path / "ref.zarr",
+        cluster="serial",
+        chunk_size=CHUNK,
+        progress=False,
+    )
+    assert reference.complete
+    assert_stores_identical(store, tmp_path / "ref.zarr")
+
+
+NAP = """\
+import time
+
+import daskbatch as db
+
+
+@db.kernel(outputs={"y": db.Output()})
+def nap(i, seconds=0.0):
+    if int(i) == 30:  # past the probe's samples: one long sample in the only block
+        time.sleep(seconds)
+    return 2.0 * i
+"""
+
+
+def test_the_heartbeat_advances_during_a_block_longer_than_the_lease(tmp_path):
+    (tmp_path / "napmod.py").write_text(NAP)
+    (tmp_path / "nap.toml").write_text(
+        'kernel = "napmod:nap"\nstore = "nap.zarr"\ncluster = "serial"\nchunk_size = 40\n'
+        '[constants]\nseconds = 4.0\n[space]\ntype = "grid"\naxes = {i = {linspace = [0, 39, 40]}}\n'
+    )
+    lock = tmp_path / "nap.zarr" / ".daskbatch" / "lock"
+    proc = subprocess.Popen(
+        daskbatch_command("run", "nap.toml", "--no-progress"),
+        cwd=tmp_path,
+        env=_env(1.0),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    beats: set[str] = set()
+    try:
+        while proc.poll() is None:
+            try:
+                doc = json.loads(lock.read_text().strip() or "{}")
+            except (OSError, ValueError):
+                doc = {}
+            if doc.get("pid") == proc.pid and "heartbeat" in doc:
+                assert doc["lease_seconds"] == 1.0
+                beats.add(doc["heartbeat"])
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    # the block took 4 s, with no progress written in it: the thread beat every 0.25 s
+    assert len(beats) >= 8, sorted(beats)
+    assert lock.read_text() == ""  # released
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def _foreign(path: Path, **extra) -> dict:
+    """A holder document of a run on another host (written by this daskbatch or an older one)."""
+    path.parent.mkdir(parents=True)
+    doc = {
+        "host": "elsewhere",
+        "pid": 4242,
+        "start": "2026-01-01T00:00:00+0000",
+        "command": "daskbatch run",
+        **extra,
+    }
+    path.write_text(json.dumps(doc))
+    return doc
+
+
+def test_an_older_holder_of_another_host_counts_from_its_files_modification_time(tmp_path, caplog):
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    _foreign(path)  # no heartbeat: written by a daskbatch before leases
+    with dask.config.set({"daskbatch.lease.seconds": 30}):
+        with pytest.raises(StoreLockedError, match=r"host elsewhere, pid 4242, .*last heartbeat 0 s ago"):
+            StoreLock(path).acquire()
+        assert StoreLock(path).holder()["stale"] is False
+        old = time.time() - 31
+        os.utime(path, (old, old))
+        assert StoreLock(path).holder()["stale"] is True
+        with caplog.at_level(logging.WARNING, logger="daskbatch"):
+            lock = StoreLock(path).acquire()
+    try:
+        assert (
+            "took over the lock of host elsewhere pid 4242: its heartbeat is 31 s old (lease 30 s)"
+            in caplog.text
+        )
+        assert lock.taken_over["pid"] == 4242 and lock.previous is None
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+    assert path.read_text() == ""
+
+
+def test_a_fresh_heartbeat_keeps_the_lock_although_the_file_is_old(tmp_path):
+    """The later of the heartbeat and the modification time counts; the holder's lease
+    (not the reader's) says when it is stale."""
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    _foreign(path, heartbeat=now, lease_seconds=100)
+    old = time.time() - 50
+    os.utime(path, (old, old))
+    lease = dask.config.set({"daskbatch.lease.seconds": 10})
+    with lease, pytest.raises(StoreLockedError, match=r"older than its lease of 100 s"):
+        StoreLock(path).acquire()
+
+
+def test_a_run_whose_lock_was_taken_over_stops_writing_the_lock_file(tmp_path, caplog):
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    with dask.config.set({"daskbatch.lease.seconds": 0.4}):
+        lock = StoreLock(path).acquire()
+    try:
+        first = json.loads(path.read_text())["heartbeat"]
+        time.sleep(0.5)
+        assert json.loads(path.read_text())["heartbeat"] != first  # the thread renews it
+        other = {"host": "elsewhere", "pid": 7, "start": "2026-01-01T00:00:00+0000", "heartbeat": first}
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, json.dumps(other).ljust(4096).encode(), 0)
+        os.close(fd)
+        with caplog.at_level(logging.ERROR, logger="daskbatch"):
+            assert lock.heartbeat() is False
+        assert "this run lost its lock to host elsewhere pid 7" in caplog.text
+        lock.update(done=1)
+    finally:
+        lock.release()
+    assert json.loads(path.read_text()) == other  # neither progress nor the release touched it
+
+
+def test_a_lease_that_is_not_a_positive_number_is_one_line(tmp_path):
+    bad = dask.config.set({"daskbatch.lease.seconds": 0})
+    with bad, pytest.raises(ConfigError, match=r"daskbatch.lease.seconds=0.0 is not a positive number"):
+        StoreLock(tmp_path / "s.zarr" / ".daskbatch" / "lock").acquire()
+    assert not (tmp_path / "s.zarr").exists()

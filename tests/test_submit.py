@@ -1,0 +1,390 @@
+"""`daskbatch submit`: the driver of a run as a SLURM or PBS batch job.
+
+The scripts and refusals are checked without a scheduler; the job script itself is
+run with bash as a scheduler would; chains and cancelled drivers run on the real
+one-node SLURM of the `slurm` fixture (tests/slurm_fixture.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import daskbatch as db
+from daskbatch.store import Store
+from daskbatch.submit import Submission, node_local, prepare
+
+SPEC = """\
+kernel = "daskbatch.testing:slow_square"
+store = "sweep.zarr"
+chunk_size = {chunk}
+workers = 2
+{cluster}
+
+[constants]
+delay = {delay}
+
+[space]
+type = "grid"
+axes = {{ x = {{ arange = [0, {n}, 1] }} }}
+"""
+
+TABLE = """\
+[cluster]
+kind = "{kind}"
+queue = "debug"
+account = "proj"
+walltime = "02:00:00"
+prologue = ["module load python/3.12", "export OMP_NUM_THREADS=1"]
+"""
+
+
+def _spec(folder: Path, cluster: str = 'cluster = "threads"', n: int = 12, chunk: int = 4, delay=0.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / "sweep.toml"
+    p.write_text(SPEC.format(cluster=cluster, n=n, chunk=chunk, delay=delay))
+    return p
+
+
+def _fake(folder: Path, name: str, output: str) -> Path:
+    """A stand-in for sbatch/qsub on PATH: logs its arguments, prints ``output`` + a count."""
+    folder.mkdir(exist_ok=True)
+    log = folder / f"{name}.calls"
+    exe = folder / name
+    exe.write_text(f'#!/bin/bash\necho "$@" >> {log}\nn=$(wc -l < {log})\necho "{output}"\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return log
+
+
+@pytest.fixture
+def no_scheduler(tmp_path, monkeypatch) -> Path:
+    """PATH with a fake sbatch and qsub that only record that they were called."""
+    bin_dir = tmp_path / "bin"
+    _fake(bin_dir, "sbatch", "${n}")
+    _fake(bin_dir, "qsub", "${n}.pbs-server")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+# --------------------------------------------------------------------------- scripts
+
+
+def test_dry_run_slurm_chain_prints_the_script_and_dependencies(tmp_path, cli, no_scheduler):
+    spec = _spec(tmp_path / "a", TABLE.format(kind="slurm"))
+    r = cli("submit", str(spec), "--dry-run", "--chain", "3", "--allow-local-store")
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "a" / "sweep.zarr"
+    logs = f"{store}.logs"
+    lines = r.stdout.splitlines()
+    for line in (
+        "#SBATCH --job-name=daskbatch-sweep",
+        "#SBATCH --time=02:00:00",
+        "#SBATCH --signal=B:TERM@120",
+        f"#SBATCH --output={logs}/daskbatch-%j.out",
+        f"#SBATCH --error={logs}/daskbatch-%j.out",
+        "#SBATCH --cpus-per-task=1",  # the workers are jobs of their own: a small driver
+        "#SBATCH --mem=2048M",
+        "#SBATCH --partition=debug",
+        "#SBATCH --account=proj",
+    ):
+        assert line in lines, (line, r.stdout)
+    sbatch = [line for line in lines if line.startswith("#SBATCH")]
+    body = [line for line in lines[: lines.index("")] if not line.startswith("#")]  # the script
+    assert lines.index(sbatch[-1]) < lines.index("module load python/3.12")  # directives first
+    assert body.index("module load python/3.12") < body.index("export OMP_NUM_THREADS=1")
+    assert body[-1] == f"exec {Path(sys.executable).with_name('daskbatch')} run {spec} --no-progress"
+    assert f"--complete {store}; then exit 0; fi" in r.stdout
+    script = f"{logs}/daskbatch.slurm"
+    assert lines[-3:] == [
+        f"sbatch --parsable {script}",
+        f"sbatch --parsable --dependency=afterany:<id of job 1> {script}",
+        f"sbatch --parsable --dependency=afterany:<id of job 2> {script}",
+    ]
+    # nothing submitted, nothing written
+    assert not (no_scheduler / "sbatch.calls").exists()
+    assert not Path(logs).exists()
+
+
+def test_dry_run_walltime_flag_wins_and_a_local_cluster_gets_the_cores(tmp_path, cli):
+    spec = _spec(tmp_path / "a", 'cluster = "local"\nmemory_limit = "3GB"')
+    r = cli("submit", str(spec), "--slurm", "--walltime", "1-00:00:30", "--dry-run", "--allow-local-store")
+    assert r.returncode == 0, r.stderr
+    assert "#SBATCH --time=24:00:30" in r.stdout
+    assert "#SBATCH --cpus-per-task=2" in r.stdout  # the work runs inside the driver's job
+    assert "#SBATCH --mem=5723M" in r.stdout  # 2 workers of 3 GB, in MiB, rounded up
+    assert "# would submit it with:" in r.stdout
+    assert "--dependency" not in r.stdout and "--partition" not in r.stdout
+    spec = _spec(tmp_path / "b", TABLE.format(kind="slurm"))
+    r = cli("submit", str(spec), "--walltime", "00:20:00", "--dry-run", "--allow-local-store")
+    assert "#SBATCH --time=00:20:00" in r.stdout.splitlines()
+    assert "#SBATCH --signal=B:TERM@120" in r.stdout.splitlines()
+
+
+def test_dry_run_pbs_matches_dask_jobqueue_and_qsub(tmp_path, cli):
+    from dask_jobqueue.pbs import PBSJob
+
+    spec = _spec(tmp_path / "a", TABLE.format(kind="pbs"))
+    r = cli("submit", str(spec), "--dry-run", "--chain", "2", "--allow-local-store")
+    assert r.returncode == 0, r.stderr
+    theirs = PBSJob(
+        scheduler="tcp://127.0.0.1:8786",
+        name="x",
+        cores=1,
+        memory="2GB",
+        walltime="02:00:00",
+        queue="debug",
+        account="proj",
+    ).job_script()
+    for line in ("#PBS -q debug", "#PBS -A proj", "#PBS -l walltime=02:00:00"):
+        assert line in theirs.splitlines() and line in r.stdout.splitlines(), line
+    select = re.compile(r"^#PBS -l select=1:ncpus=\d+:mem=\d+MB$", re.M)
+    assert select.search(theirs) and select.search(r.stdout)
+    logs = f"{tmp_path / 'a' / 'sweep.zarr'}.logs"
+    assert "#PBS -j oe" in r.stdout and f"#PBS -o {logs}/" in r.stdout
+    assert f'exec >{logs}/daskbatch-"${{PBS_JOBID}}".out 2>&1' in r.stdout
+    assert r.stdout.splitlines()[-1] == f"qsub -W depend=afterany:<id of job 1> {logs}/daskbatch.pbs"
+    assert "#PBS -N daskbatch-sweep" in r.stdout.splitlines()
+
+
+def test_submit_chain_to_qsub(tmp_path, cli, no_scheduler):
+    """Every job after the first depends on the id qsub gave the one before."""
+    spec = _spec(tmp_path / "a", 'cluster = "pbs"')
+    r = cli("submit", str(spec), "--walltime", "00:30:00", "--chain", "3", "--allow-local-store")
+    assert r.returncode == 0, r.stderr
+    calls = (no_scheduler / "qsub.calls").read_text().splitlines()
+    store = tmp_path / "a" / "sweep.zarr"
+    script = f"{store}.logs/daskbatch.pbs"
+    assert calls == [
+        script,
+        f"-W depend=afterany:1.pbs-server {script}",
+        f"-W depend=afterany:2.pbs-server {script}",
+    ]
+    assert Path(script).read_text().startswith("#!/bin/bash\n#PBS -N daskbatch-sweep\n")
+    out = r.stdout
+    assert "submitted job 1.pbs-server (PBS)" in out
+    assert "then 2.pbs-server, 3.pbs-server" in out
+    assert f"log:     {store}.logs/daskbatch-1.pbs-server.out" in out
+    assert f"follow:  daskbatch status {store}" in out
+
+
+def test_job_script_runs_the_driver_records_the_job_and_a_successor_ends_at_once(tmp_path):
+    """The script as SLURM runs it (bash, SLURM_JOB_ID set): the store is made, the job id
+    is in its history; the next job of the chain finds it complete and says so in one line."""
+    spec = _spec(tmp_path / "a")
+    sub = prepare(spec, scheduler="slurm", walltime="00:10:00", allow_local_store=True)
+    script = tmp_path / "job.sh"
+    script.write_text(sub.script())
+    env = {**os.environ, "SLURM_JOB_ID": "4242"}
+    first = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert db.status(sub.store).complete
+    history = Store(sub.store).require_info()["history"]
+    assert [h.get("job") for h in history] == ["4242"]
+    shown = run_cli("status", str(sub.store))
+    assert "jobs:     4242 (finished, 3 blocks)" in shown.stdout
+
+    env["SLURM_JOB_ID"] = "4243"
+    t0 = time.perf_counter()
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    said = [line for line in again.stdout.splitlines() if not line.startswith("daskbatch: job 4243 on ")]
+    assert said == [f"daskbatch: store {str(sub.store)!r} is complete (3 blocks); job 4243 has nothing to do"]
+    assert again.stderr == ""
+    assert len(Store(sub.store).require_info()["history"]) == 1
+    assert time.perf_counter() - t0 < 30
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("args", "cluster", "expected"),
+    [
+        (["--slurm", "--walltime", "90"], "", "--walltime '90' is not a walltime; write HH:MM:SS"),
+        (["--slurm", "--walltime", "1:00"], "", "--walltime '1:00' is not a walltime"),
+        (["--slurm", "--walltime", "00:61:00"], "", "--walltime '00:61:00' is not a walltime"),
+        (["--slurm", "--walltime", "00:00:00"], "", "--walltime '00:00:00' is zero"),
+        (["--slurm", "--chain", "0"], "", "--chain 0 is not a number of jobs; give 1 or more"),
+        (["--slurm", "--chain", "-2"], "", "--chain -2 is not a number of jobs"),
+        (["--slurm", "--pbs"], "", "--slurm and --pbs both given"),
+        ([], 'cluster = "threads"', "the spec's cluster is 'threads': say where the driver job goes with "),
+        (["--pbs"], TABLE.format(kind="slurm"), "--pbs with a spec whose cluster is 'slurm'"),
+        (["--slurm"], 'cluster = "threads"', "no walltime for the driver job: give --walltime HH:MM:SS"),
+        ([], TABLE.format(kind="slurm").replace('"02:00:00"', '"2h"'), "walltime='2h' is not a walltime"),
+        (["--slurm"], TABLE.format(kind="sge"), "daskbatch submit sends the driver to SLURM or PBS only"),
+    ],
+)
+def test_bad_input_is_one_line_and_nothing_is_submitted(tmp_path, cli, no_scheduler, args, cluster, expected):
+    spec = _spec(tmp_path / "a", cluster or 'cluster = "slurm"')
+    if "--walltime" not in args and "walltime" not in cluster and "no walltime" not in expected:
+        args = [*args, "--walltime", "01:00:00"]
+    r = cli("submit", str(spec), *args, "--allow-local-store")
+    assert r.returncode == 2, r.stdout
+    assert len(r.stderr.splitlines()) == 1 and expected in r.stderr, r.stderr
+    assert r.stdout == ""
+    assert not list(no_scheduler.glob("*.calls"))
+    assert not list(tmp_path.glob("a/*.logs"))
+
+
+def test_store_on_node_local_storage_is_refused(tmp_path, cli, no_scheduler):
+    spec = _spec(tmp_path / "a", 'cluster = "slurm"')
+    r = cli("submit", str(spec), "--walltime", "01:00:00")
+    assert r.returncode == 2
+    assert len(r.stderr.splitlines()) == 1
+    store = (tmp_path / "a" / "sweep.zarr").resolve()
+    assert f"store {str(store)!r} is on node-local storage ({store} is under /tmp)" in r.stderr
+    assert "the store must be on a filesystem every node sees" in r.stderr
+    assert "--allow-local-store skips this check" in r.stderr
+    assert not list(no_scheduler.glob("*.calls"))
+
+
+def test_node_local_paths(monkeypatch):
+    monkeypatch.setenv("TMPDIR", "/scratch/local/job1")
+    assert (
+        node_local("/scratch/local/job1/s.zarr") == "/scratch/local/job1/s.zarr is under /scratch/local/job1"
+    )
+    assert node_local("/var/tmp/s.zarr") == "/var/tmp/s.zarr is under /var/tmp"
+    mounts = Path("/proc/mounts").read_text().split("\n")
+    tmpfs = [line.split()[1] for line in mounts if " tmpfs " in line and line.split()[1] != "/dev/shm"]
+    if tmpfs:  # any tmpfs, wherever it is mounted
+        assert "tmpfs mounted at" in (node_local(f"{tmpfs[0]}/s.zarr") or "")
+    assert node_local(Path(__file__).parent / "s.zarr") is None  # the project's own disk
+
+
+def test_sbatch_missing_says_where_to_run_it(tmp_path, cli, monkeypatch):
+    spec = _spec(tmp_path / "a", 'cluster = "slurm"')
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    r = cli("submit", str(spec), "--walltime", "01:00:00", "--allow-local-store")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "daskbatch: error: daskbatch submit --slurm needs SLURM's sbatch on PATH: "
+        "run it on the cluster's login node"
+    )
+    assert not (tmp_path / "a" / "sweep.zarr.logs").exists()
+    r = cli("submit", str(spec), "--walltime", "01:00:00", "--allow-local-store", "--dry-run")
+    assert r.returncode == 0 and "#SBATCH --time=01:00:00" in r.stdout  # a dry run needs no SLURM
+
+
+def test_real_command_refuses_a_bad_walltime(tmp_path):
+    spec = _spec(tmp_path / "a", 'cluster = "slurm"')
+    r = run_cli("submit", str(spec), "--walltime", "12h", "--allow-local-store")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "daskbatch: error: --walltime '12h' is not a walltime; write HH:MM:SS (12:00:00) or "
+        "D-HH:MM:SS (2-00:00:00)"
+    ]
+
+
+def test_submission_defaults():
+    sub = Submission("slurm", Path("/p/s.zarr.toml"), Path("/p/s.zarr"), walltime=3600)
+    assert sub.logs == Path("/p/s.zarr.logs") and sub.signal_lead == 120
+    assert Submission("slurm", Path("/s"), Path("/s.zarr"), walltime=60).signal_lead == 10
+    long = Path("/p/a sweep of soundings.zarr")
+    assert Submission("pbs", long, long, walltime=60).name == "daskbatch-a_swe"  # what every PBS takes
+    assert Submission("slurm", long, long, walltime=60).name == "daskbatch-a_sweep_of_soundings"
+
+
+# --------------------------------------------------------------------------- real SLURM
+
+
+def _submitted(r: subprocess.CompletedProcess) -> list[str]:
+    """The job ids `daskbatch submit` printed."""
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = re.search(r"submitted job (\S+) \(SLURM\)", r.stdout)
+    then = re.search(r"then (.+), each after", r.stdout)
+    assert first, r.stdout
+    return [first[1], *(then[1].split(", ") if then else [])]
+
+
+def _reference(tmp_path: Path, n: int, chunk: int) -> Path:
+    """The same sweep run at once, without the kernel's sleep (the values do not depend on it)."""
+    spec = _spec(tmp_path / "reference", n=n, chunk=chunk)
+    r = run_cli("run", str(spec), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return spec.parent / "sweep.zarr"
+
+
+def _log(slurm, job: str) -> str:
+    path = Path(slurm.job(job)["StdOut"])
+    return path.read_text() if path.exists() else f"(no log at {path})"
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+def test_chain_of_one_minute_jobs_finishes_a_longer_sweep(slurm, tmp_path):
+    """120 samples of 1 s on 2 threads: about 60 s of work plus starts and stops, more than
+    one job of a 1-minute walltime gets done (SLURM warns each driver 10-40 s before its
+    end); the chain finishes it, a job that finds it complete ends at once."""
+    from daskbatch.testing import assert_stores_identical
+
+    n, chunk = 120, 2
+    spec = _spec(tmp_path / "chain", n=n, chunk=chunk, delay=1.0)
+    store = spec.parent / "sweep.zarr"
+    r = run_cli(
+        "submit",
+        str(spec),
+        "--slurm",
+        "--walltime",
+        "00:01:00",
+        "--chain",
+        "4",
+        "--allow-local-store",
+        cwd=spec.parent,
+    )
+    jobs = _submitted(r)
+    assert len(jobs) == 4
+    assert f"log:     {store}.logs/daskbatch-{jobs[0]}.out" in r.stdout
+    assert slurm.job(jobs[1])["Dependency"].startswith(f"afterany:{jobs[0]}")
+    states = [slurm.wait_job(job, timeout=150) for job in jobs]
+    logs = "\n".join(f"--- job {j} ({s}):\n{_log(slurm, j)}" for j, s in zip(jobs, states, strict=True))
+    st = db.status(store)
+    assert st.complete, logs
+    assert st.samples["ok"] == n and sum(st.samples.values()) == n, st.samples  # none counted twice
+    assert_stores_identical(store, _reference(tmp_path, n, chunk))
+    ran = [h["job"] for h in Store(store).require_info()["history"]]
+    assert len(ran) > 1 and ran == jobs[: len(ran)], (ran, logs)
+    # the first job was warned (SIGTERM) before its walltime and stopped in order
+    assert "interrupted by SIGTERM; " in _log(slurm, jobs[0]) and states[0] == "FAILED", logs
+    assert f"{ran[0]} (stopped by SIGTERM, " in run_cli("status", str(store)).stdout
+    for job in jobs[len(ran) :]:  # the jobs after the one that finished: nothing to do
+        assert f"is complete ({n // chunk} blocks); job {job} has nothing to do" in _log(slurm, job), logs
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+def test_cancelled_driver_job_leaves_a_store_that_a_new_job_finishes(slurm, tmp_path):
+    from daskbatch.testing import assert_stores_identical, blocks_done
+
+    n, chunk = 40, 2
+    spec = _spec(tmp_path / "cancel", n=n, chunk=chunk, delay=1.0)
+    store = spec.parent / "sweep.zarr"
+    args = ["submit", str(spec), "--slurm", "--walltime", "00:05:00", "--allow-local-store"]
+    [job] = _submitted(run_cli(*args, cwd=spec.parent))
+    deadline = time.monotonic() + 60
+    while blocks_done(store) < 3:
+        assert time.monotonic() < deadline, _log(slurm, job)
+        time.sleep(0.2)
+    slurm.run(["scancel", job])
+    assert slurm.wait_job(job, timeout=30) == "CANCELLED"
+    shown = run_cli("status", str(store))
+    assert shown.returncode == 0, shown.stderr
+    state = next(line for line in shown.stdout.splitlines() if line.startswith("state:"))
+    assert re.search(r"stopped by SIGTERM|stopped without finishing \(killed\?\)", state), shown.stdout
+    assert f"resume with: daskbatch resume {store}" in state
+    assert f"jobs:     {job} (" in shown.stdout
+    assert 3 <= db.status(store).blocks_done < n // chunk
+
+    [again] = _submitted(run_cli(*args, cwd=spec.parent))
+    assert slurm.wait_job(again, timeout=90) == "COMPLETED", _log(slurm, again)
+    st = db.status(store)
+    assert st.complete and st.samples["ok"] == n and sum(st.samples.values()) == n
+    assert_stores_identical(store, _reference(tmp_path, n, chunk))
+    assert [h["job"] for h in Store(store).require_info()["history"]] == [job, again]
