@@ -395,9 +395,16 @@ class Executor:
 
     @property
     def dashboard_link(self) -> str | None:
+        """The dashboard's address. A cluster daskbatch starts serves its dashboard on
+        127.0.0.1 only (a job-queue scheduler listens for its workers on the node's
+        address, but its dashboard does not): the link says 127.0.0.1, to be opened on
+        that machine or through an SSH tunnel."""
         if self.client is None:
             return None
         try:
+            if self._cluster is not None:
+                port = self.client.scheduler_info()["services"]["dashboard"]
+                return f"http://127.0.0.1:{port}/status"
             return self.client.dashboard_link
         except Exception:  # pragma: no cover - no bokeh, or no dashboard
             return None

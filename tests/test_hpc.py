@@ -453,3 +453,30 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_counts_nothing_twice(s
     outputs = [p.read_text() for p in sorted(logs.glob("dask-worker-*.err"))]
     assert len(outputs) == 3, outputs
     assert sum("Registered to:" in o for o in outputs) == 3, outputs
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+def test_the_dashboard_link_of_a_jobqueue_cluster_is_where_it_listens(slurm, tmp_path):
+    """The scheduler listens for its workers on the node's address, its dashboard on
+    127.0.0.1 only: the printed link must be the one that answers."""
+    import urllib.request
+
+    from daskbatch.cluster import start_executor
+    from daskbatch.executors import parse_cluster
+
+    jq = db.JobQueue(
+        "slurm",
+        cores=1,
+        memory="1GB",
+        processes=1,
+        adapt={"min": 0, "max": 1},
+        walltime="00:05:00",
+        extra={"log_directory": str(tmp_path)},
+    )
+    with start_executor(parse_cluster(jq, None)) as ex:
+        link = ex.dashboard_link
+        assert link is not None and link.startswith("http://127.0.0.1:"), link
+        with urllib.request.urlopen(link, timeout=10) as page:
+            assert page.status == 200
+    slurm.cancel_all()
