@@ -1,7 +1,8 @@
 """Chunk planning: how many samples go into one block (one task, one Zarr chunk).
 
 Pure functions of sizes and measured costs, with no Dask or Zarr in sight, so they
-can be property-tested.
+can be property-tested (the one setting read, ``daskbatch.auto.driver-seconds-per-block``,
+is also an argument).
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import config
 from .errors import DaskbatchError
 
 __all__ = [
     "AUTO_BLOCKS_PER_WORKER",
     "AUTO_BLOCK_SECONDS",
+    "AUTO_BUSY",
     "block_shape_for_samples",
     "block_starts",
     "chunks_from_block_shape",
+    "driver_floor_seconds",
     "plan_block_shape",
 ]
 
@@ -30,6 +34,9 @@ AUTO_BLOCK_BYTES = 8 * 2**20
 #: Without a measured cost, blocks hold at most this many samples (with one, the
 #: time per block decides).
 AUTO_MAX_SAMPLES = 100_000
+#: The driver may be busy at most this share of the time taking in blocks, so that
+#: workers are kept at least this busy (see :func:`driver_floor_seconds`).
+AUTO_BUSY = 0.9
 
 
 def block_shape_for_samples(samples: int, batch_shape: Sequence[int]) -> tuple[int, ...]:
@@ -148,12 +155,36 @@ def plan_block_shape(
     return block_shape_for_samples(min(_check_int("chunk_size", chunk_size), total), batch_shape)
 
 
+def driver_floor_seconds(n_workers: int, total_seconds: float, driver_seconds_per_block: float) -> float:
+    """The shortest block (seconds) that keeps the driver from being the bottleneck.
+
+    The driver and scheduler take in at most ``1 / c`` blocks per second (``c``:
+    their CPU seconds per block), and ``w`` busy workers finish ``w / d`` blocks per
+    second of ``d`` seconds each; so ``w / d ≤ AUTO_BUSY / c``, that is
+    ``d ≥ w × c / AUTO_BUSY``. With as many workers busy as there are blocks,
+    ``w = min(n_workers, total_seconds / d)``, which gives
+    ``d ≥ min(n_workers × k, √(total_seconds × k))`` with ``k = c / AUTO_BUSY``.
+
+    Examples
+    --------
+    >>> round(driver_floor_seconds(1000, 1e6, 0.005), 3)  # 1,000 workers, 5 ms per block
+    5.556
+    >>> round(driver_floor_seconds(1000, 100.0, 0.005), 3)  # a short run: fewer blocks
+    0.745
+    >>> round(driver_floor_seconds(2, 1e6, 0.005), 4)
+    0.0111
+    """
+    k = max(0.0, float(driver_seconds_per_block)) / AUTO_BUSY
+    return min(max(1, int(n_workers)) * k, math.sqrt(max(0.0, total_seconds) * k))
+
+
 def auto_samples_per_block(
     total: int,
     *,
     n_workers: int,
     seconds_per_sample: float | None = None,
     bytes_per_sample: int | None = None,
+    driver_seconds_per_block: float | None = None,
 ) -> int:
     """Samples per block for ``chunk_size="auto"``.
 
@@ -163,27 +194,52 @@ def auto_samples_per_block(
     :data:`AUTO_BLOCK_BYTES`; never below one sample. Then made a little
     smaller if that gives every worker the same number of equal blocks.
 
+    When the cost is known, blocks last at least :func:`driver_floor_seconds`
+    (``n_workers × driver_seconds_per_block / 0.9`` when there is work for every
+    worker), over the two time rules above, so that a large cluster is not held up
+    by its driver: the driver takes in at most ``1 / driver_seconds_per_block``
+    blocks per second. Only :data:`AUTO_BLOCK_BYTES` (and the memory budget
+    :func:`~daskbatch.plan.make_plan` applies) caps that floor. On a few workers it
+    is milliseconds and changes nothing but runs of a few blocks of microseconds.
+    ``driver_seconds_per_block`` defaults to the setting
+    ``daskbatch.auto.driver-seconds-per-block``; 0 turns the floor off.
+
     Examples
     --------
     >>> auto_samples_per_block(1_000_000, n_workers=2, seconds_per_sample=1e-3)
     1000
     >>> auto_samples_per_block(100, n_workers=2)
     10
+    >>> auto_samples_per_block(10**8, n_workers=1000, seconds_per_sample=1e-4,
+    ...                        driver_seconds_per_block=0.005)  # 10 s: one round, not 1 s
+    100000
     """
     workers = max(1, int(n_workers))
     balance = max(1, total // (AUTO_BLOCKS_PER_WORKER * workers))
     limits = [balance]
+    cap = total
+    if bytes_per_sample:
+        cap = max(1, AUTO_BLOCK_BYTES // int(bytes_per_sample))
+        limits.append(cap)
+    floor = 1
     if seconds_per_sample is not None and seconds_per_sample > 0:
         limits.append(max(1, round(AUTO_BLOCK_SECONDS / seconds_per_sample)))
+        if driver_seconds_per_block is None:
+            driver_seconds_per_block = config.get("auto.driver-seconds-per-block")
+        least = driver_floor_seconds(workers, total * seconds_per_sample, driver_seconds_per_block)
+        floor = max(1, min(math.ceil(least / seconds_per_sample), cap, total))
     else:  # no measured cost: keep blocks moderate
         limits.append(AUTO_MAX_SAMPLES)
-    if bytes_per_sample:
-        limits.append(max(1, AUTO_BLOCK_BYTES // int(bytes_per_sample)))
-    size = max(1, min(limits))
+    size = max(1, min(limits), floor)
     # the same number of equal blocks per worker: as many rounds of blocks as this size
     # needs, cut evenly, so that no worker is left with one more block, or a longer one,
-    # than the others at the end (the smaller size never breaks the limits above)
+    # than the others at the end (the smaller size never breaks the limits above; when
+    # it would break the floor, one round fewer)
     blocks = math.ceil(total / size)
     if blocks > workers:
-        size = max(1, math.ceil(total / (math.ceil(blocks / workers) * workers)))
+        even = max(1, math.ceil(total / (math.ceil(blocks / workers) * workers)))
+        if even < floor:  # blocks > workers, so total > workers × floor: at least one round
+            even = math.ceil(total / (total // (workers * floor) * workers))
+        if even <= cap:
+            size = even
     return size

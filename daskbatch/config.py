@@ -43,6 +43,7 @@ FloatKey = Literal[
     "probe.seconds",
     "publish-interval",
     "auto.start-seconds",
+    "auto.driver-seconds-per-block",
     "connect-timeout",
     "lease.seconds",
 ]
@@ -58,6 +59,7 @@ TYPES: dict[str, type] = {
     "probe.seconds": float,
     "publish-interval": float,
     "auto.start-seconds": float,
+    "auto.driver-seconds-per-block": float,
     "connect-timeout": float,
     "lease.seconds": float,
     "shown-errors": int,

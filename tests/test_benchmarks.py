@@ -80,12 +80,17 @@ def test_scaling_benchmark_smoke(tmp_path):
     out = tmp_path / "performance.md"
     out.write_text("# Performance\n\n<!-- scaling:start -->\nold\n<!-- scaling:end -->\n\nkept\n")
     script = ROOT / "benchmarks" / "scaling.py"
-    cmd = [sys.executable, str(script), "--slots", "8", "--blocks", "24", "--out", str(out)]
+    cmd = [sys.executable, str(script), "--smoke", "--out", str(out)]  # 4 and 8 slots, 16 blocks
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert "old" not in text and text.endswith("kept\n")
-    assert "| 8 | client-map |" in text and "| 8 | daskbatch |" in text
+    for slots in (4, 8):
+        assert f"| {slots} | client-map |" in text and f"| {slots} | daskbatch |" in text
+    # the projection to 1,000 workers, formulas with the measured numbers
+    assert "1 / c = 1 / " in text and "blocks/s" in text
+    assert "1,000 workers with 1-second blocks: efficiency = min(1, (1 / c) / (1,000 / 1 s))" in text
+    assert "d_min = 1,000 × c / 0.9 = 1,000 × " in text
 
 
 def test_commit_benchmark_smoke():

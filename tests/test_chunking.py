@@ -1,17 +1,22 @@
 import math
 
+import dask
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskbatch.chunking import (
+    AUTO_BLOCK_BYTES,
     AUTO_BLOCKS_PER_WORKER,
+    AUTO_BUSY,
     auto_samples_per_block,
     block_shape_for_samples,
     chunks_from_block_shape,
+    driver_floor_seconds,
     plan_block_shape,
 )
 from daskbatch.errors import DaskbatchError
+from daskbatch.plan import make_plan
 
 shapes = st.lists(st.integers(1, 60), min_size=1, max_size=4).map(tuple)
 
@@ -42,7 +47,10 @@ def test_block_shape_fits_and_covers(shape, samples):
     nbytes=st.one_of(st.none(), st.integers(1, 10**8)),
 )
 def test_auto_rule_bounds(total, workers, sec, nbytes):
-    n = auto_samples_per_block(total, n_workers=workers, seconds_per_sample=sec, bytes_per_sample=nbytes)
+    """The rule without the driver's floor (tested below)."""
+    n = auto_samples_per_block(
+        total, n_workers=workers, seconds_per_sample=sec, bytes_per_sample=nbytes, driver_seconds_per_block=0
+    )
     assert n >= 1
     # enough blocks for load balance whenever there are enough samples
     if total >= AUTO_BLOCKS_PER_WORKER * workers:
@@ -55,6 +63,69 @@ def test_auto_rule_bounds(total, workers, sec, nbytes):
     if blocks > workers:
         rounds = math.ceil(blocks / workers)
         assert rounds * n <= total / workers + rounds
+
+
+@settings(max_examples=300)
+@given(
+    total=st.integers(1, 10**9),
+    workers=st.integers(1, 4096),
+    sec=st.floats(1e-7, 10),
+    nbytes=st.one_of(st.none(), st.integers(1, 10**8)),
+    c=st.floats(0, 0.05),
+)
+def test_auto_blocks_last_long_enough_for_the_driver(total, workers, sec, nbytes, c):
+    """The driver takes in at most 1/c blocks per second: busy workers ask for
+    min(workers, blocks) / d blocks per second of blocks of d seconds, which must stay
+    within AUTO_BUSY / c, unless the block is all the run or all AUTO_BLOCK_BYTES allows."""
+    n = auto_samples_per_block(
+        total, n_workers=workers, seconds_per_sample=sec, bytes_per_sample=nbytes, driver_seconds_per_block=c
+    )
+    cap = AUTO_BLOCK_BYTES // nbytes if nbytes else total
+    assert 1 <= n <= max(1, min(total, cap))
+    blocks, d = math.ceil(total / n), n * sec
+    least = driver_floor_seconds(workers, total * sec, c)
+    if n < min(total, cap):
+        assert min(workers, blocks) * c / AUTO_BUSY <= (d + c / AUTO_BUSY) * (1 + 1e-9)
+        assert d >= least * (1 - 1e-9)
+    assert d <= max(1.5, 2 * least + sec)  # no longer than the floor asks (or about a second)
+    if blocks > workers:  # still the same number of blocks per worker, where the bytes allow
+        rounds = math.ceil(blocks / workers)
+        assert rounds * n <= total / workers + rounds or n >= cap // 2
+
+
+def _plan(workers: int, total: int, seconds: float) -> tuple[int, ...]:
+    p = make_plan(kernel="k", batch_dims=("sample",), batch_shape=(total,), chunk_size="auto",
+                  n_workers=workers, cluster="c", bytes_in_per_sample=8, bytes_out_per_sample=8,
+                  seconds_per_sample=seconds, memory_limit=4 * 2**30)  # fmt: skip
+    return p.block_shape
+
+
+def test_a_large_cluster_gets_blocks_its_driver_keeps_up_with():
+    """1,000 workers of a cheap kernel (0.1 ms a sample, 3 hours of work): blocks last
+    at least 1,000 × daskbatch.auto.driver-seconds-per-block / 0.9 (5.6 s), not the 1 s
+    of a small cluster; on 2 workers the plans are what they were without the rule."""
+    (size,) = _plan(1000, 10**8, 1e-4)
+    assert size * 1e-4 >= 1000 * 0.005 / 0.9
+    with dask.config.set({"daskbatch.auto.driver-seconds-per-block": 0.02}):  # the setting counts
+        (size,) = _plan(1000, 10**9, 1e-4)
+        assert size * 1e-4 >= 1000 * 0.02 / 0.9
+    runs = [(n, s) for n in (10, 1000, 20_000) for s in (1e-6, 1e-4, 1.3e-3, 0.1, 10.0)]
+    runs += [(10**6, 1e-6), (10**6, 1.3e-3), (10**8, 1e-6), (10**8, 1e-4)]
+    today = {}
+    with dask.config.set({"daskbatch.auto.driver-seconds-per-block": 0.0}):
+        for n, s in runs:
+            today[n, s] = _plan(2, n, s)
+    changed = {run: (today[run], _plan(2, *run)) for run in runs if _plan(2, *run) != today[run]}
+    # only runs of under 0.1 s of work, whose blocks were shorter than the 11 ms floor,
+    # now have fewer blocks (each of which costs the driver more than its work)
+    assert changed == {
+        (10, 1e-6): ((1,), (10,)),
+        (10, 1e-4): ((1,), (10,)),
+        (10, 1.3e-3): ((1,), (7,)),
+        (1000, 1e-6): ((125,), (1000,)),
+        (20_000, 1e-6): ((2500,), (10541,)),
+    }
+    assert all(n * s < 0.1 and old[0] * s < 2 * 0.005 / 0.9 for (n, s), (old, _) in changed.items())
 
 
 def test_explicit_chunk_sizes():

@@ -400,6 +400,7 @@ SETTINGS = {
     "probe.seconds": 0.5,
     "publish-interval": 2.0,
     "auto.start-seconds": 2.0,
+    "auto.driver-seconds-per-block": 0.005,
     "connect-timeout": 10.0,
     "lease.seconds": 60.0,
     "shown-errors": 5,

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 from conftest import run_cli
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import daskbatch as db
-from daskbatch.chunking import auto_samples_per_block
+from daskbatch.chunking import auto_samples_per_block, driver_floor_seconds
 from daskbatch.plan import MEMORY_FACTOR, TASK_SHARE, PlanError, make_plan, max_blocks
 from daskbatch.store import Store
 from daskbatch.testing import slow_square
@@ -28,6 +28,7 @@ from daskbatch.testing import slow_square
     b_out=st.integers(1, 10**7),
     memory=st.integers(2**20, 2**40),
 )
+@example(n=10**8, workers=512, seconds=1e-4, b_in=1, b_out=1, memory=2**40)  # the driver's floor
 def test_auto_blocks_always_fit_the_memory_budget(n, workers, seconds, b_in, b_out, memory):
     args = dict(
         kernel="k",
@@ -60,9 +61,15 @@ def test_auto_blocks_always_fit_the_memory_budget(n, workers, seconds, b_in, b_o
     assert p.task_memory <= TASK_SHARE * memory
     # the blocks cover the space with no empty block, and every worker gets work
     assert (p.n_blocks - 1) * p.samples_per_block < n <= p.n_blocks * p.samples_per_block
-    assert p.n_blocks >= min(n, workers)
-    if seconds is not None and p.samples_per_block > 1:
-        assert p.seconds_per_block <= 2.0  # never much more than a second of work
+    # blocks last at least the driver's floor (auto.driver-seconds-per-block): when that is
+    # more than a sample, fewer and longer blocks, at most twice the floor
+    least = 0.0 if seconds is None else driver_floor_seconds(workers, n * seconds, 0.005)
+    if seconds is None or least <= seconds:
+        assert p.n_blocks >= min(n, workers)
+        if seconds is not None and p.samples_per_block > 1:
+            assert p.seconds_per_block <= 2.0  # never much more than a second of work
+    else:
+        assert p.seconds_per_block <= max(2.0, 2 * least + seconds)
 
 
 def test_a_block_that_cannot_fit_fails_before_anything_exists_naming_both_numbers(tmp_path):
