@@ -8,8 +8,14 @@ its own Zarr chunks and commits it, and returns a small summary to the driver.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import math
+import os
+import statistics
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +35,7 @@ __all__ = [
     "compute",
     "kernel_inputs",
     "piece_task",
+    "should_leave",
 ]
 
 #: errors a block's summary carries back to the driver
@@ -48,6 +55,8 @@ class BlockContext:
     timeout: float | None = None
     kill_on_timeout: bool = False
     retry_failed: bool = False
+    #: what a block is expected to take (seconds), as the driver knows it: None if unknown
+    block_seconds: float | None = None
 
 
 def kernel_inputs(
@@ -140,6 +149,104 @@ class Opaque:
         self.value = value
 
 
+#: set by a batch job's script for its workers: when the job ends (Unix seconds)
+DEADLINE_ENV = "DASKBATCH_WORKER_DEADLINE"
+#: a block starts only with at least SAFETY × its expected seconds + MARGIN seconds left
+SAFETY = 1.25
+MARGIN = 10.0
+#: wall seconds of the last blocks this worker process ran (their median is its estimate)
+_BLOCK_WALL: list[float] = []
+_KEEP_WALL = 20
+
+
+def should_leave(
+    now: float, deadline: float | None, expected: float | None, safety: float = SAFETY, margin: float = MARGIN
+) -> bool:
+    """Whether a block expected to take ``expected`` seconds must not start at ``now``.
+
+    True when the time left before ``deadline`` (Unix seconds) is less than
+    ``expected × safety + margin``; False when the deadline or the block's duration
+    is not known.
+
+    Examples
+    --------
+    >>> should_leave(1000.0, 1100.0, 20.0), should_leave(1000.0, 1030.0, 20.0)
+    (False, True)
+    >>> should_leave(1000.0, None, 20.0), should_leave(1000.0, 1001.0, None)
+    (False, False)
+    """
+    if deadline is None or expected is None:
+        return False
+    return deadline - now < expected * safety + margin
+
+
+@functools.cache
+def _process_start() -> float:
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
+def worker_deadline(worker: Any) -> float | None:
+    """When ``worker`` must be gone (Unix seconds), or None (a local cluster).
+
+    The earlier of its batch job's end (:data:`DEADLINE_ENV`, exported by the job
+    script) and the moment its own ``--lifetime`` retires it (counted from its
+    process's start, which a nanny's restart resets, the job's end it does not).
+    """
+    times = []
+    with contextlib.suppress(ValueError):
+        times.append(float(os.environ.get(DEADLINE_ENV) or "nan"))
+    lifetime = getattr(worker, "lifetime", None)
+    if lifetime:
+        times.append(_process_start() + float(lifetime))
+    times = [t for t in times if t == t]  # not NaN
+    return min(times) if times else None
+
+
+def leave_before_deadline(block_seconds: float | None) -> None:
+    """On a worker whose job ends before a block could finish: retire, run the block elsewhere.
+
+    Does nothing outside a ``distributed`` worker or without a deadline
+    (:func:`worker_deadline`). Otherwise compares the time left with the block's
+    expected duration: the median wall time of the blocks this worker process ran,
+    else ``block_seconds`` (the driver's estimate). If it cannot finish in time
+    (:func:`should_leave`), the worker retires gracefully (the scheduler moves its
+    data, its nanny does not restart it, its job ends) and the block task raises
+    ``distributed.Reschedule``: the scheduler runs it on another worker, and neither
+    dask nor daskbatch counts it as a failure. Without another worker the block waits
+    for the job that replaces this one.
+    """
+    if "distributed" not in sys.modules:
+        return
+    from distributed import Reschedule, get_worker
+    from distributed.core import Status
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a distributed worker
+        return
+    deadline = worker_deadline(worker)
+    expected = statistics.median(_BLOCK_WALL) if _BLOCK_WALL else block_seconds
+    now = time.time()
+    if not should_leave(now, deadline, expected):
+        return
+    assert deadline is not None and expected is not None
+    working = (Status.running, Status.paused)
+    if worker.status in working:
+        reason = (
+            f"daskbatch: {deadline - now:.0f} s left before this worker must leave (its job's "
+            f"walltime, its --lifetime), "
+            f"a block takes about {expected:.0f} s; no new block starts here"
+        )
+        worker.loop.add_callback(worker.close_gracefully, reason=reason)
+    # once the scheduler knows the worker retires, it gives the block to another one
+    give_up = time.monotonic() + 10.0
+    while worker.status in working and time.monotonic() < give_up:
+        time.sleep(0.05)
+    raise Reschedule()
+
+
 def block_task(
     block: tuple[int, ...], source: Space | Mapping[str, np.ndarray], context: Opaque
 ) -> np.ndarray:
@@ -151,6 +258,8 @@ def block_task(
     committed recomputes only its samples that are not ok.
     """
     ctx: BlockContext = context.value
+    leave_before_deadline(ctx.block_seconds)  # a worker whose job is about to end: elsewhere
+    t0 = time.monotonic()
     if ctx.kill_on_timeout:  # a worker process, never the driver: fewer malloc arenas
         limit_malloc_arenas()  # once per process, in clusters daskbatch did not start too
     layout = ctx.layout
@@ -179,6 +288,8 @@ def block_task(
         block_bytes = sum(np.asarray(v).nbytes for v in (*res.outputs.values(), *stored_params.values()))
         del res, values, kernel_params, stored_params
         release_freed_memory(block_bytes)
+    _BLOCK_WALL.append(time.monotonic() - t0)
+    del _BLOCK_WALL[:-_KEEP_WALL]
     return summary
 
 

@@ -58,6 +58,7 @@ class Runner:
     retry: list[tuple[int, ...]]
     code_change: dict[str, Any] | None = None
     plan: Plan | None = None  # a plan made (and probed) before: no probe again
+    seconds_per_sample: float | None = None  # the probe's (set by run)
 
     def run(self) -> RunResult:
         self._repair()
@@ -92,6 +93,9 @@ class Runner:
                 layout = self._create(plan.block_shape)
             else:
                 layout = self._layout(tuple(self.info["layout"]["block_shape"]), self.info["store_id"])
+            if seconds is None and plan is not None:
+                seconds = plan.seconds_per_sample
+            self.seconds_per_sample = seconds
             return self._loop(executor, layout)
 
     def _measure(self, spec: ClusterSpec) -> float | None:
@@ -239,6 +243,9 @@ class Runner:
                     # only a worker process may be ended to stop native code, never this one
                     kill_on_timeout=options.cluster.can_end_worker,
                     retry_failed=options.retry_failed,
+                    block_seconds=expected_block_seconds(
+                        st, layout, self.seconds_per_sample, done_before and executor.client is not None
+                    ),
                 )
                 tasks = build_tasks(self.space, layout, ctx, pending)
                 compute_all(executor, st, self.space, ctx, tasks, pending, on_done)
@@ -358,6 +365,25 @@ def seconds_per_sample(st: Store) -> float | None:
     if not samples:
         return None
     return float(np.nansum([r.seconds for r in records])) / samples
+
+
+def expected_block_seconds(
+    st: Store, layout: Layout, seconds_per_sample: float | None, measured: bool | int = True
+) -> float | None:
+    """What a block is expected to take, for a worker to decide whether it can start one
+    before its job ends (:func:`daskbatch.blocktask.leave_before_deadline`).
+
+    With ``measured``, the median kernel seconds of the store's committed blocks, if
+    any; else ``seconds_per_sample`` (the probe's) times the samples of a block; else
+    None (unknown: the workers measure their own blocks).
+    """
+    if measured:
+        seconds = [r.seconds for r in st.ledger.records().values() if r.seconds == r.seconds]
+        if seconds:
+            return float(np.median(seconds))
+    if seconds_per_sample is None:
+        return None
+    return seconds_per_sample * math.prod(layout.block_shape)
 
 
 def choose_cluster(

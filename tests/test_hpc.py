@@ -102,7 +102,7 @@ def test_pbs_sge_and_lsf_scripts_are_what_qsub_and_bsub_expect(jq, expected):
     # every directive comes before the first command, as qsub and bsub read them
     first_command = next(i for i, line in enumerate(lines[1:], 1) if line and not line.startswith("#"))
     assert all(not line.startswith(("#PBS", "#$", "#BSUB")) for line in lines[first_command:])
-    worker = lines[first_command]
+    worker = next(line for line in lines[first_command:] if "distributed.cli.dask_worker" in line)
     assert f"--nworkers {jq.cores}" in worker and "--lifetime " in worker
 
 
@@ -143,7 +143,10 @@ def test_auto_chunking_plans_for_the_cluster_that_will_exist_and_submits_nothing
         (JobQueue("slurm", cores=2, memory="1GB", jobs=3, walltime="00:10:00"), 6),
         (JobQueue("slurm", cores=2, memory="1GB", adapt={"min": 0, "max": 5}), 10),
     ):
-        p = db.plan(affine, space, cluster=jq)
+        # without the floor that keeps the driver ahead of many workers (this run is
+        # microseconds of work: the floor would rightly make it one or two blocks)
+        with dask.config.set({"daskbatch.auto.driver-seconds-per-block": 0}):
+            p = db.plan(affine, space, cluster=jq)
         assert p.n_workers == workers
         assert p.n_blocks >= workers
     spec = parse_cluster("slurm", 5)  # n_workers: worker processes, in whole jobs
@@ -480,3 +483,209 @@ def test_the_dashboard_link_of_a_jobqueue_cluster_is_where_it_listens(slurm, tmp
         with urllib.request.urlopen(link, timeout=10) as page:
             assert page.status == 200
     slurm.cancel_all()
+
+
+# --------------------------------------------------------------------------- leaving before the walltime
+
+MARKED = textwrap.dedent(
+    """
+    import os
+    import time
+    import uuid
+    import daskbatch as db
+
+    @db.kernel(outputs={"y": db.Output()})
+    def marked(x, delay=0.0, folder=""):
+        # a file when a call starts and one when it ends: a call killed half-way leaves only the first
+        tag = os.path.join(folder, f"{float(x)!r}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        open(tag + ".start", "w").close()
+        time.sleep(delay)
+        open(tag + ".done", "w").close()
+        return x ** 3 + 0.5
+    """
+)
+
+
+def _marked_spec(tmp_path: Path, store: str, n: int, chunk: int, delay: float, cluster: str = "") -> Path:
+    (tmp_path / "marked.py").write_text(MARKED)
+    folder = tmp_path / f"{store}.calls"
+    folder.mkdir()
+    spec = tmp_path / f"{store}.toml"
+    spec.write_text(
+        f'kernel = "marked.py:marked"\nstore = "{store}"\nchunk_size = {chunk}\n'
+        f'[space]\ntype = "grid"\naxes = {{ x = {{ linspace = [0, 1, {n}] }} }}\n'
+        f'[constants]\ndelay = {delay}\nfolder = "{folder}"\n{cluster}'
+    )
+    return spec
+
+
+def _calls(folder: Path) -> tuple[dict[str, int], set[str]]:
+    """Finished kernel calls per sample, and the calls that started but never finished."""
+    started = {p.name.removesuffix(".start") for p in folder.glob("*.start")}
+    done = {p.name.removesuffix(".done") for p in folder.glob("*.done")}
+    per_sample: dict[str, int] = {}
+    for tag in done:
+        x = tag.split("-")[0]
+        per_sample[x] = per_sample.get(x, 0) + 1
+    return per_sample, started - done
+
+
+def test_a_block_starts_only_if_it_can_finish_before_the_deadline(monkeypatch):
+    from daskbatch.blocktask import DEADLINE_ENV, should_leave, worker_deadline
+
+    now = time.time()
+    # a 20 s block needs 20 × 1.25 + 10 = 35 s left
+    assert not should_leave(now, now + 36, 20.0)
+    assert should_leave(now, now + 34, 20.0)
+    assert should_leave(now, now - 5, 1.0)  # past the deadline
+    assert not should_leave(now, None, 20.0) and not should_leave(now, now + 1, None)
+
+    class Worker:  # what a worker without --lifetime looks like
+        lifetime = None
+
+    monkeypatch.delenv(DEADLINE_ENV, raising=False)
+    assert worker_deadline(Worker()) is None  # a local cluster: never leaves
+    monkeypatch.setenv(DEADLINE_ENV, str(now + 100))
+    assert worker_deadline(Worker()) == pytest.approx(now + 100)
+    Worker.lifetime = 30.0  # its --lifetime comes first: counted from its process's start
+    import psutil
+
+    assert worker_deadline(Worker()) == pytest.approx(psutil.Process().create_time() + 30.0)
+    monkeypatch.setenv(DEADLINE_ENV, "not a time")
+    assert worker_deadline(Worker()) == pytest.approx(psutil.Process().create_time() + 30.0)
+
+
+def test_the_job_script_tells_the_workers_when_the_job_ends():
+    script = job_script(
+        JobQueue("slurm", cores=1, memory="1GB", walltime="00:02:00", prologue=["module load x"])
+    )
+    lines = script.splitlines()
+    line = "export DASKBATCH_WORKER_DEADLINE=${SLURM_JOB_END_TIME:-$(( $(date +%s) + 120 ))}"
+    assert line in lines and lines.index(line) < lines.index("module load x"), script
+    # the shell computes it as the job starts
+    r = subprocess.run(
+        ["bash", "-c", f"{line}; echo $DASKBATCH_WORKER_DEADLINE"], capture_output=True, text=True
+    )
+    assert abs(int(r.stdout) - (time.time() + 120)) < 5
+    pbs = job_script(JobQueue("pbs", cores=1, memory="1GB", walltime="01:00:00"))
+    assert "export DASKBATCH_WORKER_DEADLINE=$(( $(date +%s) + 3600 ))" in pbs.splitlines(), pbs
+
+
+def test_a_worker_near_its_deadline_retires_and_its_block_runs_elsewhere(tmp_path, monkeypatch):
+    """Two worker processes on one scheduler; one's job "ends" in 8 s, and a block takes
+    about 2 s (the probe's estimate; 2 × 1.25 + 10 s > 8 s): it starts no block, retires,
+    and its process exits; the other computes every block, each sample exactly once."""
+    from distributed import LocalCluster
+
+    n, chunk, delay = 12, 4, 0.5
+    _marked_spec(tmp_path, "on.zarr", n, chunk, delay)
+    ref = _marked_spec(tmp_path, "ref.zarr", n, chunk, 0.0)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import marked
+
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    space = db.Grid(x=np.linspace(0, 1, n))
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=None) as lc:
+        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", lc.scheduler_address, "--nthreads", "1"]
+        leaving = subprocess.Popen(
+            [*cmd, "--name", "leaving"],
+            env={**env, "DASKBATCH_WORKER_DEADLINE": str(time.time() + 8)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        staying = subprocess.Popen([*cmd, "--name", "staying"], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            with lc.get_client() as client:
+                client.wait_for_workers(2, timeout=60)
+            folder = tmp_path / "on.zarr.calls"
+            r = db.run(
+                marked.marked,
+                space,
+                tmp_path / "on.zarr",
+                cluster=lc,
+                chunk_size=chunk,
+                constants={"delay": delay, "folder": str(folder)},
+                progress=False,
+            )
+            assert r.complete and r.samples["ok"] == n
+            # the leaving worker's process ended by itself, gracefully
+            err = leaving.communicate(timeout=30)[1]
+            assert leaving.returncode == 0, err
+            assert "left before this worker must leave" in err and "no new block starts here" in err, err
+        finally:
+            for p in (leaving, staying):
+                if p.poll() is None:
+                    p.terminate()
+                    p.communicate(timeout=30)
+    per_sample, unfinished = _calls(folder)
+    assert not unfinished
+    # every sample computed once by its block (the probe's first sample may count twice)
+    assert len(per_sample) == n and sorted(per_sample.values())[:-1] == [1] * (n - 1), per_sample
+    s = subprocess.run(
+        daskbatch_command("run", str(ref), "--cluster", "serial"), cwd=tmp_path, capture_output=True
+    )
+    assert s.returncode == 0, s.stderr
+    assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "on.zarr")
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+def test_workers_leave_before_their_walltime_and_no_block_is_killed_half_way(slurm, tmp_path):
+    """Jobs of 2 minutes (workers retire by --lifetime at 45-75 s), blocks of about 20 s:
+    a worker starts no block it could not finish, retires, its job ends by itself, and
+    the jobs that replace it finish the sweep; no kernel call is killed half-way."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    n, chunk, delay = 24, 4, 5.0  # 6 blocks of 4 × 5 s; two workers cannot finish them in one job
+    table = textwrap.dedent(
+        f"""
+        [cluster]
+        kind = "slurm"
+        queue = "debug"
+        cores = 1
+        memory = "1GB"
+        processes = 1
+        jobs = 2
+        walltime = "00:02:00"
+        [cluster.extra]
+        log_directory = "{logs}"
+        """
+    )
+    spec = _marked_spec(tmp_path, "slurm.zarr", n, chunk, delay, cluster=table)
+    ref = _marked_spec(tmp_path, "ref.zarr", n, chunk, 0.0)
+    env = {
+        **os.environ,
+        "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "2s",
+        "DASK_DASKBATCH__PROBE__SAMPLES": "1",  # the probe: one sample of 5 s
+    }
+    try:
+        r = subprocess.run(
+            daskbatch_command("run", str(spec)),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{slurm.logs()}"
+        jobs = {p.name for p in logs.glob("dask-worker-*.err")}
+        states = {j: slurm.job(j.removeprefix("dask-worker-").removesuffix(".err"))["JobState"] for j in jobs}
+    finally:
+        slurm.cancel_all()
+    outputs = {p.name: p.read_text() for p in sorted(logs.glob("dask-worker-*.err"))}
+    # the first jobs' workers retired before their block would have run past their time ...
+    retired = [name for name, o in outputs.items() if "no new block starts here" in o]
+    assert retired, outputs
+    # ... and jobs replaced them; none was ended by its walltime
+    assert len(outputs) >= 3, outputs
+    assert "TIMEOUT" not in states.values(), states
+    per_sample, unfinished = _calls(tmp_path / "slurm.zarr.calls")
+    assert not unfinished, (unfinished, outputs)  # no kernel call killed half-way
+    assert len(per_sample) == n and sorted(per_sample.values())[:-1] == [1] * (n - 1), per_sample
+    s = subprocess.run(
+        daskbatch_command("run", str(ref), "--cluster", "serial"), cwd=tmp_path, capture_output=True
+    )
+    assert s.returncode == 0, s.stderr
+    assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "slurm.zarr")
+    status = db.status(tmp_path / "slurm.zarr")
+    assert status.complete and status.samples["ok"] == n and sum(status.samples.values()) == n
