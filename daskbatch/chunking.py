@@ -155,6 +155,13 @@ def plan_block_shape(
     return block_shape_for_samples(min(_check_int("chunk_size", chunk_size), total), batch_shape)
 
 
+#: the floor of :func:`driver_floor_seconds` applies from this many seconds on (with the
+#: default setting, from 18 workers): on fewer workers the other rules already keep blocks
+#: long enough, and plans of a few workers stay what they were, independent of the
+#: probe's noise on runs of milliseconds
+DRIVER_FLOOR_FROM = 0.1
+
+
 def driver_floor_seconds(n_workers: int, total_seconds: float, driver_seconds_per_block: float) -> float:
     """The shortest block (seconds) that keeps the driver from being the bottleneck.
 
@@ -199,8 +206,9 @@ def auto_samples_per_block(
     worker), over the two time rules above, so that a large cluster is not held up
     by its driver: the driver takes in at most ``1 / driver_seconds_per_block``
     blocks per second. Only :data:`AUTO_BLOCK_BYTES` (and the memory budget
-    :func:`~daskbatch.plan.make_plan` applies) caps that floor. On a few workers it
-    is milliseconds and changes nothing but runs of a few blocks of microseconds.
+    :func:`~daskbatch.plan.make_plan` applies) caps that floor. It applies only when
+    ``n_workers × driver_seconds_per_block / 0.9`` reaches :data:`DRIVER_FLOOR_FROM`
+    (18 workers with the default setting): a few workers' plans are unchanged.
     ``driver_seconds_per_block`` defaults to the setting
     ``daskbatch.auto.driver-seconds-per-block``; 0 turns the floor off.
 
@@ -226,8 +234,10 @@ def auto_samples_per_block(
         limits.append(max(1, round(AUTO_BLOCK_SECONDS / seconds_per_sample)))
         if driver_seconds_per_block is None:
             driver_seconds_per_block = config.get("auto.driver-seconds-per-block")
-        least = driver_floor_seconds(workers, total * seconds_per_sample, driver_seconds_per_block)
-        floor = max(1, min(math.ceil(least / seconds_per_sample), cap, total))
+        k = max(0.0, float(driver_seconds_per_block)) / AUTO_BUSY
+        if workers * k >= DRIVER_FLOOR_FROM:  # a large cluster: the driver could hold it up
+            least = driver_floor_seconds(workers, total * seconds_per_sample, driver_seconds_per_block)
+            floor = max(1, min(math.ceil(least / seconds_per_sample), cap, total))
     else:  # no measured cost: keep blocks moderate
         limits.append(AUTO_MAX_SAMPLES)
     size = max(1, min(limits), floor)

@@ -100,3 +100,28 @@ def test_commit_benchmark_smoke():
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "format 2: write_block median" in r.stdout and "format 1: write_block median" in r.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.serial
+def test_slurm_overhead_benchmark_smoke(slurm, tmp_path):
+    """On the test SLURM (its SLURM_CONF): local and SLURM runs, both stores identical."""
+    script = ROOT / "benchmarks" / "slurm_overhead.py"
+    out = tmp_path / "perf.md"
+    out.write_text("<!-- slurm-overhead:start -->\nold\n<!-- slurm-overhead:end -->\n")
+    r = subprocess.run(
+        [sys.executable, str(script), "--n", "100", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=slurm.env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert "old" not in text
+    for row in (
+        "| local cluster, started in the call |",
+        "| SLURM: the sweep on the 2 running workers alone |",
+    ):
+        assert row in text
