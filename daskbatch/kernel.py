@@ -41,7 +41,15 @@ from .calls import (  # noqa: F401
     _Watchdog,
 )
 from .errors import ErrorRecord, KernelSignatureError, OutputSpecError, sample_coords, sample_label  # noqa: F401
-from .outputs import RESERVED_NAMES, Output, as_dict, check_value, default_fill  # noqa: F401
+from .outputs import (  # noqa: F401
+    RESERVED_NAMES,
+    RESERVED_TEXT,
+    Output,
+    as_dict,
+    check_value,
+    default_fill,
+    name_problem,
+)
 from .records import (  # noqa: F401
     CRASHED,
     FAILED,
@@ -135,11 +143,12 @@ class Kernel:
                 f"kernel: outputs={outputs!r} must be a non-empty dict {{name: Output(...)}}"
             )
         for k, v in outputs.items():
-            if not isinstance(k, str) or not k.isidentifier():
+            problem = name_problem(k)
+            if problem == "invalid":
                 raise KernelSignatureError(f"kernel: output name {k!r} must be an identifier")
-            if k in RESERVED_NAMES:
+            if problem == "reserved":
                 raise KernelSignatureError(
-                    f"kernel: output name {k!r} is reserved by daskbatch ({', '.join(RESERVED_NAMES)}); "
+                    f"kernel: output name {k!r} is reserved by daskbatch ({RESERVED_TEXT}); "
                     f"rename the output, e.g. {k + '_'!r}"
                 )
             if not isinstance(v, Output):

@@ -18,6 +18,7 @@ from .errors import DaskbatchError, OutputSpecError
 
 __all__ = [
     "RESERVED_NAMES",
+    "RESERVED_TEXT",
     "Output",
     "OutputValueError",
     "as_dict",
@@ -49,6 +50,7 @@ def default_fill(dtype: np.dtype) -> Any:
 #: Names a store uses itself: no output, output dim or output coordinate may take them
 #: (``sample`` is the batch dim of a Monte Carlo design or a table).
 RESERVED_NAMES = ("status", "sample", "_daskbatch")
+RESERVED_TEXT = ", ".join(RESERVED_NAMES)
 
 
 def check_name(name: Any, what: str) -> str:
@@ -65,14 +67,30 @@ def check_name(name: Any, what: str) -> str:
     'time'
     """
     rule = "names must be identifiers (letters, digits and _, not starting with a digit)"
-    if not isinstance(name, str) or not name.isidentifier():
+    problem = name_problem(name)
+    if problem == "invalid":
         raise OutputSpecError(f"{what} {name!r} is not a valid name: {rule}, e.g. 'time'")
-    if name in RESERVED_NAMES:
+    if problem == "reserved":
         raise OutputSpecError(
-            f"{what} {name!r} is reserved by daskbatch ({', '.join(RESERVED_NAMES)}): {rule} "
+            f"{what} {name!r} is reserved by daskbatch ({RESERVED_TEXT}): {rule} "
             f"and not reserved, e.g. '{name}_'"
         )
     return name
+
+
+def name_problem(name: Any) -> str | None:
+    """What keeps ``name`` from naming an output, a core dim or a coordinate:
+    ``"invalid"`` (not an identifier), ``"reserved"`` (one of :data:`RESERVED_NAMES`),
+    or None. Each caller words its own error.
+
+    Examples
+    --------
+    >>> name_problem("time"), name_problem("a/b"), name_problem("status")
+    (None, 'invalid', 'reserved')
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        return "invalid"
+    return "reserved" if name in RESERVED_NAMES else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import special
 
 from .errors import SpaceError
-from .outputs import RESERVED_NAMES
+from .outputs import RESERVED_TEXT, name_problem
 
 __all__ = [
     "Beta",
@@ -52,11 +52,12 @@ def _check_size_dim(cls: str, size: Any, dim: Any) -> None:
     if dim is None:
         return
     rule = "a core dim's name must be an identifier (letters, digits and _, not starting with a digit)"
-    if not isinstance(dim, str) or not dim.isidentifier():
+    problem = name_problem(dim)
+    if problem == "invalid":
         raise SpaceError(f"{cls}: dim={dim!r} is not a valid name: {rule}, e.g. 'layer'")
-    if dim in RESERVED_NAMES:
+    if problem == "reserved":
         raise SpaceError(
-            f"{cls}: dim={dim!r} is reserved by daskbatch ({', '.join(RESERVED_NAMES)}); "
+            f"{cls}: dim={dim!r} is reserved by daskbatch ({RESERVED_TEXT}); "
             f"name the core dim something else, e.g. '{dim}_'"
         )
 
