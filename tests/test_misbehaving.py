@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -193,7 +192,6 @@ def test_run_on_serial_returns_and_the_left_thread_does_not_block_exit(tmp_path)
 @pytest.mark.slow
 def test_three_aborting_samples_on_the_local_cluster(tmp_path):
     store = tmp_path / "a.zarr"
-    t0 = time.perf_counter()
     res = db.run(
         misbehave,
         db.Table({"i": np.arange(40)}),
@@ -204,14 +202,12 @@ def test_three_aborting_samples_on_the_local_cluster(tmp_path):
         progress=False,
         constants={"bad": [13, 26, 37], "how": "abort"},
     )
-    seconds = time.perf_counter() - t0
     assert res.complete and res.samples["crashed"] == 3 and res.samples["ok"] == 37
     status = db.open(store).status.values
     assert [int(i) for i in np.flatnonzero(status == CRASHED)] == [13, 26, 37]
     for e in res.errors:
         assert "died every time" in e["error"] and "or its memory limit" in e["error"]
         assert "segfault" in e["error"]  # named as one possibility among others, not as the cause
-    assert seconds < 60
 
 
 @pytest.mark.slow
