@@ -267,15 +267,23 @@ def block_task(
     values = source.block(layout.block_slices(block)) if isinstance(source, Space) else source
     kernel_params, stored_params = block_inputs(ctx, block, [values[k] for k in ctx.param_names])
     st = Store(ctx.store)
-    if ctx.retry_failed and st.ledger.is_committed(block):
+    if st.ledger.is_committed(block):
+        # a committed block runs again to retry its failed samples (retry_failed), or to
+        # complete it once the store grew (its new samples are pending): the others are
+        # read back and kept bit for bit
         old_outputs, old_status = st.read_block(layout, block)
-        redo = [int(i) for i in np.flatnonzero(old_status.reshape(-1) != STATUS["ok"])]
+        flat_old = old_status.reshape(-1)
+        redo_mask = flat_old == STATUS["pending"]
+        if ctx.retry_failed:
+            redo_mask |= flat_old != STATUS["ok"]
+        redo = [int(i) for i in np.flatnonzero(redo_mask)]
         res = compute(ctx, block, kernel_params, redo)
         keep = res.status.reshape(-1) == STATUS["pending"]  # not recomputed: the old values
         res.status.reshape(-1)[keep] = old_status.reshape(-1)[keep]
         for k, v in res.outputs.items():
             flat = v.reshape((keep.size, -1))
             flat[keep] = old_outputs[k].reshape((keep.size, -1))[keep]
+        _keep_old_errors(st, layout, block, res, keep & (flat_old != STATUS["ok"]))
         st.ledger.forget([block])  # a crash from here on leaves the block pending, not half-new
     else:
         res = compute(ctx, block, kernel_params)
@@ -291,6 +299,23 @@ def block_task(
     _BLOCK_WALL.append(time.monotonic() - t0)
     del _BLOCK_WALL[:-_KEEP_WALL]
     return summary
+
+
+def _keep_old_errors(st: Store, layout: Layout, block: tuple[int, ...], res: BlockResult, kept) -> None:
+    """Carry the error records of the not-ok samples a block keeps (not recomputed) into
+    its new record, before the new ones."""
+    n_kept = int(np.count_nonzero(kept))
+    if not n_kept:
+        return
+    region = layout.block_slices(block)
+    shape = tuple(s.stop - s.start for s in region)
+    positions = np.unravel_index(np.flatnonzero(kept), shape)
+    glob = tuple(p + s.start for p, s in zip(positions, region, strict=True))
+    indices = set(np.ravel_multi_index(glob, layout.batch_shape).tolist())
+    record = st.ledger.record(block)
+    old = [e for e in (record.errors if record is not None else []) if e.get("index") in indices]
+    res.errors = old + res.errors
+    res.n_errors += n_kept
 
 
 def piece_task(

@@ -277,6 +277,34 @@ class Design(Space):
     def head(self, n: int) -> Design:
         return type(self)(self.dists, n=max(1, min(n, self.n)), seed=self._seed, **self._options())
 
+    def extension_of(self, old_spec: Mapping[str, Any]) -> str | None:
+        """None when this design is the design ``old_spec`` describes with ``n`` raised
+        (its first samples are that design's, bit for bit); else why it is not.
+
+        Monte Carlo, Sobol and Halton points depend only on (seed, sample index), so
+        raising ``n`` only adds samples. A Latin hypercube's points depend on its
+        ``strata`` (``n`` unless given): it extends only while ``strata`` stays the same.
+        """
+        now = dict(self.spec())
+        old = dict(old_spec)
+        n_old, n_now = old.pop("n", None), now.pop("n")
+        if old.get("type") != now["type"]:
+            return f"the design changed ({old.get('type')} -> {now['type']})"
+        if not isinstance(n_old, int) or n_now <= n_old:
+            return f"n={n_now:,} does not add samples to the stored n={n_old!r}"
+        if now["type"] == LatinHypercube.kind and old.get("strata") is None:
+            return (
+                f"a Latin hypercube's points depend on its size (n={n_old:,}): raising n changes "
+                f"every sample. Start with strata= (e.g. strata={max(2 * n_now, 1_000_000):,}) "
+                "to be able to raise n later, or use MonteCarlo or Sobol, whose points do not"
+            )
+        if now.get("strata") is None and old.get("strata") is not None:
+            now["strata"] = self.n  # strata defaulted to n: a different design
+        for key in sorted(set(old) | set(now)):
+            if old.get(key) != now.get(key):
+                return f"{key} changed ({old.get(key)!r} -> {now.get(key)!r})"
+        return None
+
     def spec(self):
         return {
             "type": self.kind,

@@ -24,6 +24,7 @@ from typing import Any
 
 from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
+from .grow import added_rows, grow, short_blocks
 from .kernel import Kernel
 from .options import RunOptions
 from .plan import Plan
@@ -93,7 +94,7 @@ class _Request:
                 raise StoreError(hint)
             retry = blocks_to_retry(st) if options.retry_failed else []
             complete = not options.verify and st.ledger.committed().all() and not st.ledger.verify(full=False)
-            if complete and not retry:
+            if complete and not retry and added_rows(info, space) is None and not short_blocks(st):
                 done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
                 assert isinstance(done, RunResult)
                 return done  # no probe, no lock
@@ -113,6 +114,10 @@ class _Request:
                 else:
                     damaged = st.ledger.verify(full=False)
                 retry = blocks_to_retry(st) if options.retry_failed else []
+                if added_rows(info, space) is not None:  # samples added: the store grows
+                    info, _ = grow(st, info, space)
+                # the stored last block of a store that grew: its new samples
+                retry += [b for b in short_blocks(st) if b not in retry]
                 info.update(provenance)
             runner = Runner(
                 kernel=kernel,

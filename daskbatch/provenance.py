@@ -452,10 +452,19 @@ def _check_fingerprint(
     st: Any, info: Mapping[str, Any], kernel: Any, space: Any, constants_json, chunk_size
 ) -> None:
     stored_layout = info["layout"]
+    from .grow import added_rows, why_not
+
     now = {"kernel": kernel.spec(), "space": space_fingerprint(space), "constants": constants_json}
+    if added_rows(info, space) is not None:
+        del now["space"]  # samples added at the end, the stored ones unchanged: the store grows
     diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
+    reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
+    if reason is not None:
+        diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")
     if chunk_size != "auto":
-        bs = plan_block_shape(space.batch_dims, space.batch_shape, chunk_size, n_workers=1)
+        # a store that grows keeps its blocks: chunk_size as it was cut for the stored samples
+        shape = space.batch_shape if "space" in now else tuple(stored_layout["batch_shape"])
+        bs = plan_block_shape(space.batch_dims, shape, chunk_size, n_workers=1)
         if list(bs) != stored_layout["block_shape"]:
             diffs.append(f"chunking (block shape {stored_layout['block_shape']} -> {list(bs)})")
     if diffs:

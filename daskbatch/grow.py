@@ -1,0 +1,139 @@
+"""Growing stores: rows added to a table, or a design's ``n`` raised.
+
+A rerun whose space is the store's space with samples added at the end (every
+stored sample unchanged, as :meth:`~daskbatch.spacebase.Space.extension_of` says)
+is not refused: the store grows and only the new samples are computed.
+
+* Every array along ``sample`` gets the new length; only metadata is written
+  (each array's ``zarr.json``, aside and renamed into place), no chunk is touched.
+* The provenance gets the new layout and fingerprint, and a ``grown`` entry.
+* The blocks keep their boundaries. The last stored block, if it was short, is
+  completed: its stored samples are read back and kept bit for bit, only its new
+  samples are computed, and it is committed again (see
+  :func:`daskbatch.blocktask.block_task`). The new blocks are computed as usual.
+
+Only spaces with one batch dim ``sample`` grow (tables, files and designs); a grid
+whose axes changed is a different space.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import StoreError
+from .log import logger
+
+__all__ = ["added_rows", "extension_reason", "grow", "short_blocks"]
+
+
+def extension_reason(space: Any, old_spec: Any) -> str | None:
+    """None when ``space`` extends the space ``old_spec`` describes; else why not.
+
+    Asked once per space and stored space (a table's answer may read its rows).
+    """
+    memo = space.__dict__.setdefault("_daskbatch_extension", {})
+    key = json.dumps(old_spec, sort_keys=True, default=str)
+    if key not in memo:
+        check = getattr(space, "extension_of", None)
+        if check is None or not isinstance(old_spec, Mapping):
+            memo[key] = f"a {type(space).__name__} cannot be extended"
+        else:
+            memo[key] = check(old_spec)
+    return memo[key]
+
+
+def added_rows(info: Mapping[str, Any], space: Any) -> tuple[int, int] | None:
+    """``(stored samples, samples now)`` when ``space`` is the store's space with samples
+    added at the end; None when it is the same size, smaller, or something else."""
+    layout = info.get("layout", {})
+    if list(layout.get("batch_dims", [])) != ["sample"] or tuple(space.batch_dims) != ("sample",):
+        return None
+    old_n, new_n = int(layout["batch_shape"][0]), int(space.size)
+    if new_n <= old_n:
+        return None
+    if extension_reason(space, info.get("space_spec")) is not None:
+        return None
+    return old_n, new_n
+
+
+def why_not(info: Mapping[str, Any], space: Any) -> str | None:
+    """For a refusal: why a space with more samples than the store's is no extension of
+    it (None when it has no more samples, or has more and is one)."""
+    layout = info.get("layout", {})
+    if list(layout.get("batch_dims", [])) != ["sample"] or tuple(space.batch_dims) != ("sample",):
+        return None
+    if int(space.size) <= int(layout["batch_shape"][0]):
+        return None
+    return extension_reason(space, info.get("space_spec"))
+
+
+def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Grow the store to ``space`` (an extension of its space; the caller holds the lock).
+
+    Returns the new info and the blocks to complete (the stored last block when it
+    was short, else none: :func:`short_blocks`).
+    """
+    from .ledger import store_format
+    from .provenance import _digest, now, space_fingerprint
+    from .repair import _coordinate_names, _forget_open, _record_template
+    from .repaircheck import read_json, write_json
+
+    rows = added_rows(info, space)
+    assert rows is not None
+    old_n, new_n = rows
+    if store_format(info, st.path) == 1:
+        raise StoreError(
+            f"store {str(st.path)!r} is of format 1, which cannot grow; make a new store for "
+            f"the {new_n:,} samples (overwrite=True, or another path)"
+        )
+    # 1. every array along `sample`: the new length (metadata only, never a chunk)
+    for meta_file in sorted(st.path.glob("*/zarr.json")):
+        doc, why = read_json(meta_file)
+        if why is not None or not isinstance(doc, dict) or doc.get("node_type") != "array":
+            continue
+        dims = doc.get("dimension_names") or []
+        shape = doc.get("shape") or []
+        if dims and dims[0] == "sample" and shape and int(shape[0]) < new_n:
+            doc["shape"] = [new_n, *shape[1:]]
+            write_json(meta_file, doc)
+    # 2. the provenance: layout, space, fingerprint
+    new = copy.deepcopy(dict(info))
+    block = int(new["layout"]["block_shape"][0])
+    new["layout"]["batch_shape"] = [new_n]
+    new["layout"]["numblocks"] = [math.ceil(new_n / block)]
+    new["space"] = space_fingerprint(space)
+    new["space_spec"] = space.spec()
+    new["fingerprint"] = _digest({k: new[k] for k in ("kernel", "space", "constants", "layout")})
+    new.setdefault("grown", []).append({"time": now(), "samples": [old_n, new_n]})
+    st.update_info(new)
+    _record_template(st.path, new, _coordinate_names(st.path, new))
+    _forget_open(st.path)
+    logger.info(
+        f"the store grows from {old_n:,} to {new_n:,} samples (the stored ones are kept as "
+        f"they are); computing the {new_n - old_n:,} new ones"
+    )
+    return new, short_blocks(st)
+
+
+def short_blocks(st: Any) -> list[tuple[int, ...]]:
+    """Committed blocks whose record covers fewer samples than the block has: the
+    last block of a store that grew, until its new samples are computed (also after
+    a run that grew the store was stopped before)."""
+    import numpy as np
+
+    ledger = st.ledger
+    done, counts = ledger.state()
+    if not done.any():
+        return []
+    sizes = np.ones(ledger.numblocks, dtype=np.int64)
+    for axis, (n, b) in enumerate(zip(ledger.batch_shape, ledger.block_shape, strict=True)):
+        along = np.minimum(b, n - b * np.arange(ledger.numblocks[axis]))
+        shape = [1] * len(ledger.numblocks)
+        shape[axis] = -1
+        sizes = sizes * along.reshape(shape)
+    short = done & (counts.sum(axis=-1) < sizes)
+    return [tuple(int(i) for i in idx) for idx in np.argwhere(short)]

@@ -1,0 +1,120 @@
+"""Growing stores: a design's n raised (or rows added to a table) computes only the new
+samples, and the stored ones stay bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import daskbatch as db
+from daskbatch.store import Store
+
+CALLS: list[int] = []
+
+
+@db.kernel(outputs={"y": db.Output(), "k": db.Output(dtype="int32")})
+def noisy(x):
+    if 0.45 < x < 0.46:
+        raise ValueError(f"bad {x}")
+    return {"y": np.sin(x) * 1e3, "k": int(x * 1000)}
+
+
+def _run(space, store, **kw):
+    return db.run(noisy, space, store, cluster="serial", chunk_size=100, progress=False, **kw)
+
+
+def _mc(n, **kw):
+    return db.MonteCarlo({"x": db.Uniform(0, 1)}, n=n, seed=7, **kw)
+
+
+@pytest.mark.parametrize("design", ["montecarlo", "sobol", "halton", "lhs-strata"])
+def test_raising_n_computes_only_the_new_samples_bit_for_bit(tmp_path, design):
+    def space(n):
+        dists = {"x": db.Uniform(0, 1)}
+        if design == "montecarlo":
+            return db.MonteCarlo(dists, n=n, seed=7)
+        if design == "sobol":
+            return db.Sobol(dists, n=n, seed=7)
+        if design == "halton":
+            return db.Halton(dists, n=n, seed=7)
+        return db.LatinHypercube(dists, n=n, seed=7, strata=4096)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Sobol sizes that are not powers of 2
+        store = tmp_path / "grow.zarr"
+        first = _run(space(256), store)
+        before = db.open(store).load()
+        grown = _run(space(420), store)
+        whole = _run(space(420), tmp_path / "whole.zarr")
+    after = db.open(store).load()
+    assert after.sizes["sample"] == 420
+    # the stored samples: the same bits; the whole store: what one run of 420 gives
+    for name in ("y", "k", "status", "x"):
+        assert np.array_equal(after[name].values[:256], before[name].values, equal_nan=True), name
+        assert np.array_equal(
+            after[name].values, db.open(tmp_path / "whole.zarr")[name].values, equal_nan=True
+        )
+    # only the new samples ran: block 2 (samples 200-255 kept) is completed, blocks 3-4 are new
+    assert first.samples["pending"] == 0 and grown.samples["pending"] == 0
+    assert grown.blocks_computed == 3
+    # the failures of the stored samples are still recorded, with the new ones
+    assert sorted(e["index"] for e in grown.errors) == sorted(e["index"] for e in whole.errors)
+    assert grown.samples == whole.samples
+    info = Store(store).info()
+    assert info["grown"][-1]["samples"] == [256, 420]
+    assert info["layout"]["batch_shape"] == [420] and info["layout"]["numblocks"] == [5]
+    out = run_cli("status", str(store), "--verify")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "every committed block matches its checksums (5 checked)" in out.stdout
+
+
+def test_a_store_grows_twice_and_a_rerun_of_the_same_size_computes_nothing(tmp_path):
+    store = tmp_path / "g.zarr"
+    _run(_mc(150), store)
+    _run(_mc(151), store)
+    r = _run(_mc(380), store)
+    assert r.samples["pending"] == 0 and db.open(store).sizes["sample"] == 380
+    again = _run(_mc(380), store)
+    assert again.blocks_computed == 0
+    assert [g["samples"] for g in Store(store).info()["grown"]] == [[150, 151], [151, 380]]
+
+
+def test_what_cannot_grow_is_refused_naming_why(tmp_path):
+    store = tmp_path / "lhs.zarr"
+    lhs = {"x": db.Uniform(0, 1)}
+    _run(db.LatinHypercube(lhs, n=200, seed=1), store)
+    with pytest.raises(db.errors.FingerprintMismatchError, match=r"depend on its size \(n=200\).*strata="):
+        _run(db.LatinHypercube(lhs, n=300, seed=1), store)
+    mc = tmp_path / "mc.zarr"
+    _run(_mc(200), mc)
+    with pytest.raises(db.errors.FingerprintMismatchError, match=r"seed changed \(7 -> 8\)"):
+        _run(db.MonteCarlo({"x": db.Uniform(0, 1)}, n=300, seed=8), mc)
+    with pytest.raises(db.errors.FingerprintMismatchError, match=r"n: 200 -> 100"):
+        _run(_mc(100), mc)  # fewer samples: never a cut
+    assert db.open(mc).sizes["sample"] == 200  # nothing changed by a refusal
+    assert db.open(store).sizes["sample"] == 200
+
+
+def test_a_grown_store_resumes_after_an_interrupt(tmp_path):
+    store = tmp_path / "i.zarr"
+    _run(_mc(250), store)
+
+    class Stop(db.Callback):
+        def __init__(self):
+            self.n = 0
+
+        def on_block_end(self, event):
+            self.n += 1
+            if self.n == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(_mc(900), store, callbacks=[Stop()])
+    r = _run(_mc(900), store)
+    assert r.samples["pending"] == 0
+    whole = _run(_mc(900), tmp_path / "w.zarr")
+    assert np.array_equal(db.open(store).y.values, db.open(tmp_path / "w.zarr").y.values, equal_nan=True)
+    assert r.samples == whole.samples
