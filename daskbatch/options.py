@@ -205,7 +205,7 @@ def _check_size(kernel: Kernel, space: Space, chunk_size: Any, memory_limit: int
     else:
         what = " × ".join(f"{d}={n}" for d, n in zip(space.batch_dims, space.batch_shape, strict=True))
     params = {name: (math.prod(p.core_shape), p.dtype) for name, p in space.params.items()}
-    outputs = {name: (math.prod(o.shape), o.dtype) for name, o in kernel.outputs.items()}
+    outputs = {name: (o.size, o.dtype) for name, o in kernel.outputs.items()}
     check_run_size(what, space.batch_dims, space.batch_shape, chunk_size, params, outputs, memory_limit)
 
 

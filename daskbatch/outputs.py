@@ -19,6 +19,7 @@ from .errors import DaskbatchError, OutputSpecError
 __all__ = [
     "RESERVED_NAMES",
     "RESERVED_TEXT",
+    "TEXT_DTYPE",
     "Output",
     "OutputValueError",
     "as_dict",
@@ -26,6 +27,8 @@ __all__ = [
     "check_name",
     "check_value",
     "default_fill",
+    "ragged_hint",
+    "show_value",
     "unfit_message",
 ]
 
@@ -44,7 +47,31 @@ def default_fill(dtype: np.dtype) -> Any:
         return int(np.iinfo(dtype).max)
     if dtype.kind == "b":
         return False
-    raise OutputSpecError(f"Output: dtype {dtype} is not supported; use a float, int or bool dtype")
+    if dtype.kind in TEXT_KINDS:
+        return ""
+    raise OutputSpecError(
+        f"Output: dtype {dtype} is not supported; use a float, int or bool dtype, or dtype='str' for text"
+    )
+
+
+#: numpy dtype kinds of text (``str``, ``'<U8'``, ``StringDType()``)
+TEXT_KINDS = "UT"
+#: the dtype of a text output: numpy's variable-width strings
+TEXT_DTYPE = np.dtypes.StringDType()
+
+
+def _as_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy dtype; any text dtype (``"str"``, ``str``, ``"<U8"``,
+    ``StringDType()``) as :data:`TEXT_DTYPE`."""
+    if dtype is str or (isinstance(dtype, str) and dtype in ("str", "string")):
+        return TEXT_DTYPE
+    try:
+        got = np.dtype(dtype)
+    except TypeError as e:
+        raise OutputSpecError(
+            f"Output: dtype={dtype!r} is not a numpy dtype; use e.g. 'float64', 'int32', 'bool' or 'str'"
+        ) from e
+    return TEXT_DTYPE if got.kind in TEXT_KINDS else got
 
 
 #: Names a store uses itself: no output, output dim or output coordinate may take them
@@ -102,74 +129,145 @@ class Output:
     dims
         Names of the output's own (core) dims, e.g. ``("time",)``; ``()`` for a scalar.
     shape
-        Sizes of those dims, e.g. ``(71,)``.
+        Sizes of those dims, e.g. ``(71,)``. ``(None,)`` with one dim declares a
+        ragged output: a 1-D array whose length varies from sample to sample (0
+        included), e.g. ``Output(dims=("peak",), shape=(None,))``.
     dtype
-        A numpy float, int or bool dtype.
+        A numpy float, int or bool dtype, or ``"str"``: one text value per sample
+        (``dims=()``; stored as UTF-8 bytes, read back as strings).
     fill
         Value stored where there is no result (pending or failed samples). Defaults
         to NaN for floats, the most negative value for signed ints, the largest for
-        unsigned ints, False for bools.
+        unsigned ints, False for bools, ``""`` for text (the only fill text takes).
+        A ragged output's padding is its fill too.
     coords
-        Optional coordinate values for the core dims, e.g. ``{"time": gate_times}``.
+        Optional coordinate values for the core dims, e.g. ``{"time": gate_times}``
+        (not for a ragged dim).
     attrs
-        Optional attributes stored on the variable (``units``, ``long_name``...).
+        Optional attributes stored on the variable (``long_name``...).
+    units
+        The variable's units, stored as ``attrs["units"]`` (e.g. ``"ohm m"``).
 
     Examples
     --------
     >>> Output(dims=("time",), shape=(71,)).fill
     nan
+    >>> Output(dims=("peak",), shape=(None,), units="s").spec()
+    {'dims': ['peak'], 'shape': [None], 'dtype': 'float64', 'fill': None, 'units': 's'}
+    >>> Output(dtype="str").spec()
+    {'dims': [], 'shape': [], 'dtype': 'str', 'fill': ''}
     """
 
     dims: tuple[str, ...] = ()
-    shape: tuple[int, ...] = ()
+    shape: tuple[int | None, ...] = ()
     dtype: Any = "float64"
     fill: Any = None
     coords: Mapping[str, Any] | None = field(default=None, compare=False)
     attrs: Mapping[str, Any] | None = field(default=None, compare=False)
+    units: str | None = None
 
     def __post_init__(self) -> None:
         dims = (self.dims,) if isinstance(self.dims, str) else tuple(self.dims)
-        shape = (self.shape,) if isinstance(self.shape, int) else tuple(self.shape)
+        shape = (self.shape,) if isinstance(self.shape, int) or self.shape is None else tuple(self.shape)
         if len(dims) != len(shape):
             raise OutputSpecError(f"Output: dims={dims!r} and shape={shape!r} must have the same length")
         for d in dims:
             check_name(d, f"Output(dims={dims!r}): dim")
+        if None in shape and len(shape) != 1:
+            raise OutputSpecError(
+                f"Output: shape={shape!r} is not supported: only a 1-D output can be ragged (its "
+                "length varying from sample to sample): shape=(None,) with one dim, e.g. "
+                "Output(dims=('peak',), shape=(None,))"
+            )
         for s in shape:
+            if s is None:
+                continue
             if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1:
-                raise OutputSpecError(f"Output: shape={shape!r} must hold positive integers")
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError as e:
-            raise OutputSpecError(f"Output: dtype={self.dtype!r} is not a numpy dtype") from e
+                raise OutputSpecError(
+                    f"Output: shape={shape!r} must hold positive integers (or be (None,) for a 1-D "
+                    "output whose length varies)"
+                )
+        dtype = _as_dtype(self.dtype)
+        text = dtype.kind in TEXT_KINDS
+        if text and dims:
+            raise OutputSpecError(
+                f"Output(dtype='str', dims={dims!r}): a text output is one string per sample; "
+                "declare Output(dtype='str') with no dims (a list of strings is not supported)"
+            )
         fill = default_fill(dtype) if self.fill is None else self.fill
+        if text and fill != "":
+            raise OutputSpecError(
+                f"Output(dtype='str', fill={fill!r}): text outputs read '' where there is no result; "
+                "leave fill unset"
+            )
         if dtype.kind in "iub" and isinstance(fill, float) and not float(fill).is_integer():
             raise OutputSpecError(f"Output: fill={fill!r} is not a valid {dtype} value")
         coords = {}
         for d, values in (self.coords or {}).items():
             if d not in dims:
                 raise OutputSpecError(f"Output: coords for {d!r}, which is not one of dims={dims!r}")
-            arr = np.asarray(values)
-            if arr.shape != (shape[dims.index(d)],):
+            size = shape[dims.index(d)]
+            if size is None:
                 raise OutputSpecError(
-                    f"Output: coords[{d!r}] has shape {arr.shape}, expected ({shape[dims.index(d)]},)"
+                    f"Output: coords for {d!r}, a ragged dim (shape=(None,)): its length varies, so "
+                    "it has no coordinate values; leave coords out, or declare a fixed shape"
                 )
+            arr = np.asarray(values)
+            if arr.shape != (size,):
+                raise OutputSpecError(f"Output: coords[{d!r}] has shape {arr.shape}, expected ({size},)")
             coords[d] = arr
+        attrs = dict(self.attrs or {})
+        if self.units is not None:
+            if not isinstance(self.units, str):
+                raise OutputSpecError(f"Output: units={self.units!r} must be a string, e.g. units='m'")
+            if "units" in attrs and attrs["units"] != self.units:
+                raise OutputSpecError(
+                    f"Output: units={self.units!r} and attrs['units']={attrs['units']!r} differ; give "
+                    "the units once (units=)"
+                )
+            attrs["units"] = self.units
         object.__setattr__(self, "dims", tuple(str(d) for d in dims))
-        object.__setattr__(self, "shape", tuple(int(s) for s in shape))
+        object.__setattr__(self, "shape", tuple(None if s is None else int(s) for s in shape))
         object.__setattr__(self, "dtype", dtype)
         object.__setattr__(self, "fill", fill)
         object.__setattr__(self, "coords", coords)
-        object.__setattr__(self, "attrs", dict(self.attrs or {}))
+        object.__setattr__(self, "attrs", attrs)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the output's length varies from sample to sample (``shape=(None,)``)."""
+        return None in self.shape
+
+    @property
+    def text(self) -> bool:
+        """Whether the output is a string per sample (``dtype="str"``)."""
+        return self.dtype.kind in TEXT_KINDS
+
+    @property
+    def variable(self) -> bool:
+        """Whether the output is stored padded, with the length of each value
+        (a ragged or a text output; see :mod:`daskbatch.ragged`)."""
+        return self.ragged or self.text
+
+    @property
+    def size(self) -> int:
+        """Values per sample as declared: the product of the fixed sizes (a ragged dim,
+        whose length is known only once computed, counts as 1)."""
+        return math.prod(1 if s is None else s for s in self.shape)
 
     def spec(self) -> dict[str, Any]:
-        """The declaration as JSON-ready values (``fill`` None for NaN)."""
+        """The declaration as JSON-ready values (``fill`` None for NaN; a ragged size
+        None; ``units`` only when given)."""
         fill = self.fill
-        return {
+        spec = {
             "dims": list(self.dims),
             "shape": list(self.shape),
-            "dtype": str(self.dtype),
+            "dtype": "str" if self.text else str(self.dtype),
             "fill": None if isinstance(fill, float) and math.isnan(fill) else np.asarray(fill).item(),
         }
+        if self.units is not None:
+            spec["units"] = self.units
+        return spec
 
 
 class OutputValueError(DaskbatchError):
@@ -231,12 +329,24 @@ def cast_value(
     ([1, -3], [False, True, False])
     """
     out = outputs[name]
-    arr = np.asarray(value)
     expected = batch_shape + out.shape
-    if arr.shape != expected:
+    declared = f"declared Output(dims={out.dims}, shape={out.shape})"
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # a sequence of values of different lengths
         raise OutputSpecError(
-            f"{where}: output {name!r} has shape {arr.shape}, expected {expected} "
-            f"(declared Output(dims={out.dims}, shape={out.shape}))"
+            f"{where}: output {name!r} is {show_value(value)}, values of different lengths, expected "
+            f"shape {expected} ({declared}){ragged_hint(out)}"
+        ) from None
+    if arr.dtype.kind in "UST" or (arr.dtype == object and _holds_text(arr)):
+        raise OutputSpecError(
+            f"{where}: output {name!r} is text ({show_value(value)}), expected {out.dtype} values "
+            f"({declared}); return numbers, or declare Output(dtype='str') for one string per sample"
+        )
+    if arr.shape != expected:
+        hint = ragged_hint(out) if arr.ndim == len(expected) + (not out.shape) else ""
+        raise OutputSpecError(
+            f"{where}: output {name!r} has shape {arr.shape}, expected {expected} ({declared}){hint}"
         )
     if arr.dtype == out.dtype:
         return arr, None
@@ -262,6 +372,33 @@ def cast_value(
         return cast, None
     core = tuple(range(len(batch_shape), bad.ndim))
     return cast, bad.any(axis=core) if core else bad
+
+
+def show_value(value: Any, limit: int = 40) -> str:
+    """A short text of a value in an error message: its type and (cut) repr.
+
+    Examples
+    --------
+    >>> show_value("abc"), show_value([1, 2])
+    ("the str 'abc'", 'the list [1, 2]')
+    """
+    text = " ".join(repr(value).split())  # one line
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"the {type(value).__name__} {text}"
+
+
+def ragged_hint(out: Output) -> str:
+    """The end of a shape error: how to declare an output whose length varies."""
+    if len(out.dims) > 1:
+        return ""
+    dim = out.dims[0] if out.dims else "item"
+    return f"; if its length varies from sample to sample, declare Output(dims=({dim!r},), shape=(None,))"
+
+
+def _holds_text(arr: np.ndarray) -> bool:
+    """Whether an object array holds a string (checked on its first element only)."""
+    return arr.size > 0 and isinstance(arr.flat[0], str | bytes)
 
 
 def _out_of_range(arr: np.ndarray, dtype: np.dtype) -> np.ndarray | None:

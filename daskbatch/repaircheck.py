@@ -150,7 +150,7 @@ def _kernel_problem(kernel: Any) -> str | None:
         ok = (
             isinstance(o, dict)
             and _strs(o.get("dims"))
-            and _ints(o.get("shape"), len(o.get("dims") or []), least=0)
+            and (_ints(o.get("shape"), len(o.get("dims") or []), least=0) or o.get("shape") == [None])
             and isinstance(o.get("dtype"), str)
         )
         if not ok:
