@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from .distributions import Distribution as Distribution
 from .distributions import as_distribution as as_distribution
 from .distributions import from_spec as dist_from_spec
 from .errors import SpaceError
+from .files import Files
 from .random import stream_key
 from .random import uniforms as uniforms
 from .spacebase import Param, Space, _check_name
@@ -41,6 +41,7 @@ from .tables import _load_table as _load_table
 
 __all__ = [
     "Design",
+    "Files",
     "Grid",
     "Halton",
     "LatinHypercube",
@@ -444,7 +445,8 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         "sobol": {"type", "n", "seed", "params", "scramble"},
         "halton": {"type", "n", "seed", "params", "scramble"},
         "product": {"type", "outer", "inner", "dim", "flat", "common"},
-        "table": {"type", "path", "rows", "columns", "sha256"},
+        "table": {"type", "path", "rows", "columns", "sha256", "copy", *_TABLE_SPEC},
+        "files": {"type", "path", "recursive", "rows", "columns", "dtypes", "sha256", "prefix"},
     }
     if kind not in allowed:
         raise SpaceError(f"space.type={kind!r} is not one of {sorted(allowed)}")
@@ -477,20 +479,13 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         inner = space_from_spec(spec["inner"], base_dir=base_dir)
         options = {k: spec[k] for k in ("dim", "flat", "common") if k in spec}
         return Product(outer, inner, **options)  # type: ignore[arg-type]
-    path = spec.get("path")
-    if not isinstance(path, str):
-        raise SpaceError("space.path: a table space needs path = 'inputs.csv' (or .parquet, .zarr)")
-    p = Path(path)
-    if base_dir is not None and not p.is_absolute():
-        p = Path(base_dir) / p
-    table = Table(p)
-    expected = spec.get("sha256")
-    if expected is not None and table.spec()["sha256"] != expected:
-        raise SpaceError(
-            f"space.path: the file {str(p)!r} changed since the run started (its contents hash "
-            "differs); restore it, or start a new store"
-        )
-    return table
+    if kind == "files":
+        return Files.from_spec(spec, base_dir=base_dir)
+    return Table.from_spec(spec, base_dir=base_dir)
+
+
+#: what a table's spec records about its input besides path, rows, columns and digest
+_TABLE_SPEC = ("source", "size", "mtime_ns", "files", "dtypes", "column_sha256", "prefix")
 
 
 _DESIGNS: dict[str, type[Design]] = {c.kind: c for c in (MonteCarlo, LatinHypercube, Sobol, Halton)}

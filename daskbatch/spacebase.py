@@ -35,6 +35,12 @@ class Param:
     core_shape: tuple[int, ...]
     dtype: np.dtype
     is_axis: bool = False  # a grid axis: stored as the coordinate of its own dim
+    #: the store keeps its values (False: a column read from an input file, referenced)
+    stored: bool = True
+    #: kept in the store as a coordinate along the batch dims (a label), not a variable
+    label: bool = False
+    #: a table's column: one the kernel does not take is a label instead of an error
+    optional: bool = False
 
     @property
     def core_dims(self) -> tuple[str, ...]:
@@ -56,6 +62,9 @@ class Space:
     batch_dims: tuple[str, ...]
     batch_shape: tuple[int, ...]
     params: dict[str, Param]
+    #: a block task carries the block's values, computed in the driver, instead of the
+    #: space (a table held in memory, a list of files): see ``blocktask.build_tasks``
+    carries_rows: bool = False
 
     @property
     def size(self) -> int:
@@ -94,6 +103,12 @@ class Space:
     def spec(self) -> dict[str, Any]:
         """A JSON-able description, stored in the store and used for fingerprints."""
         raise NotImplementedError
+
+    def extension_of(self, old_spec: Mapping[str, Any]) -> str | None:
+        """None when this space is the space ``old_spec`` describes (a :meth:`spec`)
+        with samples added at the end and every old sample unchanged; otherwise a
+        one-line reason naming the difference. This space cannot be extended."""
+        return f"a {type(self).__name__} cannot be extended with new samples"
 
     def to_toml(self) -> str:
         """The ``[space]`` table of a spec file for ``daskbatch run`` that makes this space.
