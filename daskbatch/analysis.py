@@ -26,7 +26,15 @@ from .errors import DaskbatchError
 from .fstools import clear_partial
 from .kernel import STATUS
 
-__all__ = ["EXACT_QUANTILE_VALUES", "compare", "convergence", "export", "outliers", "summarize"]
+__all__ = [
+    "EXACT_QUANTILE_VALUES",
+    "compare",
+    "convergence",
+    "export",
+    "outliers",
+    "scalar_summary",
+    "summarize",
+]
 
 #: Quantiles are exact when the output holds at most this many values (the reduced
 #: dims are then gathered into one chunk per group of kept values: 128 MiB in all at
@@ -77,7 +85,8 @@ def summarize(
     -------
     xarray.Dataset
         One variable per output with a leading dim ``stat`` (``count``, ``mean``,
-        ``std``, ``min``, ``max``, then the quantiles), followed by the batch dims
+        ``std`` (the sample standard deviation, ``ddof=1``), ``min``, ``max``, then
+        the quantiles), followed by the batch dims
         that are kept and the output's core dims: for a response curve over
         ``time``, ``summary.response.sel(stat="p50")`` is the median curve and
         ``p10``/``p90`` the band. Only ok samples of committed blocks enter the
@@ -109,9 +118,14 @@ def summarize(
     for code, value in STATUS.items():
         out[f"n_{code}"] = (ds.status == value).sum(over)
     n_over = int(np.prod([ds.sizes[d] for d in over]))
+    units: dict[str, str] = {}
     for name in info["kernel"]["outputs"]:
-        x = ds[name].astype("float64").where(ok)
-        stats = [x.count(over), x.mean(over), x.std(over), x.min(over), x.max(over)]
+        x = _valid(ds, name, ok)
+        if x is None:  # text: no statistics
+            continue
+        if "units" in ds[name].attrs:
+            units[name] = str(ds[name].attrs["units"])
+        stats = [x.count(over), x.mean(over), x.std(over, ddof=1), x.min(over), x.max(over)]
         if qs:
             kept = [d for d in x.dims if d not in over]
             n_kept = int(np.prod([x.sizes[d] for d in kept]))
@@ -133,9 +147,120 @@ def summarize(
         out[name] = xr.concat(stats, dim="stat", coords="minimal", compat="override")
     result = xr.Dataset(out).assign_coords(stat=names)
     (result,) = dask.compute(result)
+    for name, u in units.items():
+        result[name].attrs["units"] = u
     result.attrs["store"] = str(getattr(data, "path", data)) if not isinstance(data, xr.Dataset) else ""
     result.attrs["over"] = list(over)
     return result
+
+
+def _is_number(spec: dict) -> bool:
+    """Whether an output (its spec in the store's info) holds one number per sample:
+    no core dims, not text."""
+    if spec.get("shape"):
+        return False
+    try:
+        return np.dtype(spec.get("dtype", "float64")).kind in "biuf"
+    except TypeError:  # "str", numpy's StringDType: text
+        return False
+
+
+def _valid(ds, name: str, ok):
+    """An output as float64 where it has a value: ok samples, and for a ragged output
+    the values within each sample's length; None for a text output."""
+    var = ds[name]
+    if var.dtype.kind in "TUSO":
+        return None
+    x = var.astype("float64").where(ok)
+    meta = var.attrs.get("daskbatch")
+    if isinstance(meta, dict) and meta.get("ragged") and var.ndim > ok.ndim:
+        length = ds.get(str(meta.get("length") or f"{name}_length"))
+        if length is not None:
+            core = var.dims[-1]
+            x = x.where(_index_along(core, var.sizes[core]) < length)
+    return x
+
+
+def _index_along(dim: str, n: int):
+    """0, 1, ... n - 1 along ``dim``, as an xarray DataArray."""
+    import xarray as xr
+
+    return xr.DataArray(np.arange(n), dims=dim)
+
+
+def scalar_summary(data: Any, *, threshold: float = 1.5):
+    """One row per scalar output: what ``daskbatch summary`` prints.
+
+    Parameters
+    ----------
+    data
+        A store path, or the Dataset :func:`daskbatch.open` returned.
+    threshold
+        The outliers' fences, in IQRs below p25 and above p75 (as :func:`outliers`
+        with ``method="iqr"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by output: ``units`` (the output's ``units`` attribute, or ""),
+        ``count`` (ok samples), ``mean``, ``sd`` (``ddof=1``), ``min``, ``p10``,
+        ``p25``, ``p50``, ``p75``, ``p90``, ``max``, ``outliers`` (how many ok samples
+        lie outside the fences: :func:`outliers` lists them) and ``outliers %`` (of
+        the ok samples). ``df.attrs["samples"]`` holds the samples per status.
+    """
+    ds, info = _open(data)
+    return _scalar_rows(ds, info, summarize(ds, quantiles=SUMMARY_QUANTILES), threshold)
+
+
+#: The quantiles ``daskbatch summary`` computes (p25 and p75 for the outliers' fences).
+SUMMARY_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _scalar_rows(ds, info: dict, summary, threshold: float = 1.5):
+    """:func:`scalar_summary` from a :func:`summarize` with :data:`SUMMARY_QUANTILES`."""
+    import dask
+    import pandas as pd
+
+    outputs = info["kernel"]["outputs"]
+    names = [k for k, o in outputs.items() if _is_number(o) and k in summary.data_vars]
+    rows, lazy = [], {}
+    for k in names:
+        v = summary[k]
+        row = {"output": k, "units": str(v.attrs.get("units", ""))}
+        for stat, col in (("count", "count"), ("mean", "mean"), ("std", "sd"), ("min", "min")):
+            row[col] = float(v.sel(stat=stat))
+        for q in ("p10", "p25", "p50", "p75", "p90"):
+            row[q] = float(v.sel(stat=q))
+        row["max"] = float(v.sel(stat="max"))
+        row["count"] = int(row["count"])
+        iqr = row["p75"] - row["p25"]
+        lo, hi = row["p25"] - threshold * iqr, row["p75"] + threshold * iqr
+        x = _scalar(ds, info, k)
+        lazy[k] = ((x < lo) | (x > hi)).sum()
+        rows.append(row)
+    counts = dict(zip(lazy, dask.compute(*lazy.values()), strict=True)) if lazy else {}
+    for row in rows:
+        n_out = int(counts.get(row["output"], 0)) if row["count"] else 0
+        row["outliers"] = n_out
+        row["outliers %"] = 100.0 * n_out / row["count"] if row["count"] else 0.0
+    columns = ["units", "count", "mean", "sd", "min", "p10", "p25", "p50", "p75", "p90", "max"]
+    df = pd.DataFrame(rows, columns=["output", *columns, "outliers", "outliers %"]).set_index("output")
+    df.attrs["samples"] = status_counts(summary)
+    df.attrs["threshold"] = threshold
+    return df
+
+
+def status_counts(summary: Any) -> dict[str, int]:
+    """Samples per status name in a :func:`summarize` result (its ``n_<status>``
+    variables; an output may be named ``n_points`` too)."""
+    return {code: int(summary[f"n_{code}"]) for code, _ in STATUS.items() if f"n_{code}" in summary}
+
+
+def _pct_change(a: float, b: float) -> float:
+    """``100 (b - a) / |a|``; NaN when ``a`` is 0 or either is not a number."""
+    if not (np.isfinite(a) and np.isfinite(b)) or a == 0:
+        return float("nan")
+    return 100.0 * (b - a) / abs(a)
 
 
 def _sketch_quantiles(x, over: Sequence[str], qs: list[float]) -> list:
@@ -191,55 +316,121 @@ def _sketch_quantiles(x, over: Sequence[str], qs: list[float]) -> list:
     return [xr.DataArray(out[i].reshape(shape), dims=core, coords=coords) for i in range(len(qs))]
 
 
-def _frame(root, info: dict, params: list[str], region: tuple[slice, ...], curves: str, committed: bool):
-    """One block of the store as a DataFrame: one row per sample (or per sample and
-    core index, for long curves). A block without its commit marker reads as pending:
-    status 0 and the outputs' fill values, whatever of it is on disk."""
+def _missing(values: np.ndarray, keep: np.ndarray):
+    """``values`` with the cells where ``keep`` is False missing: NaN for floats, a
+    nullable integer or boolean array (``pd.NA``) for integers and booleans, None in
+    strings, so that a CSV shows an empty cell and Parquet a null, never a fill value."""
     import pandas as pd
 
-    layout = info["layout"]
-    dims = layout["batch_dims"]
+    values = np.asarray(values)
+    keep = np.asarray(keep, dtype=bool)
+    kind = values.dtype.kind
+    if kind == "f":
+        return np.where(keep, values, np.nan)
+    if kind == "c":
+        return np.where(keep, values, np.nan + 0j)
+    if kind in "iu":
+        return pd.arrays.IntegerArray(values.astype(values.dtype.newbyteorder("=")), ~keep)
+    if kind == "b":
+        return pd.arrays.BooleanArray(values, ~keep)
+    if kind in "TUSO":
+        out = values.astype(object)
+        out[~keep] = None
+        return pd.array(out, dtype="string")
+    if kind in "mM":
+        out = values.copy()
+        out[~keep] = np.array("NaT", dtype=values.dtype)
+        return out
+    return values
+
+
+def _block_messages(record, block_shape: tuple[int, ...], n: int) -> tuple[list, list]:
+    """The error type and message of every sample of a block (None where it is ok)."""
+    from .records import failure_log_of
+
+    errors: list[str | None] = [None] * n
+    messages: list[str | None] = [None] * n
+    if record is None or not record.n_errors:
+        return errors, messages
+    for p, _, error_type, message, _ in failure_log_of(record.failures, record.errors, block_shape).entries():
+        if 0 <= p < n:
+            errors[p], messages[p] = error_type or None, message
+    return errors, messages
+
+
+def _frame(reader, region: tuple[slice, ...], curves: str, record):
+    """One block of the store as a DataFrame: one row per sample (or per sample and
+    core index, for long curves; per value, for a ragged output). A block without
+    its commit record reads as pending: status 0 and empty parameters and outputs,
+    whatever of it is on disk. Outputs of samples that are not ok are empty, and
+    ``error`` and ``message`` say why (empty for ok samples)."""
+    import pandas as pd
+
+    dims = reader.dims
+    committed = record is not None
+    block_shape = tuple(s.stop - s.start for s in region)
     # the batch coordinates of the block's samples (the grid axes' values, or indices)
-    labels = [
-        np.asarray(root[d][s]) if d in root else np.arange(s.start, s.stop)
-        for d, s in zip(dims, region, strict=True)
-    ]
-    grids = np.meshgrid(*labels, indexing="ij")
-    cols: dict[str, np.ndarray] = {d: g.ravel() for d, g in zip(dims, grids, strict=True)}
+    grids = np.meshgrid(*reader.coords(region), indexing="ij")
+    cols: dict[str, Any] = {d: g.ravel() for d, g in zip(dims, grids, strict=True)}
     n = cols[dims[0]].size
-    outputs = info["kernel"]["outputs"]
-    curve_cols: dict[str, np.ndarray] = {}
-    for name in params:
-        vals = np.asarray(root[name][region]).reshape(n, -1)
+    outputs = reader.outputs
+    everything = np.full(n, committed)
+    for name in [*reader.params, *reader.rebuilt, *reader.labels, *reader.rebuilt_labels]:
+        vals = reader.per_sample(name, region)
         if vals.shape[1] == 1:
-            cols[name] = vals[:, 0]
+            cols[name] = _missing(vals[:, 0], everything)
         else:
             for j in range(vals.shape[1]):
-                cols[f"{name}_{j}"] = vals[:, j]
-    cols["status"] = np.asarray(root["status"][region]).reshape(n) if committed else np.zeros(n, np.int8)
+                cols[f"{name}_{j}"] = _missing(vals[:, j], everything)
+    status = np.asarray(reader.root["status"][region]).reshape(n) if committed else np.zeros(n, np.int8)
+    cols["status"] = status
+    errors, messages = _block_messages(record, block_shape, n)
+    cols["error"] = pd.array(errors, dtype="string")
+    cols["message"] = pd.array(messages, dtype="string")
+    ok = status == STATUS["ok"]
+    long_cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # values (n, W), lengths (n,)
     for name, spec in outputs.items():
-        arr = root[name]
-        if committed:
-            vals = np.asarray(arr[region]).reshape(n, -1)
+        if name in reader.ragged:  # as wide as when the export started, in every block
+            width = reader.widths[name]
         else:
-            vals = np.full((n, max(1, int(np.prod(spec["shape"])))), arr.fill_value, dtype=arr.dtype)
-        if not spec["shape"]:
-            cols[name] = vals[:, 0]
-        elif curves == "wide":
+            width = int(np.prod(spec["shape"])) if spec["shape"] else 1
+        if committed:
+            vals = reader.read(name, region).reshape(n, -1)
+            if vals.shape[1] != width:
+                vals = np.pad(vals[:, :width], ((0, 0), (0, max(0, width - vals.shape[1]))))
+        else:
+            vals = np.zeros((n, width), dtype=object if name in reader.text else np.float64)
+        if name in reader.ragged:
+            length_name = reader.ragged[name]
+            lengths = reader.lengths(name, region).reshape(n) if committed else np.zeros(n, np.int64)
+            lengths = np.where(ok, np.clip(lengths, 0, vals.shape[1]), 0)
+            if length_name not in outputs:
+                cols[length_name] = _missing(lengths, ok)
+        elif not spec["shape"]:
+            cols[name] = _missing(vals[:, 0], ok)
+            continue
+        else:
+            lengths = np.where(ok, vals.shape[1], 0)
+        if curves == "wide":
             for j in range(vals.shape[1]):
-                cols[f"{name}_{j}"] = vals[:, j]
+                cols[f"{name}_{j}"] = _missing(vals[:, j], j < lengths)
         elif curves == "long":
-            curve_cols[name] = vals
+            long_cols[name] = (vals, lengths)
     frame = pd.DataFrame(cols)
-    if curves != "long" or not curve_cols:
+    if curves != "long" or not long_cols:
         return frame
-    (k,) = {v.shape[1] for v in curve_cols.values()}
-    core = next(spec for name, spec in outputs.items() if name in curve_cols)
+    first = next(iter(long_cols))
+    core = outputs[first]
     core_dim = "_".join(core["dims"]) or "index"
-    long = frame.loc[frame.index.repeat(k)].reset_index(drop=True)
-    long.insert(len(dims), core_dim, np.tile(np.arange(k), n))
-    for name, vals in curve_cols.items():
-        long[name] = vals.reshape(-1)
+    longest = np.max(np.stack([lengths for _, lengths in long_cols.values()]), axis=0)
+    rows = np.maximum(longest, 1)  # a sample without values keeps one row, its values empty
+    rep = np.repeat(np.arange(n), rows)
+    j = np.arange(int(rows.sum())) - np.repeat(np.cumsum(rows) - rows, rows)
+    long = frame.iloc[rep].reset_index(drop=True)
+    long.insert(len(dims), core_dim, _missing(j, j < longest[rep]))
+    for name, (vals, lengths) in long_cols.items():
+        picked = vals[rep, np.minimum(j, max(0, vals.shape[1] - 1))] if vals.shape[1] else np.zeros(rep.size)
+        long[name] = _missing(picked, j < lengths[rep])
     return long
 
 
@@ -250,14 +441,24 @@ def export(
     *,
     curves: str = "none",
 ) -> int:
-    """Write parameters, status and outputs, one row per sample, to CSV or Parquet.
+    """Write parameters, status, errors and outputs, one row per sample, to CSV or Parquet.
+
+    The columns: the batch coordinates, the parameters, ``status`` (the code, see
+    :data:`~daskbatch.STATUS`), ``error`` and ``message`` (the error type and
+    message of a sample that failed, timed out or crashed; empty for the others),
+    then the outputs. A value that does not exist is an empty cell in CSV and a null
+    in Parquet, never a fill value: the outputs of a sample that is not ok, the
+    values of a ragged output past the sample's length. A ragged output ``p`` has a
+    column ``p_length``. Parameters the store does not keep (a table read from files
+    references its columns) are read from their input, block by block; when it cannot
+    be read (moved, changed) they are left out, with a warning saying why.
 
     The store is read one block at a time and each block appended to the file, so a
     store of any size is exported with the memory of one block. Only committed
-    blocks count as done: the samples of a block without its commit marker (being
-    written, or left by a run that stopped) are exported as pending (status 0, the
-    outputs' fill values), as :func:`daskbatch.status` counts them. A block's marker
-    is read before its data, so a store being written exports consistently.
+    blocks count as done: the samples of a block without its commit record (being
+    written, or left by a run that stopped) are exported as pending (status 0, their
+    parameters and outputs empty), as :func:`daskbatch.status` counts them. A block's
+    record is read before its data, so a store being written exports consistently.
 
     Parameters
     ----------
@@ -269,13 +470,15 @@ def export(
         ``"csv"`` or ``"parquet"``; default from the suffix of ``path``.
     curves
         Outputs with core dims: ``"none"`` (left out), ``"wide"`` (a column per
-        core index, ``response_0``...) or ``"long"`` (a row per sample and core
-        index, all curve outputs sharing the same core size).
+        core index, ``response_0``...; for a ragged output as many as its longest
+        sample can have, empty past each sample's length) or ``"long"`` (a row per
+        sample and core index, all curve outputs sharing the same core size; a row
+        per value of a ragged output; a sample without values keeps one row, its
+        values empty).
 
     Returns the number of rows written.
     """
-    import zarr
-
+    from .failures import StoreReader
     from .store import Store
 
     path = Path(path)
@@ -288,8 +491,15 @@ def export(
         raise DaskbatchError(f"export: the folder of {str(path)!r} does not exist")
     st = Store(store)
     info = st.require_info()
+    reader = StoreReader(st, info)
+    if reader.note:
+        from .log import logger
+
+        logger.warning(f"export of {str(st.path)!r}: {reader.note}")
+    outputs = info["kernel"]["outputs"]
     if curves == "long":
-        sizes = {int(np.prod(s["shape"])) for s in info["kernel"]["outputs"].values() if s["shape"]}
+        curve_outputs = [k for k, s in outputs.items() if s["shape"] and k not in reader.ragged]
+        sizes = {int(np.prod(outputs[k]["shape"])) for k in curve_outputs}
         if len(sizes) > 1:
             raise DaskbatchError(
                 f"curves='long' needs curve outputs of one size; they have sizes {sorted(sizes)}"
@@ -303,12 +513,7 @@ def export(
             raise DaskbatchError(
                 "export to Parquet needs pyarrow: pip install 'daskbatch[parquet]'"
             ) from None
-    root = zarr.open_group(str(st.path), mode="r", use_consolidated=False)
     layout = info["layout"]
-    # the parameters that vary per sample (grid axes are the batch coordinates)
-    ds = st.open_dataset()
-    skip = {*layout["batch_dims"], "status", *info["kernel"]["outputs"]}
-    params = [k for k in ds.data_vars if k not in skip and set(layout["batch_dims"]) <= set(ds[k].dims)]
     ledger = st.ledger
     tmp = path.with_name(path.name + ".partial")
     clear_partial(tmp)  # one a stopped export left: never written through
@@ -320,8 +525,7 @@ def export(
                 for i, b, n in zip(block, layout["block_shape"], layout["batch_shape"], strict=True)
             )
             # the ledger first, then the data; an unreadable record (or marker) is none
-            committed = ledger.is_committed(block)
-            frame = _frame(root, info, params, region, curves, committed)
+            frame = _frame(reader, region, curves, ledger.record(block))
             rows += len(frame)
             if fmt == "csv":
                 frame.to_csv(tmp, mode="w" if writer is None else "a", header=writer is None, index=False)
@@ -454,7 +658,9 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_sa
     """Compare two runs with the same outputs.
 
     Returns a :class:`pandas.DataFrame`, one row per scalar output: the mean and the
-    quantiles of each run and their differences, the two-sample Kolmogorov-Smirnov
+    quantiles of each run and their differences, the percent change of the mean and
+    of the median from ``a`` to ``b`` (``mean change %``, ``p50 change %``: ``100 (b -
+    a) / |a|``, NaN when ``a``'s is 0), the two-sample Kolmogorov-Smirnov
     statistic and p-value (on at most ``max_ks_samples`` random ok samples of each),
     and, when the runs share their parameters (same design, same values), how many
     samples differ beyond ``atol + rtol * |b|`` and the first of them
@@ -467,7 +673,7 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_sa
     ds_a, info_a = _open(a)
     ds_b, info_b = _open(b)
     out_a, out_b = info_a["kernel"]["outputs"], info_b["kernel"]["outputs"]
-    common = [k for k in out_a if k in out_b and not out_a[k]["shape"] and not out_b[k]["shape"]]
+    common = [k for k in out_a if k in out_b and _is_number(out_a[k]) and _is_number(out_b[k])]
     if not common:
         raise DaskbatchError(f"compare: the runs share no scalar output ({sorted(out_a)} vs {sorted(out_b)})")
     sa, sb = summarize(ds_a), summarize(ds_b)
@@ -484,6 +690,8 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_sa
         for stat in ("count", "mean", "p10", "p50", "p90"):
             va, vb = float(sa[k].sel(stat=stat)), float(sb[k].sel(stat=stat))
             row[f"{stat} a"], row[f"{stat} b"], row[f"{stat} diff"] = va, vb, vb - va
+        row["mean change %"] = _pct_change(row["mean a"], row["mean b"])
+        row["p50 change %"] = _pct_change(row["p50 a"], row["p50 b"])
         samples = []
         for ds, info in ((ds_a, info_a), (ds_b, info_b)):
             x = _scalar(ds, info, k)

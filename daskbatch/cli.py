@@ -143,7 +143,7 @@ def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def guarded(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except DaskbatchError:
+        except (DaskbatchError, BrokenPipeError):  # a closed stdout: main() handles it
             raise
         except (RuntimeError, ValueError, OSError, KeyError) as e:
             raise StoreError(
@@ -155,56 +155,163 @@ def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return guarded
 
 
+def _num(x: float) -> str:
+    return "" if x != x else f"{x:.4g}"
+
+
 @_reading
 def _cmd_summary(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .analysis import outliers, summarize
+    from .analysis import SUMMARY_QUANTILES, _open, _scalar_rows, status_counts, summarize
 
-    summary = summarize(args.store)
-    counts = {k.removeprefix("n_"): int(summary[k]) for k in summary.data_vars if k.startswith("n_")}
+    ds, info = _open(args.store)
+    summary = summarize(ds, quantiles=SUMMARY_QUANTILES)
+    table = _scalar_rows(ds, info, summary)
+    counts = status_counts(summary)
     total = sum(counts.values())
-    outputs = [k for k in summary.data_vars if not k.startswith("n_")]
+    outputs = [k for k in summary.data_vars if k not in {f"n_{c}" for c in counts}]
+    done = total - counts["pending"]
+    not_ok = done - counts["ok"]
+    rate = counts["ok"] / done if done else 0.0
     if args.json:
         doc = {
             "store": args.store,
             "samples": counts,
+            "success_rate": rate if done else None,
             "outputs": {
                 k: {str(s): summary[k].sel(stat=s).values.tolist() for s in summary.stat.values}
                 for k in outputs
             },
+            "scalars": {
+                k: {c: (None if isinstance(v, float) and v != v else v) for c, v in row.items()}
+                for k, row in table.to_dict(orient="index").items()
+            },
         }
+        for k in outputs:
+            if "units" in summary[k].attrs:
+                doc["outputs"][k]["units"] = str(summary[k].attrs["units"])
         print(json.dumps(doc, indent=2))
         return 0
-    done = total - counts["pending"]
-    rate = counts["ok"] / done if done else 0.0
     print(f"store:    {args.store}")
     print(
         f"samples:  {total:,} ({counts['ok']:,} ok, {counts['failed']:,} failed, "
-        f"{counts['timeout']:,} timed out, {counts['crashed']:,} crashed, {counts['pending']:,} pending); "
-        f"success rate {rate:.2%} of those run"
+        f"{counts['timeout']:,} timed out, {counts['crashed']:,} crashed, {counts['pending']:,} pending)"
     )
-    stats = [str(s) for s in summary.stat.values]
-    scalars = [k for k in outputs if summary[k].ndim == 1]
-    if scalars:
+    line = f"success rate {rate:.2%} of those run ({counts['ok']:,} ok of {done:,})"
+    if not_ok:
+        line += f"; the {not_ok:,} not ok with their inputs: daskbatch failures {shlex.quote(args.store)}"
+    print(line)
+    if len(table):
+        header = ["output", "units", "count", "mean ± sd", "min", "p10", "p50", "p90", "max", "outliers"]
+        rows = [header]
+        for k, r in table.iterrows():
+            rows.append(
+                [
+                    str(k),
+                    r["units"],
+                    f"{int(r['count']):,}",
+                    f"{_num(r['mean'])} ± {_num(r['sd'])}" if r["count"] else "",
+                    *(_num(r[c]) for c in ("min", "p10", "p50", "p90", "max")),
+                    f"{int(r['outliers']):,} ({r['outliers %']:.1f}%)",
+                ]
+            )
+        widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
         print()
-        print(f"{'output':24s}" + "".join(f"{s:>12s}" for s in stats) + f"{'outliers':>10s}")
-    for k in scalars:
-        n_out = outliers(args.store, k).attrs["total"] if counts["ok"] else 0
-        print(f"{k:24s}" + "".join(f"{float(x):12.4g}" for x in summary[k].values) + f"{n_out:10,}")
+        for row in rows:
+            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
+            print("  ".join(cells).rstrip())
     for k in outputs:
         v = summary[k]
-        if k in scalars:
+        if k in table.index:
             continue
         # a curve: the range of its median and band over the core dims
         core = ", ".join(f"{d} ({v.sizes[d]})" for d in v.dims if d != "stat")
-        print(f"\n{k} over {core}:")
+        units = f" [{v.attrs['units']}]" if "units" in v.attrs else ""
+        print(f"\n{k}{units} over {core}:")
         for s in ("p10", "p50", "p90"):
-            if s in stats:
-                band = v.sel(stat=s).values
+            band = v.sel(stat=s).values
+            if np.isfinite(band).any():
                 print(f"  {s:22s}from {np.nanmin(band):.4g} to {np.nanmax(band):.4g}")
-    if scalars:
-        print("\noutliers: outside p25 - 1.5 IQR .. p75 + 1.5 IQR (daskbatch.outliers lists them)")
+            else:
+                print(f"  {s:22s}no ok sample")
+    if len(table):
+        print(
+            "\nsd: sample standard deviation (ddof=1); outliers: ok samples outside "
+            "p25 - 1.5 IQR .. p75 + 1.5 IQR (daskbatch.outliers lists them)"
+        )
+    return 0
+
+
+@_reading
+def _cmd_failures(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .failures import failures, format_table
+
+    df = failures(args.store, status=args.status)
+    if args.csv == "-":
+        df.to_csv(sys.stdout, index=False)
+        return 0
+    if args.csv is not None:
+        target = Path(args.csv)
+        if not target.parent.is_dir():
+            raise DaskbatchError(f"--csv {args.csv!r}: the folder {str(target.parent)!r} does not exist")
+        df.to_csv(target, index=False)
+        print(f"wrote {len(df):,} failure(s) of {df.attrs['n_samples']:,} samples to {args.csv}")
+        return 0
+    width = shutil.get_terminal_size((120, 24)).columns
+    print(format_table(df, width=max(60, width), limit=args.limit or None))
+    return 0
+
+
+def _pct(x: float) -> str:
+    return "" if x != x else f"{x:+.2f}%"
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis import compare
+
+    try:
+        df = compare(args.a, args.b, rtol=args.rtol, atol=args.atol)
+    except (DaskbatchError, BrokenPipeError):
+        raise
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        raise DaskbatchError(
+            f"reading store {args.a!r} or {args.b!r} failed ({type(e).__name__}: {e}); a file of it may "
+            "be damaged: daskbatch status STORE --verify lists damaged blocks"
+        ) from None
+    if args.json:
+        rows = {
+            k: {c: (None if isinstance(v, float) and v != v else v) for c, v in row.items()}
+            for k, row in df.to_dict(orient="index").items()
+        }
+        print(json.dumps({"a": args.a, "b": args.b, **df.attrs, "outputs": rows}, indent=2, default=str))
+        return 0
+    same = df.attrs["same_parameters"]
+    print(f"a: {args.a}\nb: {args.b}")
+    print(
+        "parameters: the same in both: samples compared one by one "
+        f"(differing beyond atol {args.atol:g} + rtol {args.rtol:g} * |b|)"
+        if same
+        else "parameters: not the same: the distributions are compared (Kolmogorov-Smirnov)"
+    )
+    header = ["output", "mean a", "mean b", "change", "p50 a", "p50 b", "change", "KS p-value"]
+    header += ["differing"] if same else []
+    rows = [header]
+    for k, r in df.iterrows():
+        row = [str(k), _num(r["mean a"]), _num(r["mean b"]), _pct(r["mean change %"])]
+        row += [_num(r["p50 a"]), _num(r["p50 b"]), _pct(r["p50 change %"]), _num(r["ks p-value"])]
+        if same:
+            row.append(f"{int(r['samples differing']):,}")
+        rows.append(row)
+    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
+    print()
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        print("  ".join(cells).rstrip())
+    print("\nchange: 100 (b - a) / |a|; KS p-value: a small value says the distributions differ")
     return 0
 
 
@@ -480,7 +587,8 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The commands that read a store's results: ``summary``, ``export`` and ``report``."""
+    """The commands that read a store's results: ``summary``, ``export``, ``failures``,
+    ``report`` and ``compare``."""
     p = sub.add_parser("summary", help="totals, success rate and statistics of every output")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -498,10 +606,43 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser(
+        "failures", help="every sample that failed, timed out or crashed, with its inputs and message"
+    )
+    p.add_argument("store")
+    p.add_argument(
+        "--csv",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write every failure (with its parameters and traceback) as CSV to PATH, or to "
+        "standard output without PATH",
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        choices=["failed", "timeout", "crashed"],
+        help="only samples with this status (may be given more than once; default: all three)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=200, help="rows printed (default 200; 0 for all; --csv writes all)"
+    )
+    p.set_defaults(func=_cmd_failures)
+
     p = sub.add_parser("report", help="a self-contained HTML report with plots")
     p.add_argument("store")
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "compare", help="two runs with the same outputs: change of the mean and median, KS test, samples"
+    )
+    p.add_argument("a", help="the first store")
+    p.add_argument("b", help="the second store")
+    p.add_argument("--rtol", type=float, default=1e-10, help="relative tolerance (default 1e-10)")
+    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_compare)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

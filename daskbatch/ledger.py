@@ -144,8 +144,11 @@ class BlockRecord:
     ``counts`` holds the block's samples per status code (indexed by the codes of
     :data:`~daskbatch.kernel.STATUS`), ``seconds`` the kernel time, ``errors`` the
     first errors (JSON-able dicts, as the kernel reported them), ``n_errors`` how
-    many samples failed in all, and ``checksums`` the size and CRC-32 of every chunk
-    file the block wrote, by path relative to the store.
+    many samples failed in all, ``checksums`` the size and CRC-32 of every chunk
+    file the block wrote, by path relative to the store, and ``failures`` every
+    sample that is not ok with its error type and message (the JSON form of a
+    :class:`~daskbatch.records.FailureLog`; None in records written before
+    daskbatch kept them, whose ``errors`` are all there is).
     """
 
     counts: tuple[int, ...]
@@ -153,6 +156,7 @@ class BlockRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
     n_errors: int = 0
     checksums: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    failures: Mapping[str, Any] | None = None
 
     @classmethod
     def of(
@@ -162,8 +166,11 @@ class BlockRecord:
         errors: list[dict[str, Any]],
         n_errors: int,
         checksums: Mapping[str, tuple[int, int]] | None = None,
+        *,
+        failures: Any = None,
     ) -> BlockRecord:
-        """The record of a block whose samples have the status codes ``status``."""
+        """The record of a block whose samples have the status codes ``status``
+        (``failures``: its :class:`~daskbatch.records.FailureLog`, or None)."""
         counts = np.bincount(np.asarray(status).ravel(), minlength=len(STATUS))
         return cls(
             counts=tuple(int(c) for c in counts),
@@ -171,6 +178,7 @@ class BlockRecord:
             errors=list(errors) if n_errors else [],
             n_errors=int(n_errors),
             checksums=dict(checksums or {}),
+            failures=failures.to_doc() if failures is not None and n_errors and len(failures) else None,
         )
 
     def counts_array(self) -> np.ndarray:
@@ -178,8 +186,14 @@ class BlockRecord:
         return np.asarray(self.counts, dtype=np.int64)
 
     def errors_doc(self) -> dict[str, Any] | None:
-        """``{"errors": [...], "n_errors": N}`` when samples failed, else None."""
-        return {"errors": list(self.errors), "n_errors": self.n_errors} if self.n_errors else None
+        """``{"errors": [...], "n_errors": N}`` when samples failed, else None (with
+        ``"failures"`` when the record keeps them)."""
+        if not self.n_errors:
+            return None
+        doc: dict[str, Any] = {"errors": list(self.errors), "n_errors": self.n_errors}
+        if self.failures is not None:
+            doc["failures"] = self.failures
+        return doc
 
     def to_doc(self, block: tuple[int, ...], store_id: str) -> dict[str, Any]:
         """The JSON document of this record in a format-2 store."""
@@ -191,6 +205,7 @@ class BlockRecord:
             "n_errors": self.n_errors,
             "errors": list(self.errors),
             "checksums": {rel: [int(s), int(c)] for rel, (s, c) in self.checksums.items()},
+            **({"failures": self.failures} if self.failures is not None else {}),
         }
 
     @classmethod
@@ -220,6 +235,7 @@ class BlockRecord:
             errors=errors,
             n_errors=n_errors,
             checksums={str(rel): (v[0], v[1]) for rel, v in sums.items()},
+            failures=doc["failures"] if isinstance(doc.get("failures"), dict) else None,
         )
 
 

@@ -168,6 +168,7 @@ class _Format1Ledger(BlockLedger):
             errors=list(doc.get("errors", [])) if doc else [],
             n_errors=int(doc.get("n_errors", 0)) if doc else 0,
             checksums=checksums,
+            failures=doc["failures"] if doc and isinstance(doc.get("failures"), dict) else None,
         )
         return rec, problem
 

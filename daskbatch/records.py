@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -29,9 +32,11 @@ __all__ = [
     "TIMEOUT",
     "TIMEOUT_EXIT_CODE",
     "BlockResult",
+    "FailureLog",
     "Status",
     "crash_record",
     "error_record",
+    "timeout_message",
     "timeout_record",
 ]
 
@@ -72,7 +77,8 @@ TIMEOUT, CRASHED = STATUS.timeout, STATUS.crashed
 #: Exit code of a worker process that ended itself to stop a sample past its timeout.
 TIMEOUT_EXIT_CODE = 75
 
-#: Errors kept per block (the counts are always exact).
+#: Full error records (with their tracebacks) kept per block; every failed sample's
+#: status, error type and message are kept besides, in the block's :class:`FailureLog`.
 MAX_ERRORS_PER_BLOCK = 20
 
 
@@ -82,6 +88,7 @@ class BlockResult:
 
     ``errors`` holds the first records as dicts (:meth:`ErrorRecord.to_dict`, the
     form a store keeps); :meth:`records` reads them back as :class:`ErrorRecord`.
+    ``failures`` holds every sample that is not ok, compactly (:class:`FailureLog`).
     """
 
     outputs: dict[str, np.ndarray]
@@ -89,6 +96,7 @@ class BlockResult:
     errors: list[dict[str, Any]]
     n_errors: int
     seconds: float
+    failures: FailureLog = field(default_factory=lambda: FailureLog())
 
     def records(self) -> list[ErrorRecord]:
         """The error records of this block."""
@@ -211,11 +219,7 @@ def timeout_record(
     ``process_ended``: the process running it was ended (a later attempt at the block
     records the sample). The other arguments are as for :func:`error_record`.
     """
-    message = f"stopped after the timeout of {timeout:g} s"
-    if whole_block:
-        message = "the block call was " + message
-    if process_ended:
-        message += " (the process running it was ended)"
+    message = timeout_message(timeout, whole_block=whole_block, process_ended=process_ended)
     return ErrorRecord(
         **_place(space, region, i, label),
         error_type="SampleTimeout",
@@ -223,6 +227,22 @@ def timeout_record(
         status="timeout",
         seconds=timeout,
     )
+
+
+def timeout_message(timeout: float, *, whole_block: bool = False, process_ended: bool = False) -> str:
+    """The message of a sample stopped by ``timeout`` seconds (see :func:`timeout_record`).
+
+    Examples
+    --------
+    >>> timeout_message(2.5, process_ended=True)
+    'stopped after the timeout of 2.5 s (the process running it was ended)'
+    """
+    message = f"stopped after the timeout of {timeout:g} s"
+    if whole_block:
+        message = "the block call was " + message
+    if process_ended:
+        message += " (the process running it was ended)"
+    return message
 
 
 def crash_record(
@@ -280,3 +300,255 @@ def _last_frame(exc: BaseException) -> str:
         return ""
     f = tb[-1]
     return f"{f.filename}:{f.lineno} in {f.name}"
+
+
+# --------------------------------------------------------------------------- every failure of a block
+
+#: Characters of an error message kept for every sample that is not ok (longer ones
+#: are cut, ending in "...").
+MESSAGE_CHARS = 500
+#: Characters of distinct messages a block keeps at up to :data:`MESSAGE_CHARS` each;
+#: past them each new distinct message keeps :data:`SHORT_MESSAGE_CHARS`, and past
+#: :data:`MESSAGE_LIMIT` none is kept (the error type and status still are), so that
+#: the record of a block of many samples failing with different messages stays small.
+MESSAGE_BUDGET = 100_000
+SHORT_MESSAGE_CHARS = 80
+MESSAGE_LIMIT = 1_000_000
+#: Distinct tracebacks a block keeps: every failure whose traceback is one of them
+#: (the same frames, file and line) gets it, whatever its message.
+MAX_TRACEBACKS_PER_BLOCK = MAX_ERRORS_PER_BLOCK
+#: The message of a failure whose message was not kept (see MESSAGE_LIMIT).
+MESSAGE_NOT_KEPT = "(message not kept: this block's record holds too many distinct messages)"
+#: A block's failures take more than this many characters of JSON: they are kept
+#: compressed (zlib, base64) in its record. Messages that differ in a number or two
+#: compress about tenfold: 10,000 different messages cost about 0.1 MB.
+COMPRESS_ABOVE = 64 * 1024
+_MAX_INFLATED = 1 << 30
+#: Messages remembered as they were given, to find their entry without cutting them again.
+_CACHED_KINDS = 100_000
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[: max(0, chars - 3)] + "..."
+
+
+def _frame_key(exc: BaseException) -> tuple[tuple[str, int], ...]:
+    """Where ``exc`` was raised, frame by frame from the kernel's own frames on: two
+    failures with the same key have the same traceback (but for the message)."""
+    key = [(f.f_code.co_filename, lineno) for f, lineno in traceback.walk_tb(exc.__traceback__)]
+    while key and key[0][0] in _CALLING_FILES:
+        key.pop(0)
+    return tuple(key)
+
+
+def _frames_text(exc: BaseException) -> str:
+    """The frames of :func:`_trimmed_traceback`, without the exception's own line(s)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    while frames and frames[0].filename in _CALLING_FILES:
+        frames.pop(0)
+    if not frames:
+        return ""
+    shown = traceback.format_list(frames[-TRACEBACK_FRAMES:])
+    if len(frames) > TRACEBACK_FRAMES:
+        shown.insert(0, f"  ... {len(frames) - TRACEBACK_FRAMES} earlier frame(s)\n")
+    text = "".join(shown)
+    if len(text) > TRACEBACK_CHARS:
+        text = "..." + text[-TRACEBACK_CHARS:]
+    return text.rstrip("\n")
+
+
+class FailureLog:
+    """Every sample of a block that is not ok: its status, error type and message, and
+    its traceback when it is one of the block's first distinct ones.
+
+    Compact by construction: a sample costs its position and the index of its
+    ``(status, type, message, traceback)`` entry, entries are shared by the samples
+    that failed the same way, messages are cut to :data:`MESSAGE_CHARS` (fewer past
+    :data:`MESSAGE_BUDGET`), and at most :data:`MAX_TRACEBACKS_PER_BLOCK` distinct
+    tracebacks are kept; past :data:`COMPRESS_ABOVE` characters the record keeps
+    them compressed. A block of 10,000 samples failing with one message, or with
+    10,000 messages that differ in a number, is a record of about 0.1 MB.
+
+    Positions are flat (row-major) positions in the block. ``to_doc()`` gives the
+    JSON form a block's record keeps (``failures``), ``from_doc()`` reads it.
+
+    Examples
+    --------
+    >>> log = FailureLog()
+    >>> for i in (3, 5, 8):
+    ...     log.add(i, "failed", "ValueError", "x < 0")
+    >>> log.add(9, "timeout", "SampleTimeout", "stopped after the timeout of 2 s")
+    >>> len(log), log.to_doc()["kinds"][0]
+    (4, [2, 'ValueError', 'x < 0', -1])
+    >>> [(p, s, m) for p, s, _, m, _ in FailureLog.from_doc(log.to_doc()).entries()][-1]
+    (9, 'timeout', 'stopped after the timeout of 2 s')
+    """
+
+    __slots__ = ("_chars", "_kind_ids", "_tb_ids", "kind", "kinds", "position", "tracebacks")
+
+    def __init__(self) -> None:
+        self.position: list[int] = []
+        self.kind: list[int] = []
+        #: ``[status code, error type, message, traceback index or -1]`` per entry
+        self.kinds: list[list[Any]] = []
+        #: distinct tracebacks (frames only; the exception's line is added when read)
+        self.tracebacks: list[str] = []
+        self._kind_ids: dict[tuple[int, str, str, int], int] = {}
+        self._tb_ids: dict[Any, int] = {}
+        self._chars = 0
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def __repr__(self) -> str:
+        return f"<FailureLog: {len(self)} sample(s), {len(self.kinds)} distinct error(s)>"
+
+    # ------------------------------------------------------------------ adding
+
+    def _message(self, message: str) -> str:
+        if self._chars >= MESSAGE_LIMIT:
+            return MESSAGE_NOT_KEPT
+        return _cut(message, MESSAGE_CHARS if self._chars < MESSAGE_BUDGET else SHORT_MESSAGE_CHARS)
+
+    def add(self, position: int, status: int | str, error_type: str, message: str, tb: int = -1) -> None:
+        """Add the sample at flat ``position`` of the block (``tb``: an index into
+        :attr:`tracebacks`, or -1)."""
+        code = int(STATUS[status]) if isinstance(status, str) else int(status)
+        key = (code, str(error_type), _cut(str(message), MESSAGE_CHARS), int(tb))
+        k = self._kind_ids.get(key)
+        if k is None:
+            kept = self._message(key[2])
+            short = (code, key[1], kept, key[3])
+            k = self._kind_ids.get(short)  # cut to the same text as an earlier one
+            if k is None:
+                k = len(self.kinds)
+                self.kinds.append([code, key[1], kept, key[3]])
+                self._kind_ids[short] = k
+                self._chars += len(kept)
+            if len(self._kind_ids) < _CACHED_KINDS:
+                self._kind_ids[key] = k
+        self.position.append(int(position))
+        self.kind.append(k)
+
+    def _traceback_of(self, exc: BaseException) -> int:
+        key = _frame_key(exc)
+        if not key:
+            return -1
+        t = self._tb_ids.get(key)
+        if t is None:
+            if len(self.tracebacks) >= MAX_TRACEBACKS_PER_BLOCK:
+                return -1
+            t = self._tb_ids[key] = len(self.tracebacks)
+            self.tracebacks.append(_frames_text(exc))
+        return t
+
+    def add_exception(self, position: int, exc: BaseException, status: int | str = "failed") -> None:
+        """Add a sample whose kernel call raised ``exc``."""
+        error_type, message, _ = _type_and_message(exc)
+        self.add(position, status, error_type, message, self._traceback_of(exc))
+
+    def add_record(self, position: int, record: ErrorRecord | Mapping[str, Any]) -> None:
+        """Add a sample described by an :class:`ErrorRecord` (or its dict): a timeout,
+        a crash, or a record carried over from an earlier run of the block."""
+        rec = record if isinstance(record, ErrorRecord) else ErrorRecord.from_dict(record)
+        self.add(position, rec.status, rec.error_type, rec.message)
+
+    def merge(self, other: FailureLog, positions: Iterable[int] | None = None) -> None:
+        """Add the samples of ``other`` (a log of the same block), or those of them at
+        ``positions``."""
+        wanted = None if positions is None else {int(p) for p in positions}
+        tb_map: dict[int, int] = {}
+        for p, k in zip(other.position, other.kind, strict=True):
+            if wanted is not None and p not in wanted:
+                continue
+            code, error_type, message, t = other.kinds[k]
+            if t >= 0 and t not in tb_map:
+                text = other.tracebacks[t]
+                tb_map[t] = self._tb_ids.get(("text", text), -1)
+                if tb_map[t] < 0 and len(self.tracebacks) < MAX_TRACEBACKS_PER_BLOCK:
+                    tb_map[t] = self._tb_ids[("text", text)] = len(self.tracebacks)
+                    self.tracebacks.append(text)
+            self.add(p, code, error_type, message, tb_map.get(t, -1))
+
+    # ------------------------------------------------------------------ reading
+
+    def entries(self) -> Iterator[tuple[int, str, str, str, str | None]]:
+        """``(position, status name, error type, message, traceback or None)`` per
+        sample, in the order added."""
+        names = {int(s): s.name for s in STATUS}
+        for p, k in zip(self.position, self.kind, strict=True):
+            code, error_type, message, t = self.kinds[k]
+            tb = None
+            if 0 <= t < len(self.tracebacks) and self.tracebacks[t]:
+                tb = self.tracebacks[t] + "\n" + (f"{error_type}: {message}" if error_type else message)
+            yield p, names.get(int(code), str(code)), error_type, message, tb
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON form kept in a block's record: plain JSON, or, past
+        :data:`COMPRESS_ABOVE` characters, that JSON compressed (``{"zlib": base64}``)."""
+        doc = {
+            "position": list(self.position),
+            "kind": list(self.kind),
+            "kinds": [list(k) for k in self.kinds],
+            "tracebacks": list(self.tracebacks),
+        }
+        text = json.dumps(doc, separators=(",", ":"))
+        if len(text) <= COMPRESS_ABOVE:
+            return doc
+        return {"zlib": base64.b64encode(zlib.compress(text.encode(), 6)).decode("ascii")}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> FailureLog:
+        """Read :meth:`to_doc`'s form; ``ValueError`` if it is not that."""
+        if isinstance(doc, Mapping) and isinstance(doc.get("zlib"), str):
+            try:
+                raw = zlib.decompressobj().decompress(base64.b64decode(doc["zlib"]), _MAX_INFLATED)
+                doc = json.loads(raw)
+            except (ValueError, zlib.error) as e:
+                raise ValueError(f"the compressed failures of a block record cannot be read ({e})") from None
+        if not isinstance(doc, Mapping):
+            raise ValueError("the failures of a block record are not a JSON object")
+        log = cls()
+        pos, kind, kinds, tbs = (doc.get(k) for k in ("position", "kind", "kinds", "tracebacks"))
+        if not (
+            isinstance(pos, list)
+            and isinstance(kind, list)
+            and len(pos) == len(kind)
+            and isinstance(kinds, list)
+            and isinstance(tbs, list)
+        ):
+            raise ValueError("the failures of a block record are not lists of positions and kinds")
+        for entry in kinds:
+            if not (isinstance(entry, list) and len(entry) == 4):
+                raise ValueError(f"a failure kind {entry!r} is not [status, type, message, traceback]")
+            code, error_type, message, t = entry
+            log.kinds.append([int(code), str(error_type), str(message), int(t)])
+        n = len(log.kinds)
+        if any(not isinstance(k, int) or not 0 <= k < n for k in kind):
+            raise ValueError("a failure refers to no kind")
+        log.position = [int(p) for p in pos]
+        log.kind = list(kind)
+        log.tracebacks = [str(t) for t in tbs]
+        return log
+
+
+def failure_log_of(
+    failures: Mapping[str, Any] | None, errors: Sequence[Mapping[str, Any]], shape: Sequence[int]
+) -> FailureLog:
+    """The :class:`FailureLog` a block's record keeps (its ``failures``), or, for a
+    record written before daskbatch kept every failure (or whose ``failures`` cannot be
+    read), one made of its first ``errors``. ``shape`` is the block's shape (the
+    errors give their position per batch dim)."""
+    if failures is not None:
+        try:
+            return FailureLog.from_doc(failures)
+        except (ValueError, TypeError):
+            pass
+    log = FailureLog()
+    for e in errors:
+        try:
+            position = int(np.ravel_multi_index(tuple(int(p) for p in e.get("position") or ()), shape))
+            log.add_record(position, e)
+        except (ValueError, TypeError):  # a record without a usable position
+            continue
+    return log

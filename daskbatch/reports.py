@@ -3,8 +3,9 @@
 ``daskbatch report STORE -o report.html`` (or :func:`report`): the totals, a histogram
 per scalar output, the quantile bands of every curve output, the convergence of the
 first scalar output, parameter-against-output scatter plots for the parameters that
-matter most, the failures with their messages, and the run's provenance. BokehJS is
-inlined, so the file opens anywhere without a network. Every statistic comes from
+matter most, the failures by their inputs (file names, parameter values) with their
+messages, and the run's provenance. BokehJS is inlined, so the file opens anywhere
+without a network. Every statistic comes from
 dask reductions or a bounded random subsample, never from loading an output whole,
 and counts only committed blocks (the samples of a block without its commit marker
 are pending), as ``daskbatch status`` does.
@@ -16,12 +17,13 @@ import contextlib
 import html
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .analysis import _open, _scalar, convergence, summarize
+from .analysis import _is_number, _open, _scalar, convergence, summarize
 from .errors import DaskbatchError
 from .fstools import clear_partial
 from .kernel import STATUS
@@ -185,6 +187,61 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table class='db'>{cells}</table>"
 
 
+def _cell(value: Any) -> str:
+    """A value as an escaped table cell: floats short, missing values empty."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float | np.floating):
+        return html.escape(f"{float(value):.6g}")
+    return html.escape(str(value))
+
+
+def _failures_html(store: Any) -> str:
+    """Every failure by its inputs (its file, or its coordinates and parameters), its
+    status and message, the first :data:`REPORT_FAILURES` of them; every value escaped."""
+    from .failures import failures, identity_columns
+
+    df = failures(store)
+    n, total = len(df), int(df.attrs.get("n_samples", 0))
+    ident = identity_columns(df)
+    params = [
+        c for c in df.columns if c not in ident and c not in ("status", "error", "message", "traceback")
+    ]
+    columns = [*ident, *params[: max(0, REPORT_INPUT_COLUMNS - len(ident))], "status", "error", "message"]
+    shown = df.head(REPORT_FAILURES)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [*columns, "traceback"])
+    body = []
+    for i in range(len(shown)):
+        cells = "".join(f"<td>{_cell(shown[c].iloc[i])}</td>" for c in columns)
+        tb = shown["traceback"].iloc[i]
+        tb_cell = (
+            f"<details><summary>show</summary><pre>{html.escape(str(tb))}</pre></details>"
+            if isinstance(tb, str) and tb
+            else ""
+        )
+        body.append(f"<tr>{cells}<td>{tb_cell}</td></tr>")
+    more = (
+        f"; the first {len(shown):,} are shown: <code>daskbatch failures "
+        f"{html.escape(shlex.quote(str(store)))} --csv</code> writes them all"
+        if n > len(shown)
+        else ""
+    )
+    title = f"<h2>Failures: {n:,} of {total:,} samples</h2>"
+    note = f"<p>{html.escape(str(df.attrs['note']))}</p>" if df.attrs.get("note") else ""
+    return (
+        title
+        + f"<p>By their inputs, in sample order{more}.</p>"
+        + note
+        + f"<table class='db'><tr>{head}</tr>{''.join(body)}</table>"
+    )
+
+
+#: Failures a report lists (``daskbatch failures STORE --csv`` writes them all).
+REPORT_FAILURES = 200
+#: Columns of inputs (coordinates, parameters) a report's failures show.
+REPORT_INPUT_COLUMNS = 8
+
+
 _STYLE = (
     "<style>table.db{border-collapse:collapse;font:13px sans-serif}"
     "table.db th,table.db td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
@@ -208,8 +265,8 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
     st = status(store)
     summary = summarize(ds)
     outputs = info["kernel"]["outputs"]
-    scalars = [k for k, o in outputs.items() if not o["shape"]]
-    curves = [k for k, o in outputs.items() if o["shape"]]
+    scalars = [k for k, o in outputs.items() if _is_number(o)]
+    curves = [k for k, o in outputs.items() if o["shape"] and k in summary.data_vars]
     rng = np.random.default_rng(seed)
     parts: list[Any] = []
     s = st.samples
@@ -254,9 +311,8 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
     if plots:
         parts.append(Div(text="<h2>Plots</h2>"))
         parts += [row(*plots[i : i + 2]) for i in range(0, len(plots), 2)]
-    if st.errors:
-        rows = [(e.get("sample", ""), f"{e.get('error', '')}  [{e.get('where', '')}]") for e in st.errors]
-        parts.append(Div(text=f"<h2>Failures (first {len(rows)})</h2>" + _table(rows)))
+    if st.n_failed:
+        parts.append(Div(text=_failures_html(store), width=1040))
     history = info.get("history") or []
     prov = [
         ("daskbatch version", str(info.get("version", ""))),

@@ -128,6 +128,10 @@ class StoreStatus:
         if self.errors:
             lines.append("errors (first ones):")
             lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[: _shown_errors()]]
+        if self.n_failed:
+            lines.append(
+                f"failures: each with its inputs and message: daskbatch failures {shlex.quote(self.store)}"
+            )
         return lines
 
     def __str__(self) -> str:

@@ -31,14 +31,14 @@ def test_summary_statistics_equal_numpy(mc_store):
     assert int(s.n_ok) == 500 and int(s.n_failed) == 0
     for name in ("total", "npos"):
         v = ds[name].values.astype(float)
-        want = [v.size, v.mean(), v.std(), v.min(), v.max(), *np.quantile(v, [0.1, 0.5, 0.9])]
+        want = [v.size, v.mean(), v.std(ddof=1), v.min(), v.max(), *np.quantile(v, [0.1, 0.5, 0.9])]
         assert np.allclose(s[name].values, want, rtol=1e-12), name
     # a curve: the same statistics per time, i.e. ensemble bands
     c = ds.curve.values
     assert s.curve.dims == ("stat", "t")
     assert np.allclose(s.curve.sel(stat="p50"), np.median(c, axis=0), rtol=1e-12)
     assert np.allclose(s.curve.sel(stat="p90"), np.quantile(c, 0.9, axis=0), rtol=1e-12)
-    assert np.allclose(s.curve.sel(stat="std"), c.std(axis=0), rtol=1e-12)
+    assert np.allclose(s.curve.sel(stat="std"), c.std(axis=0, ddof=1), rtol=1e-12)  # the sample sd
 
 
 def test_failed_samples_are_counted_not_averaged(tmp_path):
@@ -96,7 +96,9 @@ def test_export_round_trips_through_pandas(mc_store, tmp_path):
     n = db.export(mc_store, tmp_path / "out.csv")
     df = pd.read_csv(tmp_path / "out.csv")
     assert n == len(df) == 500
-    assert set(df.columns) == {"sample", "x", "w_0", "w_1", "w_2", "status", "total", "npos"}
+    params = ["sample", "x", "w_0", "w_1", "w_2"]
+    assert set(df.columns) == {*params, "status", "error", "message", "total", "npos"}
+    assert df["message"].isna().all() and df["error"].isna().all()  # every sample ok: empty cells
     assert np.array_equal(df["sample"], np.arange(500))
     assert np.allclose(df["x"], ds.x.values, rtol=1e-15) and np.allclose(
         df["w_2"], ds.w.values[:, 2], rtol=1e-15
@@ -243,4 +245,4 @@ def test_report_lists_failures_with_their_messages(tmp_path):
     db.run(fail_on_multiples, db.Grid(i=np.arange(30)), store, cluster="serial", progress=False)
     path = db.report(store, tmp_path / "r.html")
     text = path.read_text()
-    assert "Failures (first" in text and "boom at i=7" in text and "RuntimeError" in text
+    assert "Failures: 4 of 30 samples" in text and "boom at i=7" in text and "RuntimeError" in text
