@@ -32,10 +32,11 @@ from .distributions import (
 )
 from .engine import RunResult, StoreStatus, open, plan, run, status
 from .errors import DaskbatchError
+from .failures import failures  # eager: the submodule's name would shadow the function
 from .hpc import JobQueue
 from .kernel import STATUS, Kernel, Output, kernel
 from .plan import Plan
-from .space import Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
+from .space import Files, Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
 
 if TYPE_CHECKING:
     from .analysis import compare, convergence, export, outliers, summarize
@@ -79,6 +80,7 @@ __all__ = [
     "Choice",
     "Constant",
     "DaskbatchError",
+    "Files",
     "Grid",
     "Halton",
     "JobQueue",
@@ -107,6 +109,7 @@ __all__ = [
     "compare",
     "convergence",
     "export",
+    "failures",
     "kernel",
     "open",
     "outliers",

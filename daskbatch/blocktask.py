@@ -9,6 +9,7 @@ its own Zarr chunks and commits it, and returns a small summary to the driver.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import math
@@ -24,7 +25,8 @@ import numpy as np
 
 from .hygiene import limit_malloc_arenas, release_freed_memory
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel, timeout_record
-from .space import Space, Table
+from .records import failure_log_of
+from .space import Param, Space
 from .store import Layout, Store
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "compute",
     "kernel_inputs",
     "piece_task",
+    "run_params",
     "should_leave",
 ]
 
@@ -59,6 +62,23 @@ class BlockContext:
     block_seconds: float | None = None
 
 
+def run_params(params: Mapping[str, Param], kernel: Kernel) -> dict[str, Param]:
+    """The parameters a run's store keeps (its ``Layout.params``), given the kernel.
+
+    A table's column the kernel does not take (``optional``, and no ``**kwargs``)
+    is a label: stored, as a coordinate along the batch dims. A column read from an
+    input file and taken by the kernel (``stored=False``) is referenced, not stored,
+    and left out. Grid axes stay (they are their dims' coordinates).
+    """
+    out: dict[str, Param] = {}
+    for name, p in params.items():
+        if p.optional and not kernel.accepts(name):
+            p = dataclasses.replace(p, stored=True, label=True)
+        if p.is_axis or p.stored:
+            out[name] = p
+    return out
+
+
 def kernel_inputs(
     values: Mapping[str, Any], params: Mapping[str, Any], batch_dims: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -66,18 +86,23 @@ def kernel_inputs(
 
     A grid axis (a 1-D array along its own dim) is shaped to broadcast against the
     block's batch dims and is not stored per block (it is the dim's coordinate); every
-    other parameter is passed and stored as it is.
+    other parameter is passed as it is (the kernel drops those it does not take: a
+    table's labels) and stored if ``params`` has it with ``stored`` set (a column
+    read from an input file is referenced instead, see :func:`run_params`).
     """
     nd = len(batch_dims)
     kernel_params: dict[str, np.ndarray] = {}
     stored_params: dict[str, np.ndarray] = {}
     for name, arr in values.items():
-        if params[name].is_axis:
+        p = params.get(name)
+        if p is not None and p.is_axis:
             shape = [1] * nd
             shape[batch_dims.index(name)] = -1
             kernel_params[name] = np.asarray(arr).reshape(shape)
         else:
-            kernel_params[name] = stored_params[name] = np.asarray(arr)
+            kernel_params[name] = np.asarray(arr)
+            if p is not None and getattr(p, "stored", True):
+                stored_params[name] = kernel_params[name]
     return kernel_params, stored_params
 
 
@@ -122,8 +147,10 @@ def compute(
         if positions is None or i in positions:
             flat_status[i] = TIMEOUT
             res.n_errors += 1
+            rec = timeout_record(layout, region, i, stopped[i], process_ended=True)
+            res.failures.add_record(i, rec)
             if len(res.errors) < MAX_ERRORS_PER_BLOCK:
-                res.errors.append(timeout_record(layout, region, i, stopped[i], process_ended=True).to_dict())
+                res.errors.append(rec.to_dict())
     return res
 
 
@@ -288,7 +315,15 @@ def block_task(
     else:
         res = compute(ctx, block, kernel_params)
     counts = st.write_block(
-        layout, block, stored_params, res.outputs, res.status, res.errors, res.n_errors, res.seconds
+        layout,
+        block,
+        stored_params,
+        res.outputs,
+        res.status,
+        res.errors,
+        res.n_errors,
+        res.seconds,
+        failures=res.failures,
     )
     st.clear_timeouts(block)
     summary = block_summary(block, counts, res, nd)
@@ -316,6 +351,8 @@ def _keep_old_errors(st: Store, layout: Layout, block: tuple[int, ...], res: Blo
     old = [e for e in (record.errors if record is not None else []) if e.get("index") in indices]
     res.errors = old + res.errors
     res.n_errors += n_kept
+    if record is not None:  # every kept failure's message too
+        res.failures.merge(failure_log_of(record.failures, old, shape), np.flatnonzero(kept).tolist())
 
 
 def piece_task(
@@ -329,14 +366,15 @@ def build_tasks(space: Space, layout: Layout, ctx: BlockContext, blocks) -> dict
     """One dask task per block in ``blocks``, with no dependencies.
 
     Each task draws its block's parameters itself (a design computes them from the
-    sample index; a grid from its axes), so the scheduler handles one task per block
-    and no parameter array ever travels. A table held in memory is the exception:
-    its task carries the block's rows, not the whole table.
+    sample index; a grid from its axes; a table read from files reads its rows), so
+    the scheduler handles one task per block and no parameter array ever travels.
+    The exceptions (``Space.carries_rows``) are a table held in memory and a list of
+    files: their task carries the block's rows, not the whole table.
     """
     import dask
 
     token = hashlib.sha256(f"{ctx.store}{layout.store_id}".encode()).hexdigest()[:12]
-    carries_rows = isinstance(space, Table)
+    carries_rows = bool(getattr(space, "carries_rows", False))
     tasks = {}
     context = Opaque(ctx)
     for b in blocks:

@@ -27,6 +27,7 @@ import numpy as np
 from .errors import OutputSpecError, sample_label
 from .log import logger
 from .outputs import Output, OutputValueError, as_dict, cast_value, check_value, unfit_message
+from .ragged import blank, block_values, entry, sample_value
 from .records import (
     FAILED,
     MAX_ERRORS_PER_BLOCK,
@@ -35,9 +36,11 @@ from .records import (
     TIMEOUT,
     TIMEOUT_EXIT_CODE,
     BlockResult,
+    FailureLog,
     _BlockAsSpace,
     _locate,
     error_record,
+    timeout_message,
     timeout_record,
 )
 
@@ -89,7 +92,8 @@ def run_block(
         region=region,
     )
     run.run()
-    return BlockResult(run.outputs, run.status, run.errors, run.n_errors, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return BlockResult(run.outputs, run.status, run.errors, run.n_errors, seconds, run.failures)
 
 
 class _BlockRun:
@@ -123,6 +127,8 @@ class _BlockRun:
             region = tuple(slice(0, n) for n in batch_shape)
         self.kernel = kernel
         self.per_sample = kernel.per_sample
+        #: ragged and text outputs (padded values and their lengths, see daskbatch.ragged)
+        self.variable = frozenset(k for k, o in kernel.outputs.items() if o.variable)
         self.params = params
         self.batch_shape = batch_shape
         self.label = label
@@ -140,6 +146,7 @@ class _BlockRun:
         self.flat_out: dict[str, np.ndarray] = {}
         self.status = np.full(batch_shape, PENDING, dtype=np.int8)
         self.errors: list[dict[str, Any]] = []
+        self.failures = FailureLog()  # every sample that is not ok, with its message
         self.flat = {
             k: _broadcast(v, batch_shape).reshape((n, *np.shape(v)[len(batch_shape) :]))
             for k, v in params.items()
@@ -161,7 +168,10 @@ class _BlockRun:
         """Give each output an array of fill values (all of them, with ``fresh``)."""
         for k, o in self.kernel.outputs.items():
             if fresh or k not in self.outputs:
-                self.outputs[k] = np.full(self.batch_shape + o.shape, o.fill, dtype=o.dtype)
+                if o.variable:  # ragged or text: padded values and their lengths
+                    self.outputs[k] = blank(o, self.batch_shape)
+                else:
+                    self.outputs[k] = np.full(self.batch_shape + o.shape, o.fill, dtype=o.dtype)
             self.flat_out[k] = self.outputs[k].reshape((self.n, *o.shape))
 
     def label_of(self, i: int) -> str | None:
@@ -175,6 +185,7 @@ class _BlockRun:
         if len(self.errors) < MAX_ERRORS_PER_BLOCK:
             rec = error_record(self.space, self.region, i, exc, label=self.label_of(i))
             self.errors.append(rec.to_dict())
+        self.failures.add_exception(i, exc)
 
     def record_timeout(self, i: int, whole_block: bool = False) -> None:
         self.flat_status[i] = TIMEOUT
@@ -184,6 +195,7 @@ class _BlockRun:
                 self.space, self.region, i, self.timeout, whole_block=whole_block, label=self.label_of(i)
             )
             self.errors.append(rec.to_dict())
+        self.failures.add(i, TIMEOUT, "SampleTimeout", timeout_message(self.timeout, whole_block=whole_block))
 
     # ------------------------------------------------------------------ calls
 
@@ -196,7 +208,23 @@ class _BlockRun:
         else:
             result = self.kernel.func(**{k: v[None] for k, v in kwargs.items()}, **self.constants)
         values = as_dict(specs, result, "sample")
-        return {k: check_value(specs, k, values[k], "sample", () if self.per_sample else (1,)) for k in specs}
+        batch = () if self.per_sample else (1,)
+        if not self.variable:  # fixed shapes only: as it always was
+            return {k: check_value(specs, k, values[k], "sample", batch) for k in specs}
+        checked = {}
+        for k, o in specs.items():
+            if not o.variable:
+                checked[k] = check_value(specs, k, values[k], "sample", batch)
+            elif self.per_sample:
+                checked[k] = sample_value(o, k, values[k], "sample")
+            else:  # a vectorised kernel called on one sample: its block of one
+                one, bad = block_values(o, k, values[k], "sample", (1,))
+                if bad is not None:
+                    raise OutputValueError(
+                        unfit_message(k, np.asarray(entry(values[k], 0, o, (1,))), o.dtype)
+                    )
+                checked[k] = one
+        return checked
 
     def one_sample(self, i: int) -> None:
         """Compute sample ``i``, retried up to ``retries`` times; record it if it fails."""
@@ -248,13 +276,16 @@ class _BlockRun:
         result = self.kernel.func(**block_params, **self.constants)
         values = as_dict(specs, result, where)
         checked, unfit = {}, {}
-        for k in specs:
-            checked[k], bad = cast_value(specs, k, values[k], where, shape)
+        for k, o in specs.items():
+            if o.variable:  # ragged or text: one value per sample, in a list
+                checked[k], bad = block_values(o, k, values[k], where, shape)
+            else:
+                checked[k], bad = cast_value(specs, k, values[k], where, shape)
             if bad is not None:
                 unfit[k] = bad.reshape(-1)
         for k, v in checked.items():
             if positions is None:
-                self.outputs[k] = _owned(v, values[k])
+                self.outputs[k] = v if specs[k].variable else _owned(v, values[k])
             else:
                 self.flat_out[k][todo] = v
         if positions is None:
@@ -279,13 +310,14 @@ class _BlockRun:
             flat = self.outputs[k].reshape((self.n, *o.shape)) if todo is None else self.flat_out[k]
             flat[at] = o.fill
         self.flat_status[at] = FAILED
-        for done, (j, i) in enumerate(zip(computed.tolist(), at.tolist(), strict=True)):
-            if len(self.errors) >= MAX_ERRORS_PER_BLOCK:  # counted, not described
-                self.n_errors += len(at) - done
-                break
+        for j, i in zip(computed.tolist(), at.tolist(), strict=True):
             k = next(name for name, mask in unfit.items() if mask[j])
-            sample_value = np.asarray(values[k]).reshape((-1, *specs[k].shape))[j]
-            self.record(i, OutputValueError(unfit_message(k, sample_value, specs[k].dtype)))
+            if specs[k].variable:
+                shape = self.batch_shape if todo is None else (len(todo),)
+                value = np.asarray(entry(values[k], j, specs[k], shape))
+            else:
+                value = np.asarray(values[k]).reshape((-1, *specs[k].shape))[j]
+            self.record(i, OutputValueError(unfit_message(k, value, specs[k].dtype)))
 
     # ------------------------------------------------------------------ the run
 

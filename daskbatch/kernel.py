@@ -221,7 +221,8 @@ class Kernel:
         return self.func(*args, **kwargs)
 
     def __repr__(self) -> str:
-        outs = ", ".join(f"{k}{list(v.dims) if v.dims else ''}: {v.dtype}" for k, v in self.outputs.items())
+        shown = {k: "str" if v.text else v.dtype for k, v in self.outputs.items()}
+        outs = ", ".join(f"{k}{list(v.dims) if v.dims else ''}: {shown[k]}" for k, v in self.outputs.items())
         mode = "per sample" if self.per_sample else "per block"
         safe = "thread-safe" if self.threadsafe else "not thread-safe"
         return f"<daskbatch.Kernel {self.identity} ({mode}, {safe}) -> {outs}>"
@@ -255,7 +256,9 @@ class Kernel:
         """Raise :class:`KernelSignatureError` unless every argument has a value.
 
         Every parameter and constant must be accepted by the kernel, and every
-        kernel argument without a default must be a parameter or a constant.
+        kernel argument without a default must be a parameter or a constant. A
+        table's column the kernel does not take (``Param.optional``) is a label,
+        not an error: it is stored, not passed.
         """
         both = sorted(set(params) & set(constants))
         if both:
@@ -268,7 +271,8 @@ class Kernel:
             )
         given = set(params) | set(constants)
         if not self._varkw:
-            unknown = sorted(given - set(self._args))
+            labels = {n for n, p in params.items() if getattr(p, "optional", False)}
+            unknown = sorted(given - set(self._args) - labels)
             if unknown:
                 raise KernelSignatureError(
                     f"kernel {self.name!r} has no argument(s) {unknown}; its arguments are "
@@ -294,6 +298,10 @@ class Kernel:
     def _as_dict(self, result: Any, where: str) -> Mapping[str, Any]:
         """A result as ``{output name: value}`` (see :func:`~daskbatch.outputs.as_dict`)."""
         return as_dict(self.outputs, result, where)
+
+    def accepts(self, name: str) -> bool:
+        """Whether the kernel takes an argument ``name`` (any name, with ``**kwargs``)."""
+        return self._varkw or name in self._args
 
     # ------------------------------------------------------------------ running
 
@@ -355,8 +363,11 @@ class Kernel:
             eighth sample).
 
         Error records (:class:`~daskbatch.errors.ErrorRecord`, as dicts) are kept for
-        the first :data:`MAX_ERRORS_PER_BLOCK` samples that are not ok.
+        the first :data:`MAX_ERRORS_PER_BLOCK` samples that are not ok. Parameters
+        the kernel does not take (a table's labels) are not passed to it.
         """
+        if not self._varkw and any(k not in self._args for k in params):
+            params = {k: v for k, v in params.items() if k in self._args}
         return calls.run_block(
             self,
             params,

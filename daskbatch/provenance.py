@@ -325,9 +325,24 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+#: what a space's spec records about its input that its contents digest covers: where
+#: it is, its size and modification time, and the digests that locate a changed row
+_INPUT_KEYS = ("size", "mtime_ns", "files", "column_sha256", "prefix")
+
+
 def space_fingerprint(space: Any) -> dict[str, Any]:
     """What of a space must match on a rerun (a table is identified by its contents)."""
-    spec = dict(space.spec())
+
+    def strip(spec: Any) -> Any:
+        if not isinstance(spec, dict):
+            return spec
+        out = {k: v for k, v in spec.items() if k not in _INPUT_KEYS}
+        for part in ("outer", "inner"):
+            if part in out:
+                out[part] = strip(out[part])
+        return out
+
+    spec = strip(dict(space.spec()))
     spec.pop("path", None)
     return spec
 

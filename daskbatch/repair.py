@@ -50,6 +50,7 @@ import zarr
 
 from .errors import StoreError
 from .ledger import HIDDEN, INTERNAL, BlockProblem, _checksum, store_format
+from .ragged import encoded_coords, uses_zarr_strings, widened, wider_shape
 from .repaircheck import (
     _ATTR,
     PROVENANCE,
@@ -177,7 +178,7 @@ def _record_template(path: Path, info: Mapping[str, Any], names: set[str] | None
 def _coordinate_names(path: Path, info: Mapping[str, Any]) -> set[str]:
     """The arrays the template writes values into: grid axes, output core coordinates."""
     dims = set(info["layout"]["batch_dims"])
-    names = set(_batch_coords(info))
+    names = set(_batch_coords(info, path))
     for spec in info["kernel"]["outputs"].values():
         names.update(d for d in spec["dims"] if d not in dims and (path / d / "zarr.json").is_file())
     return names
@@ -186,7 +187,7 @@ def _coordinate_names(path: Path, info: Mapping[str, Any]) -> set[str]:
 # ------------------------------------------------------------------ what the metadata should be
 
 
-def _generated(info: Mapping[str, Any], fmt: int) -> dict[str, dict[str, Any]]:
+def _generated(info: Mapping[str, Any], fmt: int, path: Path | None = None) -> dict[str, dict[str, Any]]:
     """Every array's metadata as the template would write it now, from the provenance
     alone (for stores made before the template was recorded); {} when it cannot be made."""
     from .kernel import Output
@@ -207,6 +208,7 @@ def _generated(info: Mapping[str, Any], fmt: int) -> dict[str, dict[str, Any]]:
             params=space.params,
             outputs=outputs,
             batch_coords=space.batch_coords(),
+            legacy_text=path is not None and uses_zarr_strings(path),  # text as the store keeps it
         )
         with tempfile.TemporaryDirectory() as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -218,13 +220,16 @@ def _generated(info: Mapping[str, Any], fmt: int) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _batch_coords(info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _batch_coords(info: Mapping[str, Any], path: Path | None = None) -> dict[str, np.ndarray]:
     from .space import space_from_spec
 
     try:
-        return dict(space_from_spec(info["space_spec"]).batch_coords())
+        coords = dict(space_from_spec(info["space_spec"]).batch_coords())
     except Exception:
         return {}
+    if path is not None and uses_zarr_strings(path):  # a store of before text was UTF-8 bytes
+        return coords
+    return {k: v for name, values in coords.items() for k, v in encoded_coords(name, values).items()}
 
 
 def _differs(doc: Any, ref: Mapping[str, Any], fields: tuple[str, ...]) -> str | None:
@@ -233,6 +238,8 @@ def _differs(doc: Any, ref: Mapping[str, Any], fields: tuple[str, ...]) -> str |
         return "is not a JSON object"
     for key in fields:
         if doc.get(key) != ref.get(key):
+            if key == "shape" and wider_shape(doc, ref):  # a padded array block writers widened
+                continue
             return f"has {key} {_short(doc.get(key))}, the template {_short(ref.get(key))}"
     attrs, want = doc.get("attributes"), ref.get("attributes")
     if isinstance(want, dict) and (
@@ -301,7 +308,7 @@ def _inspect(path: Path, quick: bool = False, outputs: Mapping[str, Any] | None 
         plan.docs["zarr.json"] = _rebuilt_root(prov.root_doc, info)
         plan.consolidate = True
     plan.copy = not prov.copy_ok
-    generated = None if quick else _generated(info, store_format(info, path))
+    generated = None if quick else _generated(info, store_format(info, path), path)
     plan.template, why = _template(path, info, generated)
     if why is not None:
         plan.retemplate = True
@@ -322,7 +329,7 @@ def _inspect_arrays(plan: _Plan, quick: bool = False, generated: dict[str, Any] 
         refs, fields, source = template["arrays"], (*_FIELDS, "dimension_names"), f"{HIDDEN}/{TEMPLATE}"
         groups = dict(template.get("groups") or {})
     else:
-        refs = dict(generated) if generated is not None else _generated(info, fmt)
+        refs = dict(generated) if generated is not None else _generated(info, fmt, path)
         fields, source = _FIELDS_GENERATED, "the provenance"
         fields = fields[:1] if quick else fields  # a run without verify: only files that cannot be read
         groups = {INTERNAL: {"zarr_format": 3, "node_type": "group", "attributes": {}}} if fmt == 1 else {}
@@ -339,6 +346,11 @@ def _inspect_arrays(plan: _Plan, quick: bool = False, generated: dict[str, Any] 
         got, bad = _read_json(path / file)
         bad = bad or _differs(got, ref, fields)
         if bad is None:
+            copy = consolidated.get(name)
+            stale = isinstance(copy, dict) and copy != got and wider_shape(got, copy)
+            if stale and {**copy, "shape": got["shape"]} == got:
+                plan.consolidate = True  # only narrower than a padded array widened since: no damage
+                continue
             if plan.root_doc is not None and consolidated.get(name) != got:
                 plan.consolidate = True
                 plan.add(
@@ -359,7 +371,7 @@ def _inspect_arrays(plan: _Plan, quick: bool = False, generated: dict[str, Any] 
                 plan.add(file, f"a rebuilt {file} does not decode its chunks ({cannot})", None)
                 continue
         plan.add(file, bad, fix)
-        plan.docs[file] = doc
+        plan.docs[file] = widened(path, name, doc, [consolidated.get(name)])  # a padded array: as stored
         plan.consolidate = True
 
 
@@ -412,15 +424,16 @@ def _inspect_coords(plan: _Plan, outputs: Mapping[str, Any] | None = None) -> No
                 plan.add(rel, bad, f"rewrote {kind(name)} from {HIDDEN}/{TEMPLATE}")
                 plan.coords[name] = values
         return
-    for name, values in sorted(_batch_coords(info).items()):
-        rel = f"{name}/c/0"
+    for name, values in sorted(_batch_coords(info, path).items()):
+        rel = f"{name}/c/" + "/".join("0" * max(1, values.ndim))
+        written = (path / rel).is_file() or not values.size  # text of empty strings has no chunk
         if f"{name}/zarr.json" in plan.docs:
-            bad = None if (path / rel).is_file() else "is missing"
+            bad = None if written else "is missing"
         else:
             try:  # the array alone: the root's zarr.json may be the damaged file
                 got = np.asarray(zarr.open_array(str(path / name), mode="r")[...])
                 same = got.shape == values.shape and bool(np.all(got == values))
-                bad = None if same and (path / rel).is_file() else "differs from the provenance's axis"
+                bad = None if same and written else "differs from the provenance's axis"
             except Exception as e:
                 bad = f"cannot be read ({type(e).__name__})"
         if bad is not None:
@@ -437,9 +450,12 @@ def _inspect_output_coords(plan: _Plan, dims: list[str], outputs: Mapping[str, A
         for d in spec.get("dims", []):
             if d in dims or d in plan.coords or not (path / d / "zarr.json").exists():
                 continue
-            rel = f"{d}/c/0"
+            # its one chunk (text: UTF-8 bytes, 2-D)
+            rel = next((f"{d}/c/{k}" for k in ("0", "0/0") if (path / d / "c" / k).is_file()), f"{d}/c/0")
             out = (outputs or {}).get(name)
             want = None if out is None else (out.coords or {}).get(d)
+            written = {} if want is None else encoded_coords(d, np.asarray(want))
+            want = written.get(d)
             if want is None:
                 if not (path / rel).is_file():
                     fix = None if outputs is not None else "rewritten from the kernel's Output(coords=...)"
@@ -452,7 +468,7 @@ def _inspect_output_coords(plan: _Plan, dims: list[str], outputs: Mapping[str, A
                 same = False
             if not same:
                 plan.add(rel, "is missing or differs", f"rewrote the output coordinate {d!r} from the kernel")
-                plan.coords[d] = np.asarray(want)
+                plan.coords.update(written)
 
 
 # ------------------------------------------------------------------ check and repair

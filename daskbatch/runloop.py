@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import config
-from .blocktask import BlockContext, build_tasks
+from .blocktask import BlockContext, build_tasks, run_params
 from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
 from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
 from .codeid import modules_used
@@ -137,7 +137,7 @@ class Runner:
             store_id=store_id,
             batch_dims=space.batch_dims,
             batch_shape=space.batch_shape,
-            params=space.params,
+            params=run_params(space.params, self.kernel),  # labels; inputs referenced, not stored
             outputs=self.kernel.outputs,
             batch_coords=space.batch_coords(),
         )
@@ -438,7 +438,7 @@ def _duration(seconds: float) -> str:
 def bytes_per_sample(kernel: Kernel, space: Space) -> tuple[int, int]:
     """Bytes of parameters and of outputs per sample, as the store keeps them."""
     b_in = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
-    b_out = sum(math.prod(o.shape) * o.dtype.itemsize for o in kernel.outputs.values())
+    b_out = sum(o.size * o.dtype.itemsize for o in kernel.outputs.values())
     return b_in, b_out
 
 

@@ -19,6 +19,8 @@ import numpy as np
 
 from .blocktask import BlockContext, block_inputs, block_summary, piece_task
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, BlockResult, crash_record
+from .ragged import blank
+from .records import FailureLog
 from .space import Space
 from .store import Store
 
@@ -49,14 +51,13 @@ class _Salvage:
         self.kernel_params, self.stored_params = block_inputs(
             ctx, block, [values[k] for k in ctx.param_names]
         )
-        self.outputs = {
-            k: np.full(self.batch_shape + o.shape, o.fill, dtype=o.dtype) for k, o in layout.outputs.items()
-        }
+        self.outputs = {k: blank(o, self.batch_shape) for k, o in layout.outputs.items()}
         self.flat_out = {k: v.reshape((n, *layout.outputs[k].shape)) for k, v in self.outputs.items()}
         self.status = np.full(self.batch_shape, STATUS["pending"], dtype=np.int8)
         self.flat_status = self.status.reshape(-1)
         self.errors: list[dict[str, Any]] = []
         self.n_errors, self.seconds = 0, 0.0
+        self.failures = FailureLog()  # every sample that is not ok, with its message
         self.owners: dict[str, list[int]] = {}
         # crashed samples, and the worker that died last running each
         self.dead: dict[int, tuple[str | None, int | None]] = {}
@@ -79,6 +80,7 @@ class _Salvage:
                 flat[i] = res.outputs[k].reshape(flat.shape)[i]
         self.n_errors += res.n_errors
         self.errors.extend(res.errors[: MAX_ERRORS_PER_BLOCK - len(self.errors)])
+        self.failures.merge(res.failures, positions)
         self.seconds += res.seconds
 
     def crashed(self, i: int, exc: BaseException) -> None:
@@ -119,9 +121,10 @@ class _Salvage:
             self.errors,
             self.n_errors,
             self.seconds,
+            failures=self.failures,
         )
         st.clear_timeouts(self.block)
-        res = BlockResult(self.outputs, self.status, self.errors, self.n_errors, self.seconds)
+        res = BlockResult(self.outputs, self.status, self.errors, self.n_errors, self.seconds, self.failures)
         on_done(block_summary(self.block, counts, res, len(self.region)))
 
     def _pieces(self) -> None:
@@ -176,8 +179,6 @@ class _Salvage:
         for i, (addr, limit) in self.dead.items():
             self.flat_status[i] = STATUS.crashed
             self.n_errors += 1
-            if len(self.errors) >= MAX_ERRORS_PER_BLOCK:
-                continue
             event = memory_kills.get(addr)
             record = crash_record(
                 self.ctx.layout,
@@ -187,4 +188,6 @@ class _Salvage:
                 rss=(event or {}).get("rss"),
                 limit=limit,
             )
-            self.errors.append(record.to_dict())
+            self.failures.add_record(i, record)
+            if len(self.errors) < MAX_ERRORS_PER_BLOCK:
+                self.errors.append(record.to_dict())

@@ -60,6 +60,15 @@ from .ledger import (
 )
 from .ledger_format1 import _create_format1, _Format1Ledger
 from .lock import StoreLock
+from .ragged import (
+    RaggedBlock,
+    decode_dataset,
+    encode_text,
+    grow_width,
+    length_name,
+    metadata_lock,
+    stale_chunks,
+)
 from .repair import check, save_provenance
 from .repaircheck import gone_message, looks_like_store, read_provenance
 
@@ -96,11 +105,18 @@ __all__ = [
 ]
 
 _ATTR = "daskbatch"
+_TEXT = Output(dtype="str")  # how a text parameter is stored: as a text output is
 _NEW_STORE_FORMAT = 2  # the format of the stores ``Store.create`` makes (1 only to make old stores)
 
 # Arrays opened per process and store, so that a worker opens each array once.
-_OPEN: dict[tuple[str, str], dict[str, zarr.Array]] = {}
+_OPEN: dict[tuple[str, str, tuple[int, ...]], dict[str, zarr.Array]] = {}
 _OPEN_LOCK = threading.Lock()
+
+
+# Zarr warns when a listing of a store's root meets `.daskbatch/`, which is not Zarr. It
+# lists the root in its own thread, which a `catch_warnings` of this thread does not
+# cover once an interrupt has ended it: this one warning is never shown.
+warnings.filterwarnings("ignore", message=r"Object at \.daskbatch is not recognized")
 
 
 def _quiet_consolidate(path: Path) -> None:
@@ -218,6 +234,13 @@ class _CommittedStatus:
             marks = np.repeat(marks, b, axis=axis)
             marks = marks[(slice(None),) * axis + (slice(first, first + r.stop - r.start),)]
         return marks
+
+
+def _padded(layout: Layout, arrays: Mapping[str, zarr.Array]) -> set[str]:
+    """The arrays of ``layout`` a block writes padded, with their lengths: those of
+    :attr:`Layout.padded` that the store has so (a store made before text was stored
+    as UTF-8 bytes keeps its text parameters as Zarr strings)."""
+    return {n for n in layout.padded if length_name(n) in arrays}
 
 
 #: the longest name (a path's part) Linux filesystems accept, in bytes
@@ -417,16 +440,21 @@ class Store:
         """
         current = self.info(check_format=False)
         fmt = store_format(current if current is not None else info, self.path)
-        root = zarr.open_group(str(self.path), mode="r+")
-        root.attrs[_ATTR] = {**info, "format": fmt}
-        _quiet_consolidate(self.path)
+        # under the metadata lock: a block writer widening a padded array meanwhile
+        # (daskbatch.ragged.grow_width) is neither undone nor missed by the consolidation
+        with metadata_lock(self.path):
+            root = zarr.open_group(str(self.path), mode="r+")
+            root.attrs[_ATTR] = {**info, "format": fmt}
+            _quiet_consolidate(self.path)
         save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
 
     # ----------------------------------------------------------------- blocks
 
     def _arrays(self, layout: Layout) -> dict[str, zarr.Array]:
         """The arrays a block writes (sample coordinate, parameters, outputs, status)."""
-        key = (str(self.path), layout.store_id)
+        # the shape too: a store that grew (rows added) is opened anew, also by a worker
+        # of a cluster that outlives runs
+        key = (str(self.path), layout.store_id, tuple(layout.batch_shape))
         with _OPEN_LOCK:
             cached = _OPEN.get(key)
             if cached is None:
@@ -434,6 +462,8 @@ class Store:
                 names = [p.name for p in layout.params.values() if not p.is_axis]
                 names += [*list(layout.outputs), "status"]
                 names += [d for d in layout.batch_dims if d not in layout.batch_coords]
+                # the lengths of padded arrays (none in a store that keeps text as Zarr strings)
+                names += [length_name(n) for n in layout.padded if length_name(n) in root]
                 cached = {n: root[n].with_config(_WRITE_EMPTY) for n in names}
                 _OPEN[key] = cached
             return cached
@@ -453,8 +483,12 @@ class Store:
         errors: list[dict[str, Any]],
         n_errors: int,
         seconds: float,
+        failures: Any = None,
     ) -> np.ndarray:
         """Write one block, in three steps, and commit it. Returns its counts per status code.
+
+        ``failures`` (a :class:`~daskbatch.records.FailureLog`) is every sample of the
+        block that is not ok, kept in its record beside the first ``errors``.
 
         1. the sample coordinate, the parameters and the outputs (concurrently);
         2. once those have returned: ``status``, so that a reader of ``status`` alone
@@ -472,16 +506,22 @@ class Store:
         for d, s in zip(layout.batch_dims, region, strict=True):
             if d not in layout.batch_coords:
                 data.append((arrays[d], s, np.arange(s.start, s.stop, dtype=np.int64)))
-        for name, values in params.items():
-            data.append((arrays[name], region, values))
-        for name, values in outputs.items():
-            data.append((arrays[name], region, values))
+        padded = _padded(layout, arrays)
+        columns: dict[str, int] = {}  # padded arrays: the columns of chunks the block writes
         try:
+            for name, values in (*params.items(), *outputs.items()):
+                if name not in padded:
+                    data.append((arrays[name], region, values))
+                    continue
+                if not isinstance(values, RaggedBlock):  # text parameters: their UTF-8 bytes
+                    values = RaggedBlock.from_padded(_TEXT, *encode_text(values))
+                data += self._padded_writes(arrays, name, block, region, values, columns)
             _write_all(data)
             # status only after the data it describes has returned
             arrays["status"][region] = status
-            sums = {rel: _checksum(self.path / rel) for rel in self._chunk_files(layout, block, arrays)}
-            record = BlockRecord.of(status, seconds, errors, n_errors, sums)
+            files = self._chunk_files(layout, block, arrays, columns)
+            sums = {rel: _checksum(self.path / rel) for rel in files}
+            record = BlockRecord.of(status, seconds, errors, n_errors, sums, failures=failures)
             # the commit, strictly after every other write of the block has returned
             ledger.commit(tuple(block), record)
         except OSError as e:
@@ -494,26 +534,84 @@ class Store:
             ) from e
         return record.counts_array()
 
-    def _chunk_files(self, layout: Layout, block: tuple[int, ...], arrays=None) -> list[str]:
+    def _padded_writes(
+        self,
+        arrays: dict[str, zarr.Array],
+        name: str,
+        block: tuple[int, ...],
+        region: tuple[slice, ...],
+        values: RaggedBlock,
+        columns: dict[str, int],
+    ) -> list[tuple[zarr.Array, Any, Any]]:
+        """The writes of a padded array's block (and of its lengths): whole chunks up to
+        the block's longest value, the array widened first if it is too narrow (see
+        :func:`daskbatch.ragged.grow_width`). Chunks of the block's row past them, left
+        by an earlier attempt with longer values, are removed. Notes in ``columns`` the
+        columns of chunks written."""
+        need = values.width
+        arr = arrays[name]
+        if arr.shape[-1] < need:
+            grow_width(self.path, name, need)
+            arr = zarr.open_array(str(self.path), path=name, mode="r+").with_config(_WRITE_EMPTY)
+            with _OPEN_LOCK:
+                arrays[name] = arr  # the cached array: later blocks of this process see the width
+        chunk = arr.chunks[-1]
+        ncols = -(-need // chunk)
+        written = min(ncols * chunk, arr.shape[-1])  # whole chunks, none of them read first
+        first = arr.metadata.encode_chunk_key((*block, *(0,) * (arr.ndim - len(block))))
+        for stale in stale_chunks(self.path, name, first, ncols):
+            stale.unlink(missing_ok=True)
+        columns[name] = ncols
+        core = (slice(None),) * (arr.ndim - len(region) - 1)
+        writes = [(arrays[length_name(name)], region, values.lengths)]
+        if written:
+            writes.append((arr, (*region, *core, slice(0, written)), values.padded(written)))
+        return writes
+
+    def _chunk_files(
+        self, layout: Layout, block: tuple[int, ...], arrays=None, columns: Mapping[str, int] | None = None
+    ) -> list[str]:
         """Paths (relative to the store) of the data and status chunk files block ``block`` writes.
 
-        The sample-index coordinate is left out: it is checked by value instead.
+        The sample-index coordinate is left out: it is checked by value instead. A
+        padded array's are its ``columns[name]`` first chunks of the block's row (when
+        not given: those on disk) and the block's chunk of its lengths.
         """
         arrays = arrays if arrays is not None else self._arrays(layout)
         names = [p.name for p in layout.params.values() if not p.is_axis]
         names += [*list(layout.outputs), "status"]
+        padded = _padded(layout, arrays)
         files = []
         for name in names:
             arr = arrays[name]
             coords = tuple(block) + (0,) * (arr.ndim - len(block))
-            files.append(f"{name}/{arr.metadata.encode_chunk_key(coords)}")
+            if name not in padded:
+                files.append(f"{name}/{arr.metadata.encode_chunk_key(coords)}")
+                continue
+            ncols = (columns or {}).get(name)
+            if ncols is None:  # the columns on disk
+                ncols = 0
+                while (self.path / name / arr.metadata.encode_chunk_key((*coords[:-1], ncols))).is_file():
+                    ncols += 1
+            files += [f"{name}/{arr.metadata.encode_chunk_key((*coords[:-1], c))}" for c in range(ncols)]
+            lengths = arrays[length_name(name)]
+            files.append(f"{length_name(name)}/{lengths.metadata.encode_chunk_key(coords[:-1])}")
         return files
 
-    def read_block(self, layout: Layout, block: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A committed block's outputs and status, as stored."""
+    def read_block(self, layout: Layout, block: tuple[int, ...]) -> tuple[dict[str, Any], np.ndarray]:
+        """A committed block's outputs and status, as stored (a ragged or text output as a
+        :class:`~daskbatch.ragged.RaggedBlock`: its values trimmed by their lengths)."""
         arrays = self._arrays(layout)
         region = layout.block_slices(block)
-        return {k: arrays[k][region] for k in layout.outputs}, arrays["status"][region]
+        outputs: dict[str, Any] = {}
+        for k, o in layout.outputs.items():
+            if not o.variable:
+                outputs[k] = arrays[k][region]
+                continue
+            # the array as it is now: another process may have widened it
+            arr = zarr.open_array(str(self.path), path=k, mode="r")
+            outputs[k] = RaggedBlock.from_padded(o, arr[region], arrays[length_name(k)][region])
+        return outputs, arrays["status"][region]
 
     def unmark(self, blocks: list[tuple[int, ...]]) -> None:
         """Make blocks pending again: ``ledger.forget(blocks)``."""
@@ -647,4 +745,4 @@ class Store:
             meta=np.empty((0,) * source.ndim, dtype=source.dtype),
         )
         ds["status"] = ds["status"].copy(data=status)
-        return ds
+        return decode_dataset(ds)  # text (stored as UTF-8 bytes) as strings

@@ -118,3 +118,57 @@ def test_a_grown_store_resumes_after_an_interrupt(tmp_path):
     whole = _run(_mc(900), tmp_path / "w.zarr")
     assert np.array_equal(db.open(store).y.values, db.open(tmp_path / "w.zarr").y.values, equal_nan=True)
     assert r.samples == whole.samples
+
+
+@db.kernel(outputs={"n": db.Output(dtype="int64")})
+def file_size(path):
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+def test_files_added_to_a_folder_compute_only_the_new_files(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"img_{i:03d}.bin").write_bytes(b"x" * (i + 1))
+    store = tmp_path / "files.zarr"
+    run = dict(cluster="serial", progress=False, chunk_size=4)
+    db.run(file_size, db.Files(str(folder / "*.bin")), store, **run)
+    for i in range(6, 9):
+        (folder / f"img_{i:03d}.bin").write_bytes(b"x" * (i + 1))
+    r = db.run(file_size, db.Files(str(folder / "*.bin")), store, **run)
+    assert r.blocks_computed == 2 and r.samples["ok"] == 9  # block 1 completed, block 2 new
+    ds = db.open(store)
+    assert ds.n.values.tolist() == list(range(1, 10))
+    assert [p.rsplit("/", 1)[-1] for p in ds.path.values.tolist()] == [f"img_{i:03d}.bin" for i in range(9)]
+    # a file that sorts among the stored ones changes their rows: refused, naming the row
+    (folder / "img_000a.bin").write_bytes(b"zz")
+    with pytest.raises(db.errors.FingerprintMismatchError, match=r"row 1 changed: path .*img_001.bin"):
+        db.run(file_size, db.Files(str(folder / "*.bin")), store, **run)
+
+
+@db.kernel(outputs={"y": db.Output()})
+def double(x):
+    return 2 * x
+
+
+def test_rows_appended_to_a_parquet_table_compute_only_the_new_rows(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "t.parquet"
+    store = tmp_path / "t.zarr"
+    run = dict(cluster="serial", progress=False, chunk_size=4)
+    pd.DataFrame({"x": np.arange(10.0), "label": [f"s{i}" for i in range(10)]}).to_parquet(path)
+    db.run(double, db.Table(path), store, **run)
+    pd.DataFrame({"x": np.arange(13.0), "label": [f"s{i}" for i in range(13)]}).to_parquet(path)
+    r = db.run(double, db.Table(path), store, **run)
+    assert r.blocks_computed == 2 and r.samples["ok"] == 13
+    ds = db.open(store)
+    assert ds.y.values.tolist() == [2.0 * i for i in range(13)]
+    assert ds.label.values.tolist() == [f"s{i}" for i in range(13)]
+    # an edited stored row is no extension
+    pd.DataFrame({"x": [*range(9), 99.0, *range(10, 14)], "label": [f"s{i}" for i in range(14)]}).to_parquet(
+        path
+    )
+    with pytest.raises(db.errors.FingerprintMismatchError, match=r"row 9 changed"):
+        db.run(double, db.Table(path), store, **run)
