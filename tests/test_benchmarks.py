@@ -93,6 +93,22 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert "d_min = 1,000 × c / 0.9 = 1,000 × " in text
 
 
+def test_files_benchmark_smoke(tmp_path):
+    """The three examples' benchmark at a few files and sequences, each contender checked."""
+    pytest.importorskip("psutil")
+    text = _bench("files", tmp_path, "--small", "--repeat", "1")
+    for part, names in (
+        ("images", ("sequential", "pool-chunksize", "daskbatch", "sequential-100", "daskbatch-100")),
+        ("signals", ("sequential", "threadpool", "daskbatch-threads")),
+        ("genomes", ("pyarrow-loop", "daskbatch", "pyarrow-loop+1Mb", "daskbatch+1Mb")),
+    ):
+        for name in names:
+            assert f"| {part} | {name} |" in text
+    assert "| NO |" not in text and "failed" not in text
+    assert "images: daskbatch ÷ pool-chunksize = " in text
+    assert "genomes+1Mb: largest peak RSS of any daskbatch process = " in text
+
+
 def test_commit_benchmark_smoke():
     script = ROOT / "benchmarks" / "commit.py"
     r = subprocess.run(
