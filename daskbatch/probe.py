@@ -54,8 +54,8 @@ def measure(
 ) -> float | None:
     """Probe the first samples (checking their outputs); return seconds per sample.
 
-    The first probe takes ``daskbatch.probe.samples`` samples (16), at most a
-    twentieth of the run's (its samples are computed again by their block). A vectorised core called on 16
+    The first probe takes ``daskbatch.probe.samples`` samples (16); on worker
+    processes at most a twentieth of the run's. A vectorised core called on 16
     samples measures mostly its call overhead, so when that call was quick and
     ``cost`` is wanted (``chunk_size="auto"`` sizes blocks by it) a second probe
     gives the cost per sample. It never repeats a large
@@ -63,9 +63,12 @@ def measure(
     (16,384), a twentieth of the run's, and as many as the first call says fit in
     about ``daskbatch.probe.seconds`` (0.5 s). None if the probe could not finish.
     """
-    # the probe's samples are computed again, so a short job probes few: at most a
-    # twentieth of the run's (16 of a 20-file batch would almost double its work)
-    n_first = max(1, min(int(_setting("samples")), space.size, math.ceil(space.size / 20)))
+    # the probe's samples are computed again by their block: on worker processes, which
+    # isolate a sample that ends its process anyway, at most a twentieth of the run's;
+    # in this process all of them, since a sample that ends its process would end this one
+    n_first = min(int(_setting("samples")), space.size)
+    if not spec.in_driver:
+        n_first = max(1, min(n_first, math.ceil(space.size / 20)))
     shape, params = _first_samples(space, n_first)
     first = probe(spec, kernel, params, shape, constants, timeout, space)
     if first is None:

@@ -151,18 +151,7 @@ def _trimmed_traceback(exc: BaseException) -> str:
     """The traceback from the kernel's own frames on (daskbatch's calling frames
     dropped), at most :data:`TRACEBACK_FRAMES` frames and :data:`TRACEBACK_CHARS`
     characters (the end is kept)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    while frames and frames[0].filename in _CALLING_FILES:
-        frames.pop(0)
-    if not frames:
-        return ""
-    shown = traceback.format_list(frames[-TRACEBACK_FRAMES:])
-    if len(frames) > TRACEBACK_FRAMES:
-        shown.insert(0, f"  ... {len(frames) - TRACEBACK_FRAMES} earlier frame(s)\n")
-    text = "".join(shown) + "".join(traceback.format_exception_only(type(exc), exc))
-    if len(text) > TRACEBACK_CHARS:
-        text = "..." + text[-TRACEBACK_CHARS:]
-    return text.rstrip("\n")
+    return _frames_text(exc, with_exception=True)
 
 
 def _type_and_message(exc: BaseException) -> tuple[str, str, str]:
@@ -341,8 +330,9 @@ def _frame_key(exc: BaseException) -> tuple[tuple[str, int], ...]:
     return tuple(key)
 
 
-def _frames_text(exc: BaseException) -> str:
-    """The frames of :func:`_trimmed_traceback`, without the exception's own line(s)."""
+def _frames_text(exc: BaseException, with_exception: bool = False) -> str:
+    """The frames of :func:`_trimmed_traceback`, without the exception's own line(s)
+    unless ``with_exception``."""
     frames = traceback.extract_tb(exc.__traceback__)
     while frames and frames[0].filename in _CALLING_FILES:
         frames.pop(0)
@@ -351,6 +341,8 @@ def _frames_text(exc: BaseException) -> str:
     shown = traceback.format_list(frames[-TRACEBACK_FRAMES:])
     if len(frames) > TRACEBACK_FRAMES:
         shown.insert(0, f"  ... {len(frames) - TRACEBACK_FRAMES} earlier frame(s)\n")
+    if with_exception:
+        shown += traceback.format_exception_only(type(exc), exc)
     text = "".join(shown)
     if len(text) > TRACEBACK_CHARS:
         text = "..." + text[-TRACEBACK_CHARS:]

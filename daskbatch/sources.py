@@ -566,15 +566,7 @@ class ParquetSource(Source):
     def batches(self, stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
         stop = self.rows if stop is None else min(stop, self.rows)
         groups = [g for g in range(len(self.group_starts) - 1) if self.group_starts[g] < stop]
-        row = 0
-        for batch in self._iter(groups) if groups else ():
-            n = min(batch.num_rows, stop - row)
-            if n <= 0:
-                break
-            if n < batch.num_rows:
-                batch = batch.slice(0, n)
-            yield n, {c: _arrow_values(batch.column(c), col) for c, col in self.columns.items()}
-            row += n
+        yield from _rows_of(self._iter(groups) if groups else (), stop, self.columns)
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         import pyarrow as pa
@@ -601,6 +593,21 @@ class ParquetSource(Source):
 
 
 # --------------------------------------------------------------------------- CSV
+
+
+def _rows_of(
+    batches: Any, stop: int | None, columns: Mapping[str, Column]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(rows, {column: values})`` of each Arrow record batch, up to row ``stop``."""
+    row = 0
+    for batch in batches:
+        n = batch.num_rows if stop is None else min(batch.num_rows, stop - row)
+        if n <= 0:
+            break
+        if n < batch.num_rows:
+            batch = batch.slice(0, n)
+        yield n, {c: _arrow_values(batch.column(c), col) for c, col in columns.items()}
+        row += n
 
 
 def _csv_type(typ: Any) -> Any:
@@ -709,17 +716,9 @@ class CsvSource(Source):
         import pyarrow.csv as pcsv
 
         read, parse, convert = _csv_options(None, self.types, list(self.columns), self.block_size)
-        row = 0
         try:
             reader = pcsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert)
-            for batch in reader:
-                n = batch.num_rows if stop is None else min(batch.num_rows, stop - row)
-                if n <= 0:
-                    break
-                if n < batch.num_rows:
-                    batch = batch.slice(0, n)
-                yield n, {c: _arrow_values(batch.column(c), col) for c, col in self.columns.items()}
-                row += n
+            yield from _rows_of(reader, stop, self.columns)
         except pa.ArrowInvalid as e:
             self._revise(e)
             raise _Retry() from None
