@@ -60,6 +60,8 @@ class BlockContext:
     retry_failed: bool = False
     #: what a block is expected to take (seconds), as the driver knows it: None if unknown
     block_seconds: float | None = None
+    #: the probe's first samples (block shape, BlockResult), which block 0 keeps
+    first: Any = None
 
 
 def run_params(params: Mapping[str, Param], kernel: Kernel) -> dict[str, Param]:
@@ -312,6 +314,10 @@ def block_task(
             flat[keep] = old_outputs[k].reshape((keep.size, -1))[keep]
         _keep_old_errors(st, layout, block, res, keep & (flat_old != STATUS["ok"]))
         st.ledger.forget([block])  # a crash from here on leaves the block pending, not half-new
+    elif ctx.first is not None and all(
+        s.start < n for s, n in zip(layout.block_slices(block), ctx.first[0], strict=True)
+    ):
+        res = _with_first_samples(ctx, block, kernel_params)
     else:
         res = compute(ctx, block, kernel_params)
     counts = st.write_block(
@@ -334,6 +340,35 @@ def block_task(
     _BLOCK_WALL.append(time.monotonic() - t0)
     del _BLOCK_WALL[:-_KEEP_WALL]
     return summary
+
+
+def _with_first_samples(ctx: BlockContext, block: tuple[int, ...], kernel_params) -> BlockResult:
+    """A block of a run in this process that overlaps the probe's first samples: the
+    ones the probe computed ok are kept, the others computed (a short job would
+    otherwise compute its first 16 twice)."""
+    shape, first = ctx.first
+    region = ctx.layout.block_slices(block)
+    bshape = tuple(s.stop - s.start for s in region)
+    # the part of the probe's box in this block, in the block's and the probe's positions
+    lo = [s.start for s in region]
+    hi = [min(s.stop, n) for s, n in zip(region, shape, strict=True)]
+    if any(h <= a for a, h in zip(lo, hi, strict=True)):
+        return compute(ctx, block, kernel_params)
+    grid = np.indices([h - a for a, h in zip(lo, hi, strict=True)]).reshape(len(shape), -1)
+    in_block = np.ravel_multi_index(grid, bshape)
+    in_probe = np.ravel_multi_index(grid + np.asarray(lo)[:, None], shape)
+    ok = first.status.reshape(-1)[in_probe] == STATUS["ok"]
+    kept = np.zeros(math.prod(bshape), dtype=bool)
+    kept[in_block[ok]] = True
+    res = compute(ctx, block, kernel_params, [int(i) for i in np.flatnonzero(~kept)])
+    res.status.reshape(-1)[kept] = STATUS["ok"]
+    taken = np.zeros(first.status.size, dtype=bool)
+    taken[in_probe[ok]] = True
+    for k, v in res.outputs.items():
+        # both masks list the samples in the same order: row-major in the box
+        v.reshape((kept.size, -1))[kept] = first.outputs[k].reshape((taken.size, -1))[taken]
+    res.seconds += first.seconds * float(taken.sum()) / max(1, taken.size)
+    return res
 
 
 def _keep_old_errors(st: Store, layout: Layout, block: tuple[int, ...], res: BlockResult, kept) -> None:

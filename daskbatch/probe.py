@@ -50,7 +50,13 @@ def _first_samples(space: Space, n: int) -> tuple[tuple[int, ...], dict[str, np.
 
 
 def measure(
-    spec: ClusterSpec, kernel: Kernel, space: Space, constants: Any, timeout: float | None, cost: bool = True
+    spec: ClusterSpec,
+    kernel: Kernel,
+    space: Space,
+    constants: Any,
+    timeout: float | None,
+    cost: bool = True,
+    keep: list[Any] | None = None,
 ) -> float | None:
     """Probe the first samples (checking their outputs); return seconds per sample.
 
@@ -62,6 +68,8 @@ def measure(
     part of the work: it takes at most ``daskbatch.probe.vector-samples`` samples
     (16,384), a twentieth of the run's, and as many as the first call says fit in
     about ``daskbatch.probe.seconds`` (0.5 s). None if the probe could not finish.
+    ``keep`` (a list) gets ``(block shape, BlockResult)`` of the first probe, whose
+    ok samples a run in this process keeps instead of computing them again.
     """
     # the probe's samples are computed again by their block: on worker processes, which
     # isolate a sample that ends its process anyway, at most a twentieth of the run's;
@@ -73,6 +81,8 @@ def measure(
     first = probe(spec, kernel, params, shape, constants, timeout, space)
     if first is None:
         return None
+    if keep is not None:  # the first samples' results, for a run in this process to keep
+        keep.append((shape, first))
     n_first = math.prod(shape)
     quick = first.seconds < _setting("quick-seconds")
     if not quick and not kernel.per_sample and cost:

@@ -59,13 +59,15 @@ class Runner:
     code_change: dict[str, Any] | None = None
     plan: Plan | None = None  # a plan made (and probed) before: no probe again
     seconds_per_sample: float | None = None  # the probe's (set by run)
+    #: the probe's first samples: (block shape, BlockResult), kept by a run in this process
+    probed: list[Any] = dataclasses.field(default_factory=list)
 
     def run(self) -> RunResult:
         self._repair()
         plan, seconds, probed = self.plan, None, self.plan is not None
         if self.options.auto:
             if self.info is None:  # the probe, in a fork of this process, says how much work it is
-                seconds, probed = auto_probe(self.kernel, self.space, self.options), True
+                seconds, probed = auto_probe(self.kernel, self.space, self.options, self.probed), True
             else:
                 seconds = seconds_per_sample(self.st)
             self.options = choose_cluster(
@@ -102,7 +104,8 @@ class Runner:
         """The probe: outputs that cannot be stored fail here. An explicit chunk_size
         needs no cost per sample: the first samples only."""
         o = self.options
-        return measure(spec, self.kernel, self.space, o.constants, o.timeout, cost=o.chunk_size == "auto")
+        cost = o.chunk_size == "auto"
+        return measure(spec, self.kernel, self.space, o.constants, o.timeout, cost=cost, keep=self.probed)
 
     def _pending_samples(self) -> int:
         if self.info is None:
@@ -246,6 +249,7 @@ class Runner:
                     block_seconds=expected_block_seconds(
                         st, layout, self.seconds_per_sample, done_before and executor.client is not None
                     ),
+                    first=self._first_samples(),
                 )
                 tasks = build_tasks(self.space, layout, ctx, pending)
                 compute_all(executor, st, self.space, ctx, tasks, pending, on_done)
@@ -284,6 +288,15 @@ class Runner:
         )
         assert isinstance(result, RunResult)
         return result
+
+    def _first_samples(self) -> tuple[tuple[int, ...], Any] | None:
+        """The probe's first samples, when block 0 may keep them: a run in this process
+        (the probe called the same per-sample kernel on the same parameters, so the
+        same numbers) of a store this run created."""
+        if not self.probed or not self.options.cluster.in_driver or not self.kernel.per_sample:
+            return None
+        shape, first = self.probed[0]
+        return (tuple(shape), first)
 
     def _stopped(self, entry: dict[str, Any], exc: BaseException, computed: int, done_before: int) -> None:
         """Record in the history how far a run that stopped got."""
@@ -344,7 +357,9 @@ def say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
 WRITE_SECONDS_PER_BYTE = 3e-9
 
 
-def auto_probe(kernel: Kernel, space: Space, options: RunOptions) -> float | None:
+def auto_probe(
+    kernel: Kernel, space: Space, options: RunOptions, keep: list[Any] | None = None
+) -> float | None:
     """``cluster="auto"``'s probe: in a fork of this process (quick, no cluster), with
     the cost per sample of a vectorised kernel. None when it could not finish, or
     when a sample ended the process that ran it (a cluster isolates such samples)."""
@@ -352,7 +367,7 @@ def auto_probe(kernel: Kernel, space: Space, options: RunOptions) -> float | Non
 
     in_process = ClusterSpec("serial", 1)
     try:
-        return measure(in_process, kernel, space, options.constants, options.timeout, cost=True)
+        return measure(in_process, kernel, space, options.constants, options.timeout, cost=True, keep=keep)
     except KernelCrashError as e:
         logger.warning(f"{e}; cluster='auto' runs it on a local cluster, which isolates such samples")
         return None

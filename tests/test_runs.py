@@ -225,3 +225,65 @@ def test_a_cluster_probe_takes_at_most_a_twentieth_of_the_run(tmp_path):
     )
     # in this process the probe protects the driver: the first 16 samples, whatever the run
     assert _sizes(log) == [16, 25, 25, 25, 25]
+
+
+@db.kernel(outputs={"y": db.Output(), "ys": db.Output(dims=("k",), shape=(None,))})
+def counted(x, log):
+    with open(log, "a") as f:
+        f.write(f"{int(x)}\n")
+    if int(x) == 5:
+        raise ValueError("five")
+    return {"y": np.sqrt(x) / 3.0, "ys": np.arange(int(x) % 4) * x}
+
+
+@pytest.mark.parametrize("cluster", ["serial", "threads"])
+def test_a_run_in_this_process_keeps_the_probes_samples(tmp_path, cluster):
+    """A short job on ``serial``/``threads``: the probe's 16 samples are not computed
+    twice (a failed one is, with the run's retries), and the numbers are those of a run
+    on worker processes, which keeps nothing of its probe."""
+    log = tmp_path / f"{cluster}.log"
+    space = db.Table({"x": np.arange(40.0)})
+    here = db.run(
+        counted,
+        space,
+        tmp_path / "here.zarr",
+        cluster=cluster,
+        chunk_size=10,  # the probe's 16 samples span two blocks
+        progress=False,
+        constants={"log": str(log)},
+    )
+    calls = [int(v) for v in log.read_text().split()]
+    # the probe: samples 0-15 once; the run: 16-39, and 5 again (it failed in the probe)
+    assert sorted(calls) == sorted([*range(40), 5])
+    assert here.samples["ok"] == 39 and here.samples["failed"] == 1
+    there = db.run(
+        counted,
+        space,
+        tmp_path / "there.zarr",
+        cluster="processes",
+        n_workers=2,
+        chunk_size=10,
+        progress=False,
+        constants={"log": str(tmp_path / "p.log")},
+    )
+    assert there.samples == here.samples
+    assert_stores_identical(tmp_path / "here.zarr", tmp_path / "there.zarr")
+
+
+@db.kernel(outputs={"z": db.Output()})
+def grid_counted(a, b, log):
+    with open(log, "a") as f:
+        f.write(f"{int(a)},{int(b)}\n")
+    return a * 10.0 + b / 7.0
+
+
+def test_a_grid_run_in_this_process_keeps_the_probes_box(tmp_path):
+    log = tmp_path / "g.log"
+    space = db.Grid(a=np.arange(6.0), b=np.arange(9.0))
+    run = dict(chunk_size={"a": 4, "b": 2}, progress=False, constants={"log": str(log)})
+    db.run(grid_counted, space, tmp_path / "here.zarr", cluster="serial", **run)
+    calls = log.read_text().split()
+    assert sorted(calls) == sorted(f"{a},{b}" for a in range(6) for b in range(9))  # each once
+    run["constants"] = {"log": str(tmp_path / "p.log")}
+    db.run(grid_counted, space, tmp_path / "there.zarr", cluster="processes", n_workers=2, **run)
+    assert_stores_identical(tmp_path / "here.zarr", tmp_path / "there.zarr")
