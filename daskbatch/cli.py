@@ -156,7 +156,16 @@ def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 
 def _num(x: float) -> str:
-    return "" if x != x else f"{x:.4g}"
+    """Four significant digits; a number below a million in plain digits (10004, not 1e+04).
+
+    >>> _num(10004.4), _num(0.000123456), _num(2.5e9), _num(float("nan"))
+    ('10004', '0.0001235', '2.5e+09', '')
+    """
+    if x != x:
+        return ""
+    if 1000 <= abs(x) < 1e6:
+        return f"{x:.0f}"
+    return f"{x:.4g}"
 
 
 @_reading
