@@ -779,9 +779,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     stops are ignored. A standard output closed early (``| head``) ends the command
     quietly, exit 141.
     """
+    import warnings
+
     import dask
 
     from .cluster import signals_stop
+
+    # statistics over samples with no value (NaN, empty groups) are NaN by design: numpy's
+    # warning about them, raised in dask's worker threads, is not for the user
+    warnings.filterwarnings(
+        "ignore", message="(invalid value|divide by zero|Mean of empty)", category=RuntimeWarning
+    )
 
     args = None
     with contextlib.ExitStack() as stack:

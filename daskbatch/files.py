@@ -239,14 +239,16 @@ class Files(Space):
         if old.get("type") != "files":
             return f"the store's space is a {old.get('type')}, not Files"
         old_rows, rows = int(old.get("rows") or 0), self.size
-        if rows <= old_rows:
-            return f"{rows:,} files, not more than the stored {old_rows:,}"
+        same = f"{rows:,} files, not more than the stored {old_rows:,}"
+        if rows < old_rows:
+            return same
+        # as many files: still compared, to name the file that changed
         checkpoints = [(int(e[0]), str(e[1]), e[2] if len(e) > 2 else None) for e in old.get("prefix") or []]
         checkpoints = [c for c in checkpoints if c[0] < old_rows]
         checkpoints.append((old_rows, str(old.get("sha256")), None))
         at = self._digests([r for r, _, _ in checkpoints])
         if at[old_rows].sha256 == old.get("sha256"):
-            return None
+            return None if rows > old_rows else same
         prev = 0
         for r, digest, last in checkpoints:
             if at[r].sha256[: len(digest)] != digest:

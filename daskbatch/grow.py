@@ -61,12 +61,13 @@ def added_rows(info: Mapping[str, Any], space: Any) -> tuple[int, int] | None:
 
 
 def why_not(info: Mapping[str, Any], space: Any) -> str | None:
-    """For a refusal: why a space with more samples than the store's is no extension of
-    it (None when it has no more samples, or has more and is one)."""
+    """For a refusal: why a space with at least the store's samples is no extension of
+    it, naming the first row or file that changed where it can (None when it has fewer
+    samples)."""
     layout = info.get("layout", {})
     if list(layout.get("batch_dims", [])) != ["sample"] or tuple(space.batch_dims) != ("sample",):
         return None
-    if int(space.size) <= int(layout["batch_shape"][0]):
+    if int(space.size) < int(layout["batch_shape"][0]):
         return None
     return extension_reason(space, info.get("space_spec"))
 

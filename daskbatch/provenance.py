@@ -474,8 +474,10 @@ def _check_fingerprint(
         del now["space"]  # samples added at the end, the stored ones unchanged: the store grows
     diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
     reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
-    if reason is not None:
+    if reason is not None and int(space.size) > int(stored_layout["batch_shape"][0]):
         diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")
+    elif reason is not None and "not more than the stored" not in reason:
+        diffs.append(f"where: {reason}")
     if chunk_size != "auto":
         # a store that grows keeps its blocks: chunk_size as it was cut for the stored samples
         shape = space.batch_shape if "space" in now else tuple(stored_layout["batch_shape"])
@@ -486,7 +488,7 @@ def _check_fingerprint(
         raise FingerprintMismatchError(
             f"store {str(st.path)!r} was written by a different run; what differs: "
             + ", ".join(diffs)
-            + ". Pass overwrite=True to discard it and start again, or use a new store path"
+            + ". Pass overwrite=True (--overwrite) to discard it and start again, or use a new store path"
         )
 
 

@@ -481,19 +481,21 @@ class Table(Space):
         if "copy" in old and bool(old["copy"]) != self.copy:
             return f"copy={self.copy} now, copy={bool(old['copy'])} when the store was made"
         old_rows, rows = int(old.get("rows") or 0), self.batch_shape[0]
-        if rows <= old_rows:
-            return f"it has {rows:,} rows, not more than the stored {old_rows:,}"
+        same = f"it has {rows:,} rows, not more than the stored {old_rows:,}"
+        if rows < old_rows:
+            return same
+        # as many rows: still compared, to name the row that changed
         checkpoints = [(int(r), str(h)) for r, h, *_ in old.get("prefix") or [] if int(r) < old_rows]
         checkpoints.append((old_rows, str(old.get("sha256"))))
         if self._reader is None:
             digests = {r: _legacy_digest(self._data, r) for r, _ in checkpoints}
             if digests[old_rows] == old.get("sha256"):
-                return None
+                return None if rows > old_rows else same
             lo, hi = _first_change(checkpoints, digests, old_rows)
             return _rows_text(lo, hi) + " (the stored table's first rows are not this table's)"
         snaps = prefix_digests(self._reader, [r for r, _ in checkpoints])
         if snaps[old_rows].sha256 == old.get("sha256"):
-            return None
+            return None if rows > old_rows else same
         lo, hi = _first_change(checkpoints, {r: s.sha256 for r, s in snaps.items()}, old_rows)
         old_columns = old.get("column_sha256") or {}
         changed = [n for n, h in snaps[old_rows].columns.items() if old_columns.get(n) not in (None, h)]

@@ -172,3 +172,20 @@ def test_rows_appended_to_a_parquet_table_compute_only_the_new_rows(tmp_path):
     )
     with pytest.raises(db.errors.FingerprintMismatchError, match=r"row 9 changed"):
         db.run(double, db.Table(path), store, **run)
+
+
+def test_a_changed_input_of_the_same_size_is_refused_naming_where(tmp_path):
+    import os
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"f{i}.bin").write_bytes(b"x" * (i + 1))
+    store = tmp_path / "s.zarr"
+    run = dict(cluster="serial", progress=False, chunk_size=4)
+    db.run(file_size, db.Files(str(folder / "*.bin")), store, **run)
+    os.utime(folder / "f2.bin", (1, 1))  # touched: same bytes, another modification time
+    with pytest.raises(db.errors.FingerprintMismatchError) as e:
+        db.run(file_size, db.Files(str(folder / "*.bin")), store, **run)
+    assert "where: row 2 changed: file" in str(e.value) and "f2.bin" in str(e.value)
+    assert "overwrite=True (--overwrite)" in str(e.value)
