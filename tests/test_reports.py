@@ -143,3 +143,24 @@ def test_export_of_ragged_and_text_outputs(tmp_path):
     summary = db.summarize(store)
     assert summary.p.attrs["units"] == "s" and "tag" not in summary
     assert float(summary.p.sel(stat="count", peak=0)) == int((n > 0).sum())
+
+
+@db.kernel(outputs={"n": db.Output()})
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return float(len(f.read()))
+
+
+def test_compare_of_two_batches_of_files_does_not_call_them_the_same_samples(tmp_path):
+    stores = []
+    for batch in ("a", "b"):
+        folder = tmp_path / batch
+        folder.mkdir()
+        for i in range(4):
+            (folder / f"{batch}{i}.bin").write_bytes(b"x" * (i + 1))
+        stores.append(tmp_path / f"{batch}.zarr")
+        db.run(file_bytes, db.Files(str(folder)), stores[-1], **RUN)
+    # the same values, from other files: compared as distributions, never sample by sample
+    df = db.compare(*stores)
+    assert not df.attrs["same_parameters"] and df.loc["n", "samples differing"] is None
+    assert db.compare(stores[0], stores[0]).attrs["same_parameters"]
