@@ -120,14 +120,15 @@ def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], 
     return new, short_blocks(st)
 
 
-def short_blocks(st: Any) -> list[tuple[int, ...]]:
+def short_blocks(st: Any, state: tuple[Any, Any] | None = None) -> list[tuple[int, ...]]:
     """Committed blocks whose record covers fewer samples than the block has: the
     last block of a store that grew, until its new samples are computed (also after
-    a run that grew the store was stopped before)."""
+    a run that grew the store was stopped before). ``state``: the ledger's
+    ``state()`` if the caller has read it already."""
     import numpy as np
 
     ledger = st.ledger
-    done, counts = ledger.state()
+    done, counts = ledger.state() if state is None else state
     if not done.any():
         return []
     sizes = np.ones(ledger.numblocks, dtype=np.int64)
