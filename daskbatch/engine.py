@@ -93,8 +93,9 @@ class _Request:
             if hint is not None:  # damaged metadata: only a run with verify=True repairs it
                 raise StoreError(hint)
             retry = blocks_to_retry(st) if options.retry_failed else []
-            state = st.ledger.state()  # one read of the records: which are committed, and whole
-            complete = not options.verify and state[0].all() and not st.ledger.verify(full=False)
+            # with verify, damaged metadata is repaired first: nothing is read before
+            state = None if options.verify else st.ledger.state()  # which are committed, and whole
+            complete = state is not None and state[0].all() and not st.ledger.verify(full=False)
             complete = complete and not short_blocks(st, state) and added_rows(info, space) is None
             if complete and not retry:
                 done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
