@@ -109,6 +109,15 @@ def test_ctrl_c_at_random_moments_is_one_line_exit_130_and_resumes(tmp_path):
             assert "blocks done. Continue with: daskbatch resume " + shlex.quote(str(store)) in lines[0]
         elif not store.exists():
             assert lines[0] == "daskbatch: interrupted; nothing was written"
+    if not store.exists():  # a slow minute: no attempt got as far as creating the store
+        code, lines = _signalled(
+            ["run", "sweep.toml", "--no-progress"],
+            signal.SIGINT,
+            0.0,
+            tmp_path,
+            until=lambda: blocks_done(store) > 0,
+        )
+        assert code == 130 and len(lines) == 1, lines
     r = run_cli("resume", str(store), "--no-progress", timeout=120)
     assert r.returncode == 0, r.stderr
     assert _messages(r.stderr.splitlines()) == []
