@@ -36,16 +36,21 @@ from .failures import failures  # eager: the submodule's name would shadow the f
 from .hpc import JobQueue
 from .kernel import STATUS, Kernel, Output, kernel
 from .plan import Plan
-from .space import Files, Grid, Halton, LatinHypercube, MonteCarlo, Product, Sobol, Space, Table
+from .reductions import Aggregation, Converged, Exceedance, Histogram, Quantiles
+from .space import Files, Grid, Halton, LatinHypercube, MonteCarlo, Product, Saltelli, Sobol, Space, Table
 
 if TYPE_CHECKING:
     from .analysis import compare, convergence, export, outliers, summarize
+    from .lazy import apply
     from .reports import report
+    from .sensitivity import sobol_indices
     from .validation import ValidationError, ValidationReport, validate
 
 # Imported when first used: a worker process that runs block tasks never loads the
 # analysis, report or validation code (nor pandas and the report's templates).
 _LAZY = {
+    "apply": "lazy",
+    "sobol_indices": "sensitivity",
     "compare": "analysis",
     "convergence": "analysis",
     "export": "analysis",
@@ -75,14 +80,18 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "STATUS",
+    "Aggregation",
     "Beta",
     "Callback",
     "Choice",
     "Constant",
+    "Converged",
     "DaskbatchError",
+    "Exceedance",
     "Files",
     "Grid",
     "Halton",
+    "Histogram",
     "JobQueue",
     "Kernel",
     "LatinHypercube",
@@ -94,7 +103,9 @@ __all__ = [
     "Output",
     "Plan",
     "Product",
+    "Quantiles",
     "RunResult",
+    "Saltelli",
     "Scipy",
     "Sobol",
     "Space",
@@ -106,6 +117,7 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "apply",
     "compare",
     "convergence",
     "export",
@@ -116,6 +128,7 @@ __all__ = [
     "plan",
     "report",
     "run",
+    "sobol_indices",
     "status",
     "summarize",
     "validate",

@@ -305,11 +305,17 @@ def block_task(
         redo_mask = flat_old == STATUS["pending"]
         if ctx.retry_failed:
             redo_mask |= flat_old != STATUS["ok"]
+        if len(layout.outputs) < len(ctx.kernel.outputs):
+            # outputs only reduced (Output(store=False)) cannot be read back: the block's
+            # partial reductions need every sample again (the stored values are still kept)
+            redo_mask[:] = True
         redo = [int(i) for i in np.flatnonzero(redo_mask)]
         res = compute(ctx, block, kernel_params, redo)
         keep = res.status.reshape(-1) == STATUS["pending"]  # not recomputed: the old values
         res.status.reshape(-1)[keep] = old_status.reshape(-1)[keep]
         for k, v in res.outputs.items():
+            if k not in old_outputs:
+                continue
             flat = v.reshape((keep.size, -1))
             flat[keep] = old_outputs[k].reshape((keep.size, -1))[keep]
         _keep_old_errors(st, layout, block, res, keep & (flat_old != STATUS["ok"]))

@@ -110,9 +110,25 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         kernel_changed=args.kernel_changed,
         spec_file=info.get("spec_file"),
         overwrite=args.overwrite,
+        **_stored_reductions(info),
     )
     print(result)
     return 0
+
+
+def _stored_reductions(info: dict[str, Any]) -> dict[str, Any]:
+    """What the store's run reduced and its stopping rule, as run()'s arguments."""
+    out: dict[str, Any] = {}
+    if info.get("reduce") is not None:
+        from .reduced import reductions_of
+
+        out["reduce"] = reductions_of(info)
+    until = info.get("until")
+    if isinstance(until, dict) and isinstance(until.get("rule"), dict):
+        from .reductions import Converged
+
+        out["until"] = Converged.from_spec(until["rule"])
+    return out
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -277,6 +277,13 @@ class Design(Space):
     def head(self, n: int) -> Design:
         return type(self)(self.dists, n=max(1, min(n, self.n)), seed=self._seed, **self._options())
 
+    def resized(self, n: int) -> Design:
+        """The same design with ``n`` samples (its first ones unchanged where
+        :meth:`extension_of` allows raising ``n``)."""
+        other = type(self)(self.dists, n=n, seed=self._seed, **self._options())
+        other._seed_given = self._seed_given  # a seed the store chose is still the store's
+        return other
+
     def extension_of(self, old_spec: Mapping[str, Any]) -> str | None:
         """None when this design is the design ``old_spec`` describes with ``n`` raised
         (its first samples are that design's, bit for bit); else why it is not.

@@ -30,6 +30,7 @@ from .options import RunOptions
 from .plan import Plan
 from .probe import measure
 from .provenance import check_store, run_provenance
+from .reduced import check_round_space
 from .repair import damage_hint, repair
 from .results import RunResult, StoreStatus, store_status
 from .runloop import Runner, auto_probe, blocks_to_retry, choose_cluster, make_run_plan, workers_before_start
@@ -88,7 +89,8 @@ class _Request:
         provenance = run_provenance(kernel, options.spec_file)
         info = None if options.overwrite else st.info()
         if info is not None:
-            space, _ = self._check(st, info, provenance)
+            space = check_round_space(space, info, options.until)  # until=: rounds already grown
+            space, _ = self._check(st, info, provenance, space=space)
             hint = None if options.verify else damage_hint(st.path)
             if hint is not None:  # damaged metadata: only a run with verify=True repairs it
                 raise StoreError(hint)
@@ -97,6 +99,8 @@ class _Request:
             state = None if options.verify else st.ledger.state()  # which are committed, and whole
             complete = state is not None and state[0].all() and not st.ledger.verify(full=False)
             complete = complete and not short_blocks(st, state) and added_rows(info, space) is None
+            # until=: done once the last round's estimate was checked (converged, or max_n)
+            complete = complete and (options.until is None or _rounds_ended(info))
             if complete and not retry:
                 done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
                 assert isinstance(done, RunResult)
@@ -110,7 +114,8 @@ class _Request:
             info = None if options.overwrite else st.info()
             code_change, damaged, retry = None, [], []
             if info is not None:
-                space, code_change = self._check(st, info, provenance, announce=False)
+                space = check_round_space(space, info, options.until)
+                space, code_change = self._check(st, info, provenance, announce=False, space=space)
                 # verify: rebuild damaged metadata first; recompute only blocks whose data is wrong
                 if options.verify:
                     damaged = repair(st.path, outputs=kernel.outputs).blocks
@@ -150,20 +155,34 @@ class _Request:
                 shutil.rmtree(st.path, ignore_errors=True)
 
     def _check(
-        self, st: Store, info: Mapping[str, Any], provenance: Mapping[str, Any], announce: bool = True
+        self,
+        st: Store,
+        info: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        announce: bool = True,
+        space: Space | None = None,
     ) -> tuple[Space, Any]:
         o, code = self.options, provenance["kernel_code"]
         return check_store(
             st,
             info,
             self.kernel,
-            self.space,
+            self.space if space is None else space,
             o.constants_json,
             o.chunk_size,
             code,
             o.kernel_changed,
             announce,
+            reduce_spec=None if o.reductions is None else o.reductions.spec(),
         )
+
+
+def _rounds_ended(info: Mapping[str, Any]) -> bool:
+    """Whether a ``until=`` store's last round was checked: converged, or at ``max_n``."""
+    state = info.get("until") or {}
+    rounds = state.get("rounds") or [{}]
+    n = int(info["layout"]["batch_shape"][0])
+    return state.get("state") in ("converged", "max_n") and rounds[-1].get("n") == n
 
 
 def run(
@@ -185,6 +204,9 @@ def run(
     kernel_changed: str = "refuse",
     spec_file: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Any] | None = None,
+    reduce: Any = None,
+    reduce_dims: str | Sequence[str] | None = None,
+    until: Any = None,
 ) -> RunResult:
     """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
 
@@ -246,6 +268,24 @@ def run(
     callbacks
         :class:`~daskbatch.Callback` objects told when the run starts, as each block
         is committed, and when it ends (see :mod:`daskbatch.callbacks`).
+    reduce
+        What to reduce while the run goes, without needing every sample's value:
+        a statistic for every output (``"sum"``) or ``{output: stat or [stats]}``
+        with stats ``"count"``, ``"sum"``, ``"mean"``, ``"var"``, ``"std"``,
+        ``"min"``, ``"max"``, :class:`~daskbatch.Quantiles`,
+        :class:`~daskbatch.Histogram`, :class:`~daskbatch.Exceedance` or an
+        :class:`~daskbatch.Aggregation` of your own. Each block's partial state is
+        committed with the block, so a resumed run merges every block exactly once.
+        Only ok samples count. Outputs declared ``Output(store=False)`` are only
+        reduced. Results: :attr:`RunResult.reductions` and :func:`daskbatch.open`.
+    reduce_dims
+        The batch dims reduced over (default: all); the others are kept, e.g. a
+        grid's axis.
+    until
+        A :class:`~daskbatch.Converged` rule: the design's ``n`` is the first round;
+        while the estimate has not converged, ``n`` doubles (the store grows, the
+        samples computed stay) up to the rule's ``max_n``. The same seed stops at
+        the same ``n`` on any cluster, and a stopped run resumes to the same answer.
 
     Returns
     -------

@@ -40,6 +40,14 @@ class Layout:
     #: text parameters and coordinates in Zarr's own string types, as stores made
     #: before text was stored as UTF-8 bytes keep them (what a repair rebuilds)
     legacy_text: bool = field(default=False, compare=False)
+    #: the run's :class:`~daskbatch.reductions.Reductions` (None: nothing reduced): a
+    #: block's partial states are computed from its outputs and committed with its record
+    reductions: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # an output declared Output(store=False) is only reduced: it has no array
+        if any(not getattr(o, "store", True) for o in self.outputs.values()):
+            object.__setattr__(self, "outputs", {k: o for k, o in self.outputs.items() if o.store})
 
     @property
     def numblocks(self) -> tuple[int, ...]:

@@ -148,7 +148,9 @@ class BlockRecord:
     file the block wrote, by path relative to the store, and ``failures`` every
     sample that is not ok with its error type and message (the JSON form of a
     :class:`~daskbatch.records.FailureLog`; None in records written before
-    daskbatch kept them, whose ``errors`` are all there is).
+    daskbatch kept them, whose ``errors`` are all there is), and ``reductions`` the
+    block's partial reduction states (see :mod:`daskbatch.reductions`; None when the
+    run reduces nothing).
     """
 
     counts: tuple[int, ...]
@@ -157,6 +159,7 @@ class BlockRecord:
     n_errors: int = 0
     checksums: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     failures: Mapping[str, Any] | None = None
+    reductions: Mapping[str, Any] | None = None
 
     @classmethod
     def of(
@@ -168,6 +171,7 @@ class BlockRecord:
         checksums: Mapping[str, tuple[int, int]] | None = None,
         *,
         failures: Any = None,
+        reductions: Mapping[str, Any] | None = None,
     ) -> BlockRecord:
         """The record of a block whose samples have the status codes ``status``
         (``failures``: its :class:`~daskbatch.records.FailureLog`, or None)."""
@@ -179,6 +183,7 @@ class BlockRecord:
             n_errors=int(n_errors),
             checksums=dict(checksums or {}),
             failures=failures.to_doc() if failures is not None and n_errors and len(failures) else None,
+            reductions=reductions,
         )
 
     def counts_array(self) -> np.ndarray:
@@ -206,6 +211,7 @@ class BlockRecord:
             "errors": list(self.errors),
             "checksums": {rel: [int(s), int(c)] for rel, (s, c) in self.checksums.items()},
             **({"failures": self.failures} if self.failures is not None else {}),
+            **({"reductions": self.reductions} if self.reductions is not None else {}),
         }
 
     @classmethod
@@ -236,6 +242,7 @@ class BlockRecord:
             n_errors=n_errors,
             checksums={str(rel): (v[0], v[1]) for rel, v in sums.items()},
             failures=doc["failures"] if isinstance(doc.get("failures"), dict) else None,
+            reductions=doc["reductions"] if isinstance(doc.get("reductions"), dict) else None,
         )
 
 

@@ -53,6 +53,10 @@ class RunOptions:
     #: ``cluster="auto"``: ``cluster`` is the local cluster the run starts unless its
     #: predicted work is less than starting one (then it runs in this process)
     auto: bool = False
+    #: what is reduced, per output (a :class:`~daskbatch.reductions.Reductions`), or None
+    reductions: Any = None
+    #: the stopping rule (a :class:`~daskbatch.reductions.Converged`), or None
+    until: Any = None
 
     @classmethod
     def from_arguments(
@@ -74,6 +78,9 @@ class RunOptions:
         kernel_changed: str = "refuse",
         spec_file: str | os.PathLike[str] | None = None,
         callbacks: Sequence[Any] | None = None,
+        reduce: Any = None,
+        reduce_dims: str | Sequence[str] | None = None,
+        until: Any = None,
     ) -> RunOptions:
         """Check the arguments of :func:`daskbatch.run` against ``kernel`` and ``space``."""
         _check_kernel_and_space(kernel, space)
@@ -93,6 +100,7 @@ class RunOptions:
                     f"callbacks: {cb!r} has none of on_run_start, on_block_end, on_run_end; "
                     "subclass daskbatch.Callback"
                 )
+        reductions = _check_reduce(kernel, space, reduce, reduce_dims, until)
         constants = dict(constants or {})
         constants_json = jsonable(constants, "constants")
         kernel.check_arguments(space.params, constants)
@@ -118,7 +126,40 @@ class RunOptions:
             spec_file=None if spec_file is None else str(Path(spec_file)),
             callbacks=callbacks,
             auto=auto,
+            reductions=reductions,
+            until=until,
         )
+
+
+def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, until: Any) -> Any:
+    """The run's :class:`~daskbatch.reductions.Reductions` (None: nothing reduced)."""
+    from .reductions import Converged, Reductions, parse_reduce
+
+    if until is not None:
+        from .designs import Design
+
+        if not isinstance(until, Converged):
+            raise DaskbatchError(
+                f"until={until!r} is not a stopping rule; use daskbatch.Converged(output, stat=..., "
+                "rtol=...), e.g. until=daskbatch.Converged('response', rtol=0.01)"
+            )
+        if not isinstance(space, Design):
+            raise DaskbatchError(
+                f"until= needs a design whose n can grow (MonteCarlo, LatinHypercube with "
+                f"strata='fixed', Sobol, Halton, Saltelli); space={type(space).__name__} has a fixed size"
+            )
+    if isinstance(reduce, Reductions):  # a store's own, read back (daskbatch resume)
+        reductions = reduce
+    else:
+        reductions = parse_reduce(reduce, kernel.outputs, space.batch_dims, dims=reduce_dims, until=until)
+    reduced = set() if reductions is None else set(reductions.outputs)
+    for name, o in kernel.outputs.items():
+        if not o.store and name not in reduced:
+            raise DaskbatchError(
+                f"output {name!r} is declared Output(store=False) but reduce= does not reduce it; "
+                f"add it to reduce (e.g. reduce={{{name!r}: 'mean'}}) or store it (store=True)"
+            )
+    return reductions
 
 
 def jsonable(value: Any, where: str) -> Any:

@@ -147,6 +147,10 @@ class Output:
         Optional attributes stored on the variable (``long_name``...).
     units
         The variable's units, stored as ``attrs["units"]`` (e.g. ``"ohm m"``).
+    store
+        ``False`` for an output that is only reduced (``run(..., reduce=...)``): the
+        kernel returns it and each block's partial reductions are kept, but no value
+        per sample is written to the store.
 
     Examples
     --------
@@ -165,8 +169,14 @@ class Output:
     coords: Mapping[str, Any] | None = field(default=None, compare=False)
     attrs: Mapping[str, Any] | None = field(default=None, compare=False)
     units: str | None = None
+    store: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.store, bool):
+            raise OutputSpecError(
+                f"Output: store={self.store!r} must be True (keep every sample's value) or False "
+                "(only reduce it: run(..., reduce={...}))"
+            )
         dims = (self.dims,) if isinstance(self.dims, str) else tuple(self.dims)
         shape = (self.shape,) if isinstance(self.shape, int) or self.shape is None else tuple(self.shape)
         if len(dims) != len(shape):
@@ -267,6 +277,8 @@ class Output:
         }
         if self.units is not None:
             spec["units"] = self.units
+        if not self.store:
+            spec["store"] = False
         return spec
 
 

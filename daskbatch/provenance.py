@@ -431,11 +431,14 @@ def check_store(
     code: Mapping[str, Any],
     kernel_changed: str,
     announce: bool = True,
+    reduce_spec: Any = None,
 ) -> tuple[Any, dict[str, Any] | None]:
     """Refuse a store written by a different run; return the space to run (a seedless
-    design takes the store's seed) and the change of the kernel's code, if any."""
+    design takes the store's seed) and the change of the kernel's code, if any.
+    ``reduce_spec``: what the run reduces (a store's partial states are of what it
+    reduced; another reduction cannot reuse them)."""
     space = _adopt_seed(space, info, announce)
-    _check_fingerprint(store, info, kernel, space, constants_json, chunk_size)
+    _check_fingerprint(store, info, kernel, space, constants_json, chunk_size, reduce_spec)
     return space, _check_kernel_code(store, info, kernel, code, kernel_changed)
 
 
@@ -464,12 +467,14 @@ def _adopt_seed(space: Any, info: Mapping[str, Any], announce: bool) -> Any:
 
 
 def _check_fingerprint(
-    st: Any, info: Mapping[str, Any], kernel: Any, space: Any, constants_json, chunk_size
+    st: Any, info: Mapping[str, Any], kernel: Any, space: Any, constants_json, chunk_size, reduce_spec=None
 ) -> None:
     stored_layout = info["layout"]
     from .grow import added_rows, why_not
 
     now = {"kernel": kernel.spec(), "space": space_fingerprint(space), "constants": constants_json}
+    if reduce_spec is not None or info.get("reduce") is not None:
+        now["reduce"] = reduce_spec
     if added_rows(info, space) is not None:
         del now["space"]  # samples added at the end, the stored ones unchanged: the store grows
     diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]

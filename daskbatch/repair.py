@@ -200,6 +200,7 @@ def _generated(info: Mapping[str, Any], fmt: int, path: Path | None = None) -> d
         outputs = {
             k: Output(dims=tuple(o["dims"]), shape=tuple(o["shape"]), dtype=o["dtype"], fill=o.get("fill"))
             for k, o in info["kernel"]["outputs"].items()
+            if o.get("store", True)  # an output that is only reduced has no array
         }
         layout = Layout(
             batch_dims=space.batch_dims,

@@ -60,6 +60,16 @@ class StoreStatus:
     jobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def reductions(self) -> Any:
+        """The store's reductions (``run(..., reduce=...)``) merged from its committed
+        blocks, as an :class:`xarray.Dataset` labelled like the outputs (None when it
+        reduces nothing)."""
+        from .reduced import reductions_dataset
+
+        st = Store(self.store)
+        return reductions_dataset(st, st.require_info())
+
+    @property
     def complete(self) -> bool:
         return self.blocks_done == self.blocks_total
 
@@ -125,6 +135,7 @@ class StoreStatus:
                 for j in self.jobs
             ]
             lines.append(f"jobs:     {', '.join(runs)}")
+        lines += _reduced_lines(self.store)  # merged from the blocks committed now
         if self.errors:
             lines.append("errors (first ones):")
             lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[: _shown_errors()]]
@@ -210,6 +221,17 @@ def store_status(
         jobs=[h for h in history if h.get("job")],
         **extra,
     )
+
+
+def _reduced_lines(path: str) -> list[str]:
+    """What the store reduces, one line each, and the ``until=`` estimate (none: [])"""
+    st = Store(path)
+    info = st.info()
+    if info is None or info.get("reduce") is None:
+        return []
+    from .reduced import status_lines
+
+    return status_lines(st, info)
 
 
 def resume_hint(info: Mapping[str, Any], store: str) -> str:

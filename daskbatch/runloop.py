@@ -98,7 +98,56 @@ class Runner:
             if seconds is None and plan is not None:
                 seconds = plan.seconds_per_sample
             self.seconds_per_sample = seconds
-            return self._loop(executor, layout)
+            result = self._loop(executor, layout)
+            blocks, samples, wall = result.blocks_computed, result.samples_computed, result.wall_seconds
+            while self.options.until is not None:  # rounds, on the same cluster
+                grown = self._next_round()
+                if grown is None:
+                    break
+                result = self._loop(executor, grown)
+                blocks += result.blocks_computed
+                samples += result.samples_computed
+                wall += result.wall_seconds
+            return dataclasses.replace(
+                result, blocks_computed=blocks, samples_computed=samples, wall_seconds=wall
+            )
+
+    def _next_round(self) -> Layout | None:
+        """``until=``: check the estimate of the samples so far; when it has not
+        converged and ``max_n`` is not reached, grow the store to the next round's
+        samples and return its layout (None: the run ends here)."""
+        from .grow import grow, short_blocks
+        from .reduced import max_n_of, merged_reductions
+
+        st, until, reductions = self.st, self.options.until, self.options.reductions
+        assert self.info is not None and until is not None
+        n = int(self.space.size)
+        info = st.require_info()  # as the round left it (history, format)
+        estimate = until.check(reductions, merged_reductions(st, info, reductions))
+        state = info.setdefault("until", {"rule": until.spec(), "first_n": n, "rounds": []})
+        first = int(state.get("first_n", n))
+        max_n = max_n_of(until, first)
+        state["rule"] = until.spec()  # a rule changed between runs: the one that decided
+        state["rounds"] = [r for r in state.get("rounds", []) if r.get("n", 0) < n]
+        state["rounds"].append(
+            {"n": n, "used": int(estimate.n), **_estimate_json(estimate), "met": bool(estimate.met)}
+        )
+        state["state"] = "converged" if estimate.met else ("max_n" if n >= max_n else "running")
+        st.update_info(info)
+        if estimate.met:
+            logger.info(f"converged at n={n:,}: {until.describe(estimate)}")
+            return None
+        if n >= max_n:
+            logger.warning(
+                f"not converged at max_n={max_n:,}: {until.describe(estimate)}; the run stops here. "
+                "Raise max_n (Converged(..., max_n=...)) and run again to go on from these samples"
+            )
+            return None
+        space = self.space.resized(min(2 * n, max_n))
+        info, _ = grow(st, info, space)
+        self.info, self.space = info, space
+        self.retry = short_blocks(st)  # the last block, when it was short: its new samples
+        return self._layout(tuple(info["layout"]["block_shape"]), info["store_id"])
 
     def _measure(self, spec: ClusterSpec) -> float | None:
         """The probe: outputs that cannot be stored fail here. An explicit chunk_size
@@ -143,6 +192,7 @@ class Runner:
             params=run_params(space.params, self.kernel),  # labels; inputs referenced, not stored
             outputs=self.kernel.outputs,
             batch_coords=space.batch_coords(),
+            reductions=self.options.reductions,
         )
 
     def _create(self, block_shape: tuple[int, ...]) -> Layout:
@@ -155,6 +205,10 @@ class Runner:
             numblocks,
             self.provenance,
         )
+        if self.options.reductions is not None:  # compared on every rerun, like the fingerprint
+            info["reduce"] = self.options.reductions.spec()
+        if self.options.until is not None:
+            info["until"] = {"rule": self.options.until.spec(), "first_n": self.space.size, "rounds": []}
         layout = self._layout(block_shape, info["store_id"])
         layout.validate()
         self.st.create(layout, info, overwrite=True)
@@ -552,3 +606,16 @@ def _compute_all_here(
         break
     for i in lost:
         salvage(executor, st, space, ctx, pending[i], on_done)
+
+
+def _estimate_json(estimate: Any) -> dict[str, Any]:
+    """An estimate's value and error as JSON (NaN as None; arrays as lists)."""
+
+    def plain(v: Any) -> Any:
+        arr = np.asarray(v, dtype=float)
+        out = np.where(np.isfinite(arr), arr, np.nan).tolist()
+        if isinstance(out, float):
+            return None if math.isnan(out) else out
+        return [None if isinstance(x, float) and math.isnan(x) else x for x in np.ravel(out).tolist()]
+
+    return {"value": plain(estimate.value), "error": plain(estimate.error)}

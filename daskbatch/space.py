@@ -35,6 +35,7 @@ from .errors import SpaceError
 from .files import Files
 from .random import stream_key
 from .random import uniforms as uniforms
+from .sensitivity import Saltelli
 from .spacebase import Param, Space, _check_name
 from .tables import Table
 from .tables import _load_table as _load_table
@@ -209,6 +210,8 @@ class Product(Space):
     ) -> None:
         if not isinstance(outer, Grid | Table):
             raise SpaceError(f"Product: outer={outer!r} must be a Grid or a Table of configurations")
+        if isinstance(inner, Saltelli):
+            raise SpaceError("Product: inner=Saltelli(...) is not supported; run the Saltelli design alone")
         if not isinstance(inner, Design):
             raise SpaceError(
                 f"Product: inner={inner!r} must be a design (MonteCarlo, LatinHypercube, Sobol, Halton)"
@@ -444,9 +447,11 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         "latinhypercube": {"type", "n", "seed", "params", "strata"},
         "sobol": {"type", "n", "seed", "params", "scramble"},
         "halton": {"type", "n", "seed", "params", "scramble"},
+        "saltelli": {"type", "n", "seed", "params", "second_order"},
         "product": {"type", "outer", "inner", "dim", "flat", "common"},
         "table": {"type", "path", "rows", "columns", "sha256", "copy", *_TABLE_SPEC},
         "files": {"type", "path", "recursive", "rows", "columns", "dtypes", "sha256", "prefix"},
+        "fromstore": _FROMSTORE_SPEC,
     }
     if kind not in allowed:
         raise SpaceError(f"space.type={kind!r} is not one of {sorted(allowed)}")
@@ -469,7 +474,7 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         dists = {k: dist_from_spec(v, where=f"space.params.{k}") for k, v in params.items()}
         if "n" not in spec:
             raise SpaceError(f"space.n: the number of samples is required for type={kind!r}")
-        options = {k: spec[k] for k in ("strata", "scramble") if k in spec}
+        options = {k: spec[k] for k in ("strata", "scramble", "second_order") if k in spec}
         return _DESIGNS[kind](dists, n=spec["n"], seed=spec.get("seed"), **options)
     if kind == "product":
         for part in ("outer", "inner"):
@@ -481,11 +486,28 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         return Product(outer, inner, **options)  # type: ignore[arg-type]
     if kind == "files":
         return Files.from_spec(spec, base_dir=base_dir)
+    if kind == "fromstore":  # another store's outputs (daskbatch.pipeline)
+        from .pipeline import FromStore
+
+        return FromStore.from_spec(spec, base_dir=base_dir)
     return Table.from_spec(spec, base_dir=base_dir)
 
+
+#: what a FromStore's spec records (daskbatch.pipeline.SPEC_KEYS)
+_FROMSTORE_SPEC = {
+    "type",
+    "path",
+    "variables",
+    "copy",
+    "shape",
+    "upstream_kernel",
+    "upstream_space",
+    "upstream_constants",
+    "upstream_store",
+}
 
 #: what a table's spec records about its input besides path, rows, columns and digest
 _TABLE_SPEC = ("source", "size", "mtime_ns", "files", "dtypes", "column_sha256", "prefix")
 
 
-_DESIGNS: dict[str, type[Design]] = {c.kind: c for c in (MonteCarlo, LatinHypercube, Sobol, Halton)}
+_DESIGNS: dict[str, type[Design]] = {c.kind: c for c in (MonteCarlo, LatinHypercube, Sobol, Halton, Saltelli)}

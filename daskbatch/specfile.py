@@ -28,7 +28,69 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "timeout": (int, float),
     "memory_limit": (int, str),
     "space": (dict,),
+    "reduce": (str, dict),
+    "reduce_dims": (str, list),
+    "until": (dict,),
 }
+
+#: the statistics of ``[reduce]`` that take values: ``{quantiles = [0.1, 0.9]}``
+_VALUED_STATS = ("quantiles", "histogram", "exceedance")
+
+
+def _stat(value: Any, where: str) -> Any:
+    """One statistic of ``[reduce]``: a name, or a one-key table of a statistic with values."""
+    from .reductions import Exceedance, Histogram, Quantiles
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, arg),) = value.items()
+        if name == "quantiles":
+            return Quantiles(arg) if not isinstance(arg, dict) else Quantiles(**arg)
+        if name == "histogram":
+            return Histogram(arg) if not isinstance(arg, dict) else Histogram(**arg)
+        if name == "exceedance":
+            return Exceedance(arg) if not isinstance(arg, dict) else Exceedance(**arg)
+    raise SpecFileError(
+        f"{where}: {value!r} is not a statistic; use a name ('mean', 'std', 'sum', ...) or a table "
+        f"of one of {list(_VALUED_STATS)}, e.g. {{quantiles = [0.1, 0.5, 0.9]}}"
+    )
+
+
+def _reduce(value: Any, path: Path, text: str) -> Any:
+    """``reduce``: a statistic for every output, or a ``[reduce]`` table of
+    ``output = stat or [stats]`` (Python objects for :func:`daskbatch.run`)."""
+    if isinstance(value, str):
+        return value
+    out = {}
+    for name, stats in value.items():
+        where = _where(path, text, f"reduce.{name}")
+        items = stats if isinstance(stats, list) else [stats]
+        try:
+            out[name] = [_stat(v, where) for v in items]
+        except (TypeError, ValueError, DaskbatchError) as e:
+            if isinstance(e, SpecFileError):
+                raise
+            raise SpecFileError(f"{where}: reduce.{name}: {e}") from e
+    return out
+
+
+def _until(value: dict[str, Any], path: Path, text: str) -> Any:
+    """``[until]``: the fields of :class:`daskbatch.Converged`."""
+    import dataclasses
+
+    from .reductions import Converged
+
+    fields = [f.name for f in dataclasses.fields(Converged)]
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise SpecFileError(
+            f"{_where(path, text, unknown[0])}: unknown key {unknown[0]!r} in [until]; the keys are {fields}"
+        )
+    try:
+        return Converged(**value)
+    except (TypeError, ValueError, DaskbatchError) as e:
+        raise SpecFileError(f"{_where(path, text, 'until')}: [until] {e}") from e
 
 
 def _line_of(text: str, key: str, start: int = 1) -> int | None:
@@ -115,8 +177,10 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     Keys: ``kernel`` ('module:function'), ``store``, ``[space]``, and optionally
     ``cluster`` (a name, an address, or a ``[cluster]`` table: ``kind`` and the
     fields of :class:`daskbatch.JobQueue`, returned as one), ``workers``,
-    ``chunk_size``, ``progress``, ``[constants]``. Paths are relative to the spec
-    file's folder.
+    ``chunk_size``, ``progress``, ``[constants]``, ``reduce`` (a statistic, or a
+    ``[reduce]`` table of ``output = stat or [stats]``), ``reduce_dims`` and
+    ``[until]`` (the fields of :class:`daskbatch.Converged`). Paths are relative to
+    the spec file's folder.
     """
     from .space import space_from_spec
 
@@ -167,4 +231,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "timeout": doc.get("timeout"),
         "memory_limit": doc.get("memory_limit"),
         "spec_file": p,
+        **({"reduce": _reduce(doc["reduce"], p, text)} if "reduce" in doc else {}),
+        **({"reduce_dims": doc["reduce_dims"]} if "reduce_dims" in doc else {}),
+        **({"until": _until(doc["until"], p, text)} if "until" in doc else {}),
     }

@@ -488,7 +488,10 @@ class Store:
         """Write one block, in three steps, and commit it. Returns its counts per status code.
 
         ``failures`` (a :class:`~daskbatch.records.FailureLog`) is every sample of the
-        block that is not ok, kept in its record beside the first ``errors``.
+        block that is not ok, kept in its record beside the first ``errors``. With
+        ``layout.reductions``, the block's partial reduction states (computed from all
+        of ``outputs``, those declared ``Output(store=False)`` included) go into its
+        record too.
 
         1. the sample coordinate, the parameters and the outputs (concurrently);
         2. once those have returned: ``status``, so that a reader of ``status`` alone
@@ -509,7 +512,8 @@ class Store:
         padded = _padded(layout, arrays)
         columns: dict[str, int] = {}  # padded arrays: the columns of chunks the block writes
         try:
-            for name, values in (*params.items(), *outputs.items()):
+            stored = {k: v for k, v in outputs.items() if k in layout.outputs}  # not the only-reduced
+            for name, values in (*params.items(), *stored.items()):
                 if name not in padded:
                     data.append((arrays[name], region, values))
                     continue
@@ -521,7 +525,12 @@ class Store:
             arrays["status"][region] = status
             files = self._chunk_files(layout, block, arrays, columns)
             sums = {rel: _checksum(self.path / rel) for rel in files}
-            record = BlockRecord.of(status, seconds, errors, n_errors, sums, failures=failures)
+            # the block's partial reductions ride its commit: a resumed run merges each once
+            reduce = layout.reductions
+            partial = None if reduce is None else reduce.partial(outputs, status, region)
+            record = BlockRecord.of(
+                status, seconds, errors, n_errors, sums, failures=failures, reductions=partial
+            )
             # the commit, strictly after every other write of the block has returned
             ledger.commit(tuple(block), record)
         except OSError as e:
@@ -745,4 +754,11 @@ class Store:
             meta=np.empty((0,) * source.ndim, dtype=source.dtype),
         )
         ds["status"] = ds["status"].copy(data=status)
-        return decode_dataset(ds)  # text (stored as UTF-8 bytes) as strings
+        ds = decode_dataset(ds)  # text (stored as UTF-8 bytes) as strings
+        if info.get("reduce") is not None:  # run(..., reduce=...): merged from the committed blocks
+            from .reduced import reductions_dataset
+
+            reduced = reductions_dataset(self, info)
+            ds = ds.assign({k: v for k, v in reduced.data_vars.items()})
+            ds = ds.assign_coords({k: v for k, v in reduced.coords.items() if k not in ds.coords})
+        return ds

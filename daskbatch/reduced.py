@@ -1,0 +1,165 @@
+"""A store's reductions: the committed blocks' partial states, merged, and the rounds of
+a run that stops when its estimate has converged (``run(..., until=...)``).
+
+A block's partial reduction states are part of its record (:mod:`daskbatch.ledger`),
+written with its commit. Merging reads the records of the committed blocks only, in
+block order, so a resumed run, a run killed anywhere, and one whose blocks finished
+in another order all give the same bits. The stopping rule reads the merged state at
+fixed sample counts (the design's first ``n``, then doubled), so the same seed stops
+at the same ``n`` on any scheduler or worker count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import DaskbatchError, StoreError
+
+__all__ = ["merged_reductions", "reductions_dataset", "reductions_of", "round_sizes"]
+
+
+def reductions_of(info: Mapping[str, Any], outputs: Mapping[str, Any] | None = None) -> Any:
+    """The :class:`~daskbatch.reductions.Reductions` a store's run reduces (None: none).
+
+    ``outputs``: the kernel's outputs (default: as the store records them)."""
+    spec = info.get("reduce")
+    if spec is None:
+        return None
+    from .outputs import Output
+    from .reductions import Reductions
+
+    if outputs is None:
+        outputs = {
+            k: Output(
+                dims=tuple(o["dims"]),
+                shape=tuple(o["shape"]),
+                dtype=o["dtype"],
+                fill=o.get("fill"),
+                store=o.get("store", True),
+            )
+            for k, o in info["kernel"]["outputs"].items()
+        }
+    try:
+        return Reductions.from_spec(spec, outputs, tuple(info["layout"]["batch_dims"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"the store's reductions cannot be read back ({e})") from None
+
+
+def merged_reductions(st: Any, info: Mapping[str, Any], reductions: Any = None) -> Any:
+    """The partial states of ``st``'s committed blocks, merged in block order."""
+    reductions = reductions if reductions is not None else reductions_of(info)
+    if reductions is None:
+        return None
+    records = st.ledger.records()
+    docs = [(b, rec.reductions) for b, rec in sorted(records.items()) if rec.reductions is not None]
+    return reductions.merge(docs, tuple(info["layout"]["batch_shape"]))
+
+
+def reductions_dataset(st: Any, info: Mapping[str, Any], reductions: Any = None) -> Any:
+    """The merged reductions of ``st`` as an :class:`xarray.Dataset`, labelled like the
+    outputs (the kept batch dims' coordinates, the outputs' core coordinates); None
+    when the store reduces nothing."""
+    reductions = reductions if reductions is not None else reductions_of(info)
+    if reductions is None:
+        return None
+    merged = merged_reductions(st, info, reductions)
+    return reductions.to_dataset(merged, coords=_coords(st, info, reductions))
+
+
+def _coords(st: Any, info: Mapping[str, Any], reductions: Any) -> dict[str, Any]:
+    import numpy as np
+    import zarr
+
+    coords: dict[str, Any] = {}
+    root = zarr.open_group(str(st.path), mode="r")
+    names = set(reductions.kept_dims)
+    for o in info["kernel"]["outputs"].values():
+        names.update(o["dims"])
+    for name in sorted(names):
+        if name in root and isinstance(root[name], zarr.Array) and root[name].ndim == 1:
+            values = np.asarray(root[name][...])
+            if values.dtype == np.uint8:  # text coordinates are stored as UTF-8 bytes
+                continue
+            coords[name] = values
+    return coords
+
+
+def round_sizes(first: int, max_n: int) -> list[int]:
+    """The sample counts at which a ``until=`` run checks its estimate: ``first``,
+    doubled, up to ``max_n`` (which ends the list when it is not on the way)."""
+    sizes = [int(first)]
+    while sizes[-1] < max_n:
+        sizes.append(min(2 * sizes[-1], int(max_n)))
+    return sizes
+
+
+def check_round_space(space: Any, info: Mapping[str, Any] | None, until: Any) -> Any:
+    """The design a ``until=`` run goes on with: a store that grew in earlier rounds
+    holds more samples than the design's first ``n``, and keeps them."""
+    if info is None or until is None:
+        return space
+    stored = int(info["layout"]["batch_shape"][0])
+    if stored <= space.n:
+        return space
+    first = int((info.get("until") or {}).get("first_n", space.n))
+    if first != space.n or stored not in round_sizes(first, max_n_of(until, first)):
+        raise DaskbatchError(
+            f"the store holds {stored:,} samples, which is not a round of a run that starts at "
+            f"n={space.n:,} with until= (its rounds: {round_sizes(space.n, max_n_of(until, space.n))[:6]}"
+            f"...); give the design the n the store started with ({first:,}), or overwrite=True"
+        )
+    return space.resized(stored)
+
+
+def max_n_of(until: Any, first: int) -> int:
+    """The most samples a ``until=`` run draws: the rule's ``max_n``, or 1024 × the first n."""
+    return int(until.max_n) if until.max_n is not None else 1024 * int(first)
+
+
+def status_lines(st: Any, info: Mapping[str, Any]) -> list[str]:
+    """What ``daskbatch status`` shows of a store's reductions, merged from the blocks
+    committed now: each reduced value (or its range), and the ``until=`` estimate."""
+    import numpy as np
+
+    try:
+        reductions = reductions_of(info)
+        merged = merged_reductions(st, info, reductions)
+        ds = reductions.to_dataset(merged)
+    except Exception as e:  # a status never fails on this
+        return [f"reduced:  cannot be read now ({type(e).__name__}: {e})"]
+    lines = [f"reduced:  over {int(merged.n):,} ok samples of the committed blocks"]
+    for name, var in ds.data_vars.items():
+        values = np.asarray(var.values)
+        if name.endswith("_count") and values.size and (values == merged.n).all():
+            continue  # every ok sample counted: the header says how many
+        if values.size == 1:
+            text = _number(values.item())
+        elif values.size <= 4:
+            text = "[" + ", ".join(_number(x) for x in values.ravel().tolist()) + "]"
+        else:
+            finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+            span = f"from {_number(finite.min())} to {_number(finite.max())}" if finite.size else "no values"
+            text = f"{' × '.join(f'{d}={n}' for d, n in var.sizes.items())}, {span}"
+        lines.append(f"  {name}: {text}")
+    state = info.get("until")
+    if isinstance(state, dict) and isinstance(state.get("rule"), dict):
+        from .reductions import Converged
+
+        try:
+            rule = Converged.from_spec(state["rule"])
+            estimate = rule.check(reductions, merged)
+        except Exception as e:
+            return [*lines, f"until:    cannot be read now ({type(e).__name__}: {e})"]
+        rounds = state.get("rounds") or []
+        where = {"converged": "converged", "max_n": "stopped at max_n, not converged"}.get(
+            str(state.get("state")), f"round {len(rounds) + 1}"
+        )
+        lines.append(f"until:    {rule.describe(estimate)} ({where})")
+    return lines
+
+
+def _number(x: Any) -> str:
+    if isinstance(x, float | int) and not isinstance(x, bool):
+        return f"{x:.6g}"
+    return str(x)
