@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import DaskbatchError, StoreError
 
-__all__ = ["merged_reductions", "reductions_dataset", "reductions_of", "round_sizes"]
+__all__ = ["check_round_space", "merged_reductions", "reductions_dataset", "reductions_of"]
 
 
 def reductions_of(info: Mapping[str, Any], outputs: Mapping[str, Any] | None = None) -> Any:
@@ -85,31 +85,24 @@ def _coords(st: Any, info: Mapping[str, Any], reductions: Any) -> dict[str, Any]
     return coords
 
 
-def round_sizes(first: int, max_n: int) -> list[int]:
-    """The sample counts at which a ``until=`` run checks its estimate: ``first``,
-    doubled, up to ``max_n`` (which ends the list when it is not on the way)."""
-    sizes = [int(first)]
-    while sizes[-1] < max_n:
-        sizes.append(min(2 * sizes[-1], int(max_n)))
-    return sizes
-
-
 def check_round_space(space: Any, info: Mapping[str, Any] | None, until: Any) -> Any:
     """The design a ``until=`` run goes on with: a store that grew in earlier rounds
     holds more samples than the design's first ``n``, and keeps them."""
     if info is None or until is None:
         return space
     stored = int(info["layout"]["batch_shape"][0])
-    if stored <= space.n:
+    size = int(space.size)
+    if stored <= size:
         return space
-    first = int((info.get("until") or {}).get("first_n", space.n))
-    if first != space.n or stored not in round_sizes(first, max_n_of(until, first)):
+    first = int((info.get("until") or {}).get("first_n", size))
+    grown = space.resized(stored)
+    if first != size or grown.size != stored:
         raise DaskbatchError(
-            f"the store holds {stored:,} samples, which is not a round of a run that starts at "
-            f"n={space.n:,} with until= (its rounds: {round_sizes(space.n, max_n_of(until, space.n))[:6]}"
-            f"...); give the design the n the store started with ({first:,}), or overwrite=True"
+            f"the store holds {stored:,} samples, grown by until= from a first round of {first:,}; "
+            f"the design now asks {size:,} to start with. Give the design the size the store "
+            "started with, or overwrite=True to start again"
         )
-    return space.resized(stored)
+    return grown
 
 
 def max_n_of(until: Any, first: int) -> int:

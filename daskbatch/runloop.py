@@ -144,6 +144,11 @@ class Runner:
             )
             return None
         space = self.space.resized(min(2 * n, max_n))
+        if space.size <= n:  # a design that grows only in steps (Saltelli: powers of 2)
+            state["state"] = "max_n"
+            st.update_info(info)
+            logger.warning(f"not converged, and the design cannot grow within max_n={max_n:,}")
+            return None
         info, _ = grow(st, info, space)
         self.info, self.space = info, space
         self.retry = short_blocks(st)  # the last block, when it was short: its new samples

@@ -188,6 +188,16 @@ class Saltelli(Design):
         base = min(self.n, 1 << (base.bit_length() - 1))
         return Saltelli(self.dists, n=base, seed=self._seed, second_order=self.second_order)
 
+    def resized(self, n: int) -> Saltelli:
+        """The design with as many base points as ``n`` *samples* hold, rounded down to a
+        power of 2 (at least 2): how ``until=`` doubles it, keeping it balanced."""
+        base = max(2, int(n) // self.rows)
+        other = Saltelli(
+            self.dists, n=1 << (base.bit_length() - 1), seed=self._seed, second_order=self.second_order
+        )
+        other._seed_given = self._seed_given
+        return other
+
 
 # --------------------------------------------------------------------------- indices
 
