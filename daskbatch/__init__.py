@@ -42,6 +42,7 @@ from .space import Files, Grid, Halton, LatinHypercube, MonteCarlo, Product, Sal
 if TYPE_CHECKING:
     from .analysis import compare, convergence, export, outliers, summarize
     from .lazy import apply
+    from .pipeline import FromStore, Pipeline, Stage
     from .reports import report
     from .sensitivity import sobol_indices
     from .validation import ValidationError, ValidationReport, validate
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 # analysis, report or validation code (nor pandas and the report's templates).
 _LAZY = {
     "apply": "lazy",
+    "FromStore": "pipeline",
+    "Pipeline": "pipeline",
+    "Stage": "pipeline",
     "sobol_indices": "sensitivity",
     "compare": "analysis",
     "convergence": "analysis",
@@ -89,6 +93,7 @@ __all__ = [
     "DaskbatchError",
     "Exceedance",
     "Files",
+    "FromStore",
     "Grid",
     "Halton",
     "Histogram",
@@ -101,6 +106,7 @@ __all__ = [
     "MultivariateNormal",
     "Normal",
     "Output",
+    "Pipeline",
     "Plan",
     "Product",
     "Quantiles",
@@ -109,6 +115,7 @@ __all__ = [
     "Scipy",
     "Sobol",
     "Space",
+    "Stage",
     "StoreStatus",
     "Table",
     "Triangular",
