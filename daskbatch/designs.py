@@ -249,6 +249,7 @@ class Design(Space):
 
     def to_dask(self, chunks):
         import dask.array as da
+        from dask.base import tokenize
 
         (c,) = chunks
         out = {}
@@ -263,7 +264,7 @@ class Design(Space):
                 chunks=(c, *((s,) for s in d.shape)),
                 dtype=d.dtype,
                 meta=np.empty((0,) * (1 + len(d.shape)), dtype=d.dtype),
-                name=f"daskbatch-{self.kind}-{name}-{self._seed}-{self.n}",
+                name=f"daskbatch-{self.kind}-{name}-{tokenize(self.spec(), c)}",
             )
         return out
 

@@ -160,8 +160,8 @@ class Files(Space):
 
         (c,) = chunks
         return {
-            "path": da.from_array(self.paths, chunks=(c,), name="daskbatch-files-path"),
-            "size": da.from_array(self.sizes, chunks=(c,), name="daskbatch-files-size"),
+            "path": da.from_array(self.paths, chunks=(c,)),
+            "size": da.from_array(self.sizes, chunks=(c,)),
         }
 
     def head(self, n: int) -> Files:

@@ -165,7 +165,9 @@ class Saltelli(Design):
 
         (c,) = chunks
         out = {}
-        tag = f"{self._seed}-{self.n}-{int(self.second_order)}"
+        from dask.base import tokenize
+
+        tag = tokenize(self.spec(), c)
         for name, d in self.dists.items():
 
             def gen(block_info=None, _name=name):

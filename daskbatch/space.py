@@ -121,7 +121,7 @@ class Grid(Space):
         import dask.array as da
 
         return {
-            n: da.from_array(a, chunks=(c,), name=f"daskbatch-axis-{n}")
+            n: da.from_array(a, chunks=(c,))  # named by its values
             for (n, a), c in zip(self.axes.items(), chunks, strict=True)
         }
 
@@ -302,6 +302,7 @@ class Product(Space):
 
     def to_dask(self, chunks):
         import dask.array as da
+        from dask.base import tokenize
 
         out = {}
         axis_arrays = self.outer.to_dask(chunks[: len(self._outer_dims)]) if not self.flat else {}
@@ -319,7 +320,7 @@ class Product(Space):
                 chunks=(*chunks, *((s,) for s in p.core_shape)),
                 dtype=p.dtype,
                 meta=np.empty((0,) * (len(chunks) + len(p.core_shape)), dtype=p.dtype),
-                name=f"daskbatch-product-{name}-{self.inner.seed}-{self.batch_shape}",
+                name=f"daskbatch-product-{name}-{tokenize(self.spec(), chunks)}",
             )
         return out
 

@@ -379,7 +379,7 @@ class Table(Space):
         (c,) = chunks
         if self._reader is None:
             return {
-                n: da.from_array(a, chunks=(c, *a.shape[1:]), name=f"daskbatch-table-{n}")
+                n: da.from_array(a, chunks=(c, *a.shape[1:]))
                 for n, a in self._data.items()
             }
         out = {}
