@@ -152,6 +152,16 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
         reductions = reduce
     else:
         reductions = parse_reduce(reduce, kernel.outputs, space.batch_dims, dims=reduce_dims, until=until)
+    if until is not None and until.stat == "sobol":
+        from .sensitivity import Saltelli
+
+        out = kernel.outputs.get(until.output)
+        if not isinstance(space, Saltelli) or out is None or not out.store:
+            raise DaskbatchError(
+                f"until=Converged({until.output!r}, stat='sobol') needs a Saltelli design "
+                f"(space={type(space).__name__}) and the output stored (not Output(store=False)): "
+                "the indices are computed from every sample's value"
+            )
     reduced = set() if reductions is None else set(reductions.outputs)
     for name, o in kernel.outputs.items():
         if not o.store and name not in reduced:

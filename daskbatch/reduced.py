@@ -141,14 +141,14 @@ def status_lines(st: Any, info: Mapping[str, Any]) -> list[str]:
 
         try:
             rule = Converged.from_spec(state["rule"])
-            estimate = rule.check(reductions, merged)
+            now = rule.check(reductions, merged) if rule.stat != "sobol" else estimate(rule, st, info)
         except Exception as e:
             return [*lines, f"until:    cannot be read now ({type(e).__name__}: {e})"]
         rounds = state.get("rounds") or []
         where = {"converged": "converged", "max_n": "stopped at max_n, not converged"}.get(
             str(state.get("state")), f"round {len(rounds) + 1}"
         )
-        lines.append(f"until:    {rule.describe(estimate)} ({where})")
+        lines.append(f"until:    {rule.describe(now)} ({where})")
     return lines
 
 
@@ -156,3 +156,35 @@ def _number(x: Any) -> str:
     if isinstance(x, float | int) and not isinstance(x, bool):
         return f"{x:.6g}"
     return str(x)
+
+
+def estimate(rule: Any, st: Any, info: Mapping[str, Any], reductions: Any = None) -> Any:
+    """The ``until=`` rule's :class:`~daskbatch.reductions.Estimate` from the committed
+    blocks (a ``"sobol"`` rule: from the stored output of a Saltelli design)."""
+    if rule.stat == "sobol":
+        return _sobol_estimate(rule, st)
+    reductions = reductions if reductions is not None else reductions_of(info)
+    return rule.check(reductions, merged_reductions(st, info, reductions))
+
+
+def _sobol_estimate(rule: Any, st: Any) -> Any:
+    import warnings
+
+    import numpy as np
+
+    from .reductions import Estimate
+    from .sensitivity import sobol_indices
+
+    with warnings.catch_warnings():  # base points with a failed sample are left out, as said
+        warnings.simplefilter("ignore")
+        ds = sobol_indices(str(st.path), rule.output, conf_level=rule.confidence)
+    value = ds["ST"].values
+    error = np.fmax(ds["S1_conf"].values, ds["ST_conf"].values)
+    tol = (rule.atol or 0.0) + (rule.rtol or 0.0) * np.abs(value)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(error == 0, 0.0, error / tol)
+    ratio = ratio[np.isfinite(value)]  # an element with no variance has no indices
+    worst = float(np.nanmax(ratio)) if ratio.size else float("inf")
+    per_point = int(st.require_info()["layout"]["batch_shape"][0]) // max(1, int(ds.attrs["n"]))
+    n = int(ds.attrs["n_used"]) * per_point  # samples of the base points used
+    return Estimate(value=value, error=error, n=n, met=bool(worst <= 1 and n >= rule.min_n), ratio=worst)

@@ -1491,7 +1491,10 @@ class Converged:
         ``"quantile"`` (needs ``q``; error: half the distance between the digest's
         quantiles at ``q ± z * sqrt(q (1 - q) / n)``) or ``"exceedance"`` (needs
         ``threshold``; error ``z * sqrt(p (1 - p) / n)``, i.e. relative error
-        ``z * sqrt((1 - p) / (n p))``; with p 0 or 1 the Wilson interval's half-width).
+        ``z * sqrt((1 - p) / (n p))``; with p 0 or 1 the Wilson interval's half-width),
+        or ``"sobol"`` (a :class:`~daskbatch.Saltelli` design's first-order and total
+        indices of the stored output, :func:`~daskbatch.sobol_indices`: error = the
+        half-width of their bootstrap intervals at ``confidence``; give ``atol``).
     rtol, atol
         Met when ``error <= atol + rtol * |value|`` for every element (at least one given).
     q
@@ -1529,10 +1532,10 @@ class Converged:
             raise ReductionError(
                 f"Converged: output={self.output!r} must be the name of an output, e.g. 'response'"
             )
-        if self.stat not in ("mean", "quantile", "exceedance"):
+        if self.stat not in ("mean", "quantile", "exceedance", "sobol"):
             raise ReductionError(
-                f"Converged: stat={self.stat!r} is not supported; use 'mean', 'quantile' (with q=) or "
-                "'exceedance' (with threshold=)"
+                f"Converged: stat={self.stat!r} is not supported; use 'mean', 'quantile' (with q=), "
+                "'exceedance' (with threshold=) or 'sobol' (a Saltelli design's indices)"
             )
         for name in ("rtol", "atol"):
             v = getattr(self, name)
@@ -1592,6 +1595,8 @@ class Converged:
             return Quantiles([float(self.q)])  # type: ignore[arg-type]
         if self.stat == "exceedance":
             return Exceedance(float(self.threshold), self.above)  # type: ignore[arg-type]
+        if self.stat == "sobol":  # the indices are computed from the stored output
+            return "count"
         return "mean"
 
     def spec(self) -> dict[str, Any]:
@@ -1616,14 +1621,20 @@ class Converged:
 
     def describe(self, estimate: Estimate) -> str:
         """One line: the statistic, its estimate and error, the tolerance, n."""
+        parts = (f"atol {self.atol:g}" if self.atol else "", f"rtol {self.rtol:g}" if self.rtol else "")
+        tol = " + ".join(t for t in parts if t)
+        if self.stat == "sobol":
+            return (
+                f"Sobol indices of {self.output!r}: widest {100 * self.confidence:g}% interval "
+                f"± {float(np.max(estimate.error)):.3g}, asked {tol or 'tolerance 0'}: "
+                f"{'met' if estimate.met else 'not met'} at {estimate.n:,} samples"
+            )
         if self.stat == "quantile":
             what = f"q{self.q:g}"
         elif self.stat == "exceedance":
             what = f"P({'>' if self.above else '<'}{self.threshold:g})"
         else:
             what = "mean"
-        parts = (f"atol {self.atol:g}" if self.atol else "", f"rtol {self.rtol:g}" if self.rtol else "")
-        tol = " + ".join(t for t in parts if t)
         value, error = np.asarray(estimate.value, dtype=float), np.asarray(estimate.error, dtype=float)
         if value.size == 1:
             shown = f"{float(value.ravel()[0]):.6g} ± {float(error.ravel()[0]):.3g}"

@@ -117,13 +117,14 @@ class Runner:
         converged and ``max_n`` is not reached, grow the store to the next round's
         samples and return its layout (None: the run ends here)."""
         from .grow import grow, short_blocks
-        from .reduced import max_n_of, merged_reductions
+        from .reduced import estimate as estimate_of
+        from .reduced import max_n_of
 
         st, until, reductions = self.st, self.options.until, self.options.reductions
         assert self.info is not None and until is not None
         n = int(self.space.size)
         info = st.require_info()  # as the round left it (history, format)
-        estimate = until.check(reductions, merged_reductions(st, info, reductions))
+        estimate = estimate_of(until, st, info, reductions)
         state = info.setdefault("until", {"rule": until.spec(), "first_n": n, "rounds": []})
         first = int(state.get("first_n", n))
         max_n = max_n_of(until, first)

@@ -301,3 +301,30 @@ def test_no_warnings_from_a_clean_store(tmp_path):
         warnings.simplefilter("error")
         si = sobol_indices(result, "curve")
     assert si.S1.shape == (3, 5)
+
+
+def test_until_sobol_grows_the_design_until_the_intervals_are_narrow(tmp_path):
+    store = tmp_path / "adaptive.zarr"
+    rule = db.Converged("y", stat="sobol", atol=0.06, min_n=100)
+    res = db.run(ishigami, _design(64), store, cluster="serial", progress=False, until=rule)
+    state = db.open(store).attrs["daskbatch"]["until"]
+    assert state["state"] == "converged" and state["rounds"][-1]["met"]
+    sizes = [r["n"] for r in state["rounds"]]
+    assert sizes == [64 * 5 * 2**k for k in range(len(sizes))] and len(sizes) > 1  # base points doubled
+    si = sobol_indices(store, "y")
+    assert float(np.fmax(si.S1_conf, si.ST_conf).max()) <= 0.06
+    truth = _analytic()
+    assert np.all(np.abs(si.ST.values - truth["ST"]) < 3 * si.ST_conf.values + 0.02)
+    assert "Sobol indices of 'y'" in str(res) and "(converged)" in str(res)
+    # the same call again: nothing to compute
+    assert (
+        db.run(ishigami, _design(64), store, cluster="serial", progress=False, until=rule).blocks_computed
+        == 0
+    )
+
+
+def test_until_sobol_needs_a_saltelli_design_and_a_stored_output(tmp_path):
+    mc = db.MonteCarlo({k: db.Uniform(-np.pi, np.pi) for k in NAMES}, n=100, seed=1)
+    with pytest.raises(DaskbatchError, match="needs a Saltelli design"):
+        db.run(ishigami, mc, tmp_path / "x.zarr", until=db.Converged("y", stat="sobol", atol=0.1))
+    assert not (tmp_path / "x.zarr").exists()
