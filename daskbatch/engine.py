@@ -100,7 +100,7 @@ class _Request:
             complete = state is not None and state[0].all() and not st.ledger.verify(full=False)
             complete = complete and not short_blocks(st, state) and added_rows(info, space) is None
             # until=: done once the last round's estimate was checked (converged, or max_n)
-            complete = complete and (options.until is None or _rounds_ended(info))
+            complete = complete and (options.until is None or _rounds_ended(info, options.until))
             if complete and not retry:
                 done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
                 assert isinstance(done, RunResult)
@@ -177,12 +177,21 @@ class _Request:
         )
 
 
-def _rounds_ended(info: Mapping[str, Any]) -> bool:
-    """Whether a ``until=`` store's last round was checked: converged, or at ``max_n``."""
+def _rounds_ended(info: Mapping[str, Any], until: Any) -> bool:
+    """Whether a ``until=`` store's last round was checked and settles ``until``: it
+    converged under this very rule, or it stopped at a ``max_n`` the rule does not raise."""
+    from .reduced import max_n_of
+
     state = info.get("until") or {}
     rounds = state.get("rounds") or [{}]
     n = int(info["layout"]["batch_shape"][0])
-    return state.get("state") in ("converged", "max_n") and rounds[-1].get("n") == n
+    if rounds[-1].get("n") != n:
+        return False
+    if state.get("state") == "converged":
+        return state.get("rule") == until.spec()  # another rule (a tighter rtol): check again
+    if state.get("state") == "max_n":
+        return max_n_of(until, int(state.get("first_n", n))) <= n
+    return False
 
 
 def run(

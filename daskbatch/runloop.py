@@ -34,6 +34,7 @@ from .log import logger
 from .options import RunOptions
 from .plan import Plan, make_plan
 from .probe import measure
+from .progress import _in_notebook
 from .provenance import new_info, now
 from .results import RunResult, store_status
 from .space import Space
@@ -144,7 +145,11 @@ class Runner:
                 "Raise max_n (Converged(..., max_n=...)) and run again to go on from these samples"
             )
             return None
-        space = self.space.resized(min(2 * n, max_n))
+        # the next of first, 2 first, 4 first, ...: the same sizes whatever max_n was before
+        size = first
+        while size <= n:
+            size *= 2
+        space = self.space.resized(min(size, max_n))
         if space.size <= n:  # a design that grows only in steps (Saltelli: powers of 2)
             state["state"] = "max_n"
             st.update_info(info)
@@ -269,8 +274,6 @@ class Runner:
         if pending:
             info["history"] = [*info.get("history", []), entry]
             st.update_info(info)
-        if options.progress and dashboard and pending:
-            print(f"daskbatch: Dask dashboard at {dashboard}", flush=True)
         tally, bar = Tally(), ProgressBar(options.progress)
         callbacks: list[Callback] = [tally, bar, Publisher(self.lock, bar, tally, _publish_seconds())]
         callbacks += list(options.callbacks)
@@ -404,9 +407,10 @@ def say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
     with contextlib.suppress(Exception):
         done = st.done_mask()
         how = f" by {exc.args[0].removeprefix('stopped by ')}" if str(exc).startswith("stopped by") else ""
+        again = "Run the cell again" if _in_notebook() else "Run the same call again"
         logger.info(
             f"interrupted{how}; {int(done.sum()):,} of {done.size:,} blocks done and kept. "
-            "Run the same call again to continue"
+            f"{again} to continue"
         )
 
 

@@ -64,7 +64,7 @@ def _reduce(value: Any, path: Path, text: str) -> Any:
         return value
     out = {}
     for name, stats in value.items():
-        where = _where(path, text, f"reduce.{name}")
+        where = _reduce_where(path, text, name)
         items = stats if isinstance(stats, list) else [stats]
         try:
             out[name] = [_stat(v, where) for v in items]
@@ -73,6 +73,43 @@ def _reduce(value: Any, path: Path, text: str) -> Any:
                 raise
             raise SpecFileError(f"{where}: reduce.{name}: {e}") from e
     return out
+
+
+def _reduce_where(path: Path, text: str, output: str | None = None) -> str:
+    """The file and line of ``reduce`` (or of ``output``'s entry in its ``[reduce]`` table)."""
+    start = _line_of(text, "reduce")
+    table = start is not None and text.splitlines()[start - 1].lstrip().startswith("[")
+    line = _line_of(text, f"reduce.{output}", start=start) if output and table else None
+    line = line or start
+    return f"{path}{f', line {line}' if line else ''}"
+
+
+def _check_reductions(args: dict[str, Any], path: Path, text: str) -> None:
+    """``reduce``, ``reduce_dims`` and ``[until]`` checked against the kernel's outputs
+    and the space's dims now, so that a mistake names the file and the line."""
+    if not {"reduce", "reduce_dims", "until"} & set(args):
+        return
+    from .reductions import ReductionError, parse_reduce
+
+    try:
+        parse_reduce(
+            args.get("reduce"),
+            args["kernel"].outputs,
+            args["space"].batch_dims,
+            dims=args.get("reduce_dims"),
+            until=args.get("until"),
+        )
+    except ReductionError as e:
+        msg = str(e)
+        if msg.startswith("until"):
+            where = _where(path, text, "until")
+        elif msg.startswith("dims"):
+            where, msg = _where(path, text, "reduce_dims"), f"reduce_{msg}"
+        else:
+            named = re.search(r"output '([^']+)'|^reduce: '([^']+)' is not an output", msg)
+            output = next((g for g in named.groups() if g), None) if named else None
+            where = _reduce_where(path, text, output)
+        raise SpecFileError(f"{where}: {msg}") from e
 
 
 def _until(value: dict[str, Any], path: Path, text: str) -> Any:
@@ -218,7 +255,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
             line = _line_of(text, bad.group(1), start=line) or line
         raise SpecFileError(f"{p}{f', line {line}' if line else ''}: {e}") from e
     store = Path(doc["store"])
-    return {
+    args = {
         "kernel": kernel,
         "space": space,
         "store": store if store.is_absolute() else base / store,
@@ -235,3 +272,5 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         **({"reduce_dims": doc["reduce_dims"]} if "reduce_dims" in doc else {}),
         **({"until": _until(doc["until"], p, text)} if "until" in doc else {}),
     }
+    _check_reductions(args, p, text)
+    return args
