@@ -54,6 +54,26 @@ def _spec_with_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    specs = list(args.spec) if isinstance(args.spec, list) else [args.spec]
+    if len(specs) == 1:
+        args.spec = specs[0]
+        return _run_one(args)
+    from .errors import DaskbatchError
+
+    for flag in ("store", "test"):
+        if getattr(args, flag):
+            raise DaskbatchError(
+                f"--{flag} applies to one spec file; {len(specs)} were given (stages, run in order): "
+                "set store in each spec file instead"
+            )
+    for k, spec in enumerate(specs, 1):  # each read when its turn comes: it may read the one before
+        print(f"daskbatch: stage {k} of {len(specs)}: {spec}", flush=True)
+        args.spec = spec
+        _run_one(args)
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
     from .engine import run
 
     kwargs = _spec_with_flags(args)
@@ -542,7 +562,12 @@ def _rerun_opts(p: argparse.ArgumentParser) -> None:
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``run`` command."""
     p = sub.add_parser("run", help="run a sweep described by a TOML spec file")
-    p.add_argument("spec", help="the TOML spec file")
+    p.add_argument(
+        "spec",
+        nargs="+",
+        help="the TOML spec file; several: stages run in order, each reading the stores before "
+        "it (a space of type 'fromstore')",
+    )
     p.add_argument("--store", help="store path (overrides the spec)")
     p.add_argument("--chunk-size", type=_chunk_size, help="samples per block, or 'auto'")
     p.add_argument(

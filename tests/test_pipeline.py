@@ -376,3 +376,51 @@ def test_a_fromstore_space_in_a_spec_file(tmp_path, cli):
     assert np.array_equal(db.open(tmp_path / "down.zarr").y.values, 2.0 * db.open(up).y.values)
     r = cli("resume", str(tmp_path / "down.zarr"), "--no-progress")
     assert r.returncode == 0, r.stderr
+
+
+def test_daskbatch_run_of_several_spec_files_runs_them_as_stages(tmp_path, cli):
+    (tmp_path / "one.toml").write_text(
+        textwrap.dedent(
+            """\
+            kernel = "daskbatch.testing:affine"
+            store = "one.zarr"
+            cluster = "serial"
+
+            [space]
+            type = "montecarlo"
+            n = 20
+            seed = 3
+
+            [space.params.a]
+            dist = "uniform"
+            low = 0
+            high = 1
+            """
+        )
+    )
+    (tmp_path / "two.toml").write_text(
+        textwrap.dedent(
+            """\
+            kernel = "daskbatch.testing:affine"
+            store = "two.zarr"
+            cluster = "serial"
+
+            [constants]
+            scale = 3.0
+
+            [space]
+            type = "fromstore"
+            path = "one.zarr"
+            variables = { a = "y" }
+            """
+        )
+    )
+    r = cli("run", "one.toml", "two.toml", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "stage 1 of 2: one.toml" in r.stdout and "stage 2 of 2: two.toml" in r.stdout
+    one, two = db.open(tmp_path / "one.zarr"), db.open(tmp_path / "two.zarr")
+    assert np.array_equal(two.y.values, 3.0 * one.y.values)
+    again = cli("run", "one.toml", "two.toml", "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("nothing to compute") == 2, again.stdout
+    bad = cli("run", "one.toml", "two.toml", "--store", "x.zarr", cwd=tmp_path)
+    assert bad.returncode != 0 and "--store applies to one spec file" in bad.stderr
