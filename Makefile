@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format bench pictures clean system-deps test-deps
+.PHONY: demo test docs lint format bench pictures clean system-deps test-deps
 
 # The TEM1D core (daskbatch[tem], in the dev extra) links to the GNU Fortran runtime;
 # the tests open the HTML report in a headless chromium and start a one-node SLURM
@@ -35,7 +35,7 @@ test-deps: system-deps
 $(VENV)/.installed: pyproject.toml | system-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 demo: $(VENV)/.installed  ## install, then sweep the built-in DC sounding model on a local cluster
@@ -46,6 +46,12 @@ test: $(VENV)/.installed test-deps  ## install, lint, then run every test (docte
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 -m 'not serial'
 	$(PY) -m pytest -m serial
+
+docs: $(VENV)/.installed  ## the documentation site into docs/_build/html (warnings are errors)
+	@$(PY) -c "import sphinx, myst_nb, pydata_sphinx_theme, numpydoc, sphinxarg" 2>/dev/null || \
+	  $(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html (it works offline)"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -64,4 +70,4 @@ pictures: $(VENV)/.installed  ## the design pictures of docs/designs.md
 	$(PY) docs/design_pictures.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache daskbatch-demo.zarr
+	rm -rf $(VENV) .pytest_cache .ruff_cache daskbatch-demo.zarr docs/_build docs/generated

@@ -549,7 +549,7 @@ def _scalar(ds, info: dict, output: str):
     outputs = info["kernel"]["outputs"]
     if output not in outputs:
         raise DaskbatchError(f"output={output!r} is not an output of this store; outputs: {sorted(outputs)}")
-    if outputs[output]["shape"]:
+    if outputs[output]["shape"] and set(ds[output].dims) - set(info["layout"]["batch_dims"]):
         raise DaskbatchError(
             f"output={output!r} has core dims {outputs[output]['dims']}; choose a scalar output, "
             f"or select one value first (ds[{output!r}].isel(...))"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .kernel import STATUS
-from .progress import Progress
+from .progress import Progress, show_dashboard
 
 __all__ = ["BlockEnd", "Callback", "RunEnd", "RunStart"]
 
@@ -125,14 +125,17 @@ class Tally(Callback):
 
 
 class ProgressBar(Callback):
-    """The progress bar (samples, rate, ETA, failures); quiet when not ``enabled``,
-    but it still measures the rate and ETA that :class:`Publisher` records."""
+    """The dashboard's link and the progress bar (samples, rate, ETA, failures), in a
+    notebook a link and a widget (see :mod:`daskbatch.progress`); quiet when not
+    ``enabled``, but it still measures the rate and ETA that :class:`Publisher` records."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar: Progress | None = None
 
     def on_run_start(self, event: RunStart) -> None:
+        if self.enabled and event.dashboard and event.blocks_pending:
+            show_dashboard(event.dashboard)
         self.bar = Progress(
             event.n_samples,
             initial=event.samples_done,

@@ -308,6 +308,10 @@ class Plan:
     def __str__(self) -> str:
         return "\n".join(f"{k + ':':18s}{v}" for k, v in self._rows())
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython shows the text, not the dataclass's fields."""
+        p.text(str(self))
+
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"

@@ -5,9 +5,13 @@ the scheduler delivers them. The display shows samples done / total, percent, ra
 ETA and the failures so far:
 
 - in a terminal, a tqdm bar redrawn on one line;
-- in Jupyter, tqdm's widget bar;
+- in Jupyter, tqdm's widget bar when ipywidgets is installed (``pip install
+  'daskbatch[notebook]'``), and the same text bar as in a terminal without it (never
+  tqdm's "IProgress not found" warning);
 - anywhere else (a cluster job's log file), a plain line every ``interval`` seconds
   and one at the end, never a carriage return.
+
+:func:`show_dashboard` prints the Dask dashboard's address, as a link in a notebook.
 
 Rate and ETA come from a moving window over the last blocks (:class:`RateWindow`),
 so they follow the run's current speed rather than its start (a resumed run, a
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import html
 import os
 import sys
 import time
@@ -25,7 +30,7 @@ from typing import Any, TextIO
 
 from . import config
 
-__all__ = ["Progress", "RateWindow", "format_eta"]
+__all__ = ["Progress", "RateWindow", "format_eta", "show_dashboard"]
 
 
 class RateWindow:
@@ -84,6 +89,36 @@ def _in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
+def _widget_tqdm() -> Any:
+    """tqdm's notebook bar (an ipywidgets progress bar), or None without ipywidgets."""
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm import notebook
+    except Exception:  # not installed, or an ipywidgets that does not import
+        return None
+    return notebook.tqdm if getattr(notebook, "IProgress", None) is not None else None
+
+
+def show_dashboard(link: str) -> None:
+    """Print ``daskbatch: Dask dashboard at LINK`` on standard output; in a notebook
+    show it as a link that opens the dashboard in a new tab.
+
+    Examples
+    --------
+    >>> show_dashboard("http://127.0.0.1:8787/status")
+    daskbatch: Dask dashboard at http://127.0.0.1:8787/status
+    """
+    text = f"daskbatch: Dask dashboard at {link}"
+    if _in_notebook():
+        from IPython.display import display
+
+        url = html.escape(link, quote=True)
+        anchor = f'<a href="{url}" target="_blank" rel="noopener">{html.escape(link)}</a>'
+        display({"text/html": f"daskbatch: Dask dashboard at {anchor}", "text/plain": text}, raw=True)
+    else:
+        print(text, flush=True)
+
+
 class Progress:
     """Samples done / total with rate, ETA and failures.
 
@@ -134,8 +169,23 @@ class Progress:
         if not enabled:
             return
         isatty = getattr(self.file, "isatty", lambda: False)()
-        if isatty or _in_notebook():
-            from tqdm.auto import tqdm
+        notebook = file is None and _in_notebook()
+        widget = _widget_tqdm() if notebook else None
+        if widget is not None:
+            self._bar = widget(
+                total=total,
+                initial=initial,
+                unit="sample",
+                unit_scale=total >= 10_000,  # 12.3k/100k; small counts as they are
+                desc=desc,
+                smoothing=0.1,
+                mininterval=0.5,
+            )
+            self._bar.set_postfix(failed=failed, refresh=False)
+        elif isatty or notebook:
+            # tqdm.std, not tqdm.auto: in a notebook without ipywidgets the text bar,
+            # redrawn in the cell's output, rather than a warning
+            from tqdm.std import tqdm
 
             # a terminal that reports no size (a bare pty, `script`) would get no bar at all
             width = _columns(self.file)
@@ -143,7 +193,7 @@ class Progress:
                 total=total,
                 initial=initial,
                 unit="sample",
-                unit_scale=True,
+                unit_scale=total >= 10_000,  # 12.3k/100k; small counts as they are
                 desc=desc,
                 file=self.file,
                 smoothing=0.1,

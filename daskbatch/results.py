@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,8 +149,44 @@ class StoreStatus:
     def __str__(self) -> str:
         return "\n".join(self._lines())
 
+    _caption = "daskbatch store"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython shows the text, not the dataclass's fields."""
+        p.text(str(self))
+
     def _repr_html_(self) -> str:
-        return "<pre>" + html.escape(str(self)) + "</pre>"
+        """A table in a notebook: one row per line of the text, a progress bar in the
+        blocks row, and the failures as the Python call that lists them."""
+        rows = []
+        for key, values in _rows(self._lines()):
+            if key == "failures":
+                values = [f"each with its inputs and message: daskbatch.failures({self.store!r})"]
+            cell = "<br>".join(html.escape(v) for v in values)
+            if key == "blocks" and self.blocks_total:
+                cell += (
+                    f" <progress value='{self.blocks_done}' max='{self.blocks_total}' "
+                    "style='vertical-align:middle'></progress>"
+                )
+            rows.append(
+                f"<tr><th style='text-align:left;vertical-align:top'>{html.escape(key)}</th>"
+                f"<td style='text-align:left'>{cell}</td></tr>"
+            )
+        return f"<table><caption>{self._caption}</caption>{''.join(rows)}</table>"
+
+
+def _rows(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """``key: value`` lines as (key, [value, indented lines that follow])."""
+    rows: list[tuple[str, list[str]]] = []
+    for line in lines:
+        m = re.match(r"([a-z][a-z ()]*):(?: +(.*))?$", line)
+        if m:
+            rows.append((m.group(1), [m.group(2)] if m.group(2) else []))
+        elif rows:
+            rows[-1][1].append(line.strip())
+        else:
+            rows.append(("", [line]))
+    return rows
 
 
 @dataclass
@@ -161,6 +198,9 @@ class RunResult(StoreStatus):
     wall_seconds: float = 0.0
     cluster: str = ""
     dashboard: str | None = None
+
+    _caption = "daskbatch run"
+    _repr_pretty_ = StoreStatus._repr_pretty_  # before the __repr__ the dataclass makes
 
     @property
     def samples_per_second(self) -> float:

@@ -378,10 +378,7 @@ class Table(Space):
 
         (c,) = chunks
         if self._reader is None:
-            return {
-                n: da.from_array(a, chunks=(c, *a.shape[1:]))
-                for n, a in self._data.items()
-            }
+            return {n: da.from_array(a, chunks=(c, *a.shape[1:])) for n, a in self._data.items()}
         out = {}
         starts = np.concatenate([[0], np.cumsum(c)]).tolist()
         read = dask.delayed(lambda s, e, n: self._reader.read(s, e)[n], pure=True)  # type: ignore[union-attr]
