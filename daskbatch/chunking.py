@@ -185,6 +185,27 @@ def driver_floor_seconds(n_workers: int, total_seconds: float, driver_seconds_pe
     return min(max(1, int(n_workers)) * k, math.sqrt(max(0.0, total_seconds) * k))
 
 
+def aligned_samples(size: int, multiple: int | None, total: int) -> int:
+    """``size`` samples per block fitted to a source read in pieces of ``multiple`` rows
+    (a Parquet file's row groups): a multiple of it, or a divisor of it, so that no
+    block reads a piece another block reads too; ``size`` as it is when ``multiple`` is
+    None, 1, or not smaller than every row.
+
+    Examples
+    --------
+    >>> [aligned_samples(n, 500, 20_000) for n in (770, 1900, 120)]
+    [500, 1500, 100]
+    """
+    if not multiple or multiple <= 1 or multiple >= total or size <= 0:
+        return size
+    if size >= multiple:
+        return size // multiple * multiple
+    k = math.ceil(multiple / size)
+    while multiple % k:  # a divisor of the piece: blocks tile it
+        k += 1
+    return multiple // k
+
+
 def auto_samples_per_block(
     total: int,
     *,

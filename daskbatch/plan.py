@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from .chunking import AUTO_BLOCK_BYTES, auto_samples_per_block, block_shape_for_samples, plan_block_shape
+from .chunking import (
+    AUTO_BLOCK_BYTES,
+    aligned_samples,
+    auto_samples_per_block,
+    block_shape_for_samples,
+    plan_block_shape,
+)
 from .errors import PlanError
 
 __all__ = ["MEMORY_FACTOR", "TASK_SHARE", "Plan", "PlanError", "default_memory_limit", "make_plan"]
@@ -333,6 +339,7 @@ def make_plan(
     bytes_out_per_sample: int,
     seconds_per_sample: float | None,
     memory_limit: int | None = None,
+    block_multiple: int | None = None,
 ) -> Plan:
     """Choose the blocks within the memory budget and estimate the run.
 
@@ -340,6 +347,10 @@ def make_plan(
     capped so that a task fits :data:`TASK_SHARE` of ``memory_limit`` (per worker;
     default :func:`default_memory_limit`). An explicit ``chunk_size`` is kept, but a
     block that does not fit is refused, like a single sample that does not fit.
+    ``block_multiple``: the rows a table's source reads at once (a Parquet file's row
+    groups, when they are all alike); ``"auto"`` blocks are then a multiple or a
+    divisor of it (:func:`~daskbatch.chunking.aligned_samples`), so no row group is
+    read by two blocks.
 
     Examples
     --------
@@ -366,6 +377,8 @@ def make_plan(
             bytes_per_sample=bytes_in_per_sample + bytes_out_per_sample,
         )
         size = max(1, min(size, budget // max(1, per_sample)))
+        if len(batch_shape) == 1:  # a table read in row groups: blocks that share none
+            size = aligned_samples(size, block_multiple, total)
         block_shape = block_shape_for_samples(size, batch_shape)
     else:
         block_shape = plan_block_shape(batch_dims, batch_shape, chunk_size, n_workers=n_workers)

@@ -544,6 +544,7 @@ def make_run_plan(
         bytes_out_per_sample=b_out,
         seconds_per_sample=seconds_per_sample,
         memory_limit=options.memory_limit,
+        block_multiple=getattr(space, "block_multiple", None),
     )
 
 

@@ -372,6 +372,16 @@ class Table(Space):
         state.pop("_daskbatch_extension", None)
         return state
 
+    @property
+    def block_multiple(self) -> int | None:
+        """The rows the table's file is read in, when every piece but the last has as many
+        (a Parquet file's row groups): ``chunk_size="auto"`` cuts blocks that share none."""
+        starts = getattr(self._reader, "group_starts", None)
+        if starts is None or len(starts) < 3:
+            return None
+        sizes = np.diff(starts)
+        return int(sizes[0]) if (sizes[:-1] == sizes[0]).all() and sizes[-1] <= sizes[0] else None
+
     def to_dask(self, chunks):
         import dask
         import dask.array as da

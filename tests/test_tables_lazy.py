@@ -377,3 +377,20 @@ def test_a_block_of_an_input_that_changed_is_refused(tmp_path):
     df.iloc[::-1].to_csv(tmp_path / "t.csv", index=False)  # rows moved: the offsets are wrong now
     with pytest.raises(SpaceError, match=r"input file '.*t.csv' changed since the table was read"):
         t.block((slice(0, 5),))
+
+
+def test_auto_blocks_of_a_parquet_table_never_share_a_row_group(tmp_path):
+    from daskbatch.chunking import aligned_samples
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": np.arange(20_000, dtype=np.float64)}), path, row_group_size=500)
+    table = db.Table(path)
+    assert table.block_multiple == 500
+    p = db.plan(affine, table, cluster="threads", n_workers=2, constants={"scale": 2.0})
+    assert p.block_shape[0] % 500 == 0 or 500 % p.block_shape[0] == 0
+    assert [aligned_samples(n, 500, 20_000) for n in (770, 1900, 120, 7)] == [500, 1500, 100, 5]
+    ragged = tmp_path / "r.parquet"
+    with pq.ParquetWriter(ragged, pa.schema([("a", pa.float64())])) as w:
+        for n in (300, 500, 400):
+            w.write_table(pa.table({"a": np.arange(n, dtype=np.float64)}))
+    assert db.Table(ragged).block_multiple is None  # unequal row groups: nothing to align to
