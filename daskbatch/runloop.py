@@ -529,7 +529,22 @@ def workers_before_start(spec: ClusterSpec) -> int | None:
 def make_run_plan(
     kernel: Kernel, space: Space, options: RunOptions, n_workers: int, seconds_per_sample: float | None
 ) -> Plan:
-    """The plan for ``n_workers`` workers, from the sizes and the probe's cost per sample."""
+    """The plan for ``n_workers`` workers, from the sizes and the probe's cost per sample.
+
+    With ``until=`` and ``chunk_size="auto"``, blocks are cut for the rounds to come (up
+    to 64 × the first ``n``), as large as the first round allows: the store keeps its
+    blocks as it grows, and blocks cut for the first round alone would be many small
+    ones by the last.
+    """
+    if options.until is not None and options.chunk_size == "auto" and len(space.batch_shape) == 1:
+        from .reduced import max_n_of
+
+        first = int(space.batch_shape[0])
+        ahead = space.resized(max(first, min(max_n_of(options.until, first), 64 * first)))
+        size = make_run_plan(
+            kernel, ahead, dataclasses.replace(options, until=None), n_workers, seconds_per_sample
+        ).block_shape[0]
+        options = dataclasses.replace(options, until=None, chunk_size=min(size, first))
     spec = options.cluster
     b_in, b_out = bytes_per_sample(kernel, space)
     desc = spec.description if spec.in_driver else dataclasses.replace(spec, n_workers=n_workers).description
