@@ -153,10 +153,15 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
     from multiprocessing import forkserver, resource_tracker
 
     import dask
+    import distributed.utils
     from distributed.utils import get_mp_context
 
+    # distributed's first get_mp_context() imports every package it knows of (pandas,
+    # lz4, ...), a quarter of a second here, to build a preload list; this one is set below
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        ctx = get_mp_context()  # distributed sets its own preload list once
+        ctx = get_mp_context()
     wanted = [*FORKSERVER_PRELOAD, *(m for m in modules if m and m not in ("__main__", "__mp_main__"))]
     ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
     arenas = config.get("malloc-arenas")

@@ -399,7 +399,7 @@ SETTINGS = {
     "probe.quick-seconds": 0.05,
     "probe.seconds": 0.5,
     "publish-interval": 2.0,
-    "auto.start-seconds": 2.0,
+    "auto.start-seconds": 1.25,
     "auto.driver-seconds-per-block": 0.005,
     "connect-timeout": 10.0,
     "lease.seconds": 60.0,
