@@ -417,11 +417,16 @@ def build_tasks(space: Space, layout: Layout, ctx: BlockContext, blocks) -> dict
     token = hashlib.sha256(f"{ctx.store}{layout.store_id}".encode()).hexdigest()[:12]
     carries_rows = bool(getattr(space, "carries_rows", False))
     tasks = {}
-    context = Opaque(ctx)
+    # the probe's first samples travel only with the blocks that hold some of them
+    context = Opaque(dataclasses.replace(ctx, first=None))
+    with_first = Opaque(ctx) if ctx.first is not None else context
     for b in blocks:
-        source = space.block(layout.block_slices(b)) if carries_rows else space
+        region = layout.block_slices(b)
+        source = space.block(region) if carries_rows else space
         name = f"daskbatch-block-{token}-" + "-".join(str(i) for i in b)
-        tasks[b] = dask.delayed(block_task, pure=False)(b, source, context, dask_key_name=name)
+        holds = ctx.first is not None and all(s.start < n for s, n in zip(region, ctx.first[0], strict=True))
+        task_context = with_first if holds else context
+        tasks[b] = dask.delayed(block_task, pure=False)(b, source, task_context, dask_key_name=name)
     return tasks
 
 

@@ -353,10 +353,12 @@ class Runner:
         return result
 
     def _first_samples(self) -> tuple[tuple[int, ...], Any] | None:
-        """The probe's first samples, when block 0 may keep them: a run in this process
-        (the probe called the same per-sample kernel on the same parameters, so the
-        same numbers) of a store this run created."""
-        if not self.probed or not self.options.cluster.in_driver or not self.kernel.per_sample:
+        """The probe's first samples, when the blocks that hold them may keep them: the
+        probe called the same per-sample kernel on the same parameters (so the same
+        numbers), in this process or in a process of its own (a worker's, or one forked
+        for it), for a store this run created. Only its ok samples are kept; the others
+        are computed again by their block, with the run's retries and isolation."""
+        if not self.probed or not self.kernel.per_sample:
             return None
         shape, first = self.probed[0]
         return (tuple(shape), first)

@@ -212,7 +212,8 @@ def test_a_cluster_probe_takes_at_most_a_twentieth_of_the_run(tmp_path):
         constants={"log": str(log)},
     )
     sizes = _sizes(log)
-    assert sizes[0] == 5 and sorted(sizes[1:]) == [25] * 4  # 100 / 20 probed, then the blocks
+    # 100 / 20 probed, then the blocks (a vectorised kernel's block keeps nothing of it)
+    assert sizes[0] == 5 and sorted(sizes[1:]) == [25] * 4
     log.unlink()
     db.run(
         logged_sizes,
@@ -287,3 +288,34 @@ def test_a_grid_run_in_this_process_keeps_the_probes_box(tmp_path):
     run["constants"] = {"log": str(tmp_path / "p.log")}
     db.run(grid_counted, space, tmp_path / "there.zarr", cluster="processes", n_workers=2, **run)
     assert_stores_identical(tmp_path / "here.zarr", tmp_path / "there.zarr")
+
+
+def test_a_run_on_worker_processes_keeps_the_probes_ok_samples(tmp_path):
+    """On a local cluster the probe runs on a worker: its ok samples are kept by block 0
+    (not computed twice), its failed one is computed again; the numbers are those of a
+    run in this process."""
+    log = tmp_path / "local.log"
+    space = db.Table({"x": np.arange(120.0)})
+    res = db.run(
+        counted,
+        space,
+        tmp_path / "local.zarr",
+        cluster="local",
+        n_workers=2,
+        chunk_size=30,
+        progress=False,
+        constants={"log": str(log)},
+    )
+    calls = [int(v) for v in log.read_text().split()]
+    assert sorted(calls) == sorted([*range(120), 5])  # the probe's 6 (120 / 20) once, 5 twice
+    assert res.samples["ok"] == 119 and res.samples["failed"] == 1
+    db.run(
+        counted,
+        space,
+        tmp_path / "here.zarr",
+        cluster="serial",
+        chunk_size=30,
+        progress=False,
+        constants={"log": str(tmp_path / "s.log")},
+    )
+    assert_stores_identical(tmp_path / "local.zarr", tmp_path / "here.zarr")
