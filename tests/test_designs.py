@@ -457,3 +457,16 @@ def test_design_pictures_in_the_docs_are_what_the_script_draws():
         assert (path.parent / "img" / file).read_text() == text, (
             f"run python docs/design_pictures.py ({file})"
         )
+
+
+def test_the_readme_picture_is_what_its_script_draws():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "band_picture.py"
+    spec = importlib.util.spec_from_file_location("band_picture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.svg(*module.band())
+    assert text.count("<polygon") == 1 and text.count("<polyline") == 1
+    assert module.OUT.read_text() == text, "run python docs/band_picture.py"
