@@ -275,6 +275,14 @@ class JobQueue:
         return nprocesses_nthreads(cores)[0]
 
     @property
+    def worker_memory(self) -> int | None:
+        """Bytes per worker process: a job's memory (given, else from dask's config)
+        shared by its worker processes; None when unknown."""
+        memory = self.memory if self.memory is not None else self._config("memory")
+        total = _bytes(str(memory)) if memory is not None else 0
+        return total // max(1, self.processes_per_job) if total else None
+
+    @property
     def walltime_seconds(self) -> int:
         """The jobs' walltime in seconds (given, else from dask's config)."""
         value = self.walltime if self.walltime is not None else self._config("walltime")

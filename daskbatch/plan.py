@@ -208,9 +208,15 @@ def _bytes(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
+def _workers(n: int) -> str:
+    return f"{n} worker" if n == 1 else f"{n} workers"
+
+
 def _seconds(s: float | None) -> str:
     if s is None:
         return "unknown (no probe)"
+    if s < 1e-3:
+        return f"{s * 1e6:,.1f} µs"
     if s < 1:
         return f"{s * 1e3:,.1f} ms"
     if s < 120:
@@ -307,7 +313,7 @@ class Plan:
             ),
             ("time per sample", _seconds(self.seconds_per_sample)),
             ("time per block", _seconds(self.seconds_per_block)),
-            ("time in all", f"{_seconds(self.total_seconds)} on {self.n_workers} workers (estimate)"),
+            ("time in all", f"{_seconds(self.total_seconds)} on {_workers(self.n_workers)} (estimate)"),
             ("cluster", self.cluster),
         ]
 

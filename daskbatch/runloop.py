@@ -560,7 +560,8 @@ def make_run_plan(
         bytes_in_per_sample=b_in,
         bytes_out_per_sample=b_out,
         seconds_per_sample=seconds_per_sample,
-        memory_limit=options.memory_limit,
+        # a job-queue cluster's workers have the memory of their jobs, not of this machine
+        memory_limit=options.memory_limit or getattr(spec.options, "worker_memory", None),
         block_multiple=getattr(space, "block_multiple", None),
     )
 

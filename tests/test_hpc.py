@@ -689,3 +689,12 @@ def test_workers_leave_before_their_walltime_and_no_block_is_killed_half_way(slu
     assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "slurm.zarr")
     status = db.status(tmp_path / "slurm.zarr")
     assert status.complete and status.samples["ok"] == n and sum(status.samples.values()) == n
+
+
+def test_a_plan_for_a_job_queue_cluster_takes_the_memory_of_its_jobs():
+    from daskbatch.testing import affine
+
+    jq = db.JobQueue("slurm", memory="64GB", cores=16, processes=16, jobs=4, walltime="01:00:00", queue="q")
+    assert jq.worker_memory == 64 * 10**9 // 16
+    p = db.plan(affine, db.Grid(a=range(1000)), cluster=jq)
+    assert "limit 3.7 GiB per worker" in str(p), str(p)  # 64 GB / 16, not this machine's memory / 64
