@@ -518,12 +518,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_opts(p: argparse.ArgumentParser) -> None:
+def _cluster_opts(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """Where a command runs: --cluster, --workers, --no-progress, --verbose."""
+    first = (
+        "auto (default: local, or this process when the work is less than starting a cluster), local"
+        if default == "auto"
+        else f"{default} (default), auto"
+    )
     p.add_argument(
         "--cluster",
-        help="auto (default: local, or this process when the work is less than starting a cluster), "
-        "local, processes, threads, serial, or a scheduler address",
+        help=f"{first}, processes, threads, serial; slurm, pbs, sge or lsf (workers as batch jobs, "
+        "with the spec's [cluster] table or dask-jobqueue's config); or a scheduler address",
     )
     p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
@@ -600,7 +605,7 @@ def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``status`` command."""
     p = sub.add_parser("status", help="show samples and blocks done, failed and pending")
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--verify",
@@ -613,7 +618,7 @@ def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _add_resume(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``resume`` command."""
     p = sub.add_parser("resume", help="continue a stopped run; the kernel is re-imported")
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument(
         "--overwrite", action="store_true", help="discard the results and start the same run again"
     )
@@ -628,7 +633,7 @@ def _add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser(
         "validate", help="recompute random samples one by one here and compare them with the store"
     )
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument("--n", type=int, default=100, help="samples to recompute (default 100)")
     p.add_argument("--rtol", type=float, default=1e-10, help="relative tolerance (default 1e-10)")
     p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
@@ -640,12 +645,12 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """The commands that read a store's results: ``summary``, ``export``, ``failures``,
     ``report`` and ``compare``."""
     p = sub.add_parser("summary", help="totals, success rate and statistics of every output")
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("export", help="parameters, status and outputs, one row per sample, to CSV or Parquet")
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument("-o", "--output", required=True, help="file to write (.csv or .parquet)")
     p.add_argument("--format", choices=["csv", "parquet"], help="default: from the file's suffix")
     p.add_argument(
@@ -659,7 +664,7 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "failures", help="every sample that failed, timed out or crashed, with its inputs and message"
     )
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument(
         "--csv",
         nargs="?",
@@ -680,7 +685,7 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=_cmd_failures)
 
     p = sub.add_parser("report", help="a self-contained HTML report with plots")
-    p.add_argument("store")
+    p.add_argument("store", help="the store (a folder written by daskbatch run)")
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
     p.set_defaults(func=_cmd_report)
 
@@ -700,7 +705,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="a real sweep of the built-in DC sounding model")
     p.add_argument("--n", type=int, default=100_000, help="number of samples (default 100000)")
     p.add_argument("--store", default="daskbatch-demo.zarr", help="store path")
-    _cluster_opts(p)
+    _cluster_opts(p, default="local")
     p.set_defaults(func=_cmd_demo, cluster="local")
 
 

@@ -227,16 +227,24 @@ def run(
     kernel
         A function decorated with :func:`daskbatch.kernel`.
     space
-        A :class:`~daskbatch.Grid`, :class:`~daskbatch.Table`, a design, a product.
+        A :class:`~daskbatch.Grid`, :class:`~daskbatch.Table`, :class:`~daskbatch.Files`,
+        a design (:class:`~daskbatch.MonteCarlo`, :class:`~daskbatch.LatinHypercube`,
+        :class:`~daskbatch.Sobol`, :class:`~daskbatch.Halton`,
+        :class:`~daskbatch.Saltelli`), a :class:`~daskbatch.Product`, or a
+        :class:`~daskbatch.FromStore` (another store's outputs).
     store
         Directory of the Zarr store (created if missing).
     cluster
         ``"auto"`` (default: ``"local"``, or this process when the probe predicts less
         work than starting a cluster costs; it says so), ``"local"`` (a LocalCluster,
         one single-threaded process per core), ``"processes"``, ``"threads"``,
-        ``"serial"``, a scheduler address, or a :class:`distributed.Client`.
+        ``"serial"``; ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"`` or a
+        :class:`~daskbatch.JobQueue` (workers as batch jobs through dask-jobqueue, from
+        a login node; see the clusters page); a scheduler address, a running
+        ``distributed`` deploy ``Cluster``, or a :class:`distributed.Client`.
     n_workers
-        Workers for ``"local"``, ``"processes"``, ``"threads"`` (default: the cores).
+        Workers for ``"local"``, ``"processes"``, ``"threads"`` (default: the cores);
+        for a job-queue cluster, worker processes, rounded up to whole jobs.
     chunk_size
         Samples per block: ``"auto"``, an int, or a dict of block sizes per batch dim.
     progress
@@ -299,7 +307,31 @@ def run(
     Returns
     -------
     RunResult
-        Totals (ok, failed, pending), the first errors, wall time and samples/s.
+        Totals (ok, failed, pending), the first errors, wall time and samples/s;
+        ``result.reductions`` with ``reduce=``.
+
+    Raises
+    ------
+    DaskbatchError
+        Before anything is created or started, for a bad argument: one line naming it,
+        its value and what would work (its subclasses say more: ``SpaceError``,
+        ``KernelSignatureError``, ``OutputSpecError``, ``ClusterError``...).
+    FingerprintMismatchError, KernelChangedError
+        The store holds results of another run (kernel, space, seed, constants,
+        chunking, reductions) or of other code of this kernel; the message names what
+        differs.
+    StoreError
+        The store cannot be written (not daskbatch's, a full disk, damaged metadata:
+        ``verify=True`` repairs it), or another run holds its lock.
+    KeyboardInterrupt
+        Ctrl-C or SIGTERM: the blocks committed so far are kept; the same call resumes.
+
+    See Also
+    --------
+    plan : what this call would do, without doing it.
+    status, open : the store's totals, and its results as an xarray Dataset.
+    apply : the same computation as a lazy Dataset, without a store.
+    daskbatch.failures : every failed sample with its inputs and message.
 
     Examples
     --------

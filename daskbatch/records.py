@@ -44,6 +44,18 @@ __all__ = [
 class Status(IntEnum):
     """Per-sample status codes stored in the ``status`` variable (int8).
 
+    ====  ===========  ==================================================================
+    code  name         meaning
+    ====  ===========  ==================================================================
+    0     ``pending``  not computed yet (or its block is not committed)
+    1     ``ok``       computed; its outputs are the kernel's
+    2     ``failed``   the kernel raised (after ``retries``), or returned a value its
+                       ``Output`` cannot hold; outputs hold the fill value
+    3     ``timeout``  it ran past ``timeout=`` and was stopped
+    4     ``crashed``  it ended its worker process every time it was tried (a segfault,
+                       ``os._exit``, a Fortran ``STOP``), so it was isolated
+    ====  ===========  ==================================================================
+
     Members are ints (``STATUS.ok == 1``), named as the store names them
     (``flag_meanings``): ``STATUS["ok"]``, ``STATUS.ok`` and ``STATUS(1)`` are the
     same member; iteration gives the members in code order. ``STATUS.items()`` gives

@@ -8,6 +8,7 @@ fonts are copied into it, and nothing is loaded from elsewhere.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -49,7 +50,12 @@ suppress_warnings = ["misc.highlighting_failure"]
 
 # The notebooks (docs/notebooks is a link to the repository's notebooks/) are shown as
 # committed, without outputs: tests/test_notebooks.py runs them.
-nb_execution_mode = "off"
+# off for the tests (which run every notebook themselves); `make docs` executes them,
+# so that the site shows their plots and tables
+nb_execution_mode = os.environ.get("DASKBATCH_DOCS_EXECUTE", "off")
+nb_execution_timeout = 300
+nb_execution_raise_on_error = True
+nb_execution_allow_errors = False
 
 # API reference (docs/api.md): a page per name of daskbatch.__all__, generated at build
 # time into docs/generated/ (not kept in git); numpydoc renders the docstrings' sections.
