@@ -85,7 +85,8 @@ class Converged:
     threshold
         The threshold, for ``stat="exceedance"``.
     max_n
-        Stop at this many values (counted: ok samples) even if not met.
+        Stop at this many values (counted: ok samples) even if not met. Default
+        (None): 1024 × the design's first ``n``.
     min_n
         Never met before this many values.
     confidence
@@ -95,8 +96,21 @@ class Converged:
 
     Examples
     --------
-    >>> Converged("response", rtol=0.01).spec()["stat"]
-    'mean'
+    Give the rule to :func:`daskbatch.run` as ``until=``: the design's ``n`` (here 1000)
+    is the first round, and ``n`` doubles until the mean of ``y`` is known to 1% (at 95%
+    confidence), here at 32,000 samples; the store grows, the samples computed stay.
+
+    >>> import os, tempfile
+    >>> import daskbatch as db
+    >>> @db.kernel(outputs={"y": db.Output()}, per_sample=False)
+    ... def square(x):
+    ...     return x**2
+    >>> store = os.path.join(tempfile.mkdtemp(), "mc.zarr")
+    >>> space = db.MonteCarlo({"x": db.Uniform(0, 2)}, n=1000, seed=0)
+    >>> result = db.run(square, space, store, cluster="serial", progress=False,
+    ...                 until=db.Converged("y", rtol=0.01))
+    >>> int(result.reductions.y_count), round(float(result.reductions.y_mean), 2)
+    (32000, 1.34)
     """
 
     output: str

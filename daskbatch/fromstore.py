@@ -106,11 +106,16 @@ class FromStore(Space):
     ...     return x * x
     >>> up = os.path.join(tempfile.mkdtemp(), "up.zarr")
     >>> _ = db.run(square, db.Grid(x=[1.0, 2.0, 3.0]), up, cluster="serial", progress=False)
-    >>> space = FromStore(up, variables={"z": "y"})
+    >>> space = db.FromStore(up, variables={"z": "y"})  # the kernel argument z reads y
     >>> space.batch_dims, space.batch_shape
     (('x',), (3,))
-    >>> space.block((slice(0, 2),))["z"].tolist()
-    [1.0, 4.0]
+    >>> @db.kernel(outputs={"w": db.Output()})
+    ... def plus_one(z):
+    ...     return z + 1
+    >>> down = os.path.join(os.path.dirname(up), "down.zarr")
+    >>> _ = db.run(plus_one, space, down, cluster="serial", progress=False)
+    >>> db.open(down).w.values.tolist()
+    [2.0, 5.0, 10.0]
     """
 
     def __init__(

@@ -85,8 +85,10 @@ class Stage:
     Examples
     --------
     >>> import daskbatch as db
-    >>> from daskbatch.testing import affine
-    >>> Stage(affine, "first.zarr", space=db.Grid(a=[1.0, 2.0]), constants={"b": 1.0})
+    >>> @db.kernel(outputs={"y": db.Output()})
+    ... def affine(a, b=0.0, scale=1.0):
+    ...     return scale * a + b
+    >>> db.Stage(affine, "first.zarr", space=db.Grid(a=[1.0, 2.0]), constants={"b": 1.0})
     Stage(affine -> 'first.zarr', Grid, constants)
     """
 
@@ -199,16 +201,22 @@ class Pipeline:
 
     Examples
     --------
-    >>> import daskbatch as db, tempfile, os
-    >>> from daskbatch.testing import affine
+    Two stages: the first computes ``y = a + 1`` for each row of a table, the second
+    ``y = 10 * a`` with ``a`` read from the first stage's ``y``.
+
+    >>> import os, tempfile
+    >>> import daskbatch as db
+    >>> @db.kernel(outputs={"y": db.Output()})
+    ... def affine(a, b=0.0, scale=1.0):
+    ...     return scale * a + b
     >>> folder = tempfile.mkdtemp()
-    >>> p = Pipeline([
-    ...     Stage(affine, os.path.join(folder, "one.zarr"), space=db.Table({"a": [1.0, 2.0]}),
-    ...           constants={"b": 1.0}),
-    ...     Stage(affine, os.path.join(folder, "two.zarr"), variables={"a": "y"},
-    ...           constants={"scale": 10.0}),
+    >>> pipeline = db.Pipeline([
+    ...     db.Stage(affine, os.path.join(folder, "one.zarr"), space=db.Table({"a": [1.0, 2.0]}),
+    ...              constants={"b": 1.0}),
+    ...     db.Stage(affine, os.path.join(folder, "two.zarr"), variables={"a": "y"},
+    ...              constants={"scale": 10.0}),
     ... ])
-    >>> results = p.run(cluster="serial", progress=False)
+    >>> results = pipeline.run(cluster="serial", progress=False)  # one RunResult per stage
     >>> db.open(results[-1].store).y.values.tolist()
     [20.0, 30.0]
     """
