@@ -416,6 +416,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     "kernel_changes": st.kernel_changes,
                 }
             )
+            from .reduced import status_doc
+            from .store import Store
+
+            with contextlib.suppress(Exception):  # reductions and the until= estimate, if any
+                store = Store(args.store)
+                doc.update(status_doc(store, store.require_info()))
         if report is not None:
             doc["damaged"] = [{"block": list(d.block), "problem": d.problem} for d in report.blocks]
             doc["metadata"] = [

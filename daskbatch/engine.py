@@ -89,8 +89,9 @@ class _Request:
         provenance = run_provenance(kernel, options.spec_file)
         info = None if options.overwrite else st.info()
         if info is not None:
+            options = _adopt_reductions(options, info, kernel)
             space = check_round_space(space, info, options.until)  # until=: rounds already grown
-            space, _ = self._check(st, info, provenance, space=space)
+            space, _ = self._check(st, info, provenance, space=space, options=options)
             hint = None if options.verify else damage_hint(st.path)
             if hint is not None:  # damaged metadata: only a run with verify=True repairs it
                 raise StoreError(hint)
@@ -114,8 +115,11 @@ class _Request:
             info = None if options.overwrite else st.info()
             code_change, damaged, retry = None, [], []
             if info is not None:
+                options = _adopt_reductions(options, info, kernel)
                 space = check_round_space(space, info, options.until)
-                space, code_change = self._check(st, info, provenance, announce=False, space=space)
+                space, code_change = self._check(
+                    st, info, provenance, announce=False, space=space, options=options
+                )
                 # verify: rebuild damaged metadata first; recompute only blocks whose data is wrong
                 if options.verify:
                     damaged = repair(st.path, outputs=kernel.outputs).blocks
@@ -161,8 +165,9 @@ class _Request:
         provenance: Mapping[str, Any],
         announce: bool = True,
         space: Space | None = None,
+        options: RunOptions | None = None,
     ) -> tuple[Space, Any]:
-        o, code = self.options, provenance["kernel_code"]
+        o, code = options or self.options, provenance["kernel_code"]
         return check_store(
             st,
             info,
@@ -177,6 +182,16 @@ class _Request:
         )
 
 
+def _adopt_reductions(options: RunOptions, info: Mapping[str, Any], kernel: Kernel) -> RunOptions:
+    """A rerun without ``reduce=`` of a store that reduces goes on with the store's
+    reductions (as ``daskbatch resume`` does), rather than being refused."""
+    if options.reductions is not None or info.get("reduce") is None or options.overwrite:
+        return options
+    from .reduced import reductions_of
+
+    return dataclasses.replace(options, reductions=reductions_of(info, kernel.outputs))
+
+
 def _rounds_ended(info: Mapping[str, Any], until: Any) -> bool:
     """Whether a ``until=`` store's last round was checked and settles ``until``: it
     converged under this very rule, or it stopped at a ``max_n`` the rule does not raise."""
@@ -187,7 +202,7 @@ def _rounds_ended(info: Mapping[str, Any], until: Any) -> bool:
     n = int(info["layout"]["batch_shape"][0])
     if rounds[-1].get("n") != n:
         return False
-    if state.get("state") == "converged":
+    if state.get("state") in ("converged", "no_values"):
         return state.get("rule") == until.spec()  # another rule (a tighter rtol): check again
     if state.get("state") == "max_n":
         return max_n_of(until, int(state.get("first_n", n))) <= n

@@ -131,6 +131,13 @@ class RunOptions:
         )
 
 
+#: the endings of the builtin statistics' result names (``<output>_mean``...)
+_BUILTIN_SUFFIXES = (
+    *(f"_{s}" for s in ("count", "sum", "mean", "var", "std", "min", "max", "quantile", "histogram")),
+    *("_underflow", "_overflow", "_exceedance", "_stderr"),
+)
+
+
 def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, until: Any) -> Any:
     """The run's :class:`~daskbatch.reductions.Reductions` (None: nothing reduced)."""
     from .reductions import Converged, Reductions, parse_reduce
@@ -145,8 +152,23 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
             )
         if not isinstance(space, Design):
             raise DaskbatchError(
-                f"until= needs a design whose n can grow (MonteCarlo, LatinHypercube with "
-                f"strata='fixed', Sobol, Halton, Saltelli); space={type(space).__name__} has a fixed size"
+                f"until= needs a design whose n can grow (MonteCarlo, Sobol, Halton, Saltelli, or a "
+                f"LatinHypercube with strata=); space={type(space).__name__} has a fixed size"
+            )
+        from .designs import LatinHypercube
+        from .reduced import max_n_of
+
+        most = max_n_of(until, space.size)
+        if until.max_n is not None and until.max_n < space.size:
+            raise DaskbatchError(
+                f"until: max_n={until.max_n:,} is less than the design's first round of {space.size:,} "
+                f"samples; give max_n >= {space.size:,}, or a smaller n"
+            )
+        if isinstance(space, LatinHypercube) and ("strata" not in space._options() or space.strata < most):
+            raise DaskbatchError(
+                f"until= grows the design up to max_n={most:,} samples, and a LatinHypercube's "
+                f"points depend on its strata (now {space.strata:,}): give strata={most:,} or more "
+                "(LatinHypercube(..., strata=...)), or use MonteCarlo or Sobol, which grow freely"
             )
     if isinstance(reduce, Reductions):  # a store's own, read back (daskbatch resume)
         reductions = reduce
@@ -162,6 +184,18 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
                 f"(space={type(space).__name__}) and the output stored (not Output(store=False)): "
                 "the indices are computed from every sample's value"
             )
+    if reductions is not None and not isinstance(reduce, Reductions):
+        # the results sit beside the outputs in daskbatch.open: no name may mean two things
+        taken = {**{k: "output" for k in kernel.outputs}, **{k: "parameter" for k in space.params}}
+        taken.update({d: "batch dim" for d in space.batch_dims})
+        taken["status"] = "the status variable"
+        for var in reductions.variables():
+            if var in taken:
+                raise DaskbatchError(
+                    f"reduce: its result {var!r} has the name of the {taken[var]} {var!r}, and both "
+                    f"would be in daskbatch.open's Dataset; rename the {taken[var]}"
+                    + (" or the Aggregation" if not var.endswith(_BUILTIN_SUFFIXES) else "")
+                )
     reduced = set() if reductions is None else set(reductions.outputs)
     for name, o in kernel.outputs.items():
         if not o.store and name not in reduced:

@@ -351,7 +351,38 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def _describe_reduce(stored: Any, now: Any) -> str:
+    """What differs between two reductions, per output and in words."""
+
+    def stat(s: Any) -> str:
+        if not isinstance(s, dict):
+            return str(s)
+        kind = s.get("stat")
+        args = ", ".join(f"{k}={v}" for k, v in s.items() if k != "stat")
+        return f"{kind}({args})"
+
+    def outputs(spec: Any) -> dict[str, str]:
+        if not isinstance(spec, dict):
+            return {}
+        return {k: "[" + ", ".join(stat(s) for s in v) + "]" for k, v in (spec.get("outputs") or {}).items()}
+
+    if stored is None or now is None:
+        what = {True: "nothing", False: "reduced"}
+        return f"reduce ({what[stored is None]} -> {what[now is None]})"
+    old, new = outputs(stored), outputs(now)
+    names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = [f"{k}: {old.get(k, 'not reduced')} -> {new.get(k, 'not reduced')}" for k in names]
+    if stored.get("dims") != now.get("dims"):
+        parts.append(f"reduce_dims: {stored.get('dims')} -> {now.get('dims')}")
+    return (
+        f"reduce ({'; '.join(parts[:4])}; the committed blocks hold the states of what the store reduces: "
+        "run without reduce= to go on with it)"
+    )
+
+
 def _describe_difference(name: str, stored: Any, now: Any) -> str:
+    if name == "reduce":
+        return _describe_reduce(stored, now)
     if isinstance(stored, dict) and isinstance(now, dict):
         keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
         parts = [f"{k}: {_short(stored.get(k))} -> {_short(now.get(k))}" for k in keys[:4]]

@@ -145,9 +145,11 @@ def status_lines(st: Any, info: Mapping[str, Any]) -> list[str]:
         except Exception as e:
             return [*lines, f"until:    cannot be read now ({type(e).__name__}: {e})"]
         rounds = state.get("rounds") or []
-        where = {"converged": "converged", "max_n": "stopped at max_n, not converged"}.get(
-            str(state.get("state")), f"round {len(rounds) + 1}"
-        )
+        where = {
+            "converged": "converged",
+            "max_n": "stopped at max_n, not converged",
+            "no_values": "stopped: no ok value to estimate from",
+        }.get(str(state.get("state")), f"round {len(rounds) + 1}")
         lines.append(f"until:    {rule.describe(now)} ({where})")
     return lines
 
@@ -188,3 +190,64 @@ def _sobol_estimate(rule: Any, st: Any) -> Any:
     per_point = int(st.require_info()["layout"]["batch_shape"][0]) // max(1, int(ds.attrs["n"]))
     n = int(ds.attrs["n_used"]) * per_point  # samples of the base points used
     return Estimate(value=value, error=error, n=n, met=bool(worst <= 1 and n >= rule.min_n), ratio=worst)
+
+
+def status_doc(st: Any, info: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``daskbatch status --json`` shows of a store's reductions: each result's values
+    (merged from the blocks committed now, NaN as None), and the ``until=`` rule, its
+    rounds and its current estimate; {} when the store reduces nothing."""
+    import numpy as np
+
+    if info.get("reduce") is None:
+        return {}
+    doc: dict[str, Any] = {}
+    try:
+        reductions = reductions_of(info)
+        merged = merged_reductions(st, info, reductions)
+        ds = reductions.to_dataset(merged)
+        doc["reductions"] = {
+            "n": int(merged.n),
+            "values": {k: _plain(np.asarray(v.values)) for k, v in ds.data_vars.items()},
+            "dims": {k: list(v.dims) for k, v in ds.data_vars.items()},
+        }
+    except Exception as e:
+        doc["reductions"] = {"error": f"{type(e).__name__}: {e}"}
+        return doc
+    state = info.get("until")
+    if isinstance(state, dict) and isinstance(state.get("rule"), dict):
+        from .reductions import Converged
+
+        out = {k: state.get(k) for k in ("rule", "first_n", "rounds", "state")}
+        try:
+            rule = Converged.from_spec(state["rule"])
+            now = rule.check(reductions, merged) if rule.stat != "sobol" else estimate(rule, st, info)
+            out["now"] = {
+                "value": _plain(now.value),
+                "error": _plain(now.error),
+                "n": int(now.n),
+                "met": bool(now.met),
+            }
+        except Exception as e:
+            out["now"] = {"error": f"{type(e).__name__}: {e}"}
+        doc["until"] = out
+    return doc
+
+
+def _plain(values: Any) -> Any:
+    """Numbers as JSON: NaN and infinities as None."""
+    import numpy as np
+
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fc":
+        obj = np.where(np.isfinite(arr), arr, np.nan).astype(float)
+        listed = obj.tolist()
+        if isinstance(listed, float):
+            return None if listed != listed else listed
+        return _none_for_nan(listed)
+    return arr.tolist()
+
+
+def _none_for_nan(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_none_for_nan(v) for v in x]
+    return None if isinstance(x, float) and x != x else x

@@ -264,7 +264,9 @@ class Aggregation:
     ...     return (np.abs(v).max(axis=0),)
     >>> def combine(a, b):
     ...     return (np.maximum(a[0], b[0]),)
-    >>> Aggregation("absmax", chunk, combine, lambda s: s[0]).name
+    >>> def finalize(s):
+    ...     return s[0]
+    >>> Aggregation("absmax", chunk, combine, finalize).name
     'absmax'
     """
 
@@ -289,6 +291,12 @@ class Aggregation:
             if not callable(fn):
                 raise ReductionError(
                     f"Aggregation({self.name!r}): {part}={fn!r} is not callable; give a function"
+                )
+            if "<" in getattr(fn, "__qualname__", "<"):  # a lambda, a nested function, an object
+                raise ReductionError(
+                    f"Aggregation({self.name!r}): {part}={fn!r} cannot be found again by its name "
+                    "(a lambda or a function defined inside another); define it at the top level "
+                    "of a module, so that the store's readers can import it"
                 )
 
     def spec(self) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class Runner:
             if self.info is None:
                 if plan is None:
                     plan = make_run_plan(self.kernel, self.space, self.options, executor.n_workers, seconds)
+                self._check_reductions()  # on the probe's samples, before the store exists
                 layout = self._create(plan.block_shape)
             else:
                 layout = self._layout(tuple(self.info["layout"]["block_shape"]), self.info["store_id"])
@@ -135,7 +136,16 @@ class Runner:
             {"n": n, "used": int(estimate.n), **_estimate_json(estimate), "met": bool(estimate.met)}
         )
         state["state"] = "converged" if estimate.met else ("max_n" if n >= max_n else "running")
+        if not estimate.met and int(estimate.n) == 0:  # nothing counted: more samples will not help
+            state["state"] = "no_values"
         st.update_info(info)
+        if state["state"] == "no_values":
+            logger.warning(
+                f"until: no ok, finite value of {until.output!r} in the first {n:,} samples, so "
+                f"nothing to estimate; the run stops here. daskbatch.failures({str(st.path)!r}) lists "
+                "the failed samples with their messages"
+            )
+            return None
         if estimate.met:
             logger.info(f"converged at n={n:,}: {until.describe(estimate)}")
             return None
@@ -159,6 +169,29 @@ class Runner:
         self.info, self.space = info, space
         self.retry = short_blocks(st)  # the last block, when it was short: its new samples
         return self._layout(tuple(info["layout"]["block_shape"]), info["store_id"])
+
+    def _check_reductions(self) -> None:
+        """Reduce the probe's first samples as a block would (and merge and finish them):
+        a user's Aggregation that raises, or returns the wrong shape, is refused now,
+        naming it, rather than in the middle of the run or when the store is read."""
+        reductions = self.options.reductions
+        if reductions is None or not self.probed:
+            return
+        from .reductions import ReductionError
+
+        shape, first = self.probed[0]
+        try:
+            doc = reductions.partial(first.outputs, first.status, tuple(slice(0, n) for n in shape))
+            ds = reductions.to_dataset(reductions.merge([((0,) * len(shape), doc)], tuple(shape)))
+            ds.load()
+        except Exception as e:
+            text = " ".join(str(e).split())
+            raise ReductionError(
+                f"reduce: reducing the probe's first {math.prod(shape):,} samples failed "
+                f"({type(e).__name__}: {text}); check the statistics, and an Aggregation's chunk, "
+                "combine and finalize (chunk returns a tuple of arrays, finalize an array of the "
+                "output's shape)"
+            ) from e
 
     def _measure(self, spec: ClusterSpec) -> float | None:
         """The probe: outputs that cannot be stored fail here. An explicit chunk_size

@@ -526,8 +526,7 @@ class Store:
             files = self._chunk_files(layout, block, arrays, columns)
             sums = {rel: _checksum(self.path / rel) for rel in files}
             # the block's partial reductions ride its commit: a resumed run merges each once
-            reduce = layout.reductions
-            partial = None if reduce is None else reduce.partial(outputs, status, region)
+            partial = _partial(layout, block, outputs, status, region)
             record = BlockRecord.of(
                 status, seconds, errors, n_errors, sums, failures=failures, reductions=partial
             )
@@ -758,7 +757,32 @@ class Store:
         if info.get("reduce") is not None:  # run(..., reduce=...): merged from the committed blocks
             from .reduced import reductions_dataset
 
-            reduced = reductions_dataset(self, info)
+            try:
+                reduced = reductions_dataset(self, info)
+            except Exception as e:  # a user's Aggregation not importable here: the outputs still open
+                warnings.warn(
+                    f"store {str(self.path)!r}: its reductions cannot be read here ({e}); the "
+                    "Dataset holds the stored outputs without them",
+                    stacklevel=2,
+                )
+                return ds
             ds = ds.assign({k: v for k, v in reduced.data_vars.items()})
             ds = ds.assign_coords({k: v for k, v in reduced.coords.items() if k not in ds.coords})
         return ds
+
+
+def _partial(layout: Layout, block: tuple[int, ...], outputs: Any, status: np.ndarray, region: Any) -> Any:
+    """The block's partial reduction states (None: the run reduces nothing); a statistic
+    that fails says so, naming the block (the block is not committed)."""
+    if layout.reductions is None:
+        return None
+    try:
+        return layout.reductions.partial(outputs, status, region)
+    except Exception as e:
+        from .reductions import ReductionError
+
+        raise ReductionError(
+            f"reduce: reducing block {list(block)} failed ({type(e).__name__}: {' '.join(str(e).split())}); "
+            "the blocks committed before are kept: fix the statistic (an Aggregation's chunk) and run "
+            "again to go on"
+        ) from e

@@ -618,3 +618,104 @@ def test_a_saltelli_design_reduces_its_mean(tmp_path):
         state["state"] == "converged" and sizes[0] == 320 and sizes == [320 * 2**i for i in range(len(sizes))]
     )
     assert res.samples["ok"] == sizes[-1] and abs(float(res.reductions["y_mean"]) - 3.5) < 0.2
+
+
+# --------------------------------------------------------------------------- what users hit
+
+
+def _vec(**kw):
+    from daskbatch.testing import vector_affine
+
+    return vector_affine
+
+
+def test_a_result_name_that_is_an_output_is_refused_before_the_store(tmp_path):
+    @db.kernel(outputs={"y": db.Output(), "y_mean": db.Output()}, per_sample=False)
+    def both(a):
+        return {"y": a, "y_mean": a}
+
+    with pytest.raises(DaskbatchError, match=r"result 'y_mean' has the name of the output 'y_mean'"):
+        db.run(both, db.Grid(a=[1.0, 2.0]), tmp_path / "s.zarr", reduce={"y": "mean"}, cluster="serial")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def _raising_chunk(values):
+    raise ValueError("a bug in chunk")
+
+
+def test_an_aggregation_that_cannot_be_found_again_or_fails_is_refused_before_the_store(tmp_path):
+    with pytest.raises(DaskbatchError, match="cannot be found again by its name"):
+        db.Aggregation("a", lambda v: (v,), np.maximum, np.asarray)
+    bad = db.Aggregation("a", _raising_chunk, np.maximum, np.asarray)
+    space = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=100, seed=1)
+    with pytest.raises(
+        DaskbatchError, match=r"reducing the probe's first \d+ samples failed .*a bug in chunk"
+    ):
+        db.run(_vec(), space, tmp_path / "s.zarr", reduce={"y": bad}, cluster="serial", progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_until_stops_when_nothing_can_be_counted(tmp_path, caplog):
+    @db.kernel(outputs={"y": db.Output(store=False)}, per_sample=False)
+    def nan(a):
+        return np.full(np.shape(a), np.nan)
+
+    space = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=32, seed=1)
+    with caplog.at_level(logging.WARNING, logger="daskbatch"):
+        res = db.run(
+            nan,
+            space,
+            tmp_path / "s.zarr",
+            cluster="serial",
+            progress=False,
+            until=db.Converged("y", rtol=0.1),
+        )
+    assert res.n_samples == 32  # one round, not 1024 × 32 samples
+    assert db.open(tmp_path / "s.zarr").attrs["daskbatch"]["until"]["state"] == "no_values"
+    assert any("no ok, finite value of 'y'" in r.getMessage() for r in caplog.records)
+
+
+def test_until_refusals_for_designs_that_cannot_grow_as_asked(tmp_path):
+    rule = db.Converged("y", rtol=0.1)
+    lhs = db.LatinHypercube({"a": db.Uniform(0.0, 1.0)}, n=100, seed=1)
+    with pytest.raises(DaskbatchError, match=r"give strata=102,400 or more"):
+        db.run(_vec(), lhs, tmp_path / "a.zarr", until=rule, cluster="serial")
+    mc = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=100, seed=1)
+    with pytest.raises(DaskbatchError, match=r"max_n=50 is less than the design's first round of 100"):
+        db.run(_vec(), mc, tmp_path / "b.zarr", until=db.Converged("y", rtol=0.1, max_n=50, min_n=10))
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    fixed = db.LatinHypercube({"a": db.Uniform(0.0, 1.0)}, n=100, seed=1, strata=2_000)
+    res = db.run(
+        _vec(),
+        fixed,
+        tmp_path / "c.zarr",
+        cluster="serial",
+        progress=False,
+        until=db.Converged("y", rtol=0.05, min_n=10, max_n=2_000),
+    )
+    assert res.n_samples in (100, 200, 400, 800, 1_600, 2_000)
+
+
+def test_a_rerun_without_reduce_goes_on_with_the_stores_and_a_changed_one_is_named(tmp_path, cli):
+    store = tmp_path / "s.zarr"
+    run = dict(cluster="serial", progress=False, chunk_size=50)
+    db.run(
+        _vec(),
+        db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=100, seed=1),
+        store,
+        reduce={"y": ["mean", "std"]},
+        **run,
+    )
+    with pytest.raises(DaskbatchError, match=r"reduce \(y: \[mean, std\] -> \[mean\]; .*run without reduce="):
+        db.run(
+            _vec(),
+            db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=100, seed=1),
+            store,
+            reduce={"y": "mean"},
+            **run,
+        )
+    grown = db.run(_vec(), db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=200, seed=1), store, **run)
+    assert grown.blocks_computed == 2 and grown.reductions.attrs["n"] == 200
+    r = cli("status", str(store), "--json")
+    doc = __import__("json").loads(r.stdout)
+    assert doc["reductions"]["n"] == 200 and set(doc["reductions"]["values"]) >= {"y_mean", "y_std"}
