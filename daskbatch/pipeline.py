@@ -187,8 +187,11 @@ class Pipeline:
     Notes
     -----
     :meth:`run` checks every stage before running any (kernel arguments against
-    the previous store's variables and the constants, options, store paths), then
-    runs them in order. Running the pipeline again skips the complete stages (a
+    the previous store's variables and the constants, store paths, and every
+    stage's options as :func:`daskbatch.run` checks them: ``reduce=`` and
+    ``reduce_dims=`` of a stage that reads the previous store against that store's
+    batch dims, ``until=`` refused there since its size cannot grow), then runs them
+    in order; a refusal creates no store. Running the pipeline again skips the complete stages (a
     complete store returns at once) and continues the stage that stopped. A stage
     whose store was computed from another version of the previous stage's store
     (its seed, kernel, constants or results changed; it was written again) is
@@ -275,11 +278,13 @@ class Pipeline:
             if stage.space is None:
                 assert before is not None
                 mapping = _variables_for(stage, before, constants, where, k)
+                _check_without_space(stage.kernel, options, before.batch_dims, where, k)
             else:
                 try:
                     stage.kernel.check_arguments(stage.space.params, constants)
                 except KernelSignatureError as e:
                     raise PipelineError(f"{where}: {e}") from None
+                _check_with_space(stage.kernel, stage.space, options, where, k)
             out.append((options, mapping))
             before = _Available(stage, before, mapping)
         return out
@@ -290,7 +295,14 @@ class Pipeline:
         """Run every stage in order; return their :class:`~daskbatch.RunResult` objects.
 
         ``options`` are options of :func:`daskbatch.run` for every stage (a stage's
-        own options take precedence). Every stage is checked before any runs.
+        own options take precedence). Every stage is checked before any runs,
+        its options included.
+
+        Raises
+        ------
+        PipelineError
+            A stage that cannot run (one line naming the stage, the option, the value
+            and what would work); nothing was computed, no store created.
         """
         from .engine import run
         from .store import Store
@@ -404,6 +416,98 @@ def _variables_for(
             "name what it takes with Stage(..., variables={argument: variable})"
         )
     return mapping
+
+
+def _refuse_until(until: Any, where: str, k: int) -> None:
+    """``until=`` on a stage that reads another store: refused (its n cannot grow)."""
+    if until is not None:
+        raise PipelineError(
+            f"{where}: until={until!r} needs a design whose n can grow (MonteCarlo, LatinHypercube "
+            f"with strata= given, Sobol, Halton, Saltelli), and this stage reads stage {k - 1}'s "
+            "store (a FromStore, of fixed size); leave until= out of this stage (reduce= works "
+            "without it), or give it to a stage with such a design"
+        )
+
+
+def _named(e: Exception) -> str:
+    """An error's text, ``dims`` of :func:`~daskbatch.reductions.parse_reduce` named as
+    the option it is here (``reduce_dims``)."""
+    msg = str(e)
+    return f"reduce_{msg}" if msg.startswith("dims") else msg
+
+
+def _check_with_space(kernel: Kernel, space: Space, options: Mapping[str, Any], where: str, k: int) -> None:
+    """A stage's options checked as :func:`daskbatch.run` checks them (nothing runs)."""
+    from .options import RunOptions
+
+    if isinstance(space, FromStore):
+        _refuse_until(options.get("until"), where, k)
+    try:
+        RunOptions.from_arguments(kernel, space, **options)
+    except DaskbatchError as e:
+        raise PipelineError(f"{where}: {_named(e)}") from None
+
+
+def _check_without_space(
+    kernel: Kernel, options: Mapping[str, Any], batch_dims: Sequence[str], where: str, k: int
+) -> None:
+    """The options of a stage that reads the previous store, checked as far as they can be
+    before that store exists: as :meth:`RunOptions.from_arguments` checks them, with the
+    previous stage's batch dims for ``reduce=`` and ``reduce_dims=``."""
+    from . import options as opt
+    from .cluster import check_can_spawn, parse_cluster
+    from .hpc import for_kernel
+    from .reductions import parse_reduce
+
+    _refuse_until(options.get("until"), where, k)
+    try:
+        opt._check_chunking(
+            options.get("chunk_size", "auto"),
+            options.get("progress", True),
+            options.get("overwrite", False),
+            options.get("constants"),
+        )
+        opt._check_reliability(
+            options.get("retries", 0),
+            options.get("timeout"),
+            options.get("retry_failed", False),
+            options.get("verify", False),
+        )
+        changed = options.get("kernel_changed", "refuse")
+        if changed not in opt.KERNEL_CHANGED:
+            raise DaskbatchError(
+                f"kernel_changed={changed!r} is not valid; use 'refuse' (the default: a store with "
+                "results of other kernel code is refused) or 'continue' (keep them and go on)"
+            )
+        for cb in options.get("callbacks") or ():
+            if not any(
+                callable(getattr(cb, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")
+            ):
+                raise DaskbatchError(
+                    f"callbacks: {cb!r} has none of on_run_start, on_block_end, on_run_end; "
+                    "subclass daskbatch.Callback"
+                )
+        opt.jsonable(dict(options.get("constants") or {}), "constants")
+        opt.memory_limit_bytes(options.get("memory_limit"))
+        cluster = options.get("cluster", "auto")
+        auto = isinstance(cluster, str) and cluster == "auto"
+        spec = for_kernel(parse_cluster("local" if auto else cluster, options.get("n_workers")), kernel)
+        if not auto:
+            check_can_spawn(spec)
+    except DaskbatchError as e:
+        raise PipelineError(f"{where}: {e}") from None
+    reduce, dims = options.get("reduce"), options.get("reduce_dims")
+    try:
+        reductions = parse_reduce(reduce, kernel.outputs, tuple(batch_dims), dims=dims)
+    except DaskbatchError as e:
+        raise PipelineError(f"{where}: {_named(e)}") from None
+    reduced = set() if reductions is None else set(reductions.outputs)
+    for name, o in kernel.outputs.items():
+        if not o.store and name not in reduced:
+            raise PipelineError(
+                f"{where}: output {name!r} is declared Output(store=False) but reduce= does not "
+                f"reduce it; add it to reduce (e.g. reduce={{{name!r}: 'mean'}}) or store it (store=True)"
+            )
 
 
 def _refuse_stale(st: Any, space: FromStore, k: int) -> None:

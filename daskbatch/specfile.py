@@ -28,49 +28,128 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "timeout": (int, float),
     "memory_limit": (int, str),
     "space": (dict,),
-    "reduce": (str, dict),
+    "reduce": (str, list, dict),
     "reduce_dims": (str, list),
     "until": (dict,),
 }
 
-#: the statistics of ``[reduce]`` that take values: ``{quantiles = [0.1, 0.9]}``
-_VALUED_STATS = ("quantiles", "histogram", "exceedance")
+#: the statistics of ``[reduce]`` that take values: ``{quantiles = [0.1, 0.9]}``, and the
+#: keys a table may have beside them: ``{exceedance = 150.0, above = false}``
+_VALUED_STATS: dict[str, tuple[str, ...]] = {
+    "quantiles": ("compression",),
+    "histogram": (),
+    "exceedance": ("above",),
+}
+#: the first field of each (``{quantiles = {q = [...], compression = 100}}``)
+_FIRST_FIELD = {"quantiles": "q", "histogram": "bins", "exceedance": "threshold"}
+_EXAMPLES = {
+    "quantiles": "{quantiles = [0.1, 0.9], compression = 100}",
+    "histogram": "{histogram = [0, 10, 20, 50]}",
+    "exceedance": "{exceedance = 150.0, above = false}",
+}
+_FORMS = (
+    "{quantiles = [0.1, 0.9]} (or with compression = 100 beside it), {histogram = [0, 1, 2]}, "
+    "{exceedance = 150.0} (or with above = false beside it)"
+)
+#: names that are statistics of the Python API only, or asked with values in a spec
+_SPEC_HINTS = {
+    "median": "{quantiles = [0.5]}",
+    "quantile": "{quantiles = [0.1, 0.5, 0.9]}",
+    "quantiles": "{quantiles = [0.1, 0.5, 0.9]}",
+    "histogram": "{histogram = [0, 10, 20, 50]}",
+    "exceedance": "{exceedance = 150.0}",
+}
 
 
-def _stat(value: Any, where: str) -> Any:
-    """One statistic of ``[reduce]``: a name, or a one-key table of a statistic with values."""
-    from .reductions import Exceedance, Histogram, Quantiles
-
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and len(value) == 1:
-        ((name, arg),) = value.items()
-        if name == "quantiles":
-            return Quantiles(arg) if not isinstance(arg, dict) else Quantiles(**arg)
-        if name == "histogram":
-            return Histogram(arg) if not isinstance(arg, dict) else Histogram(**arg)
-        if name == "exceedance":
-            return Exceedance(arg) if not isinstance(arg, dict) else Exceedance(**arg)
-    raise SpecFileError(
-        f"{where}: {value!r} is not a statistic; use a name ('mean', 'std', 'sum', ...) or a table "
-        f"of one of {list(_VALUED_STATS)}, e.g. {{quantiles = [0.1, 0.5, 0.9]}}"
+def _aggregation(output: str) -> str:
+    """Why ``aggregation`` is refused in a spec file, and what works."""
+    return (
+        "user-defined aggregations (daskbatch.Aggregation) are Python-only, since a spec file "
+        f"cannot hold functions: use daskbatch.run(..., reduce={{{output!r}: daskbatch.Aggregation(...)}}) "
+        f"in a script, or a statistic here: a name ('mean', 'std', 'sum', ...) or {_FORMS}"
     )
 
 
-def _reduce(value: Any, path: Path, text: str) -> Any:
-    """``reduce``: a statistic for every output, or a ``[reduce]`` table of
-    ``output = stat or [stats]`` (Python objects for :func:`daskbatch.run`)."""
+def _stat(value: Any, where: str, output: str | None = None) -> Any:
+    """One statistic of ``reduce``: a name, or a table of a statistic with values
+    (``{quantiles = [0.1, 0.9], compression = 100}``, ``{exceedance = 150.0, above = false}``,
+    ``{exceedance = {threshold = 150.0, above = false}}``, ``{histogram = [0, 1, 2]}``)."""
+    import dataclasses
+
+    from .reductions import Exceedance, Histogram, Quantiles
+
+    label = "reduce" if output is None else f"reduce.{output}"
     if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("aggregation", "aggregate"):
+            raise SpecFileError(f"{where}: {label}: {_aggregation(output or '<output>')}")
+        if low in _SPEC_HINTS:
+            raise SpecFileError(
+                f"{where}: {label}: unknown statistic {value!r}; in a spec file give "
+                f"{_SPEC_HINTS[low]} (a table with its values)"
+            )
         return value
+    if isinstance(value, dict) and ("aggregation" in value or "Aggregation" in value):
+        raise SpecFileError(f"{where}: {label}: {_aggregation(output or '<output>')}")
+    named = [k for k in value if k in _VALUED_STATS] if isinstance(value, dict) else []
+    if len(named) != 1:
+        raise SpecFileError(
+            f"{where}: {label}: {value!r} is not a statistic; use a name ('mean', 'std', "
+            f"'sum', ...) or a table of one statistic with values: {_FORMS}"
+        )
+    (name,) = named
+    make = {"quantiles": Quantiles, "histogram": Histogram, "exceedance": Exceedance}[name]
+    fields = [f.name for f in dataclasses.fields(make)]
+    arg = value[name]
+    beside = {k: v for k, v in value.items() if k != name}
+    allowed = _VALUED_STATS[name]
+    unknown = sorted(set(beside) - set(allowed))
+    if unknown:
+        what = f"only {allowed[0]!r}" if allowed else "no other key"
+        raise SpecFileError(
+            f"{where}: {label}: unknown key {unknown[0]!r} beside {name}; {name} takes "
+            f"{what} beside it, e.g. {_EXAMPLES[name]}"
+        )
+    if isinstance(arg, dict):
+        if beside:
+            raise SpecFileError(
+                f"{where}: {label}: {name} is a table, so {sorted(beside)[0]!r} goes inside it, "
+                f"e.g. {{{name} = {{{', '.join(f'{f} = ...' for f in fields)}}}}}"
+            )
+        bad = sorted(set(arg) - set(fields))
+        if bad or _FIRST_FIELD[name] not in arg:
+            raise SpecFileError(
+                f"{where}: {label}: the {name} table takes the keys {fields} "
+                f"({_FIRST_FIELD[name]!r} required), not {sorted(arg)}"
+            )
+        kwargs = dict(arg)
+    else:
+        kwargs = {_FIRST_FIELD[name]: arg, **beside}
+    return make(**kwargs)
+
+
+def _reduce(value: Any, path: Path, text: str) -> Any:
+    """``reduce``: a statistic or a list of them for every output, or a ``[reduce]`` table
+    of ``output = stat or [stats]`` (Python objects for :func:`daskbatch.run`)."""
+    if isinstance(value, str):
+        return _stat(value, _reduce_where(path, text))
+    if isinstance(value, list):
+        where = _reduce_where(path, text)
+        try:
+            return [_stat(v, where) for v in value]
+        except SpecFileError:
+            raise
+        except (TypeError, ValueError, DaskbatchError) as e:
+            raise SpecFileError(f"{where}: reduce: {e}") from e
     out = {}
     for name, stats in value.items():
         where = _reduce_where(path, text, name)
         items = stats if isinstance(stats, list) else [stats]
         try:
-            out[name] = [_stat(v, where) for v in items]
+            out[name] = [_stat(v, where, name) for v in items]
+        except SpecFileError:
+            raise
         except (TypeError, ValueError, DaskbatchError) as e:
-            if isinstance(e, SpecFileError):
-                raise
             raise SpecFileError(f"{where}: reduce.{name}: {e}") from e
     return out
 
@@ -86,13 +165,43 @@ def _reduce_where(path: Path, text: str, output: str | None = None) -> str:
 
 def _check_reductions(args: dict[str, Any], path: Path, text: str) -> None:
     """``reduce``, ``reduce_dims`` and ``[until]`` checked against the kernel's outputs
-    and the space's dims now, so that a mistake names the file and the line."""
-    if not {"reduce", "reduce_dims", "until"} & set(args):
-        return
+    and the space's dims now, so that a mistake names the file and the line; and every
+    output declared ``Output(store=False)`` reduced."""
+    from .designs import Design
+
+    if "until" in args and not isinstance(args["space"], Design):
+        raise SpecFileError(
+            f"{_where(path, text, 'until')}: [until] needs a design whose n can grow (type = "
+            "'montecarlo', 'latinhypercube' with strata = N given, 'sobol', 'halton', 'saltelli'); "
+            f"this [space] is {type(args['space']).__name__}, of fixed size: remove [until] "
+            "(reduce works without it)"
+        )
+    reductions = None
+    if {"reduce", "reduce_dims", "until"} & set(args):
+        reductions = _parse_reductions(args, path, text)
+    reduced = set() if reductions is None else set(reductions.outputs)
+    kernel = args["kernel"]
+    for name, o in kernel.outputs.items():
+        if not o.store and name not in reduced:
+            what = f"output {name!r} of kernel {kernel.name!r} is declared Output(store=False)"
+            if "reduce" in args:
+                raise SpecFileError(
+                    f"{_reduce_where(path, text)}: {what} (not stored) and reduce does not reduce it; "
+                    f'add it, e.g. {name} = "mean" in [reduce] (or store it: Output() in the kernel)'
+                )
+            raise SpecFileError(
+                f"{_where(path, text, 'kernel')}: {what} (not stored) and the spec has no reduce; add "
+                f'a [reduce] table with {name} = "mean" (or reduce = "mean" for every output)'
+            )
+
+
+def _parse_reductions(args: dict[str, Any], path: Path, text: str) -> Any:
+    """:func:`daskbatch.reductions.parse_reduce` of the spec's reductions, its errors
+    naming the file and the line."""
     from .reductions import ReductionError, parse_reduce
 
     try:
-        parse_reduce(
+        return parse_reduce(
             args.get("reduce"),
             args["kernel"].outputs,
             args["space"].batch_dims,
@@ -112,8 +221,8 @@ def _check_reductions(args: dict[str, Any], path: Path, text: str) -> None:
         raise SpecFileError(f"{where}: {msg}") from e
 
 
-def _until(value: dict[str, Any], path: Path, text: str) -> Any:
-    """``[until]``: the fields of :class:`daskbatch.Converged`."""
+def _until(value: dict[str, Any], path: Path, text: str, outputs: Any = ()) -> Any:
+    """``[until]``: the fields of :class:`daskbatch.Converged` (``outputs``: the kernel's)."""
     import dataclasses
 
     from .reductions import Converged
@@ -123,6 +232,13 @@ def _until(value: dict[str, Any], path: Path, text: str) -> Any:
     if unknown:
         raise SpecFileError(
             f"{_where(path, text, unknown[0])}: unknown key {unknown[0]!r} in [until]; the keys are {fields}"
+        )
+    if "output" not in value:
+        names = sorted(outputs)
+        raise SpecFileError(
+            f'{_where(path, text, "until")}: [until] needs output = "<name>", the output whose '
+            f'statistic is watched (e.g. output = "{names[0] if names else "response"}"); '
+            f"the kernel's outputs are {names}"
         )
     try:
         return Converged(**value)
@@ -270,7 +386,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         "spec_file": p,
         **({"reduce": _reduce(doc["reduce"], p, text)} if "reduce" in doc else {}),
         **({"reduce_dims": doc["reduce_dims"]} if "reduce_dims" in doc else {}),
-        **({"until": _until(doc["until"], p, text)} if "until" in doc else {}),
+        **({"until": _until(doc["until"], p, text, kernel.outputs)} if "until" in doc else {}),
     }
     _check_reductions(args, p, text)
     return args

@@ -424,3 +424,58 @@ def test_daskbatch_run_of_several_spec_files_runs_them_as_stages(tmp_path, cli):
     assert again.returncode == 0 and again.stdout.count("nothing to compute") == 2, again.stdout
     bad = cli("run", "one.toml", "two.toml", "--store", "x.zarr", cwd=tmp_path)
     assert bad.returncode != 0 and "--store applies to one spec file" in bad.stderr
+
+
+@db.kernel(outputs={"y": db.Output(), "peak": db.Output(store=False)}, per_sample=False)
+def twice(a):
+    """y stored; peak only reduced."""
+    return {"y": 2.0 * a, "peak": 3.0 * a}
+
+
+def test_every_stage_s_run_options_are_checked_before_stage_1_runs(tmp_path):
+    space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=20, seed=2)
+    rule = db.Converged("y", rtol=0.1)
+
+    def three(one=None, two=None, third=None, kernel2=affine):
+        return Pipeline(
+            [
+                Stage(affine, tmp_path / "one.zarr", space=space, **(one or {})),
+                Stage(kernel2, tmp_path / "two.zarr", variables={"a": "y"}, **(two or {})),
+                Stage(affine, tmp_path / "three.zarr", variables={"a": "y"}, **(third or {})),
+            ]
+        )
+
+    cases = [
+        (three(two={"reduce": "median"}), {}, "stage 2 of 3", "unknown statistic 'median'"),
+        (three(two={"reduce": {"nope": "mean"}}), {}, "stage 2 of 3", "'nope' is not an output"),
+        (three(two={"reduce": "mean", "reduce_dims": "t"}), {}, "stage 2 of 3", "reduce_dims: 't' is not"),
+        (three(third={"reduce_dims": "sample"}), {}, "stage 3 of 3", "reduce_dims='sample' is given without"),
+        (three(third={"until": rule}), {}, "stage 3 of 3", "until=Converged(output='y'"),
+        (three(), {"until": rule}, "stage 2 of 3", "leave until= out of this stage"),
+        (three(third={"retries": -1}), {}, "stage 3 of 3", "retries=-1 must be"),
+        (three(two={"timeout": 0}), {}, "stage 2 of 3", "timeout=0 must be"),
+        (three(third={"memory_limit": "lots"}), {}, "stage 3 of 3", "memory_limit='lots' is not a size"),
+        (three(two={"kernel_changed": "x"}), {}, "stage 2 of 3", "kernel_changed='x' is not valid"),
+        (three(third={"cluster": "nosuch"}), {}, "stage 3 of 3", "cluster='nosuch' is not valid"),
+        (three(two={"chunk_size": "big"}), {}, "stage 2 of 3", "chunk_size='big' is not valid"),
+        (three(kernel2=twice), {}, "stage 2 of 3", "output 'peak' is declared Output(store=False)"),
+        (three(one={"reduce": "mean", "reduce_dims": "t"}), {}, "stage 1 of 3", "reduce_dims: 't' is not"),
+    ]
+    for pipeline, common, stage, says in cases:
+        with pytest.raises(PipelineError) as e:
+            pipeline.run(cluster="serial", progress=False, **common)
+        msg = str(e.value)
+        assert f"Pipeline: {stage} (" in msg and says in msg and "\n" not in msg, msg
+        assert not any(tmp_path.iterdir()), (msg, list(tmp_path.iterdir()))  # nothing ran
+
+    # the same options where they work: stage 2 reduces over stage 1's batch dim, stage 1 grows
+    ok = three(
+        one={"reduce": "mean", "until": db.Converged("y", rtol=0.5, min_n=20)},
+        two={"reduce": {"peak": ["mean", "max"]}},
+        kernel2=twice,
+    )
+    results = ok.run(cluster="serial", progress=False)
+    y = db.open(tmp_path / "one.zarr").y.values
+    two = db.open(tmp_path / "two.zarr")
+    assert float(two.peak_max) == pytest.approx(3.0 * y.max()) and "peak" not in two.data_vars
+    assert results[2].n_samples == y.size
