@@ -85,8 +85,8 @@ class Converged:
     threshold
         The threshold, for ``stat="exceedance"``.
     max_n
-        Stop at this many values (counted: ok samples) even if not met. Default
-        (None): 1024 × the design's first ``n``.
+        The most samples a ``run(..., until=...)`` draws (``n`` doubles up to it),
+        even if not met. Default (None): 1024 × the design's first ``n``.
     min_n
         Never met before this many values.
     confidence
@@ -223,7 +223,7 @@ class Converged:
         if self.stat == "sobol":
             return (
                 f"Sobol indices of {self.output!r}: widest {100 * self.confidence:g}% interval "
-                f"± {float(np.max(estimate.error)):.3g}, asked {tol or 'tolerance 0'}: "
+                f"± {_widest(estimate.error)}, asked {tol or 'tolerance 0'}: "
                 f"{'met' if estimate.met else 'not met'} at {estimate.n:,} samples"
             )
         if self.stat == "quantile":
@@ -302,3 +302,10 @@ class Converged:
         if value.ndim == 0:
             value, error = float(value), float(error)
         return Estimate(value=value, error=error, n=fewest, met=met, ratio=worst, exhausted=bool(exhausted))
+
+
+def _widest(error: Any) -> str:
+    """The widest finite half-width (an element with no variance has none)."""
+    finite = np.asarray(error, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return f"{float(finite.max()):.3g}" if finite.size else "none yet"

@@ -178,11 +178,16 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
         from .sensitivity import Saltelli
 
         out = kernel.outputs.get(until.output)
-        if not isinstance(space, Saltelli) or out is None or not out.store:
+        if not isinstance(space, Saltelli):
             raise DaskbatchError(
-                f"until=Converged({until.output!r}, stat='sobol') needs a Saltelli design "
-                f"(space={type(space).__name__}) and the output stored (not Output(store=False)): "
-                "the indices are computed from every sample's value"
+                f"until=Converged({until.output!r}, stat='sobol') needs a Saltelli design; "
+                f"space={type(space).__name__}: use daskbatch.Saltelli(dists, n)"
+            )
+        if out is not None and not out.store:
+            raise DaskbatchError(
+                f"until=Converged({until.output!r}, stat='sobol') needs the output stored: the "
+                f"indices are computed from every sample's value; declare {until.output!r} without "
+                "store=False"
             )
     if reductions is not None and not isinstance(reduce, Reductions):
         # the results sit beside the outputs in daskbatch.open: no name may mean two things
