@@ -177,13 +177,16 @@ class Runner:
         reductions = self.options.reductions
         if reductions is None or not self.probed:
             return
+        from .reducestats import Aggregation
         from .reductions import ReductionError
 
         shape, first = self.probed[0]
+        own = any(isinstance(s, Aggregation) for o in reductions.outputs for s in reductions.stats(o))
         try:
             doc = reductions.partial(first.outputs, first.status, tuple(slice(0, n) for n in shape))
-            ds = reductions.to_dataset(reductions.merge([((0,) * len(shape), doc)], tuple(shape)))
-            ds.load()
+            merged = reductions.merge([((0,) * len(shape), doc)], tuple(shape))
+            if own:  # finalize too (it needs xarray: only for a user's own statistic)
+                reductions.to_dataset(merged).load()
         except Exception as e:
             text = " ".join(str(e).split())
             raise ReductionError(
@@ -500,6 +503,11 @@ def expected_block_seconds(
     return seconds_per_sample * math.prod(layout.block_shape)
 
 
+#: ``cluster="auto"``: a vectorised thread-safe kernel runs on this process's threads
+#: (in parallel: numpy releases the GIL) when its work takes up to this long on them
+THREADS_UP_TO_SECONDS = 60.0
+
+
 def choose_cluster(
     kernel: Kernel, space: Space, options: RunOptions, seconds: float | None, n_samples: int
 ) -> RunOptions:
@@ -511,7 +519,9 @@ def choose_cluster(
     ``n_samples``. In this process, the run takes about that (on threads when
     the kernel is declared thread-safe, reckoned as one: the GIL may serialise them);
     on a local cluster of ``n`` workers, ``daskbatch.auto.start-seconds`` plus that
-    divided by ``n``. The quicker one wins. An unknown cost (no probe), or a script that cannot
+    divided by ``n`` (a vectorised thread-safe kernel's threads are reckoned as ``n``
+    too, for runs of up to :data:`THREADS_UP_TO_SECONDS` on them: its numpy calls on
+    whole blocks run at once). The quicker one wins. An unknown cost (no probe), or a script that cannot
     start worker processes, decides too.
     """
     from .cluster import check_can_spawn, parse_cluster
@@ -534,8 +544,12 @@ def choose_cluster(
     b_in, b_out = bytes_per_sample(kernel, space)
     work = (seconds + (b_in + b_out) * WRITE_SECONDS_PER_BYTE) * n_samples
     start = float(config.get("auto.start-seconds"))
-    # threads (a thread-safe kernel) may not run at once (the GIL): reckoned as one
-    if work <= start + work / n:
+    # threads (a thread-safe kernel) may not run at once (the GIL): reckoned as one,
+    # unless the kernel is vectorised (a numpy core on a whole block releases the GIL) and
+    # the run short (a long one gets the cluster: its dashboard, its process isolation)
+    parallel = threads and not kernel.per_sample and work / n <= THREADS_UP_TO_SECONDS
+    here_work = work / n if parallel else work
+    if here_work <= start + work / n:
         logger.info(
             f"cluster='auto': about {_duration(work)} of work, less than starting a cluster "
             f"(~{start:g} s) would save; running in this process ({here.description}). "
