@@ -505,7 +505,7 @@ def expected_block_seconds(
 
 #: ``cluster="auto"``: a vectorised thread-safe kernel runs on this process's threads
 #: (in parallel: numpy releases the GIL) when its work takes up to this long on them
-THREADS_UP_TO_SECONDS = 60.0
+THREADS_UP_TO_SECONDS = 10.0
 
 
 def choose_cluster(
