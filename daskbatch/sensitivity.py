@@ -160,29 +160,6 @@ class Saltelli(Design):
         u = to_open_unit(self._points(s.start, s.stop))  # once for every parameter
         return {name: d.ppf(u[:, self._columns[name]]) for name, d in self.dists.items()}
 
-    def to_dask(self, chunks):
-        import dask.array as da
-
-        (c,) = chunks
-        out = {}
-        from dask.base import tokenize
-
-        tag = tokenize(self.spec(), c)
-        for name, d in self.dists.items():
-
-            def gen(block_info=None, _name=name):
-                start, stop = block_info[None]["array-location"][0]
-                return self._draw(_name, start, stop)
-
-            out[name] = da.map_blocks(
-                gen,
-                chunks=(c, *((s,) for s in d.shape)),
-                dtype=d.dtype,
-                meta=np.empty((0,) * (1 + len(d.shape)), dtype=d.dtype),
-                name=f"daskbatch-{self.kind}-{name}-{tag}",
-            )
-        return out
-
     def head(self, n: int) -> Saltelli:
         """The design's first base points, as many as ``n`` samples hold rounded down to a
         power of 2 (at least 2): a smoke run of the design's own first samples."""
