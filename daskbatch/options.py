@@ -84,32 +84,17 @@ class RunOptions:
     ) -> RunOptions:
         """Check the arguments of :func:`daskbatch.run` against ``kernel`` and ``space``."""
         _check_kernel_and_space(kernel, space)
-        _check_chunking(chunk_size, progress, overwrite, constants)
-        _check_reliability(retries, timeout, retry_failed, verify)
-        if kernel_changed not in KERNEL_CHANGED:
-            raise DaskbatchError(
-                f"kernel_changed={kernel_changed!r} is not valid; use 'refuse' (the default: a store with "
-                "results of other kernel code is refused) or 'continue' (keep them and go on)"
-            )
-        callbacks = tuple(callbacks or ())
-        for cb in callbacks:
-            if not any(
-                callable(getattr(cb, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")
-            ):
-                raise DaskbatchError(
-                    f"callbacks: {cb!r} has none of on_run_start, on_block_end, on_run_end; "
-                    "subclass daskbatch.Callback"
-                )
+        callbacks = check_plain_options(
+            chunk_size, progress, overwrite, constants, retries, timeout, retry_failed, verify,
+            kernel_changed, callbacks,
+        )  # fmt: skip
         reductions = _check_reduce(kernel, space, reduce, reduce_dims, until)
         constants = dict(constants or {})
         constants_json = jsonable(constants, "constants")
         kernel.check_arguments(space.params, constants)
         memory = memory_limit_bytes(memory_limit)
         _check_size(kernel, space, chunk_size, memory)  # before any probe, store or worker
-        auto = isinstance(cluster, str) and cluster == "auto"
-        spec = for_kernel(parse_cluster("local" if auto else cluster, n_workers), kernel)
-        if not auto:  # "auto" checks it once it knows it needs worker processes
-            check_can_spawn(spec)
+        spec, auto = cluster_of(cluster, n_workers, kernel)
         return cls(
             cluster=spec,
             chunk_size=chunk_size,
@@ -136,6 +121,58 @@ _BUILTIN_SUFFIXES = (
     *(f"_{s}" for s in ("count", "sum", "mean", "var", "std", "min", "max", "quantile", "histogram")),
     *("_underflow", "_overflow", "_exceedance", "_stderr"),
 )
+
+
+def check_plain_options(
+    chunk_size: Any,
+    progress: Any,
+    overwrite: Any,
+    constants: Any,
+    retries: Any,
+    timeout: Any,
+    retry_failed: Any,
+    verify: Any,
+    kernel_changed: Any,
+    callbacks: Any,
+) -> tuple[Any, ...]:
+    """The checks of :meth:`RunOptions.from_arguments` that need neither the kernel nor the
+    space (a pipeline's later stages run them before their space exists); returns the
+    callbacks as a tuple."""
+    _check_chunking(chunk_size, progress, overwrite, constants)
+    _check_reliability(retries, timeout, retry_failed, verify)
+    if kernel_changed not in KERNEL_CHANGED:
+        raise DaskbatchError(
+            f"kernel_changed={kernel_changed!r} is not valid; use 'refuse' (the default: a store with "
+            "results of other kernel code is refused) or 'continue' (keep them and go on)"
+        )
+    callbacks = tuple(callbacks or ())
+    for cb in callbacks:
+        if not any(callable(getattr(cb, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")):
+            raise DaskbatchError(
+                f"callbacks: {cb!r} has none of on_run_start, on_block_end, on_run_end; "
+                "subclass daskbatch.Callback"
+            )
+    return callbacks
+
+
+def cluster_of(cluster: Any, n_workers: Any, kernel: Kernel) -> tuple[ClusterSpec, bool]:
+    """``cluster=`` (and ``n_workers=``) as the spec a run uses, and whether it was "auto"."""
+    auto = isinstance(cluster, str) and cluster == "auto"
+    spec = for_kernel(parse_cluster("local" if auto else cluster, n_workers), kernel)
+    if not auto:  # "auto" checks it once it knows it needs worker processes
+        check_can_spawn(spec)
+    return spec, auto
+
+
+def check_unreduced(kernel: Kernel, reductions: Any) -> None:
+    """Every output declared ``Output(store=False)`` is reduced."""
+    reduced = set() if reductions is None else set(reductions.outputs)
+    for name, o in kernel.outputs.items():
+        if not o.store and name not in reduced:
+            raise DaskbatchError(
+                f"output {name!r} is declared Output(store=False) but reduce= does not reduce it; "
+                f"add it to reduce (e.g. reduce={{{name!r}: 'mean'}}) or store it (store=True)"
+            )
 
 
 def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, until: Any) -> Any:
@@ -201,13 +238,7 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
                     f"would be in daskbatch.open's Dataset; rename the {taken[var]}"
                     + (" or the Aggregation" if not var.endswith(_BUILTIN_SUFFIXES) else "")
                 )
-    reduced = set() if reductions is None else set(reductions.outputs)
-    for name, o in kernel.outputs.items():
-        if not o.store and name not in reduced:
-            raise DaskbatchError(
-                f"output {name!r} is declared Output(store=False) but reduce= does not reduce it; "
-                f"add it to reduce (e.g. reduce={{{name!r}: 'mean'}}) or store it (store=True)"
-            )
+    check_unreduced(kernel, reductions)
     return reductions
 
 

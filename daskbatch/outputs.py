@@ -265,6 +265,18 @@ class Output:
         whose length is known only once computed, counts as 1)."""
         return math.prod(1 if s is None else s for s in self.shape)
 
+    @classmethod
+    def from_spec(cls, doc: Mapping[str, Any]) -> Output:
+        """The array a store's recorded declaration (:meth:`spec`) describes: dims, shape,
+        dtype, fill and ``store`` (no coordinates or attributes)."""
+        return cls(
+            dims=tuple(doc["dims"]),
+            shape=tuple(doc["shape"]),
+            dtype=doc["dtype"],
+            fill=doc.get("fill"),
+            store=doc.get("store", True),
+        )
+
     def spec(self) -> dict[str, Any]:
         """The declaration as JSON-ready values (``fill`` None for NaN; a ragged size
         None; ``units`` only when given)."""

@@ -455,45 +455,25 @@ def _check_without_space(
     before that store exists: as :meth:`RunOptions.from_arguments` checks them, with the
     previous stage's batch dims for ``reduce=`` and ``reduce_dims=``."""
     from . import options as opt
-    from .cluster import check_can_spawn, parse_cluster
-    from .hpc import for_kernel
     from .reductions import parse_reduce
 
     _refuse_until(options.get("until"), where, k)
     try:
-        opt._check_chunking(
+        opt.check_plain_options(
             options.get("chunk_size", "auto"),
             options.get("progress", True),
             options.get("overwrite", False),
             options.get("constants"),
-        )
-        opt._check_reliability(
             options.get("retries", 0),
             options.get("timeout"),
             options.get("retry_failed", False),
             options.get("verify", False),
+            options.get("kernel_changed", "refuse"),
+            options.get("callbacks"),
         )
-        changed = options.get("kernel_changed", "refuse")
-        if changed not in opt.KERNEL_CHANGED:
-            raise DaskbatchError(
-                f"kernel_changed={changed!r} is not valid; use 'refuse' (the default: a store with "
-                "results of other kernel code is refused) or 'continue' (keep them and go on)"
-            )
-        for cb in options.get("callbacks") or ():
-            if not any(
-                callable(getattr(cb, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")
-            ):
-                raise DaskbatchError(
-                    f"callbacks: {cb!r} has none of on_run_start, on_block_end, on_run_end; "
-                    "subclass daskbatch.Callback"
-                )
         opt.jsonable(dict(options.get("constants") or {}), "constants")
         opt.memory_limit_bytes(options.get("memory_limit"))
-        cluster = options.get("cluster", "auto")
-        auto = isinstance(cluster, str) and cluster == "auto"
-        spec = for_kernel(parse_cluster("local" if auto else cluster, options.get("n_workers")), kernel)
-        if not auto:
-            check_can_spawn(spec)
+        opt.cluster_of(options.get("cluster", "auto"), options.get("n_workers"), kernel)
     except DaskbatchError as e:
         raise PipelineError(f"{where}: {e}") from None
     reduce, dims = options.get("reduce"), options.get("reduce_dims")
@@ -501,13 +481,10 @@ def _check_without_space(
         reductions = parse_reduce(reduce, kernel.outputs, tuple(batch_dims), dims=dims)
     except DaskbatchError as e:
         raise PipelineError(f"{where}: {_named(e)}") from None
-    reduced = set() if reductions is None else set(reductions.outputs)
-    for name, o in kernel.outputs.items():
-        if not o.store and name not in reduced:
-            raise PipelineError(
-                f"{where}: output {name!r} is declared Output(store=False) but reduce= does not "
-                f"reduce it; add it to reduce (e.g. reduce={{{name!r}: 'mean'}}) or store it (store=True)"
-            )
+    try:
+        opt.check_unreduced(kernel, reductions)
+    except DaskbatchError as e:
+        raise PipelineError(f"{where}: {e}") from None
 
 
 def _refuse_stale(st: Any, space: FromStore, k: int) -> None:

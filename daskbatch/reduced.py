@@ -30,16 +30,7 @@ def reductions_of(info: Mapping[str, Any], outputs: Mapping[str, Any] | None = N
     from .reductions import Reductions
 
     if outputs is None:
-        outputs = {
-            k: Output(
-                dims=tuple(o["dims"]),
-                shape=tuple(o["shape"]),
-                dtype=o["dtype"],
-                fill=o.get("fill"),
-                store=o.get("store", True),
-            )
-            for k, o in info["kernel"]["outputs"].items()
-        }
+        outputs = {k: Output.from_spec(o) for k, o in info["kernel"]["outputs"].items()}
     try:
         return Reductions.from_spec(spec, outputs, tuple(info["layout"]["batch_dims"]))
     except (KeyError, TypeError, ValueError) as e:
@@ -116,9 +107,7 @@ def status_lines(st: Any, info: Mapping[str, Any]) -> list[str]:
     import numpy as np
 
     try:
-        reductions = reductions_of(info)
-        merged = merged_reductions(st, info, reductions)
-        ds = reductions.to_dataset(merged)
+        reductions, merged, ds = _merged_now(st, info)
     except Exception as e:  # a status never fails on this
         return [f"reduced:  cannot be read now ({type(e).__name__}: {e})"]
     lines = [f"reduced:  over {int(merged.n):,} ok samples of the committed blocks"]
@@ -135,15 +124,12 @@ def status_lines(st: Any, info: Mapping[str, Any]) -> list[str]:
             span = f"from {_number(finite.min())} to {_number(finite.max())}" if finite.size else "no values"
             text = f"{' × '.join(f'{d}={n}' for d, n in var.sizes.items())}, {span}"
         lines.append(f"  {name}: {text}")
-    state = info.get("until")
-    if isinstance(state, dict) and isinstance(state.get("rule"), dict):
-        from .reductions import Converged
-
-        try:
-            rule = Converged.from_spec(state["rule"])
-            now = rule.check(reductions, merged) if rule.stat != "sobol" else estimate(rule, st, info)
-        except Exception as e:
-            return [*lines, f"until:    cannot be read now ({type(e).__name__}: {e})"]
+    try:
+        until = _until_now(st, info, reductions, merged)
+    except Exception as e:
+        return [*lines, f"until:    cannot be read now ({type(e).__name__}: {e})"]
+    if until is not None:
+        state, rule, now = until
         rounds = state.get("rounds") or []
         where = {
             "converged": "converged",
@@ -160,13 +146,33 @@ def _number(x: Any) -> str:
     return str(x)
 
 
-def estimate(rule: Any, st: Any, info: Mapping[str, Any], reductions: Any = None) -> Any:
+def _merged_now(st: Any, info: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """The store's reductions, their state merged from the blocks committed now, and
+    that state as a Dataset (without coordinates)."""
+    reductions = reductions_of(info)
+    merged = merged_reductions(st, info, reductions)
+    return reductions, merged, reductions.to_dataset(merged)
+
+
+def _until_now(st: Any, info: Mapping[str, Any], reductions: Any, merged: Any) -> Any:
+    """``(state, rule, estimate)`` of the store's ``until=`` rule now; None without one."""
+    state = info.get("until")
+    if not (isinstance(state, dict) and isinstance(state.get("rule"), dict)):
+        return None
+    from .reductions import Converged
+
+    rule = Converged.from_spec(state["rule"])
+    return state, rule, estimate(rule, st, info, reductions, merged)
+
+
+def estimate(rule: Any, st: Any, info: Mapping[str, Any], reductions: Any = None, merged: Any = None) -> Any:
     """The ``until=`` rule's :class:`~daskbatch.reductions.Estimate` from the committed
-    blocks (a ``"sobol"`` rule: from the stored output of a Saltelli design)."""
+    blocks (``merged``: their state, when read already; a ``"sobol"`` rule: from the
+    stored output of a Saltelli design)."""
     if rule.stat == "sobol":
         return _sobol_estimate(rule, st)
     reductions = reductions if reductions is not None else reductions_of(info)
-    return rule.check(reductions, merged_reductions(st, info, reductions))
+    return rule.check(reductions, merged if merged is not None else merged_reductions(st, info, reductions))
 
 
 def _sobol_estimate(rule: Any, st: Any) -> Any:
@@ -202,9 +208,7 @@ def status_doc(st: Any, info: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     doc: dict[str, Any] = {}
     try:
-        reductions = reductions_of(info)
-        merged = merged_reductions(st, info, reductions)
-        ds = reductions.to_dataset(merged)
+        reductions, merged, ds = _merged_now(st, info)
         doc["reductions"] = {
             "n": int(merged.n),
             "values": {k: _plain(np.asarray(v.values)) for k, v in ds.data_vars.items()},
@@ -215,12 +219,9 @@ def status_doc(st: Any, info: Mapping[str, Any]) -> dict[str, Any]:
         return doc
     state = info.get("until")
     if isinstance(state, dict) and isinstance(state.get("rule"), dict):
-        from .reductions import Converged
-
         out = {k: state.get(k) for k in ("rule", "first_n", "rounds", "state")}
         try:
-            rule = Converged.from_spec(state["rule"])
-            now = rule.check(reductions, merged) if rule.stat != "sobol" else estimate(rule, st, info)
+            _, _, now = _until_now(st, info, reductions, merged)
             out["now"] = {
                 "value": _plain(now.value),
                 "error": _plain(now.error),

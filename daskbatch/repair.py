@@ -198,7 +198,7 @@ def _generated(info: Mapping[str, Any], fmt: int, path: Path | None = None) -> d
     try:
         space = space_from_spec(info["space_spec"])
         outputs = {
-            k: Output(dims=tuple(o["dims"]), shape=tuple(o["shape"]), dtype=o["dtype"], fill=o.get("fill"))
+            k: Output.from_spec(o)
             for k, o in info["kernel"]["outputs"].items()
             if o.get("store", True)  # an output that is only reduced has no array
         }

@@ -685,13 +685,11 @@ def _compute_all_here(
 
 
 def _estimate_json(estimate: Any) -> dict[str, Any]:
-    """An estimate's value and error as JSON (NaN as None; arrays as lists)."""
+    """An estimate's value and error as JSON (NaN as None; arrays as flat lists)."""
+    from .reduced import _plain
 
-    def plain(v: Any) -> Any:
+    def flat(v: Any) -> Any:
         arr = np.asarray(v, dtype=float)
-        out = np.where(np.isfinite(arr), arr, np.nan).tolist()
-        if isinstance(out, float):
-            return None if math.isnan(out) else out
-        return [None if isinstance(x, float) and math.isnan(x) else x for x in np.ravel(out).tolist()]
+        return _plain(arr if arr.ndim == 0 else arr.ravel())
 
-    return {"value": plain(estimate.value), "error": plain(estimate.error)}
+    return {"value": flat(estimate.value), "error": flat(estimate.error)}
