@@ -12,7 +12,9 @@ Here too: :func:`start_executor` (starts what a spec describes, with SIGTERM
 stopping the run in order), :func:`prestart` (the forkserver that worker and probe
 processes fork from), :func:`signals_stop`, :func:`quiet_level` (distributed's log
 kept quiet) and :func:`kernel_shipped` (a kernel made loadable on a running
-cluster's scheduler and workers).
+cluster's scheduler and workers). What the job-queue clusters of :mod:`daskbatch.hpc`
+share with the local cluster (its TLS credentials, the quiet log, the signals held
+back while it starts) is in :mod:`daskbatch.clusterbase`.
 
 The local cluster is private to its user: its scheduler, nannies and workers listen
 on ``tls://127.0.0.1`` and accept only connections that present the run's temporary
@@ -30,12 +32,10 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,6 +43,10 @@ import dask
 
 from . import config, hygiene
 from . import log as _log  # noqa: F401  (sets up the daskbatch logger wherever daskbatch runs)
+from .clusterbase import QUIET_LEVEL as QUIET_LEVEL
+from .clusterbase import _dashboard_address, _prepare_security, _quiet_logs, _signals_deferred
+from .clusterbase import local_security as local_security
+from .clusterbase import quiet_level as quiet_level
 from .errors import ClusterError, KernelCrashError, Stopped, WorkerDiedError, WorkerImportError
 from .executors import (
     GUARD_HINT,
@@ -238,16 +242,6 @@ register_executor(
 # --------------------------------------------------------------------------- a LocalCluster
 
 
-def _dashboard_address() -> str:
-    # the usual port when it is free, otherwise any: no "port in use" warning
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", 8787))
-        except OSError:
-            return "127.0.0.1:0"
-    return "127.0.0.1:8787"
-
-
 def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     """Start the multiprocessing *forkserver* that worker and probe processes fork from
     (:func:`daskbatch.hygiene.start_forkserver`), when ``spec`` needs it.
@@ -276,132 +270,6 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
 def _import_dashboard() -> None:
     with contextlib.suppress(Exception):  # without bokeh the cluster starts without a dashboard
         importlib.import_module("distributed.dashboard.scheduler")
-
-
-#: credentials being made for the next local cluster (see :func:`_prepare_security`)
-_next_security: list[Future[Any]] = []
-_next_security_lock = threading.Lock()
-
-
-def _prepare_security() -> None:
-    """Start making the next local cluster's credentials in a thread (importing
-    ``cryptography`` is most of it), unless some are being made already;
-    :func:`local_security` takes them."""
-    with _next_security_lock:
-        if _next_security:
-            return
-        future: Future[Any] = Future()
-        _next_security.append(future)
-
-    def make() -> None:
-        try:
-            future.set_result(_temporary_security())
-        except BaseException as e:
-            future.set_exception(e)
-
-    threading.Thread(target=make, name="daskbatch-credentials", daemon=True).start()
-
-
-def _temporary_security() -> Any:
-    """``Security.temporary()`` with an elliptic-curve key (P-256) instead of RSA: the
-    same self-signed certificate for every role, made in a millisecond instead of
-    30-100 ms, and cheaper TLS handshakes (measured: the cluster's start takes 20 ms
-    more than over plain TCP, against 100 ms with RSA)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    from distributed.security import Security
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
-    now = datetime.datetime.now(tz=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), critical=False)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    secret = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    roles = ("client", "scheduler", "worker")
-    tls = {**{f"tls_{r}_cert": pem for r in roles}, **{f"tls_{r}_key": secret for r in roles}}
-    return Security(require_encryption=True, tls_ca_file=pem, **tls)
-
-
-def local_security() -> Any:
-    """New temporary TLS credentials for a local cluster (a
-    :class:`distributed.security.Security` that requires encryption, as
-    ``Security.temporary()`` makes).
-
-    A self-signed certificate and its key, made in memory for one cluster (distributed
-    writes them for an instant into a private temporary folder, mode 0700, to load
-    them): its scheduler, nannies, workers and client present them to each other,
-    and refuse any connection that does not. The ones :func:`prestart` began to make
-    are taken when there are some.
-    """
-    with _next_security_lock:
-        future = _next_security.pop() if _next_security else None
-    try:
-        return future.result() if future is not None else _temporary_security()
-    except ImportError as e:
-        raise ClusterError(
-            f"the local cluster needs the package 'cryptography' for its TLS credentials ({e}); "
-            "install it (`pip install cryptography`) in this Python environment"
-        ) from e
-
-
-def quiet_level() -> int | None:
-    """The level below which distributed's log records are kept out of the terminal.
-
-    While daskbatch's LocalCluster runs, distributed logs every worker death,
-    restart, ``KilledWorker`` and closed connection; daskbatch handles each of them
-    (a crashed sample is listed in the run's summary), so by default only critical
-    records pass (:data:`QUIET_LEVEL`). ``None`` (distributed's own default: warnings
-    and errors) when asked for: the dask config key ``daskbatch.verbose`` is true
-    (the command line's ``--verbose`` sets it), or the user configured distributed's
-    logging (the dask config keys ``logging`` or ``distributed.logging``, or a level
-    other than INFO, which distributed sets on import, on the ``distributed`` logger).
-    """
-    if dask.config.get("daskbatch.verbose", default=False):
-        return None
-    for key in ("logging", "logging-file-config", "distributed.logging", "distributed.logging-file-config"):
-        if dask.config.get(key, default=None):
-            return None
-    if logging.getLogger("distributed").level not in (logging.NOTSET, logging.INFO):
-        return None
-    return QUIET_LEVEL
-
-
-#: what passes :func:`quiet_level`'s filter by default
-QUIET_LEVEL = logging.CRITICAL
-
-
-@contextmanager
-def _quiet_logs(level: int | None) -> Iterator[None]:
-    """Raise the level of the ``distributed`` logger's stream handlers while inside."""
-    if level is None:
-        yield
-        return
-    changed = []
-    for handler in logging.getLogger("distributed").handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.level < level:
-            changed.append((handler, handler.level))
-            handler.setLevel(level)
-    try:
-        yield
-    finally:
-        for handler, old in changed:
-            handler.setLevel(old)
 
 
 @contextmanager
@@ -472,45 +340,6 @@ def _start_executor(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
         raise ClusterError(f"cluster={spec.name!r} stands for another executor type; use parse_cluster")
     with start(spec, memory_limit) as executor:
         yield executor
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while inside; act on the first one on the way out.
-
-    A LocalCluster interrupted while it starts is never returned, and its scheduler
-    and workers go on starting in the event loop's thread; one interrupted while it
-    closes is left half closed. Either is shut down later by distributed's own
-    clean-up at exit: seconds of waiting and a screenful of log. So the start and
-    the close (each a second or two) finish first, then the signal does what it
-    would have done (its handler is called, or, with none, its default action).
-    Only in the main thread; a signal that is ignored stays ignored.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        held.append(signum)
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        old = signal.getsignal(signum)
-        if old is not signal.SIG_IGN and old is not None:
-            previous[signum] = old
-            signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-        if held:
-            old = previous[held[0]]
-            if callable(old):
-                old(held[0], sys._getframe())
-            else:  # SIG_DFL
-                signal.raise_signal(held[0])
 
 
 #: dask settings of daskbatch's own LocalCluster, in effect while it runs (see

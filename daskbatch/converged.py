@@ -1,7 +1,7 @@
 """The stopping rule of ``until=``: :class:`Converged` and its :class:`Estimate`.
 
 :meth:`Converged.check` reads the merged partial states of the reductions
-(:class:`~daskbatch.reductions.Merged`) and gives the statistic's value, its error at a
+(:class:`~daskbatch.reducestates.Merged`) and gives the statistic's value, its error at a
 confidence level, the count, and whether the tolerance is met.
 """
 
@@ -11,16 +11,21 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from .reducestates import Merged, _Plan
 from .reducestats import Exceedance, Quantiles, ReductionError, Stat, _finite_float
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .reductions import Merged, Reductions
-
 __all__ = ["Converged", "Estimate"]
+
+
+class _Reduced(Protocol):
+    """What :meth:`Converged.check` reads of a :class:`~daskbatch.reductions.Reductions`:
+    the plan of each reduced output."""
+
+    _plans: dict[str, _Plan]
 
 
 # --------------------------------------------------------------------------------------
@@ -243,7 +248,7 @@ class Converged:
             f"asked {tol or 'tolerance 0'}: {state} at {estimate.n:,} values"
         )
 
-    def check(self, reductions: Reductions, merged: Merged) -> Estimate:
+    def check(self, reductions: _Reduced, merged: Merged) -> Estimate:
         """The statistic's estimate and error from merged states, and whether it is met."""
         plan = reductions._plans.get(self.output)
         if plan is None:

@@ -209,34 +209,8 @@ def _rounds_ended(info: Mapping[str, Any], until: Any) -> bool:
     return False
 
 
-def run(
-    kernel: Kernel,
-    space: Space,
-    store: str | os.PathLike[str],
-    *,
-    cluster: Any = "auto",
-    n_workers: int | None = None,
-    chunk_size: int | str | Mapping[str, int] = "auto",
-    progress: bool = True,
-    overwrite: bool = False,
-    constants: Mapping[str, Any] | None = None,
-    retries: int = 0,
-    timeout: float | None = None,
-    retry_failed: bool = False,
-    verify: bool = False,
-    memory_limit: int | str | None = None,
-    kernel_changed: str = "refuse",
-    spec_file: str | os.PathLike[str] | None = None,
-    callbacks: Sequence[Any] | None = None,
-    reduce: Any = None,
-    reduce_dims: str | Sequence[str] | None = None,
-    until: Any = None,
-) -> RunResult:
-    """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
-
-    The same call again continues where it stopped (committed blocks are skipped).
-    ``run(...)`` is ``plan(...).execute()``, probing only when it creates the store.
-
+#: the arguments of :func:`run` and :func:`plan`, documented once for both
+_RUN_PARAMETERS = """\
     Parameters
     ----------
     kernel
@@ -319,6 +293,46 @@ def run(
         samples computed stay) up to the rule's ``max_n``. The same seed stops at
         the same ``n`` on any cluster, and a stopped run resumes to the same answer.
 
+"""
+
+
+def _with_parameters(func: Any) -> Any:
+    """Put :data:`_RUN_PARAMETERS` where ``func``'s docstring says ``{parameters}``."""
+    if func.__doc__:  # None under python -OO
+        func.__doc__ = func.__doc__.replace("    {parameters}\n", _RUN_PARAMETERS)
+    return func
+
+
+@_with_parameters
+def run(
+    kernel: Kernel,
+    space: Space,
+    store: str | os.PathLike[str],
+    *,
+    cluster: Any = "auto",
+    n_workers: int | None = None,
+    chunk_size: int | str | Mapping[str, int] = "auto",
+    progress: bool = True,
+    overwrite: bool = False,
+    constants: Mapping[str, Any] | None = None,
+    retries: int = 0,
+    timeout: float | None = None,
+    retry_failed: bool = False,
+    verify: bool = False,
+    memory_limit: int | str | None = None,
+    kernel_changed: str = "refuse",
+    spec_file: str | os.PathLike[str] | None = None,
+    callbacks: Sequence[Any] | None = None,
+    reduce: Any = None,
+    reduce_dims: str | Sequence[str] | None = None,
+    until: Any = None,
+) -> RunResult:
+    """Run ``kernel`` over every sample of ``space``, streaming results into ``store``.
+
+    The same call again continues where it stopped (committed blocks are skipped).
+    ``run(...)`` is ``plan(...).execute()``, probing only when it creates the store.
+
+    {parameters}
     Returns
     -------
     RunResult
@@ -359,11 +373,19 @@ def run(
     >>> db.open(path).y.values.tolist()
     [1.0, 4.0, 9.0]
     """
-    given = {k: v for k, v in locals().items() if k not in ("kernel", "space", "store")}
+    return _run_request(locals()).execute()
+
+
+def _run_request(arguments: Mapping[str, Any]) -> _Request:
+    """The request of :func:`run`, from its arguments (its ``locals()``): every option
+    checked first, then the store path."""
+    kernel, space = arguments["kernel"], arguments["space"]
+    given = {k: v for k, v in arguments.items() if k not in ("kernel", "space", "store")}
     options = RunOptions.from_arguments(kernel, space, **given)
-    return _Request(kernel, space, os.fspath(store), options).execute()
+    return _Request(kernel, space, os.fspath(arguments["store"]), options)
 
 
+@_with_parameters
 def plan(
     kernel: Kernel,
     space: Space,
@@ -381,6 +403,7 @@ def plan(
     nothing; with the path of an existing store, its blocks are the plan's. Given a
     store path, ``plan(...).execute()`` runs it, with no second probe.
 
+    {parameters}
     Examples
     --------
     >>> import daskbatch as db

@@ -293,6 +293,110 @@ class StoreReader:
         return np.asarray(self.root[self.ragged[name]][region]).astype(np.int64)
 
 
+class _FailedRows:
+    """The failed rows of a store's blocks, gathered block by block for :func:`failures`:
+    their positions, coordinates, parameters, labels, statuses and errors."""
+
+    def __init__(self, reader: StoreReader, codes: tuple[int, ...], shape: tuple[int, ...]) -> None:
+        self.reader = reader
+        self.codes = codes
+        self.shape = shape
+        self.status_arr = reader.root["status"]
+        self.coords, self.values, self.tail = _Columns(), _Columns(), _Columns()
+        self.index: list[np.ndarray] = []
+        self.status: list[np.ndarray] = []
+        self.errors: list[list[Any]] = []
+        self.messages: list[list[Any]] = []
+        self.tracebacks: list[list[Any]] = []
+        #: how many failures have no message (a store written before every one was kept)
+        self.without_message = 0
+
+    def add(self, region: tuple[slice, ...], rec: Any) -> None:
+        """The samples of the block at ``region`` (its record ``rec``) with a status asked for."""
+        reader = self.reader
+        block_shape = tuple(s.stop - s.start for s in region)
+        flat_status = np.asarray(self.status_arr[region]).reshape(-1)
+        pos = np.flatnonzero(np.isin(flat_status, self.codes))
+        if pos.size == 0:
+            return
+        n = int(pos.size)
+        local = np.unravel_index(pos, block_shape)
+        glob = tuple(p + s.start for p, s in zip(local, region, strict=True))
+        self.index.append(np.ravel_multi_index(glob, self.shape))
+        self.status.append(flat_status[pos])
+        for d, values_along, p in zip(reader.dims, reader.coords(region), local, strict=True):
+            self.coords.add(d, values_along[p], n)
+        for name in reader.params:
+            self.values.add(name, reader.per_sample(name, region)[pos], n)
+        rebuilt, rebuilt_labels = reader.rebuilt, reader.rebuilt_labels
+        if rebuilt or rebuilt_labels:
+            got = _rebuilt_rows(reader.space, region, block_shape, pos, rebuilt + rebuilt_labels)
+            for name in rebuilt:
+                self.values.add(name, got[name], n)
+            for name in rebuilt_labels:
+                self.tail.add(name, got[name], n)
+        for name in reader.labels:
+            self.tail.add(name, reader.per_sample(name, region)[pos], n)
+        errs, msgs, tbs = _block_messages(rec, block_shape, pos)
+        self.without_message += sum(m is None for m in msgs)
+        self.errors.append(errs)
+        self.messages.append(msgs)
+        self.tracebacks.append(tbs)
+
+    def columns(self) -> dict[str, Any]:
+        """The columns of the rows gathered, in sample order (without rows when none was)."""
+        reader = self.reader
+        order = np.argsort(np.concatenate(self.index), kind="stable") if self.index else np.empty(0, int)
+        cols: dict[str, Any] = {}
+        for part in (self.coords.frame(), self.values.frame(), self.tail.frame()):
+            for k, v in part.items():
+                name = k if k not in FAILURE_COLUMNS or k in cols else f"param_{k}"
+                cols[name] = v[order] if v.size else v
+        if not self.index:  # the columns, without rows
+            for d in reader.dims:
+                cols.setdefault(d, np.empty(0, dtype=np.int64 if reader.is_index(d) else object))
+            for name in reader.params + reader.rebuilt + reader.labels + reader.rebuilt_labels:
+                if not any(c == name or c.startswith(f"{name}_") for c in cols):
+                    cols[name] = np.empty(0, dtype=object)
+        codes_col = np.concatenate(self.status)[order] if self.status else np.empty(0, np.int8)
+        names = {int(s): s.name for s in STATUS}
+        cols["status"] = np.array([names.get(int(c), str(c)) for c in codes_col], dtype=object)
+        messages = {"error": self.errors, "message": self.messages, "traceback": self.tracebacks}
+        for key, parts in messages.items():
+            flat = [x for p in parts for x in p]
+            cols[key] = np.array(flat, dtype=object)[order] if flat else np.empty(0, dtype=object)
+        return cols
+
+
+def _block_messages(rec: Any, block_shape: tuple[int, ...], pos: np.ndarray) -> tuple[list, list, list]:
+    """The error type, message and traceback of the samples at block positions ``pos``:
+    every failure's from the block's failure log, and the first ones' whole records."""
+    log = failure_log_of(rec.failures, rec.errors, block_shape)
+    by_pos = {p: (t, m, tb) for p, _, t, m, tb in log.entries()}
+    for e in rec.errors:
+        try:
+            p = int(np.ravel_multi_index(tuple(int(x) for x in e.get("position") or ()), block_shape))
+        except (ValueError, TypeError):
+            continue
+        t, m, tb = by_pos.get(p, (None, None, None))
+        kept_tb = str(e.get("traceback") or "") or tb
+        if t is None:
+            t, m = str(e.get("type") or "") or None, e.get("message")
+            if m is None and e.get("error"):
+                from .errors import ErrorRecord
+
+                r = ErrorRecord.from_dict(e)
+                t, m = r.error_type or None, r.message
+        by_pos[p] = (t, m, kept_tb or None)
+    errs, msgs, tbs = [], [], []
+    for p in pos.tolist():
+        t, m, tb = by_pos.get(p, (None, None, None))
+        errs.append(t)
+        msgs.append(m)
+        tbs.append(tb)
+    return errs, msgs, tbs
+
+
 def failures(
     store: str | os.PathLike[str] | Store, *, status: str | Sequence[str] | None = None
 ) -> pd.DataFrame:
@@ -336,117 +440,36 @@ def failures(
     info = st.require_info()
     codes = _codes(status)
     layout = info["layout"]
-    dims = [str(d) for d in layout["batch_dims"]]
     shape = tuple(int(n) for n in layout["batch_shape"])
     bshape = tuple(int(b) for b in layout["block_shape"])
-    n_samples = int(np.prod(shape))
     records = st.ledger.records()
     failing = sorted(b for b, rec in records.items() if sum(int(rec.counts[c]) for c in codes))
-    notes: list[str] = []
     reader = StoreReader(st, info)
-    params, labels = list(reader.params), list(reader.labels)
-    space, rebuilt, rebuilt_labels = reader.space, reader.rebuilt, reader.rebuilt_labels
-    if reader.note:
-        notes.append(reader.note)
-    names = {int(s): s.name for s in STATUS}
-    coords, values, tail = _Columns(), _Columns(), _Columns()
-    index_parts: list[np.ndarray] = []
-    status_parts: list[np.ndarray] = []
-    error_parts: list[list[Any]] = []
-    message_parts: list[list[Any]] = []
-    tb_parts: list[list[Any]] = []
-    without_message = 0
-    status_arr = reader.root["status"]
+    notes: list[str] = [reader.note] if reader.note else []
+    rows = _FailedRows(reader, codes, shape)
     for block in failing:
         region = tuple(
             slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(block, bshape, shape, strict=True)
         )
-        block_shape = tuple(s.stop - s.start for s in region)
-        flat_status = np.asarray(status_arr[region]).reshape(-1)
-        pos = np.flatnonzero(np.isin(flat_status, codes))
-        if pos.size == 0:
-            continue
-        n = int(pos.size)
-        rec = records[block]
-        local = np.unravel_index(pos, block_shape)
-        glob = tuple(p + s.start for p, s in zip(local, region, strict=True))
-        index_parts.append(np.ravel_multi_index(glob, shape))
-        status_parts.append(flat_status[pos])
-        for d, values_along, p in zip(dims, reader.coords(region), local, strict=True):
-            coords.add(d, values_along[p], n)
-        for name in params:
-            values.add(name, reader.per_sample(name, region)[pos], n)
-        if rebuilt or rebuilt_labels:
-            got = _rebuilt_rows(space, region, block_shape, pos, rebuilt + rebuilt_labels)
-            for name in rebuilt:
-                values.add(name, got[name], n)
-            for name in rebuilt_labels:
-                tail.add(name, got[name], n)
-        for name in labels:
-            tail.add(name, reader.per_sample(name, region)[pos], n)
-        # the block's messages: every failure's, and the first ones' whole records
-        log = failure_log_of(rec.failures, rec.errors, block_shape)
-        by_pos = {p: (t, m, tb) for p, _, t, m, tb in log.entries()}
-        for e in rec.errors:
-            try:
-                p = int(np.ravel_multi_index(tuple(int(x) for x in e.get("position") or ()), block_shape))
-            except (ValueError, TypeError):
-                continue
-            t, m, tb = by_pos.get(p, (None, None, None))
-            kept_tb = str(e.get("traceback") or "") or tb
-            if t is None:
-                t, m = str(e.get("type") or "") or None, e.get("message")
-                if m is None and e.get("error"):
-                    from .errors import ErrorRecord
-
-                    r = ErrorRecord.from_dict(e)
-                    t, m = r.error_type or None, r.message
-            by_pos[p] = (t, m, kept_tb or None)
-        errs, msgs, tbs = [], [], []
-        for p in pos.tolist():
-            t, m, tb = by_pos.get(p, (None, None, None))
-            if m is None:
-                without_message += 1
-            errs.append(t)
-            msgs.append(m)
-            tbs.append(tb)
-        error_parts.append(errs)
-        message_parts.append(msgs)
-        tb_parts.append(tbs)
-    if without_message:
+        rows.add(region, records[block])
+    if rows.without_message:
         notes.append(
-            f"{without_message:,} failure(s) have no message: the store was written before daskbatch "
+            f"{rows.without_message:,} failure(s) have no message: the store was written before daskbatch "
             "kept every failure's message (it kept the first 20 per block)"
         )
-    order = np.argsort(np.concatenate(index_parts), kind="stable") if index_parts else np.empty(0, int)
-    cols: dict[str, Any] = {}
-    for part in (coords.frame(), values.frame(), tail.frame()):
-        for k, v in part.items():
-            name = k if k not in FAILURE_COLUMNS or k in cols else f"param_{k}"
-            cols[name] = v[order] if v.size else v
-    if not failing or not index_parts:  # the columns, without rows
-        for d in dims:
-            cols.setdefault(d, np.empty(0, dtype=np.int64 if reader.is_index(d) else object))
-        for name in params + rebuilt + labels + rebuilt_labels:
-            if not any(c == name or c.startswith(f"{name}_") for c in cols):
-                cols[name] = np.empty(0, dtype=object)
-    codes_col = np.concatenate(status_parts)[order] if status_parts else np.empty(0, np.int8)
-    cols["status"] = np.array([names.get(int(c), str(c)) for c in codes_col], dtype=object)
-    for key, parts in (("error", error_parts), ("message", message_parts), ("traceback", tb_parts)):
-        flat = [x for p in parts for x in p]
-        cols[key] = np.array(flat, dtype=object)[order] if flat else np.empty(0, dtype=object)
+    cols = rows.columns()
     # text as pandas' strings; the traceback as objects, so that one not kept is None
     cols["traceback"] = pd.Series(cols["traceback"], dtype=object)
     df = pd.DataFrame(cols)
     df.attrs.update(
         {
             "store": str(st.path),
-            "n_samples": n_samples,
+            "n_samples": int(np.prod(shape)),
             "n_failures": len(df),
-            "status": [names[c] for c in codes],
-            "batch_dims": dims,
-            "parameters": params + rebuilt,
-            "labels": labels + rebuilt_labels,
+            "status": [STATUS(c).name for c in codes],
+            "batch_dims": list(reader.dims),
+            "parameters": reader.params + reader.rebuilt,
+            "labels": reader.labels + reader.rebuilt_labels,
         }
     )
     if notes:

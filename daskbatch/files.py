@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from .errors import SpaceError
-from .sources import STRING, Column, Digest, _glob_folder, _has_magic, checkpoint_rows
+from .sources import _glob_folder, _has_magic
 from .spacebase import Param, Space
+from .tableread import STRING, Column, Digest, checkpoint_rows
 
 __all__ = ["Files"]
 

@@ -35,13 +35,24 @@ import numpy as np
 
 from .errors import SpaceError, StoreError
 from .kernel import STATUS
-from .space import _FROMSTORE_SPEC
 from .spacebase import Param, Space
 
 __all__ = ["SPEC_KEYS", "FromStore", "upstream_change"]
 
 #: the keys of a FromStore's spec (what ``space_from_spec`` accepts for ``type = "fromstore"``)
-SPEC_KEYS = frozenset(_FROMSTORE_SPEC)
+SPEC_KEYS = frozenset(
+    {
+        "type",
+        "path",
+        "variables",
+        "copy",
+        "shape",
+        "upstream_kernel",
+        "upstream_space",
+        "upstream_constants",
+        "upstream_store",
+    }
+)
 
 #: constants longer than this (as JSON) are summarised by their digest in the spec
 _CONSTANTS_INLINE = 400
@@ -125,13 +136,13 @@ class FromStore(Space):
         *,
         copy: bool = False,
     ) -> None:
-        from .store import Store
+        from .storeview import StoreView
 
         if not isinstance(store, str | os.PathLike) or not str(store).strip():
             raise SpaceError(f"FromStore: store={store!r} must be the path of a daskbatch store")
         if not isinstance(copy, bool):
             raise SpaceError(f"FromStore: copy={copy!r} must be True (store the values too) or False")
-        st = Store(store)
+        st = StoreView(store)
         self.path = str(st.path)
         self.copy = copy
         if not st.path.exists():
@@ -180,7 +191,7 @@ class FromStore(Space):
 
     def _check_complete(self, st: Any, info: Mapping[str, Any]) -> None:
         """Refuse an upstream with pending samples; note its failed ones and its content."""
-        from .results import resume_hint
+        from .hints import resume_hint
 
         records = st.ledger.records()
         counts = np.zeros(len(STATUS), dtype=np.int64)
@@ -234,9 +245,9 @@ class FromStore(Space):
             found[name] = (kind, dims[nd:], tuple(int(s) for s in arr.shape[nd:]), dtype)
         axis_dims = [d for d in self.batch_dims if d in arrays and not _is_index(arrays[d])]
         if axis_dims:
-            from .store import Store
+            from .storeview import StoreView
 
-            ds = Store(self.path).open_dataset()
+            ds = StoreView(self.path).open_dataset()
             for d in axis_dims:
                 coords[d] = np.asarray(ds[d].values)
         for d in self.batch_dims:

@@ -40,6 +40,7 @@ from typing import Any
 
 import dask
 
+from .clusterbase import _dashboard_address, _quiet_logs, _signals_deferred, local_security, quiet_level
 from .errors import ClusterError
 from .executors import ClusterSpec, Executor, register_executor
 
@@ -535,8 +536,6 @@ def _security_arguments(jq: JobQueue) -> dict[str, Any]:
     """TLS with the run's temporary credentials, unless ``extra`` says otherwise."""
     if "security" in jq.extra or "protocol" in jq.extra:
         return {}
-    from .cluster import local_security
-
     shared = jq.extra.get("shared_temp_directory") or jq._config("shared-temp-directory")
     if not shared:
         shared = os.path.join(os.path.expanduser("~"), ".cache", "daskbatch", "tls")
@@ -547,8 +546,6 @@ def _security_arguments(jq: JobQueue) -> dict[str, Any]:
 @contextmanager
 def _start_jobqueue(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
     from distributed import Client
-
-    from .cluster import _dashboard_address, _quiet_logs, _signals_deferred, quiet_level
 
     jq = spec.options if isinstance(spec.options, JobQueue) else JobQueue(spec.name)
     cls = _cluster_class(jq.kind)

@@ -21,7 +21,7 @@ from .kernel import STATUS, Output
 from .ledger import INTERNAL
 from .outputs import TEXT_KINDS, check_name
 from .ragged import bytes_dim, chunk_width, encode_text, length_attrs, length_name, padded_attrs
-from .space import Param
+from .spacebase import Param
 
 __all__ = ["Layout", "write_template"]
 
@@ -195,10 +195,24 @@ def write_template(root: zarr.Group, layout: Layout) -> None:
     Batch coordinates given in the layout (grid axes) and output core coordinates
     are written now; a sample index coordinate is written block by block.
     """
-    bshape = layout.block_shape
+    template = _Template(root, layout)
+    template.batch_coords()
+    template.params()
+    template.outputs()
+    template.status()
 
-    def array(name, shape, chunks, dtype, fill, dims, attrs=None, compressors=None):
-        return root.create_array(
+
+class _Template:
+    """The arrays of ``layout`` made in ``root``, part by part (:func:`write_template`)."""
+
+    def __init__(self, root: zarr.Group, layout: Layout) -> None:
+        self.root = root
+        self.layout = layout
+        self.bshape = layout.block_shape
+        self.per_block = math.prod(layout.block_shape)
+
+    def array(self, name, shape, chunks, dtype, fill, dims, attrs=None, compressors=None):
+        return self.root.create_array(
             name=name,
             shape=shape,
             chunks=chunks,
@@ -209,10 +223,10 @@ def write_template(root: zarr.Group, layout: Layout) -> None:
             compressors=_compressors(dtype) if compressors is None else compressors,
         )
 
-    def padded(name, shape, chunks, dtype, fill, dims, attrs=None, text=False, length_chunks=None):
+    def padded(self, name, shape, chunks, dtype, fill, dims, attrs=None, text=False, length_chunks=None):
         """A padded array ``name`` (its last dim the values' width, 0 for now) and its
         length array; text as UTF-8 bytes, compressed with Zstandard."""
-        a = array(
+        a = self.array(
             name,
             shape,
             chunks,
@@ -222,90 +236,109 @@ def write_template(root: zarr.Group, layout: Layout) -> None:
             {**dict(attrs or {}), **padded_attrs(name, text)},
             "auto" if text else None,
         )
-        n = array(length_name(name), shape[:-1], length_chunks or chunks[:-1], "int64", 0, dims[:-1])
+        n = self.array(length_name(name), shape[:-1], length_chunks or chunks[:-1], "int64", 0, dims[:-1])
         n.attrs.update(length_attrs(name, text))
         return a, n
 
-    def text_coord(d, values):
+    def text_coord(self, d, values):
         """A coordinate of text written now: its UTF-8 bytes and their lengths."""
         data, lengths = encode_text(values)
         shape = data.shape
-        a, n = padded(d, shape, (shape[0], max(1, shape[1])), None, 0, (d, bytes_dim(d)), text=True)
+        a, n = self.padded(d, shape, (shape[0], max(1, shape[1])), None, 0, (d, bytes_dim(d)), text=True)
         a[...] = data
         n[...] = lengths
 
+    @staticmethod
     def text_width(values_per_block):
         return chunk_width(values_per_block, 1)
 
-    for d, n, b in zip(layout.batch_dims, layout.batch_shape, bshape, strict=True):
-        coord = layout.batch_coords.get(d)
-        if coord is None:  # a sample index, written block by block
-            array(d, (n,), (b,), "int64", -1, (d,))
-        elif coord.dtype.kind in TEXT_KINDS and not layout.legacy_text:
-            text_coord(d, coord)
-        else:
-            a = array(d, (n,), (n,), str if coord.dtype.kind in TEXT_KINDS else coord.dtype, None, (d,))
-            a[:] = coord
-    per_block = math.prod(bshape)
-    for p in layout.params.values():
-        if p.is_axis:
-            continue
-        # a table's label (a column the kernel does not take): a coordinate in xarray
-        label = {"coordinates": p.name} if getattr(p, "label", False) else None
-        if p.name in layout.padded:  # text, as UTF-8 bytes padded to the longest so far
-            c = text_width(per_block * math.prod(p.core_shape))
-            shape = (*layout.batch_shape, *p.core_shape, 0)
-            dims = (*p.dims, bytes_dim(p.name))
-            padded(p.name, shape, (*bshape, *p.core_shape, c), None, 0, dims, label, text=True)
-            continue
-        text = p.dtype.kind in TEXT_KINDS  # a store of Zarr strings (legacy_text)
-        fill = np.nan if p.dtype.kind == "f" else ("" if text else 0)
-        array(
-            p.name,
-            layout.batch_shape + p.core_shape,
-            bshape + p.core_shape,
-            str if text else p.dtype,
-            fill,
-            p.dims,
-            label,
-        )
-    for name, o in layout.outputs.items():
-        if o.text:
-            shape, dims = (*layout.batch_shape, 0), (*layout.batch_dims, bytes_dim(name))
-            padded(name, shape, (*bshape, text_width(per_block)), None, 0, dims, o.attrs, text=True)
-        elif o.ragged:
-            c = chunk_width(per_block, o.dtype.itemsize)
-            dims = (*layout.batch_dims, *o.dims)
-            padded(name, (*layout.batch_shape, 0), (*bshape, c), o.dtype, o.fill, dims, o.attrs)
-        else:
-            array(
-                name,
-                layout.batch_shape + o.shape,
-                bshape + o.shape,
-                o.dtype,
-                o.fill,
-                layout.batch_dims + o.dims,
-                o.attrs,
-            )
-        for d, values in o.coords.items():
-            if d in root:
-                continue
-            if values.dtype.kind in TEXT_KINDS and not layout.legacy_text:
-                text_coord(d, values)
+    def batch_coords(self) -> None:
+        """The batch dims' coordinates: grid axes written now, sample indices later."""
+        layout = self.layout
+        for d, n, b in zip(layout.batch_dims, layout.batch_shape, self.bshape, strict=True):
+            coord = layout.batch_coords.get(d)
+            if coord is None:  # a sample index, written block by block
+                self.array(d, (n,), (b,), "int64", -1, (d,))
+            elif coord.dtype.kind in TEXT_KINDS and not layout.legacy_text:
+                self.text_coord(d, coord)
             else:
-                a = array(d, values.shape, values.shape, values.dtype, None, (d,))
-                a[:] = values
-    codes = sorted(STATUS.items(), key=lambda kv: kv[1])
-    array(
-        "status",
-        layout.batch_shape,
-        bshape,
-        "int8",
-        STATUS["pending"],
-        layout.batch_dims,
-        {
-            "long_name": "per-sample status",
-            "flag_values": [v for _, v in codes],
-            "flag_meanings": " ".join(k for k, _ in codes),
-        },
-    )
+                a = self.array(
+                    d, (n,), (n,), str if coord.dtype.kind in TEXT_KINDS else coord.dtype, None, (d,)
+                )
+                a[:] = coord
+
+    def params(self) -> None:
+        """The parameters' arrays (not the grid axes: they are coordinates)."""
+        layout, bshape = self.layout, self.bshape
+        for p in layout.params.values():
+            if p.is_axis:
+                continue
+            # a table's label (a column the kernel does not take): a coordinate in xarray
+            label = {"coordinates": p.name} if getattr(p, "label", False) else None
+            if p.name in layout.padded:  # text, as UTF-8 bytes padded to the longest so far
+                c = self.text_width(self.per_block * math.prod(p.core_shape))
+                shape = (*layout.batch_shape, *p.core_shape, 0)
+                dims = (*p.dims, bytes_dim(p.name))
+                self.padded(p.name, shape, (*bshape, *p.core_shape, c), None, 0, dims, label, text=True)
+                continue
+            text = p.dtype.kind in TEXT_KINDS  # a store of Zarr strings (legacy_text)
+            fill = np.nan if p.dtype.kind == "f" else ("" if text else 0)
+            self.array(
+                p.name,
+                layout.batch_shape + p.core_shape,
+                bshape + p.core_shape,
+                str if text else p.dtype,
+                fill,
+                p.dims,
+                label,
+            )
+
+    def outputs(self) -> None:
+        """The outputs' arrays and their core coordinates."""
+        layout, bshape = self.layout, self.bshape
+        for name, o in layout.outputs.items():
+            if o.text:
+                shape, dims = (*layout.batch_shape, 0), (*layout.batch_dims, bytes_dim(name))
+                self.padded(
+                    name, shape, (*bshape, self.text_width(self.per_block)), None, 0, dims, o.attrs, text=True
+                )
+            elif o.ragged:
+                c = chunk_width(self.per_block, o.dtype.itemsize)
+                dims = (*layout.batch_dims, *o.dims)
+                self.padded(name, (*layout.batch_shape, 0), (*bshape, c), o.dtype, o.fill, dims, o.attrs)
+            else:
+                self.array(
+                    name,
+                    layout.batch_shape + o.shape,
+                    bshape + o.shape,
+                    o.dtype,
+                    o.fill,
+                    layout.batch_dims + o.dims,
+                    o.attrs,
+                )
+            for d, values in o.coords.items():
+                if d in self.root:
+                    continue
+                if values.dtype.kind in TEXT_KINDS and not layout.legacy_text:
+                    self.text_coord(d, values)
+                else:
+                    a = self.array(d, values.shape, values.shape, values.dtype, None, (d,))
+                    a[:] = values
+
+    def status(self) -> None:
+        """The per-sample status, every sample pending."""
+        layout = self.layout
+        codes = sorted(STATUS.items(), key=lambda kv: kv[1])
+        self.array(
+            "status",
+            layout.batch_shape,
+            self.bshape,
+            "int8",
+            STATUS["pending"],
+            layout.batch_dims,
+            {
+                "long_name": "per-sample status",
+                "flag_values": [v for _, v in codes],
+                "flag_meanings": " ".join(k for k, _ in codes),
+            },
+        )

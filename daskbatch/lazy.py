@@ -152,10 +152,17 @@ def apply(
     >>> float(ds.y.where(ds.status == 1).mean())
     6.5
     """
-    import xarray as xr
-
     constants = _checked(kernel, space, chunk_size, constants)
     chunks = _chunks(tuple(space.batch_shape), apply_block_shape(kernel, space, chunk_size))
+    return _dataset(kernel, space, chunks, constants)
+
+
+def _dataset(
+    kernel: Kernel, space: Space, chunks: tuple[tuple[int, ...], ...], constants: dict[str, Any]
+) -> xr.Dataset:
+    """The lazy dataset of :func:`apply`, its arguments checked and its blocks cut."""
+    import xarray as xr
+
     space_token = _space_token(space, chunks)
     params = _parameters(space, chunks, f"daskbatch-block-params-{space_token}")
     # the kernel's keys are new on every call: two kernels of one name (a notebook cell

@@ -212,7 +212,7 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
     else:
         reductions = parse_reduce(reduce, kernel.outputs, space.batch_dims, dims=reduce_dims, until=until)
     if until is not None and until.stat == "sobol":
-        from .sensitivity import Saltelli
+        from .saltelli import Saltelli
 
         out = kernel.outputs.get(until.output)
         if not isinstance(space, Saltelli):

@@ -33,6 +33,7 @@ from ._version import __version__
 from .chunking import plan_block_shape
 from .codeid import changed_parts, code_changes, installed_file, kernel_code
 from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
+from .extension import added_rows, why_not
 from .log import logger
 
 __all__ = [
@@ -259,7 +260,7 @@ class _StoreCode:
         self.ref = ref
 
     def inside(self, path: str | os.PathLike[str]) -> bool:
-        from .results import inside_store
+        from .hints import inside_store
 
         return inside_store(path, self.root)
 
@@ -302,7 +303,7 @@ def kernel_from_info(info: Mapping[str, Any], store: str) -> Any:
                 "(or in code that has no file): run the notebook cell that called daskbatch.run "
                 "again; it continues where it stopped"
             )
-        from .results import inside_store, resume_hint
+        from .hints import inside_store, resume_hint
 
         if inside_store(file, store):
             raise StoreError(
@@ -501,7 +502,6 @@ def _check_fingerprint(
     st: Any, info: Mapping[str, Any], kernel: Any, space: Any, constants_json, chunk_size, reduce_spec=None
 ) -> None:
     stored_layout = info["layout"]
-    from .grow import added_rows, why_not
 
     now = {"kernel": kernel.spec(), "space": space_fingerprint(space), "constants": constants_json}
     if reduce_spec is not None or info.get("reduce") is not None:

@@ -181,11 +181,12 @@ def _sobol_estimate(rule: Any, st: Any) -> Any:
     import numpy as np
 
     from .reductions import Estimate
-    from .sensitivity import sobol_indices
+    from .sobolindices import indices_of
 
     with warnings.catch_warnings():  # base points with a failed sample are left out, as said
         warnings.simplefilter("ignore")
-        ds = sobol_indices(str(st.path), rule.output, conf_level=rule.confidence)
+        # what sobol_indices(store, output, conf_level=...) gives (100 resamples, seed 0)
+        ds = indices_of(st.open_dataset(), str(st.path), rule.output, rule.confidence, 100, 0)
     value = ds["ST"].values
     error = np.fmax(ds["S1_conf"].values, ds["ST_conf"].values)
     tol = (rule.atol or 0.0) + (rule.rtol or 0.0) * np.abs(value)

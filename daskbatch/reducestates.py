@@ -5,14 +5,16 @@ A :class:`_Plan` holds what is reduced of one output (made by
 partial state (counts, sums, moments, t-digest centroids, histogram counts, exceedance
 counts, an :class:`~daskbatch.reductions.Aggregation`'s states) as JSON-ready values,
 :meth:`_Plan.combine` merges one into the accumulators :meth:`_Plan.empty` made, and
-:meth:`_Plan.results` turns the accumulators into the result variables.
+:meth:`_Plan.results` turns the accumulators into the result variables. :class:`Merged`
+holds every output's merged accumulators (what :meth:`~daskbatch.reductions.Reductions.merge`
+gives and :meth:`~daskbatch.converged.Converged.check` reads).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -424,3 +426,40 @@ def _encode_state(agg: Aggregation, state: Any) -> dict[str, Any]:
 def _decode_state(doc: Mapping[str, Any]) -> Any:
     arrays = [decode_array(a) for a in doc["arrays"]]
     return arrays[0] if doc["single"] else tuple(arrays)
+
+
+# --------------------------------------------------------------------------------------
+# merged states
+
+
+@dataclass
+class Merged:
+    """Merged partial states of the committed blocks (:meth:`~daskbatch.reductions.Reductions.merge`).
+
+    Attributes
+    ----------
+    n
+        Samples that counted (status ok) in the merged blocks.
+    samples
+        Samples in the merged blocks, whatever their status.
+    blocks
+        How many blocks were merged.
+    batch_shape
+        The full batch shape.
+    kept_shape
+        The shape of the kept batch dims.
+    states
+        ``{output name: {accumulator: array}}``: counts, sums, moments, digests...
+    """
+
+    n: int
+    samples: int
+    blocks: int
+    batch_shape: tuple[int, ...]
+    kept_shape: tuple[int, ...]
+    states: dict[str, dict[str, Any]] = field(repr=False)
+
+    @property
+    def not_ok(self) -> int:
+        """Samples of the merged blocks left out (failed, timed out, crashed or pending)."""
+        return self.samples - self.n

@@ -19,7 +19,8 @@ gives an :class:`Estimate` (value, error at a confidence level, count, whether i
 
 This module is the import point for every name of reductions: the statistics and their
 JSON form are in :mod:`daskbatch.reducestats`, one output's partial states in
-:mod:`daskbatch.reducestates`, the stopping rule in :mod:`daskbatch.converged`.
+:mod:`daskbatch.reducestates` (with :class:`Merged`, every output's merged states), the
+stopping rule in :mod:`daskbatch.converged`.
 
 Examples
 --------
@@ -38,7 +39,6 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,7 +46,7 @@ import numpy as np
 from .converged import Converged, Estimate
 from .outputs import Output
 from .records import STATUS
-from .reducestates import _Plan
+from .reducestates import Merged, _Plan
 from .reducestats import (
     DOC_VERSION,
     OBJECTS_TEXT,
@@ -84,43 +84,6 @@ __all__ = [
     "encode_array",
     "parse_reduce",
 ]
-
-# --------------------------------------------------------------------------------------
-# merged states
-
-
-@dataclass
-class Merged:
-    """Merged partial states of the committed blocks (:meth:`Reductions.merge`).
-
-    Attributes
-    ----------
-    n
-        Samples that counted (status ok) in the merged blocks.
-    samples
-        Samples in the merged blocks, whatever their status.
-    blocks
-        How many blocks were merged.
-    batch_shape
-        The full batch shape.
-    kept_shape
-        The shape of the kept batch dims.
-    states
-        ``{output name: {accumulator: array}}``: counts, sums, moments, digests...
-    """
-
-    n: int
-    samples: int
-    blocks: int
-    batch_shape: tuple[int, ...]
-    kept_shape: tuple[int, ...]
-    states: dict[str, dict[str, Any]] = field(repr=False)
-
-    @property
-    def not_ok(self) -> int:
-        """Samples of the merged blocks left out (failed, timed out, crashed or pending)."""
-        return self.samples - self.n
-
 
 # --------------------------------------------------------------------------------------
 # all reductions of a run
@@ -514,68 +477,78 @@ def parse_reduce(
                 "or leave dims out"
             )
         return None
-    # dims
-    if dims is None:
-        reduced = batch_dims
-    else:
-        wanted = [dims] if isinstance(dims, str) else dims
-        if not isinstance(wanted, Sequence) or not wanted:
-            raise ReductionError(
-                f"dims={dims!r} must name one or more batch dims, e.g. dims={batch_dims[0]!r}; "
-                f"the batch dims are {list(batch_dims)}"
-            )
-        for d in wanted:
-            if d not in batch_dims:
-                raise ReductionError(f"dims: {d!r} is not a batch dim; use one or more of {list(batch_dims)}")
-        if len(set(wanted)) != len(wanted):
-            raise ReductionError(f"dims={list(wanted)!r} names a dim twice; name each once")
-        reduced = tuple(d for d in batch_dims if d in wanted)
+    reduced = _reduced_dims(dims, batch_dims)
     if not outputs:
         raise ReductionError("reduce: the kernel declares no outputs, so there is nothing to reduce")
-    # statistics per output
-    asked: dict[str, list[Any]] = {}
-    if nothing:
-        pass
-    elif isinstance(reduce, Mapping):
-        for key, value in reduce.items():
-            if key not in outputs:
-                raise ReductionError(f"reduce: {key!r} is not an output; the outputs are {sorted(outputs)}")
-            asked[key] = [_check_stat(s, key, outputs[key], "reduce") for s in _as_list(value)]
-    else:
-        for key, out in outputs.items():
-            stats = _as_list(reduce)
-            for s in stats:
-                count = isinstance(s, str) and s == "count"
-                if (
-                    not count
-                    and out.variable
-                    and isinstance(s, str | Quantiles | Histogram | Exceedance | Aggregation)
-                ):
-                    raise ReductionError(
-                        f"reduce={_short(reduce)} applies to every output, but output {key!r} is "
-                        f"{'text' if out.text else 'ragged'} (only 'count' applies to it); give a "
-                        "mapping of the outputs to reduce, e.g. "
-                        f"reduce={{{_first_numeric(outputs)!r}: {_short(reduce)}}}"
-                    )
-            asked[key] = [_check_stat(s, key, out, "reduce") for s in stats]
+    asked = {} if nothing else _asked(reduce, outputs)
     if until is not None:
-        if until.output not in outputs:
-            raise ReductionError(
-                f"until: Converged output {until.output!r} is not an output; the outputs are "
-                f"{sorted(outputs)}"
-            )
-        need = until.needed()
-        _check_stat(need, until.output, outputs[until.output], "until")
-        have = asked.setdefault(until.output, [])
-        if isinstance(need, Quantiles):
-            if not any(isinstance(s, Quantiles) for s in have):
-                have.append(need)
-        elif need not in have:
-            have.append(need)
+        _add_until(asked, until, outputs)
     plans = {name: _plan(name, outputs[name], stats) for name, stats in asked.items()}
     _name_extra_dims(plans, batch_dims)
     _check_names(plans, batch_dims)
     return Reductions(plans, batch_dims, reduced, until)
+
+
+def _reduced_dims(dims: str | Sequence[str] | None, batch_dims: tuple[str, ...]) -> tuple[str, ...]:
+    """The batch dims ``dims`` names (all of them for None), in the batch dims' order."""
+    if dims is None:
+        return batch_dims
+    wanted = [dims] if isinstance(dims, str) else dims
+    if not isinstance(wanted, Sequence) or not wanted:
+        raise ReductionError(
+            f"dims={dims!r} must name one or more batch dims, e.g. dims={batch_dims[0]!r}; "
+            f"the batch dims are {list(batch_dims)}"
+        )
+    for d in wanted:
+        if d not in batch_dims:
+            raise ReductionError(f"dims: {d!r} is not a batch dim; use one or more of {list(batch_dims)}")
+    if len(set(wanted)) != len(wanted):
+        raise ReductionError(f"dims={list(wanted)!r} names a dim twice; name each once")
+    return tuple(d for d in batch_dims if d in wanted)
+
+
+def _asked(reduce: Any, outputs: Mapping[str, Output]) -> dict[str, list[Any]]:
+    """The checked statistics ``reduce`` asks for, per output."""
+    asked: dict[str, list[Any]] = {}
+    if isinstance(reduce, Mapping):
+        for key, value in reduce.items():
+            if key not in outputs:
+                raise ReductionError(f"reduce: {key!r} is not an output; the outputs are {sorted(outputs)}")
+            asked[key] = [_check_stat(s, key, outputs[key], "reduce") for s in _as_list(value)]
+        return asked
+    for key, out in outputs.items():
+        stats = _as_list(reduce)
+        for s in stats:
+            count = isinstance(s, str) and s == "count"
+            if (
+                not count
+                and out.variable
+                and isinstance(s, str | Quantiles | Histogram | Exceedance | Aggregation)
+            ):
+                raise ReductionError(
+                    f"reduce={_short(reduce)} applies to every output, but output {key!r} is "
+                    f"{'text' if out.text else 'ragged'} (only 'count' applies to it); give a "
+                    "mapping of the outputs to reduce, e.g. "
+                    f"reduce={{{_first_numeric(outputs)!r}: {_short(reduce)}}}"
+                )
+        asked[key] = [_check_stat(s, key, out, "reduce") for s in stats]
+    return asked
+
+
+def _add_until(asked: dict[str, list[Any]], until: Converged, outputs: Mapping[str, Output]) -> None:
+    """Add the statistic ``until`` needs to ``asked``, unless it is asked already."""
+    if until.output not in outputs:
+        raise ReductionError(
+            f"until: Converged output {until.output!r} is not an output; the outputs are {sorted(outputs)}"
+        )
+    need = until.needed()
+    _check_stat(need, until.output, outputs[until.output], "until")
+    have = asked.setdefault(until.output, [])
+    if isinstance(need, Quantiles):
+        if not any(isinstance(s, Quantiles) for s in have):
+            have.append(need)
+    elif need not in have:
+        have.append(need)
 
 
 def _first_numeric(outputs: Mapping[str, Output]) -> str:

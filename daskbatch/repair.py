@@ -50,7 +50,8 @@ import zarr
 
 from .errors import StoreError
 from .ledger import HIDDEN, INTERNAL, BlockProblem, _checksum, store_format
-from .ragged import encoded_coords, uses_zarr_strings, widened, wider_shape
+from .ragged import encoded_coords
+from .raggedstore import uses_zarr_strings, widened, wider_shape
 from .repaircheck import (
     _ATTR,
     PROVENANCE,
@@ -65,6 +66,7 @@ from .repaircheck import (
 from .repaircheck import hidden as _hidden
 from .repaircheck import read_json as _read_json
 from .repaircheck import write_json as _write_json
+from .storeview import StoreView, _forget_open, _quiet_consolidate
 
 __all__ = ["MetadataProblem", "Report", "check", "provenance_copy", "repair", "save_provenance"]
 
@@ -478,9 +480,7 @@ def _inspect_output_coords(plan: _Plan, dims: list[str], outputs: Mapping[str, A
 def _blocks(path: Path, full: bool, decode: bool) -> tuple[list[BlockProblem], int]:
     """The committed blocks whose data is wrong, and how many blocks were checked.
     Without ``decode`` only the chunk files are compared with their checksums."""
-    from .store import Store
-
-    ledger = Store(path).ledger
+    ledger = StoreView(path).ledger
     if decode:
         problems = ledger.verify(full)
         return problems, len(ledger.records()) if full else 0
@@ -495,10 +495,8 @@ def _blocks(path: Path, full: bool, decode: bool) -> tuple[list[BlockProblem], i
 def _opens(path: Path) -> MetadataProblem | None:
     """Open the store as ``daskbatch.open`` does (its coordinates are read; data chunks
     are the blocks' checks' business)."""
-    from .store import Store
-
     try:
-        ds = Store(path).open_dataset()
+        ds = StoreView(path).open_dataset()
         for name in ds.coords:
             ds[name].load()
     except Exception as e:
@@ -568,8 +566,6 @@ def repair(
     for name, values in plan.coords.items():
         zarr.open_array(str(path / name), mode="r+")[...] = values
     if plan.consolidate or plan.coords:
-        from .store import _quiet_consolidate
-
         _quiet_consolidate(path)
     if plan.problems:
         _forget_open(path)
@@ -592,16 +588,6 @@ def _refusal(path: Path, problems: list[MetadataProblem]) -> str:
         f"store {str(path)!r} cannot be repaired automatically: {listed}. Nothing was changed; "
         "restore that file from a copy of the store, or start again with overwrite=True (--overwrite)"
     )
-
-
-def _forget_open(path: Path) -> None:
-    """Drop what this process opened of the store before its metadata was rebuilt."""
-    from . import store as store_module
-
-    with store_module._OPEN_LOCK:
-        for cache in (store_module._OPEN, store_module._LEDGERS, store_module._STATUS):
-            for key in [k for k in cache if k[0] == str(path)]:
-                del cache[key]
 
 
 def damage_hint(store: str | os.PathLike[str]) -> str | None:

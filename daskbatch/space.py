@@ -35,7 +35,7 @@ from .errors import SpaceError
 from .files import Files
 from .random import stream_key
 from .random import uniforms as uniforms
-from .sensitivity import Saltelli
+from .saltelli import Saltelli
 from .spacebase import Param, Space, _check_name
 from .tables import Table
 from .tables import _load_table as _load_table
@@ -439,6 +439,8 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
     >>> space_from_spec({"type": "grid", "axes": {"x": [1, 2], "y": {"linspace": [0, 1, 3]}}}).batch_shape
     (2, 3)
     """
+    from .fromstore import SPEC_KEYS, FromStore  # above this module: it opens stores
+
     if not isinstance(spec, Mapping):
         raise SpaceError(f"space: expected a table, got {spec!r}")
     kind = spec.get("type")
@@ -452,7 +454,7 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         "product": {"type", "outer", "inner", "dim", "flat", "common"},
         "table": {"type", "path", "rows", "columns", "sha256", "copy", *_TABLE_SPEC},
         "files": {"type", "path", "recursive", "rows", "columns", "dtypes", "sha256", "prefix"},
-        "fromstore": _FROMSTORE_SPEC,
+        "fromstore": SPEC_KEYS,
     }
     if kind not in allowed:
         raise SpaceError(f"space.type={kind!r} is not one of {sorted(allowed)}")
@@ -487,25 +489,10 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
         return Product(outer, inner, **options)  # type: ignore[arg-type]
     if kind == "files":
         return Files.from_spec(spec, base_dir=base_dir)
-    if kind == "fromstore":  # another store's outputs (daskbatch.pipeline)
-        from .pipeline import FromStore
-
+    if kind == "fromstore":  # another store's outputs (daskbatch.fromstore)
         return FromStore.from_spec(spec, base_dir=base_dir)
     return Table.from_spec(spec, base_dir=base_dir)
 
-
-#: what a FromStore's spec records (daskbatch.pipeline.SPEC_KEYS)
-_FROMSTORE_SPEC = {
-    "type",
-    "path",
-    "variables",
-    "copy",
-    "shape",
-    "upstream_kernel",
-    "upstream_space",
-    "upstream_constants",
-    "upstream_store",
-}
 
 #: what a table's spec records about its input besides path, rows, columns and digest
 _TABLE_SPEC = ("source", "size", "mtime_ns", "files", "dtypes", "column_sha256", "prefix")

@@ -15,7 +15,10 @@
 The arrays and their template are in :mod:`daskbatch.layout`, the block ledger (which
 blocks are committed, their records, the store formats) in :mod:`daskbatch.ledger`
 (format 2) and :mod:`daskbatch.ledger_format1`, the writer lock in
-:mod:`daskbatch.lock`; their public names are importable from here too.
+:mod:`daskbatch.lock`, and what a reader of the store opens (its provenance, its
+ledger, the Dataset of its committed blocks) in :mod:`daskbatch.storeview`, whose
+:class:`~daskbatch.storeview.StoreView` :class:`Store` extends; their public names
+are importable from here too.
 
 Every array is chunked exactly like the blocks along the batch dims, so no two
 tasks ever write the same chunk, and every chunk of a block is written even when it
@@ -33,8 +36,6 @@ import contextlib
 import errno
 import json
 import os
-import threading
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import DaskbatchError, StoreError, StoreExistsError, StoreNotFoundError, StoreWriteError
+from .errors import DaskbatchError, StoreError, StoreExistsError, StoreWriteError
 from .fstools import build_aside, first_link, link_message, put_in_place, remove_stale, test_pause
 from .layout import Layout, write_template
 from .ledger import (
@@ -54,23 +55,15 @@ from .ledger import (
     BlockProblem,
     BlockRecord,
     _checksum,
-    _Format2Ledger,
     _write_all,
     store_format,
 )
-from .ledger_format1 import _create_format1, _Format1Ledger
+from .ledger_format1 import _create_format1
 from .lock import StoreLock
-from .ragged import (
-    RaggedBlock,
-    decode_dataset,
-    encode_text,
-    grow_width,
-    length_name,
-    metadata_lock,
-    stale_chunks,
-)
+from .ragged import RaggedBlock, encode_text, length_name
+from .raggedstore import grow_width, metadata_lock, stale_chunks
 from .repair import check, save_provenance
-from .repaircheck import gone_message, looks_like_store, read_provenance
+from .storeview import _LEDGERS, _OPEN, _OPEN_LOCK, StoreView, _quiet_consolidate
 
 # Names defined here before they moved to the modules above; still importable from here.
 from .errors import StoreLockedError as StoreLockedError  # isort: skip
@@ -83,15 +76,22 @@ from .ledger import Block as Block  # isort: skip
 from .ledger import _blocks_of as _blocks_of  # isort: skip
 from .ledger import _gather_writes as _gather_writes  # isort: skip
 from .ledger import _is_count as _is_count  # isort: skip
+from .ledger import _Format2Ledger as _Format2Ledger  # isort: skip
 from .ledger_format1 import _INTERNAL_ARRAYS as _INTERNAL_ARRAYS  # isort: skip
 from .ledger_format1 import _read_blocks as _read_blocks  # isort: skip
 from .ledger_format1 import _read_region as _read_region  # isort: skip
+from .ledger_format1 import _Format1Ledger as _Format1Ledger  # isort: skip
 from .lock import _LOCK_SIZE as _LOCK_SIZE  # isort: skip
 from .lock import _alive_here as _alive_here  # isort: skip
 from .lock import _read_holder as _read_holder  # isort: skip
 from .lock import _try_flock as _try_flock  # isort: skip
 from .lock import _unlock as _unlock  # isort: skip
-from .space import Param as Param  # isort: skip
+from .spacebase import Param as Param  # isort: skip
+from .storeview import _STATUS as _STATUS  # isort: skip
+from .storeview import _CommittedStatus as _CommittedStatus  # isort: skip
+from .storeview import _ledger_for as _ledger_for  # isort: skip
+from .storeview import _status_array as _status_array  # isort: skip
+from .storeview import _NAME_MAX as _NAME_MAX  # isort: skip
 
 __all__ = [
     "INTERNAL",
@@ -107,23 +107,6 @@ __all__ = [
 _ATTR = "daskbatch"
 _TEXT = Output(dtype="str")  # how a text parameter is stored: as a text output is
 _NEW_STORE_FORMAT = 2  # the format of the stores ``Store.create`` makes (1 only to make old stores)
-
-# Arrays opened per process and store, so that a worker opens each array once.
-_OPEN: dict[tuple[str, str, tuple[int, ...]], dict[str, zarr.Array]] = {}
-_OPEN_LOCK = threading.Lock()
-
-
-# Zarr warns when a listing of a store's root meets `.daskbatch/`, which is not Zarr. It
-# lists the root in its own thread, which a `catch_warnings` of this thread does not
-# cover once an interrupt has ended it: this one warning is never shown.
-warnings.filterwarnings("ignore", message=r"Object at \.daskbatch is not recognized")
-
-
-def _quiet_consolidate(path: Path) -> None:
-    with warnings.catch_warnings():
-        # consolidated metadata is not in the v3 spec yet; xarray still reads it first
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
 
 
 def _write_new(path: Path, layout: Layout, info: Mapping[str, Any]) -> None:
@@ -144,98 +127,6 @@ def _write_new(path: Path, layout: Layout, info: Mapping[str, Any]) -> None:
     save_provenance(path, template=True)  # .daskbatch/: what a repair rebuilds from
 
 
-# Ledgers per process, store path and creation: a worker opens each store's once.
-_LEDGERS: dict[tuple[str, str], BlockLedger] = {}
-
-
-def _ledger_for(path: Path, info: Mapping[str, Any]) -> BlockLedger:
-    """The ledger of the store at ``path`` whose provenance is ``info``."""
-    fmt = store_format(info, path)
-    key = (str(path), str(info.get("store_id", "")))
-    with _OPEN_LOCK:
-        ledger = _LEDGERS.get(key)
-        if ledger is None or ledger.format != fmt:
-            ledger = _LEDGERS[key] = (_Format1Ledger if fmt == 1 else _Format2Ledger)(path, info)
-        return ledger
-
-
-# The status array a reader opened, per process and store.
-_STATUS: dict[tuple[str, str], zarr.Array] = {}
-
-
-def _status_array(path: str, store_id: str) -> zarr.Array:
-    key = (path, store_id)
-    with _OPEN_LOCK:
-        got = _STATUS.get(key)
-        if got is None:
-            got = _STATUS[key] = zarr.open_group(path, mode="r", use_consolidated=False)["status"]
-        return got
-
-
-class _CommittedStatus:
-    """``status`` as a reader sees it: 0 (pending) wherever the block is not committed.
-
-    A lazily indexed array for ``dask.array.from_array``: each read of a region first
-    asks the ledger which blocks it covers are committed (one small file per block in
-    format 2, one byte per block in format 1), then reads the region of ``status``,
-    and returns the status of the committed blocks and 0 elsewhere. A block is
-    committed after everything else of it is on disk, so a sample shown as done has
-    its outputs and parameters on disk, final. Holds no data: the memory of a read is
-    that of the region.
-    """
-
-    def __init__(self, path: str, store_id: str, batch_shape, block_shape) -> None:
-        self.path = path
-        self.store_id = store_id
-        self.shape = tuple(int(n) for n in batch_shape)
-        self.block_shape = tuple(int(b) for b in block_shape)
-        self.dtype = np.dtype("int8")
-        self.ndim = len(self.shape)
-
-    def _ledger(self) -> BlockLedger:
-        ledger = _LEDGERS.get((self.path, self.store_id))
-        return ledger if ledger is not None else Store(self.path).ledger
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(j for j, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        region, local = [], []
-        for k, n in zip(key, self.shape, strict=True):
-            if isinstance(k, slice):  # read the span it covers, then step through it
-                covered = range(*k.indices(n))
-                if not covered:
-                    region.append(slice(0, 0))
-                    local.append(slice(None))
-                    continue
-                lo = min(covered[0], covered[-1])
-                region.append(slice(lo, max(covered[0], covered[-1]) + 1))
-                local.append(slice(covered[0] - lo, None, covered.step))
-            else:
-                i = int(k) + (n if int(k) < 0 else 0)
-                region.append(slice(i, i + 1))
-                local.append(0)
-        committed = self._committed(region)  # the ledger first, then the data
-        status = _status_array(self.path, self.store_id)
-        values = np.where(committed, status[tuple(region)], 0).astype(self.dtype)
-        return values[tuple(local)]
-
-    def _committed(self, region: list[slice]) -> np.ndarray:
-        """True for every sample of ``region`` whose block is committed."""
-        blocks = tuple(
-            slice(r.start // b, max(r.start // b, -(-r.stop // b)))
-            for r, b in zip(region, self.block_shape, strict=True)
-        )
-        marks = self._ledger().committed(blocks)
-        for axis, (r, s, b) in enumerate(zip(region, blocks, self.block_shape, strict=True)):
-            first = r.start - s.start * b
-            marks = np.repeat(marks, b, axis=axis)
-            marks = marks[(slice(None),) * axis + (slice(first, first + r.stop - r.start),)]
-        return marks
-
-
 def _padded(layout: Layout, arrays: Mapping[str, zarr.Array]) -> set[str]:
     """The arrays of ``layout`` a block writes padded, with their lengths: those of
     :attr:`Layout.padded` that the store has so (a store made before text was stored
@@ -243,11 +134,7 @@ def _padded(layout: Layout, arrays: Mapping[str, zarr.Array]) -> set[str]:
     return {n for n in layout.padded if length_name(n) in arrays}
 
 
-#: the longest name (a path's part) Linux filesystems accept, in bytes
-_NAME_MAX = 255
-
-
-class Store:
+class Store(StoreView):
     """A daskbatch Zarr store on the local filesystem.
 
     Parameters
@@ -255,28 +142,6 @@ class Store:
     path
         A directory path; it is created if missing (its parent must exist).
     """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        if not isinstance(path, str | os.PathLike) or not str(path).strip():
-            raise StoreError(f"store={path!r} must be a directory path such as 'results.zarr'")
-        if "\0" in str(path):
-            raise StoreError(f"store={str(path)!r} contains a null byte; give a path without one")
-        try:
-            self.path = Path(path).expanduser().absolute()
-        except RuntimeError:  # ~user with no such user (or no home directory)
-            raise StoreError(
-                f"store={str(path)!r}: {str(path).split('/')[0]!r} names no user with a home directory; "
-                "give the path in full"
-            ) from None
-        longest = max((len(part.encode()) for part in self.path.parts), default=0)
-        if longest > _NAME_MAX:
-            raise StoreError(
-                f"store={str(path)!r}: a name in the path has {longest} bytes, more than the "
-                f"{_NAME_MAX} a file name may have; give a shorter name"
-            )
-
-    def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
 
     # ----------------------------------------------------------------- checks
 
@@ -298,54 +163,6 @@ class Store:
         target = p if p.exists() else parent
         if not os.access(target, os.W_OK | os.X_OK):
             raise StoreError(f"store={str(p)!r}: {str(target)!r} is not writable; choose another path")
-
-    def is_daskbatch(self) -> bool:
-        return self.info() is not None
-
-    def is_foreign(self) -> bool:
-        """True if the path holds files that are not a daskbatch store."""
-        if not self.path.is_dir() or self.is_daskbatch():
-            return False
-        return any(child.name != HIDDEN for child in self.path.iterdir())
-
-    def info(self, *, check_format: bool = True) -> dict[str, Any] | None:
-        """The store's provenance (``attrs["daskbatch"]``), or None if it has none.
-
-        The root's provenance, or its copy in ``.daskbatch/provenance.json`` when the
-        root's cannot be read, is malformed or contradicted by the rest of the store
-        (:func:`daskbatch.repaircheck.read_provenance` decides; ``resume --verify``
-        rebuilds the root then). None when neither is usable.
-
-        Raises :class:`StoreError` when the provenance names a store format this code
-        does not read (a newer daskbatch wrote the store), unless ``check_format`` is
-        False: so every reader and writer refuses such a store before touching it.
-        """
-        if not self.path.is_dir():
-            return None
-        return read_provenance(self.path, check_format).info
-
-    def require_info(self) -> dict[str, Any]:
-        """The store's provenance; StoreError if there is no daskbatch store here, one
-        whose provenance is gone, or one of a store format this code does not read."""
-        info = self.info()
-        if info is None:
-            if not self.path.exists():
-                raise StoreNotFoundError(f"store {str(self.path)!r} does not exist")
-            gone = read_provenance(self.path).gone if self.path.is_dir() else None
-            if gone is not None and looks_like_store(self.path):
-                raise StoreError(gone_message(self.path, gone))
-            raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
-        return info
-
-    @property
-    def format(self) -> int:
-        """The store format (1 or 2) of this store."""
-        return store_format(self.require_info(), self.path)
-
-    @property
-    def ledger(self) -> BlockLedger:
-        """The store's :class:`BlockLedger`: which blocks are committed, and their records."""
-        return _ledger_for(self.path, self.require_info())
 
     # ----------------------------------------------------------------- creation
 
@@ -441,7 +258,7 @@ class Store:
         current = self.info(check_format=False)
         fmt = store_format(current if current is not None else info, self.path)
         # under the metadata lock: a block writer widening a padded array meanwhile
-        # (daskbatch.ragged.grow_width) is neither undone nor missed by the consolidation
+        # (daskbatch.raggedstore.grow_width) is neither undone nor missed by the consolidation
         with metadata_lock(self.path):
             root = zarr.open_group(str(self.path), mode="r+")
             root.attrs[_ATTR] = {**info, "format": fmt}
@@ -553,7 +370,7 @@ class Store:
     ) -> list[tuple[zarr.Array, Any, Any]]:
         """The writes of a padded array's block (and of its lengths): whole chunks up to
         the block's longest value, the array widened first if it is too narrow (see
-        :func:`daskbatch.ragged.grow_width`). Chunks of the block's row past them, left
+        :func:`daskbatch.raggedstore.grow_width`). Chunks of the block's row past them, left
         by an earlier attempt with longer values, are removed. Notes in ``columns`` the
         columns of chunks written."""
         need = values.width
@@ -673,21 +490,7 @@ class Store:
 
     # ----------------------------------------------------------------- locking
 
-    def lock(self) -> StoreLock:
-        """The store's writer lock (see :class:`StoreLock`)."""
-        return StoreLock(self.path / HIDDEN / "lock")
-
-    # ----------------------------------------------------------------- reading
-
-    # The block bookkeeping as the engine reads it today; each is one call of the ledger.
-
-    def done_mask(self) -> np.ndarray:
-        """One boolean per block, True where it is committed: ``ledger.committed()``."""
-        return self.ledger.committed()
-
-    def is_done(self, block: tuple[int, ...]) -> bool:
-        """Whether one block is committed: ``ledger.is_committed(block)``."""
-        return self.ledger.is_committed(tuple(block))
+    # ----------------------------------------------------------------- checking
 
     def verify(self, full: bool = True) -> list[BlockProblem]:
         """The committed blocks whose data is proven wrong (see :func:`daskbatch.repair.check`).
@@ -696,79 +499,6 @@ class Store:
         it apart, and :func:`daskbatch.repair.repair` rebuilds it.
         """
         return check(self.path, full).blocks
-
-    def block_counts(self) -> np.ndarray:
-        """Samples per status code, per block (zeros for pending blocks): ``ledger.counts()``."""
-        return self.ledger.counts()
-
-    def block_errors(self, blocks: list[tuple[int, ...]]) -> list[dict[str, Any]]:
-        """The errors of those ``blocks`` that failed somewhere: ``ledger.errors(blocks)``."""
-        return self.ledger.errors(blocks)
-
-    def block_seconds(self) -> np.ndarray:
-        """Kernel seconds per block (NaN for pending blocks): ``ledger.seconds()``."""
-        return self.ledger.seconds()
-
-    def open_dataset(self):
-        """Open as a lazy, dask-backed :class:`xarray.Dataset` of the committed blocks.
-
-        The variables are the store's arrays, but ``status`` reads 0 (pending) for
-        every sample of a block that is not committed, whatever is on disk: a sample
-        shown as done belongs to a committed block, whose outputs and parameters are
-        final. Each chunk of ``status`` asks the ledger about its blocks first, then
-        reads the status values (the ledger is not read when the store is opened).
-        Outputs and parameters are not masked: select them with ``status``.
-        """
-        import uuid
-
-        import dask.array as da
-        import xarray as xr
-
-        info = self.require_info()
-        _ledger_for(self.path, info)  # found once, before any chunk of status is read
-        try:
-            try:
-                ds = xr.open_zarr(str(self.path), consolidated=True)
-            except ValueError:  # a run is rewriting the root metadata now: read every array's own
-                with warnings.catch_warnings():
-                    # the listing meets .daskbatch/ (plain files), which is not Zarr, as intended
-                    warnings.filterwarnings("ignore", message=".*not recognized as a component")
-                    ds = xr.open_zarr(str(self.path), consolidated=False)
-        except Exception as e:
-            raise StoreError(
-                f"store {str(self.path)!r}: its metadata cannot be read ({type(e).__name__}: {e}); "
-                f"daskbatch status {str(self.path)!r} --verify names the damaged file, and "
-                f"daskbatch resume {str(self.path)!r} --verify repairs it"
-            ) from None
-        layout = info["layout"]
-        source = _CommittedStatus(
-            str(self.path), str(info.get("store_id", "")), layout["batch_shape"], layout["block_shape"]
-        )
-        status = da.from_array(
-            source,
-            chunks=ds["status"].data.chunks,
-            name=f"daskbatch-committed-status-{uuid.uuid4().hex}",
-            asarray=False,
-            fancy=False,
-            meta=np.empty((0,) * source.ndim, dtype=source.dtype),
-        )
-        ds["status"] = ds["status"].copy(data=status)
-        ds = decode_dataset(ds)  # text (stored as UTF-8 bytes) as strings
-        if info.get("reduce") is not None:  # run(..., reduce=...): merged from the committed blocks
-            from .reduced import reductions_dataset
-
-            try:
-                reduced = reductions_dataset(self, info)
-            except Exception as e:  # a user's Aggregation not importable here: the outputs still open
-                warnings.warn(
-                    f"store {str(self.path)!r}: its reductions cannot be read here ({e}); the "
-                    "Dataset holds the stored outputs without them",
-                    stacklevel=2,
-                )
-                return ds
-            ds = ds.assign({k: v for k, v in reduced.data_vars.items()})
-            ds = ds.assign_coords({k: v for k, v in reduced.coords.items() if k not in ds.coords})
-        return ds
 
 
 def _partial(layout: Layout, block: tuple[int, ...], outputs: Any, status: np.ndarray, region: Any) -> Any:

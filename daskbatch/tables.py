@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from .errors import SpaceError
-from .sources import STRING, MultiSource, Source, checkpoint_rows, opened, prefix_digests
+from .sources import MultiSource, opened
 from .spacebase import Param, Space
+from .tableread import STRING, Source, checkpoint_rows, prefix_digests
 
 __all__ = ["READS", "Table"]
 

@@ -141,15 +141,29 @@ def validate(
         Samples to recompute (chosen at random among the ok ones, with ``seed``).
     rtol, atol
         Relative and absolute tolerance.
+    seed
+        Seed of the random choice of the samples.
     raise_on_failure
         Raise :class:`ValidationError` (which holds the report) when a sample
         differs; otherwise return the report with ``ok == False``.
+
+    Returns
+    -------
+    ValidationReport
+        What was compared and found (``ok`` is False when a sample differs).
+
+    Raises
+    ------
+    ValidationError
+        With ``raise_on_failure``, when a sample differs (``.report`` holds the report).
+    DaskbatchError
+        A bad ``n``, ``rtol`` or ``atol``; a store that cannot be read or run again.
     """
     import zarr
 
     from .blocktask import kernel_inputs
     from .provenance import changed_parts, kernel_code
-    from .ragged import RaggedBlock, compare_sample, read_decoded
+    from .raggedstore import read_decoded
     from .store import Store
 
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
@@ -189,37 +203,58 @@ def validate(
             err = res.errors[0]["error"] if res.errors else "not ok"
             report.mismatches.append({"sample": label, "what": "status", "stored": "ok", "recomputed": err})
             continue
-        sample_bad = False
-        for name, arr in res.outputs.items():
-            if isinstance(arr, RaggedBlock):  # ragged or text: trimmed by the stored lengths
-                differ, new, old = compare_sample(kernel.outputs[name], arr, root, name, slices)
-                if differ is not None:
-                    sample_bad = True
-                    if len(report.mismatches) < 10:
-                        stored, recomputed = differ
-                        report.mismatches.append(
-                            {"sample": label, "what": name, "stored": stored, "recomputed": recomputed}
-                        )
-                    continue
-            else:
-                new = np.asarray(arr, dtype=np.float64).reshape(-1)
-                old = np.asarray(root[name][slices], dtype=np.float64).reshape(-1)
-            diff = np.abs(old - new)
-            both_nan = np.isnan(old) & np.isnan(new)
-            diff[both_nan] = 0.0
-            rel = np.divide(diff, np.abs(new), out=np.where(diff > 0, np.inf, 0.0), where=new != 0)
-            worst[name][0] = max(worst[name][0], float(np.nanmax(diff, initial=0.0)))
-            worst[name][1] = max(worst[name][1], float(np.nanmax(rel, initial=0.0)))
-            bad = ~(diff <= atol + rtol * np.abs(new))
-            if bad.any():
-                sample_bad = True
-                j = int(np.flatnonzero(bad)[0])
-                if len(report.mismatches) < 10:
-                    report.mismatches.append(
-                        {"sample": label, "what": name, "stored": float(old[j]), "recomputed": float(new[j])}
-                    )
-        report.n_mismatched += sample_bad
+        differ = _compare_outputs(kernel, res.outputs, root, slices, label, (rtol, atol), report, worst)
+        report.n_mismatched += differ
     report.outputs = {k: (v[0], v[1]) for k, v in worst.items()}
     if raise_on_failure and not report.ok:
         raise ValidationError(report)
     return report
+
+
+def _compare_outputs(
+    kernel: Any,
+    outputs: dict[str, Any],
+    root: Any,
+    slices: tuple[slice, ...],
+    label: str,
+    tolerance: tuple[float, float],
+    report: ValidationReport,
+    worst: dict[str, list[float]],
+) -> bool:
+    """Compare one recomputed sample's ``outputs`` with the values stored in ``root`` at
+    ``slices``, within ``tolerance`` (rtol, atol): the first mismatches go into ``report``,
+    the largest absolute and relative differences into ``worst``. Whether any output differs."""
+    from .ragged import RaggedBlock
+    from .raggedstore import compare_sample
+
+    rtol, atol = tolerance
+    sample_bad = False
+    for name, arr in outputs.items():
+        if isinstance(arr, RaggedBlock):  # ragged or text: trimmed by the stored lengths
+            differ, new, old = compare_sample(kernel.outputs[name], arr, root, name, slices)
+            if differ is not None:
+                sample_bad = True
+                if len(report.mismatches) < 10:
+                    stored, recomputed = differ
+                    report.mismatches.append(
+                        {"sample": label, "what": name, "stored": stored, "recomputed": recomputed}
+                    )
+                continue
+        else:
+            new = np.asarray(arr, dtype=np.float64).reshape(-1)
+            old = np.asarray(root[name][slices], dtype=np.float64).reshape(-1)
+        diff = np.abs(old - new)
+        both_nan = np.isnan(old) & np.isnan(new)
+        diff[both_nan] = 0.0
+        rel = np.divide(diff, np.abs(new), out=np.where(diff > 0, np.inf, 0.0), where=new != 0)
+        worst[name][0] = max(worst[name][0], float(np.nanmax(diff, initial=0.0)))
+        worst[name][1] = max(worst[name][1], float(np.nanmax(rel, initial=0.0)))
+        bad = ~(diff <= atol + rtol * np.abs(new))
+        if bad.any():
+            sample_bad = True
+            j = int(np.flatnonzero(bad)[0])
+            if len(report.mismatches) < 10:
+                report.mismatches.append(
+                    {"sample": label, "what": name, "stored": float(old[j]), "recomputed": float(new[j])}
+                )
+    return sample_bad

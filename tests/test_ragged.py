@@ -24,7 +24,8 @@ import zarr
 
 import daskbatch as db
 from daskbatch.errors import OutputSpecError, StoreError
-from daskbatch.ragged import RaggedBlock, chunk_width, decode_text, encode_text, grow_width
+from daskbatch.ragged import RaggedBlock, chunk_width, decode_text, encode_text
+from daskbatch.raggedstore import grow_width
 from daskbatch.repair import check
 from daskbatch.testing import assert_stores_identical, blocks_done, run_killed_and_resumed
 

@@ -1,0 +1,211 @@
+"""The ``daskbatch`` commands that run a kernel: ``run``, ``resume``, ``plan``,
+``validate``, ``demo`` and ``submit`` (their parsers are in :mod:`daskbatch.cliparser`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from .specfile import load_spec
+
+
+def _test_store(store: Path) -> Path:
+    name = store.name
+    stem = name[: -len(".zarr")] if name.endswith(".zarr") else name
+    return store.with_name(f"{stem}.test.zarr")
+
+
+def _spec_with_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec file's run arguments, with the command-line flags that override them."""
+    kwargs = load_spec(args.spec)
+    flags = {
+        "store": Path(args.store) if args.store else None,
+        "cluster": args.cluster,
+        "n_workers": args.workers,
+        "chunk_size": args.chunk_size,
+        "memory_limit": args.memory_limit,
+    }
+    kwargs.update({k: v for k, v in flags.items() if v})
+    return kwargs
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    specs = list(args.spec) if isinstance(args.spec, list) else [args.spec]
+    if len(specs) == 1:
+        args.spec = specs[0]
+        return _run_one(args)
+    from .errors import DaskbatchError
+
+    for flag in ("store", "test"):
+        if getattr(args, flag):
+            raise DaskbatchError(
+                f"--{flag} applies to one spec file; {len(specs)} were given (stages, run in order): "
+                "set store in each spec file instead"
+            )
+    for k, spec in enumerate(specs, 1):  # each read when its turn comes: it may read the one before
+        print(f"daskbatch: stage {k} of {len(specs)}: {spec}", flush=True)
+        args.spec = spec
+        _run_one(args)
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    kwargs = _spec_with_flags(args)
+    if args.no_progress:
+        kwargs["progress"] = False
+    if args.retries is not None:
+        kwargs["retries"] = args.retries
+    if args.timeout is not None:
+        kwargs["timeout"] = args.timeout
+    kwargs["verify"] = args.verify
+    kwargs["retry_failed"] = args.retry_failed
+    kwargs["kernel_changed"] = args.kernel_changed
+    if args.test:
+        kwargs["space"] = kwargs["space"].head(args.test)
+        kwargs["store"] = _test_store(Path(kwargs["store"]))
+        kwargs["overwrite"] = True
+        print(f"daskbatch: test run of the first {kwargs['space'].size:,} samples")
+    else:
+        kwargs["overwrite"] = args.overwrite
+    result = run(**kwargs)
+    print(result)
+    return 0
+
+
+def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
+    from .validation import load_run
+
+    return load_run(store)
+
+
+def _resume_cluster(options: dict[str, Any]) -> str:
+    """The cluster of the run that made the store; a Client cannot be had again: auto."""
+    cluster = options.get("cluster")
+    return cluster if isinstance(cluster, str) and cluster != "client" else "auto"
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    kernel, space, info = _kernel_and_space_from_store(args.store)
+    options = info.get("options") or {}
+    result = run(
+        kernel,
+        space,
+        args.store,
+        cluster=args.cluster or _resume_cluster(options),
+        n_workers=args.workers if args.workers is not None or args.cluster else options.get("workers"),
+        progress=not args.no_progress,
+        constants=info.get("constants") or None,
+        retries=args.retries if args.retries is not None else options.get("retries", 0),
+        timeout=args.timeout if args.timeout is not None else options.get("timeout"),
+        retry_failed=args.retry_failed,
+        verify=args.verify,
+        kernel_changed=args.kernel_changed,
+        spec_file=info.get("spec_file"),
+        overwrite=args.overwrite,
+        **_stored_reductions(info),
+    )
+    print(result)
+    return 0
+
+
+def _stored_reductions(info: dict[str, Any]) -> dict[str, Any]:
+    """What the store's run reduced and its stopping rule, as run()'s arguments."""
+    out: dict[str, Any] = {}
+    if info.get("reduce") is not None:
+        from .reduced import reductions_of
+
+        out["reduce"] = reductions_of(info)
+    until = info.get("until")
+    if isinstance(until, dict) and isinstance(until.get("rule"), dict):
+        from .reductions import Converged
+
+        out["until"] = Converged.from_spec(until["rule"])
+    return out
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .engine import plan
+
+    kwargs = _spec_with_flags(args)
+    for key in ("progress", "retries", "spec_file"):  # not planning matters
+        kwargs.pop(key, None)
+    print(plan(**kwargs))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validation import validate
+
+    report = validate(
+        args.store, args.n, rtol=args.rtol, atol=args.atol, seed=args.seed, raise_on_failure=False
+    )
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import LogNormal, MonteCarlo, Normal, run
+    from .models.dcsounding import schlumberger
+
+    space = MonteCarlo(
+        {
+            "resistivity": LogNormal(2.0, 0.5, base=10, size=3, dim="layer"),
+            "thickness": Normal([10.0, 30.0], [3.0, 8.0], dim="interface"),
+        },
+        n=args.n,
+        seed=42,
+    )
+    print(
+        f"daskbatch demo: Schlumberger DC soundings of {args.n:,} random three-layer earths\n"
+        f"  kernel: daskbatch.models.dcsounding:schlumberger (numpy, per sample)\n"
+        f"  space:  {space}\n"
+        f"  store:  {Path(args.store).absolute()}"
+    )
+    result = run(
+        schlumberger,
+        space,
+        args.store,
+        cluster=args.cluster,
+        n_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(result)
+    from .engine import open as open_store
+
+    ds = open_store(args.store)
+    ok = ds.rhoa.where(ds.status == 1)
+    q = ok.quantile([0.1, 0.5, 0.9], dim="sample", skipna=True).compute()
+    picks = [0, 10, 20, 30]
+    print("\napparent resistivity (ohm m), p10 / median / p90 over the ok samples:")
+    for i in picks:
+        vals = q.isel(ab2=i).values
+        print(f"  AB/2 = {float(ds.ab2[i]):7.1f} m: {vals[0]:8.1f} / {vals[1]:8.1f} / {vals[2]:8.1f}")
+    print(
+        "\nopen the results with:\n"
+        f"  import daskbatch; ds = daskbatch.open({str(args.store)!r})\n"
+        f"status from another shell: daskbatch status {shlex.quote(str(args.store))}"
+    )
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .errors import ClusterError
+    from .submit import prepare, report, submit
+
+    if args.slurm and args.pbs:
+        raise ClusterError("--slurm and --pbs both given; the driver job goes to one of them")
+    sub = prepare(
+        args.spec,
+        scheduler="slurm" if args.slurm else "pbs" if args.pbs else None,
+        walltime=args.walltime,
+        chain=args.chain,
+        allow_local_store=args.allow_local_store,
+    )
+    print(sub.dry_run() if args.dry_run else report(sub, submit(sub)))
+    return 0
