@@ -61,6 +61,7 @@ from .executors import (
     parse_cluster,
     register_executor,
 )
+from .forkpool import start_fork
 from .hygiene import limit_malloc_arenas, release_freed_memory
 
 __all__ = [
@@ -221,6 +222,15 @@ register_executor(
     ),
 )
 register_executor(
+    "fork",
+    start_fork,
+    workers_known_before_start=True,
+    imports_like_driver=True,
+    forks_driver=True,
+    dask_scheduler="processes",
+    describe=lambda spec: f"fork ({spec.workers_before_start} processes forked from this one)",
+)
+register_executor(
     "address",
     _start_with_address,
     match=_match_address,
@@ -256,7 +266,7 @@ def prestart(spec: ClusterSpec, modules: Sequence[str] = ()) -> None:
     scheduler's dashboard is imported meanwhile in a thread. The server lives as long
     as this process, like the one distributed itself starts for its test suite.
     """
-    if spec.in_driver or spec.probe_on_worker or sys.platform == "win32":
+    if spec.in_driver or spec.probe_on_worker or spec.forks_driver or sys.platform == "win32":
         return
     hygiene.start_forkserver(modules)
     if spec.starts_cluster:
@@ -292,6 +302,9 @@ def signals_stop(*signums: int, only_default: bool = False, keep: bool = False) 
     def handler(signum: int, frame: Any) -> None:
         if received:
             return
+        if _swallowed_at(frame):  # Python would drop the exception: the signal comes again
+            threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
+            return
         received.append(signum)
         raise Stopped(signum)
 
@@ -314,6 +327,19 @@ def signals_stop(*signums: int, only_default: bool = False, keep: bool = False) 
             restore()
         finally:  # again, if the first signal came just as the block ended
             restore()
+
+
+def _swallowed_at(frame: Any) -> bool:
+    """Whether an exception raised at ``frame`` would be printed and dropped: in a
+    garbage collector's callback (distributed's GC diagnosis has one) or a ``__del__``."""
+    import gc
+
+    callbacks = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 # --------------------------------------------------------------------------- starting any executor type

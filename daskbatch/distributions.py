@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from .errors import SpaceError
 from .parametric import (
@@ -32,6 +31,7 @@ from .parametric import (
     _as_param,
     _check_size_dim,
     _positive,
+    _special,
 )
 
 __all__ = [
@@ -313,7 +313,7 @@ class MultivariateNormal(Distribution):
         self.dtype = np.dtype("float64")
 
     def ppf(self, u: np.ndarray) -> np.ndarray:
-        z = special.ndtri(u.reshape(-1, self.shape[0]))
+        z = _special().ndtri(u.reshape(-1, self.shape[0]))
         # mean + z L^T, summed in a fixed order per value: a matrix product (BLAS) sums
         # in an order that depends on the number of rows, so a value's last bits would
         # depend on the block it is drawn in

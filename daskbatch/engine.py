@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .autocluster import auto_probe, choose_cluster
 from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
 from .grow import added_rows, grow, short_blocks
@@ -33,7 +34,7 @@ from .provenance import check_store, run_provenance
 from .reduced import check_round_space
 from .repair import damage_hint, repair
 from .results import RunResult, StoreStatus, store_status
-from .runloop import Runner, auto_probe, blocks_to_retry, choose_cluster, make_run_plan, workers_before_start
+from .runloop import Runner, blocks_to_retry, make_run_plan, workers_before_start
 from .space import Space
 from .store import Store
 
@@ -224,10 +225,11 @@ _RUN_PARAMETERS = """\
     store
         Directory of the Zarr store (created if missing).
     cluster
-        ``"auto"`` (default: ``"local"``, or this process when the probe predicts less
-        work than starting a cluster costs; it says so), ``"local"`` (a LocalCluster,
-        one single-threaded process per core), ``"processes"``, ``"threads"``,
-        ``"serial"``; ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"`` or a
+        ``"auto"`` (default: ``"local"``; this process when the probe predicts less
+        work than starting worker processes costs; ``"fork"`` for a short run; it says
+        which), ``"local"`` (a LocalCluster, one single-threaded process per core),
+        ``"fork"`` (processes forked from this one, Linux), ``"processes"``,
+        ``"threads"``, ``"serial"``; ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"`` or a
         :class:`~daskbatch.JobQueue` (workers as batch jobs through dask-jobqueue, from
         a login node; see the clusters page); a scheduler address, a running
         ``distributed`` deploy ``Cluster``, or a :class:`distributed.Client`.

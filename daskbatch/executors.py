@@ -107,6 +107,9 @@ class ExecutorType:
         Its processes import modules from where the driver does (they run in it or
         fork from daskbatch's forkserver), so a kernel needs no check that a
         cluster's processes can load it and is never sent by value.
+    ``forks_driver``
+        Its processes are forks of the driver (nothing to import, no forkserver);
+        the probe runs in a fork of the driver too.
 
     How it works: ``start`` (see :data:`StartFunction`); ``dask_scheduler``, for a
     dask local scheduler, the name ``dask.compute`` takes (``"sync"``, ``"threads"``,
@@ -127,6 +130,7 @@ class ExecutorType:
     needs_main_guard: bool = False
     starts_cluster: bool = False
     imports_like_driver: bool = False
+    forks_driver: bool = False
     dask_scheduler: str | None = None
     describe: Callable[[ClusterSpec], str] | None = None
     count_workers: Callable[[ClusterSpec], int] | None = None
@@ -155,6 +159,7 @@ def register_executor(
     needs_main_guard: bool = False,
     starts_cluster: bool = False,
     imports_like_driver: bool = False,
+    forks_driver: bool = False,
     dask_scheduler: str | None = None,
     describe: Callable[[ClusterSpec], str] | None = None,
     count_workers: Callable[[ClusterSpec], int] | None = None,
@@ -205,6 +210,7 @@ def register_executor(
         needs_main_guard=needs_main_guard,
         starts_cluster=starts_cluster,
         imports_like_driver=imports_like_driver,
+        forks_driver=forks_driver,
         dask_scheduler=dask_scheduler,
         describe=describe,
         count_workers=count_workers,
@@ -299,6 +305,10 @@ class ClusterSpec:
     @property
     def imports_like_driver(self) -> bool:
         return self.executor.imports_like_driver
+
+    @property
+    def forks_driver(self) -> bool:
+        return self.executor.forks_driver
 
     @property
     def workers_before_start(self) -> int | None:
@@ -439,6 +449,12 @@ class Executor:
             return self._compute_distributed(tasks, on_done)
         self._compute_local(tasks, on_done)
         return []
+
+    def fall_back(self) -> bool:
+        """After a worker died (:class:`WorkerDiedError`): go on computing somewhere that
+        isolates a sample that kills its worker. False: this executor cannot (the run
+        stops with the error)."""
+        return False
 
     def _compute_distributed(self, tasks, on_done) -> list[int]:
         from distributed import as_completed

@@ -14,10 +14,18 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import special
 
 from .errors import SpaceError
 from .outputs import RESERVED_TEXT, name_problem
+
+
+def _special() -> Any:
+    """:mod:`scipy.special`, imported when a distribution first transforms values: a run
+    over a table or files (and the command line) never pays for importing it."""
+    from scipy import special
+
+    return special
+
 
 __all__ = [
     "Beta",
@@ -212,7 +220,7 @@ class Normal(Distribution):
         _positive("Normal", "sd", sd)
 
     def _ppf(self, u, mean, sd):
-        return mean + sd * special.ndtri(u)
+        return mean + sd * _special().ndtri(u)
 
 
 class LogNormal(Distribution):
@@ -248,7 +256,7 @@ class LogNormal(Distribution):
         _positive("LogNormal", "sigma", sigma)
 
     def _ppf(self, u, mu, sigma):
-        return np.exp(np.log(self.base) * (mu + sigma * special.ndtri(u)))
+        return np.exp(np.log(self.base) * (mu + sigma * _special().ndtri(u)))
 
     def spec(self) -> dict[str, Any]:
         out = super().spec()
@@ -352,4 +360,4 @@ class Beta(Distribution):
             raise SpaceError(f"Beta: low={low.tolist()!r} must be below high={high.tolist()!r}")
 
     def _ppf(self, u, a, b, low, high):
-        return low + (high - low) * special.betaincinv(a, b, u)
+        return low + (high - low) * _special().betaincinv(a, b, u)

@@ -156,7 +156,7 @@ def probe(
         # a driver with other threads (a notebook) that has no forkserver yet: starting
         # one would cost about a second per run; the run computes in this process anyway
         return kernel.probe(params, shape, constants, timeout=timeout)
-    if in_driver and sys.platform.startswith("linux") and alone:
+    if (in_driver or spec.forks_driver) and sys.platform.startswith("linux") and alone:
         # a fork of this process: quick, and the kernel need not be picklable. Only
         # with no other thread running, which a fork could catch holding a lock.
         ctx = multiprocessing.get_context("fork")
@@ -172,7 +172,7 @@ def probe(
                 return kernel.probe(params, shape, constants, timeout=timeout)
             raise
         modules = [kernel.module, *modules_used(kernel)]
-        prestart(spec if not in_driver else ClusterSpec("processes", None), modules)
+        prestart(ClusterSpec("processes", None) if in_driver or spec.forks_driver else spec, modules)
         ctx = multiprocessing.get_context("forkserver")
     got = _run_child(ctx, payload, shape, timeout, spec, in_driver, space)
     if got is None:

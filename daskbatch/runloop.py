@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import config
+from .autocluster import auto_probe, bytes_per_sample, choose_cluster
 from .blocktask import BlockContext, build_tasks, run_params
 from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
 from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
@@ -454,26 +455,6 @@ def say_interrupted(st: Store, exc: KeyboardInterrupt) -> None:
 
 # --------------------------------------------------------------------------- planning
 
-#: what writing a byte of a block costs (encoding and compressing it, the file
-#: system): about 3 ns here, measured with a cheap kernel whose time goes to Zarr
-WRITE_SECONDS_PER_BYTE = 3e-9
-
-
-def auto_probe(
-    kernel: Kernel, space: Space, options: RunOptions, keep: list[Any] | None = None
-) -> float | None:
-    """``cluster="auto"``'s probe: in a fork of this process (quick, no cluster), with
-    the cost per sample of a vectorised kernel. None when it could not finish, or
-    when a sample ended the process that ran it (a cluster isolates such samples)."""
-    from .errors import KernelCrashError
-
-    in_process = ClusterSpec("serial", 1)
-    try:
-        return measure(in_process, kernel, space, options.constants, options.timeout, cost=True, keep=keep)
-    except KernelCrashError as e:
-        logger.warning(f"{e}; cluster='auto' runs it on a local cluster, which isolates such samples")
-        return None
-
 
 def seconds_per_sample(st: Store) -> float | None:
     """The kernel seconds per sample of a store's committed blocks (None: none yet)."""
@@ -501,73 +482,6 @@ def expected_block_seconds(
     if seconds_per_sample is None:
         return None
     return seconds_per_sample * math.prod(layout.block_shape)
-
-
-#: ``cluster="auto"``: a vectorised thread-safe kernel runs on this process's threads
-#: (in parallel: numpy releases the GIL) when its work takes up to this long on them
-THREADS_UP_TO_SECONDS = 10.0
-
-
-def choose_cluster(
-    kernel: Kernel, space: Space, options: RunOptions, seconds: float | None, n_samples: int
-) -> RunOptions:
-    """Resolve ``cluster="auto"``: this process when the predicted work is less than
-    starting a cluster would cost, else the local cluster.
-
-    The work is the kernel's ``seconds`` per sample, plus writing each sample's
-    parameters and outputs (reckoned at :data:`WRITE_SECONDS_PER_BYTE`), times
-    ``n_samples``. In this process, the run takes about that (on threads when
-    the kernel is declared thread-safe, reckoned as one: the GIL may serialise them);
-    on a local cluster of ``n`` workers, ``daskbatch.auto.start-seconds`` plus that
-    divided by ``n`` (a vectorised thread-safe kernel's threads are reckoned as ``n``
-    too, for runs of up to :data:`THREADS_UP_TO_SECONDS` on them: its numpy calls on
-    whole blocks run at once). The quicker one wins. An unknown cost (no probe), or a script that cannot
-    start worker processes, decides too.
-    """
-    from .cluster import check_can_spawn, parse_cluster
-    from .errors import ClusterError
-
-    local = options.cluster
-    n = local.workers_before_start or 1
-    threads = kernel.threadsafe and n > 1
-    here = parse_cluster("threads" if threads else "serial", n if threads else None)
-    try:
-        check_can_spawn(local)
-    except ClusterError:
-        logger.info(
-            "cluster='auto': this script cannot start worker processes (no main guard); "
-            f"running in this process ({here.description})"
-        )
-        return dataclasses.replace(options, cluster=here)
-    if seconds is None:
-        return options
-    b_in, b_out = bytes_per_sample(kernel, space)
-    work = (seconds + (b_in + b_out) * WRITE_SECONDS_PER_BYTE) * n_samples
-    start = float(config.get("auto.start-seconds"))
-    # threads (a thread-safe kernel) may not run at once (the GIL): reckoned as one,
-    # unless the kernel is vectorised (a numpy core on a whole block releases the GIL) and
-    # the run short (a long one gets the cluster: its dashboard, its process isolation)
-    parallel = threads and not kernel.per_sample and work / n <= THREADS_UP_TO_SECONDS
-    here_work = work / n if parallel else work
-    if here_work <= start + work / n:
-        logger.info(
-            f"cluster='auto': about {_duration(work)} of work, less than starting a cluster "
-            f"(~{start:g} s) would save; running in this process ({here.description}). "
-            "cluster='local' forces a cluster"
-        )
-        return dataclasses.replace(options, cluster=here)
-    return options
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
-
-
-def bytes_per_sample(kernel: Kernel, space: Space) -> tuple[int, int]:
-    """Bytes of parameters and of outputs per sample, as the store keeps them."""
-    b_in = sum(math.prod(p.core_shape) * p.dtype.itemsize for p in space.params.values())
-    b_out = sum(o.size * o.dtype.itemsize for o in kernel.outputs.values())
-    return b_in, b_out
 
 
 def workers_before_start(spec: ClusterSpec) -> int | None:
@@ -631,7 +545,8 @@ def compute_all(
     With dask's processes scheduler a dead worker breaks the whole pool: if it was
     ended by a timeout (recorded in the store), the remaining blocks are computed
     again with a fresh pool, which skips the samples that timed out; any other death
-    stops the run with an error, and the store stays resumable.
+    moves the rest to a local cluster (``"fork"``, see :mod:`daskbatch.forkpool`) or
+    stops the run with an error (``"processes"``), and the store stays resumable.
 
     On a cluster daskbatch did not start (an address or a ``Client``), the kernel
     travels by value when the workers cannot import its module (see
@@ -673,8 +588,8 @@ def _compute_all_here(
         round_start = time.time() - 1.0  # filesystem time stamps may be coarse
         try:
             lost = executor.compute([tasks[b] for b in pending], on_done)
-        except WorkerDiedError:
-            if not st.timeouts_recorded_since(round_start):
+        except WorkerDiedError:  # a timeout recorded: a fresh pool; else somewhere that isolates
+            if not st.timeouts_recorded_since(round_start) and not executor.fall_back():
                 raise
             done = st.ledger.committed()
             pending = [b for b in pending if not done[b]]
