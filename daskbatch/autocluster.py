@@ -76,6 +76,7 @@ def choose_cluster(
     """
     from .cluster import check_can_spawn, parse_cluster
     from .errors import ClusterError
+    from .executors import main_is_guarded
     from .forkpool import can_fork
     from .lock import threads_besides_heartbeats
 
@@ -87,9 +88,10 @@ def choose_cluster(
     forkable = n > 1 and can_fork() and options.memory_limit is None and threads_besides_heartbeats() == 1
     try:
         check_can_spawn(local)
-        guarded = True
+        guarded = main_is_guarded()
     except ClusterError:
         guarded = False
+    if not guarded:
         logger.info(
             "cluster='auto': this script cannot start worker processes that import it (no main guard)"
         )

@@ -58,6 +58,7 @@ from .executors import (
     default_workers,
     executor_names,
     get_executor,
+    main_is_guarded,
     parse_cluster,
     register_executor,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "kernel_shipped",
     "limit_malloc_arenas",
     "local_security",
+    "main_is_guarded",
     "module_origins",
     "parse_cluster",
     "prestart",

@@ -51,6 +51,7 @@ __all__ = [
     "default_workers",
     "executor_names",
     "get_executor",
+    "main_is_guarded",
     "parse_cluster",
     "register_executor",
 ]
@@ -386,6 +387,42 @@ def check_can_spawn(spec: ClusterSpec) -> None:
             f"this program's main script {path!r} is not a file (code fed on standard input?). "
             "Save the code to a file and run that, or use cluster='threads' or cluster='serial'"
         )
+
+
+def main_is_guarded() -> bool:
+    """Whether worker processes that re-run the driver's main script would run none of
+    its work: its calls into daskbatch come from under ``if __name__ == "__main__":``
+    (or there is no script: a notebook, an interactive session, a command whose main
+    module calls daskbatch from a function under such a test). False for code fed on
+    standard input and for a script that calls daskbatch from its top level."""
+    import ast
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    if not os.path.isfile(path):
+        return False
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__"
+    ):
+        frame = frame.f_back
+    if frame is None:  # not called from the main script's top level
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    line = frame.f_lineno
+    return any(
+        isinstance(node, ast.If)
+        and "__name__" in ast.unparse(node.test)
+        and "__main__" in ast.unparse(node.test)
+        and node.lineno <= line <= (node.end_lineno or node.lineno)
+        for node in ast.walk(tree)
+    )
 
 
 # --------------------------------------------------------------------------- what a start yields

@@ -12,13 +12,16 @@ ones. Linux only: elsewhere a fork of a process with threads is not safe.
 The processes are forked once, when the first blocks are handed out, while the
 driver does nothing else: its only other threads then are Zarr's I/O loop (which
 Zarr resets in a forked child) and the store lock's heartbeat (which a fork waits
-for). They ignore SIGINT and SIGTERM, which the driver handles (an orderly stop),
-and end with the driver, even a killed one.
+for). They ignore SIGINT and SIGTERM, which the driver handles (an orderly stop that
+kills them: a block in flight is never half committed), and end with the driver, even
+a killed one.
 
 **A sample that crashes its worker** (a segfault in the core, an abort, a kill)
 breaks the whole pool. The blocks committed so far stay committed; the rest are
 computed on a local cluster started then, which isolates the sample that crashed,
 marks it ``crashed`` and goes on: the run ends as it would have on the local cluster.
+A script without a main guard cannot start one (its workers would run the script's
+top level again): there the run stops with :class:`~daskbatch.errors.WorkerDiedError`.
 A sample past its ``timeout`` ends its worker too; it is recorded, and the rest go on
 on a fresh fork.
 """
@@ -33,7 +36,7 @@ from typing import Any
 
 from . import hygiene
 from .errors import ClusterError, WorkerDiedError
-from .executors import ClusterSpec, Executor, get_executor
+from .executors import GUARD_HINT, ClusterSpec, Executor, get_executor, main_is_guarded
 from .log import logger
 
 __all__ = ["ForkExecutor", "can_fork", "start_fork"]
@@ -82,7 +85,15 @@ class ForkExecutor(Executor):
         return []
 
     def fall_back(self) -> bool:
-        """Start the local cluster that computes the blocks from now on."""
+        """Start the local cluster that computes the blocks from now on; False when this
+        script cannot start one (its top level is not under a main guard)."""
+        if self._local is None and not main_is_guarded():
+            logger.warning(
+                "a forked worker process died (a sample may have crashed it); a local cluster "
+                "would isolate that sample, but its worker processes would run this script's "
+                'top level again (no `if __name__ == "__main__":` guard): the run stops here'
+            )
+            return False
         if self._local is None:
             logger.warning(
                 "a forked worker process died (a sample may have crashed it, or passed its "
@@ -94,6 +105,8 @@ class ForkExecutor(Executor):
         return True
 
     def _compute_forked(self, tasks: Sequence[Any], on_done: Callable[[Any], None]) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
         import dask
@@ -106,19 +119,37 @@ class ForkExecutor(Executor):
             if key in keys:
                 on_done(result)
 
+        pool = ProcessPoolExecutor(
+            self.n_workers, mp_context=multiprocessing.get_context("fork"), initializer=forked_worker
+        )
+        finished = False
         try:
-            with Callback(posttask=posttask), dask.config.set({"multiprocessing.context": "fork"}):
+            with Callback(posttask=posttask):
                 # one block per hand-out (dask's default of 6 leaves a worker idle at the end)
-                dask.compute(
-                    *tasks,
-                    optimize_graph=False,
-                    scheduler=get,
-                    num_workers=self.n_workers,
-                    initializer=forked_worker,
-                    chunksize=1,
-                )
+                dask.compute(*tasks, optimize_graph=False, scheduler=get, pool=pool, chunksize=1)
+            finished = True
         except BrokenProcessPool as e:
-            raise WorkerDiedError(f"a forked worker process died ({e})") from e
+            raise WorkerDiedError(
+                f"a forked worker process died ({e}): a sample may have crashed it (a segfault or "
+                "abort in the core), or it was killed. Finished blocks are kept: run the same "
+                "command again to continue; cluster='local' isolates samples that crash their "
+                f"worker and marks them crashed. {'' if main_is_guarded() else GUARD_HINT}".strip()
+            ) from e
+        finally:
+            if not finished:  # a stop, an error: end the blocks in flight (none is committed half)
+                _kill_workers(pool)
+            pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _kill_workers(pool: Any) -> None:
+    """SIGKILL a process pool's workers: they ignore SIGINT and SIGTERM, and a sample
+    running native code would keep its worker (and the driver waiting on it) going."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.join(5)
 
 
 @contextlib.contextmanager

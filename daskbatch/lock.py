@@ -349,12 +349,31 @@ if hasattr(os, "register_at_fork"):
 
 
 def threads_besides_heartbeats() -> int:
-    """:func:`threading.active_count` without the heartbeat threads of held store locks.
-
-    They hold nothing a ``fork`` could catch (a fork waits for a heartbeat being
-    written), so a process whose only other threads they are may fork safely.
+    """:func:`threading.active_count` without the threads a ``fork`` cannot catch
+    holding a lock, so a process whose only other threads they are may fork safely:
+    the heartbeat threads of held store locks (a fork waits for a heartbeat being
+    written) and Zarr's I/O loop and its executor's threads (idle between the calls of
+    the thread that forks, and reset by Zarr in a forked child).
     """
-    return sum(1 for t in threading.enumerate() if not isinstance(t, _Heartbeat))
+    zarr_threads = _zarr_threads()
+    return sum(1 for t in threading.enumerate() if not isinstance(t, _Heartbeat) and t not in zarr_threads)
+
+
+def _zarr_threads() -> set[threading.Thread]:
+    """The threads Zarr runs in this process (its I/O loop, the loop's executor)."""
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    if sync is None:
+        return set()
+    found: set[threading.Thread] = set()
+    io = (getattr(sync, "iothread", None) or [None])[0]
+    if isinstance(io, threading.Thread):
+        found.add(io)
+    loop = (getattr(sync, "loop", None) or [None])[0]
+    for executor in (getattr(sync, "_executor", None), getattr(loop, "_default_executor", None)):
+        found.update(getattr(executor, "_threads", ()))
+    return found
 
 
 def hostname() -> str:

@@ -218,3 +218,90 @@ def test_auto_does_not_fork_in_a_process_with_threads_of_its_own(tmp_path):
     finally:
         stop.set()
     assert not res.cluster.startswith("fork")
+
+
+def test_two_runs_in_one_script_both_fork(tmp_path):
+    """Zarr's threads, left by the first run, hold nothing a fork could catch."""
+    r = _script(
+        tmp_path,
+        """
+        for name in ("a.zarr", "b.zarr"):
+            res = db.run(slow_square, db.Grid(x=np.arange(400.0)), name, constants={"delay": 0.004},
+                         n_workers=2, progress=False)
+            print(res.cluster)
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == ["fork (2 processes forked from this one)"] * 2
+
+
+def test_a_crash_in_a_script_without_a_main_guard_stops_the_run_without_running_it_again(tmp_path):
+    """A local cluster's workers would re-run the script's top level (here: deleting the
+    store): the run stops instead, keeps its blocks, and says how to go on."""
+    path = tmp_path / "noguard.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import ctypes, shutil, time, numpy as np, daskbatch as db
+            print("TOP LEVEL", flush=True)
+
+            @db.kernel(outputs={"y": db.Output()})
+            def k(i):
+                time.sleep(0.003)  # 1.2 s of work: worth forking
+                if int(i) == 333:
+                    ctypes.string_at(0)  # a segfault
+                return 2.0 * i
+
+            shutil.rmtree("c.zarr", ignore_errors=True)
+            try:
+                db.run(k, db.Grid(i=np.arange(400)), "c.zarr", n_workers=2, chunk_size=20, progress=False)
+            except db.errors.WorkerDiedError as e:
+                print("STOPPED", e)
+            """
+        )
+    )
+    r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("TOP LEVEL") == 1, r.stdout
+    assert "STOPPED a forked worker process died" in r.stdout and '__name__ == "__main__"' in r.stdout
+    assert "no main guard" in r.stderr and "the run stops here" in r.stderr
+    st = db.status(tmp_path / "c.zarr")
+    assert st.samples["ok"] > 0 and st.samples["pending"] > 0 and st.samples["crashed"] == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_ends_forked_workers_stuck_in_native_code(tmp_path, signum):
+    """The workers ignore SIGINT and SIGTERM; the driver's orderly stop kills them, so a
+    sample stuck in native code does not keep the run (or the driver) alive."""
+    (tmp_path / "hang.toml").write_text(
+        textwrap.dedent(
+            """
+            kernel = "daskbatch.testing:hang_on"
+            store = "h.zarr"
+            cluster = "fork"
+            workers = 2
+            chunk_size = 4
+
+            [constants]
+            bad = [30, 34]
+            delay = 0.01
+
+            [space]
+            type = "grid"
+            axes = {i = {arange = [0, 60]}}
+            """
+        )
+    )
+    exe = [sys.executable, "-m", "daskbatch.cli", "run", "hang.toml", "--no-progress"]
+    proc = subprocess.Popen(exe, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and blocks_done(tmp_path / "h.zarr") < 1:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the hanging samples have started
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signum)  # to the driver only, as a batch system's first warning
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err
+    assert "Traceback" not in err and "interrupted" in err.splitlines()[-1]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
