@@ -301,14 +301,27 @@ def signals_stop(*signums: int, only_default: bool = False, keep: bool = False) 
         yield received
         return
 
+    raised: list[Stopped] = []
+
     def handler(signum: int, frame: Any) -> None:
         if received:
             return
-        if _swallowed_at(frame):  # Python would drop the exception: the signal comes again
-            threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
-            return
         received.append(signum)
-        raise Stopped(signum)
+        raised.append(Stopped(signum))
+        raise raised[-1]
+
+    def unraisable(event: Any) -> None:
+        # Python drops an exception raised in code the garbage collector runs (a gc
+        # callback, a weakref callback, a __del__): the signal did not stop anything,
+        # so it comes again
+        if raised and event.exc_value is raised[-1]:
+            received.clear()
+            threading.Timer(0.02, os.kill, (os.getpid(), raised[-1].signum)).start()
+            return
+        chained(event)
+
+    chained = sys.unraisablehook
+    sys.unraisablehook = unraisable
 
     previous = {}
     for signum in signums:
@@ -329,19 +342,8 @@ def signals_stop(*signums: int, only_default: bool = False, keep: bool = False) 
             restore()
         finally:  # again, if the first signal came just as the block ended
             restore()
-
-
-def _swallowed_at(frame: Any) -> bool:
-    """Whether an exception raised at ``frame`` would be printed and dropped: in a
-    garbage collector's callback (distributed's GC diagnosis has one) or a ``__del__``."""
-    import gc
-
-    callbacks = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+            if sys.unraisablehook is unraisable:
+                sys.unraisablehook = chained
 
 
 # --------------------------------------------------------------------------- starting any executor type

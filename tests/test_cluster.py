@@ -98,29 +98,48 @@ def test_the_flags_of_each_executor_type(name):
     assert tuple(getattr(spec, f) for f in FLAGS) == EXPECTED[name]
 
 
-def test_a_signal_that_lands_in_a_gc_callback_still_stops():
-    """Python drops an exception raised in a garbage collector's callback (distributed
-    registers one); a signal handled there comes again, and stops the run after it."""
+@pytest.mark.parametrize("where", ["gc callback", "weakref callback", "__del__"])
+def test_a_signal_that_lands_where_python_drops_exceptions_still_stops(where):
+    """Python drops an exception raised in code the garbage collector runs (distributed
+    registers a gc callback; any library may have weakref callbacks or ``__del__``):
+    a signal handled there comes again, and stops the run after it."""
     import gc
+    import weakref
 
     from daskbatch.errors import Stopped
 
-    def callback(phase, info):
-        if phase == "start" and not sent:
+    sent: list[bool] = []
+
+    def interrupt(*_):
+        if not sent:
             sent.append(True)
             os.kill(os.getpid(), signal.SIGUSR1)  # handled at the next instruction: in here
             time.sleep(0.01)
 
-    sent: list[bool] = []
+    class Cycle:
+        def __del__(self):
+            if where == "__del__":
+                interrupt()
+
+    def gc_callback(phase, info):
+        if phase == "start":
+            interrupt()
+
+    garbage = Cycle()
+    garbage.me = garbage  # freed by the collector only
+    keep = weakref.ref(garbage, interrupt if where == "weakref callback" else None)
+    del garbage
     with pytest.raises(Stopped), cluster.signals_stop(signal.SIGUSR1) as received:
-        gc.callbacks.append(callback)
+        if where == "gc callback":
+            gc.callbacks.append(gc_callback)
         try:
             gc.collect()
-            assert sent and not received  # not yet: raised in here, it would be lost
+            assert sent and not received  # not yet: raised in there, it was lost
             time.sleep(2)  # the signal again
         finally:
-            gc.callbacks.remove(callback)
-    assert received == [signal.SIGUSR1]
+            if where == "gc callback":
+                gc.callbacks.remove(gc_callback)
+    assert received == [signal.SIGUSR1] and keep() is None
 
 
 def test_a_timeout_never_ends_the_driver():
