@@ -516,16 +516,6 @@ class Executor:
         return sorted(lost)
 
     def _compute_local(self, tasks, on_done):
-        from concurrent.futures.process import BrokenProcessPool
-
-        from dask.callbacks import Callback
-
-        keys = {t.key for t in tasks}
-
-        def posttask(key, result, dsk, state, worker_id):
-            if key in keys:
-                on_done(result)
-
         scheduler = self.spec.executor.dask_scheduler
         if scheduler is None:
             raise ClusterError(f"executor type {self.spec.name!r} gave neither a client nor a dask scheduler")
@@ -536,22 +526,42 @@ class Executor:
             kwargs["num_workers"] = self.n_workers
         if scheduler == "processes":
             kwargs["initializer"] = hygiene.die_with_parent
-        try:
-            with Callback(posttask=posttask):
-                dask.compute(*tasks, optimize_graph=False, **kwargs)
-        except BrokenProcessPool as e:
-            raise WorkerDiedError(
-                f"a worker process of the processes scheduler died ({e}): a sample may have "
-                "crashed it (a segfault or abort in the core), or it was killed. Finished blocks "
-                "are kept: run the same command again to continue; cluster='local' isolates "
-                "samples that crash their worker and marks them crashed. "
-                f"{GUARD_HINT if _unguarded_main() else ''}".strip()
-            ) from e
+        compute_local(
+            tasks, on_done, "a worker process of the processes scheduler", _unguarded_main(), **kwargs
+        )
 
     def close(self) -> None:
         if self._cluster is not None:
             self.client.close()
             self._cluster.close()
+
+
+def compute_local(
+    tasks: Sequence[Any], on_done: Callable[[Any], None], who: str, hint: bool, **kwargs: Any
+) -> None:
+    """``dask.compute(*tasks, **kwargs)`` on a dask local scheduler, calling ``on_done``
+    with each task's result as it finishes; a broken process pool (``who`` died) is a
+    :class:`WorkerDiedError` saying how to go on (with :data:`GUARD_HINT` if ``hint``)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dask.callbacks import Callback
+
+    keys = {t.key for t in tasks}
+
+    def posttask(key, result, dsk, state, worker_id):
+        if key in keys:
+            on_done(result)
+
+    try:
+        with Callback(posttask=posttask):
+            dask.compute(*tasks, optimize_graph=False, **kwargs)
+    except BrokenProcessPool as e:
+        raise WorkerDiedError(
+            f"{who} died ({e}): a sample may have crashed it (a segfault or abort in the core), "
+            "or it was killed. Finished blocks are kept: run the same command again to continue; "
+            "cluster='local' isolates samples that crash their worker and marks them crashed. "
+            f"{GUARD_HINT if hint else ''}".strip()
+        ) from e
 
 
 def _unguarded_main() -> bool:

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import hygiene
-from .errors import ClusterError, WorkerDiedError
-from .executors import GUARD_HINT, ClusterSpec, Executor, get_executor, main_is_guarded
+from .errors import ClusterError
+from .executors import ClusterSpec, Executor, compute_local, get_executor, main_is_guarded
 from .log import logger
 
 __all__ = ["ForkExecutor", "can_fork", "start_fork"]
@@ -107,34 +107,25 @@ class ForkExecutor(Executor):
     def _compute_forked(self, tasks: Sequence[Any], on_done: Callable[[Any], None]) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
 
-        import dask
-        from dask.callbacks import Callback
         from dask.multiprocessing import get
-
-        keys = {t.key for t in tasks}
-
-        def posttask(key, result, dsk, state, worker_id):
-            if key in keys:
-                on_done(result)
 
         pool = ProcessPoolExecutor(
             self.n_workers, mp_context=multiprocessing.get_context("fork"), initializer=forked_worker
         )
         finished = False
         try:
-            with Callback(posttask=posttask):
-                # one block per hand-out (dask's default of 6 leaves a worker idle at the end)
-                dask.compute(*tasks, optimize_graph=False, scheduler=get, pool=pool, chunksize=1)
+            # one block per hand-out (dask's default of 6 leaves a worker idle at the end)
+            compute_local(
+                tasks,
+                on_done,
+                "a forked worker process",
+                not main_is_guarded(),
+                scheduler=get,
+                pool=pool,
+                chunksize=1,
+            )
             finished = True
-        except BrokenProcessPool as e:
-            raise WorkerDiedError(
-                f"a forked worker process died ({e}): a sample may have crashed it (a segfault or "
-                "abort in the core), or it was killed. Finished blocks are kept: run the same "
-                "command again to continue; cluster='local' isolates samples that crash their "
-                f"worker and marks them crashed. {'' if main_is_guarded() else GUARD_HINT}".strip()
-            ) from e
         finally:
             if not finished:  # a stop, an error: end the blocks in flight (none is committed half)
                 _kill_workers(pool)
