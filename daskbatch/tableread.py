@@ -110,6 +110,21 @@ def _column_from_arrow(name: str, typ: Any, what: str) -> Column:
     return Column(name, dtype, core, (f"{name}_dim",) if core else ())
 
 
+def _numpy_of(arr: Any) -> np.ndarray:
+    """An Arrow array of numbers or booleans without nulls as NumPy, from its buffers
+    (``to_numpy`` imports pandas: a third of a second in every worker process)."""
+    import pyarrow as pa
+
+    typ = arr.type
+    if pa.types.is_boolean(typ):
+        bits = np.frombuffer(arr.buffers()[1], np.uint8)
+        return np.unpackbits(bits, bitorder="little", count=arr.offset + len(arr))[arr.offset :].astype(bool)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        dtype = np.dtype(typ.to_pandas_dtype())
+        return np.frombuffer(arr.buffers()[1], dtype, count=arr.offset + len(arr))[arr.offset :]
+    return arr.to_numpy(zero_copy_only=False)  # pragma: no cover - other types are cast first
+
+
 def _arrow_values(arr: Any, col: Column) -> tuple[Any, np.ndarray | None]:
     """A column's values in a batch as the scan handles them: ``(values, nulls)``.
 
@@ -123,11 +138,11 @@ def _arrow_values(arr: Any, col: Column) -> tuple[Any, np.ndarray | None]:
     n = len(arr)
     nulls = None
     if arr.null_count:
-        nulls = arr.is_null().to_numpy(zero_copy_only=False)
+        nulls = _numpy_of(arr.is_null())
     if col.core_shape:
         inner = arr.flatten() if not arr.null_count else arr.fill_null([_zero(col)] * col.width).flatten()
         if inner.null_count:
-            bad = inner.is_null().to_numpy(zero_copy_only=False).reshape(n, -1).any(axis=1)
+            bad = _numpy_of(inner.is_null()).reshape(n, -1).any(axis=1)
             nulls = bad if nulls is None else nulls | bad
         arr = inner
     if pa.types.is_dictionary(arr.type):
@@ -139,7 +154,7 @@ def _arrow_values(arr: Any, col: Column) -> tuple[Any, np.ndarray | None]:
         return arr, nulls
     if arr.null_count:
         arr = arr.cast(pa.float64()).fill_null(np.nan) if col.dtype.kind == "f" else arr.fill_null(_zero(col))
-    values = arr.to_numpy(zero_copy_only=False).astype(col.dtype, copy=False)
+    values = _numpy_of(arr).astype(col.dtype, copy=False)
     return values.reshape((n, *col.core_shape)), nulls
 
 
@@ -166,7 +181,7 @@ def _numpy_values(values: np.ndarray, col: Column) -> tuple[Any, np.ndarray | No
 def _kernel_values(values: Any, col: Column, n: int) -> np.ndarray:
     """Scan values as the kernel gets them: text as a StringDType array, never padded."""
     if col.is_str:
-        out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=STRING)
+        out = np.array(values.to_pylist(), dtype=STRING)  # to_numpy would import pandas
         return out.reshape((n, *col.core_shape))
     return values
 
@@ -312,7 +327,7 @@ class _Checks:
                     self.missing[name] = row0 + int(np.flatnonzero(nulls)[0])
                 if self.text_source and name not in self.mixed and len(values):
                     numeric = pc.match_substring_regex(values, _NUMBER, ignore_case=True)
-                    numeric = numeric.to_numpy(zero_copy_only=False).reshape(n, -1)
+                    numeric = _numpy_of(numeric).reshape(n, -1)
                     first = self.first_is_number.setdefault(name, bool(numeric[0, 0]))
                     odd = np.flatnonzero((numeric != first).any(axis=1))
                     if odd.size:
