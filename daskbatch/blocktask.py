@@ -293,7 +293,12 @@ def block_task(
         limit_malloc_arenas()  # once per process, in clusters daskbatch did not start too
     layout = ctx.layout
     nd = len(layout.batch_dims)
-    values = source.block(layout.block_slices(block)) if isinstance(source, Space) else source
+    inputs = None
+    if isinstance(source, Space) and getattr(source, "digests_rows", False):
+        # a table's file: the digest of the rows read rides the block's commit
+        values, inputs = source.block_with_digest(layout.block_slices(block))  # type: ignore[attr-defined]
+    else:
+        values = source.block(layout.block_slices(block)) if isinstance(source, Space) else source
     kernel_params, stored_params = block_inputs(ctx, block, [values[k] for k in ctx.param_names])
     st = Store(ctx.store)
     if st.ledger.is_committed(block):
@@ -336,6 +341,7 @@ def block_task(
         res.n_errors,
         res.seconds,
         failures=res.failures,
+        inputs=inputs,
     )
     st.clear_timeouts(block)
     summary = block_summary(block, counts, res, nd)

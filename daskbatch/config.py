@@ -36,7 +36,7 @@ with open(Path(__file__).with_name("daskbatch.yaml"), encoding="utf-8") as _f:
 dask.config.update_defaults(DEFAULTS)
 
 
-IntKey = Literal["malloc-arenas", "probe.samples", "probe.vector-samples", "shown-errors"]
+IntKey = Literal["malloc-arenas", "probe.samples", "probe.vector-samples", "shown-errors", "table.scan-up-to"]
 FloatKey = Literal[
     "progress.interval",
     "probe.quick-seconds",
@@ -67,6 +67,7 @@ TYPES: dict[str, type] = {
     "connect-timeout": float,
     "lease.seconds": float,
     "shown-errors": int,
+    "table.scan-up-to": int,
     "verbose": bool,
     "cli": bool,
 }

@@ -25,7 +25,7 @@ from typing import Any
 from .autocluster import auto_probe, choose_cluster
 from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
-from .grow import added_rows, grow, short_blocks
+from .grow import added_rows, adopt_input, grow, same_input, short_blocks
 from .kernel import Kernel
 from .options import RunOptions
 from .plan import Plan
@@ -101,6 +101,7 @@ class _Request:
             state = None if options.verify else st.ledger.state()  # which are committed, and whole
             complete = state is not None and state[0].all() and not st.ledger.verify(full=False)
             complete = complete and not short_blocks(st, state) and added_rows(info, space) is None
+            complete = complete and not same_input(info, space)  # its file's new state: recorded
             # until=: done once the last round's estimate was checked (converged, or max_n)
             complete = complete and (options.until is None or _rounds_ended(info, options.until))
             if complete and not retry:
@@ -129,6 +130,8 @@ class _Request:
                 retry = blocks_to_retry(st) if options.retry_failed else []
                 if added_rows(info, space) is not None:  # samples added: the store grows
                     info, _ = grow(st, info, space)
+                elif same_input(info, space):  # a table's file changed, not its stored rows
+                    info = adopt_input(st, info, space)
                 # the stored last block of a store that grew: its new samples
                 retry += [b for b in short_blocks(st) if b not in retry]
                 info.update(provenance)

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import StoreError
-from .extension import added_rows, extension_reason
+from .extension import added_rows, extension_reason, same_input
 from .log import logger
 
-__all__ = ["added_rows", "extension_reason", "grow", "short_blocks"]
+__all__ = ["added_rows", "adopt_input", "extension_reason", "grow", "same_input", "short_blocks"]
 
 
 def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
@@ -76,6 +76,29 @@ def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], 
         f"they are); computing the {new_n - old_n:,} new ones"
     )
     return new, short_blocks(st)
+
+
+def adopt_input(st: Any, info: Mapping[str, Any], space: Any) -> dict[str, Any]:
+    """Record the new state of a table's file whose stored rows are unchanged
+    (:func:`~daskbatch.extension.same_input`; the caller holds the lock): the provenance
+    gets the table's new spec and fingerprint, and an ``inputs`` entry saying so."""
+    from .provenance import _digest, now, space_fingerprint
+
+    new = copy.deepcopy(dict(info))
+    was = dict(info.get("space_spec") or {})
+    spec = space.spec()
+    new["space"] = space_fingerprint(space)
+    new["space_spec"] = spec
+    new["fingerprint"] = _digest({k: new[k] for k in ("kernel", "space", "constants", "layout")})
+    entry = {"time": now(), "was": {k: was.get(k) for k in ("size", "mtime_ns")}}
+    entry["now"] = {k: spec.get(k) for k in ("size", "mtime_ns")}
+    new.setdefault("inputs", []).append(entry)
+    st.update_info(new)
+    logger.info(
+        f"the table's file {spec.get('path')!r} changed (size or modification time) but not the "
+        "rows this store holds results of: going on"
+    )
+    return new
 
 
 def short_blocks(st: Any, state: tuple[Any, Any] | None = None) -> list[tuple[int, ...]]:

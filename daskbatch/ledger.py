@@ -150,7 +150,9 @@ class BlockRecord:
     :class:`~daskbatch.records.FailureLog`; None in records written before
     daskbatch kept them, whose ``errors`` are all there is), and ``reductions`` the
     block's partial reduction states (see :mod:`daskbatch.reductions`; None when the
-    run reduces nothing).
+    run reduces nothing), and ``inputs`` the digest of the rows the block read from a
+    table's file: ``{"rows": [first, stop], "sha256": {column: 32 hex digits}}``
+    (None for other spaces), which a rerun on a changed file compares.
     """
 
     counts: tuple[int, ...]
@@ -160,6 +162,7 @@ class BlockRecord:
     checksums: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     failures: Mapping[str, Any] | None = None
     reductions: Mapping[str, Any] | None = None
+    inputs: Mapping[str, Any] | None = None
 
     @classmethod
     def of(
@@ -172,6 +175,7 @@ class BlockRecord:
         *,
         failures: Any = None,
         reductions: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> BlockRecord:
         """The record of a block whose samples have the status codes ``status``
         (``failures``: its :class:`~daskbatch.records.FailureLog`, or None)."""
@@ -184,6 +188,7 @@ class BlockRecord:
             checksums=dict(checksums or {}),
             failures=failures.to_doc() if failures is not None and n_errors and len(failures) else None,
             reductions=reductions,
+            inputs=inputs,
         )
 
     def counts_array(self) -> np.ndarray:
@@ -212,6 +217,7 @@ class BlockRecord:
             "checksums": {rel: [int(s), int(c)] for rel, (s, c) in self.checksums.items()},
             **({"failures": self.failures} if self.failures is not None else {}),
             **({"reductions": self.reductions} if self.reductions is not None else {}),
+            **({"inputs": self.inputs} if self.inputs is not None else {}),
         }
 
     @classmethod
@@ -243,6 +249,7 @@ class BlockRecord:
             checksums={str(rel): (v[0], v[1]) for rel, v in sums.items()},
             failures=doc["failures"] if isinstance(doc.get("failures"), dict) else None,
             reductions=doc["reductions"] if isinstance(doc.get("reductions"), dict) else None,
+            inputs=doc["inputs"] if isinstance(doc.get("inputs"), dict) else None,
         )
 
 
@@ -326,6 +333,21 @@ class BlockLedger:
             done[b] = True
             counts[b] = rec.counts_array()
         return done, counts
+
+    def input_digests(self) -> list[tuple[int, int, dict[str, str] | None]]:
+        """``(first row, stop, {column: digest})`` of every committed block along
+        ``sample``, in row order: the digest of the rows it read from a table's file
+        (None for a block whose record keeps none)."""
+        out: list[tuple[int, int, dict[str, str] | None]] = []
+        for b, rec in sorted(self.records().items()):
+            (s, *_) = self._region(b)
+            doc = rec.inputs or {}
+            rows, sums = doc.get("rows"), doc.get("sha256")
+            if isinstance(rows, list) and len(rows) == 2 and isinstance(sums, dict):
+                out.append((int(rows[0]), int(rows[1]), {str(k): str(v) for k, v in sums.items()}))
+            else:
+                out.append((int(s.start), int(s.stop), None))
+        return out
 
     def counts(self) -> np.ndarray:
         """Samples per status code, per block: shape ``numblocks + (len(STATUS),)``,

@@ -33,7 +33,7 @@ from ._version import __version__
 from .chunking import plan_block_shape
 from .codeid import changed_parts, code_changes, installed_file, kernel_code
 from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
-from .extension import added_rows, why_not
+from .extension import added_rows, check_input, same_input, why_not
 from .log import logger
 
 __all__ = [
@@ -506,8 +506,12 @@ def _check_fingerprint(
     now = {"kernel": kernel.spec(), "space": space_fingerprint(space), "constants": constants_json}
     if reduce_spec is not None or info.get("reduce") is not None:
         now["reduce"] = reduce_spec
+    if now["space"] != info.get("space"):
+        check_input(st, info, space)  # a table digested by blocks: compared with the store's
     if added_rows(info, space) is not None:
         del now["space"]  # samples added at the end, the stored ones unchanged: the store grows
+    elif same_input(info, space):
+        del now["space"]  # its file changed, not the rows the store holds: the run goes on
     diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
     reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
     if reason is not None and int(space.size) > int(stored_layout["batch_shape"][0]):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import SpaceError
 from .tablefiles import CSV_STEP, CsvSource, ParquetSource, ZarrSource
-from .tableread import STRING, Column, Digest, ScanResult, Source, _Retry, checkpoint_rows, scan
+from .tableread import STRING, Column, Digest, ScanResult, Source, _Retry, checkpoint_rows, file_scan, scan
 
 __all__ = [
     "CSV_STEP",
@@ -251,15 +251,32 @@ def opened(data: str | os.PathLike[str], columns: Sequence[str] | None) -> Opene
     check = getattr(source, "check_types", None)
     if check is not None:
         check()
-    key = (source.kind, source.path, tuple(source.files()), tuple(source.columns))
+    read = _read_for_checks(source)
+    key = (source.kind, source.path, tuple(source.files()), tuple(source.columns), read is None)
     hit = _OPENED.get(key)
     if hit is not None:
         return replace(hit, source=copy.deepcopy(hit.source))
-    result = scan(source)
+    result = scan(source) if read is None else file_scan(source, read)
     if len(_OPENED) > 32:
         _OPENED.pop(next(iter(_OPENED)))
     _OPENED[key] = Opened(copy.deepcopy(source), result, key)
     return Opened(source, result, key)
+
+
+def _read_for_checks(source: Source) -> list[str] | None:
+    """For a Parquet file over ``daskbatch.table.scan-up-to`` bytes of column data: the
+    columns the driver still reads to check them (floats, for NaN and inf, and columns
+    whose statistics do not count their missing values), the others being checked from
+    the row groups' statistics. None: read the table whole (a smaller file, another
+    kind, or a column with missing values, whose first row the whole scan names)."""
+    from .config import get
+
+    if not isinstance(source, ParquetSource) or source.data_bytes() <= get("table.scan-up-to"):
+        return None
+    nulls = source.null_counts()
+    if any(nulls.values()):
+        return None
+    return [n for n, c in source.columns.items() if c.dtype.kind in "fc" or nulls[n] is None]
 
 
 def read_whole(source: Source) -> dict[str, np.ndarray]:

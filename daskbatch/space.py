@@ -495,7 +495,7 @@ def space_from_spec(spec: Mapping[str, Any], *, base_dir: str | os.PathLike | No
 
 
 #: what a table's spec records about its input besides path, rows, columns and digest
-_TABLE_SPEC = ("source", "size", "mtime_ns", "files", "dtypes", "column_sha256", "prefix")
+_TABLE_SPEC = ("source", "size", "mtime_ns", "files", "dtypes", "column_sha256", "prefix", "digest")
 
 
 _DESIGNS: dict[str, type[Design]] = {c.kind: c for c in (MonteCarlo, LatinHypercube, Sobol, Halton, Saltelli)}

@@ -301,6 +301,7 @@ class Store(StoreView):
         n_errors: int,
         seconds: float,
         failures: Any = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
         """Write one block, in three steps, and commit it. Returns its counts per status code.
 
@@ -308,7 +309,8 @@ class Store(StoreView):
         block that is not ok, kept in its record beside the first ``errors``. With
         ``layout.reductions``, the block's partial reduction states (computed from all
         of ``outputs``, those declared ``Output(store=False)`` included) go into its
-        record too.
+        record too, and so does ``inputs`` (the digest of the rows it read from a
+        table's file; see :class:`~daskbatch.ledger.BlockRecord`).
 
         1. the sample coordinate, the parameters and the outputs (concurrently);
         2. once those have returned: ``status``, so that a reader of ``status`` alone
@@ -345,7 +347,7 @@ class Store(StoreView):
             # the block's partial reductions ride its commit: a resumed run merges each once
             partial = _partial(layout, block, outputs, status, region)
             record = BlockRecord.of(
-                status, seconds, errors, n_errors, sums, failures=failures, reductions=partial
+                status, seconds, errors, n_errors, sums, failures=failures, reductions=partial, inputs=inputs
             )
             # the commit, strictly after every other write of the block has returned
             ledger.commit(tuple(block), record)

@@ -34,6 +34,7 @@ from .tableread import (
     _one_line,
     _Retry,
     _stat,
+    rows_digest,
 )
 
 __all__ = ["CSV_STEP", "CsvSource", "ParquetSource", "ZarrSource"]
@@ -107,12 +108,15 @@ class ParquetSource(Source):
     def batch_rows(self) -> int:
         return int(max(256, min(1 << 20, BATCH_BYTES // max(1.0, self.bytes_per_row))))
 
-    def _iter(self, groups: list[int]) -> Iterator[Any]:
+    def _iter(self, groups: list[int], batch_rows: int | None = None) -> Iterator[Any]:
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(self.path)
         yield from pf.iter_batches(
-            batch_size=self.batch_rows(), row_groups=groups, columns=list(self.columns), use_threads=False
+            batch_size=batch_rows or self.batch_rows(),
+            row_groups=groups,
+            columns=list(self.columns),
+            use_threads=False,
         )
 
     def batches(self, stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -120,7 +124,48 @@ class ParquetSource(Source):
         groups = [g for g in range(len(self.group_starts) - 1) if self.group_starts[g] < stop]
         yield from _rows_of(self._iter(groups) if groups else (), stop, self.columns)
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def _chunks(self) -> Iterator[tuple[str, Any]]:
+        """``(column, column chunk metadata)`` of every row group, for the columns kept."""
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(self.path).metadata
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                name = chunk.path_in_schema.split(".")[0]
+                if name in self.columns:
+                    yield name, chunk
+
+    def data_bytes(self) -> int:
+        """The uncompressed bytes of the columns kept (from the file's metadata)."""
+        return sum(int(chunk.total_uncompressed_size) for _, chunk in self._chunks())
+
+    def null_counts(self) -> dict[str, int | None]:
+        """Each column's missing values, from the row groups' statistics (None for a
+        column whose statistics do not all say)."""
+        out: dict[str, int | None] = dict.fromkeys(self.columns, 0)
+        for name, chunk in self._chunks():
+            stats = chunk.statistics
+            if out[name] is None or stats is None or not stats.has_null_count:
+                out[name] = None
+            else:
+                out[name] = int(out[name] or 0) + int(stats.null_count)
+        return out
+
+    def read(self, start: int, stop: int, digest: bool = False) -> Any:
+        """Rows ``start:stop`` as the kernel gets them; with ``digest``, also the
+        digest of each column's values in them (:func:`~daskbatch.tableread.rows_digest`)."""
+        n = stop - start
+        batch = self.read_arrow(start, stop)
+        out = {
+            c: _kernel_values(batch[c][0], col, n) if n else np.empty((0, *col.core_shape), col.dtype)
+            for c, col in self.columns.items()
+        }
+        return (out, rows_digest(self.columns, n, batch)) if digest else out
+
+    def read_arrow(self, start: int, stop: int) -> dict[str, Any]:
+        """Rows ``start:stop`` as the scan handles them: ``{column: (values, nulls)}``."""
         import pyarrow as pa
 
         self.check_unchanged()
@@ -128,20 +173,19 @@ class ParquetSource(Source):
         g1 = int(np.searchsorted(self.group_starts, stop, side="left"))
         row = int(self.group_starts[g0])
         parts = []
-        for batch in self._iter(list(range(g0, g1))):
+        # one batch for the whole block: its columns need no combining (a copy)
+        whole = int(self.group_starts[g1] - self.group_starts[g0])
+        for batch in self._iter(list(range(g0, g1)), max(1, whole)):
             lo, hi = max(start - row, 0), min(stop - row, batch.num_rows)
             if hi > lo:
                 parts.append(batch.slice(lo, hi - lo))
             row += batch.num_rows
             if row >= stop:
                 break
-        table = pa.Table.from_batches(parts) if parts else None
-        n = stop - start
-        out = {}
-        for c, col in self.columns.items():
-            values, _ = _arrow_values(table.column(c), col) if table is not None else (None, None)
-            out[c] = _kernel_values(values, col, n)
-        return out
+        if not parts:
+            return {c: (None, None) for c in self.columns}
+        table = pa.Table.from_batches(parts)
+        return {c: _arrow_values(table.column(c), col) for c, col in self.columns.items()}
 
 
 # --------------------------------------------------------------------------- CSV

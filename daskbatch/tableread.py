@@ -17,7 +17,9 @@ let a grown table be checked, and a changed row found, without the old rows.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +37,9 @@ __all__ = [
     "Snapshot",
     "Source",
     "checkpoint_rows",
+    "file_scan",
     "prefix_digests",
+    "rows_digest",
     "scan",
 ]
 
@@ -128,7 +132,7 @@ def _numpy_of(arr: Any) -> np.ndarray:
 def _arrow_values(arr: Any, col: Column) -> tuple[Any, np.ndarray | None]:
     """A column's values in a batch as the scan handles them: ``(values, nulls)``.
 
-    Text: a flat ``large_string`` Arrow array (row-major over the core dims); numbers:
+    Text: a flat ``string`` or ``large_string`` Arrow array (row-major over the core dims); numbers:
     a NumPy array ``(rows, *core)``. ``nulls`` marks the rows with a missing value.
     """
     import pyarrow as pa
@@ -148,7 +152,8 @@ def _arrow_values(arr: Any, col: Column) -> tuple[Any, np.ndarray | None]:
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if col.is_str:
-        arr = arr.cast(pa.large_string())
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = arr.cast(pa.large_string())
         if arr.null_count:
             arr = arr.fill_null("")
         return arr, nulls
@@ -225,8 +230,11 @@ class _ColumnHash:
             return
         if not len(values):
             return
+        import pyarrow as pa
+
         _, offsets, data = values.buffers()
-        offs = np.frombuffer(offsets, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+        width = np.int32 if pa.types.is_string(values.type) else np.int64
+        offs = np.frombuffer(offsets, dtype=width)[values.offset : values.offset + len(values) + 1]
         self.lengths.update(np.diff(offs).astype("<i8").tobytes())
         if data is not None:
             self.data.update(memoryview(data)[int(offs[0]) : int(offs[-1])])
@@ -384,6 +392,9 @@ class ScanResult:
     sha256: str
     columns: dict[str, str]
     prefix: list[list[Any]]
+    #: the contents were left to the blocks (:func:`file_scan`): ``sha256`` digests the
+    #: file's state, not its values
+    by_blocks: bool = False
 
 
 def scan(source: Source) -> ScanResult:
@@ -418,6 +429,44 @@ def _scan_once(source: Source) -> ScanResult:
     final = digest.final()
     prefix = [[r, digest.at[r].sha256[:16]] for r in sorted(digest.at)]
     return ScanResult(final.sha256, final.columns, prefix)
+
+
+def rows_digest(columns: Mapping[str, Column], n: int, batch: Mapping[str, Any]) -> dict[str, str]:
+    """Each column's digest over ``n`` rows (``batch`` as the scan handles them), as a
+    block's record keeps it (32 hex digits): what a rerun compares when the table's
+    file changed (see :func:`daskbatch.tables.Table.extension_of`)."""
+    digest = Digest(columns)
+    if n:
+        digest.update(n, batch)
+    return {c: h[:32] for c, h in digest.final().columns.items()}
+
+
+def file_scan(source: Source, read: Sequence[str]) -> ScanResult:
+    """The scan of a table too large to read whole when it is made: only the columns
+    ``read`` are read (to check their values); the others were checked from the file's
+    metadata by the caller, and their contents are left to the blocks, each of which
+    records the digest of the rows it reads (:func:`rows_digest`).
+
+    ``sha256`` is then the digest of the file's state (size and modification time of
+    every file, rows, columns and their types): it changes whenever the file does, and
+    a rerun on a changed file compares the blocks' digests instead.
+    """
+    if read:
+        part = copy.copy(source)
+        part.columns = {n: source.columns[n] for n in read}
+        checks = _Checks(part.columns, source.where, False)
+        row = 0
+        for n, batch in part.batches():
+            checks.update(row, n, batch)
+            row += n
+        checks.raise_first()
+    state = {
+        "files": [[size, mtime] for _, size, mtime in source.files()],
+        "rows": int(source.rows),
+        "columns": [[n, c.type_name, list(c.core_shape)] for n, c in source.columns.items()],
+    }
+    h = hashlib.sha256(b"daskbatch-table-file\0" + json.dumps(state, sort_keys=True).encode())
+    return ScanResult(h.hexdigest(), {}, [], by_blocks=True)
 
 
 def prefix_digests(source: Source, rows: Sequence[int]) -> dict[int, Snapshot]:

@@ -31,7 +31,7 @@ import numpy as np
 from .errors import SpaceError
 from .sources import MultiSource, opened
 from .spacebase import Param, Space
-from .tableread import STRING, Source, checkpoint_rows, prefix_digests
+from .tableread import STRING, Source, checkpoint_rows, prefix_digests, rows_digest
 
 __all__ = ["READS", "Table"]
 
@@ -341,8 +341,16 @@ class Table(Space):
             # a store's table recorded when tables were read whole: read it so again
             table = cls(_load_table(p), columns=names)
             table._source = str(p.resolve())
+        elif expected is not None and spec.get("digest") != "blocks":
+            # a digest of the contents to match: the table is read whole, however large
+            import dask
+
+            with dask.config.set({"daskbatch.table.scan-up-to": 1 << 62}):
+                table = cls(p, columns=names, copy=spec.get("copy", False))
         else:
             table = cls(p, columns=names, copy=spec.get("copy", False))
+        if spec.get("digest") == "blocks":
+            expected = None  # the file's state; a run compares the blocks' digests
         if expected is not None and table.spec()["sha256"] != expected:
             raise SpaceError(
                 f"space.path: the file {str(p)!r} changed since the run started (its contents hash "
@@ -410,6 +418,21 @@ class Table(Space):
         del READS[:-1000]
         return self._reader.read(start, stop)
 
+    @property
+    def digests_rows(self) -> bool:
+        """Whether each block records the digest of the rows it reads (a Parquet file)."""
+        return callable(getattr(self._reader, "read_arrow", None))
+
+    def block_with_digest(self, slices) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """:meth:`block`, and the digest of its rows that its record keeps:
+        ``{"rows": [first, stop], "sha256": {column: digest}}``."""
+        (s,) = slices
+        start, stop, _ = s.indices(self.batch_shape[0])
+        READS.append((start, stop))
+        del READS[:-1000]
+        values, sums = self._reader.read(start, stop, digest=True)  # type: ignore[union-attr, call-arg]
+        return values, {"rows": [start, stop], "sha256": sums}
+
     def head(self, n: int) -> Table:
         import xarray as xr
 
@@ -446,21 +469,33 @@ class Table(Space):
                 "dtypes": {n: c.type_name for n, c in reader.columns.items()},
                 "copy": self.copy,
                 "sha256": scan.sha256,
-                "column_sha256": dict(scan.columns),
-                "prefix": [list(p) for p in scan.prefix],
             }
+            if scan.by_blocks:  # the contents are digested block by block, by the workers
+                out["digest"] = "blocks"
+            else:
+                out["column_sha256"] = dict(scan.columns)
+                out["prefix"] = [list(p) for p in scan.prefix]
             if isinstance(reader, MultiSource):
                 out["files"] = [list(f) for f in files]
         self._spec = out
         return dict(out)
 
-    def extension_of(self, old_spec: Mapping[str, Any]) -> str | None:
+    def extension_of(
+        self, old_spec: Mapping[str, Any], blocks: Sequence[tuple[int, int, Any]] | None = None
+    ) -> str | None:
         """None when this table is the table ``old_spec`` describes with rows added at
         the end (every old row unchanged); else a one-line reason naming the difference.
 
         The old rows are compared through digests: this table's first rows are
         hashed as the old table was (for a table read from files, one pass over
         them), and the prefix digests the spec keeps locate a changed row.
+
+        A table whose contents were left to the blocks (``"digest": "blocks"``, a large
+        Parquet file) is compared through ``blocks``, the store's committed blocks as
+        :meth:`~daskbatch.ledger.BlockLedger.input_digests` gives them: only the rows
+        the store holds results of must be unchanged, and they are found by block.
+        There, None also answers a table with as many rows, all unchanged (its file
+        was touched, copied or rewritten).
         """
         old = dict(old_spec)
         if old.get("type") != "table":
@@ -492,6 +527,8 @@ class Table(Space):
         same = f"it has {rows:,} rows, not more than the stored {old_rows:,}"
         if rows < old_rows:
             return same
+        if old.get("digest") == "blocks":
+            return self._blocks_unchanged(old, blocks, old_rows)
         # as many rows: still compared, to name the row that changed
         checkpoints = [(int(r), str(h)) for r, h, *_ in old.get("prefix") or [] if int(r) < old_rows]
         checkpoints.append((old_rows, str(old.get("sha256"))))
@@ -516,6 +553,31 @@ class Table(Space):
         elif changed:
             text += f" in columns {changed}"
         return text
+
+    def _blocks_unchanged(
+        self, old: Mapping[str, Any], blocks: Sequence[tuple[int, int, Any]] | None, old_rows: int
+    ) -> str | None:
+        """Whether the rows of the committed ``blocks`` still have the digests they
+        recorded (this table's file read again, block by block)."""
+        if self._reader is None or not self.digests_rows:
+            return "the stored table was digested block by block; this one cannot be"
+        if blocks is None:
+            return "the stored table's rows are known by its blocks' digests, which were not read"
+        for start, stop, sums in blocks:
+            stop = min(stop, old_rows)
+            if stop <= start:
+                continue
+            if not sums:
+                return (
+                    f"rows {start}-{stop - 1} were stored without a digest of their values (by an "
+                    "earlier version), so they cannot be compared"
+                )
+            now = rows_digest(self._reader.columns, stop - start, self._reader.read_arrow(start, stop))  # type: ignore[attr-defined]
+            changed = [c for c in now if sums.get(c) != now[c]]
+            if changed:
+                where = f"column {changed[0]!r}" if len(changed) == 1 else f"columns {changed}"
+                return f"{_rows_text(start, stop - 1)} in {where}"
+        return None
 
 
 def _short_value(value: Any, limit: int = 60) -> str:
