@@ -452,6 +452,7 @@ SETTINGS = {
     "connect-timeout": 10.0,
     "lease.seconds": 60.0,
     "shown-errors": 5,
+    "table.scan-up-to": 64 << 20,
     "verbose": False,
     "cli": False,
 }
