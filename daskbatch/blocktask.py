@@ -276,6 +276,15 @@ def leave_before_deadline(block_seconds: float | None) -> None:
     raise Reschedule()
 
 
+def read_block(space: Space, region: tuple[slice, ...]) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
+    """A block's parameters, and what its record keeps of its input: for a table read
+    from a Parquet file the digest of the rows read (a rerun on a changed file compares
+    it), else None."""
+    if getattr(space, "digests_rows", False):
+        return space.block_with_digest(region)  # type: ignore[attr-defined]
+    return space.block(region), None
+
+
 def block_task(
     block: tuple[int, ...], source: Space | Mapping[str, np.ndarray], context: Opaque
 ) -> np.ndarray:
@@ -293,12 +302,10 @@ def block_task(
         limit_malloc_arenas()  # once per process, in clusters daskbatch did not start too
     layout = ctx.layout
     nd = len(layout.batch_dims)
-    inputs = None
-    if isinstance(source, Space) and getattr(source, "digests_rows", False):
-        # a table's file: the digest of the rows read rides the block's commit
-        values, inputs = source.block_with_digest(layout.block_slices(block))  # type: ignore[attr-defined]
+    if isinstance(source, Space):
+        values, inputs = read_block(source, layout.block_slices(block))
     else:
-        values = source.block(layout.block_slices(block)) if isinstance(source, Space) else source
+        values, inputs = source, None
     kernel_params, stored_params = block_inputs(ctx, block, [values[k] for k in ctx.param_names])
     st = Store(ctx.store)
     if st.ledger.is_committed(block):

@@ -13,15 +13,19 @@ from typing import Any
 __all__ = ["added_rows", "check_input", "extension_reason", "same_input", "why_not"]
 
 
-def extension_reason(space: Any, old_spec: Any, store: Any = None) -> str | None:
+def extension_reason(space: Any, old_spec: Any, store: Any = None, store_id: str | None = None) -> str | None:
     """None when ``space`` extends the space ``old_spec`` describes; else why not.
 
     Asked once per space and stored space (a table's answer may read its rows). A
     table digested block by block (``"digest": "blocks"``) is compared through the
-    committed blocks of ``store``: the first ask names it (:func:`check_input`).
+    committed blocks of ``store``: the first ask names it (:func:`check_input`), and
+    the answer is kept for that store only (``store_id``: the same space may be run
+    on another store, whose committed blocks are others).
     """
     memo = space.__dict__.setdefault("_daskbatch_extension", {})
     key = json.dumps(old_spec, sort_keys=True, default=str)
+    if _by_blocks(old_spec):
+        key += f"\0{store_id}"
     if key not in memo:
         check = getattr(space, "extension_of", None)
         if check is None or not isinstance(old_spec, Mapping):
@@ -43,7 +47,7 @@ def check_input(store: Any, info: Mapping[str, Any], space: Any) -> None:
     see the store)."""
     old = info.get("space_spec")
     if _by_blocks(old) and _one_dim(info, space):
-        extension_reason(space, old, store)
+        extension_reason(space, old, store, info.get("store_id"))
 
 
 def _one_dim(info: Mapping[str, Any], space: Any) -> bool:
@@ -63,7 +67,7 @@ def same_input(info: Mapping[str, Any], space: Any) -> bool:
         return False
     if space.spec().get("sha256") == old.get("sha256"):  # type: ignore[union-attr]
         return False  # the same file state: nothing to compare
-    return extension_reason(space, old) is None
+    return extension_reason(space, old, store_id=info.get("store_id")) is None
 
 
 def added_rows(info: Mapping[str, Any], space: Any) -> tuple[int, int] | None:
@@ -75,7 +79,7 @@ def added_rows(info: Mapping[str, Any], space: Any) -> tuple[int, int] | None:
     old_n, new_n = int(layout["batch_shape"][0]), int(space.size)
     if new_n <= old_n:
         return None
-    if extension_reason(space, info.get("space_spec")) is not None:
+    if extension_reason(space, info.get("space_spec"), store_id=info.get("store_id")) is not None:
         return None
     return old_n, new_n
 
@@ -89,4 +93,4 @@ def why_not(info: Mapping[str, Any], space: Any) -> str | None:
         return None
     if int(space.size) < int(layout["batch_shape"][0]):
         return None
-    return extension_reason(space, info.get("space_spec"))
+    return extension_reason(space, info.get("space_spec"), store_id=info.get("store_id"))

@@ -470,6 +470,7 @@ def check_store(
     ``reduce_spec``: what the run reduces (a store's partial states are of what it
     reduced; another reduction cannot reuse them)."""
     space = _adopt_seed(space, info, announce)
+    space = _adopt_scan(space, info)
     _check_fingerprint(store, info, kernel, space, constants_json, chunk_size, reduce_spec)
     return space, _check_kernel_code(store, info, kernel, code, kernel_changed)
 
@@ -483,6 +484,18 @@ def _spec_kernel_ref(spec_file: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError):
         return None
     return ref if isinstance(ref, str) else None
+
+
+def _adopt_scan(space: Any, info: Mapping[str, Any]) -> Any:
+    """A table digested block by block, on a store made from one read whole: read whole
+    too (the store's blocks keep no digests; its table is known by its contents)."""
+    old = info.get("space_spec")
+    whole = getattr(space, "read_whole", None)
+    if whole is None or not isinstance(old, Mapping) or old.get("type") != "table":
+        return space
+    if old.get("digest") == "blocks" or space.spec().get("digest") != "blocks":
+        return space
+    return whole()
 
 
 def _adopt_seed(space: Any, info: Mapping[str, Any], announce: bool) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .blocktask import BlockContext, block_inputs, block_summary, piece_task
+from .blocktask import BlockContext, block_inputs, block_summary, piece_task, read_block
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, BlockResult, crash_record
 from .ragged import blank
 from .records import FailureLog
@@ -47,7 +47,7 @@ class _Salvage:
         self.region = layout.block_slices(block)
         self.batch_shape = tuple(s.stop - s.start for s in self.region)
         self.n = n = math.prod(self.batch_shape)
-        values = space.block(self.region)
+        values, self.inputs = read_block(space, self.region)
         self.kernel_params, self.stored_params = block_inputs(
             ctx, block, [values[k] for k in ctx.param_names]
         )
@@ -122,6 +122,7 @@ class _Salvage:
             self.n_errors,
             self.seconds,
             failures=self.failures,
+            inputs=self.inputs,
         )
         st.clear_timeouts(self.block)
         res = BlockResult(self.outputs, self.status, self.errors, self.n_errors, self.seconds, self.failures)

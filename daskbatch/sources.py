@@ -242,7 +242,8 @@ _OPENED: dict[tuple[Any, ...], Opened] = {}
 
 
 def opened(data: str | os.PathLike[str], columns: Sequence[str] | None) -> Opened:
-    """Open, select and scan a table source, once per file state (size, mtime) and columns."""
+    """Open, select and scan a table source, once per file state (size, modification and
+    change time) and columns."""
     import copy
 
     source = open_source(data)
@@ -252,7 +253,9 @@ def opened(data: str | os.PathLike[str], columns: Sequence[str] | None) -> Opene
     if check is not None:
         check()
     read = _read_for_checks(source)
-    key = (source.kind, source.path, tuple(source.files()), tuple(source.columns), read is None)
+    # the change times too: a file rewritten with its old size and modification time differs
+    changed = tuple(os.stat(f[0]).st_ctime_ns for f in source.files())
+    key = (source.kind, source.path, tuple(source.files()), changed, tuple(source.columns), read is None)
     hit = _OPENED.get(key)
     if hit is not None:
         return replace(hit, source=copy.deepcopy(hit.source))

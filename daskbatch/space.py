@@ -226,6 +226,8 @@ class Product(Space):
         clash = sorted(set(outer.params) & set(inner.params))
         if clash:
             raise SpaceError(f"Product: parameter(s) {clash} are in both outer and inner; rename one")
+        if isinstance(outer, Table):
+            outer = outer.read_whole()  # read whole anyway: identified by its contents
         self.outer, self.inner, self.dim, self.flat, self.common = outer, inner, dim, flat, common
         self._outer_dims = outer.batch_dims if isinstance(outer, Grid) else ("config",)
         if not flat and dim in self._outer_dims:

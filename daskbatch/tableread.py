@@ -164,7 +164,7 @@ def _arrow_values(arr: Any, col: Column) -> tuple[Any, np.ndarray | None]:
 
 
 def _zero(col: Column) -> Any:
-    return False if col.dtype.kind == "b" else 0
+    return "" if col.is_str else False if col.dtype.kind == "b" else 0
 
 
 def _numpy_values(values: np.ndarray, col: Column) -> tuple[Any, np.ndarray | None]:
@@ -447,8 +447,9 @@ def file_scan(source: Source, read: Sequence[str]) -> ScanResult:
     metadata by the caller, and their contents are left to the blocks, each of which
     records the digest of the rows it reads (:func:`rows_digest`).
 
-    ``sha256`` is then the digest of the file's state (size and modification time of
-    every file, rows, columns and their types): it changes whenever the file does, and
+    ``sha256`` is then the digest of the file's state (path, size, modification and
+    change time of every file, rows, columns and their types): it changes whenever
+    the file does (and when it is moved or touched), and
     a rerun on a changed file compares the blocks' digests instead.
     """
     if read:
@@ -461,7 +462,12 @@ def file_scan(source: Source, read: Sequence[str]) -> ScanResult:
             row += n
         checks.raise_first()
     state = {
-        "files": [[size, mtime] for _, size, mtime in source.files()],
+        # the change time too, which no tool sets back (a file rewritten with its old
+        # modification time, or another file of the same size and time, differs)
+        "files": [
+            [os.path.realpath(path), size, mtime, os.stat(path).st_ctime_ns]
+            for path, size, mtime in source.files()
+        ],
         "rows": int(source.rows),
         "columns": [[n, c.type_name, list(c.core_shape)] for n, c in source.columns.items()],
     }

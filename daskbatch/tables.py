@@ -418,6 +418,20 @@ class Table(Space):
         del READS[:-1000]
         return self._reader.read(start, stop)
 
+    def read_whole(self) -> Table:
+        """This table as one not digested block by block: streamed whole by the driver when
+        made (checked, and identified by its contents). Itself when it is so already.
+
+        A store made from such a table compares the table so on every rerun (its blocks
+        keep no digests), and the configurations of a ``Product`` are read whole anyway.
+        """
+        if self._reader is None or not self._scan.by_blocks:
+            return self
+        import dask
+
+        with dask.config.set({"daskbatch.table.scan-up-to": 1 << 62}):
+            return Table(self._source, columns=list(self._reader.columns), copy=self.copy)  # type: ignore[arg-type]
+
     @property
     def digests_rows(self) -> bool:
         """Whether each block records the digest of the rows it reads (a Parquet file)."""

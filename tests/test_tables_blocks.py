@@ -175,19 +175,77 @@ def test_bad_values_are_still_refused_before_any_store_exists(tmp_path):
     assert not store.exists()
 
 
-def test_a_store_made_from_a_small_file_goes_on_by_blocks_once_the_file_is_large(tmp_path):
+def test_a_store_made_from_a_table_read_whole_keeps_reading_it_whole(tmp_path):
     df = _frame()
     path = _write(df, tmp_path / "t.parquet")
     store = tmp_path / "s.zarr"
     with dask.config.set({"daskbatch.table.scan-up-to": 1 << 40}):
-        db.run(weigh, db.Table(path), store, **RUN)  # read whole: its digests are the rows'
-        assert "digest" not in Store(store).info()["space_spec"]
-    _write(pd.concat([df, _frame(5)], ignore_index=True), path)
-    res = db.run(weigh, db.Table(path), store, **RUN)  # compared by its prefix digests; grows
-    assert res.samples["ok"] == 45 and Store(store).info()["space_spec"]["digest"] == "blocks"
+        db.run(weigh, db.Table(path), store, **RUN)  # read whole: its blocks keep no digests
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    # the same file, now over the setting: compared by its contents, as the store was made
     assert db.run(weigh, db.Table(path), store, **RUN).blocks_computed == 0
+    grown = pd.concat([df, _frame(5)], ignore_index=True)
+    _write(grown, path)
+    res = db.run(weigh, db.Table(path), store, **RUN)
+    assert res.samples["ok"] == 45 and "digest" not in Store(store).info()["space_spec"]
+    changed = grown.copy()
+    changed.loc[3, "x"] = 0.5
+    _write(changed, path)
+    with pytest.raises(FingerprintMismatchError, match=r"row 3 changed in column 'x' \(now 0.5\)"):
+        db.run(weigh, db.Table(path), store, **RUN)
+
+
+def test_one_table_run_on_two_stores_is_compared_with_each_stores_blocks(tmp_path):
+    df = _frame()
+    path = _write(df, tmp_path / "t.parquet")
+    done, partial = tmp_path / "done.zarr", tmp_path / "partial.zarr"
+    table = db.Table(path)
+    db.run(weigh, table, done, **RUN)
+    db.run(weigh, table, partial, **RUN)
+    Store(partial).ledger.forget([(3,)])  # stopped before block 3
+    changed = df.copy()
+    changed.loc[35, "seq"] = "G"
+    _write(changed, path)
+    table = db.Table(path)
+    assert db.run(weigh, table, partial, **RUN).blocks_computed == 1  # row 35 was not stored
+    with pytest.raises(FingerprintMismatchError, match=r"rows 30-39 changed in column 'seq'"):
+        db.run(weigh, table, done, **RUN)  # it was stored here
+
+
+def test_a_file_rewritten_with_its_old_size_and_time_is_compared(tmp_path):
+    df = _frame()
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path, row_group_size=10, compression=None)
+    was = path.stat()
+    store = tmp_path / "s.zarr"
+    db.run(weigh, db.Table(path), store, **RUN)
+    changed = df.copy()
+    changed.loc[5, "x"] = 99.0
+    changed.to_parquet(path, row_group_size=10, compression=None)
+    assert path.stat().st_size == was.st_size
+    os.utime(path, ns=(was.st_atime_ns, was.st_mtime_ns))  # as cp -p or tar would
+    with pytest.raises(FingerprintMismatchError, match=r"rows 0-9 changed in column 'x'"):
+        db.run(weigh, db.Table(path), store, **RUN)
+    # another file of the same size and time, at another path
+    other = tmp_path / "other.parquet"
+    changed.to_parquet(other, row_group_size=10, compression=None)
+    os.utime(other, ns=(was.st_atime_ns, was.st_mtime_ns))
+    with pytest.raises(FingerprintMismatchError, match=r"rows 0-9 changed in column 'x'"):
+        db.run(weigh, db.Table(other), store, **RUN)
+
+
+def test_a_products_configurations_are_read_whole(tmp_path):
+    path = _write(_frame(6), tmp_path / "c.parquet")
+    space = db.Product(db.Table(path), db.MonteCarlo({"z": db.Normal(0, 1)}, n=3, seed=1))
+    assert "digest" not in space.spec()["outer"]
+
+
+def test_a_list_of_strings_with_a_missing_row_is_refused_naming_it(tmp_path):
+    values = pa.array([["a", "b"], None, ["c", "d"]], type=pa.list_(pa.string(), 2))
+    pq.write_table(pa.table({"v": values}), tmp_path / "l.parquet")
+    with pytest.raises(SpaceError, match=r"column 'v' .* missing value \(first: row 1\)"):
+        db.Table(tmp_path / "l.parquet")
 
 
 def test_a_pinned_digest_reads_the_table_whole(tmp_path):
@@ -216,3 +274,36 @@ def test_the_command_line_resumes_a_store_whose_file_was_rewritten(tmp_path):
     again = run_cli("resume", "s.zarr", cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
     assert "changed (size or modification time) but not the rows" in again.stderr
+
+
+def test_a_block_salvaged_around_a_crashing_sample_keeps_its_digest(tmp_path):
+    from daskbatch.testing import crash_on
+
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"i": np.arange(30), "name": [f"s{i}" for i in range(30)]}).to_parquet(
+        path, row_group_size=10
+    )
+    store = tmp_path / "s.zarr"
+    res = db.run(
+        crash_on,
+        db.Table(path),
+        store,
+        cluster="local",
+        n_workers=1,
+        chunk_size=10,
+        constants={"bad": [13], "how": "exit"},
+        progress=False,
+    )
+    assert res.samples["crashed"] == 1 and res.samples["ok"] == 29
+    assert all(rec.get("inputs", {}).get("rows") for rec in _records(store).values())
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = db.run(
+        crash_on,
+        db.Table(path),
+        store,
+        cluster="serial",
+        constants={"bad": [13], "how": "exit"},
+        progress=False,
+    )
+    assert again.blocks_computed == 0
