@@ -43,7 +43,9 @@ def auto_probe(
 
     in_process = ClusterSpec("serial", 1)
     try:
-        return measure(in_process, kernel, space, options.constants, options.timeout, cost=True, keep=keep)
+        return measure(
+            in_process, kernel, space, options.constants, options.timeout, cost=True, keep=keep, budget=True
+        )
     except KernelCrashError as e:
         logger.warning(f"{e}; cluster='auto' runs it on a local cluster, which isolates such samples")
         return None

@@ -59,6 +59,11 @@ class BlockKernel(Protocol):
     def _state_and_lock(self) -> tuple[Any, threading.Lock | None]: ...
 
 
+#: the fewest samples a block run with ``stop_after`` computes (a probe's estimate of the
+#: cost of one needs three starts after the first call's)
+AT_LEAST = 4
+
+
 def run_block(
     kernel: BlockKernel,
     params: Mapping[str, np.ndarray],
@@ -73,6 +78,7 @@ def run_block(
     kill_on_timeout: bool = False,
     space: Any | None = None,
     region: Sequence[slice] | None = None,
+    stop_after: float | None = None,
 ) -> BlockResult:
     """Run ``kernel`` on one block; the arguments are those of
     :meth:`Kernel.run_block <daskbatch.kernel.Kernel.run_block>`."""
@@ -90,6 +96,7 @@ def run_block(
         kill_on_timeout=kill_on_timeout,
         space=space,
         region=region,
+        stop_after=stop_after,
     )
     run.run()
     seconds = time.perf_counter() - t0
@@ -119,8 +126,10 @@ class _BlockRun:
         kill_on_timeout: bool,
         space: Any | None,
         region: Sequence[slice] | None,
+        stop_after: float | None = None,
     ) -> None:
         constants = dict(constants or {})
+        self.stop_after = stop_after
         if space is None:
             space, region = _BlockAsSpace(batch_shape), None
         if region is None:
@@ -341,8 +350,13 @@ class _BlockRun:
         self.allocate()  # an empty block, or one stopped before its outputs were set
 
     def run_per_sample(self) -> None:
-        """Call a per-sample kernel on each sample in turn."""
-        for i in self.todo:
+        """Call a per-sample kernel on each sample in turn (with ``stop_after``, no more
+        once that many seconds have passed and :data:`AT_LEAST` samples ran: the others
+        stay pending)."""
+        t0 = time.perf_counter()
+        for k, i in enumerate(self.todo):
+            if self.stop_after is not None and k >= AT_LEAST and time.perf_counter() - t0 > self.stop_after:
+                break
             try:
                 self.one_sample(i)
             except SampleTimeout:  # arrived just after the sample's own handler

@@ -44,7 +44,13 @@ import dask
 from . import config, hygiene
 from . import log as _log  # noqa: F401  (sets up the daskbatch logger wherever daskbatch runs)
 from .clusterbase import QUIET_LEVEL as QUIET_LEVEL
-from .clusterbase import _dashboard_address, _prepare_security, _quiet_logs, _signals_deferred
+from .clusterbase import (
+    _dashboard_address,
+    _finalize_clients,
+    _prepare_security,
+    _quiet_logs,
+    _signals_deferred,
+)
 from .clusterbase import local_security as local_security
 from .clusterbase import quiet_level as quiet_level
 from .errors import ClusterError, KernelCrashError, Stopped, WorkerDiedError, WorkerImportError
@@ -123,15 +129,16 @@ def _start_with_address(spec: ClusterSpec, memory_limit: int | None) -> Iterator
     )
     try:
         client = Client(address, timeout=f"{config.get('connect-timeout')}s")
-    except OSError as e:
+    except (OSError, TypeError, ValueError) as e:
+        _finalize_clients()  # the half-made Client: closed here, not in a later thread
+        if not isinstance(e, OSError):
+            if not tls:
+                raise
+            raise ClusterError(f"cannot connect to the scheduler at {address!r} ({e}).{tls}") from e
         raise ClusterError(
             f"cannot connect to the scheduler at {address!r} ({e}); is it running? "
             f"Start one with `dask scheduler`, or use cluster='local' (--cluster local).{tls}"
         ) from e
-    except (TypeError, ValueError) as e:  # distributed's words for TLS without credentials
-        if not tls:
-            raise
-        raise ClusterError(f"cannot connect to the scheduler at {address!r} ({e}).{tls}") from e
     try:
         yield Executor(spec, client=client)
     finally:
@@ -409,6 +416,7 @@ def _start_local_cluster(
                     client.close()
                 if cluster is not None:
                     cluster.close()
+                _finalize_clients()
 
 
 def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int | None, security: Any) -> Any:

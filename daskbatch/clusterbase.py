@@ -200,3 +200,13 @@ def _signals_deferred() -> Iterator[None]:
                 old(held[0], sys._getframe())
             else:  # SIG_DFL
                 signal.raise_signal(held[0])
+
+
+def _finalize_clients() -> None:
+    """Collect the garbage now, in this thread: a ``distributed.Client`` left in a
+    reference cycle (one whose making failed, say) is closed by its ``__del__``, which
+    waits for its event loop, and would otherwise run whenever the garbage collector
+    does next: in another cluster's event-loop thread it hangs that cluster's start."""
+    import gc
+
+    gc.collect()

@@ -40,7 +40,14 @@ from typing import Any
 
 import dask
 
-from .clusterbase import _dashboard_address, _quiet_logs, _signals_deferred, local_security, quiet_level
+from .clusterbase import (
+    _dashboard_address,
+    _finalize_clients,
+    _quiet_logs,
+    _signals_deferred,
+    local_security,
+    quiet_level,
+)
 from .errors import ClusterError
 from .executors import ClusterSpec, Executor, register_executor
 
@@ -583,6 +590,7 @@ def _start_jobqueue(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
                 if cluster is not None:
                     with contextlib.suppress(Exception):
                         cluster.close()
+                _finalize_clients()
 
 
 @contextmanager

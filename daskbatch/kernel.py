@@ -329,6 +329,7 @@ class Kernel:
         kill_on_timeout: bool = False,
         space: Any | None = None,
         region: Sequence[slice] | None = None,
+        stop_after: float | None = None,
     ) -> BlockResult:
         """Run the kernel on one block.
 
@@ -361,6 +362,9 @@ class Kernel:
             sample by its flat index in the space and, on a grid, its axis values.
             Without them the block is its own space (``"sample 7"`` is the block's
             eighth sample).
+        stop_after
+            A per-sample kernel starts no sample once this many seconds have passed
+            (after its first four): the others stay pending (the probe's budget).
 
         Error records (:class:`~daskbatch.errors.ErrorRecord`, as dicts) are kept for
         the first :data:`MAX_ERRORS_PER_BLOCK` samples that are not ok. Parameters
@@ -381,6 +385,7 @@ class Kernel:
             kill_on_timeout=kill_on_timeout,
             space=space,
             region=region,
+            stop_after=stop_after,
         )
 
     def probe(
@@ -390,13 +395,14 @@ class Kernel:
         constants: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         kill_on_timeout: bool = False,
+        stop_after: float | None = None,
     ) -> BlockResult:
         """Run a small block in this process and raise if its outputs break their spec.
 
         Used before a run starts, so that a kernel whose outputs cannot be stored
         (wrong shape, dtype or names) fails before a store is created or a worker
         started. Other exceptions are left to the run, where failures are data.
-        ``timeout`` and ``kill_on_timeout`` are as in :meth:`run_block`.
+        ``timeout``, ``kill_on_timeout`` and ``stop_after`` are as in :meth:`run_block`.
         """
         res = self.run_block(
             params,
@@ -405,6 +411,7 @@ class Kernel:
             label=lambda idx: f"probe sample {idx}",
             timeout=timeout,
             kill_on_timeout=kill_on_timeout,
+            stop_after=stop_after,
         )
         for err in res.errors:
             if err["error"].startswith("OutputSpecError"):

@@ -24,7 +24,7 @@ from .chunking import plan_block_shape
 from .cluster import ClusterSpec, prestart
 from .codeid import modules_used
 from .errors import sample_label
-from .kernel import BlockResult, Kernel
+from .kernel import STATUS, BlockResult, Kernel
 from .log import logger
 from .space import Space
 
@@ -57,6 +57,7 @@ def measure(
     timeout: float | None,
     cost: bool = True,
     keep: list[Any] | None = None,
+    budget: bool = False,
 ) -> float | None:
     """Probe the first samples (checking their outputs); return seconds per sample.
 
@@ -70,6 +71,11 @@ def measure(
     about ``daskbatch.probe.seconds`` (0.5 s). None if the probe could not finish.
     ``keep`` (a list) gets ``(block shape, BlockResult)`` of the first probe, whose
     ok samples a run in this process keeps instead of computing them again.
+
+    On worker processes (or with ``budget``: ``cluster="auto"``'s probe, before it
+    knows where the run goes), a per-sample kernel's first probe starts no sample once
+    its samples took ``daskbatch.probe.quick-seconds`` (after four): slow samples are
+    measured well by a few, and the workers wait for the probe.
     """
     # the probe's samples are computed again by their block: on worker processes, which
     # isolate a sample that ends its process anyway, at most a twentieth of the run's;
@@ -78,12 +84,15 @@ def measure(
     if not spec.in_driver:
         n_first = max(1, min(n_first, math.ceil(space.size / 20)))
     shape, params = _first_samples(space, n_first)
-    first = probe(spec, kernel, params, shape, constants, timeout, space)
+    # a per-sample kernel's probe stops once its samples took about quick-seconds
+    timed = kernel.per_sample and (budget or not spec.in_driver)
+    stop = _setting("quick-seconds") if timed else None
+    first = probe(spec, kernel, params, shape, constants, timeout, space, stop_after=stop)
     if first is None:
         return None
     if keep is not None:  # the first samples' results, for a run in this process to keep
         keep.append((shape, first))
-    n_first = math.prod(shape)
+    n_first = max(1, int((first.status != STATUS["pending"]).sum()))
     quick = first.seconds < _setting("quick-seconds")
     if not quick and not kernel.per_sample and cost:
         # a slow first call may be the kernel's imports and set-up: once more, warm
@@ -113,9 +122,12 @@ def probe(
     constants: Any,
     timeout: float | None,
     space: Space | None = None,
+    stop_after: float | None = None,
 ) -> BlockResult | None:
     """Run the first samples once, before anything starts: outputs that break their spec
-    raise here. Returns None when the probe could not finish (see below).
+    raise here. Returns None when the probe could not finish (see below). With
+    ``stop_after``, a per-sample kernel's probe may leave the last samples pending
+    (:meth:`~daskbatch.kernel.Kernel.run_block`).
 
     The probe runs in a child process, so that a sample that ends its process (a
     segfault in a compiled core, ``os._exit``, a Fortran ``STOP``) or hangs past
@@ -136,11 +148,11 @@ def probe(
     libraries), and a worker that dies is restarted by its nanny.
     """
     if sys.platform == "win32":
-        return kernel.probe(params, shape, constants, timeout=timeout)
+        return kernel.probe(params, shape, constants, timeout=timeout, stop_after=stop_after)
     if spec.client is not None and (spec.probe_on_worker or spec.starts_cluster):
         # a cluster already running, or the one this run has just started
         ship = not spec.imports_like_driver  # daskbatch's own workers import what this process does
-        res = _probe_on_worker(spec.client, kernel, params, shape, constants, timeout, ship)
+        res = _probe_on_worker(spec.client, kernel, params, shape, constants, timeout, ship, stop_after)
         if res is not False:
             return res
     import multiprocessing
@@ -150,7 +162,7 @@ def probe(
     from .lock import threads_besides_heartbeats
 
     in_driver = spec.in_driver
-    args = (kernel, dict(params), shape, dict(constants), timeout)
+    args = (kernel, dict(params), shape, dict(constants), timeout, stop_after)
     alone = threads_besides_heartbeats() == 1  # a store lock's heartbeat waits for a fork
     if in_driver and not (alone or _forkserver_running()):
         # a driver with other threads (a notebook) that has no forkserver yet: starting
@@ -317,6 +329,7 @@ def _probe_on_worker(
     constants: Any,
     timeout: float | None,
     ship: bool = True,
+    stop_after: float | None = None,
 ) -> BlockResult | bool | None:
     """The probe as a task pinned to one worker of a running cluster.
 
@@ -341,6 +354,7 @@ def _probe_on_worker(
             shape,
             dict(constants),
             timeout,
+            stop_after,
             key=f"daskbatch-probe-{uuid.uuid4().hex}",
             pure=False,
             workers=[addr],
@@ -373,9 +387,11 @@ def _probe_on_worker(
     return value
 
 
-def _probe_task(kernel: Kernel, params, shape, constants, timeout) -> tuple[str, Any]:
+def _probe_task(kernel: Kernel, params, shape, constants, timeout, stop_after=None) -> tuple[str, Any]:
     try:  # a sample past the timeout ends this worker process; its nanny starts another
-        return "ok", kernel.probe(params, shape, constants, timeout=timeout, kill_on_timeout=True)
+        return "ok", kernel.probe(
+            params, shape, constants, timeout=timeout, kill_on_timeout=True, stop_after=stop_after
+        )
     except Exception as e:
         return "error", e
 
@@ -398,7 +414,7 @@ def _probe_child(payload: Any, send) -> None:
             except Exception as e:  # e.g. a kernel module on the driver's sys.path only
                 send.send_bytes(pickle.dumps(("unloadable", f"{type(e).__name__}: {e}")))
                 return
-        kernel, params, shape, constants, timeout = payload
+        kernel, params, shape, constants, timeout, stop_after = payload
         starts: list[float] = []
         if kernel.per_sample:  # the probe runs its samples in order, each once
             func, calls = kernel.func, iter(range(math.prod(shape)))
@@ -411,7 +427,9 @@ def _probe_child(payload: Any, send) -> None:
 
             kernel.func = announced
         try:  # a sample past the timeout ends this process, which is all the parent needs to know
-            result = kernel.probe(params, shape, constants, timeout=timeout, kill_on_timeout=True)
+            result = kernel.probe(
+                params, shape, constants, timeout=timeout, kill_on_timeout=True, stop_after=stop_after
+            )
             if len(starts) >= 3:
                 # the first call pays for imports and loading libraries: the cost of a
                 # sample is the typical time between the starts of the later ones
