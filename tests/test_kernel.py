@@ -347,3 +347,38 @@ def test_run_block_stops_a_python_loop_past_its_timeout_and_says_which_samples()
     block = vector_spin.run_block({"i": np.arange(3)}, (3,), timeout=0.3)
     assert block.status.tolist() == [db.STATUS.timeout] * 3 and np.isnan(block.outputs["y"]).all()
     assert block.records()[0].message == "the block call was stopped after the timeout of 0.3 s"
+
+
+@db.kernel(outputs={"y": db.Output()})
+def slow_double(x):
+    import time
+
+    time.sleep(0.03)
+    return 2.0 * x
+
+
+def test_a_time_budget_leaves_the_last_samples_pending_after_four():
+    """The probe's budget (``stop_after``): no sample starts once it has passed, but
+    at least four run; the others stay pending, and a quick kernel runs them all."""
+    x = np.arange(16.0)
+    res = slow_double.run_block({"x": x}, (16,), stop_after=0.05)
+    done = res.status == OK
+    assert 4 <= done.sum() <= 6 and done[: done.sum()].all()
+    assert (res.status[~done] == db.STATUS.pending).all()
+    assert res.outputs["y"][done].tolist() == (2 * x[done]).tolist()
+    assert (affine.run_block({"a": x}, (16,), stop_after=0.05).status == OK).all()
+
+
+def test_the_probe_of_slow_samples_for_worker_processes_takes_a_few(tmp_path):
+    from daskbatch.cluster import ClusterSpec
+    from daskbatch.probe import measure
+
+    space = db.Grid(x=np.arange(400.0))
+    keep: list = []
+    seconds = measure(ClusterSpec("fork", 2), slow_double, space, {}, None, keep=keep)
+    ((shape, first),) = keep
+    assert shape == (16,) and 4 <= int((first.status == OK).sum()) <= 6  # 16 asked; the budget stops it
+    assert 0.02 < seconds < 0.2
+    keep.clear()
+    measure(ClusterSpec("serial", 1), slow_double, space, {}, None, keep=keep)  # in the driver: all 16
+    assert int((keep[0][1].status == OK).sum()) == 16
