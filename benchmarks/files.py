@@ -397,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(args, sizes, parts, rows)
     print()
     print(table)
-    if not args.no_write:
+    if not args.no_write and set(parts) >= set(PARTS):
         write_table(Path(args.out), table, "files", "## Batches of files and a big table")
+    elif not args.no_write:  # the section holds every part: a subset would drop the others'
+        print(f"(not written into {args.out}: only {', '.join(parts)} ran; the section needs every part)")
     return 0
 
 

@@ -141,3 +141,16 @@ def test_slurm_overhead_benchmark_smoke(slurm, tmp_path):
         "| SLURM: the sweep on the 2 running workers alone |",
     ):
         assert row in text
+
+
+def test_reductions_benchmark_smoke(tmp_path):
+    text = _bench("reductions", tmp_path, "--small", "--repeat", "1")
+    assert "totals identical: yes" in text and "(b) Monte Carlo" in text and "(c) adaptive" in text
+    # a subset of the parts is printed, never written over the others' figures
+    out = tmp_path / "performance.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "reductions.py"), "--small", "--repeat", "1"]
+    r = subprocess.run(
+        [*cmd, "--parts", "adaptive", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0 and "not written into" in r.stdout
+    assert out.read_text() == text
