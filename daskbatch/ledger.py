@@ -82,21 +82,28 @@ def _checksum(path: Path) -> tuple[int, int]:
     return size, crc
 
 
-async def _gather_writes(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
+async def _gather_writes(
+    writes: list[tuple[zarr.Array, Any, Any]], then: list[tuple[zarr.Array, Any, Any]] = ()
+) -> None:
     import asyncio
 
     await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
+    if then:
+        await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in then))
 
 
-def _write_all(writes: list[tuple[zarr.Array, Any, Any]]) -> None:
-    """Write several regions concurrently on zarr's I/O loop (all have returned on exit)."""
+def _write_all(
+    writes: list[tuple[zarr.Array, Any, Any]], then: list[tuple[zarr.Array, Any, Any]] = ()
+) -> None:
+    """Write several regions concurrently on zarr's I/O loop, then (once all of those
+    have returned) the regions ``then``: one trip to the loop. All have returned on exit."""
     try:
         from zarr.core.sync import sync
     except ImportError:  # pragma: no cover - a zarr without its sync helper: one at a time
-        for arr, sel, value in writes:
+        for arr, sel, value in [*writes, *then]:
             arr[sel] = value
         return
-    sync(_gather_writes(writes))
+    sync(_gather_writes(writes, list(then)))
 
 
 # ------------------------------------------------------------------ store format

@@ -339,9 +339,8 @@ class Store(StoreView):
                 if not isinstance(values, RaggedBlock):  # text parameters: their UTF-8 bytes
                     values = RaggedBlock.from_padded(_TEXT, *encode_text(values))
                 data += self._padded_writes(arrays, name, block, region, values, columns)
-            _write_all(data)
-            # status only after the data it describes has returned
-            arrays["status"][region] = status
+            # status only after the data it describes has returned (in the same trip)
+            _write_all(data, then=[(arrays["status"], region, status)])
             files = self._chunk_files(layout, block, arrays, columns)
             sums = {rel: _checksum(self.path / rel) for rel in files}
             # the block's partial reductions ride its commit: a resumed run merges each once
