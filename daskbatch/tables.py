@@ -4,7 +4,10 @@ A table comes from an :class:`xarray.Dataset`, a :class:`pandas.DataFrame` or a 
 of arrays (held in memory: a block task carries its rows), or from a path: a CSV,
 Parquet or Zarr file, or a folder or glob of them, read where it is
 (:mod:`daskbatch.sources`: the driver reads metadata and streams the table once to
-check it and compute its digest; each block reads its own rows in the worker).
+check it and compute its digest; each block reads its own rows in the worker). A
+Parquet file over ``daskbatch.table.scan-up-to`` bytes of column data is checked from
+its metadata and its float columns instead, and digested block by block: each block
+records the digest of the rows it read, which a rerun on a changed file compares.
 
 Every column is checked when the table is made: numbers, booleans or strings, no
 NaN or inf, one value per row. Text is never padded: it reaches the kernel as a
@@ -203,7 +206,9 @@ class Table(Space):
         a folder of such files, or a glob such as ``"runs/*.parquet"`` (its files in
         path order make one table). A path is read where it is: the driver streams it
         once (to check it and compute its digest), each block reads its own rows in
-        the worker.
+        the worker. A Parquet file over ``daskbatch.table.scan-up-to`` bytes (64 MiB)
+        of column data is not streamed: its metadata and float columns are checked,
+        and each block digests the rows it reads.
     columns
         The columns to use (default: all). A column that is missing is an error.
     copy
