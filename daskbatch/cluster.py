@@ -128,7 +128,9 @@ def _start_with_address(spec: ClusterSpec, memory_limit: int | None) -> Iterator
         else ""
     )
     try:
-        client = Client(address, timeout=f"{config.get('connect-timeout')}s")
+        # not dask's default: a Client whose connection fails would stay the default until
+        # it is garbage-collected, and every dask compute in this process would go to it
+        client = Client(address, timeout=f"{config.get('connect-timeout')}s", set_as_default=False)
     except (OSError, TypeError, ValueError) as e:
         _finalize_clients()  # the half-made Client: closed here, not in a later thread
         if not isinstance(e, OSError):

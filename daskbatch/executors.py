@@ -501,7 +501,7 @@ class Executor:
         index = {f.key: i for i, f in enumerate(futures)}
         lost = []
         try:
-            for fut in as_completed(futures):
+            for fut in as_completed(futures, loop=self.client.loop):  # this client's, not the default
                 try:
                     result = fut.result()
                 except KilledWorker:

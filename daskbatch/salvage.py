@@ -140,6 +140,7 @@ class _Salvage:
             [self.submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)],
             with_results=True,
             raise_errors=False,
+            loop=self.client.loop,  # this client's: it need not be dask's default
         )
         for fut, res in queue:
             positions = self.owners.pop(fut.key)

@@ -232,6 +232,11 @@ def test_a_tls_scheduler_without_credentials_names_the_config_keys():
     text = str(e.value)
     assert "\n" not in text and "'tls://127.0.0.1:9'" in text
     assert "distributed.comm.tls.ca-file" in text and "distributed.comm.tls.client.cert" in text
+    # and the Client that failed to connect is not left as dask's default (every later
+    # dask compute in this process would wait on it)
+    from distributed.client import _get_global_client
+
+    assert dask.config.get("scheduler", None) != "dask.distributed" and _get_global_client() is None
 
 
 @pytest.mark.slow
