@@ -114,6 +114,31 @@ def _start_with_client(spec: ClusterSpec, memory_limit: int | None) -> Iterator[
     yield Executor(spec, client=spec.client)
 
 
+def _forget_failed_client(exc: BaseException) -> None:
+    """Undo what a ``distributed.Client`` whose connection failed (``exc``) left behind:
+    it makes itself dask's default before it connects, and stays the default until it
+    is garbage-collected, so every dask compute in this process would go to it (and
+    wait). Done as its ``close`` does, then it is closed, while its event loop runs
+    (closed later by the garbage collector, at exit, it waits 20 s for a loop gone)."""
+    try:
+        from distributed.client import Client, _del_global_client, _get_global_client
+    except ImportError:  # pragma: no cover - another distributed
+        return
+    tb = exc.__traceback__
+    while tb is not None:
+        client = tb.tb_frame.f_locals.get("self")
+        if isinstance(client, Client):
+            _del_global_client(client)
+            if getattr(client, "_set_as_default", False) and _get_global_client() is None:
+                with contextlib.suppress(AttributeError), client._set_config:
+                    pass
+            client._set_as_default = False
+            with contextlib.suppress(Exception):  # now, while its event loop runs
+                client.close(timeout=5)
+            return
+        tb = tb.tb_next
+
+
 @contextmanager
 def _start_with_address(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
     from distributed import Client
@@ -128,11 +153,10 @@ def _start_with_address(spec: ClusterSpec, memory_limit: int | None) -> Iterator
         else ""
     )
     try:
-        # not dask's default: a Client whose connection fails would stay the default until
-        # it is garbage-collected, and every dask compute in this process would go to it
-        client = Client(address, timeout=f"{config.get('connect-timeout')}s", set_as_default=False)
+        client = Client(address, timeout=f"{config.get('connect-timeout')}s")
     except (OSError, TypeError, ValueError) as e:
-        _finalize_clients()  # the half-made Client: closed here, not in a later thread
+        _finalize_clients()
+        _forget_failed_client(e)
         if not isinstance(e, OSError):
             if not tls:
                 raise
