@@ -155,7 +155,6 @@ def _start_with_address(spec: ClusterSpec, memory_limit: int | None) -> Iterator
     try:
         client = Client(address, timeout=f"{config.get('connect-timeout')}s")
     except (OSError, TypeError, ValueError) as e:
-        _finalize_clients()
         _forget_failed_client(e)
         if not isinstance(e, OSError):
             if not tls:

@@ -274,10 +274,10 @@ def _read_for_checks(source: Source) -> list[str] | None:
     kind, or a column with missing values, whose first row the whole scan names)."""
     from .config import get
 
-    if not isinstance(source, ParquetSource) or source.data_bytes() <= get("table.scan-up-to"):
+    if not isinstance(source, ParquetSource):
         return None
-    nulls = source.null_counts()
-    if any(nulls.values()):
+    size, nulls = source.column_stats()
+    if size <= get("table.scan-up-to") or any(nulls.values()):
         return None
     return [n for n, c in source.columns.items() if c.dtype.kind in "fc" or nulls[n] is None]
 

@@ -137,21 +137,20 @@ class ParquetSource(Source):
                 if name in self.columns:
                     yield name, chunk
 
-    def data_bytes(self) -> int:
-        """The uncompressed bytes of the columns kept (from the file's metadata)."""
-        return sum(int(chunk.total_uncompressed_size) for _, chunk in self._chunks())
-
-    def null_counts(self) -> dict[str, int | None]:
-        """Each column's missing values, from the row groups' statistics (None for a
-        column whose statistics do not all say)."""
-        out: dict[str, int | None] = dict.fromkeys(self.columns, 0)
+    def column_stats(self) -> tuple[int, dict[str, int | None]]:
+        """From the file's metadata, in one read: the uncompressed bytes of the columns
+        kept, and each one's missing values as the row groups' statistics count them
+        (None for a column whose statistics do not all say)."""
+        size = 0
+        nulls: dict[str, int | None] = dict.fromkeys(self.columns, 0)
         for name, chunk in self._chunks():
+            size += int(chunk.total_uncompressed_size)
             stats = chunk.statistics
-            if out[name] is None or stats is None or not stats.has_null_count:
-                out[name] = None
+            if nulls[name] is None or stats is None or not stats.has_null_count:
+                nulls[name] = None
             else:
-                out[name] = int(out[name] or 0) + int(stats.null_count)
-        return out
+                nulls[name] = int(nulls[name] or 0) + int(stats.null_count)
+        return size, nulls
 
     def read(self, start: int, stop: int, digest: bool = False) -> Any:
         """Rows ``start:stop`` as the kernel gets them; with ``digest``, also the

@@ -418,10 +418,14 @@ class Table(Space):
         (s,) = slices
         if self._reader is None:
             return {n: a[s] for n, a in self._data.items()}
+        return self._reader.read(*self._rows(s))
+
+    def _rows(self, s: slice) -> tuple[int, int]:
+        """The rows ``s`` selects, recorded in :data:`READS` (read by this process)."""
         start, stop, _ = s.indices(self.batch_shape[0])
         READS.append((start, stop))
         del READS[:-1000]
-        return self._reader.read(start, stop)
+        return start, stop
 
     def read_whole(self) -> Table:
         """This table as one not digested block by block: streamed whole by the driver when
@@ -446,9 +450,7 @@ class Table(Space):
         """:meth:`block`, and the digest of its rows that its record keeps:
         ``{"rows": [first, stop], "sha256": {column: digest}}``."""
         (s,) = slices
-        start, stop, _ = s.indices(self.batch_shape[0])
-        READS.append((start, stop))
-        del READS[:-1000]
+        start, stop = self._rows(s)
         values, sums = self._reader.read(start, stop, digest=True)  # type: ignore[union-attr, call-arg]
         return values, {"rows": [start, stop], "sha256": sums}
 
