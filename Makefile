@@ -44,7 +44,13 @@ demo: $(VENV)/.installed  ## install, then sweep the built-in DC sounding model 
 test: $(VENV)/.installed test-deps  ## install, lint, then run every test (doctests included)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 2 -m 'not serial'
+	@# the SLURM tests mostly wait for jobs: one process runs them on one SLURM beside
+	@# the others (its output follows theirs); the few that measure time or memory last
+	@$(PY) -m pytest -m 'slurm and not serial' > $(VENV)/slurm-tests.log 2>&1 & slurm=$$!; \
+	  echo "$(PY) -m pytest -n 3 -m 'not serial and not slurm'  (the SLURM tests beside it: $(VENV)/slurm-tests.log)"; \
+	  $(PY) -m pytest -n 3 -m 'not serial and not slurm'; rest=$$?; \
+	  wait $$slurm; code=$$?; echo "--- the SLURM tests, run beside them:"; cat $(VENV)/slurm-tests.log; \
+	  test $$rest -eq 0 && test $$code -eq 0
 	$(PY) -m pytest -m serial
 
 docs: $(VENV)/.installed  ## the documentation site into docs/_build/html (warnings are errors)

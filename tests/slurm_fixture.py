@@ -474,13 +474,14 @@ def running_slurm() -> Iterator[Slurm]:
             STATE.unlink(missing_ok=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before the `-m` selection: `-m 'not serial'` leaves them out
+@pytest.hookimpl(tryfirst=True)  # before the `-m` selection, so that `-m slurm` finds them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that uses the ``slurm`` fixture ``slurm`` and ``serial``."""
+    """Mark every test that uses the ``slurm`` fixture ``slurm``: ``make test`` runs them
+    one after another in a pytest process of their own, on one SLURM, beside the other
+    tests (they mostly wait for jobs)."""
     for item in items:
         if "slurm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)
-            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")

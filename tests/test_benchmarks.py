@@ -119,7 +119,6 @@ def test_commit_benchmark_smoke():
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 def test_slurm_overhead_benchmark_smoke(slurm, tmp_path):
     """On the test SLURM (its SLURM_CONF): local and SLURM runs, both stores identical."""
     script = ROOT / "benchmarks" / "slurm_overhead.py"

@@ -115,7 +115,7 @@ def _external(ref: str) -> bool:
 
 def test_every_page_is_reachable_and_every_internal_link_resolves(site: Path) -> None:
     # the pages (the theme's _static/ holds an HTML template, not a page)
-    pages = {p: _parse(p) for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts}
+    pages = {p: _parse(p) for p in _pages(site) if "_static" not in p.relative_to(site).parts}
     broken = []
     for path, page in pages.items():
         for ref in page.links + page.assets:
@@ -168,11 +168,17 @@ def test_every_page_is_reachable_and_every_internal_link_resolves(site: Path) ->
     assert all(n == 1 for n in titles.values()), f"titles per rendered notebook: {titles}"
 
 
+def _pages(site: Path) -> list[Path]:
+    """The site's HTML pages, not the render probes that another test process writes
+    beside them for a moment (``.probe-*``: the site is built once for all processes)."""
+    return [p for p in site.rglob("*.html") if not p.name.startswith(".probe-")]
+
+
 def test_the_site_loads_nothing_from_the_network(site: Path) -> None:
     """Offline: no page loads a script, stylesheet, font or image from elsewhere, and the
     stylesheets' own url(...) references are files of the site."""
     remote = []
-    for path in site.rglob("*.html"):
+    for path in _pages(site):
         remote += [f"{path.relative_to(site)}: {ref}" for ref in _parse(path).assets if _external(ref)]
     for css in site.rglob("*.css"):
         for ref in re.findall(r"url\(\s*['\"]?([^'\")]+)", css.read_text(encoding="utf-8", errors="replace")):

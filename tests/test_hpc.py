@@ -376,7 +376,6 @@ def _daskbatch(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 @pytest.mark.parametrize("jobs", ["jobs = 2", "adapt = {min = 0, max = 2}"])
 def test_a_sweep_on_slurm_equals_the_same_sweep_in_one_process(slurm, tmp_path, jobs):
     logs = tmp_path / "logs"
@@ -405,7 +404,6 @@ def test_a_sweep_on_slurm_equals_the_same_sweep_in_one_process(slurm, tmp_path, 
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 def test_a_worker_job_cancelled_mid_run_loses_nothing_and_counts_nothing_twice(slurm, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -459,7 +457,6 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_counts_nothing_twice(s
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 def test_the_dashboard_link_of_a_jobqueue_cluster_is_where_it_listens(slurm, tmp_path):
     """The scheduler listens for its workers on the node's address, its dashboard on
     127.0.0.1 only: the printed link must be the one that answers."""
@@ -629,7 +626,6 @@ def test_a_worker_near_its_deadline_retires_and_its_block_runs_elsewhere(tmp_pat
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 def test_workers_leave_before_their_walltime_and_no_block_is_killed_half_way(slurm, tmp_path):
     """Jobs of 2 minutes (workers retire by --lifetime at 45-75 s), blocks of about 20 s:
     a worker starts no block it could not finish, retires, its job ends by itself, and

@@ -195,12 +195,15 @@ def _scheduler_tick(dask_scheduler) -> float:
 @pytest.mark.serial
 @pytest.mark.slow
 def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
-    """40 blocks of 8 MB per worker after 4: the peak grows by less than 2 blocks.
+    """40 blocks of 8 MB per worker after 4: the peak grows by less than 2.5 blocks.
 
     With glibc's default malloc arenas (one per thread) it grew by 60 MB here, as Zarr's
     threads kept freed blocks in their own arenas; with one arena by 25 MB, as glibc
     kept freed blocks in its heap; a worker that hands them back once they pile up
-    (cluster.release_freed_memory) grew by 3-8 MB.
+    (hygiene.release_freed_memory: once two blocks of them have piled up, so the peak
+    may rise by as much over the first run's) grew by 8-14 MB in six runs, once 18.5.
+    Its peak still creeps (about 5 MB more per 80 further blocks, as the worker's
+    bounded logs fill): what is caught is a block's worth kept per few blocks.
     The same cluster's servers check their event loops every 500 ms, not every 20 ms,
     and poll memory every 500 ms (see cluster.start_executor).
     """
@@ -222,7 +225,7 @@ def test_a_workers_memory_does_not_climb_with_the_blocks_it_runs(tmp_path):
         db.run(noise, space, tmp_path / "b.zarr", chunk_size=500, cluster=client, progress=False)
         long = client.run(_memory_now)
     growth = {w: (long[w][1] - short[w][1]) / 2**20 for w in short}
-    assert max(growth.values()) < 2 * block_bytes / 2**20, growth
+    assert max(growth.values()) < 2.5 * block_bytes / 2**20, growth
     assert os.environ.get("MALLOC_ARENA_MAX") == driver_env  # the driver's own is left alone
 
 

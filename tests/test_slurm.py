@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from slurm_fixture import Slurm
 
-pytestmark = [pytest.mark.slurm, pytest.mark.serial]
+pytestmark = pytest.mark.slurm
 
 
 def test_the_node_is_idle_and_the_environment_points_at_it(slurm: Slurm) -> None:

@@ -325,7 +325,6 @@ def _log(slurm, job: str) -> str:
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 def test_chain_of_one_minute_jobs_finishes_a_longer_sweep(slurm, tmp_path):
     """120 samples of 1 s on 2 threads: about 60 s of work plus starts and stops, more than
     one job of a 1-minute walltime gets done (SLURM warns each driver 10-40 s before its
@@ -366,7 +365,6 @@ def test_chain_of_one_minute_jobs_finishes_a_longer_sweep(slurm, tmp_path):
 
 
 @pytest.mark.slurm
-@pytest.mark.serial
 def test_cancelled_driver_job_leaves_a_store_that_a_new_job_finishes(slurm, tmp_path):
     from daskbatch.testing import assert_stores_identical, blocks_done
 
