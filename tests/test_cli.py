@@ -53,6 +53,24 @@ def _values(store):
     return {k: v.values for k, v in ds.data_vars.items()}
 
 
+def test_python_dash_m_daskbatch_is_the_command(tmp_path):
+    """``python -m daskbatch`` runs a sweep on worker processes (which import the main
+    module again: the command must not start there) and reports as the command does."""
+    (tmp_path / "sweep.toml").write_text(SPEC.replace('store = "mc.zarr"', 'store = "m.zarr"'))
+    r = subprocess.run(
+        [sys.executable, "-m", "daskbatch", "run", "sweep.toml", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "400 total: 400 ok" in r.stdout
+    assert db.status(tmp_path / "m.zarr").complete
+    v = subprocess.run([sys.executable, "-m", "daskbatch", "--version"], capture_output=True, text=True)
+    assert v.returncode == 0 and v.stdout.strip() == f"daskbatch {db.__version__}"
+
+
 def test_run_status_and_rerun(spec, tmp_path, cli):
     r = run_cli("run", str(spec), "--no-progress")
     assert r.returncode == 0, r.stderr
