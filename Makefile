@@ -47,8 +47,8 @@ test: $(VENV)/.installed test-deps  ## install, lint, then run every test (docte
 	@# the SLURM tests mostly wait for jobs: one process runs them on one SLURM beside
 	@# the others (its output follows theirs); the few that measure time or memory last
 	@$(PY) -m pytest -m 'slurm and not serial' > $(VENV)/slurm-tests.log 2>&1 & slurm=$$!; \
-	  echo "$(PY) -m pytest -n 3 -m 'not serial and not slurm'  (the SLURM tests beside it: $(VENV)/slurm-tests.log)"; \
-	  $(PY) -m pytest -n 3 -m 'not serial and not slurm'; rest=$$?; \
+	  echo "$(PY) -m pytest -n 2 -m 'not serial and not slurm'  (the SLURM tests beside it: $(VENV)/slurm-tests.log)"; \
+	  $(PY) -m pytest -n 2 -m 'not serial and not slurm'; rest=$$?; \
 	  wait $$slurm; code=$$?; echo "--- the SLURM tests, run beside them:"; cat $(VENV)/slurm-tests.log; \
 	  test $$rest -eq 0 && test $$code -eq 0
 	$(PY) -m pytest -m serial

@@ -272,15 +272,18 @@ def test_an_explicit_chunk_size_skips_the_cost_probe(tmp_path):
     space = db.Grid(a=np.arange(20_000.0))
     for chunk_size, name in ((2_000, "explicit"), ("auto", "auto")):
         log = tmp_path / f"{name}.log"
-        db.run(
-            logged_sizes,
-            space,
-            tmp_path / f"{name}.zarr",
-            cluster="serial",
-            chunk_size=chunk_size,
-            progress=False,
-            constants={"log": str(log)},
-        )
+        # the probe's time budget out of the way: a busy machine's slow first call (which
+        # writes the log) would leave fewer than a twentieth of the samples for the second
+        with dask.config.set({"daskbatch.probe.seconds": 600}):
+            db.run(
+                logged_sizes,
+                space,
+                tmp_path / f"{name}.zarr",
+                cluster="serial",
+                chunk_size=chunk_size,
+                progress=False,
+                constants={"log": str(log)},
+            )
         sizes = [int(x) for x in log.read_text().split()]
         assert sum(sizes) >= 20_000
         if name == "explicit":
