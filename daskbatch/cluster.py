@@ -437,11 +437,26 @@ def _start_local_cluster(
             yield Executor(spec, client=client, cluster=cluster)
         finally:
             with _signals_deferred():  # and the cluster closes in full
+                if client is not None and cluster is not None:
+                    _let_restarts_finish(client, cluster)
                 if client is not None:
                     client.close()
                 if cluster is not None:
                     cluster.close()
                 _finalize_clients()
+
+
+#: How long closing a local cluster waits for the workers its nannies are restarting.
+RESTART_WAIT_SECONDS = 10.0
+
+
+def _let_restarts_finish(client: Any, cluster: Any) -> None:
+    """Wait (at most :data:`RESTART_WAIT_SECONDS`) until every worker of ``cluster`` is
+    up: one that a sample crashed is being restarted by its nanny, and closing the
+    cluster while it starts made it print a traceback (``RuntimeError: ConnectionPool
+    is closed``) after a run that had gone well. Nothing to wait for otherwise."""
+    with contextlib.suppress(Exception):  # a cluster that cannot say: close it anyway
+        client.wait_for_workers(len(cluster.worker_spec), timeout=RESTART_WAIT_SECONDS)
 
 
 def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int | None, security: Any) -> Any:
