@@ -26,6 +26,7 @@ __all__ = [
     "MIN_TRIM_GROWTH",
     "die_with_parent",
     "limit_malloc_arenas",
+    "own_blosc_lock",
     "release_freed_memory",
     "start_forkserver",
 ]
@@ -120,6 +121,33 @@ def die_with_parent() -> None:
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the driver died before this line: go at once
             os._exit(1)
+
+
+def own_blosc_lock() -> None:
+    """In a process just forked: give numcodecs' Blosc codec a lock of this process's own.
+
+    numcodecs makes its Blosc lock on first use with the default start method's
+    context. In a worker forked from daskbatch's forkserver that is a named semaphore
+    that the shared resource tracker follows; a worker that a sample crashes (or that
+    is killed) never hands it back, and the tracker then printed "There appear to be N
+    leaked semaphore objects to clean up at shutdown" at the end of the run. In a
+    process forked from the driver the driver's lock, if it had made one, was shared
+    with every other fork. A fork-context lock is anonymous (unlinked at once, never
+    tracked) and belongs to this process only. Nothing is done when numcodecs' Blosc
+    is not loaded (it then makes its lock when first used) or has no such lock.
+    """
+    blosc = sys.modules.get("numcodecs.blosc")
+    if blosc is None or not hasattr(blosc, "_MUTEX_IS_INIT"):
+        return
+    with contextlib.suppress(Exception):  # never let this stop a fork
+        import multiprocessing
+
+        blosc._MUTEX = multiprocessing.get_context("fork").Lock()
+        blosc._MUTEX_IS_INIT = True
+
+
+if hasattr(os, "register_at_fork") and sys.platform.startswith("linux"):
+    os.register_at_fork(after_in_child=own_blosc_lock)
 
 
 #: set while daskbatch starts its forkserver: :mod:`daskbatch._forkserver` acts only then

@@ -393,6 +393,45 @@ def test_forkserver_children_start_with_the_configured_malloc_arenas(tmp_path):
         assert r.stdout.split() == [expected, "None"], r.stdout
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forkserver")
+def test_a_crashed_forkserver_child_leaves_no_tracked_blosc_lock(tmp_path):
+    """A forkserver child that used Blosc and then died by a signal: its Blosc lock was
+    a named semaphore the shared resource tracker followed, and the tracker printed
+    "leaked semaphore objects" at exit. Now each forked process has an anonymous lock
+    of its own (daskbatch.hygiene.own_blosc_lock), and the run ends quietly."""
+    script = tmp_path / "crash.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os, signal
+            import numcodecs.blosc
+            import numpy as np
+            from daskbatch import hygiene
+
+            def crash(conn):
+                numcodecs.blosc.Blosc().encode(np.arange(1000.0))  # makes or takes the lock
+                lock = numcodecs.blosc.get_mutex()
+                conn.send((lock._semlock.name, os.getpid()))
+                os.kill(os.getpid(), signal.SIGSEGV)
+
+            if __name__ == "__main__":
+                hygiene.start_forkserver(["numcodecs.blosc"])
+                ctx = multiprocessing.get_context("forkserver")
+                receive, send = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=crash, args=(send,))
+                p.start()
+                name, pid = receive.recv()
+                p.join()
+                print(name, p.exitcode == -signal.SIGSEGV)
+            """
+        )
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["None", "True"], r.stdout  # anonymous: nothing to track
+    assert "leaked semaphore" not in r.stderr and r.stderr.strip() == "", r.stderr
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 def test_a_pool_worker_ends_when_its_driver_is_killed(tmp_path):
     """A process that called :func:`die_with_parent` goes when its driver is SIGKILLed
