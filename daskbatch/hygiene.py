@@ -146,7 +146,7 @@ def own_blosc_lock() -> None:
         blosc._MUTEX_IS_INIT = True
 
 
-if hasattr(os, "register_at_fork") and sys.platform.startswith("linux"):
+if sys.platform.startswith("linux"):
     os.register_at_fork(after_in_child=own_blosc_lock)
 
 

@@ -31,7 +31,7 @@ import math
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,19 +82,18 @@ def _checksum(path: Path) -> tuple[int, int]:
     return size, crc
 
 
-async def _gather_writes(
-    writes: list[tuple[zarr.Array, Any, Any]], then: list[tuple[zarr.Array, Any, Any]] = ()
-) -> None:
+_Write = tuple[zarr.Array, Any, Any]  # an array, a selection, the values written there
+
+
+async def _gather_writes(*rounds: Sequence[_Write]) -> None:
+    """Each round's writes concurrently, a round only once the one before has returned."""
     import asyncio
 
-    await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
-    if then:
-        await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in then))
+    for writes in rounds:
+        await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
 
 
-def _write_all(
-    writes: list[tuple[zarr.Array, Any, Any]], then: list[tuple[zarr.Array, Any, Any]] = ()
-) -> None:
+def _write_all(writes: Sequence[_Write], then: Sequence[_Write] = ()) -> None:
     """Write several regions concurrently on zarr's I/O loop, then (once all of those
     have returned) the regions ``then``: one trip to the loop. All have returned on exit."""
     try:
@@ -103,7 +102,7 @@ def _write_all(
         for arr, sel, value in [*writes, *then]:
             arr[sel] = value
         return
-    sync(_gather_writes(writes, list(then)))
+    sync(_gather_writes(writes, then))
 
 
 # ------------------------------------------------------------------ store format
