@@ -187,7 +187,9 @@ def test_run_killed_catches_processes_that_outlive_the_command(tmp_path):
         f"""
         import pathlib, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        pathlib.Path({str(pidfile)!r}).write_text(str(child.pid))
+        tmp = pathlib.Path({str(pidfile)!r} + ".tmp")
+        tmp.write_text(str(child.pid))
+        tmp.rename({str(pidfile)!r})  # whole when it appears: the kill follows at once
         time.sleep(60)
         """
     )
