@@ -645,3 +645,30 @@ def test_extra_dims_named_per_output_when_they_differ():
     docs = [((0,), red.partial({"a": np.arange(5.0), "b": np.arange(5.0)}, np.full(5, OK), (slice(0, 5),)))]
     ds = red.to_dataset(red.merge(docs, (5,)))
     assert ds["a_quantile"].dims == ("quantile_a",) and ds["b_quantile"].dims == ("quantile_b",)
+
+
+def test_the_dataset_is_the_one_xarrays_ordinary_constructors_build():
+    """to_dataset builds its variables on xarray's fast path (no dask.array import): the
+    result is identical to the same data through the ordinary constructors."""
+    import xarray as xr
+
+    outs = {"y": Output(), "c": Output(dims=("t",), shape=(2,), coords={"t": ["early", "late"]})}
+    red = parse_reduce(
+        {
+            "y": ["mean", "std", Quantiles([0.1, 0.9]), Histogram([0.0, 1.0, 2.0]), Exceedance(1.0)],
+            "c": ["sum", Exceedance(0.5), Exceedance(2.0)],
+        },
+        outs,
+        ("rho1", "rho2"),
+        dims="rho2",
+    )
+    values = {"y": np.linspace(0, 2, 6).reshape(2, 3), "c": np.arange(12.0).reshape(2, 3, 2)}
+    doc = red.partial(values, np.full((2, 3), OK), (slice(0, 2), slice(0, 3)))
+    ds = red.to_dataset(red.merge([((0, 0), doc)], (2, 3)), {"rho1": np.array([10.0, 20.0])})
+    ordinary = xr.Dataset(
+        {k: (v.dims, np.array(v.values), v.attrs) for k, v in ds.data_vars.items()},
+        coords={k: (c.dims, np.array(c.values)) for k, c in ds.coords.items()},
+        attrs=ds.attrs,
+    )
+    assert ds.identical(ordinary)
+    assert ds["c_sum"].sel(t="late", rho1=20.0).item() == 7.0 + 9.0 + 11.0
