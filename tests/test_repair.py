@@ -158,7 +158,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_damaged_metadata_is_rebuilt_and_no_committed_block_lost(reference, tmp_path, case):
+def test_damaged_metadata_is_rebuilt_and_no_committed_block_lost(reference, tmp_path, case, cli):
     file, damage = DAMAGE[case]
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
@@ -166,14 +166,14 @@ def test_damaged_metadata_is_rebuilt_and_no_committed_block_lost(reference, tmp_
     assert before == 6
     damage(store)
 
-    r = run_cli("status", str(store), "--verify")
+    r = cli("status", str(store), "--verify")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert "metadata problem(s)" in r.stdout and f"  {file}: " in r.stdout, r.stdout
     assert "damaged block(s)" not in r.stdout, r.stdout
     assert f"repair with: daskbatch resume {store} --verify" in r.stdout, r.stdout
 
-    r = run_cli("resume", str(store), "--verify", "--no-progress")
+    r = cli("resume", str(store), "--verify", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert f"repaired the store's metadata: {file}: " in r.stderr, r.stderr
     assert "nothing to compute" in r.stdout, r.stdout  # every committed block kept
@@ -230,19 +230,19 @@ GONE = {
 
 
 @pytest.mark.parametrize("case", list(GONE))
-def test_a_store_whose_provenance_is_gone_is_named_and_left_alone(reference, tmp_path, case):
+def test_a_store_whose_provenance_is_gone_is_named_and_left_alone(reference, tmp_path, case, cli):
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
     GONE[case](store)
     (store / ".daskbatch" / "provenance.json").unlink()
     before = _files(store)
-    r = run_cli("status", str(store), "--verify")
+    r = cli("status", str(store), "--verify")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cannot repair: the store's provenance is gone ("), lines
     assert "provenance.json is missing" in lines[0] and "--overwrite" in lines[0], lines
     for args in (("resume", str(store), "--verify", "--no-progress"), ("status", str(store))):
-        r = run_cli(*args)
+        r = cli(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "its provenance is gone (zarr.json " in lines[0], lines
@@ -250,48 +250,48 @@ def test_a_store_whose_provenance_is_gone_is_named_and_left_alone(reference, tmp
     assert _files(store) == before
 
 
-def test_a_repaired_copy_repairs_a_later_root_damage(reference, tmp_path):
+def test_a_repaired_copy_repairs_a_later_root_damage(reference, tmp_path, cli):
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
     (store / ".daskbatch" / "provenance.json").unlink()
     (store / ".daskbatch" / "template.json").write_text("xx")
-    assert run_cli("resume", str(store), "--verify", "--no-progress").returncode == 0
+    assert cli("resume", str(store), "--verify", "--no-progress").returncode == 0
     (store / "zarr.json").write_bytes((store / "zarr.json").read_bytes()[:100])
     (store / "y" / "zarr.json").unlink()
-    r = run_cli("resume", str(store), "--verify", "--no-progress")
+    r = cli("resume", str(store), "--verify", "--no-progress")
     assert r.returncode == 0 and "nothing to compute" in r.stdout, r.stdout + r.stderr
     assert "zarr.json: is not JSON" in r.stderr and "y/zarr.json: is missing" in r.stderr, r.stderr
     assert_stores_identical(store, reference)
     assert check(store).ok
 
 
-def test_a_run_stopped_between_root_and_copy_keeps_the_root(reference, tmp_path):
+def test_a_run_stopped_between_root_and_copy_keeps_the_root(reference, tmp_path, cli):
     # the root is written first: a copy one history entry behind is only out of date
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
     _copy(store, lambda a: a.__setitem__("history", a["history"][:-1]))
-    r = run_cli("status", str(store), "--verify")
+    r = cli("status", str(store), "--verify")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "  .daskbatch/provenance.json: differs from the root's in what a run changes" in r.stdout
     assert "rewritten from zarr.json" in r.stdout and "damaged block" not in r.stdout, r.stdout
-    r = run_cli("resume", str(store), "--no-progress")  # not refused: the copy is written again
+    r = cli("resume", str(store), "--no-progress")  # not refused: the copy is written again
     assert r.returncode == 0 and "nothing to compute" in r.stdout, r.stdout + r.stderr
-    r = run_cli("resume", str(store), "--verify", "--no-progress")
+    r = cli("resume", str(store), "--verify", "--no-progress")
     assert r.returncode == 0 and "nothing to compute" in r.stdout, r.stdout + r.stderr
     root = json.loads((store / "zarr.json").read_text())["attributes"]
     assert json.loads((store / ".daskbatch" / "provenance.json").read_text()) == root
     assert check(store).ok
 
 
-def test_readers_use_the_copy_while_the_root_provenance_is_damaged(reference, tmp_path):
+def test_readers_use_the_copy_while_the_root_provenance_is_damaged(reference, tmp_path, cli):
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
     _attrs(lambda a: a.__setitem__("history", "junk"))(store)
-    r = run_cli("status", str(store))
+    r = cli("status", str(store))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "blocks:   6 of 6 done" in r.stdout, r.stdout
     assert np.array_equal(db.open(store)["y"].values, db.open(reference)["y"].values)
-    r = run_cli("resume", str(store), "--no-progress")  # a run without verify is refused
+    r = cli("resume", str(store), "--no-progress")  # a run without verify is refused
     assert r.returncode == 2 and "zarr.json: holds a damaged daskbatch provenance" in r.stderr, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("daskbatch: error: ")]
     assert len(errors) == 1 and errors[0].endswith("--verify (or daskbatch.run(..., verify=True))"), r.stderr
@@ -303,22 +303,22 @@ FORMAT1 = Path(__file__).parent / "data" / "format1_mc"
 @pytest.mark.parametrize(
     "file", ["_daskbatch/counts/zarr.json", "_daskbatch/done/zarr.json", "status/zarr.json"]
 )
-def test_format1_store_metadata_is_rebuilt_and_resumed(tmp_path, file):
+def test_format1_store_metadata_is_rebuilt_and_resumed(tmp_path, file, cli):
     store = tmp_path / "f1.zarr"
     shutil.copytree(FORMAT1, store)
     (store / file).unlink()
-    r = run_cli("status", str(store), "--verify")
+    r = cli("status", str(store), "--verify")
     assert r.returncode == 1 and f"  {file}: is missing" in r.stdout, r.stdout + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
-    r = run_cli("resume", str(store), "--verify", "--cluster", "serial", "--no-progress")
+    r = cli("resume", str(store), "--verify", "--cluster", "serial", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "10 samples in 1 blocks" in r.stdout, r.stdout  # only the block that was pending
     st = db.status(store)
     assert st.complete and st.blocks_done == 3
-    assert run_cli("status", str(store), "--verify").returncode == 0
+    assert cli("status", str(store), "--verify").returncode == 0
 
 
-def test_root_and_copy_that_both_look_right_are_not_chosen_between(reference, tmp_path):
+def test_root_and_copy_that_both_look_right_are_not_chosen_between(reference, tmp_path, cli):
     # both well-formed, each consistent with its own fingerprint, store id and layout:
     # nothing tells which is right, so nothing is rebuilt
     import hashlib
@@ -333,24 +333,24 @@ def test_root_and_copy_that_both_look_right_are_not_chosen_between(reference, tm
 
     _attrs(other_constants)(store)
     before = _files(store)
-    r = run_cli("status", str(store), "--verify")
+    r = cli("status", str(store), "--verify")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert (
         "zarr.json: its daskbatch provenance and .daskbatch/provenance.json differ in constants" in r.stdout
     )
     assert "cannot repair: zarr.json cannot be rebuilt" in r.stdout, r.stdout
-    r = run_cli("resume", str(store), "--verify", "--no-progress")  # refused, whatever it meets first
+    r = cli("resume", str(store), "--verify", "--no-progress")  # refused, whatever it meets first
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert _files(store) == before
 
 
-def test_a_deleted_block_record_only_uncommits_its_block(reference, tmp_path):
+def test_a_deleted_block_record_only_uncommits_its_block(reference, tmp_path, cli):
     # by design: a block without a record is pending, whatever is on disk
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
     next((store / ".daskbatch" / "blocks").glob("*.json")).unlink()
-    r = run_cli("status", str(store), "--verify")
+    r = cli("status", str(store), "--verify")
     assert r.returncode == 0 and "blocks:   5 of 6 done" in r.stdout, r.stdout + r.stderr
-    r = run_cli("resume", str(store), "--verify", "--no-progress")
+    r = cli("resume", str(store), "--verify", "--no-progress")
     assert r.returncode == 0 and "4 samples in 1 blocks" in r.stdout, r.stdout + r.stderr
     assert_stores_identical(store, reference)
