@@ -28,7 +28,9 @@ def k(x, n):
     return {"curve": x * T + n, "y": x * 2.0 + n}
 """
 
-SPEC = """kernel = "kern:k"
+# a module name of its own: the command runs in this process (the cli fixture), where a
+# module of the same name imported by another test from another folder would be found first
+SPEC = """kernel = "repair_kern:k"
 store = "s.zarr"
 cluster = "serial"
 chunk_size = 4
@@ -42,7 +44,7 @@ axes = {x = {linspace = [0, 1, 12]}, n = [1, 2]}
 def reference(tmp_path_factory) -> Path:
     """A finished store made by the CLI from a spec: a grid, an output with a coordinate."""
     folder = tmp_path_factory.mktemp("project")
-    (folder / "kern.py").write_text(KERNEL)
+    (folder / "repair_kern.py").write_text(KERNEL)
     (folder / "spec.toml").write_text(SPEC)
     r = run_cli("run", "spec.toml", "--no-progress", cwd=folder)
     assert r.returncode == 0, r.stderr
