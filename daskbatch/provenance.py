@@ -131,6 +131,7 @@ def import_kernel(
         guard.refuse(file_hint, "the kernel file")
     if base_dir is not None:
         add_import_path(base_dir)
+    file: Path | None = None
     if module_name.endswith(".py") or module_name == "__main__":
         file = Path(file_hint or module_name)
         if base_dir is not None and not file.is_absolute():
@@ -147,9 +148,14 @@ def import_kernel(
             guard.refuse(root, "the kernel's import folder")
         if root is not None:  # the file the kernel came from comes first
             add_import_path(root)
-    if guard is not None:
+    own = _own_file(module_name, base_dir, file_hint if file is None else str(file))
+    if own is not None:  # a module of that name imported from elsewhere: this file, not that
+        if guard is not None:
+            guard.refuse(own, "the kernel file")
+            logger.info(f"importing the kernel from {own} (recorded in the store)")
+    elif guard is not None:
         guard.check_module(module_name)
-    obj: Any = _import_module(ref, module_name, base_dir)
+    obj: Any = _import_module(ref, module_name, base_dir, own)
     for part in qualname.split("."):
         if not hasattr(obj, part):
             raise SpecFileError(f"kernel={ref!r}: {module_name!r} has no attribute {part!r}")
@@ -161,10 +167,56 @@ def import_kernel(
     return obj
 
 
-def _import_module(ref: str, module_name: str, base_dir: str | os.PathLike[str] | None) -> Any:
-    """Import ``module_name``; what keeps it from importing, as one line."""
+def _own_file(module_name: str, base_dir: str | os.PathLike[str] | None, file: str | None) -> Path | None:
+    """The kernel's own file, when this process already holds a module of its name
+    imported from another file (else None: the import finds the right one, or nothing).
+
+    In one process (a notebook validating two stores, a program loading two spec files)
+    two projects' ``kernel.py`` share a name: importing by name would return the first
+    one's module. The file is the one the reference names (``file.py:f``), the one the
+    store recorded, or the spec folder's ``<module>.py`` (or package). Only top-level
+    modules: a dotted name is imported by name as before.
+    """
+    held = getattr(sys.modules.get(module_name), "__file__", None)
+    if not held or "." in module_name:
+        return None
+    candidates = [Path(file)] if file else []
+    if base_dir is not None:
+        candidates += [Path(base_dir) / f"{module_name}.py", Path(base_dir) / module_name / "__init__.py"]
+    own = next((c for c in candidates if c.is_file()), None)
+    if own is None or own.resolve() == Path(held).resolve():
+        return None
+    return own
+
+
+def _load_file(module_name: str, file: Path) -> Any:
+    """Import ``file`` as the module ``module_name``, in place of the one held now."""
+    import importlib.util
+
+    folder = [str(file.parent)] if file.name == "__init__.py" else None
+    spec = importlib.util.spec_from_file_location(module_name, file, submodule_search_locations=folder)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        raise ImportError(f"no loader for {str(file)!r}")
+    module = importlib.util.module_from_spec(spec)
+    old = sys.modules.get(module_name)
+    sys.modules[module_name] = module
     try:
-        return importlib.import_module(module_name)
+        spec.loader.exec_module(module)
+    except BaseException:
+        if old is not None:
+            sys.modules[module_name] = old
+        else:  # pragma: no cover - only a module that was held gets here
+            sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def _import_module(
+    ref: str, module_name: str, base_dir: str | os.PathLike[str] | None, file: Path | None = None
+) -> Any:
+    """Import ``module_name`` (from ``file`` if given); what keeps it from importing, as one line."""
+    try:
+        return importlib.import_module(module_name) if file is None else _load_file(module_name, file)
     except SyntaxError as e:
         file, line = e.filename, e.lineno
         if not file or str(file).startswith("<"):  # no file of its own (null bytes, exec)

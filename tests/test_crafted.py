@@ -240,3 +240,28 @@ def test_a_kernel_module_that_does_not_import_is_one_line_with_its_file_and_line
     assert len(lines) == 1 and lines[0].startswith("daskbatch: error: kernel='broken:twice'"), res.stderr
     assert f"{tmp_path / 'broken.py'}, line {line}" in lines[0] and what in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["broken.py", "spec.toml"]
+
+
+@pytest.mark.parametrize("ref", ["{module}:twice", "{module}.py:twice"])
+def test_two_projects_kernel_modules_of_one_name_each_run_their_own_file_in_one_process(tmp_path, cli, ref):
+    """A notebook or program that runs, resumes or validates two projects' stores: each
+    project's ``kernel.py`` is its own, although Python holds the first one's module under
+    the same name."""
+    module = f"kernel_{uuid.uuid4().hex[:8]}"
+    factors = {"a": 2.0, "b": 3.0}
+    for name, factor in factors.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / f"{module}.py").write_text(KERNEL.replace("2.0 * a", f"{factor} * a"))
+        spec = SPEC.replace('"{module}:twice"', '"' + ref + '"').format(module=module)
+        (folder / "spec.toml").write_text(spec)
+    for _ in range(2):  # each project's store, then each again: the other's module is held each time
+        for name, factor in factors.items():
+            res = cli("run", "spec.toml", "--no-progress", cwd=tmp_path / name)
+            assert res.returncode == 0, res.stderr
+            ds = db.open(tmp_path / name / "s.zarr")
+            assert np.array_equal(ds["y"].values, factor * ds["a"].values), name
+    for name in factors:
+        res = cli("validate", str(tmp_path / name / "s.zarr"), "--n", "3", cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"importing the kernel from {tmp_path / name / (module + '.py')}" in res.stderr, res.stderr
