@@ -19,9 +19,13 @@ from __future__ import annotations
 import os
 import signal
 
-from .hygiene import FORKSERVER_FLAG
+from .hygiene import FORKSERVER_FLAG, FORKSERVER_FRESH, forget_modules
 
 if os.environ.pop(FORKSERVER_FLAG, None):
+    # the user's own modules it preloads: each forked process imports them afresh
+    _fresh = [m for m in os.environ.pop(FORKSERVER_FRESH, "").split(",") if m]
+    if _fresh:
+        os.register_at_fork(after_in_child=lambda: forget_modules(_fresh))
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

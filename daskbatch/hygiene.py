@@ -152,6 +152,9 @@ if sys.platform.startswith("linux"):
 
 #: set while daskbatch starts its forkserver: :mod:`daskbatch._forkserver` acts only then
 FORKSERVER_FLAG = "DASKBATCH_FORKSERVER"
+#: set with it: the user's own modules among those it preloads, which each process
+#: forked from it forgets (see :func:`start_forkserver`)
+FORKSERVER_FRESH = "DASKBATCH_FORKSERVER_FRESH"
 
 #: what the forkserver imports before the caller's modules; daskbatch._forkserver
 #: first, so that SIGINT and SIGTERM are ignored in the server and its children
@@ -170,7 +173,13 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
 
     The server imports distributed, numpy, what of daskbatch a block task needs (not
     xarray, pandas or dask.array) and ``modules`` (a kernel's module; ``__main__`` is
-    skipped), so that a process forked from it starts in milliseconds. It starts
+    skipped), so that a process forked from it starts in milliseconds. Of those, the
+    user's own modules (not installed: a ``kernel.py`` beside a notebook) are forgotten
+    in each process forked from it, which imports them again, as they are now, from the
+    driver's import path (what they import stays loaded): the server lives as long as
+    the driver, and a kernel edited and reloaded since, or another project's module of
+    the same name, would otherwise run in the workers as it was when the server
+    started, while the driver and the store have the new one. It starts
     with ``MALLOC_ARENA_MAX`` set to ``daskbatch.malloc-arenas`` (a value already in
     the environment is kept; the driver's own environment is left as it was), and
     with SIGINT and SIGTERM blocked until :mod:`daskbatch._forkserver` has made
@@ -190,8 +199,9 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
         distributed.utils._forkserver_preload_set = True
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         ctx = get_mp_context()
-    wanted = [*FORKSERVER_PRELOAD, *(m for m in modules if m and m not in ("__main__", "__mp_main__"))]
-    ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
+    extra = [m for m in dict.fromkeys(modules) if m and m not in ("__main__", "__mp_main__")]
+    ctx.set_forkserver_preload(list(dict.fromkeys([*FORKSERVER_PRELOAD, *extra])))
+    os.environ[FORKSERVER_FRESH] = ",".join(m for m in extra if _users_own(m))
     arenas = config.get("malloc-arenas")
     added = "MALLOC_ARENA_MAX" not in os.environ and arenas > 0
     if added:
@@ -210,5 +220,27 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.environ.pop(FORKSERVER_FLAG, None)
+        os.environ.pop(FORKSERVER_FRESH, None)
         if added:
             os.environ.pop("MALLOC_ARENA_MAX", None)
+
+
+def _users_own(module: str) -> bool:
+    """Whether ``module`` is the user's own code, which may change while the driver
+    lives (not an installed package, nor daskbatch's machinery)."""
+    from .codeid import installed_file
+
+    if module == "daskbatch" or module.startswith("daskbatch."):
+        return module.startswith(("daskbatch.models", "daskbatch.testing")) and not installed_file(
+            str(getattr(sys.modules.get(module), "__file__", "") or "site-packages")
+        )
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return not file or not installed_file(file)
+
+
+def forget_modules(names: Sequence[str]) -> None:
+    """Drop ``names`` and every module of their top-level packages from ``sys.modules``
+    (in a process forked from the forkserver: they are imported again when used)."""
+    tops = {n.split(".")[0] for n in names if n}
+    for key in [k for k in sys.modules if k.split(".")[0] in tops]:
+        sys.modules.pop(key, None)

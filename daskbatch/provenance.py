@@ -70,14 +70,19 @@ def kernel_origin(kernel: Any) -> str:
 
 
 def add_import_path(directory: str | os.PathLike[str]) -> None:
-    """Make modules in ``directory`` importable here and in worker processes started later."""
+    """Make modules in ``directory`` importable here and in worker processes started
+    later, ahead of every other folder: in a process that runs two projects, the one
+    whose kernel is imported last comes first (their ``kernel.py`` share a name, and
+    worker processes import it by name)."""
     d = str(Path(directory).resolve())
-    if d not in sys.path:
+    if not sys.path or sys.path[0] != d:
+        while d in sys.path:
+            sys.path.remove(d)
         sys.path.insert(0, d)
     # worker processes are spawned with this environment and must import the kernel too
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if d not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([d, *parts])
+    if not parts or parts[0] != d:
+        os.environ["PYTHONPATH"] = os.pathsep.join([d, *(p for p in parts if p != d)])
 
 
 def _module_root(module_name: str, file: str | None) -> Path | None:

@@ -681,3 +681,77 @@ def test_log_lines_reach_stderr_and_the_users_capture_in_process(capfd, caplog):
     logger.info("seen twice")
     assert capfd.readouterr().err == "daskbatch: seen twice\n"
     assert [r.getMessage() for r in caplog.records] == ["seen twice"]
+
+
+_PROJECT_KERNEL = """\
+import daskbatch as db
+
+
+@db.kernel(outputs={"y": db.Output()})
+def scaled(a):
+    return FACTOR * a
+"""
+
+_SAME_PROCESS = """\
+import importlib
+import pathlib
+import sys
+
+import numpy as np
+
+import daskbatch as db
+from daskbatch.cli import main
+
+import kernel  # beside this script, as beside a notebook: the forkserver preloads it
+
+here = pathlib.Path(__file__).parent
+grid = db.Grid(a=np.linspace(0.0, 9.0, 10))
+
+
+def check(store, factor):
+    ds = db.open(store)
+    print(store.name, bool(np.array_equal(ds["y"].values, factor * ds["a"].values)))
+
+
+if __name__ == "__main__":
+    db.run(kernel.scaled, grid, here / "first.zarr", cluster="local", n_workers=1, chunk_size=4, progress=False)
+    check(here / "first.zarr", 2.0)
+    # the user edits the kernel and reloads it, as a notebook's autoreload does
+    file = here / "kernel.py"
+    file.write_text(file.read_text().replace("FACTOR = 2.0", "FACTOR = 5.0"))
+    importlib.reload(kernel)
+    db.run(kernel.scaled, grid, here / "edited.zarr", cluster="local", n_workers=1, chunk_size=4, progress=False)
+    check(here / "edited.zarr", 5.0)
+    # another project's kernel.py, run from its spec file in this process
+    other = pathlib.Path(sys.argv[1])
+    assert main(["run", str(other / "spec.toml"), "--no-progress"]) == 0
+    check(other / "other.zarr", 3.0)
+"""
+
+
+def test_workers_run_the_kernel_as_it_is_now_after_an_edit_and_reload_or_another_projects_module(tmp_path):
+    """The forkserver lives as long as the driver and preloads the kernel's module: the
+    processes forked from it import the user's own modules again, so a kernel edited and
+    reloaded, or another project's module of the same name, is the one the workers run
+    (before: the first version, silently, while the store recorded the new one)."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for folder, factor in ((mine, 2.0), (other, 3.0)):
+        folder.mkdir()
+        (folder / "kernel.py").write_text(f"FACTOR = {factor}\n" + _PROJECT_KERNEL)
+    (other / "spec.toml").write_text(
+        'kernel = "kernel:scaled"\nstore = "other.zarr"\ncluster = "local"\nworkers = 1\nchunk_size = 4\n'
+        '[space]\ntype = "grid"\n[space.axes]\na = {linspace = [0, 9, 10]}\n'
+    )
+    (mine / "script.py").write_text(_SAME_PROCESS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, str(mine / "script.py"), str(other)],
+        cwd=mine,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    checks = [line for line in done.stdout.splitlines() if line.split()[-1:] in (["True"], ["False"])]
+    assert checks == ["first.zarr True", "edited.zarr True", "other.zarr True"], done.stdout
