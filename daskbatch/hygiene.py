@@ -231,9 +231,7 @@ def _users_own(module: str) -> bool:
     from .codeid import installed_file
 
     if module == "daskbatch" or module.startswith("daskbatch."):
-        return module.startswith(("daskbatch.models", "daskbatch.testing")) and not installed_file(
-            str(getattr(sys.modules.get(module), "__file__", "") or "site-packages")
-        )
+        return False  # its cores (daskbatch.models) change with daskbatch, not in a session
     file = getattr(sys.modules.get(module), "__file__", None)
     return not file or not installed_file(file)
 
@@ -241,6 +239,6 @@ def _users_own(module: str) -> bool:
 def forget_modules(names: Sequence[str]) -> None:
     """Drop ``names`` and every module of their top-level packages from ``sys.modules``
     (in a process forked from the forkserver: they are imported again when used)."""
-    tops = {n.split(".")[0] for n in names if n}
+    tops = {n.split(".")[0] for n in names if n} - {"daskbatch"}
     for key in [k for k in sys.modules if k.split(".")[0] in tops]:
         sys.modules.pop(key, None)

@@ -755,3 +755,26 @@ def test_workers_run_the_kernel_as_it_is_now_after_an_edit_and_reload_or_another
     assert done.returncode == 0, done.stderr[-3000:]
     checks = [line for line in done.stdout.splitlines() if line.split()[-1:] in (["True"], ["False"])]
     assert checks == ["first.zarr True", "edited.zarr True", "other.zarr True"], done.stdout
+
+
+def test_the_forkserver_forgets_only_the_users_own_modules(tmp_path, monkeypatch):
+    """What processes forked from the forkserver import again: the user's modules (and
+    their whole package), never daskbatch's (its cores included) nor installed ones."""
+    pkg = tmp_path / "userpkg_fs"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kern.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    importlib.import_module("userpkg_fs.kern")
+    own = hygiene._users_own
+    assert own("userpkg_fs.kern") and own("not_imported_anywhere")
+    assert not own("numpy") and not own("daskbatch.models.tem1d") and not own("daskbatch.testing")
+    held = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("userpkg_fs", "daskbatch")}
+    try:
+        hygiene.forget_modules(["userpkg_fs.kern", "daskbatch.models.tem1d"])
+        assert "userpkg_fs" not in sys.modules and "userpkg_fs.kern" not in sys.modules
+        assert "daskbatch" in sys.modules and "daskbatch.hygiene" in sys.modules
+    finally:
+        sys.modules.update(held)
