@@ -19,13 +19,21 @@ from __future__ import annotations
 import os
 import signal
 
-from .hygiene import FORKSERVER_FLAG, FORKSERVER_FRESH, forget_modules
+from .hygiene import FORKSERVER_FLAG, forget_modules, users_modules
 
 if os.environ.pop(FORKSERVER_FLAG, None):
-    # the user's own modules it preloads: each forked process imports them afresh
-    _fresh = [m for m in os.environ.pop(FORKSERVER_FRESH, "").split(",") if m]
-    if _fresh:
-        os.register_at_fork(after_in_child=lambda: forget_modules(_fresh))
+    # the user's own modules, as the server holds them once its preload is done: each
+    # forked process imports them afresh (daskbatch.hygiene.start_forkserver)
+    _users: list[str] = []
+    _listed = False
+
+    def _list_users_modules() -> None:  # in the server, before its first fork
+        global _listed
+        if not _listed:
+            _users.extend(users_modules())
+            _listed = True
+
+    os.register_at_fork(before=_list_users_modules, after_in_child=lambda: forget_modules(_users))
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -152,9 +152,6 @@ if sys.platform.startswith("linux"):
 
 #: set while daskbatch starts its forkserver: :mod:`daskbatch._forkserver` acts only then
 FORKSERVER_FLAG = "DASKBATCH_FORKSERVER"
-#: set with it: the user's own modules among those it preloads, which each process
-#: forked from it forgets (see :func:`start_forkserver`)
-FORKSERVER_FRESH = "DASKBATCH_FORKSERVER_FRESH"
 
 #: what the forkserver imports before the caller's modules; daskbatch._forkserver
 #: first, so that SIGINT and SIGTERM are ignored in the server and its children
@@ -173,13 +170,14 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
 
     The server imports distributed, numpy, what of daskbatch a block task needs (not
     xarray, pandas or dask.array) and ``modules`` (a kernel's module; ``__main__`` is
-    skipped), so that a process forked from it starts in milliseconds. Of those, the
-    user's own modules (not installed: a ``kernel.py`` beside a notebook) are forgotten
-    in each process forked from it, which imports them again, as they are now, from the
-    driver's import path (what they import stays loaded): the server lives as long as
-    the driver, and a kernel edited and reloaded since, or another project's module of
-    the same name, would otherwise run in the workers as it was when the server
-    started, while the driver and the store have the new one. It starts
+    skipped), so that a process forked from it starts in milliseconds. The user's own
+    Python modules among what it holds then (:func:`users_modules`: a ``kernel.py``
+    beside a notebook and the helpers it imports) are forgotten in each process forked
+    from it, which imports them again, as they are now, from the driver's import path
+    (the installed packages they import stay loaded): the server lives as long as the
+    driver, and a kernel edited and reloaded since, or another project's module of the
+    same name, would otherwise run in the workers as it was when the server started,
+    while the driver and the store have the new one. It starts
     with ``MALLOC_ARENA_MAX`` set to ``daskbatch.malloc-arenas`` (a value already in
     the environment is kept; the driver's own environment is left as it was), and
     with SIGINT and SIGTERM blocked until :mod:`daskbatch._forkserver` has made
@@ -199,9 +197,8 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
         distributed.utils._forkserver_preload_set = True
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         ctx = get_mp_context()
-    extra = [m for m in dict.fromkeys(modules) if m and m not in ("__main__", "__mp_main__")]
-    ctx.set_forkserver_preload(list(dict.fromkeys([*FORKSERVER_PRELOAD, *extra])))
-    os.environ[FORKSERVER_FRESH] = ",".join(m for m in extra if _users_own(m))
+    wanted = [*FORKSERVER_PRELOAD, *(m for m in modules if m and m not in ("__main__", "__mp_main__"))]
+    ctx.set_forkserver_preload(list(dict.fromkeys(wanted)))
     arenas = config.get("malloc-arenas")
     added = "MALLOC_ARENA_MAX" not in os.environ and arenas > 0
     if added:
@@ -220,25 +217,29 @@ def start_forkserver(modules: Sequence[str] = ()) -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.environ.pop(FORKSERVER_FLAG, None)
-        os.environ.pop(FORKSERVER_FRESH, None)
         if added:
             os.environ.pop("MALLOC_ARENA_MAX", None)
 
 
-def _users_own(module: str) -> bool:
-    """Whether ``module`` is the user's own code, which may change while the driver
-    lives (not an installed package, nor daskbatch's machinery)."""
+def users_modules() -> list[str]:
+    """The user's own Python modules this process holds: source files (``.py``) that
+    belong to no installed package, nor to daskbatch (its cores included), nor are the
+    main script. Compiled extension modules are left out: Python cannot load some of
+    them twice, and a reload does not change them anyway."""
     from .codeid import installed_file
 
-    if module == "daskbatch" or module.startswith("daskbatch."):
-        return False  # its cores (daskbatch.models) change with daskbatch, not in a session
-    file = getattr(sys.modules.get(module), "__file__", None)
-    return not file or not installed_file(file)
+    out: list[str] = []
+    for name, module in list(sys.modules.items()):
+        if name in ("__main__", "__mp_main__") or name == "daskbatch" or name.startswith("daskbatch."):
+            continue
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and file.endswith(".py") and not installed_file(file):
+            out.append(name)
+    return out
 
 
 def forget_modules(names: Sequence[str]) -> None:
-    """Drop ``names`` and every module of their top-level packages from ``sys.modules``
-    (in a process forked from the forkserver: they are imported again when used)."""
-    tops = {n.split(".")[0] for n in names if n} - {"daskbatch"}
-    for key in [k for k in sys.modules if k.split(".")[0] in tops]:
-        sys.modules.pop(key, None)
+    """Drop ``names`` from ``sys.modules`` (in a process forked from the forkserver:
+    they are imported again when used)."""
+    for name in names:
+        sys.modules.pop(name, None)

@@ -689,7 +689,7 @@ import daskbatch as db
 
 @db.kernel(outputs={"y": db.Output()})
 def scaled(a):
-    return FACTOR * a
+    return FACTOR * a + OFFSET
 """
 
 _SAME_PROCESS = """\
@@ -708,20 +708,32 @@ here = pathlib.Path(__file__).parent
 grid = db.Grid(a=np.linspace(0.0, 9.0, 10))
 
 
-def check(store, factor):
+def check(store, factor, offset=0.0):
     ds = db.open(store)
-    print(store.name, bool(np.array_equal(ds["y"].values, factor * ds["a"].values)))
+    print(store.name, bool(np.array_equal(ds["y"].values, factor * ds["a"].values + offset)))
+
+
+def run(name):
+    db.run(kernel.scaled, grid, here / name, cluster="local", n_workers=1, chunk_size=4, progress=False)
+
+
+def edit(module, old, new):
+    file = here / f"{module.__name__}.py"
+    file.write_text(file.read_text().replace(old, new))
+    importlib.reload(module)  # as a notebook's autoreload does
 
 
 if __name__ == "__main__":
-    db.run(kernel.scaled, grid, here / "first.zarr", cluster="local", n_workers=1, chunk_size=4, progress=False)
+    run("first.zarr")
     check(here / "first.zarr", 2.0)
-    # the user edits the kernel and reloads it, as a notebook's autoreload does
-    file = here / "kernel.py"
-    file.write_text(file.read_text().replace("FACTOR = 2.0", "FACTOR = 5.0"))
-    importlib.reload(kernel)
-    db.run(kernel.scaled, grid, here / "edited.zarr", cluster="local", n_workers=1, chunk_size=4, progress=False)
-    check(here / "edited.zarr", 5.0)
+    edit(kernel, "OFFSET = 0.0", "OFFSET = 1.0")  # the kernel's own module
+    run("edited.zarr")
+    check(here / "edited.zarr", 2.0, 1.0)
+    import helper
+
+    edit(helper, "FACTOR = 2.0", "FACTOR = 5.0")  # a module the kernel imports
+    run("helper.zarr")
+    check(here / "helper.zarr", 5.0, 1.0)
     # another project's kernel.py, run from its spec file in this process
     other = pathlib.Path(sys.argv[1])
     assert main(["run", str(other / "spec.toml"), "--no-progress"]) == 0
@@ -730,14 +742,19 @@ if __name__ == "__main__":
 
 
 def test_workers_run_the_kernel_as_it_is_now_after_an_edit_and_reload_or_another_projects_module(tmp_path):
-    """The forkserver lives as long as the driver and preloads the kernel's module: the
-    processes forked from it import the user's own modules again, so a kernel edited and
-    reloaded, or another project's module of the same name, is the one the workers run
-    (before: the first version, silently, while the store recorded the new one)."""
+    """The forkserver lives as long as the driver and preloads the kernel's module (and
+    what it imports): the processes forked from it import the user's own modules again,
+    so a kernel or a helper module edited and reloaded, or another project's module of
+    the same name, is what the workers run (before: the first version, silently, while
+    the store recorded the new one)."""
     mine, other = tmp_path / "mine", tmp_path / "other"
-    for folder, factor in ((mine, 2.0), (other, 3.0)):
-        folder.mkdir()
-        (folder / "kernel.py").write_text(f"FACTOR = {factor}\n" + _PROJECT_KERNEL)
+    mine.mkdir()
+    (mine / "helper.py").write_text("FACTOR = 2.0\n")
+    (mine / "kernel.py").write_text(
+        "import helper\n\nOFFSET = 0.0\n" + _PROJECT_KERNEL.replace("FACTOR *", "helper.FACTOR *")
+    )
+    other.mkdir()  # its own kernel.py, without a helper
+    (other / "kernel.py").write_text("FACTOR = 3.0\nOFFSET = 0.0\n" + _PROJECT_KERNEL)
     (other / "spec.toml").write_text(
         'kernel = "kernel:scaled"\nstore = "other.zarr"\ncluster = "local"\nworkers = 1\nchunk_size = 4\n'
         '[space]\ntype = "grid"\n[space.axes]\na = {linspace = [0, 9, 10]}\n'
@@ -754,27 +771,32 @@ def test_workers_run_the_kernel_as_it_is_now_after_an_edit_and_reload_or_another
     )
     assert done.returncode == 0, done.stderr[-3000:]
     checks = [line for line in done.stdout.splitlines() if line.split()[-1:] in (["True"], ["False"])]
-    assert checks == ["first.zarr True", "edited.zarr True", "other.zarr True"], done.stdout
+    assert checks == ["first.zarr True", "edited.zarr True", "helper.zarr True", "other.zarr True"], (
+        done.stdout
+    )
 
 
-def test_the_forkserver_forgets_only_the_users_own_modules(tmp_path, monkeypatch):
-    """What processes forked from the forkserver import again: the user's modules (and
-    their whole package), never daskbatch's (its cores included) nor installed ones."""
+def test_the_forkserver_forgets_only_the_users_own_python_modules(tmp_path, monkeypatch):
+    """What processes forked from the forkserver import again: the user's Python modules
+    (a package and its modules too), never daskbatch's (its cores included), installed
+    ones, or compiled extension modules."""
+    import importlib
+
     pkg = tmp_path / "userpkg_fs"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "kern.py").write_text("X = 1\n")
+    (tmp_path / "userhelper_fs.py").write_text("Y = 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib
-
-    importlib.import_module("userpkg_fs.kern")
-    own = hygiene._users_own
-    assert own("userpkg_fs.kern") and own("not_imported_anywhere")
-    assert not own("numpy") and not own("daskbatch.models.tem1d") and not own("daskbatch.testing")
-    held = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("userpkg_fs", "daskbatch")}
+    for name in ("userpkg_fs.kern", "userhelper_fs"):
+        importlib.import_module(name)
     try:
-        hygiene.forget_modules(["userpkg_fs.kern", "daskbatch.models.tem1d"])
-        assert "userpkg_fs" not in sys.modules and "userpkg_fs.kern" not in sys.modules
-        assert "daskbatch" in sys.modules and "daskbatch.hygiene" in sys.modules
+        users = hygiene.users_modules()
+        assert {"userpkg_fs", "userpkg_fs.kern", "userhelper_fs"} <= set(users)
+        assert not [n for n in users if n.split(".")[0] in ("daskbatch", "numpy", "distributed", "zarr")]
+        assert not [n for n in users if not sys.modules[n].__file__.endswith(".py")]
+        hygiene.forget_modules(["userpkg_fs", "userpkg_fs.kern", "userhelper_fs"])
+        assert not {"userpkg_fs", "userpkg_fs.kern", "userhelper_fs"} & set(sys.modules)
     finally:
-        sys.modules.update(held)
+        for name in ("userpkg_fs", "userpkg_fs.kern", "userhelper_fs"):
+            sys.modules.pop(name, None)
