@@ -32,6 +32,7 @@ __all__ = [
     "PlanError",
     "SpaceError",
     "SpecFileError",
+    "StaleModuleError",
     "Stopped",
     "StoreError",
     "StoreExistsError",
@@ -80,6 +81,11 @@ class FingerprintMismatchError(StoreError):
 
 class KernelChangedError(FingerprintMismatchError):
     """The store holds results computed by other code of the same kernel."""
+
+
+class StaleModuleError(DaskbatchError):
+    """A module the kernel uses changed on disk since this process imported it, and was
+    not reloaded: the workers would run other code than this process."""
 
 
 class ClusterError(DaskbatchError, RuntimeError):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .cluster import ClusterSpec, check_can_spawn, parse_cluster
 from .errors import DaskbatchError, KernelSignatureError
+from .freshness import check_kernel
 from .hpc import for_kernel
 from .kernel import Kernel
 from .space import Space
@@ -84,6 +85,7 @@ class RunOptions:
     ) -> RunOptions:
         """Check the arguments of :func:`daskbatch.run` against ``kernel`` and ``space``."""
         _check_kernel_and_space(kernel, space)
+        check_kernel(kernel)  # its modules are the files the workers would import
         callbacks = check_plain_options(
             chunk_size, progress, overwrite, constants, retries, timeout, retry_failed, verify,
             kernel_changed, callbacks,

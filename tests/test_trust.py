@@ -615,3 +615,44 @@ def test_a_missing_store_is_store_not_found_and_file_not_found(tmp_path):
         db.status(tmp_path / "nope.zarr")
     r = _cli("resume", str(tmp_path / "nope.zarr"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_a_module_edited_on_disk_and_not_reloaded_is_refused_until_reloaded(tmp_path):
+    """Workers import the kernel's modules from their files; this process keeps what it
+    imported. A file edited since and not reloaded is refused before anything starts,
+    naming the module; a reload (of the helper, then the kernel's module) goes on."""
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "fresh_helper.py").write_text("FACTOR = 2.0\n")
+    (folder / "fresh_kmod.py").write_text(
+        "import daskbatch as db\nimport fresh_helper\n\n"
+        "@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return fresh_helper.FACTOR * a\n"
+    )
+    helper = _import_fresh(folder, "fresh_helper")
+    mod = _import_fresh(folder, "fresh_kmod")
+    space = db.Grid(a=np.arange(6.0))
+    run = lambda name: db.run(mod.k, space, tmp_path / name, cluster="serial", progress=False)  # noqa: E731
+    run("first.zarr")
+    os.utime(folder / "fresh_kmod.py", (1, 1))  # touched, not changed: goes on
+    run("touched.zarr")
+
+    (folder / "fresh_helper.py").write_text("FACTOR = 5.0  # edited\n")
+    with pytest.raises(db.errors.StaleModuleError) as e:
+        run("stale.zarr")
+    msg = str(e.value)
+    assert "module 'fresh_helper'" in msg and str(folder / "fresh_helper.py") in msg, msg
+    assert "importlib.reload(fresh_helper), then importlib.reload(fresh_kmod)" in msg, msg
+    assert not (tmp_path / "stale.zarr").exists()
+    with pytest.raises(db.errors.StaleModuleError):  # plan refuses as run does
+        db.plan(mod.k, space, cluster="serial")
+
+    assert _import_fresh(folder, "fresh_helper") is helper  # importlib.reload
+    run("reloaded.zarr")
+    np.testing.assert_array_equal(db.open(tmp_path / "reloaded.zarr").y.values, 5.0 * np.arange(6.0))
+
+    (folder / "fresh_kmod.py").write_text((folder / "fresh_kmod.py").read_text().replace("* a", "* a + 1.0"))
+    with pytest.raises(db.errors.StaleModuleError, match=r"the kernel's module 'fresh_kmod' changed on disk"):
+        run("stale2.zarr")
+    mod = _import_fresh(folder, "fresh_kmod")
+    run("reloaded2.zarr")
+    np.testing.assert_array_equal(db.open(tmp_path / "reloaded2.zarr").y.values, 5.0 * np.arange(6.0) + 1.0)
