@@ -17,6 +17,8 @@ starts. A reload makes a new module spec, which is noted again.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import inspect
 import os
 import sys
 import types
@@ -61,27 +63,57 @@ def _users_file(module: Any) -> str | None:
     return file if own else None
 
 
+def _names_in(values: Any) -> list[str]:
+    """The user's modules that ``values`` are, or that their functions and classes come from."""
+    out: list[str] = []
+    for value in values:
+        try:
+            is_module = isinstance(value, types.ModuleType)
+            name = value.__name__ if is_module else getattr(value, "__module__", None)
+        except Exception:  # an object whose attributes raise
+            continue
+        if isinstance(name, str) and _users_file(sys.modules.get(name)):
+            out.append(name)
+    return out
+
+
 def _reached(kernel: Any) -> list[str]:
     """The kernel's module, its ``setup``'s, and the user's modules they reach through
-    their globals (a module imported, or a function or class taken from one)."""
-    start = [getattr(kernel, "module", None), getattr(getattr(kernel, "setup", None), "__module__", None)]
+    their globals (a module imported, or a function or class taken from one). The
+    kernel's own globals are walked even when its module's name now holds another
+    module (another project's of the same name)."""
+    funcs = [getattr(kernel, "func", None), getattr(kernel, "setup", None)]
+    start = [getattr(kernel, "module", None), getattr(funcs[1], "__module__", None)]
     todo = [n for n in dict.fromkeys(start) if n and _users_file(sys.modules.get(n))]
+    for func in funcs:
+        glob = getattr(inspect.unwrap(func), "__globals__", None) if callable(func) else None
+        todo += _names_in(list(glob.values())) if isinstance(glob, dict) else []
     seen = set(todo)
     while todo:
         module = sys.modules.get(todo.pop())
-        for value in list(vars(module).values()) if module is not None else ():
-            try:
-                name = (
-                    value.__name__
-                    if isinstance(value, types.ModuleType)
-                    else getattr(value, "__module__", None)
-                )
-            except Exception:  # an object whose attributes raise
-                continue
-            if isinstance(name, str) and name not in seen and _users_file(sys.modules.get(name)):
+        for name in _names_in(list(vars(module).values()) if module is not None else ()):
+            if name not in seen:
                 seen.add(name)
                 todo.append(name)
     return sorted(seen)
+
+
+def _import_path_elsewhere(name: str) -> tuple[str, str] | None:
+    """``(held file, file the import path leads to)`` when module ``name``'s top-level
+    package, as this process holds it, is not the one a worker would import by name
+    (another project's module of the same name first on the import path)."""
+    top = name.split(".")[0]
+    held = getattr(sys.modules.get(top), "__file__", None)
+    if not isinstance(held, str):
+        return None
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    found = spec.origin if spec is not None and spec.has_location else None
+    if found is None or os.path.realpath(found) == os.path.realpath(held):
+        return None
+    return held, found
 
 
 def _note(name: str) -> None:
@@ -138,5 +170,16 @@ def check_kernel(kernel: Any) -> None:
             f"Reload it ({reload}; in a notebook, %autoreload 2 does it) or start Python again, "
             "then run again; nothing was started or written"
         )
+    for n in names:
+        elsewhere = _import_path_elsewhere(n)
+        if elsewhere is not None:
+            held, found = elsewhere
+            raise StaleModuleError(
+                f"kernel {getattr(kernel, 'name', '?')!r}: module {n.split('.')[0]!r} of this process "
+                f"is {held}, but the import path now leads to {found} (another module of the same "
+                "name, imported in this process for another project): worker processes would "
+                "import that one. Run each project in a Python process of its own, or give the "
+                "modules names of their own; nothing was started or written"
+            )
     for n in names:
         _note(n)

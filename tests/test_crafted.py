@@ -265,3 +265,27 @@ def test_two_projects_kernel_modules_of_one_name_each_run_their_own_file_in_one_
         res = cli("validate", str(tmp_path / name / "s.zarr"), "--n", "3", cwd=tmp_path)
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"importing the kernel from {tmp_path / name / (module + '.py')}" in res.stderr, res.stderr
+
+
+def test_two_projects_helpers_of_one_name_in_one_process_are_refused_not_mixed(tmp_path, cli):
+    """Both projects' kernels import a helper module of the same name: Python holds the
+    first project's, and workers would import the second's (first on the import path).
+    The second run is refused, naming both files, before anything is written."""
+    helper, kmod = f"utils_{uuid.uuid4().hex[:8]}", f"kernel_{uuid.uuid4().hex[:8]}"
+    for name, factor in (("a", 2.0), ("b", 3.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / f"{helper}.py").write_text(f"def scale(a):\n    return {factor} * a\n")
+        (folder / f"{kmod}.py").write_text(
+            f"import daskbatch as db\nfrom {helper} import scale\n\n"
+            "@db.kernel(outputs={'y': db.Output()})\ndef twice(a):\n    return scale(a)\n"
+        )
+        (folder / "spec.toml").write_text(SPEC.format(module=kmod))
+    res = cli("run", "spec.toml", "--no-progress", cwd=tmp_path / "a")
+    assert res.returncode == 0, res.stderr
+    res = cli("run", "spec.toml", "--no-progress", cwd=tmp_path / "b")
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert f"module {helper!r} of this process is {tmp_path / 'a' / (helper + '.py')}" in line, line
+    assert f"the import path now leads to {tmp_path / 'b' / (helper + '.py')}" in line, line
+    assert not (tmp_path / "b" / "s.zarr").exists()
