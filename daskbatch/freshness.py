@@ -25,7 +25,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from .codeid import installed_file
+from .codeid import _names_used, installed_file
 from .errors import StaleModuleError
 
 __all__ = ["StaleModuleError", "check_kernel", "note_kernel"]
@@ -85,9 +85,11 @@ def _reached(kernel: Any) -> list[str]:
     funcs = [getattr(kernel, "func", None), getattr(kernel, "setup", None)]
     start = [getattr(kernel, "module", None), getattr(funcs[1], "__module__", None)]
     todo = [n for n in dict.fromkeys(start) if n and _users_file(sys.modules.get(n))]
-    for func in funcs:
-        glob = getattr(inspect.unwrap(func), "__globals__", None) if callable(func) else None
-        todo += _names_in(list(glob.values())) if isinstance(glob, dict) else []
+    for func in funcs:  # what the functions name (a notebook's namespace holds much more)
+        func = inspect.unwrap(func) if callable(func) else None
+        glob, code = getattr(func, "__globals__", None), getattr(func, "__code__", None)
+        if isinstance(glob, dict) and code is not None:
+            todo += _names_in([glob[n] for n in _names_used(code) if n in glob])
     seen = set(todo)
     while todo:
         module = sys.modules.get(todo.pop())
