@@ -158,6 +158,11 @@ class _Walker:
     def __init__(self) -> None:
         self.parts: dict[str, dict[str, Any]] = {}
         self.seen: set[int] = set()
+        #: what was followed: the user's functions, modules used as modules, and the
+        #: submodules of such a package (which the code may or may not use)
+        self.functions: list[types.FunctionType] = []
+        self.modules: list[types.ModuleType] = []
+        self.submodules: list[types.ModuleType] = []
 
     def add(self, label: str, part: dict[str, Any]) -> None:
         if len(self.parts) < _MAX_PARTS:
@@ -182,6 +187,7 @@ class _Walker:
         if id(func) in self.seen or not isinstance(func, types.FunctionType):
             return
         self.seen.add(id(func))
+        self.functions.append(func)
         label = label or f"{func.__module__}:{func.__qualname__}"
         self.add(label, self.source_part(func, "function"))
         self.references(func.__code__, func.__globals__, func.__module__)
@@ -214,10 +220,11 @@ class _Walker:
             if base is not object and _user_callable(base):
                 self.klass(base)
 
-    def module(self, mod: types.ModuleType) -> None:
+    def module(self, mod: types.ModuleType, in_package: bool = False) -> None:
         if id(mod) in self.seen:
             return
         self.seen.add(id(mod))
+        (self.submodules if in_package else self.modules).append(mod)
         try:
             src = inspect.getsource(mod)
         except (OSError, TypeError):
@@ -236,7 +243,7 @@ class _Walker:
                 if isinstance(sub, types.ModuleType) and _is_user_module(
                     name, getattr(sub, "__file__", None)
                 ):
-                    self.module(sub)
+                    self.module(sub, in_package=True)
 
     def references(self, code: types.CodeType, namespace: Mapping[str, Any], module: str | None) -> None:
         user = _is_user_module(module, _module_file(module))
@@ -336,6 +343,14 @@ def kernel_code(kernel: Any) -> dict[str, Any]:
     text (source without comments and docstrings, or a constant's repr), which is
     what a refusal shows as a diff. See the module docstring for what counts.
     """
+    w = _walk(kernel)
+    digest = hashlib.sha256(
+        json.dumps({k: v["sha256"] for k, v in w.parts.items()}, sort_keys=True).encode()
+    ).hexdigest()
+    return {"sha256": digest, "parts": w.parts}
+
+
+def _walk(kernel: Any) -> _Walker:
     w = _Walker()
     func = inspect.unwrap(kernel.func)
     if isinstance(func, types.FunctionType):
@@ -347,10 +362,16 @@ def kernel_code(kernel: Any) -> dict[str, Any]:
         w.constant(f"{kernel.module}:{kernel.qualname}.state", dict(getattr(func, "__dict__", {})))
     if kernel.setup is not None:
         w.function(kernel.setup)
-    digest = hashlib.sha256(
-        json.dumps({k: v["sha256"] for k, v in w.parts.items()}, sort_keys=True).encode()
-    ).hexdigest()
-    return {"sha256": digest, "parts": w.parts}
+    return w
+
+
+def kernel_objects(
+    kernel: Any,
+) -> tuple[list[types.FunctionType], list[types.ModuleType], list[types.ModuleType]]:
+    """What :func:`kernel_code` follows: the functions, the modules used as modules,
+    and the loaded submodules of such packages."""
+    w = _walk(kernel)
+    return w.functions, w.modules, w.submodules
 
 
 def changed_parts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

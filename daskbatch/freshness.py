@@ -1,103 +1,149 @@
-"""Whether the user's modules this process holds are still the files on disk.
+"""Whether the code a kernel uses in this process is the code its files hold now.
 
 Worker processes import a kernel's module, and the user's modules it uses, from their
 files (processes forked from daskbatch's forkserver forget them first, see
 :func:`daskbatch.hygiene.start_forkserver`; spawned and remote workers import them
 anyway). This process keeps the code it imported. A file edited since, and not
-reloaded here (``importlib.reload``, a notebook's autoreload), would then run in the
-workers while this process, its probe and the store's record of the kernel's code have
-the old one: a store with both kinds of results. :func:`check_kernel` refuses such a
-run before anything is started or written, naming the module and the way on.
+reloaded here (``importlib.reload``, a notebook's autoreload), would run in the
+workers while this process and its probe run the old code: a store with both kinds
+of results. :func:`check_kernel` refuses such a run before anything is started or
+written, naming the module and the way on.
 
-Each module's file is noted (size, modification time, digest) when daskbatch first
-sees it: when a kernel is made (while its module is being imported) and when a run
-starts. A reload makes a new module spec, which is noted again.
+What is compared: each function of the user's that the kernel's code reaches (as
+:func:`daskbatch.codeid.kernel_code` follows it: functions it calls, modules it uses
+as modules), its code in this process against the code its file's source compiles to
+now (the whole file compiled, as an import does). Comments, blank lines, docstrings and
+moved lines do not count. Also compared: the module-level constants of those modules
+that their file assigns once by a literal (a number, text, a tuple of those), against
+their value here. Not compared: methods and nested functions, other values, and
+values bound by ``from helper import X``.
+
+Also refused: a module of the user's that this process holds from one file while the
+import path now leads to another of the same name (two projects' ``utils.py`` in one
+notebook): the workers would import that one.
 """
 
 from __future__ import annotations
 
-import hashlib
+import ast
+import contextlib
+import functools
+import importlib
 import importlib.machinery
-import inspect
+import operator
 import os
 import sys
 import types
-from dataclasses import dataclass
 from typing import Any
 
-from .codeid import _names_used, installed_file
+from .codeid import installed_file, kernel_objects
 from .errors import StaleModuleError
 
-__all__ = ["StaleModuleError", "check_kernel", "note_kernel"]
+__all__ = ["StaleModuleError", "check_kernel"]
+
+#: the ``from __future__`` flags a function's code carries, which its compile needs
+_FUTURE = importlib.import_module("__future__")
+_FUTURE_FLAGS = functools.reduce(
+    operator.or_, (getattr(_FUTURE, n).compiler_flag for n in _FUTURE.all_feature_names), 0
+)
 
 
-@dataclass(frozen=True)
-class _Noted:
-    spec: Any  # the module's spec when noted: a reload makes a new one
-    file: str
-    mtime_ns: int
-    size: int
-    sha256: str
+def _users_file(file: Any) -> bool:
+    return isinstance(file, str) and file.endswith(".py") and not installed_file(file)
 
 
-_NOTED: dict[str, _Noted] = {}
-_USERS: dict[str, bool] = {}  # a file: whether it is the user's own (not installed)
+def _shape(code: types.CodeType) -> tuple[Any, ...]:
+    """A code object without its line numbers and docstring: what it does."""
+    consts = list(code.co_consts)
+    if consts and isinstance(consts[0], str):  # the docstring's slot
+        consts[0] = None
+    return (
+        code.co_code,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        tuple(_shape(c) if isinstance(c, types.CodeType) else (type(c).__name__, repr(c)) for c in consts),
+    )
 
 
-def _digest(file: str) -> str:
-    with open(file, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+#: the top-level functions' code of a file as it is now, by (path, mtime, size)
+_COMPILED: dict[tuple[str, int, int], dict[str, types.CodeType] | None] = {}
+_UNREADABLE: dict[str, types.CodeType] = {}
 
 
-def _users_file(module: Any) -> str | None:
-    """The module's source file if it is the user's own Python code, else None."""
-    name = getattr(module, "__name__", "")
-    if name in ("__main__", "__mp_main__") or name == "daskbatch" or str(name).startswith("daskbatch."):
-        return None
-    file = getattr(module, "__file__", None)
-    if not isinstance(file, str) or not file.endswith(".py"):
-        return None
-    own = _USERS.get(file)
-    if own is None:
-        own = _USERS[file] = not installed_file(file)
-    return file if own else None
-
-
-def _names_in(values: Any) -> list[str]:
-    """The user's modules that ``values`` are, or that their functions and classes come from."""
-    out: list[str] = []
-    for value in values:
+def _file_functions(file: str) -> dict[str, types.CodeType] | None:
+    """The code of the top-level functions ``file`` defines now (the last of a name wins),
+    compiled whole as an import does (the compiler's choices depend on the module's
+    imports); None if it no longer compiles; :data:`_UNREADABLE` if it cannot be read."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return _UNREADABLE
+    key = (file, st.st_mtime_ns, st.st_size)
+    if key not in _COMPILED:
         try:
-            is_module = isinstance(value, types.ModuleType)
-            name = value.__name__ if is_module else getattr(value, "__module__", None)
-        except Exception:  # an object whose attributes raise
+            with open(file, "rb") as f:
+                module = compile(f.read(), file, "exec", dont_inherit=True)
+        except OSError:
+            return _UNREADABLE
+        except (SyntaxError, ValueError):
+            _COMPILED[key] = None
+        else:
+            _COMPILED[key] = {c.co_name: c for c in module.co_consts if isinstance(c, types.CodeType)}
+    return _COMPILED[key]
+
+
+def _differs_from_file(func: types.FunctionType) -> bool:
+    """Whether ``func``'s code differs from what its file compiles to now."""
+    code = func.__code__
+    if code.co_freevars or "." in func.__qualname__:
+        return False  # a method or a nested function: not compared
+    functions = _file_functions(code.co_filename)
+    if functions is None:
+        return True  # the file no longer compiles
+    if functions is _UNREADABLE:
+        return False  # the workers say so when they import it
+    new = functions.get(code.co_name)
+    return new is None or _shape(new) != _shape(code)
+
+
+def _immutable(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float | complex | str | bytes):
+        return True
+    return isinstance(value, tuple) and all(_immutable(v) for v in value)
+
+
+def _value_changed(module: types.ModuleType, file: str) -> tuple[str, Any, Any] | None:
+    """``(name, value here, value in the file)`` of a module-level constant that the file
+    now sets to another value: a number, text or tuple assigned once at the top level by
+    a literal, never declared ``global`` in a function (state a module keeps on purpose)."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None
+    counts: dict[str, int] = {}
+    literal: dict[str, Any] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        for t in targets:
+            for n in ast.walk(t) if isinstance(t, ast.AST) else ():
+                if isinstance(n, ast.Name):
+                    counts[n.id] = counts.get(n.id, 0) + 1
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name) and (not isinstance(node, ast.Assign) or len(node.targets) == 1):
+                with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    literal[target.id] = ast.literal_eval(node.value)
+    kept = {n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names}
+    here = vars(module)
+    for name, value in literal.items():
+        if counts.get(name) != 1 or name in kept or name not in here or not _immutable(value):
             continue
-        if isinstance(name, str) and _users_file(sys.modules.get(name)):
-            out.append(name)
-    return out
-
-
-def _reached(kernel: Any) -> list[str]:
-    """The kernel's module, its ``setup``'s, and the user's modules they reach through
-    their globals (a module imported, or a function or class taken from one). The
-    kernel's own globals are walked even when its module's name now holds another
-    module (another project's of the same name)."""
-    funcs = [getattr(kernel, "func", None), getattr(kernel, "setup", None)]
-    start = [getattr(kernel, "module", None), getattr(funcs[1], "__module__", None)]
-    todo = [n for n in dict.fromkeys(start) if n and _users_file(sys.modules.get(n))]
-    for func in funcs:  # what the functions name (a notebook's namespace holds much more)
-        func = inspect.unwrap(func) if callable(func) else None
-        glob, code = getattr(func, "__globals__", None), getattr(func, "__code__", None)
-        if isinstance(glob, dict) and code is not None:
-            todo += _names_in([glob[n] for n in _names_used(code) if n in glob])
-    seen = set(todo)
-    while todo:
-        module = sys.modules.get(todo.pop())
-        for name in _names_in(list(vars(module).values()) if module is not None else ()):
-            if name not in seen:
-                seen.add(name)
-                todo.append(name)
-    return sorted(seen)
+        if not _immutable(here[name]) or repr(here[name]) != repr(value):
+            return name, here[name], value
+    return None
 
 
 def _import_path_elsewhere(name: str) -> tuple[str, str] | None:
@@ -118,70 +164,68 @@ def _import_path_elsewhere(name: str) -> tuple[str, str] | None:
     return held, found
 
 
-def _note(name: str) -> None:
-    module = sys.modules.get(name)
-    file = _users_file(module)
-    spec = getattr(module, "__spec__", None)
-    old = _NOTED.get(name)
-    if file is None or (old is not None and old.spec is spec and old.file == file):
-        return
-    try:
-        st = os.stat(file)
-        _NOTED[name] = _Noted(spec, file, st.st_mtime_ns, st.st_size, _digest(file))
-    except OSError:  # gone or unreadable: nothing to compare with later
-        _NOTED.pop(name, None)
-
-
-def note_kernel(kernel: Any) -> None:
-    """Note the files of the user's modules ``kernel`` uses, as they are now (when the
-    kernel is made, and when a run starts, for modules not noted yet or reloaded)."""
-    for name in _reached(kernel):
-        _note(name)
-
-
-def _changed(name: str) -> str | None:
-    """The file of module ``name`` if it changed since it was noted and was not reloaded."""
-    noted = _NOTED.get(name)
-    module = sys.modules.get(name)
-    if noted is None or module is None or getattr(module, "__spec__", None) is not noted.spec:
-        return None
-    try:
-        st = os.stat(noted.file)
-        if (st.st_mtime_ns, st.st_size) == (noted.mtime_ns, noted.size):
-            return None
-        return None if _digest(noted.file) == noted.sha256 else noted.file
-    except OSError:
-        return None  # a file that is gone: the workers say so when they import it
+def _reload_hint(kernel: Any, module: str) -> str:
+    own = getattr(kernel, "module", None)
+    hint = f"importlib.reload({module})"
+    if own in ("__main__", "__mp_main__"):
+        return hint + ", then run the cell or script that makes the kernel again"
+    if own and own != module:
+        hint += f", then importlib.reload({own})"
+    return hint
 
 
 def check_kernel(kernel: Any) -> None:
-    """Refuse a run whose kernel uses a module of the user's that changed on disk since
-    this process imported it, and was not reloaded; note the modules seen first now."""
-    names = _reached(kernel)
-    stale = [(n, f) for n in names if (f := _changed(n)) is not None]
-    if stale:
-        name, file = stale[0]
-        own = getattr(kernel, "module", None)
-        what = "the kernel's module" if name == own else "module"
-        others = f" (and {', '.join(repr(n) for n, _ in stale[1:])})" if len(stale) > 1 else ""
-        reload = f"importlib.reload({name})" + (f", then importlib.reload({own})" if name != own else "")
-        raise StaleModuleError(
-            f"kernel {getattr(kernel, 'name', '?')!r}: {what} {name!r}{others} changed on disk "
-            f"({file}) since this process imported it, and was not reloaded: worker processes "
-            "would run the file as it is now while this process runs the code it imported. "
-            f"Reload it ({reload}; in a notebook, %autoreload 2 does it) or start Python again, "
-            "then run again; nothing was started or written"
-        )
-    for n in names:
-        elsewhere = _import_path_elsewhere(n)
+    """Refuse a run whose kernel uses code of the user's that its files no longer hold
+    (edited and not reloaded), or a module the import path now finds elsewhere."""
+    functions, modules, submodules = kernel_objects(kernel)
+    # a package's submodule counts when the code names it (pkg.physics.gain(a)), not
+    # every module loaded from the package
+    named = {n for f in functions for n in f.__code__.co_names}
+    modules = modules + [m for m in submodules if m.__name__.rsplit(".", 1)[-1] in named]
+    for mod in modules:  # a module used as a module: every function defined in it
+        functions += [
+            v
+            for v in list(vars(mod).values())
+            if isinstance(v, types.FunctionType) and v.__module__ == mod.__name__
+        ]
+    names: dict[str, str] = {}  # the user's modules reached: name -> file
+    for func in functions:
+        file = func.__code__.co_filename
+        if func.__module__ in ("__main__", "__mp_main__") or not _users_file(file):
+            continue  # a notebook's or script's kernel travels by value
+        names.setdefault(func.__module__, file)
+        if _differs_from_file(func):
+            raise StaleModuleError(
+                f"kernel {getattr(kernel, 'name', '?')!r}: {func.__module__}.{func.__qualname__} in "
+                f"this process is not the code of {file} now (the module was edited since this "
+                "process imported it, and not reloaded): worker processes would run the file as "
+                f"it is now. Reload it ({_reload_hint(kernel, func.__module__)}; in a notebook, "
+                "%autoreload 2 does it) or start Python again, then run again; nothing was "
+                "started or written"
+            )
+    names.update({m.__name__: m.__file__ for m in modules if _users_file(getattr(m, "__file__", None))})
+    for name, file in names.items():
+        module = sys.modules.get(name)
+        changed = _value_changed(module, file) if module is not None and module.__file__ == file else None
+        if changed is not None:
+            const, here, there = changed
+            raise StaleModuleError(
+                f"kernel {getattr(kernel, 'name', '?')!r}: {name}.{const} is {here!r} in this process "
+                f"but {file} now sets it to {there!r} (the file was edited since this process "
+                "imported it and not reloaded, or the value was changed here): worker processes "
+                "would use the file's. Reload the module "
+                f"({_reload_hint(kernel, name)}; in a notebook, %autoreload 2 does it), or set the "
+                "value in the file, or pass it as one of the run's constants=; nothing was started "
+                "or written"
+            )
+    for name in names:
+        elsewhere = _import_path_elsewhere(name)
         if elsewhere is not None:
             held, found = elsewhere
             raise StaleModuleError(
-                f"kernel {getattr(kernel, 'name', '?')!r}: module {n.split('.')[0]!r} of this process "
-                f"is {held}, but the import path now leads to {found} (another module of the same "
-                "name, imported in this process for another project): worker processes would "
-                "import that one. Run each project in a Python process of its own, or give the "
-                "modules names of their own; nothing was started or written"
+                f"kernel {getattr(kernel, 'name', '?')!r}: module {name.split('.')[0]!r} of this "
+                f"process is {held}, but the import path now leads to {found} (another module of "
+                "the same name, imported in this process for another project): worker processes "
+                "would import that one. Run each project in a Python process of its own, or give "
+                "the modules names of their own; nothing was started or written"
             )
-    for n in names:
-        _note(n)

@@ -183,9 +183,6 @@ class Kernel:
         for n in self.outputs:
             if n in self._args:
                 raise KernelSignatureError(f"kernel {self.name!r}: output {n!r} has the name of an argument")
-        from .freshness import note_kernel
-
-        note_kernel(self)  # its module's file as it is while being imported (daskbatch.freshness)
 
     # ------------------------------------------------------------------ identity
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .callbacks import Callback, RunEnd, RunStart
 from .errors import DaskbatchError, FingerprintMismatchError, KernelSignatureError, SpaceError
+from .freshness import StaleModuleError, check_kernel
 from .fromstore import SPEC_KEYS as SPEC_KEYS
 from .fromstore import FromStore, upstream_change
 from .kernel import Kernel
@@ -274,6 +275,10 @@ class Pipeline:
             if not isinstance(constants, Mapping):
                 raise PipelineError(f"Pipeline: stage {k}: constants={constants!r} must be a dict")
             where = f"Pipeline: stage {k} of {n} ({stage.kernel.name} -> {stage.store!r})"
+            try:  # its code is what its files hold (daskbatch.freshness), before any stage runs
+                check_kernel(stage.kernel)
+            except StaleModuleError as e:
+                raise PipelineError(f"{where}: {e}") from None
             mapping = None
             if stage.space is None:
                 assert before is not None

@@ -617,42 +617,66 @@ def test_a_missing_store_is_store_not_found_and_file_not_found(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
 
 
-def test_a_module_edited_on_disk_and_not_reloaded_is_refused_until_reloaded(tmp_path):
+def test_code_edited_on_disk_and_not_reloaded_is_refused_until_reloaded(tmp_path):
     """Workers import the kernel's modules from their files; this process keeps what it
-    imported. A file edited since and not reloaded is refused before anything starts,
-    naming the module; a reload (of the helper, then the kernel's module) goes on."""
+    imported. Code the kernel uses that its file no longer holds is refused before
+    anything starts, naming the function or constant and the reload; after the reload
+    the run goes on. Edits that change nothing the kernel runs go on."""
     folder = tmp_path / "proj"
-    folder.mkdir()
-    (folder / "fresh_helper.py").write_text("FACTOR = 2.0\n")
+    (folder / "fresh_pkg").mkdir(parents=True)
+    (folder / "fresh_pkg" / "__init__.py").write_text("")
+    (folder / "fresh_pkg" / "physics.py").write_text("def gain(a):\n    return 2.0 * a\n")
+    (folder / "fresh_pkg" / "plotting.py").write_text("def plot():\n    return 1\n")
+    (folder / "fresh_helper.py").write_text("OFFSET = 1.0\n\ndef scale(a):\n    return 3.0 * a\n")
     (folder / "fresh_kmod.py").write_text(
-        "import daskbatch as db\nimport fresh_helper\n\n"
-        "@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return fresh_helper.FACTOR * a\n"
+        "import daskbatch as db\nimport fresh_helper\nimport fresh_pkg.physics\nimport fresh_pkg.plotting\n"
+        "from fresh_helper import scale\n\n"
+        "@db.kernel(outputs={'y': db.Output()})\n"
+        "def k(a):\n    return fresh_pkg.physics.gain(scale(a)) + fresh_helper.OFFSET\n"
     )
     helper = _import_fresh(folder, "fresh_helper")
     mod = _import_fresh(folder, "fresh_kmod")
     space = db.Grid(a=np.arange(6.0))
     run = lambda name: db.run(mod.k, space, tmp_path / name, cluster="serial", progress=False)  # noqa: E731
-    run("first.zarr")
-    os.utime(folder / "fresh_kmod.py", (1, 1))  # touched, not changed: goes on
-    run("touched.zarr")
+    stale = db.errors.StaleModuleError
 
-    (folder / "fresh_helper.py").write_text("FACTOR = 5.0  # edited\n")
-    with pytest.raises(db.errors.StaleModuleError) as e:
+    def edit(path, old, new):
+        path.write_text(path.read_text().replace(old, new))
+
+    run("first.zarr")
+    # nothing the kernel runs changed: a touch, a comment, a module it does not use
+    os.utime(folder / "fresh_helper.py", (1, 1))
+    edit(folder / "fresh_kmod.py", "def k(a):", "# a comment\ndef k(a):  # and another")
+    edit(folder / "fresh_pkg" / "plotting.py", "return 1", "return 2")
+    run("unchanged.zarr")
+
+    edit(folder / "fresh_helper.py", "3.0 * a", "5.0 * a")  # a function it calls
+    with pytest.raises(stale) as e:
         run("stale.zarr")
     msg = str(e.value)
-    assert "module 'fresh_helper'" in msg and str(folder / "fresh_helper.py") in msg, msg
+    assert f"fresh_helper.scale in this process is not the code of {folder / 'fresh_helper.py'} now" in msg, (
+        msg
+    )
     assert "importlib.reload(fresh_helper), then importlib.reload(fresh_kmod)" in msg, msg
     assert not (tmp_path / "stale.zarr").exists()
-    with pytest.raises(db.errors.StaleModuleError):  # plan refuses as run does
+    with pytest.raises(stale):  # plan refuses as run does
         db.plan(mod.k, space, cluster="serial")
-
-    assert _import_fresh(folder, "fresh_helper") is helper  # importlib.reload
-    run("reloaded.zarr")
-    np.testing.assert_array_equal(db.open(tmp_path / "reloaded.zarr").y.values, 5.0 * np.arange(6.0))
-
-    (folder / "fresh_kmod.py").write_text((folder / "fresh_kmod.py").read_text().replace("* a", "* a + 1.0"))
-    with pytest.raises(db.errors.StaleModuleError, match=r"the kernel's module 'fresh_kmod' changed on disk"):
-        run("stale2.zarr")
+    _import_fresh(folder, "fresh_helper")  # reloaded: fresh_kmod still holds the old scale
+    with pytest.raises(stale, match="fresh_helper.scale in this process"):
+        run("stale.zarr")
     mod = _import_fresh(folder, "fresh_kmod")
-    run("reloaded2.zarr")
-    np.testing.assert_array_equal(db.open(tmp_path / "reloaded2.zarr").y.values, 5.0 * np.arange(6.0) + 1.0)
+    run("reloaded.zarr")
+    np.testing.assert_array_equal(db.open(tmp_path / "reloaded.zarr").y.values, 10.0 * np.arange(6.0) + 1.0)
+
+    edit(folder / "fresh_helper.py", "OFFSET = 1.0", "OFFSET = 4.0")  # a constant it uses
+    with pytest.raises(stale, match=r"fresh_helper.OFFSET is 1.0 in this process but .* now sets it to 4.0"):
+        run("stale.zarr")
+    _import_fresh(folder, "fresh_helper")
+    helper.OFFSET = 9.0  # set here at run time: the workers would read the file's 4.0
+    with pytest.raises(stale, match=r"fresh_helper.OFFSET is 9.0 in this process"):
+        run("stale.zarr")
+    helper.OFFSET = 4.0
+
+    edit(folder / "fresh_pkg" / "physics.py", "2.0 * a", "2.5 * a")  # a package's submodule it uses
+    with pytest.raises(stale, match=r"fresh_pkg.physics.gain in this process"):
+        run("stale.zarr")
