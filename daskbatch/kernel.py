@@ -92,7 +92,7 @@ __all__ = [
 # object is unpickled many times in one worker; these make setup run once and the
 # lock be one lock per process.
 _PROCESS_LOCK = threading.Lock()
-_STATES: dict[str, Any] = {}
+_STATES: dict[tuple[Any, ...], Any] = {}
 _KERNEL_LOCKS: dict[str, threading.Lock] = {}
 
 
@@ -309,11 +309,18 @@ class Kernel:
         token = self.token
         with _PROCESS_LOCK:
             lock = _KERNEL_LOCKS.setdefault(token, threading.Lock())
-        if self.setup is not None and token not in _STATES:
+        if self.setup is None:
+            return None, (None if self.threadsafe else lock)
+        # the state of this setup code: a setup edited and reloaded, or another
+        # project's kernel of the same name, in a process that lives on (a notebook),
+        # makes its own; the same code unpickled again (by value) finds it
+        code = getattr(inspect.unwrap(self.setup), "__code__", None)
+        key = (token, getattr(code, "co_filename", None), code)
+        if key not in _STATES:
             with lock:
-                if token not in _STATES:
-                    _STATES[token] = self.setup()
-        return _STATES.get(token), (None if self.threadsafe else lock)
+                if key not in _STATES:
+                    _STATES[key] = self.setup()
+        return _STATES[key], (None if self.threadsafe else lock)
 
     def run_block(
         self,

@@ -680,3 +680,23 @@ def test_code_edited_on_disk_and_not_reloaded_is_refused_until_reloaded(tmp_path
     edit(folder / "fresh_pkg" / "physics.py", "2.0 * a", "2.5 * a")  # a package's submodule it uses
     with pytest.raises(stale, match=r"fresh_pkg.physics.gain in this process"):
         run("stale.zarr")
+
+
+def test_a_setup_edited_and_reloaded_makes_its_own_state_in_a_process_that_lives_on(tmp_path):
+    """setup() runs once per process and its state is kept: a setup edited and reloaded
+    (a notebook) is the new code, with a state of its own, not the old one's."""
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    source = (
+        "import daskbatch as db\n\ndef load():\n    return {'offset': 100.0}\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, setup=load)\ndef k(a, state):\n    return a + state['offset']\n"
+    )
+    (folder / "setup_kmod.py").write_text(source)
+    mod = _import_fresh(folder, "setup_kmod")
+    space = db.Grid(a=np.arange(4.0))
+    db.run(mod.k, space, tmp_path / "a.zarr", cluster="serial", progress=False)
+    (folder / "setup_kmod.py").write_text(source.replace("100.0", "7.0"))
+    mod = _import_fresh(folder, "setup_kmod")
+    db.run(mod.k, space, tmp_path / "b.zarr", cluster="serial", progress=False)
+    np.testing.assert_array_equal(db.open(tmp_path / "a.zarr").y.values, np.arange(4.0) + 100.0)
+    np.testing.assert_array_equal(db.open(tmp_path / "b.zarr").y.values, np.arange(4.0) + 7.0)
