@@ -154,6 +154,10 @@ def cli(capsys, monkeypatch):
         if cwd is not None:
             monkeypatch.chdir(cwd)
         capsys.readouterr()  # only this command's output
+        # the command puts a spec's or store's folders first on the import path (for
+        # itself and its workers): in this process, only until it returns
+        monkeypatch.setattr(sys, "path", list(sys.path))
+        monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
         try:
             code = main(list(args))
         except SystemExit as e:  # argparse's usage errors (exit 2) and --help
