@@ -16,6 +16,7 @@ Anywhere else (the module imported by other means) this does nothing.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
@@ -24,16 +25,11 @@ from .hygiene import FORKSERVER_FLAG, forget_modules, users_modules
 if os.environ.pop(FORKSERVER_FLAG, None):
     # the user's own modules, as the server holds them once its preload is done: each
     # forked process imports them afresh (daskbatch.hygiene.start_forkserver)
-    _users: list[str] = []
-    _listed = False
+    @functools.cache
+    def _users() -> tuple[str, ...]:  # listed in the server, before its first fork
+        return tuple(users_modules())
 
-    def _list_users_modules() -> None:  # in the server, before its first fork
-        global _listed
-        if not _listed:
-            _users.extend(users_modules())
-            _listed = True
-
-    os.register_at_fork(before=_list_users_modules, after_in_child=lambda: forget_modules(_users))
+    os.register_at_fork(before=_users, after_in_child=lambda: forget_modules(_users()))
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["changed_parts", "code_changes", "installed_file", "kernel_code"]
+__all__ = ["changed_parts", "code_changes", "installed_file", "kernel_code", "users_source"]
 
 _MAX_PARTS = 200
 _MAX_TEXT = 20_000
@@ -73,6 +73,15 @@ def installed_file(file: str) -> bool:
     """Whether ``file`` belongs to the Python installation or an installed package."""
     real = os.path.realpath(file)
     return "site-packages" in real or any(real == r or real.startswith(r + os.sep) for r in _ROOTS)
+
+
+def users_source(name: str | None, file: Any) -> bool:
+    """Whether module ``name`` (its ``file``) is Python source of the user's own that may
+    change while a process lives: a ``.py`` file of no installed package, not daskbatch
+    (its cores included: they come with it), not the main script or notebook."""
+    if not name or name in ("__main__", "__mp_main__") or name.split(".")[0] == "daskbatch":
+        return False
+    return isinstance(file, str) and file.endswith(".py") and not installed_file(file)
 
 
 def _is_user_module(name: str | None, file: str | None) -> bool:

@@ -28,29 +28,16 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import functools
-import importlib
 import importlib.machinery
-import operator
 import os
 import sys
 import types
 from typing import Any
 
-from .codeid import installed_file, kernel_objects
+from .codeid import kernel_objects, users_source
 from .errors import StaleModuleError
 
 __all__ = ["StaleModuleError", "check_kernel"]
-
-#: the ``from __future__`` flags a function's code carries, which its compile needs
-_FUTURE = importlib.import_module("__future__")
-_FUTURE_FLAGS = functools.reduce(
-    operator.or_, (getattr(_FUTURE, n).compiler_flag for n in _FUTURE.all_feature_names), 0
-)
-
-
-def _users_file(file: Any) -> bool:
-    return isinstance(file, str) and file.endswith(".py") and not installed_file(file)
 
 
 def _shape(code: types.CodeType) -> tuple[Any, ...]:
@@ -192,10 +179,8 @@ def check_kernel(kernel: Any) -> None:
     names: dict[str, str] = {}  # the user's modules reached: name -> file
     for func in functions:
         file = func.__code__.co_filename
-        if func.__module__ in ("__main__", "__mp_main__") or not _users_file(file):
-            continue  # a notebook's or script's kernel travels by value
-        if func.__module__ == "daskbatch" or func.__module__.startswith("daskbatch."):
-            continue  # its cores (daskbatch.models, daskbatch.testing) come with daskbatch
+        if not users_source(func.__module__, file):
+            continue  # installed, daskbatch's, or a notebook's or script's (it travels by value)
         names.setdefault(func.__module__, file)
         # only code Python's own loader compiled can be compiled again alike (pytest,
         # for one, rewrites the asserts of the test modules it imports)
@@ -210,11 +195,7 @@ def check_kernel(kernel: Any) -> None:
                 "started or written"
             )
     names.update(
-        {
-            m.__name__: m.__file__
-            for m in modules
-            if _users_file(getattr(m, "__file__", None)) and m.__name__.split(".")[0] != "daskbatch"
-        }
+        {m.__name__: m.__file__ for m in modules if users_source(m.__name__, getattr(m, "__file__", None))}
     )
     for name, file in names.items():
         module = sys.modules.get(name)

@@ -226,16 +226,9 @@ def users_modules() -> list[str]:
     belong to no installed package, nor to daskbatch (its cores included), nor are the
     main script. Compiled extension modules are left out: Python cannot load some of
     them twice, and a reload does not change them anyway."""
-    from .codeid import installed_file
+    from .codeid import users_source
 
-    out: list[str] = []
-    for name, module in list(sys.modules.items()):
-        if name in ("__main__", "__mp_main__") or name == "daskbatch" or name.startswith("daskbatch."):
-            continue
-        file = getattr(module, "__file__", None)
-        if isinstance(file, str) and file.endswith(".py") and not installed_file(file):
-            out.append(name)
-    return out
+    return [name for name, m in list(sys.modules.items()) if users_source(name, getattr(m, "__file__", None))]
 
 
 def forget_modules(names: Sequence[str]) -> None:

@@ -203,15 +203,12 @@ def _load_file(module_name: str, file: Path) -> Any:
     if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
         raise ImportError(f"no loader for {str(file)!r}")
     module = importlib.util.module_from_spec(spec)
-    old = sys.modules.get(module_name)
+    old = sys.modules[module_name]  # held: _own_file only names a file then
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        if old is not None:
-            sys.modules[module_name] = old
-        else:  # pragma: no cover - only a module that was held gets here
-            sys.modules.pop(module_name, None)
+        sys.modules[module_name] = old
         raise
     return module
 
