@@ -2,7 +2,8 @@
 
 The dashboard's address, the temporary TLS credentials of a cluster daskbatch starts
 (:func:`local_security`), distributed's log kept quiet while it runs
-(:func:`quiet_level`) and SIGINT and SIGTERM held back while it starts or closes.
+(:func:`quiet_level`), a fetch that Ctrl-C abandoned kept quiet
+(:func:`quiet_abandoned_fetches`) and SIGINT and SIGTERM held back while it starts or closes.
 :mod:`daskbatch.cluster` (the LocalCluster) and :mod:`daskbatch.hpc` (the job-queue
 clusters) both start clusters with them; the names are importable from
 :mod:`daskbatch.cluster` too.
@@ -24,7 +25,7 @@ import dask
 
 from .errors import ClusterError
 
-__all__ = ["QUIET_LEVEL", "local_security", "quiet_level"]
+__all__ = ["QUIET_LEVEL", "local_security", "quiet_abandoned_fetches", "quiet_level"]
 
 
 def _dashboard_address() -> str:
@@ -143,6 +144,28 @@ def quiet_level() -> int | None:
 
 #: what passes :func:`quiet_level`'s filter by default
 QUIET_LEVEL = logging.CRITICAL
+
+
+def _not_an_abandoned_fetch(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of distributed's ``AllExit`` (see
+    :func:`quiet_abandoned_fetches`)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (type(exc).__name__ == "AllExit" and type(exc).__module__.startswith("distributed."))
+
+
+def quiet_abandoned_fetches() -> None:
+    """Keep asyncio from reporting a result fetch that a Ctrl-C abandoned (once per process).
+
+    ``Future.result()`` interrupted while it fetches a result (Ctrl-C in the driver)
+    cancels distributed's fetch part way: a task it left behind later ends with
+    distributed's internal ``AllExit``, which distributed means to be quiet, and
+    asyncio printed "Task exception was never retrieved" and a dozen lines of
+    traceback as the driver exited after its one line. Only that exception is dropped
+    from the ``asyncio`` logger.
+    """
+    log = logging.getLogger("asyncio")
+    if _not_an_abandoned_fetch not in log.filters:
+        log.addFilter(_not_an_abandoned_fetch)
 
 
 @contextmanager

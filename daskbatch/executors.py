@@ -39,6 +39,7 @@ from typing import Any
 import dask
 
 from . import hygiene
+from .clusterbase import quiet_abandoned_fetches
 from .errors import ClusterError, WorkerDiedError
 
 __all__ = [
@@ -500,24 +501,16 @@ class Executor:
         futures = self.client.compute(list(tasks))
         index = {f.key: i for i, f in enumerate(futures)}
         lost = []
-        # with the results, fetched in the client's event loop as each block ends: a
-        # Ctrl-C here then interrupts no fetch (distributed leaves an interrupted
-        # ``Future.result()``'s inner task behind, which prints "Task exception was never
-        # retrieved" and a traceback at exit), and a block's result is held before the
-        # death of its worker could lose it
-        queue = as_completed(futures, with_results=True, raise_errors=False, loop=self.client.loop)
+        quiet_abandoned_fetches()
         try:
-            for fut, result in queue:  # the loop is this client's, not dask's default
-                status = fut.status
-                fut.release()
-                if status == "error":
-                    _, exc, tb = result
-                    if isinstance(exc, KilledWorker):
-                        lost.append(index[fut.key])
-                        continue
-                    raise exc.with_traceback(tb)
-                if status == "cancelled":
-                    raise result
+            for fut in as_completed(futures, loop=self.client.loop):  # this client's, not the default
+                try:
+                    result = fut.result()
+                except KilledWorker:
+                    lost.append(index[fut.key])
+                    continue
+                finally:
+                    fut.release()
                 on_done(result)
         except BaseException:
             self.client.cancel(futures)

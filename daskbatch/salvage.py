@@ -134,29 +134,29 @@ class _Salvage:
 
         n = self.n
         step = max(1, math.ceil(n / PIECES))
-        # with the results: a finished piece's result is fetched at once, before the
-        # death of its worker (running another piece) can lose it
+        # the results are fetched here, one by one: as_completed(with_results=True) fetches
+        # them in the client's loop, and a piece whose worker died after it finished and
+        # whose recomputation then failed was never handed over (the loop waited for ever).
+        # A finished piece whose worker dies before its result is fetched is computed again.
         queue = as_completed(
             [self.submit(list(range(i, min(i + step, n)))) for i in range(0, n, step)],
-            with_results=True,
-            raise_errors=False,
             loop=self.client.loop,  # this client's: it need not be dask's default
         )
-        for fut, res in queue:
+        for fut in queue:
             positions = self.owners.pop(fut.key)
-            fut.release()
-            if isinstance(res, BlockResult):
-                self.take(res, positions)
+            try:
+                res = fut.result()
+            except KilledWorker:
+                if len(positions) == 1:
+                    self.suspects.append(positions[0])
+                    continue
+                step = max(1, math.ceil(len(positions) / PIECES))
+                for j in range(0, len(positions), step):
+                    queue.add(self.submit(positions[j : j + step]))
                 continue
-            exc = res[1] if isinstance(res, tuple) else res
-            if not isinstance(exc, KilledWorker):
-                raise exc
-            if len(positions) == 1:
-                self.suspects.append(positions[0])
-                continue
-            step = max(1, math.ceil(len(positions) / PIECES))
-            for j in range(0, len(positions), step):
-                queue.add(self.submit(positions[j : j + step]))
+            finally:
+                fut.release()
+            self.take(res, positions)
 
     def _suspects(self) -> None:
         from distributed.scheduler import KilledWorker
