@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .chunkwrite import write_chunk
 from .errors import StoreError
 from .kernel import STATUS
 
@@ -94,15 +95,23 @@ async def _gather_writes(*rounds: Sequence[_Write]) -> None:
 
 
 def _write_all(writes: Sequence[_Write], then: Sequence[_Write] = ()) -> None:
-    """Write several regions concurrently on zarr's I/O loop, then (once all of those
-    have returned) the regions ``then``: one trip to the loop. All have returned on exit."""
-    try:
-        from zarr.core.sync import sync
-    except ImportError:  # pragma: no cover - a zarr without its sync helper: one at a time
-        for arr, sel, value in [*writes, *then]:
-            arr[sel] = value
-        return
-    sync(_gather_writes(writes, then))
+    """Write several regions, then (once all of those have returned) the regions
+    ``then``. All have returned on exit.
+
+    A region that is one whole chunk is written in this thread
+    (:func:`daskbatch.chunkwrite.write_chunk`); the others concurrently on zarr's I/O
+    loop, in one trip a round."""
+    for ws in (writes, then):
+        rest = [w for w in ws if not write_chunk(*w)]
+        if not rest:
+            continue
+        try:
+            from zarr.core.sync import sync
+        except ImportError:  # pragma: no cover - a zarr without its sync helper: one at a time
+            for arr, sel, value in rest:
+                arr[sel] = value
+            continue
+        sync(_gather_writes(rest))
 
 
 # ------------------------------------------------------------------ store format
