@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
+import uuid
 from typing import Any
 
 import numpy as np
@@ -135,7 +135,7 @@ def write_chunk(arr: Any, sel: Any, value: Any) -> bool:
     if encoded is None:
         return False
     path, data = encoded
-    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.partial"
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"  # unique on any host sharing the folder
     try:
         try:
             with open(tmp, "wb") as f:

@@ -381,6 +381,8 @@ def _inspect_arrays(plan: _Plan, quick: bool = False, generated: dict[str, Any] 
 def _undecodable(path: Path, name: str, doc: Mapping[str, Any]) -> str | None:
     """Whether one chunk file of array ``name`` on disk decodes under metadata ``doc``."""
     files = sorted(p for p in (path / name / "c").rglob("*") if p.is_file()) if (path / name).is_dir() else []
+    # chunk files only: not a write's temporary (``<key>.<id>.partial``) left by a kill
+    files = [p for p in files if all(part.isdigit() for part in p.relative_to(path / name / "c").parts)]
     if not files:
         return None
     first = files[0]

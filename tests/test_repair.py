@@ -356,3 +356,21 @@ def test_a_deleted_block_record_only_uncommits_its_block(reference, tmp_path, cl
     r = cli("resume", str(store), "--verify", "--no-progress")
     assert r.returncode == 0 and "4 samples in 1 blocks" in r.stdout, r.stdout + r.stderr
     assert_stores_identical(store, reference)
+
+
+def test_a_writes_leftover_temporary_is_not_taken_for_a_chunk_when_metadata_is_rebuilt(reference, tmp_path):
+    """A kill during a chunk's write can leave ``<key>.<id>.partial`` beside the chunks
+    (Zarr's writes and daskbatch's alike). Rebuilding an array's metadata test-decodes
+    one of its chunk files: never the temporary, even when it sorts first."""
+    from daskbatch.repair import _undecodable
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(reference, store)
+    doc = json.loads((store / "y" / "zarr.json").read_text())
+    chunks = sorted(p for p in (store / "y" / "c").rglob("*") if p.is_file())
+    first = chunks[0]
+    partial = first.with_name(f"{first.name}.0123abcd.partial")
+    partial.write_bytes(first.read_bytes()[:7])  # a write cut short
+    first.unlink()  # the block was being written for the first time
+    assert sorted(p for p in (store / "y" / "c").rglob("*") if p.is_file())[0] == partial
+    assert _undecodable(store, "y", doc) is None
