@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import zlib
 from typing import Any
 
 import numpy as np
@@ -134,11 +135,16 @@ def _encode(arr: Any, sel: Any, value: Any) -> tuple[str, bytes] | None:
     return path, buf.to_bytes()
 
 
-def write_chunk(arr: Any, sel: Any, value: Any) -> bool:
+def write_chunk(arr: Any, sel: Any, value: Any, sums: dict[str, tuple[int, int]] | None = None) -> bool:
     """Write ``value`` at ``sel`` of ``arr`` when that is one whole chunk this module can
     encode (see the module): the chunk file is written beside its place, then renamed
     into it (a reader sees the old chunk or the new one). False: nothing was written;
-    write it through zarr."""
+    write it through zarr.
+
+    ``sums`` (when given) gets the file's size and CRC-32, computed from the bytes
+    written, under its normalised path: the block's record needs them, and reading
+    the file back would cost another open (a metadata round trip on a parallel
+    filesystem)."""
     encoded = encode_chunk(arr, sel, value)
     if encoded is None:
         return False
@@ -153,6 +159,8 @@ def write_chunk(arr: Any, sel: Any, value: Any) -> bool:
             with open(tmp, "wb") as f:
                 f.write(data)
         os.replace(tmp, path)
+        if sums is not None:
+            sums[os.path.normpath(path)] = (len(data), zlib.crc32(data))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

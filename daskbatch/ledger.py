@@ -94,15 +94,17 @@ async def _gather_writes(*rounds: Sequence[_Write]) -> None:
         await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
 
 
-def _write_all(writes: Sequence[_Write], then: Sequence[_Write] = ()) -> None:
+def _write_all(
+    writes: Sequence[_Write], then: Sequence[_Write] = (), sums: dict[str, tuple[int, int]] | None = None
+) -> None:
     """Write several regions, then (once all of those have returned) the regions
     ``then``. All have returned on exit.
 
     A region that is one whole chunk is written in this thread
-    (:func:`daskbatch.chunkwrite.write_chunk`); the others concurrently on zarr's I/O
-    loop, in one trip a round."""
+    (:func:`daskbatch.chunkwrite.write_chunk`, which notes the file's size and CRC-32
+    in ``sums``); the others concurrently on zarr's I/O loop, in one trip a round."""
     for ws in (writes, then):
-        rest = [w for w in ws if not write_chunk(*w)]
+        rest = [w for w in ws if not write_chunk(*w, sums=sums)]
         if not rest:
             continue
         try:

@@ -340,9 +340,13 @@ class Store(StoreView):
                     values = RaggedBlock.from_padded(_TEXT, *encode_text(values))
                 data += self._padded_writes(arrays, name, block, region, values, columns)
             # status only after the data it describes has returned (in the same trip)
-            _write_all(data, then=[(arrays["status"], region, status)])
+            written: dict[str, tuple[int, int]] = {}  # size and CRC-32 of the files written here
+            _write_all(data, then=[(arrays["status"], region, status)], sums=written)
             files = self._chunk_files(layout, block, arrays, columns)
-            sums = {rel: _checksum(self.path / rel) for rel in files}
+            sums = {}
+            for rel in files:
+                known = written.get(os.path.normpath(self.path / rel))
+                sums[rel] = known if known is not None else _checksum(self.path / rel)
             # the block's partial reductions ride its commit: a resumed run merges each once
             partial = _partial(layout, block, outputs, status, region)
             record = BlockRecord.of(

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 import daskbatch as db
+from daskbatch import store as store_module
 from daskbatch.chunkwrite import write_chunk
+from daskbatch.ledger import _checksum
+from daskbatch.store import Store
 from daskbatch.testing import assert_stores_identical
 
 DTYPES = ["f8", "f4", "i8", "i4", "i2", "u1", "u8", "bool", "c16", ">f8"]
@@ -145,17 +148,31 @@ def test_a_store_written_here_equals_one_written_through_zarr(tmp_path, monkeypa
     kw = dict(cluster=cluster, n_workers=2, chunk_size=4, progress=False)
     written = []
 
-    def counted(*args):
-        written.append(write_chunk(*args))
+    def counted(*args, **kwargs):
+        written.append(write_chunk(*args, **kwargs))
         return written[-1]
 
     monkeypatch.setattr(ledger, "write_chunk", counted)
+    read_back = []
+    monkeypatch.setattr(store_module, "_checksum", lambda p: read_back.append(p) or _checksum(p))
     db.run(several, space, tmp_path / "here.zarr", **kw)
+    assert not read_back  # each file's size and CRC-32 came from the bytes written
     # every write of every block (outputs and status) is made here
     assert written and all(written), written
-    monkeypatch.setattr(ledger, "write_chunk", lambda *a: False)
+    monkeypatch.setattr(ledger, "write_chunk", lambda *a, **k: False)
     db.run(several, space, tmp_path / "zarr.zarr", **kw)
     assert_stores_identical(tmp_path / "here.zarr", tmp_path / "zarr.zarr")
     here, there = _files(tmp_path / "here.zarr"), _files(tmp_path / "zarr.zarr")
     chunks = [k for k in here if "/c/" in k and not k.startswith(".")]
     assert chunks and all(here[k] == there[k] for k in chunks)
+    # the records' sizes and CRC-32s (taken from the bytes written, not read back) are
+    # those of the files, and the same as when Zarr wrote them
+    records = {}
+    for name in ("here", "zarr"):
+        ledger = Store(tmp_path / f"{name}.zarr").ledger
+        records[name] = {b: r.checksums for b, r in ledger.records().items()}
+        for sums in records[name].values():
+            assert sums and all(
+                tuple(sums[rel]) == _checksum(tmp_path / f"{name}.zarr" / rel) for rel in sums
+            )
+    assert records["here"] == records["zarr"]
