@@ -98,6 +98,8 @@ def _is_user_module(name: str | None, file: str | None) -> bool:
     return not installed_file(file)
 
 
+# a pure function of the text: in a process that lives on, each source is parsed once
+@functools.lru_cache(maxsize=1024)
 def _normalized(source: str) -> tuple[str, str] | None:
     """(sha256, text) of source code with comments, spacing and docstrings removed."""
     try:

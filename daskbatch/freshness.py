@@ -102,10 +102,21 @@ def _immutable(value: Any) -> bool:
     return isinstance(value, tuple) and all(_immutable(v) for v in value)
 
 
-def _value_changed(module: types.ModuleType, file: str) -> tuple[str, Any, Any] | None:
-    """``(name, value here, value in the file)`` of a module-level constant that the file
-    now sets to another value: a number, text or tuple assigned once at the top level by
-    a literal, never declared ``global`` in a function (state a module keeps on purpose)."""
+#: the constants of a file as it is now (see :func:`_file_constants`), by (path, mtime, size)
+_CONSTANTS: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+
+
+def _file_constants(file: str) -> dict[str, Any] | None:
+    """The module-level constants ``file`` sets now: a number, text or tuple assigned
+    once at the top level by a literal, never declared ``global`` in a function (state
+    a module keeps on purpose); None when the file cannot be read or parsed."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    key = (file, st.st_mtime_ns, st.st_size)
+    if key in _CONSTANTS:
+        return _CONSTANTS[key]
     try:
         with open(file, encoding="utf-8") as f:
             tree = ast.parse(f.read())
@@ -125,9 +136,21 @@ def _value_changed(module: types.ModuleType, file: str) -> tuple[str, Any, Any] 
                 with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                     literal[target.id] = ast.literal_eval(node.value)
     kept = {n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names}
+    found = {
+        name: value
+        for name, value in literal.items()
+        if counts.get(name) == 1 and name not in kept and _immutable(value)
+    }
+    _CONSTANTS[key] = found
+    return found
+
+
+def _value_changed(module: types.ModuleType, file: str) -> tuple[str, Any, Any] | None:
+    """``(name, value here, value in the file)`` of a constant of the file
+    (:func:`_file_constants`) that the module holds with another value."""
     here = vars(module)
-    for name, value in literal.items():
-        if counts.get(name) != 1 or name in kept or name not in here or not _immutable(value):
+    for name, value in (_file_constants(file) or {}).items():
+        if name not in here:
             continue
         if not _immutable(here[name]) or repr(here[name]) != repr(value):
             return name, here[name], value
