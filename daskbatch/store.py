@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .clusterbase import _signals_deferred
 from .errors import DaskbatchError, StoreError, StoreExistsError, StoreWriteError
 from .fstools import build_aside, first_link, link_message, put_in_place, remove_stale, test_pause
 from .layout import Layout, write_template
@@ -257,13 +258,18 @@ class Store(StoreView):
         """
         current = self.info(check_format=False)
         fmt = store_format(current if current is not None else info, self.path)
-        # under the metadata lock: a block writer widening a padded array meanwhile
-        # (daskbatch.raggedstore.grow_width) is neither undone nor missed by the consolidation
-        with metadata_lock(self.path):
-            root = zarr.open_group(str(self.path), mode="r+")
-            root.attrs[_ATTR] = {**info, "format": fmt}
-            _quiet_consolidate(self.path)
-        save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
+        # a Ctrl-C (or SIGTERM) waits the few milliseconds of this write: one that ended
+        # it part way left Zarr consolidating in its own thread, out of the warning filter
+        # below (its "consolidated metadata is not in the spec" warning was printed), and
+        # the repair copy behind the root
+        with _signals_deferred():
+            # under the metadata lock: a block writer widening a padded array meanwhile
+            # (daskbatch.raggedstore.grow_width) is neither undone nor missed by the consolidation
+            with metadata_lock(self.path):
+                root = zarr.open_group(str(self.path), mode="r+")
+                root.attrs[_ATTR] = {**info, "format": fmt}
+                _quiet_consolidate(self.path)
+            save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
 
     # ----------------------------------------------------------------- blocks
 

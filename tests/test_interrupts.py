@@ -284,3 +284,36 @@ orphan(ValueError("a real error"))  # after: still reported
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("Task exception was never retrieved") == 2, r.stderr
     assert r.stderr.count("exception=AllExit()") == 1 and "ValueError: a real error" in r.stderr, r.stderr
+
+
+def test_a_ctrl_c_during_a_provenance_update_waits_for_its_end(tmp_path, monkeypatch):
+    """The driver rewrites the store's provenance (and Zarr consolidates the metadata in
+    its own thread) at the start and end of a run: a Ctrl-C then acts once both the root
+    and the repair copy are written, never between them (and never leaves Zarr's thread
+    writing outside daskbatch's warning filter)."""
+    import json
+
+    import daskbatch.store as store_module
+
+    store = tmp_path / "s.zarr"
+    db.run(
+        slow_square,
+        db.MonteCarlo({"x": db.Uniform(0, 1)}, n=4, seed=1),
+        store,
+        cluster="serial",
+        progress=False,
+    )
+    st = store_module.Store(store)
+    info = {**st.info(), "note": "updated"}
+    consolidate = store_module._quiet_consolidate
+
+    def interrupted(path):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the update
+        consolidate(path)
+
+    monkeypatch.setattr(store_module, "_quiet_consolidate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        st.update_info(info)
+    root = json.loads((store / "zarr.json").read_text())["attributes"]["daskbatch"]
+    copy = json.loads((store / ".daskbatch" / "provenance.json").read_text())["daskbatch"]
+    assert root["note"] == "updated" and copy == root
