@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -278,6 +279,7 @@ class JobQueue:
         configured = self._config("processes")
         if configured:
             return int(configured)
+        _jobqueue()
         from dask_jobqueue.core import nprocesses_nthreads
 
         return nprocesses_nthreads(cores)[0]
@@ -371,9 +373,26 @@ def _check_adapt(adapt: Any) -> dict[str, int]:
     return out
 
 
+def _jobqueue() -> Any:
+    """``dask_jobqueue``, imported with this process's SIGINT handler kept.
+
+    Its ``runner`` module, imported with the package, sets a SIGINT handler that calls
+    ``sys.exit()``: a Ctrl-C in the driver then ended the run with exit code 0 and
+    without daskbatch's orderly stop (or, in a notebook, ended the kernel's cell
+    handling). The handler that was there before is put back (in the main thread).
+    """
+    before = signal.getsignal(signal.SIGINT)
+    import dask_jobqueue
+
+    if before is not None and signal.getsignal(signal.SIGINT) is not before:
+        with contextlib.suppress(ValueError):  # not the main thread: it cannot be changed here
+            signal.signal(signal.SIGINT, before)
+    return dask_jobqueue
+
+
 def _cluster_class(kind: str) -> Any:
     try:
-        import dask_jobqueue
+        dask_jobqueue = _jobqueue()
     except ImportError as e:
         raise ClusterError(
             f"cluster={kind!r} needs the package dask-jobqueue ({e}); `pip install dask-jobqueue`"
@@ -382,6 +401,7 @@ def _cluster_class(kind: str) -> Any:
 
 
 def _known_keywords(kind: str) -> list[str]:
+    _jobqueue()
     from dask_jobqueue.core import Job, JobQueueCluster
 
     cls = _cluster_class(kind)

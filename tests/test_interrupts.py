@@ -312,8 +312,32 @@ def test_a_ctrl_c_during_a_provenance_update_waits_for_its_end(tmp_path, monkeyp
         consolidate(path)
 
     monkeypatch.setattr(store_module, "_quiet_consolidate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        st.update_info(info)
+    # Python's own SIGINT handler, whatever an earlier test in this process installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            st.update_info(info)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     root = json.loads((store / "zarr.json").read_text())["attributes"]["daskbatch"]
     copy = json.loads((store / ".daskbatch" / "provenance.json").read_text())["daskbatch"]
     assert root["note"] == "updated" and copy == root
+
+
+def test_importing_dask_jobqueue_keeps_the_drivers_ctrl_c():
+    """dask_jobqueue's runner module sets a SIGINT handler that calls ``sys.exit()`` when
+    it is imported: a Ctrl-C would end a SLURM or PBS run's driver with exit code 0 and
+    no orderly stop. daskbatch imports it keeping the handler there was."""
+    script = """
+import signal, sys
+import daskbatch.hpc as hpc
+hpc._cluster_class("slurm")
+hpc._known_keywords("pbs")
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "KeyboardInterrupt", (r.returncode, r.stdout, r.stderr)
