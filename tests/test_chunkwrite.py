@@ -68,6 +68,8 @@ def test_every_chunk_file_equals_zarrs_own(tmp_path_factory, dtype, compressor, 
         a[start:stop] = values
         assert write_chunk(b, (slice(start, stop),), values)
     theirs, ours = _files(tmp_path / "zarr" / "x" / "c"), _files(tmp_path / "here" / "x" / "c")
+    if compressor == "gzip":  # gzip's header holds the second it was written at (bytes 4 to 7)
+        theirs, ours = ({k: v[:4] + v[8:] for k, v in files.items()} for files in (theirs, ours))
     assert ours == theirs
     assert np.array_equal(zarr.open_array(str(tmp_path / "here"), path="x")[...], a[...], equal_nan=True)
 
