@@ -21,6 +21,7 @@ shape.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
 import zlib
@@ -81,6 +82,13 @@ def _chunk_of(
     return tuple(coords), tuple(within)
 
 
+@functools.cache
+def _synchronous(codec_type: type, protocol: Any) -> bool:
+    """Whether codecs of ``codec_type`` have a synchronous form: asked once per type (a
+    runtime protocol check costs microseconds, on every write of every block)."""
+    return issubclass(codec_type, protocol)
+
+
 def encode_chunk(arr: Any, sel: Any, value: Any) -> tuple[str, bytes] | None:
     """``(file path, bytes)`` of the chunk of ``arr`` (a ``zarr.Array``) that writing
     ``value`` at ``sel`` gives, when this module can make it (see the module); None
@@ -107,7 +115,7 @@ def _encode(arr: Any, sel: Any, value: Any) -> tuple[str, bytes] | None:
     if not a.config.write_empty_chunks:
         return None
     codecs = (*pipe.array_array_codecs, pipe.array_bytes_codec, *pipe.bytes_bytes_codecs)
-    if not all(isinstance(c, sync_codec) for c in codecs):
+    if not all(_synchronous(type(c), sync_codec) for c in codecs):
         return None
     where = _chunk_of(tuple(meta.shape), tuple(meta.chunk_grid.chunk_shape), sel)
     if where is None:

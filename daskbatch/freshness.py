@@ -55,6 +55,16 @@ def _shape(code: types.CodeType) -> tuple[Any, ...]:
     )
 
 
+def _state(file: str) -> tuple[str, int, int] | None:
+    """``(path, modification time, size)``: what the caches below key a file's contents
+    by; None when it cannot be read."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return file, st.st_mtime_ns, st.st_size
+
+
 #: the top-level functions' code of a file as it is now, by (path, mtime, size)
 _COMPILED: dict[tuple[str, int, int], dict[str, types.CodeType] | None] = {}
 _UNREADABLE: dict[str, types.CodeType] = {}
@@ -64,11 +74,9 @@ def _file_functions(file: str) -> dict[str, types.CodeType] | None:
     """The code of the top-level functions ``file`` defines now (the last of a name wins),
     compiled whole as an import does (the compiler's choices depend on the module's
     imports); None if it no longer compiles; :data:`_UNREADABLE` if it cannot be read."""
-    try:
-        st = os.stat(file)
-    except OSError:
+    key = _state(file)
+    if key is None:
         return _UNREADABLE
-    key = (file, st.st_mtime_ns, st.st_size)
     if key not in _COMPILED:
         try:
             with open(file, "rb") as f:
@@ -110,11 +118,9 @@ def _file_constants(file: str) -> dict[str, Any] | None:
     """The module-level constants ``file`` sets now: a number, text or tuple assigned
     once at the top level by a literal, never declared ``global`` in a function (state
     a module keeps on purpose); None when the file cannot be read or parsed."""
-    try:
-        st = os.stat(file)
-    except OSError:
+    key = _state(file)
+    if key is None:
         return None
-    key = (file, st.st_mtime_ns, st.st_size)
     if key in _CONSTANTS:
         return _CONSTANTS[key]
     try:
