@@ -411,6 +411,8 @@ def main_is_guarded() -> bool:
         frame = frame.f_back
     if frame is None:  # not called from the main script's top level
         return True
+    if not _same_file(frame.f_code.co_filename, path):  # a notebook cell, IPython's %run
+        return True
     try:
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read())
@@ -424,6 +426,13 @@ def main_is_guarded() -> bool:
         and node.lineno <= line <= (node.end_lineno or node.lineno)
         for node in ast.walk(tree)
     )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- what a start yields

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .cluster import ClusterSpec, check_can_spawn, parse_cluster
-from .errors import DaskbatchError, KernelSignatureError
+from .cluster import ClusterSpec, check_can_spawn, main_is_guarded, parse_cluster
+from .errors import ClusterError, DaskbatchError, KernelSignatureError
 from .freshness import check_kernel
 from .hpc import for_kernel
 from .kernel import Kernel
@@ -163,6 +163,13 @@ def cluster_of(cluster: Any, n_workers: Any, kernel: Kernel) -> tuple[ClusterSpe
     spec = for_kernel(parse_cluster("local" if auto else cluster, n_workers), kernel)
     if not auto:  # "auto" checks it once it knows it needs worker processes
         check_can_spawn(spec)
+        if spec.needs_main_guard and not main_is_guarded():
+            raise ClusterError(
+                f"cluster={spec.name!r} starts worker processes, which run this script's top "
+                "level again, and it calls daskbatch there: each worker would start the run "
+                'again. Put that code under `if __name__ == "__main__":`, or run without '
+                "worker processes: cluster='auto' (forks or runs here), 'threads' or 'serial'"
+            )
     return spec, auto
 
 

@@ -326,6 +326,37 @@ def test_only_types_that_spawn_processes_need_a_main_file(name, refused):
     check_can_spawn(parse_cluster(name))  # pytest's __main__ is a file
 
 
+@pytest.mark.parametrize("name", ["local", "processes"])
+def test_a_script_calling_run_at_top_level_is_refused_before_anything_starts(tmp_path, name):
+    """Spawned workers would run the script's top level again (225 lines of their
+    tracebacks, or a pool that broke as if a sample had crashed it): refused first."""
+    (tmp_path / "k.py").write_text(
+        "import daskbatch as db\n@db.kernel(outputs={'y': db.Output()})\ndef sq(x):\n    return x * x\n"
+    )
+    (tmp_path / "top.py").write_text(
+        "import numpy as np\nimport daskbatch as db\nfrom k import sq\nprint('TOP LEVEL')\n"
+        "def main():\n"
+        f"    db.run(sq, db.Grid(x=np.arange(8.0)), 's.zarr', cluster={name!r}, progress=False)\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "top.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == "TOP LEVEL\n", (r.stdout, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"daskbatch.errors.ClusterError: cluster={name!r} starts worker processes")
+    assert 'under `if __name__ == "__main__":`' in last and "cluster='auto'" in last
+    assert "Nanny" not in r.stderr and "died" not in r.stderr
+    assert not (tmp_path / "s.zarr").exists()
+    # under the guard the same call runs
+    (tmp_path / "top.py").write_text(
+        (tmp_path / "top.py").read_text().replace("main()\n", "if __name__ == '__main__':\n    main()\n")
+    )
+    r = subprocess.run([sys.executable, "top.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # (each worker prints the top level's line again)
+    import daskbatch as db
+
+    assert db.status(tmp_path / "s.zarr").samples["ok"] == 8
+
+
 def test_a_threads_executor_computes_real_blocks(tmp_path):
     import zarr
 
