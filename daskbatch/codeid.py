@@ -165,6 +165,19 @@ def _user_callable(value: Any) -> bool:
     return _is_user_module(mod, _module_file(mod))
 
 
+def class_functions(cls: type) -> list[types.FunctionType]:
+    """The functions a class defines itself: methods, static and class methods, and
+    properties' getters."""
+    found = []
+    for member in vars(cls).values():
+        f = member.__func__ if isinstance(member, staticmethod | classmethod) else member
+        if isinstance(f, property):
+            f = f.fget
+        if isinstance(f, types.FunctionType):
+            found.append(f)
+    return found
+
+
 class _Walker:
     def __init__(self) -> None:
         self.parts: dict[str, dict[str, Any]] = {}
@@ -220,13 +233,10 @@ class _Walker:
             return
         self.seen.add(id(cls))
         self.add(f"{cls.__module__}:{cls.__qualname__}", self.source_part(cls, "class"))
-        for member in vars(cls).values():
-            f = member.__func__ if isinstance(member, staticmethod | classmethod) else member
-            if isinstance(f, property):
-                f = f.fget
-            if isinstance(f, types.FunctionType):
-                self.seen.add(id(f))
-                self.references(f.__code__, f.__globals__, f.__module__)
+        for f in class_functions(cls):
+            self.seen.add(id(f))
+            self.functions.append(f)
+            self.references(f.__code__, f.__globals__, f.__module__)
         for base in cls.__mro__[1:]:  # what it inherits from the user's own classes
             if base is not object and _user_callable(base):
                 self.klass(base)

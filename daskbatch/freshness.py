@@ -16,8 +16,10 @@ now (the whole file compiled, as an import does; modules another loader made, su
 pytest's assert rewriting, are left out). Comments, blank lines, docstrings and
 moved lines do not count. Also compared: the module-level constants of those modules
 that their file assigns once by a literal (a number, text, a tuple of those), against
-their value here. Not compared: methods and nested functions, other values, and
-values bound by ``from helper import X``.
+their value here. Methods (of the user's classes the kernel uses) and nested
+functions count like functions; a name the file defines more than once (``try``/
+``except``, ``if``/``else``) matches any of its definitions. Not compared: other
+values, and values bound by ``from helper import X``.
 
 Also refused: a module of the user's that this process holds from one file while the
 import path now leads to another of the same name (two projects' ``utils.py`` in one
@@ -34,7 +36,7 @@ import sys
 import types
 from typing import Any
 
-from .codeid import kernel_objects, users_source
+from .codeid import class_functions, kernel_objects, users_source
 from .errors import StaleModuleError
 
 __all__ = ["StaleModuleError", "check_kernel"]
@@ -65,15 +67,17 @@ def _state(file: str) -> tuple[str, int, int] | None:
     return file, st.st_mtime_ns, st.st_size
 
 
-#: the top-level functions' code of a file as it is now, by (path, mtime, size)
-_COMPILED: dict[tuple[str, int, int], dict[str, types.CodeType] | None] = {}
-_UNREADABLE: dict[str, types.CodeType] = {}
+#: the code of every function of a file as it is now, by (path, mtime, size)
+_COMPILED: dict[tuple[str, int, int], dict[str, list[types.CodeType]] | None] = {}
+_UNREADABLE: dict[str, list[types.CodeType]] = {}
 
 
-def _file_functions(file: str) -> dict[str, types.CodeType] | None:
-    """The code of the top-level functions ``file`` defines now (the last of a name wins),
-    compiled whole as an import does (the compiler's choices depend on the module's
-    imports); None if it no longer compiles; :data:`_UNREADABLE` if it cannot be read."""
+def _file_functions(file: str) -> dict[str, list[types.CodeType]] | None:
+    """The code of every function, method and nested function ``file`` defines now, by
+    qualified name (``f``, ``Model.run``, ``make.<locals>.inner``; a name defined more
+    than once, as in ``try``/``except`` or ``if``/``else``, has each), compiled whole as an
+    import does (the compiler's choices depend on the module's imports); None if it no
+    longer compiles; :data:`_UNREADABLE` if it cannot be read."""
     key = _state(file)
     if key is None:
         return _UNREADABLE
@@ -86,22 +90,27 @@ def _file_functions(file: str) -> dict[str, types.CodeType] | None:
         except (SyntaxError, ValueError):
             _COMPILED[key] = None
         else:
-            _COMPILED[key] = {c.co_name: c for c in module.co_consts if isinstance(c, types.CodeType)}
+            found: dict[str, list[types.CodeType]] = {}
+            todo = [c for c in module.co_consts if isinstance(c, types.CodeType)]
+            while todo:
+                code = todo.pop()
+                found.setdefault(code.co_qualname, []).append(code)
+                todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+            _COMPILED[key] = found
     return _COMPILED[key]
 
 
 def _differs_from_file(func: types.FunctionType) -> bool:
-    """Whether ``func``'s code differs from what its file compiles to now."""
+    """Whether ``func``'s code is none of the code its file defines under its qualified
+    name now."""
     code = func.__code__
-    if code.co_freevars or "." in func.__qualname__:
-        return False  # a method or a nested function: not compared
     functions = _file_functions(code.co_filename)
     if functions is None:
         return True  # the file no longer compiles
     if functions is _UNREADABLE:
         return False  # the workers say so when they import it
-    new = functions.get(code.co_name)
-    return new is None or _shape(new) != _shape(code)
+    shape = _shape(code)
+    return not any(_shape(c) == shape for c in functions.get(code.co_qualname, ()))
 
 
 def _immutable(value: Any) -> bool:
@@ -199,12 +208,14 @@ def check_kernel(kernel: Any) -> None:
     # every module loaded from the package
     named = {n for f in functions for n in f.__code__.co_names}
     modules = modules + [m for m in submodules if m.__name__.rsplit(".", 1)[-1] in named]
-    for mod in modules:  # a module used as a module: every function defined in it
-        functions += [
-            v
-            for v in list(vars(mod).values())
-            if isinstance(v, types.FunctionType) and v.__module__ == mod.__name__
-        ]
+    for mod in modules:  # a module used as a module: every function and method defined in it
+        for v in list(vars(mod).values()):
+            if getattr(v, "__module__", None) != mod.__name__:
+                continue
+            if isinstance(v, types.FunctionType):
+                functions.append(v)
+            elif isinstance(v, type):
+                functions += class_functions(v)
     names: dict[str, str] = {}  # the user's modules reached: name -> file
     for func in functions:
         file = func.__code__.co_filename

@@ -682,6 +682,58 @@ def test_code_edited_on_disk_and_not_reloaded_is_refused_until_reloaded(tmp_path
         run("stale.zarr")
 
 
+def test_methods_and_nested_functions_count_and_code_defined_twice_or_lambdas_are_no_false_alarm(tmp_path):
+    """A method of the user's class, or a function a factory makes, edited on disk and not
+    reloaded is refused like a function; a helper module that defines a name in both
+    branches of a try/except (an optional accelerator) or holds several lambdas runs."""
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "meth_model.py").write_text(
+        "class Base:\n    def gain(self):\n        return 2.0\n\n"
+        "class Model(Base):\n    def __init__(self, k):\n        self.k = k\n\n"
+        "    def run(self, a):\n        return super().gain() * self.k * a\n\n"
+        "    @property\n    def half(self):\n        return self.k / 2\n\n"
+        "def make(scale):\n    def inner(a):\n        return scale * a\n    return inner\n"
+    )
+    (folder / "meth_util.py").write_text(
+        "try:\n    from not_installed_accelerator import jit\n\n    def fast(a):\n        return jit(a)\n"
+        "except ImportError:\n\n    def fast(a):\n        return a + 1.0\n\n"
+        "double = lambda a: 2.0 * a  # noqa: E731\ntriple = lambda a: 3.0 * a  # noqa: E731\n"
+    )
+    (folder / "meth_kmod.py").write_text(
+        "import daskbatch as db\nimport meth_util\nfrom meth_model import Model, make\n\n"
+        "MODEL = Model(3.0)\nTIMES = make(10.0)\n\n"
+        "@db.kernel(outputs={'y': db.Output()})\n"
+        "def k(a):\n    return MODEL.run(meth_util.fast(meth_util.double(a))) + TIMES(a) + MODEL.half\n"
+    )
+    _import_fresh(folder, "meth_util")
+    _import_fresh(folder, "meth_model")
+    mod = _import_fresh(folder, "meth_kmod")
+    space = db.Grid(a=np.arange(4.0))
+    run = lambda name: db.run(mod.k, space, tmp_path / name, cluster="serial", progress=False)  # noqa: E731
+    run("first.zarr")  # nothing edited: no false alarm from the lambdas or the second fast()
+    a = np.arange(4.0)
+    np.testing.assert_array_equal(
+        db.open(tmp_path / "first.zarr").y.values, 6.0 * (2.0 * a + 1.0) + 10.0 * a + 1.5
+    )
+    model = folder / "meth_model.py"
+    original = model.read_text()
+    for old, new, name in (
+        ("return super().gain() * self.k * a", "return super().gain() * self.k * a * 2", "Model.run"),
+        ("return 2.0\n", "return 2.5\n", "Base.gain"),
+        ("return self.k / 2", "return self.k / 4", "Model.half"),
+        ("return scale * a", "return scale * a + 1", "make.<locals>.inner"),
+    ):
+        model.write_text(original.replace(old, new))
+        with pytest.raises(
+            db.errors.StaleModuleError, match=rf"meth_model\.{re.escape(name)} in this process"
+        ):
+            run("stale.zarr")
+        assert not (tmp_path / "stale.zarr").exists()
+    model.write_text(original)
+    run("again.zarr")
+
+
 def test_a_setup_edited_and_reloaded_makes_its_own_state_in_a_process_that_lives_on(tmp_path):
     """setup() runs once per process and its state is kept: a setup edited and reloaded
     (a notebook) is the new code, with a state of its own, not the old one's."""
