@@ -55,12 +55,26 @@ def _open(data: Any):
             raise DaskbatchError(
                 "summarize: the Dataset has no daskbatch provenance; open it with daskbatch.open"
             )
-        return data, info
+        return _per_sample(data, info)
     if not isinstance(data, str | os.PathLike):
         raise DaskbatchError(f"store={data!r} must be a store path or a Dataset from daskbatch.open")
     st = Store(data)
     info = st.require_info()
-    return st.open_dataset(), info
+    return _per_sample(st.open_dataset(), info)
+
+
+def _per_sample(ds: Any, info: dict) -> tuple[Any, dict]:
+    """The Dataset without the store's reductions (values over samples, not per sample),
+    and ``info`` whose kernel outputs are those stored per sample (an output declared
+    ``Output(store=False)`` is only in the reductions)."""
+    reduced = [k for k, v in ds.data_vars.items() if "reduced_dims" in v.attrs]
+    if reduced:
+        ds = ds.drop_vars(reduced)
+    outputs = info["kernel"]["outputs"]
+    if all(o.get("store", True) for o in outputs.values()):
+        return ds, info
+    kernel = {**info["kernel"], "outputs": {k: o for k, o in outputs.items() if o.get("store", True)}}
+    return ds, {**info, "kernel": kernel}
 
 
 def summarize(

@@ -56,7 +56,8 @@ class _Request:
         spec = options.cluster
         if self.store is not None:
             info = Store(self.store).info()
-            if info is not None and info["layout"]["batch_shape"] == list(space.batch_shape):
+            # its blocks, also when it grows (new samples are cut into blocks of its shape)
+            if info is not None and list(info["layout"]["batch_dims"]) == list(space.batch_dims):
                 block = dict(zip(space.batch_dims, info["layout"]["block_shape"], strict=True))
                 options = dataclasses.replace(options, chunk_size=block)
         if options.auto:
@@ -386,7 +387,7 @@ def _run_request(arguments: Mapping[str, Any]) -> _Request:
     checked first, then the store path."""
     kernel, space = arguments["kernel"], arguments["space"]
     given = {k: v for k, v in arguments.items() if k not in ("kernel", "space", "store")}
-    options = RunOptions.from_arguments(kernel, space, **given)
+    options = RunOptions.from_arguments(kernel, space, **given, store=os.fspath(arguments["store"]))
     return _Request(kernel, space, os.fspath(arguments["store"]), options)
 
 
@@ -419,8 +420,8 @@ def plan(
     >>> p.n_blocks, p.samples_per_block, p.bytes_out_per_sample
     (10, 100, 8)
     """
-    checked = RunOptions.from_arguments(kernel, space, **options)
     path = None if store is None else os.fspath(store)
+    checked = RunOptions.from_arguments(kernel, space, **options, store=path)
     return _Request(kernel, space, path, checked).plan()
 
 

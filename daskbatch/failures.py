@@ -171,7 +171,10 @@ class StoreReader:
         self.path = str(st.path)
         self.info = info
         self.dims = [str(d) for d in info["layout"]["batch_dims"]]
-        self.outputs: dict[str, Any] = dict(info["kernel"]["outputs"])
+        #: the outputs stored per sample (one declared Output(store=False) is only reduced)
+        self.outputs: dict[str, Any] = {
+            k: o for k, o in info["kernel"]["outputs"].items() if o.get("store", True)
+        }
         self.root = zarr.open_group(self.path, mode="r", use_consolidated=False)
         with warnings.catch_warnings():
             # the listing meets .daskbatch/ (plain files), which is not Zarr, as intended

@@ -82,14 +82,18 @@ class RunOptions:
         reduce: Any = None,
         reduce_dims: str | Sequence[str] | None = None,
         until: Any = None,
+        store: str | None = None,
     ) -> RunOptions:
-        """Check the arguments of :func:`daskbatch.run` against ``kernel`` and ``space``."""
+        """Check the arguments of :func:`daskbatch.run` against ``kernel`` and ``space``
+        (and ``store``, the path of the run's store, for the reductions it keeps)."""
         _check_kernel_and_space(kernel, space)
         check_kernel(kernel)  # its modules are the files the workers would import
         callbacks = check_plain_options(
             chunk_size, progress, overwrite, constants, retries, timeout, retry_failed, verify,
             kernel_changed, callbacks,
         )  # fmt: skip
+        if reduce is None and not overwrite and store is not None:
+            reduce = _stores_reductions(kernel, store)
         reductions = _check_reduce(kernel, space, reduce, reduce_dims, until)
         constants = dict(constants or {})
         constants_json = jsonable(constants, "constants")
@@ -171,6 +175,24 @@ def cluster_of(cluster: Any, n_workers: Any, kernel: Kernel) -> tuple[ClusterSpe
                 "worker processes: cluster='auto' (forks or runs here), 'threads' or 'serial'"
             )
     return spec, auto
+
+
+def _stores_reductions(kernel: Kernel, store: str) -> Any:
+    """The reductions an existing ``store`` keeps, when ``kernel`` has an output declared
+    ``Output(store=False)`` (a rerun without ``reduce=`` goes on with them, as the run
+    does for every kernel once it holds the store's lock); None otherwise."""
+    if all(o.store for o in kernel.outputs.values()):
+        return None
+    from .reduced import reductions_of
+    from .store import Store
+
+    try:
+        info = Store(store).info()
+    except (DaskbatchError, OSError):
+        return None  # the run says what is wrong with the store
+    if info is None or info.get("reduce") is None:
+        return None
+    return reductions_of(info, kernel.outputs)
 
 
 def check_unreduced(kernel: Kernel, reductions: Any) -> None:

@@ -745,3 +745,40 @@ def test_a_rerun_without_reduce_goes_on_with_the_stores_and_a_changed_one_is_nam
     r = cli("status", str(store), "--json")
     doc = __import__("json").loads(r.stdout)
     assert doc["reductions"]["n"] == 200 and set(doc["reductions"]["values"]) >= {"y_mean", "y_std"}
+
+
+def test_a_store_with_an_output_only_reduced_reruns_grows_and_reads_like_any(tmp_path, cli):
+    """An output declared Output(store=False): a rerun and a growth without reduce= go on
+    with the store's reductions (not refused as if nothing reduced it), and summary,
+    export, report and compare read the outputs the store holds."""
+    store = tmp_path / "s.zarr"
+    space = lambda n: db.MonteCarlo({"x": db.Normal(0.0, 1.0), "z": db.Uniform(0.0, 2.0)}, n=n, seed=1)  # noqa: E731
+    run = dict(cluster="serial", chunk_size=30, progress=False)
+    first = db.run(mixed, space(60), store, reduce={"h": ["mean", "max"]}, **run)
+    again = db.run(mixed, space(60), store, **run)  # without reduce=: the store's
+    assert again.blocks_computed == 0 and float(again.reductions["h_mean"]) == float(
+        first.reductions["h_mean"]
+    )
+    assert db.plan(mixed, space(90), store, cluster="serial").n_blocks == 3
+    grown = db.run(mixed, space(90), store, **run)
+    assert grown.blocks_computed == 1 and sum(grown.samples.values()) == 90
+    assert grown.reductions.attrs["n"] == grown.samples["ok"]
+    ds = db.open(store)
+    ok = ds["status"].values == 1
+    assert float(grown.reductions["h_max"]) == float((ds["z"].values - ds["x"].values)[ok].max())
+    with pytest.raises(DaskbatchError, match=r"output 'h' is declared Output\(store=False\) but reduce="):
+        db.run(mixed, space(60), tmp_path / "new.zarr", **run)  # a new store: nothing reduces it
+    assert not (tmp_path / "new.zarr").exists()
+
+    r = cli("summary", str(store))
+    rows = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+    assert r.returncode == 0 and "y" in rows and "h" not in rows, r.stdout + r.stderr
+    r = cli("export", str(store), "-o", str(tmp_path / "s.csv"))
+    assert r.returncode == 0, r.stderr
+    header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
+    assert "y" in header and "h" not in header and not any(c.startswith("h_") for c in header)
+    r = cli("report", str(store), "-o", str(tmp_path / "r.html"))
+    assert r.returncode == 0, r.stderr
+    r = cli("compare", str(store), str(store))
+    assert r.returncode == 0 and "h_mean" not in r.stdout, r.stdout + r.stderr
+    assert list(db.outliers(store, "y").columns)[:3] == ["sample", "x", "z"]
