@@ -90,7 +90,10 @@ def _resume_cluster(options: dict[str, Any]) -> str:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .engine import run
+    from .grow import undo_stopped_change
+    from .store import Store
 
+    undo_stopped_change(Store(args.store))  # before the provenance it resumes is read
     kernel, space, info = _kernel_and_space_from_store(args.store)
     options = info.get("options") or {}
     result = run(

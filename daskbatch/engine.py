@@ -25,7 +25,7 @@ from typing import Any
 from .autocluster import auto_probe, choose_cluster
 from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
-from .grow import added_rows, adopt_input, grow, same_input, short_blocks
+from .grow import added_rows, adopt_input, grow, same_input, short_blocks, undo_stopped_change
 from .kernel import Kernel
 from .options import RunOptions
 from .plan import Plan
@@ -83,6 +83,7 @@ class _Request:
         st = Store(self.store)
         st.check_writable()
         st.remove_leftovers()  # of a creation that was stopped
+        undo_stopped_change(st)  # a growth stopped part way: the store as it was before it
         if st.is_foreign():
             raise StoreError(
                 f"store={str(st.path)!r} is not empty and was not written by daskbatch; choose a new "

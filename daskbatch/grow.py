@@ -12,6 +12,9 @@ is not refused: the store grows and only the new samples are computed.
   samples are computed, and it is committed again (see
   :func:`daskbatch.blocktask.block_task`). The new blocks are computed as usual.
 
+These metadata files are written as one step (:func:`_changing`): a growth stopped
+part way is undone by the next run (:func:`undo_stopped_change`), never left half made.
+
 Only spaces with one batch dim ``sample`` grow (tables, files and designs); a grid
 whose axes changed is a different space.
 """
@@ -20,14 +23,23 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import StoreError
 from .extension import added_rows, extension_reason, same_input
 from .log import logger
 
-__all__ = ["added_rows", "adopt_input", "extension_reason", "grow", "same_input", "short_blocks"]
+__all__ = [
+    "added_rows",
+    "adopt_input",
+    "extension_reason",
+    "grow",
+    "same_input",
+    "short_blocks",
+    "undo_stopped_change",
+]
 
 
 def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
@@ -49,7 +61,8 @@ def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], 
             f"store {str(st.path)!r} is of format 1, which cannot grow; make a new store for "
             f"the {new_n:,} samples (overwrite=True, or another path)"
         )
-    # 1. every array along `sample`: the new length (metadata only, never a chunk)
+    # every array along `sample` gets the new length (metadata only, never a chunk)
+    lengths: dict[str, list[int]] = {}
     for meta_file in sorted(st.path.glob("*/zarr.json")):
         doc, why = read_json(meta_file)
         if why is not None or not isinstance(doc, dict) or doc.get("node_type") != "array":
@@ -57,9 +70,7 @@ def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], 
         dims = doc.get("dimension_names") or []
         shape = doc.get("shape") or []
         if dims and dims[0] == "sample" and shape and int(shape[0]) < new_n:
-            doc["shape"] = [new_n, *shape[1:]]
-            write_json(meta_file, doc)
-    # 2. the provenance: layout, space, fingerprint
+            lengths[meta_file.parent.name] = list(shape)
     new = copy.deepcopy(dict(info))
     block = int(new["layout"]["block_shape"][0])
     new["layout"]["batch_shape"] = [new_n]
@@ -68,8 +79,14 @@ def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], 
     new["space_spec"] = space.spec()
     new["fingerprint"] = _digest({k: new[k] for k in ("kernel", "space", "constants", "layout")})
     new.setdefault("grown", []).append({"time": now(), "samples": [old_n, new_n]})
-    st.update_info(new)
-    _record_template(st.path, new, _coordinate_names(st.path, new))
+    with _changing(st, info, f"a growth from {old_n:,} to {new_n:,} samples", lengths):
+        for name, shape in lengths.items():
+            meta_file = st.path / name / "zarr.json"
+            doc, _ = read_json(meta_file)
+            doc["shape"] = [new_n, *shape[1:]]
+            write_json(meta_file, doc)
+        st.update_info(new)
+        _record_template(st.path, new, _coordinate_names(st.path, new))
     _forget_open(st.path)
     logger.info(
         f"the store grows from {old_n:,} to {new_n:,} samples (the stored ones are kept as "
@@ -93,7 +110,8 @@ def adopt_input(st: Any, info: Mapping[str, Any], space: Any) -> dict[str, Any]:
     entry = {"time": now(), "was": {k: was.get(k) for k in ("size", "mtime_ns")}}
     entry["now"] = {k: spec.get(k) for k in ("size", "mtime_ns")}
     new.setdefault("inputs", []).append(entry)
-    st.update_info(new)
+    with _changing(st, info, "recording the new state of its table's file", {}):
+        st.update_info(new)
     logger.info(
         f"the table's file {spec.get('path')!r} changed (size or modification time) but not the "
         "rows this store holds results of: going on"
@@ -120,3 +138,69 @@ def short_blocks(st: Any, state: tuple[Any, Any] | None = None) -> list[tuple[in
         sizes = sizes * along.reshape(shape)
     short = done & (counts.sum(axis=-1) < sizes)
     return [tuple(int(i) for i in idx) for idx in np.argwhere(short)]
+
+
+# --------------------------------------------------------------------------- stopped changes
+
+
+@contextmanager
+def _changing(
+    st: Any, info: Mapping[str, Any], what: str, lengths: Mapping[str, list[int]]
+) -> Iterator[None]:
+    """Change the store's fixed provenance (and its arrays' lengths) as one step: a
+    record of the change and of what it changes is written first and removed once every
+    file is written. A change stopped part way (a kill, a full disk) leaves the record,
+    and the next run, or ``daskbatch resume``, undoes it (:func:`undo_stopped_change`):
+    the root's provenance, its copy and the template no longer disagree with no way to
+    tell which is right, and no block is lost."""
+    from .repaircheck import CHANGE, CHANGING, hidden, write_json
+
+    record = hidden(st.path, CHANGE)
+    write_json(record, {"what": what, "from": dict(info), "lengths": dict(lengths)})
+    CHANGING.add(str(st.path))
+    try:
+        yield
+    finally:
+        CHANGING.discard(str(st.path))
+    record.unlink()
+
+
+def undo_stopped_change(st: Any) -> None:
+    """Undo a change of the store's provenance that was stopped part way, if there is
+    one: its arrays get their lengths back and the provenance, its copy and the template
+    are written again as they were before it. Takes the store's lock (refused, naming
+    the holder, while a run holds it)."""
+    from .repair import _coordinate_names, _forget_open, _record_template
+    from .repaircheck import CHANGE, CHANGING, hidden, interrupted_change, read_json, write_json
+
+    if interrupted_change(st.path) is None:
+        return
+    with st.lock():
+        change = interrupted_change(st.path)  # read again under the lock
+        if change is None:
+            return
+        if not isinstance(change.get("from"), dict):
+            raise StoreError(
+                f"store {str(st.path)!r}: {hidden(st.path, CHANGE)} records a change of the store "
+                "that was stopped part way, but cannot be read; check the store with daskbatch "
+                "resume --verify after removing that file"
+            )
+        before = change["from"]
+        CHANGING.add(str(st.path))
+        try:
+            for name, shape in (change.get("lengths") or {}).items():
+                meta_file = st.path / name / "zarr.json"
+                doc, why = read_json(meta_file)
+                if why is None and isinstance(doc, dict) and doc.get("shape") != shape:
+                    doc["shape"] = list(shape)
+                    write_json(meta_file, doc)
+            st.update_info(before)
+            _record_template(st.path, before, _coordinate_names(st.path, before))
+        finally:
+            CHANGING.discard(str(st.path))
+        hidden(st.path, CHANGE).unlink()
+        _forget_open(st.path)
+    logger.warning(
+        f"store {str(st.path)!r}: {change.get('what', 'a change')} had been stopped part way; "
+        "undone (the store is as it was before it, every computed block kept)"
+    )

@@ -40,7 +40,15 @@ from typing import Any
 
 from .ledger import BLOCKS, HIDDEN, store_format
 
-__all__ = ["IDENTITY", "MetadataProblem", "Provenance", "malformed", "read_provenance"]
+__all__ = [
+    "IDENTITY",
+    "MetadataProblem",
+    "Provenance",
+    "change_message",
+    "interrupted_change",
+    "malformed",
+    "read_provenance",
+]
 
 PROVENANCE = "provenance.json"
 TEMPLATE = "template.json"
@@ -105,6 +113,39 @@ def read_json(path: Path) -> tuple[Any, str | None]:
         return json.loads(data), None
     except ValueError:
         return None, f"is not JSON ({len(data)} bytes: truncated or garbage)"
+
+
+# ------------------------------------------------------------------ a change of the provenance under way
+
+#: the record of a change of a store's fixed provenance under way (a growth: its arrays'
+#: lengths, the root's provenance, the copy, the template; see daskbatch.grow)
+CHANGE = "changing.json"
+#: the stores this process is changing now (their record is not a stopped change)
+CHANGING: set[str] = set()
+
+
+def interrupted_change(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record of a change of the store at ``path`` that was stopped part way (its
+    process was killed or failed), or None. A change under way in this process is not
+    one."""
+    if str(path) in CHANGING:
+        return None
+    doc, why = read_json(hidden(Path(path), CHANGE))
+    if why == "is missing":
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("from"), dict) else {"what": "a change"}
+
+
+def change_message(path: str | os.PathLike[str], change: Mapping[str, Any]) -> str:
+    """What a reader of a store with a stopped change is told."""
+    from shlex import quote
+
+    return (
+        f"store {str(path)!r}: {change.get('what', 'a change')} was stopped part way (its run "
+        "was stopped or killed; or a run is making it right now: try again in a moment). "
+        f"Running the same command again, or daskbatch resume {quote(str(path))}, undoes it "
+        "and goes on; nothing computed is lost"
+    )
 
 
 # ------------------------------------------------------------------ what a provenance must hold

@@ -25,7 +25,7 @@ from .ledger import HIDDEN, BlockLedger, _Format2Ledger, store_format
 from .ledger_format1 import _Format1Ledger
 from .lock import StoreLock
 from .raggedstore import decode_dataset
-from .repaircheck import gone_message, looks_like_store, read_provenance
+from .repaircheck import change_message, gone_message, interrupted_change, looks_like_store, read_provenance
 
 __all__ = ["StoreView"]
 
@@ -208,6 +208,9 @@ class StoreView:
         """
         if not self.path.is_dir():
             return None
+        change = interrupted_change(self.path)
+        if change is not None:  # half grown: neither provenance describes the arrays
+            raise StoreError(change_message(self.path, change))
         return read_provenance(self.path, check_format).info
 
     def require_info(self) -> dict[str, Any]:

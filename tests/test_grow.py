@@ -189,3 +189,84 @@ def test_a_changed_input_of_the_same_size_is_refused_naming_where(tmp_path):
         db.run(file_size, db.Files(str(folder / "*.bin")), store, **run)
     assert "where: row 2 changed: file" in str(e.value) and "f2.bin" in str(e.value)
     assert "overwrite=True (--overwrite)" in str(e.value)
+
+
+_KILLED_GROWTH = """
+import os, signal, sys
+import daskbatch as db, daskbatch.repair, daskbatch.repaircheck, daskbatch.store
+from daskbatch.testing import vector_affine
+
+point = sys.argv[2]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+if point == "arrays":  # one array has its new length, the others not
+    write = daskbatch.repaircheck.write_json
+    def write_json(target, doc):
+        write(target, doc)
+        if target.name == "zarr.json":
+            die()
+    daskbatch.repaircheck.write_json = write_json
+elif point == "root":  # the root's provenance grown, its copy not
+    daskbatch.store.save_provenance = lambda path: die()
+elif point == "template":  # root and copy grown, the template not
+    daskbatch.repair._record_template = lambda *a, **k: die()
+if __name__ == "__main__":
+    space = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=160, seed=3)
+    db.run(vector_affine, space, sys.argv[1], cluster="serial", chunk_size=30, progress=False,
+           reduce={"y": ["mean", db.Quantiles([0.5])]})
+"""
+
+
+@pytest.mark.parametrize("point", ["arrays", "root", "template"])
+@pytest.mark.parametrize("then", ["rerun", "resume"])
+def test_a_growth_killed_part_way_is_undone_by_the_next_run_and_nothing_is_lost(tmp_path, cli, point, then):
+    """A kill between the files a growth writes (arrays' lengths, the root's provenance,
+    its copy, the template) left a store whose provenance and copy disagreed with nothing
+    to tell which was right: refused until overwritten. Now readers say what happened in
+    one line, and the next run or resume undoes the growth: a rerun grows it again to
+    what an uninterrupted run gives, a resume leaves it as it was before."""
+    import subprocess
+    import sys
+
+    from daskbatch.testing import assert_stores_identical, vector_affine
+
+    def run(n, store):
+        space = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=n, seed=3)
+        return db.run(
+            vector_affine,
+            space,
+            store,
+            cluster="serial",
+            chunk_size=30,
+            progress=False,
+            reduce={"y": ["mean", db.Quantiles([0.5])]},
+        )
+
+    store, small, whole = tmp_path / "s.zarr", tmp_path / "small.zarr", tmp_path / "whole.zarr"
+    run(100, store)
+    run(100, small)
+    run(160, whole)
+    script = tmp_path / "grow_killed.py"
+    script.write_text(_KILLED_GROWTH)
+    r = subprocess.run(
+        [sys.executable, str(script), str(store), point], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == -9, r.stderr
+    s = cli("status", str(store))
+    assert s.returncode == 2 and s.stderr.count("\n") == 1, s.stderr
+    assert "a growth from 100 to 160 samples was stopped part way" in s.stderr
+    assert "nothing computed is lost" in s.stderr and "daskbatch resume" in s.stderr
+    if then == "rerun":
+        grown = run(160, store)
+        assert grown.blocks_computed == 3  # the short last block completed, two new ones
+        assert_stores_identical(store, whole)
+        assert float(grown.reductions["y_mean"]) == float(db.status(whole).reductions["y_mean"])
+    else:
+        r = cli("resume", str(store), "--no-progress")
+        assert r.returncode == 0, r.stderr
+        assert "had been stopped part way; undone" in r.stderr
+        assert_stores_identical(store, small)
+    v = cli("status", str(store), "--verify")
+    assert v.returncode == 0 and "every committed block matches its checksums" in v.stdout, (
+        v.stdout + v.stderr
+    )
