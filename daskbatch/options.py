@@ -241,7 +241,9 @@ def _check_reduce(kernel: Kernel, space: Space, reduce: Any, reduce_dims: Any, u
     if isinstance(reduce, Reductions):  # a store's own, read back (daskbatch resume)
         reductions = reduce
     else:
-        reductions = parse_reduce(reduce, kernel.outputs, space.batch_dims, dims=reduce_dims, until=until)
+        reductions = parse_reduce(
+            reduce, kernel.outputs, space.batch_dims, dims=reduce_dims, until=until, dims_name="reduce_dims"
+        )
     if until is not None and until.stat == "sobol":
         from .saltelli import Saltelli
 

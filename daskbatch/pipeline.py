@@ -434,13 +434,6 @@ def _refuse_until(until: Any, where: str, k: int) -> None:
         )
 
 
-def _named(e: Exception) -> str:
-    """An error's text, ``dims`` of :func:`~daskbatch.reductions.parse_reduce` named as
-    the option it is here (``reduce_dims``)."""
-    msg = str(e)
-    return f"reduce_{msg}" if msg.startswith("dims") else msg
-
-
 def _check_with_space(kernel: Kernel, space: Space, options: Mapping[str, Any], where: str, k: int) -> None:
     """A stage's options checked as :func:`daskbatch.run` checks them (nothing runs)."""
     from .options import RunOptions
@@ -450,7 +443,7 @@ def _check_with_space(kernel: Kernel, space: Space, options: Mapping[str, Any], 
     try:
         RunOptions.from_arguments(kernel, space, **options)
     except DaskbatchError as e:
-        raise PipelineError(f"{where}: {_named(e)}") from None
+        raise PipelineError(f"{where}: {e}") from None
 
 
 def _check_without_space(
@@ -483,9 +476,11 @@ def _check_without_space(
         raise PipelineError(f"{where}: {e}") from None
     reduce, dims = options.get("reduce"), options.get("reduce_dims")
     try:
-        reductions = parse_reduce(reduce, kernel.outputs, tuple(batch_dims), dims=dims)
+        reductions = parse_reduce(
+            reduce, kernel.outputs, tuple(batch_dims), dims=dims, dims_name="reduce_dims"
+        )
     except DaskbatchError as e:
-        raise PipelineError(f"{where}: {_named(e)}") from None
+        raise PipelineError(f"{where}: {e}") from None
     try:
         opt.check_unreduced(kernel, reductions)
     except DaskbatchError as e:

@@ -488,15 +488,15 @@ def sample_value(out: Output, name: str, value: Any, where: str) -> np.ndarray:
             f"{where}: output {name!r} is {show_value(value)}, expected a str ({_declared(out)}); "
             "return a str (e.g. str(value)), or declare a numeric Output for numbers"
         )
-    if isinstance(value, str | bytes):
+    try:
+        arr = None if isinstance(value, str | bytes) else np.asarray(value)
+    except ValueError:
+        arr = None
+    if isinstance(value, str | bytes) or (arr is not None and arr.dtype.kind in TEXT_KINDS):
         raise OutputSpecError(
             f"{where}: output {name!r} is text ({show_value(value)}), expected a 1-D array of "
             f"{out.dtype} values ({_declared(out)}); return numbers, or declare Output(dtype='str')"
         )
-    try:
-        arr = np.asarray(value)
-    except ValueError:
-        arr = None
     if arr is None or arr.ndim != 1:
         got = "values of different lengths" if arr is None else f"shape {arr.shape}"
         raise OutputSpecError(

@@ -452,6 +452,7 @@ def parse_reduce(
     batch_dims: Sequence[str],
     dims: str | Sequence[str] | None = None,
     until: Converged | None = None,
+    dims_name: str = "dims",
 ) -> Reductions | None:
     """The reductions a run is asked for, checked before anything runs.
 
@@ -471,6 +472,8 @@ def parse_reduce(
         kept in the results.
     until
         A :class:`Converged`: its statistic is added if not asked.
+    dims_name
+        What the caller calls ``dims`` (``run``'s ``reduce_dims``), for the messages.
 
     Returns
     -------
@@ -491,11 +494,11 @@ def parse_reduce(
     if nothing and until is None:
         if dims is not None:
             raise ReductionError(
-                f"dims={dims!r} is given without reduce=; give the statistics too, e.g. reduce='mean', "
-                "or leave dims out"
+                f"{dims_name}={dims!r} is given without reduce=; give the statistics too, e.g. "
+                f"reduce='mean', or leave {dims_name} out"
             )
         return None
-    reduced = _reduced_dims(dims, batch_dims)
+    reduced = _reduced_dims(dims, batch_dims, dims_name)
     if not outputs:
         raise ReductionError("reduce: the kernel declares no outputs, so there is nothing to reduce")
     asked = {} if nothing else _asked(reduce, outputs)
@@ -507,21 +510,25 @@ def parse_reduce(
     return Reductions(plans, batch_dims, reduced, until)
 
 
-def _reduced_dims(dims: str | Sequence[str] | None, batch_dims: tuple[str, ...]) -> tuple[str, ...]:
+def _reduced_dims(
+    dims: str | Sequence[str] | None, batch_dims: tuple[str, ...], dims_name: str = "dims"
+) -> tuple[str, ...]:
     """The batch dims ``dims`` names (all of them for None), in the batch dims' order."""
     if dims is None:
         return batch_dims
     wanted = [dims] if isinstance(dims, str) else dims
     if not isinstance(wanted, Sequence) or not wanted:
         raise ReductionError(
-            f"dims={dims!r} must name one or more batch dims, e.g. dims={batch_dims[0]!r}; "
+            f"{dims_name}={dims!r} must name one or more batch dims, e.g. {dims_name}={batch_dims[0]!r}; "
             f"the batch dims are {list(batch_dims)}"
         )
     for d in wanted:
         if d not in batch_dims:
-            raise ReductionError(f"dims: {d!r} is not a batch dim; use one or more of {list(batch_dims)}")
+            raise ReductionError(
+                f"{dims_name}: {d!r} is not a batch dim; use one or more of {list(batch_dims)}"
+            )
     if len(set(wanted)) != len(wanted):
-        raise ReductionError(f"dims={list(wanted)!r} names a dim twice; name each once")
+        raise ReductionError(f"{dims_name}={list(wanted)!r} names a dim twice; name each once")
     return tuple(d for d in batch_dims if d in wanted)
 
 

@@ -207,13 +207,14 @@ def _parse_reductions(args: dict[str, Any], path: Path, text: str) -> Any:
             args["space"].batch_dims,
             dims=args.get("reduce_dims"),
             until=args.get("until"),
+            dims_name="reduce_dims",
         )
     except ReductionError as e:
         msg = str(e)
         if msg.startswith("until"):
             where = _where(path, text, "until")
-        elif msg.startswith("dims"):
-            where, msg = _where(path, text, "reduce_dims"), f"reduce_{msg}"
+        elif msg.startswith("reduce_dims"):
+            where = _where(path, text, "reduce_dims")
         else:
             named = re.search(r"output '([^']+)'|^reduce: '([^']+)' is not an output", msg)
             output = next((g for g in named.groups() if g), None) if named else None

@@ -290,13 +290,17 @@ def test_kernel_value_errors_are_one_line_per_sample():
         lambda x: {
             "y": "oops" if x == 1 else (np.arange(3.0) if x == 2 else x),
             "s": 7 if x == 3 else "ok",
-            "p": np.ones((2, 2)) if x == 4 else ("ab" if x == 5 else [1.0] * int(x)),
+            "p": np.ones((2, 2)) if x == 4 else ("ab" if x == 5 else (["x"] if x == 0 else [1.0] * int(x))),
         },
         outputs={"y": db.Output(), "s": db.Output(dtype="str"), "p": db.Output(dims=("k",), shape=(None,))},
     )
     res = k.run_block({"x": np.arange(7.0)}, (7,))
     errors = {e["position"][0]: e["error"] for e in res.errors}
-    assert res.status.tolist() == [1, 2, 2, 2, 2, 2, 1]
+    assert res.status.tolist() == [2, 2, 2, 2, 2, 2, 1]
+    assert errors[0].startswith(
+        "OutputSpecError: sample 0: output 'p' is text (the list ['x']), expected a 1-D"
+    )
+    assert "(declared Output(dims=('k',), shape=(None,)))" in errors[0]
     assert errors[1].startswith(
         "OutputSpecError: sample 1: output 'y' is text (the str 'oops'), expected float64"
     )

@@ -782,3 +782,18 @@ def test_a_store_with_an_output_only_reduced_reruns_grows_and_reads_like_any(tmp
     r = cli("compare", str(store), str(store))
     assert r.returncode == 0 and "h_mean" not in r.stdout, r.stdout + r.stderr
     assert list(db.outliers(store, "y").columns)[:3] == ["sample", "x", "z"]
+
+
+@pytest.mark.parametrize(
+    ("reduce", "dims", "says"),
+    [
+        ({"y": "mean"}, "nope", r"^reduce_dims: 'nope' is not a batch dim; use one or more of \['a', 'b'\]"),
+        ({"y": "mean"}, ["a", "a"], r"^reduce_dims=\['a', 'a'\] names a dim twice"),
+        (None, "a", r"^reduce_dims='a' is given without reduce=; .* or leave reduce_dims out"),
+    ],
+)
+def test_a_bad_reduce_dims_is_named_as_run_calls_it(tmp_path, reduce, dims, says):
+    space = db.Grid(a=[1.0, 2.0], b=[0.0, 1.0])
+    with pytest.raises(DaskbatchError, match=says):
+        db.run(affine, space, tmp_path / "s.zarr", cluster="serial", reduce=reduce, reduce_dims=dims)
+    assert not (tmp_path / "s.zarr").exists()
