@@ -156,11 +156,18 @@ def compute(
     return res
 
 
-def block_summary(block, counts, res: BlockResult, nd: int) -> np.ndarray:
+def block_summary(block, counts, res: BlockResult, nd: int, ran: np.ndarray | None = None) -> np.ndarray:
+    """What the driver hears of a committed block: its samples per status, those of the
+    samples computed in this task (``ran``, a flat mask; None: all of them; a block
+    completed or retried keeps the others as stored), its first errors and seconds."""
     out = np.empty((1,) * nd, dtype=object)
+    computed = counts
+    if ran is not None:
+        computed = np.bincount(res.status.reshape(-1)[ran], minlength=len(STATUS))
     out[(0,) * nd] = {
         "block": block,
         "counts": [int(c) for c in counts],
+        "computed": [int(c) for c in computed],
         "errors": res.errors[:SUMMARY_ERRORS],
         "seconds": res.seconds,
     }
@@ -322,6 +329,7 @@ def block_task(
             # partial reductions need every sample again (the stored values are still kept)
             redo_mask[:] = True
         redo = [int(i) for i in np.flatnonzero(redo_mask)]
+        ran = redo_mask
         res = compute(ctx, block, kernel_params, redo)
         keep = res.status.reshape(-1) == STATUS["pending"]  # not recomputed: the old values
         res.status.reshape(-1)[keep] = old_status.reshape(-1)[keep]
@@ -335,9 +343,9 @@ def block_task(
     elif ctx.first is not None and all(
         s.start < n for s, n in zip(layout.block_slices(block), ctx.first[0], strict=True)
     ):
-        res = _with_first_samples(ctx, block, kernel_params)
+        res, ran = _with_first_samples(ctx, block, kernel_params), None  # the probe's: this run's too
     else:
-        res = compute(ctx, block, kernel_params)
+        res, ran = compute(ctx, block, kernel_params), None
     counts = st.write_block(
         layout,
         block,
@@ -351,7 +359,7 @@ def block_task(
         inputs=inputs,
     )
     st.clear_timeouts(block)
-    summary = block_summary(block, counts, res, nd)
+    summary = block_summary(block, counts, res, nd, ran)
     if ctx.kill_on_timeout:  # a worker process: give freed blocks back when they pile up
         block_bytes = sum(np.asarray(v).nbytes for v in (*res.outputs.values(), *stored_params.values()))
         del res, values, kernel_params, stored_params

@@ -63,6 +63,10 @@ class BlockEnd:
     seconds: float
     #: the block's first errors, as recorded in the store
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: samples per status name of those the kernel computed for this commit: fewer than
+    #: ``counts`` when the block was completed after its store grew, or retried
+    #: (``retry_failed``: the others are kept as stored); None: all of them
+    computed: dict[str, int] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -103,12 +107,13 @@ class Callback:
 
 def block_end(summary: dict[str, Any]) -> BlockEnd:
     """The event for a block task's summary."""
-    counts = summary["counts"]
+    counts, computed = summary["counts"], summary.get("computed")
     return BlockEnd(
         block=tuple(summary["block"]),
         counts={name: int(counts[code]) for name, code in STATUS.items()},
         seconds=float(summary["seconds"]),
         errors=list(summary["errors"]),
+        computed=None if computed is None else {name: int(computed[code]) for name, code in STATUS.items()},
     )
 
 
@@ -119,9 +124,10 @@ class Tally(Callback):
         self.blocks = self.samples = self.ok = 0
 
     def on_block_end(self, event: BlockEnd) -> None:
+        computed = event.counts if event.computed is None else event.computed
         self.blocks += 1
-        self.samples += event.n_samples
-        self.ok += event.counts.get("ok", 0)
+        self.samples += sum(computed.values())
+        self.ok += computed.get("ok", 0)
 
 
 class ProgressBar(Callback):

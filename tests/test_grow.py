@@ -59,7 +59,7 @@ def test_raising_n_computes_only_the_new_samples_bit_for_bit(tmp_path, design):
         )
     # only the new samples ran: block 2 (samples 200-255 kept) is completed, blocks 3-4 are new
     assert first.samples["pending"] == 0 and grown.samples["pending"] == 0
-    assert grown.blocks_computed == 3
+    assert grown.blocks_computed == 3 and grown.samples_computed == 420 - 256  # the new ones only
     # the failures of the stored samples are still recorded, with the new ones
     assert sorted(e["index"] for e in grown.errors) == sorted(e["index"] for e in whole.errors)
     assert grown.samples == whole.samples

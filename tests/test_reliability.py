@@ -294,7 +294,12 @@ def test_retry_failed_recomputes_only_the_samples_that_failed(tmp_path):
         retry_failed=True,
         constants={},
     )
-    assert res.blocks_computed == 5 and res.samples_computed == 50
+    # this run computed the 7 failed samples again (5 blocks committed again), not 50
+    assert (
+        res.blocks_computed == 5
+        and res.samples_computed == 7
+        and "this run: 7 samples in 5 blocks" in str(res)
+    )
     assert_stores_identical(before, store)  # deterministic failures: the store is unchanged
 
 
