@@ -428,7 +428,13 @@ def _start_local_cluster(
     # which would otherwise be spawned (slowly, and without what daskbatch's
     # forkserver sets up: SIGINT and SIGTERM ignored, the log kept quiet) and get
     # distributed's defaults instead of the settings below
-    with dask.config.set(CLUSTER_SETTINGS):
+    # the dashboard (plain HTTP on 127.0.0.1, which every user of a login node reaches)
+    # serves no proxy: with jupyter-server-proxy installed, distributed's /proxy/ route
+    # opens websockets to any host and port, as this user
+    routes = [
+        r for r in dask.config.get("distributed.scheduler.http.routes") if r != "distributed.http.proxy"
+    ]
+    with dask.config.set({**CLUSTER_SETTINGS, "distributed.scheduler.http.routes": routes}):
         try:
             with _signals_deferred():  # a Ctrl-C acts once the cluster has started
                 security = local_security()

@@ -254,6 +254,16 @@ def test_the_local_cluster_speaks_tls_on_127_0_0_1_with_its_dashboard_on_http():
             Client(address.replace("tls://", "tcp://"), timeout=3)
         ex.client.wait_for_workers(1, timeout=60)
         assert all(w.startswith("tls://127.0.0.1:") for w in ex.client.scheduler_info()["workers"])
+        # the dashboard serves its pages, but no proxy to other hosts and ports
+        import urllib.error
+        import urllib.request
+
+        base = ex.dashboard_link.rsplit("/", 1)[0]
+        with urllib.request.urlopen(base + "/health", timeout=10) as page:
+            assert page.status == 200
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/proxy/22/127.0.0.1/", timeout=10)
+        assert e.value.code == 404
 
 
 def test_a_registered_executor_type_is_one_registration(registry, tmp_path):
