@@ -62,6 +62,9 @@ class BlockContext:
     block_seconds: float | None = None
     #: the probe's first samples (block shape, BlockResult), which block 0 keeps
     first: Any = None
+    #: the digests of the kernel's code in the driver (:func:`~daskbatch.freshness.code_digests`),
+    #: which a worker process checks before its first block; None: not checked (the driver's own)
+    code_digests: Mapping[str, str] | None = None
 
 
 def run_params(params: Mapping[str, Param], kernel: Kernel) -> dict[str, Param]:
@@ -305,6 +308,10 @@ def block_task(
     ctx: BlockContext = context.value
     leave_before_deadline(ctx.block_seconds)  # a worker whose job is about to end: elsewhere
     t0 = time.monotonic()
+    if ctx.code_digests is not None:  # a worker that imported an edited file computes nothing
+        from .freshness import check_worker_code
+
+        check_worker_code(ctx.kernel, ctx.code_digests)
     if ctx.kill_on_timeout:  # a worker process, never the driver: fewer malloc arenas
         limit_malloc_arenas()  # once per process, in clusters daskbatch did not start too
     layout = ctx.layout
@@ -421,6 +428,10 @@ def piece_task(
     ctx: BlockContext, block: tuple[int, ...], kernel_params: Mapping[str, np.ndarray], positions: list[int]
 ) -> BlockResult:
     """Some samples of a block whose task kept killing its worker; nothing is written."""
+    if ctx.code_digests is not None:
+        from .freshness import check_worker_code
+
+        check_worker_code(ctx.kernel, ctx.code_digests)
     return compute(ctx, block, kernel_params, positions)
 
 

@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import importlib.machinery
 import os
 import sys
 import types
+from collections.abc import Mapping
 from typing import Any
 
 from .codeid import class_functions, kernel_objects, users_source
 from .errors import StaleModuleError
 
-__all__ = ["StaleModuleError", "check_kernel"]
+__all__ = ["StaleModuleError", "check_kernel", "check_worker_code", "code_digests"]
 
 
 def _shape(code: types.CodeType) -> tuple[Any, ...]:
@@ -53,8 +55,16 @@ def _shape(code: types.CodeType) -> tuple[Any, ...]:
         code.co_varnames,
         code.co_freevars,
         code.co_cellvars,
-        tuple(_shape(c) if isinstance(c, types.CodeType) else (type(c).__name__, repr(c)) for c in consts),
+        tuple(_shape(c) if isinstance(c, types.CodeType) else _const(c) for c in consts),
     )
+
+
+def _const(value: Any) -> tuple[str, Any]:
+    """A code constant as the same text in every process (a frozenset's order follows
+    the process's hash seed: ``x in {"a", "b"}``)."""
+    if isinstance(value, frozenset):
+        return "frozenset", tuple(sorted(repr(v) for v in value))
+    return type(value).__name__, repr(value)
 
 
 def _state(file: str) -> tuple[str, int, int] | None:
@@ -200,9 +210,9 @@ def _reload_hint(kernel: Any, module: str) -> str:
     return hint
 
 
-def check_kernel(kernel: Any) -> None:
-    """Refuse a run whose kernel uses code of the user's that its files no longer hold
-    (edited and not reloaded), or a module the import path now finds elsewhere."""
+def _reached(kernel: Any) -> tuple[list[types.FunctionType], list[types.ModuleType]]:
+    """The functions (and methods) the kernel's code reaches, and the modules it uses
+    as modules, every function and method of which counts."""
     functions, modules, submodules = kernel_objects(kernel)
     # a package's submodule counts when the code names it (pkg.physics.gain(a)), not
     # every module loaded from the package
@@ -216,6 +226,73 @@ def check_kernel(kernel: Any) -> None:
                 functions.append(v)
             elif isinstance(v, type):
                 functions += class_functions(v)
+    return functions, modules
+
+
+def code_digests(kernel: Any) -> dict[str, str]:
+    """A digest of each function of the user's that ``kernel`` runs in this process, by
+    ``module:qualname``: its code as compiled (comments, docstrings and line numbers do
+    not count) and the literal constants of its file that it names, as their values are
+    here. Two processes whose digests agree run the same code."""
+    functions, _ = _reached(kernel)
+    digests = {}
+    for func in functions:
+        code = func.__code__
+        if not users_source(func.__module__, code.co_filename):
+            continue
+        literal = _file_constants(code.co_filename) or {}
+        values = {
+            n: repr(func.__globals__[n]) for n in code.co_names if n in literal and n in func.__globals__
+        }
+        text = repr((_shape(code), sorted(values.items())))
+        digests[f"{func.__module__}:{code.co_qualname}"] = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return digests
+
+
+def _imported_here(func_key: str) -> bool:
+    """Whether the module of a :func:`code_digests` key was imported from its file in
+    this process (code sent by value, as the driver's, is not)."""
+    module = sys.modules.get(func_key.split(":", 1)[0])
+    return isinstance(getattr(module, "__file__", None), str)
+
+
+#: the kernels this process checked: (kernel identity, id of the expected digests) -> differing function
+_CHECKED: dict[tuple[str, int], str | None] = {}
+
+
+def check_worker_code(kernel: Any, expected: Mapping[str, str]) -> None:
+    """In a worker process: refuse to compute when code of the user's that this process
+    imported from its files for ``kernel`` is not the code the run started with
+    (``expected``: :func:`code_digests` in the driver). A file edited while a run goes
+    on, imported by a worker that started later (a job-queue worker job replacing one,
+    a restarted worker), would put results of the new code beside those of the old.
+    Checked once per process and run."""
+    key = (str(getattr(kernel, "identity", "?")), hash(tuple(sorted(expected.items()))))
+    if key not in _CHECKED:
+        found = code_digests(kernel)
+        _CHECKED[key] = next(
+            (f for f, d in sorted(found.items()) if _imported_here(f) and expected.get(f) != d), None
+        )
+    differs = _CHECKED[key]
+    if differs is not None:
+        import socket
+
+        raise StaleModuleError(
+            f"kernel {getattr(kernel, 'name', '?')!r}: a worker process (host {socket.gethostname()}, "
+            f"pid {os.getpid()}) imported {differs.replace(':', '.')} from its file, and it is not "
+            "the code this run started with (the file was edited while the run went on): the run "
+            "stops here, before that worker computed anything. The blocks committed so far hold "
+            "results of the run's code and are kept. Undo the edit and run the same command "
+            "again to go on; to go on with the edited code, run again with "
+            "kernel_changed='continue' (--kernel-changed continue), or start again with "
+            "overwrite=True"
+        )
+
+
+def check_kernel(kernel: Any) -> None:
+    """Refuse a run whose kernel uses code of the user's that its files no longer hold
+    (edited and not reloaded), or a module the import path now finds elsewhere."""
+    functions, modules = _reached(kernel)
     names: dict[str, str] = {}  # the user's modules reached: name -> file
     for func in functions:
         file = func.__code__.co_filename

@@ -30,6 +30,7 @@ from .blocktask import BlockContext, build_tasks, run_params
 from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
 from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
 from .codeid import modules_used
+from .freshness import code_digests
 from .kernel import STATUS, Kernel
 from .log import logger
 from .options import RunOptions
@@ -350,6 +351,7 @@ class Runner:
                         st, layout, self.seconds_per_sample, done_before and executor.client is not None
                     ),
                     first=self._first_samples(),
+                    code_digests=None if options.cluster.in_driver else code_digests(self.kernel),
                 )
                 tasks = build_tasks(self.space, layout, ctx, pending)
                 compute_all(executor, st, self.space, ctx, tasks, pending, on_done)

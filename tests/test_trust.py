@@ -752,3 +752,52 @@ def test_a_setup_edited_and_reloaded_makes_its_own_state_in_a_process_that_lives
     db.run(mod.k, space, tmp_path / "b.zarr", cluster="serial", progress=False)
     np.testing.assert_array_equal(db.open(tmp_path / "a.zarr").y.values, np.arange(4.0) + 100.0)
     np.testing.assert_array_equal(db.open(tmp_path / "b.zarr").y.values, np.arange(4.0) + 7.0)
+
+
+@pytest.mark.parametrize("cluster", ["processes", "local"])
+def test_a_kernel_file_edited_while_the_run_goes_on_stops_it_before_a_worker_computes(tmp_path, cluster):
+    """Worker processes import the kernel's modules from their files when they start:
+    one that starts after an edit (a job-queue worker job replacing another, a restarted
+    worker) would put results of the new code beside the run's. The run stops before
+    that worker computes anything; the committed blocks are the run's code's."""
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    source = (
+        "import numpy as np\nimport daskbatch as db\nimport edit_helper\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, per_sample=False)\n"
+        "def k(a):\n    return edit_helper.scale(a)\n"
+    )
+    (folder / "edit_kmod.py").write_text(source)
+    (folder / "edit_helper.py").write_text("def scale(a):\n    return 2.0 * a\n")
+    mod = _import_fresh(folder, "edit_kmod")
+    _import_fresh(folder, "edit_helper")
+    store = tmp_path / "s.zarr"
+
+    class EditWhileRunning(db.Callback):
+        def on_run_start(self, event):  # after every check, before any worker imports it
+            (folder / "edit_helper.py").write_text("def scale(a):\n    return 3.0 * a\n")
+
+    sys.path.insert(0, str(folder))  # where the workers import the modules from
+    try:
+        with pytest.raises(
+            db.errors.StaleModuleError,
+            match=r"imported edit_helper\.scale from its file, and it is not the code this run started with",
+        ):
+            db.run(
+                mod.k,
+                db.Grid(a=np.arange(40.0)),
+                store,
+                cluster=cluster,
+                n_workers=2,
+                chunk_size=10,
+                progress=False,
+                callbacks=[EditWhileRunning()],
+            )
+    finally:
+        sys.path.remove(str(folder))
+    if store.exists():  # blocks committed before the worker's first block: the run's code's
+        ds = db.open(store)
+        done = ds.status.values == 1
+        np.testing.assert_array_equal(ds.y.values[done], 2.0 * ds.a.values[done])  # none of 3.0 * a
+        assert db.status(store).last_run["state"] == "stopped"
+    # (a new store with nothing committed is not left behind)
