@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -694,3 +695,54 @@ def test_a_plan_for_a_job_queue_cluster_takes_the_memory_of_its_jobs():
     assert jq.worker_memory == 64 * 10**9 // 16
     p = db.plan(affine, db.Grid(a=range(1000)), cluster=jq)
     assert "limit 3.7 GiB per worker" in str(p), str(p)  # 64 GB / 16, not this machine's memory / 64
+
+
+@pytest.mark.slurm
+def test_worker_jobs_slurm_refuses_are_one_line_before_any_store_is_made(slurm, tmp_path):
+    """More memory per job than a node has: sbatch --test-only says so before anything
+    starts (submitted for real, the jobs failed in the cluster's loop and the run waited
+    for a worker that never came, until its walltime)."""
+    table = SLURM_TABLE.format(logs=tmp_path, jobs="jobs = 1").replace('memory = "1GB"', 'memory = "4000GB"')
+    spec = _spec(tmp_path, "big.zarr", cluster=table)
+    r = subprocess.run(
+        daskbatch_command("run", str(spec)), capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cluster='slurm': SLURM refuses the worker jobs (" in lines[0], r.stderr
+    assert "Requested node configuration is not available" in lines[0]
+    assert "nothing was started or written" in lines[0]
+    assert not (tmp_path / "big.zarr").exists() and slurm.jobs() == []
+
+
+@pytest.mark.slurm
+def test_worker_jobs_refused_at_submission_stop_the_run_instead_of_waiting_forever(slurm, tmp_path):
+    """A policy sbatch --test-only does not check (a QOS limit): every real submission
+    fails; the run stops with one line instead of waiting for a worker forever."""
+    real = shutil.which("sbatch")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "--test-only" ]; then exec {real} "$@"; fi\n'
+        'echo "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy" >&2\n'
+        "exit 1\n"
+    )
+    (bin_dir / "sbatch").chmod(0o755)
+    spec = _spec(tmp_path, "qos.zarr", cluster=SLURM_TABLE.format(logs=tmp_path, jobs="jobs = 1"))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    r = subprocess.run(
+        daskbatch_command("run", str(spec)),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("daskbatch: error: cluster='slurm': the batch system refused every worker job"), (
+        r.stderr
+    )
+    assert "the blocks committed so far are kept" in last
+    assert slurm.jobs() == []
