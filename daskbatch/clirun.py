@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,32 @@ def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
     return load_run(store)
 
 
-def _resume_cluster(options: dict[str, Any]) -> str:
-    """The cluster of the run that made the store; a Client cannot be had again: auto."""
-    cluster = options.get("cluster")
-    return cluster if isinstance(cluster, str) and cluster != "client" else "auto"
+def _resume_cluster(cluster: Any, info: dict[str, Any]) -> Any:
+    """The cluster a resume runs on: ``cluster`` (``--cluster``), else the one of the
+    run that made the store (a Client cannot be had again: auto). A batch system's
+    name (``slurm``, ``pbs``...) takes the ``[cluster]`` table of the store's spec file
+    when it has one of that kind: its cores, memory, walltime and jobs."""
+    if cluster is None:
+        cluster = (info.get("options") or {}).get("cluster")
+        if not isinstance(cluster, str) or cluster == "client":
+            return "auto"
+    from .hpc import KINDS
+
+    spec_file = info.get("spec_file")
+    if cluster not in KINDS or not spec_file or not os.path.isfile(spec_file):
+        return cluster
+    import tomllib
+
+    from .specfile import _cluster
+
+    text = Path(spec_file).read_text()
+    try:
+        table = tomllib.loads(text).get("cluster")
+    except tomllib.TOMLDecodeError:
+        return cluster  # the spec's own errors are for `daskbatch run`
+    if isinstance(table, dict) and table.get("kind") == cluster:
+        return _cluster(table, Path(spec_file), text)
+    return cluster
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -96,12 +119,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     undo_stopped_change(Store(args.store))  # before the provenance it resumes is read
     kernel, space, info = _kernel_and_space_from_store(args.store)
     options = info.get("options") or {}
+    cluster = _resume_cluster(args.cluster, info)
     result = run(
         kernel,
         space,
         args.store,
-        cluster=args.cluster or _resume_cluster(options),
-        n_workers=args.workers if args.workers is not None or args.cluster else options.get("workers"),
+        cluster=cluster,
+        n_workers=args.workers
+        if args.workers is not None or args.cluster or not isinstance(cluster, str)
+        else options.get("workers"),
         progress=not args.no_progress,
         constants=info.get("constants") or None,
         retries=args.retries if args.retries is not None else options.get("retries", 0),

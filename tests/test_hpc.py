@@ -746,3 +746,50 @@ def test_worker_jobs_refused_at_submission_stop_the_run_instead_of_waiting_forev
     )
     assert "the blocks committed so far are kept" in last
     assert slurm.jobs() == []
+
+
+@pytest.mark.slurm
+def test_a_stopped_slurm_run_of_a_spec_resumes_as_its_message_says(slurm, tmp_path):
+    """The stop's message says `daskbatch resume STORE`: that command takes the spec's
+    [cluster] table (it asked for cores per job before), and finishes the store."""
+    import signal
+
+    spec = _spec(
+        tmp_path,
+        "stop.zarr",
+        cluster=SLURM_TABLE.format(logs=tmp_path, jobs="jobs = 1"),
+        n=16,
+        chunk=2,
+        delay=0.3,
+    )
+    store = tmp_path / "stop.zarr"
+    proc = _daskbatch(["run", str(spec), "--no-progress"], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while not (store.exists() and blocks_done(store) >= 1):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, slurm.logs()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err
+        assert f"Continue with: daskbatch resume {store}" in err, err
+        r = subprocess.run(
+            daskbatch_command("resume", str(store), "--no-progress"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{slurm.logs()}"
+        assert "slurm (1 jobs × 1 worker processes" in r.stdout + r.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        slurm.cancel_all()
+    ref = _spec(tmp_path, "ref.zarr", n=16, chunk=2)
+    s = subprocess.run(
+        daskbatch_command("run", str(ref), "--cluster", "serial"), cwd=tmp_path, capture_output=True
+    )
+    assert s.returncode == 0, s.stderr
+    assert_stores_identical(tmp_path / "ref.zarr", store)
