@@ -221,6 +221,12 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--dry-run", action="store_true", help="print the job script; submit nothing")
     p.add_argument(
+        "--kernel-changed",
+        choices=["refuse", "continue"],
+        default="refuse",
+        help="a store whose kernel code changed: refuse (default) or continue with the new code",
+    )
+    p.add_argument(
         "--allow-local-store",
         action="store_true",
         help="allow a store on node-local storage (/tmp, ...): for a one-node test only",

@@ -235,6 +235,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         walltime=args.walltime,
         chain=args.chain,
         allow_local_store=args.allow_local_store,
+        kernel_changed=args.kernel_changed,
     )
     print(sub.dry_run() if args.dry_run else report(sub, submit(sub)))
     return 0

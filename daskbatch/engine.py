@@ -188,6 +188,41 @@ class _Request:
         )
 
 
+def check_existing_store(arguments: Mapping[str, Any]) -> None:
+    """What :func:`run` with these arguments would refuse about its store, checked
+    without running or writing anything (``daskbatch submit``, on the login node): a
+    store another run holds, or one whose kernel, space, constants or reductions differ
+    (the difference named). A store that does not exist yet passes."""
+    st = Store(arguments["store"])
+    if not st.path.exists() or arguments.get("overwrite"):
+        return
+    request = _run_request(arguments)
+    lock = st.lock()
+    holder = lock.holder()
+    if holder is not None and not holder.get("stale"):
+        from .errors import StoreLockedError
+        from .lock import _held_message, hostname
+
+        age, lease = holder.get("heartbeat_age"), holder.get("lease_seconds")
+        foreign = holder.get("host") != hostname()
+        raise StoreLockedError(
+            _held_message(st.path, lock.path, holder, False, age=age, lease=lease, foreign=foreign)
+        )
+    info = st.info()
+    if info is None:
+        return
+    options = _adopt_reductions(request.options, info, request.kernel)
+    space = check_round_space(request.space, info, options.until)
+    request._check(
+        st,
+        info,
+        run_provenance(request.kernel, options.spec_file),
+        announce=False,
+        space=space,
+        options=options,
+    )
+
+
 def _adopt_reductions(options: RunOptions, info: Mapping[str, Any], kernel: Kernel) -> RunOptions:
     """A rerun without ``reduce=`` of a store that reduces goes on with the store's
     reductions (as ``daskbatch resume`` does), rather than being refused."""

@@ -140,6 +140,8 @@ class Submission:
     memory: int = DRIVER_MEMORY  #: bytes
     cwd: Path = Path("/")
     python: str = sys.executable
+    #: more arguments of the job's ``daskbatch run`` (``--kernel-changed continue``)
+    run_args: tuple[str, ...] = ()
 
     @property
     def logs(self) -> Path:
@@ -165,7 +167,7 @@ class Submission:
         """The command the job runs: ``daskbatch run SPEC --no-progress``."""
         exe = Path(self.python).with_name("daskbatch")
         base = [str(exe)] if exe.exists() else [self.python, "-m", "daskbatch.cli"]
-        return [*base, "run", str(self.spec), "--no-progress"]
+        return [*base, "run", str(self.spec), "--no-progress", *self.run_args]
 
     def _header(self) -> list[str]:
         walltime, mb = format_walltime(self.walltime), math.ceil(self.memory / 2**20)
@@ -248,11 +250,15 @@ def prepare(
     walltime: str | None = None,
     chain: int = 1,
     allow_local_store: bool = False,
+    kernel_changed: str = "refuse",
 ) -> Submission:
     """Check a submission as far as the login node can; raise one line when it cannot work.
 
     ``scheduler`` (``"slurm"``/``"pbs"``) defaults to the kind of the spec's
-    ``[cluster]`` table; ``walltime`` to its ``walltime``.
+    ``[cluster]`` table; ``walltime`` to its ``walltime``. An existing store is checked
+    as the job's run would check it (another run holding it, a kernel, space or
+    constants that differ), so that a refusal comes now, not from the queue; with
+    ``kernel_changed="continue"`` the job goes on with an edited kernel.
     """
     from .hpc import KINDS, walltime_seconds
     from .specfile import load_spec
@@ -296,6 +302,7 @@ def prepare(
             "filesystem every node sees (a home, project or parallel filesystem); "
             "--allow-local-store skips this check for a one-node test"
         )
+    _check_store(run, kernel_changed)
     cores, memory = 1, DRIVER_MEMORY
     if table is None and "://" not in kind:  # the work runs inside the driver's job
         cores = int(run.get("n_workers") or 1)
@@ -314,7 +321,29 @@ def prepare(
         memory=memory,
         cwd=Path.cwd(),
         python=os.path.abspath(sys.executable),
+        run_args=("--kernel-changed", kernel_changed) if kernel_changed != "refuse" else (),
     )
+
+
+def _check_store(run: dict[str, Any], kernel_changed: str) -> None:
+    """The run's checks of an existing store, on the login node (see :func:`prepare`)."""
+    from .engine import check_existing_store
+    from .errors import DaskbatchError
+
+    try:
+        check_existing_store({**run, "progress": False, "kernel_changed": kernel_changed})
+    except DaskbatchError as e:
+        text = str(e)
+        if "overwrite" in text:  # a chain's every job would start the store again
+            text += (
+                "; daskbatch submit has no --overwrite: to start again, remove or rename the store, "
+                "then submit"
+            )
+        try:
+            error = type(e)(f"{text}; nothing was submitted")
+        except TypeError:  # an error type that takes more than a message
+            error = DaskbatchError(f"{text}; nothing was submitted")
+        raise error from None
 
 
 def _job_id(stdout: str, scheduler: str) -> str:

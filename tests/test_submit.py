@@ -234,6 +234,44 @@ def test_bad_input_is_one_line_and_nothing_is_submitted(tmp_path, cli, no_schedu
     assert not list(tmp_path.glob("a/*.logs"))
 
 
+def test_a_store_the_job_would_refuse_is_refused_at_submit_and_kernel_changed_passes_on(
+    tmp_path, cli, no_scheduler
+):
+    """A changed seed, an edited kernel, a store another run holds: said on the login
+    node, with nothing submitted (the job failed in the queue with exit 2 before);
+    --kernel-changed continue reaches the job's daskbatch run."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "kmod.py").write_text(
+        "import daskbatch as db\n@db.kernel(outputs={'y': db.Output()})\ndef k(x):\n    return 2.0 * x\n"
+    )
+    spec = folder / "sweep.toml"
+    spec.write_text(
+        'kernel = "kmod:k"\nstore = "sweep.zarr"\ncluster = "local"\nchunk_size = 4\n'
+        '[space]\ntype = "montecarlo"\nn = 12\nseed = 1\n[space.params.x]\ndist = "uniform"\nlow = 0\nhigh = 1\n'
+    )
+    args = ["--slurm", "--walltime", "01:00:00", "--allow-local-store", "--dry-run"]
+    assert cli("run", str(spec), "--cluster", "serial", "--no-progress").returncode == 0
+    assert cli("submit", str(spec), *args).returncode == 0  # the same run: nothing to refuse
+    spec.write_text(spec.read_text().replace("seed = 1", "seed = 2"))
+    r = cli("submit", str(spec), *args)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "seed" in r.stderr and r.stderr.rstrip().endswith("nothing was submitted")
+    assert "daskbatch submit has no --overwrite: to start again, remove or rename the store" in r.stderr
+    spec.write_text(spec.read_text().replace("seed = 2", "seed = 1"))
+    (folder / "kmod.py").write_text((folder / "kmod.py").read_text().replace("2.0 * x", "3.0 * x"))
+    # (a process of its own: this one imported the kernel before the edit)
+    r = run_cli("submit", str(spec), *args, cwd=folder)
+    assert r.returncode == 2 and "--kernel-changed continue" in r.stderr, r.stderr
+    r = run_cli("submit", str(spec), *args, "--kernel-changed", "continue", cwd=folder)
+    assert r.returncode == 0, r.stderr
+    assert "run " + str(spec) + " --no-progress --kernel-changed continue" in r.stdout
+    with Store(folder / "sweep.zarr").lock():  # a run holds the store
+        r = run_cli("submit", str(spec), *args, "--kernel-changed", "continue", cwd=folder)
+    assert r.returncode == 2 and "is being written by another run" in r.stderr, r.stderr
+    assert not list(no_scheduler.glob("*.calls"))
+
+
 def test_store_on_node_local_storage_is_refused(tmp_path, cli, no_scheduler):
     spec = _spec(tmp_path / "a", 'cluster = "slurm"')
     r = cli("submit", str(spec), "--walltime", "01:00:00")
