@@ -219,12 +219,30 @@ class StoreView:
         info = self.info()
         if info is None:
             if not self.path.exists():
-                raise StoreNotFoundError(f"store {str(self.path)!r} does not exist")
+                raise StoreNotFoundError(f"store {str(self.path)!r} does not exist{self._queued()}")
             gone = read_provenance(self.path).gone if self.path.is_dir() else None
             if gone is not None and looks_like_store(self.path):
                 raise StoreError(gone_message(self.path, gone))
+            holder = self.lock().holder() if (self.path / HIDDEN).is_dir() else None
+            if holder is not None and not holder.get("stale"):
+                raise StoreError(
+                    f"store {str(self.path)!r} is being created by a run (host {holder.get('host')}, "
+                    f"pid {holder.get('pid')}, since {holder.get('start')}); try again in a moment"
+                )
             raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
         return info
+
+    def _queued(self) -> str:
+        """`` yet: ...`` when ``daskbatch submit`` queued a job for this store (its
+        script is beside it), else nothing."""
+        logs = self.path.with_name(self.path.name + ".logs")
+        for system, command in (("slurm", "squeue -u $USER"), ("pbs", "qstat -u $USER")):
+            if (logs / f"daskbatch.{system}").is_file():
+                return (
+                    f" yet: the job daskbatch submit queued makes it when it starts ({command} "
+                    f"shows it; its log goes to {logs})"
+                )
+        return ""
 
     @property
     def format(self) -> int:

@@ -431,3 +431,20 @@ def test_cancelled_driver_job_leaves_a_store_that_a_new_job_finishes(slurm, tmp_
     assert st.complete and st.samples["ok"] == n and sum(st.samples.values()) == n
     assert_stores_identical(store, _reference(tmp_path, n, chunk))
     assert [h["job"] for h in Store(store).require_info()["history"]] == [job, again]
+
+
+def test_status_before_the_job_starts_and_while_it_creates_the_store_says_so(tmp_path, cli):
+    """`submit` prints `follow: daskbatch status STORE`: before the job starts, and in
+    its first seconds, status said the store does not exist or is not a daskbatch store."""
+    store = tmp_path / "sweep.zarr"
+    (tmp_path / "sweep.zarr.logs").mkdir()
+    (tmp_path / "sweep.zarr.logs" / "daskbatch.slurm").write_text("#!/bin/bash\n")
+    r = cli("status", str(store))
+    assert r.returncode == 2 and "does not exist yet: the job daskbatch submit queued makes it" in r.stderr
+    assert "squeue -u $USER" in r.stderr
+    with Store(store).lock():  # a run that has taken the lock and not yet written the template
+        r = cli("status", str(store))
+    assert r.returncode == 2 and f"store {str(store)!r} is being created by a run (host " in r.stderr, (
+        r.stderr
+    )
+    assert "try again in a moment" in r.stderr
