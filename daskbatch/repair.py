@@ -208,7 +208,16 @@ def _generated(info: Mapping[str, Any], fmt: int, path: Path | None = None) -> d
             batch_dims=space.batch_dims,
             batch_shape=space.batch_shape,
             block_shape=tuple(info["layout"]["block_shape"]),
-            params=space.params,
+            # what the run kept: a column read from a file the kernel takes is referenced,
+            # not stored; a column it does not take is a label, stored where the store has it
+            params={
+                n: p
+                for n, p in space.params.items()
+                if p.is_axis
+                or p.stored
+                or (path is not None and (path / n / "zarr.json").exists())
+                or (path is not None and n in _template_arrays(path))
+            },
             outputs=outputs,
             batch_coords=space.batch_coords(),
             legacy_text=path is not None and uses_zarr_strings(path),  # text as the store keeps it
@@ -221,6 +230,13 @@ def _generated(info: Mapping[str, Any], fmt: int, path: Path | None = None) -> d
             return {n: _read_json(Path(tmp, n, "zarr.json"))[0] for n in _arrays_on_disk(Path(tmp))}
     except Exception:
         return {}
+
+
+def _template_arrays(path: Path) -> set[str]:
+    """The arrays the store's recorded template lists (none when it cannot be read)."""
+    doc, _ = _read_json(_hidden(path, TEMPLATE))
+    arrays = doc.get("arrays") if isinstance(doc, dict) else None
+    return set(arrays) if isinstance(arrays, dict) else set()
 
 
 def _batch_coords(info: Mapping[str, Any], path: Path | None = None) -> dict[str, np.ndarray]:

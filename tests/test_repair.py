@@ -374,3 +374,44 @@ def test_a_writes_leftover_temporary_is_not_taken_for_a_chunk_when_metadata_is_r
     first.unlink()  # the block was being written for the first time
     assert sorted(p for p in (store / "y" / "c").rglob("*") if p.is_file())[0] == partial
     assert _undecodable(store, "y", doc) is None
+
+
+@pytest.mark.parametrize("damage", [None, "label-metadata"])
+def test_a_table_the_store_references_verifies_clean_and_its_repair_adds_no_array(tmp_path, damage):
+    """A Parquet table's column the kernel takes is referenced, not stored: verify took
+    its missing array for damage, and the repair it proposed made one of fill values,
+    which daskbatch.open then showed as the input: NaN for every sample."""
+    import pandas as pd
+
+    pd.DataFrame({"a": np.arange(20) * 0.5, "tag": [f"t{i}" for i in range(20)]}).to_parquet(
+        tmp_path / "t.parquet"
+    )
+    store = tmp_path / "s.zarr"
+    db.run(
+        db.testing.affine,
+        db.Table(tmp_path / "t.parquet"),
+        store,
+        cluster="serial",
+        progress=False,
+        chunk_size=8,
+    )
+    before = db.open(store).load()
+    assert "tag" in before.coords and not (store / "a").exists()  # the label stored, the input referenced
+    if damage == "label-metadata":
+        (store / "tag" / "zarr.json").unlink()
+    r = run_cli("status", str(store), "--verify")
+    if damage is None:
+        assert r.returncode == 0 and "every committed block matches its checksums (3 checked)" in r.stdout, (
+            r.stdout
+        )
+    else:
+        assert r.returncode == 1 and "tag/zarr.json: is missing" in r.stdout and "'a'" not in r.stdout, (
+            r.stdout
+        )
+    r = run_cli("resume", str(store), "--verify", "--no-progress", "--cluster", "serial")
+    assert r.returncode == 0, r.stderr
+    assert not (store / "a").exists()
+    after = db.open(store).load()
+    assert "a" not in after  # (an array of fill values is what the repair had made)
+    assert after["tag"].values.tolist() == before["tag"].values.tolist()
+    np.testing.assert_array_equal(after["y"].values, before["y"].values)
