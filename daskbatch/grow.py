@@ -156,13 +156,35 @@ def _changing(
     from .repaircheck import CHANGE, CHANGING, hidden, write_json
 
     record = hidden(st.path, CHANGE)
-    write_json(record, {"what": what, "from": dict(info), "lengths": dict(lengths)})
+    with _disk_errors(st, what, "before it began: nothing was changed"):
+        write_json(record, {"what": what, "from": dict(info), "lengths": dict(lengths)})
     CHANGING.add(str(st.path))
     try:
-        yield
+        with _disk_errors(st, what, "part way; the next run undoes what was written"):
+            yield
     finally:
         CHANGING.discard(str(st.path))
     record.unlink()
+
+
+@contextmanager
+def _disk_errors(st: Any, what: str, when: str) -> Iterator[None]:
+    """An operating system error (a full disk, a quota) while writing ``what`` as one
+    :class:`~daskbatch.errors.StoreWriteError` line."""
+    import errno
+
+    from .errors import StoreWriteError
+
+    try:
+        yield
+    except (OSError, StoreWriteError) as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = "the disk is full" if full else str(e) if isinstance(e, OSError) else str(e).split(". ")[0]
+        raise StoreWriteError(
+            f"store {str(st.path)!r}: {what} failed {when} ({why}); every computed block is "
+            "kept: make room (or fix the cause) and run the same command again",
+            e.errno,
+        ) from e
 
 
 def undo_stopped_change(st: Any) -> None:
@@ -186,16 +208,18 @@ def undo_stopped_change(st: Any) -> None:
                 "resume --verify after removing that file"
             )
         before = change["from"]
+        what = f"undoing {change.get('what', 'a change')}"
         CHANGING.add(str(st.path))
         try:
-            for name, shape in (change.get("lengths") or {}).items():
-                meta_file = st.path / name / "zarr.json"
-                doc, why = read_json(meta_file)
-                if why is None and isinstance(doc, dict) and doc.get("shape") != shape:
-                    doc["shape"] = list(shape)
-                    write_json(meta_file, doc)
-            st.update_info(before)
-            _record_template(st.path, before, _coordinate_names(st.path, before))
+            with _disk_errors(st, what, "part way; the next run undoes it again"):
+                for name, shape in (change.get("lengths") or {}).items():
+                    meta_file = st.path / name / "zarr.json"
+                    doc, why = read_json(meta_file)
+                    if why is None and isinstance(doc, dict) and doc.get("shape") != shape:
+                        doc["shape"] = list(shape)
+                        write_json(meta_file, doc)
+                st.update_info(before)
+                _record_template(st.path, before, _coordinate_names(st.path, before))
         finally:
             CHANGING.discard(str(st.path))
         hidden(st.path, CHANGE).unlink()

@@ -29,6 +29,7 @@ pending: blocks are judged on their data, under the provenance chosen here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -94,11 +95,16 @@ def write_json(target: Path, doc: Any) -> None:
     """Write ``doc`` to ``target`` aside and rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # a full disk: no half-written file left beside it
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_json(path: Path) -> tuple[Any, str | None]:
@@ -140,11 +146,17 @@ def change_message(path: str | os.PathLike[str], change: Mapping[str, Any]) -> s
     """What a reader of a store with a stopped change is told."""
     from shlex import quote
 
+    if not isinstance(change.get("from"), dict):
+        return (
+            f"store {str(path)!r}: {hidden(Path(path), CHANGE)} records a change of the store "
+            "that was stopped part way, but cannot be read; remove that file, then check the "
+            f"store with daskbatch resume {quote(str(path))} --verify"
+        )
     return (
         f"store {str(path)!r}: {change.get('what', 'a change')} was stopped part way (its run "
-        "was stopped or killed; or a run is making it right now: try again in a moment). "
-        f"Running the same command again, or daskbatch resume {quote(str(path))}, undoes it "
-        "and goes on; nothing computed is lost"
+        "was stopped or killed; or a run is making it right now: try again in a moment). The "
+        f"next run of this store (the run again, or daskbatch resume {quote(str(path))}) undoes "
+        "it and goes on; nothing computed is lost"
     )
 
 

@@ -30,6 +30,7 @@ from .blocktask import BlockContext, build_tasks, run_params
 from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
 from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
 from .codeid import modules_used
+from .errors import StoreWriteError
 from .freshness import code_digests
 from .kernel import STATUS, Kernel
 from .log import logger
@@ -417,7 +418,9 @@ class Runner:
             computed = max(computed, int(st.ledger.committed().sum()) - done_before)
         entry["blocks_computed"] = computed
         info["history"][-1] = entry
-        with contextlib.suppress(OSError):  # a full disk: the error that stopped it matters more
+        with contextlib.suppress(
+            OSError, StoreWriteError
+        ):  # a full disk: the error that stopped it matters more
             st.update_info(info)
 
 

@@ -262,14 +262,22 @@ class Store(StoreView):
         # it part way left Zarr consolidating in its own thread, out of the warning filter
         # below (its "consolidated metadata is not in the spec" warning was printed), and
         # the repair copy behind the root
-        with _signals_deferred():
-            # under the metadata lock: a block writer widening a padded array meanwhile
-            # (daskbatch.raggedstore.grow_width) is neither undone nor missed by the consolidation
-            with metadata_lock(self.path):
-                root = zarr.open_group(str(self.path), mode="r+")
-                root.attrs[_ATTR] = {**info, "format": fmt}
-                _quiet_consolidate(self.path)
-            save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
+        try:
+            with _signals_deferred():
+                # under the metadata lock: a block writer widening a padded array meanwhile
+                # (daskbatch.raggedstore.grow_width) is neither undone nor missed by the consolidation
+                with metadata_lock(self.path):
+                    root = zarr.open_group(str(self.path), mode="r+")
+                    root.attrs[_ATTR] = {**info, "format": fmt}
+                    _quiet_consolidate(self.path)
+                save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
+        except OSError as e:
+            what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
+            raise StoreWriteError(
+                f"writing the provenance of store {str(self.path)!r} failed: {what}. Every "
+                "committed block is kept; make room (or fix the cause) and run the same command again",
+                e.errno,
+            ) from e
 
     # ----------------------------------------------------------------- blocks
 

@@ -3,6 +3,7 @@ transient errors, two runs on one store, damaged chunks, a full disk."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,7 +17,7 @@ import pytest
 from conftest import run_cli
 
 import daskbatch as db
-from daskbatch.errors import ClusterError, StoreLockedError, StoreWriteError
+from daskbatch.errors import ClusterError, StoreError, StoreLockedError, StoreWriteError
 from daskbatch.testing import (
     assert_stores_identical,
     blocks_done,
@@ -426,6 +427,51 @@ def test_disk_full_is_a_clear_error_and_the_sweep_finishes_once_space_is_back(
     res = db.run(noise, space, store, **args)
     assert res.complete and res.samples["ok"] == 400
     assert_stores_identical(store, noise_reference)
+
+
+def test_a_growth_on_a_full_disk_is_one_line_and_the_next_run_grows_it(small_disk, tmp_path):
+    """Raising n on a disk that fills up during the growth (a few KiB left: the record,
+    an array's metadata or the provenance fails): one StoreWriteError line each time (it
+    was an OSError traceback), no temporary file left, and the store readable or
+    saying that the next run undoes the growth; once there is room, the same call grows
+    it to what an uninterrupted run gives."""
+    from daskbatch.store import Store
+    from daskbatch.testing import vector_affine
+
+    def run(n, store):
+        space = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=n, seed=3)
+        return db.run(vector_affine, space, store, cluster="serial", chunk_size=30, progress=False)
+
+    store = small_disk / "g.zarr"
+    run(100, store)
+    run(160, tmp_path / "whole.zarr")
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # every byte taken
+        while True:
+            f.write(b"\0" * 4096)
+    full = filler.stat().st_size
+    failed = []
+    for free_kib in (4, 8, 12, 16, 24):
+        os.truncate(filler, full - free_kib * 1024)
+        try:
+            run(160, store)
+        except StoreWriteError as e:
+            failed.append(str(e))
+            assert "\n" not in str(e) and "the disk is full" in str(e), e
+            assert not list((store / ".daskbatch").glob("*.tmp"))
+        except StoreError as e:  # the lock file, before the growth
+            assert "the disk is full" in str(e), e
+        else:
+            break
+        try:
+            assert Store(store).info()["layout"]["batch_shape"] in ([100], [160])
+        except StoreError as e:
+            assert "The next run of this store" in str(e), e
+    assert any("a growth from 100 to 160 samples failed" in m for m in failed), failed
+    filler.unlink()
+    grown = run(160, store)
+    assert grown.samples["ok"] == 160
+    assert_stores_identical(store, tmp_path / "whole.zarr")
 
 
 # --------------------------------------------------------------------------- bad input
