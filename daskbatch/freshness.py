@@ -32,16 +32,17 @@ import ast
 import contextlib
 import hashlib
 import importlib.machinery
+import inspect
 import os
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .codeid import class_functions, kernel_objects, users_source
 from .errors import StaleModuleError
 
-__all__ = ["StaleModuleError", "check_kernel", "check_worker_code", "code_digests"]
+__all__ = ["StaleModuleError", "check_kernel", "check_worker_code", "code_digests", "first_digests"]
 
 
 def _shape(code: types.CodeType) -> tuple[Any, ...]:
@@ -135,8 +136,10 @@ _CONSTANTS: dict[tuple[str, int, int], dict[str, Any] | None] = {}
 
 def _file_constants(file: str) -> dict[str, Any] | None:
     """The module-level constants ``file`` sets now: a number, text or tuple assigned
-    once at the top level by a literal, never declared ``global`` in a function (state
-    a module keeps on purpose); None when the file cannot be read or parsed."""
+    by a literal and bound nowhere else at module level (an ``if``/``try`` block that
+    sets it again from the environment makes it no constant), never declared ``global``
+    in a function (state a module keeps on purpose); none in a module with a star
+    import; None when the file cannot be read or parsed."""
     key = _state(file)
     if key is None:
         return None
@@ -149,12 +152,24 @@ def _file_constants(file: str) -> dict[str, Any] | None:
         return None
     counts: dict[str, int] = {}
     literal: dict[str, Any] = {}
-    for node in tree.body:
+    for node in _module_level(tree):  # an `if`/`try` block may bind a name again (from the environment)
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            _CONSTANTS[key] = {}  # any name may come from elsewhere
+            return {}
+        bound: list[str] = []
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            bound += [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.append(node.name)
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if isinstance(node, ast.With | ast.AsyncWith):
+            targets = [item.optional_vars for item in node.items]
         for t in targets:
-            for n in ast.walk(t) if isinstance(t, ast.AST) else ():
-                if isinstance(n, ast.Name):
-                    counts[n.id] = counts.get(n.id, 0) + 1
+            bound += [
+                n.id for n in (ast.walk(t) if isinstance(t, ast.AST) else ()) if isinstance(n, ast.Name)
+            ]
+        for name in bound:
+            counts[name] = counts.get(name, 0) + 1
         if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
             target = node.targets[0] if isinstance(node, ast.Assign) else node.target
             if isinstance(target, ast.Name) and (not isinstance(node, ast.Assign) or len(node.targets) == 1):
@@ -168,6 +183,24 @@ def _file_constants(file: str) -> dict[str, Any] | None:
     }
     _CONSTANTS[key] = found
     return found
+
+
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The statements that run at a module's top level: its body and what its ``if``,
+    ``try``, ``with``, ``for`` and ``while`` blocks hold (not functions or classes)."""
+    out: list[ast.stmt] = []
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop(0)
+        if isinstance(node, ast.stmt):
+            out.append(node)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for name in ("body", "orelse", "finalbody", "handlers"):
+            todo += [
+                c for c in getattr(node, name, None) or [] if isinstance(c, ast.stmt | ast.excepthandler)
+            ]
+    return out
 
 
 def _value_changed(module: types.ModuleType, file: str) -> tuple[str, Any, Any] | None:
@@ -222,6 +255,8 @@ def _reached(kernel: Any) -> tuple[list[types.FunctionType], list[types.ModuleTy
         for v in list(vars(mod).values()):
             if getattr(v, "__module__", None) != mod.__name__:
                 continue
+            if callable(v) and not isinstance(v, type) and hasattr(v, "__wrapped__"):
+                v = inspect.unwrap(v)  # functools.lru_cache, wraps: the function it wraps
             if isinstance(v, types.FunctionType):
                 functions.append(v)
             elif isinstance(v, type):
@@ -229,13 +264,14 @@ def _reached(kernel: Any) -> tuple[list[types.FunctionType], list[types.ModuleTy
     return functions, modules
 
 
-def code_digests(kernel: Any) -> dict[str, str]:
-    """A digest of each function of the user's that ``kernel`` runs in this process, by
-    ``module:qualname``: its code as compiled (comments, docstrings and line numbers do
-    not count) and the literal constants of its file that it names, as their values are
-    here. Two processes whose digests agree run the same code."""
+def code_digests(kernel: Any) -> dict[str, list[str]]:
+    """The digests of the functions of the user's that ``kernel`` runs in this process,
+    by ``module:qualname`` (several for one name: a module's lambdas, a name defined
+    twice): each function's code as compiled (comments, docstrings and line numbers do
+    not count) and the literal constants of its file that it names, as their values
+    are here. Two processes whose digests agree run the same code."""
     functions, _ = _reached(kernel)
-    digests = {}
+    digests: dict[str, set[str]] = {}
     for func in functions:
         code = func.__code__
         if not users_source(func.__module__, code.co_filename):
@@ -245,8 +281,9 @@ def code_digests(kernel: Any) -> dict[str, str]:
             n: repr(func.__globals__[n]) for n in code.co_names if n in literal and n in func.__globals__
         }
         text = repr((_shape(code), sorted(values.items())))
-        digests[f"{func.__module__}:{code.co_qualname}"] = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return digests
+        key = f"{func.__module__}:{code.co_qualname}"
+        digests.setdefault(key, set()).add(hashlib.sha256(text.encode()).hexdigest()[:32])
+    return {k: sorted(v) for k, v in digests.items()}
 
 
 def _imported_here(func_key: str) -> bool:
@@ -256,24 +293,36 @@ def _imported_here(func_key: str) -> bool:
     return isinstance(getattr(module, "__file__", None), str)
 
 
-#: the kernels this process checked: (kernel identity, id of the expected digests) -> differing function
-_CHECKED: dict[tuple[str, int], str | None] = {}
+#: the digests of each kernel's code as this process first had it (by kernel identity),
+#: before any of its code ran here (a setup= may change a module's value)
+_FIRST: dict[str, dict[str, list[str]]] = {}
 
 
-def check_worker_code(kernel: Any, expected: Mapping[str, str]) -> None:
+def first_digests(kernel: Any) -> dict[str, list[str]]:
+    """:func:`code_digests` of ``kernel`` as this process first computed it."""
+    key = str(getattr(kernel, "identity", "?"))
+    if key not in _FIRST:
+        _FIRST[key] = code_digests(kernel)
+    return _FIRST[key]
+
+
+def check_worker_code(kernel: Any, expected: Mapping[str, Sequence[str]]) -> None:
     """In a worker process: refuse to compute when code of the user's that this process
     imported from its files for ``kernel`` is not the code the run started with
     (``expected``: :func:`code_digests` in the driver). A file edited while a run goes
     on, imported by a worker that started later (a job-queue worker job replacing one,
     a restarted worker), would put results of the new code beside those of the old.
-    Checked once per process and run."""
-    key = (str(getattr(kernel, "identity", "?")), hash(tuple(sorted(expected.items()))))
-    if key not in _CHECKED:
-        found = code_digests(kernel)
-        _CHECKED[key] = next(
-            (f for f, d in sorted(found.items()) if _imported_here(f) and expected.get(f) != d), None
-        )
-    differs = _CHECKED[key]
+    Only what the driver has too is compared (a module the kernel imports on its first
+    call is not in the driver's)."""
+    found = first_digests(kernel)
+    differs = next(
+        (
+            f
+            for f, ds in sorted(found.items())
+            if f in expected and _imported_here(f) and not set(ds) <= set(expected[f])
+        ),
+        None,
+    )
     if differs is not None:
         import socket
 

@@ -517,46 +517,10 @@ def for_kernel(spec: ClusterSpec, kernel: Any) -> ClusterSpec:
     if jq.jobs is None and jq.adapt is None:
         jq = replace(jq, jobs=jq.n_jobs(spec.n_workers))
     if jq.kind == "slurm":
-        _slurm_accepts(jq, kernel.threadsafe)
+        from .jobchecks import slurm_accepts
+
+        slurm_accepts(job_script(jq, kernel.threadsafe))
     return replace(spec, options=jq)
-
-
-#: what sbatch says when it cannot reach SLURM's controller (no judgement of the jobs)
-_SLURM_UNREACHABLE = (
-    "Unable to contact",
-    "configuration source",
-    "timed out",
-    "connect failure",
-    "Zero Bytes",
-)
-
-
-def _slurm_accepts(jq: JobQueue, threadsafe: bool) -> None:
-    """Refuse, before anything starts, worker jobs that SLURM would reject
-    (``sbatch --test-only``: a memory or core count no node has, an unknown partition or
-    account, a walltime over the partition's limit). Submitted for real, they failed
-    in the cluster's event loop and the run waited for a worker that never came."""
-    import subprocess
-    import tempfile
-
-    script = job_script(jq, threadsafe)
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="daskbatch-test-") as f:
-        f.write(script)
-        f.flush()
-        try:
-            r = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            return  # sbatch could not say: the real submission will
-    said = " ".join(line.strip() for line in (r.stderr or r.stdout).splitlines() if line.strip())
-    judged = any(w in said for w in ("submission failed", "allocation failure", "nvalid"))
-    unreachable = any(w in said for w in _SLURM_UNREACHABLE)
-    if r.returncode != 0 and judged and not unreachable:  # else the real submission says
-        raise ClusterError(
-            f"cluster='slurm': SLURM refuses the worker jobs ({said}); "
-            "change the cluster's cores, memory, walltime, queue (partition) or account to what "
-            "the site allows (sinfo, sacctmgr show associations user=$USER); nothing was "
-            "started or written"
-        )
 
 
 # --------------------------------------------------------------------------- starting one
@@ -641,7 +605,9 @@ def _start_jobqueue(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
             first = jq.adapt["min"] if jq.adapt is not None else 1
             if first:
                 logger.info(f"cluster={jq.kind!r}: waiting for the first worker job to start")
-                _wait_for_a_worker(client, cluster, jq.kind)
+                from .jobchecks import wait_for_a_worker
+
+                wait_for_a_worker(client, cluster, jq.kind, KINDS[jq.kind][1])
             yield Executor(spec, client=client, cluster=cluster)
         finally:
             with _signals_deferred():
@@ -651,25 +617,6 @@ def _start_jobqueue(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
                     with contextlib.suppress(Exception):
                         cluster.close()
                 _finalize_clients()
-
-
-def _wait_for_a_worker(client: Any, cluster: Any, kind: str) -> None:
-    """Wait until a worker joins; a :class:`ClusterError` once every job the cluster
-    tried to submit was refused by the batch system (none has a job id): it would
-    never come, and an unattended run would wait until its own walltime."""
-    _, command, _ = KINDS[kind]
-    while True:
-        try:
-            client.wait_for_workers(1, timeout=2)
-            return
-        except TimeoutError:
-            jobs = list(getattr(cluster, "workers", {}).values())
-            if jobs and all(getattr(j, "job_id", "?") is None for j in jobs):
-                raise ClusterError(
-                    f"cluster={kind!r}: the batch system refused every worker job ({command} failed: "
-                    "its message is above); change the cluster's cores, memory, walltime, queue or "
-                    "account to what the site allows; the blocks committed so far are kept"
-                ) from None
 
 
 @contextmanager

@@ -801,3 +801,67 @@ def test_a_kernel_file_edited_while_the_run_goes_on_stops_it_before_a_worker_com
         np.testing.assert_array_equal(ds.y.values[done], 2.0 * ds.a.values[done])  # none of 3.0 * a
         assert db.status(store).last_run["state"] == "stopped"
     # (a new store with nothing committed is not left behind)
+
+
+_UNEDITED = {
+    # a submodule the kernel imports on its first call (the probe, on a worker)
+    "lazy_pkg/__init__.py": "def base(a):\n    return a\n",
+    "lazy_pkg/extra.py": "def f(a):\n    return a * 1.0\n",
+    "lazy_kmod.py": (
+        "import daskbatch as db\nimport lazy_pkg\n\n@db.kernel(outputs={'y': db.Output()}, per_sample=False)\n"
+        "def k(a):\n    from lazy_pkg import extra\n    return extra.f(lazy_pkg.base(a))\n"
+    ),
+    # a setup= that sets a helper module's option
+    "solver.py": "BACKEND = 'numpy'\n\ndef solve(a):\n    return a * (1.0 if BACKEND == 'numpy' else 1.0)\n",
+    "setup_kmod.py": (
+        "import daskbatch as db\nimport solver\n\ndef setup():\n    solver.BACKEND = 'threaded'\n    return {}\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, per_sample=False, setup=setup)\n"
+        "def k(a, state):\n    return solver.solve(a)\n"
+    ),
+    # a default the environment overrides (the local cluster's workers get OMP_NUM_THREADS=1)
+    "env_kmod.py": (
+        "import os\nimport daskbatch as db\n\nN_THREADS = 4\nif 'OMP_NUM_THREADS' in os.environ:\n"
+        "    N_THREADS = int(os.environ['OMP_NUM_THREADS'])\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, per_sample=False)\ndef k(a):\n    return a * N_THREADS / N_THREADS\n"
+    ),
+    # a set of lambdas (iterated in another order in each process)
+    "set_kmod.py": (
+        "import daskbatch as db\nCHECKS = {lambda a: (a >= 0).all(), lambda a: (a < 1e9).all(), lambda a: a.ndim == 1}\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, per_sample=False)\n"
+        "def k(a):\n    assert all(c(a) for c in CHECKS)\n    return a\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("cluster", ["local", "processes"])
+def test_worker_code_checks_raise_no_false_alarm_on_unedited_code(tmp_path, cluster, monkeypatch):
+    """The check of a worker's code against the driver's must not stop a run whose
+    files nobody edited: a module the kernel imports on its first call, a setup= that
+    sets a module's value, a constant the environment overrides, a set of lambdas."""
+    folder = tmp_path / "proj"
+    for name, text in _UNEDITED.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    tops = {n.split("/")[0].removesuffix(".py") for n in _UNEDITED}
+    for name in [n for n in sys.modules if n.split(".")[0] in tops]:  # another case's project
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(folder))
+    for module in ("lazy_kmod", "setup_kmod", "env_kmod", "set_kmod"):
+        mod = _import_fresh(folder, module)
+        store = tmp_path / f"{module}.zarr"
+        res = db.run(
+            mod.k,
+            db.Grid(a=np.arange(40.0)),
+            store,
+            cluster=cluster,
+            n_workers=2,
+            chunk_size=10,
+            progress=False,
+        )
+        assert res.samples["ok"] == 40, module
+    # the driver's own check: a default its environment overrides is no edited constant
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    mod = _import_fresh(folder, "env_kmod")
+    assert mod.N_THREADS == 2
+    db.run(mod.k, db.Grid(a=np.arange(4.0)), tmp_path / "env2.zarr", cluster="serial", progress=False)
