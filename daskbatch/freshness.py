@@ -36,6 +36,7 @@ import inspect
 import os
 import sys
 import types
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -264,25 +265,30 @@ def _reached(kernel: Any) -> tuple[list[types.FunctionType], list[types.ModuleTy
     return functions, modules
 
 
-def code_digests(kernel: Any) -> dict[str, list[str]]:
+def code_digests(kernel: Any, first: bool = False) -> dict[str, list[str]]:
     """The digests of the functions of the user's that ``kernel`` runs in this process,
     by ``module:qualname`` (several for one name: a module's lambdas, a name defined
     twice): each function's code as compiled (comments, docstrings and line numbers do
-    not count) and the literal constants of its file that it names, as their values
-    are here. Two processes whose digests agree run the same code."""
+    not count) and the values its file's literal constants that it names have there
+    (what an import of the file gives; a value a ``setup=`` or a first call sets at run
+    time does not count). Two processes whose digests agree run the same code.
+
+    With ``first``, each function's digest is the one this process first took of it
+    (a worker keeps running the code it imported, whatever its file says later)."""
     functions, _ = _reached(kernel)
     digests: dict[str, set[str]] = {}
     for func in functions:
         code = func.__code__
         if not users_source(func.__module__, code.co_filename):
             continue
-        literal = _file_constants(code.co_filename) or {}
-        values = {
-            n: repr(func.__globals__[n]) for n in code.co_names if n in literal and n in func.__globals__
-        }
-        text = repr((_shape(code), sorted(values.items())))
-        key = f"{func.__module__}:{code.co_qualname}"
-        digests.setdefault(key, set()).add(hashlib.sha256(text.encode()).hexdigest()[:32])
+        digest = _FIRST.get(func) if first else None
+        if digest is None:
+            literal = _file_constants(code.co_filename) or {}
+            values = sorted((n, repr(literal[n])) for n in set(code.co_names) if n in literal)
+            digest = hashlib.sha256(repr((_shape(code), values)).encode()).hexdigest()[:32]
+            if first:
+                _FIRST[func] = digest
+        digests.setdefault(f"{func.__module__}:{code.co_qualname}", set()).add(digest)
     return {k: sorted(v) for k, v in digests.items()}
 
 
@@ -293,17 +299,13 @@ def _imported_here(func_key: str) -> bool:
     return isinstance(getattr(module, "__file__", None), str)
 
 
-#: the digests of each kernel's code as this process first had it (by kernel identity),
-#: before any of its code ran here (a setup= may change a module's value)
-_FIRST: dict[str, dict[str, list[str]]] = {}
+#: the digest this process first took of each function (a reloaded module's are new ones)
+_FIRST: weakref.WeakKeyDictionary[types.FunctionType, str] = weakref.WeakKeyDictionary()
 
 
 def first_digests(kernel: Any) -> dict[str, list[str]]:
-    """:func:`code_digests` of ``kernel`` as this process first computed it."""
-    key = str(getattr(kernel, "identity", "?"))
-    if key not in _FIRST:
-        _FIRST[key] = code_digests(kernel)
-    return _FIRST[key]
+    """:func:`code_digests` of ``kernel`` as this process first had each function."""
+    return code_digests(kernel, first=True)
 
 
 def check_worker_code(kernel: Any, expected: Mapping[str, Sequence[str]]) -> None:
@@ -328,13 +330,14 @@ def check_worker_code(kernel: Any, expected: Mapping[str, Sequence[str]]) -> Non
 
         raise StaleModuleError(
             f"kernel {getattr(kernel, 'name', '?')!r}: a worker process (host {socket.gethostname()}, "
-            f"pid {os.getpid()}) imported {differs.replace(':', '.')} from its file, and it is not "
-            "the code this run started with (the file was edited while the run went on): the run "
-            "stops here, before that worker computed anything. The blocks committed so far hold "
-            "results of the run's code and are kept. Undo the edit and run the same command "
-            "again to go on; to go on with the edited code, run again with "
-            "kernel_changed='continue' (--kernel-changed continue), or start again with "
-            "overwrite=True"
+            f"pid {os.getpid()}) has {differs.replace(':', '.')} as its file was when it imported "
+            "it, and it is not the code this run started with: the run stops here, before that "
+            "worker computed anything; the blocks committed so far hold results of the run's "
+            "code and are kept. Either the file was edited while the run went on (undo the "
+            "edit and run the same command again, or go on with the edited code: "
+            "kernel_changed='continue', --kernel-changed continue), or the worker belongs to a "
+            "cluster you started, which imported the file before it was edited (client.restart() "
+            "makes its workers import it again)"
         )
 
 

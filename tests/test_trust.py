@@ -781,7 +781,7 @@ def test_a_kernel_file_edited_while_the_run_goes_on_stops_it_before_a_worker_com
     try:
         with pytest.raises(
             db.errors.StaleModuleError,
-            match=r"imported edit_helper\.scale from its file, and it is not the code this run started with",
+            match=r"has edit_helper\.scale as its file was when it imported it, and it is not the code this run",
         ):
             db.run(
                 mod.k,
@@ -865,3 +865,37 @@ def test_worker_code_checks_raise_no_false_alarm_on_unedited_code(tmp_path, clus
     mod = _import_fresh(folder, "env_kmod")
     assert mod.N_THREADS == 2
     db.run(mod.k, db.Grid(a=np.arange(4.0)), tmp_path / "env2.zarr", cluster="serial", progress=False)
+
+
+def test_a_setup_that_sets_a_module_value_does_not_stop_the_next_kernel_on_the_same_client(
+    tmp_path, monkeypatch
+):
+    """On a cluster that outlives runs, one kernel's setup= sets a helper module's value;
+    the next kernel using that helper on the same workers is no edited code."""
+    from distributed import Client, LocalCluster
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "solver2.py").write_text(_UNEDITED["solver.py"])
+    (folder / "two_kmod.py").write_text(
+        "import daskbatch as db\nimport solver2\n\ndef setup():\n    solver2.BACKEND = 'threaded'\n    return {}\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, per_sample=False, setup=setup)\n"
+        "def ka(a, state):\n    return solver2.solve(a)\n\n"
+        "@db.kernel(outputs={'y': db.Output()}, per_sample=False)\ndef kb(a):\n    return solver2.solve(a)\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    mod = _import_fresh(folder, "two_kmod")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+        Client(lc) as client,
+    ):
+        for name in ("ka", "kb"):
+            res = db.run(
+                getattr(mod, name),
+                db.Grid(a=np.arange(20.0)),
+                tmp_path / f"{name}.zarr",
+                cluster=client,
+                chunk_size=5,
+                progress=False,
+            )
+            assert res.samples["ok"] == 20, name
