@@ -126,6 +126,15 @@ class StoreWriteError(StoreError):
         super().__init__(message)
         self.errno = errno
 
+    @classmethod
+    def of(cls, e: OSError, failed: str, then: str) -> StoreWriteError:
+        """``"<failed> failed: <why>. <then>"``, ``why`` "the disk is full" for a full
+        disk or a quota, else the operating system's message."""
+        import errno as codes
+
+        why = "the disk is full" if e.errno in (codes.ENOSPC, codes.EDQUOT) else str(e)
+        return cls(f"{failed} failed: {why}. {then}", e.errno)
+
     def __reduce__(self):  # crosses process boundaries intact
         return (type(self), (str(self), self.errno))
 

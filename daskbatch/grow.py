@@ -171,19 +171,18 @@ def _changing(
 def _disk_errors(st: Any, what: str, when: str) -> Iterator[None]:
     """An operating system error (a full disk, a quota) while writing ``what`` as one
     :class:`~daskbatch.errors.StoreWriteError` line."""
-    import errno
 
     from .errors import StoreWriteError
 
     try:
         yield
     except (OSError, StoreWriteError) as e:
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        why = "the disk is full" if full else str(e) if isinstance(e, OSError) else str(e).split(". ")[0]
-        raise StoreWriteError(
-            f"store {str(st.path)!r}: {what} failed {when} ({why}); every computed block is "
-            "kept: make room (or fix the cause) and run the same command again",
-            e.errno,
+        failure = e if isinstance(e, OSError) else OSError(e.errno, str(e).split(". ")[0])
+        raise StoreWriteError.of(
+            failure,
+            f"store {str(st.path)!r}: {what}",
+            f"It stopped {when}. Every computed block is kept: make room (or fix the cause) and run "
+            "the same command again",
         ) from e
 
 

@@ -33,7 +33,6 @@ disk, and ``Store.open_dataset`` shows it as done only once its block is committ
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from collections.abc import Mapping
@@ -199,11 +198,10 @@ class Store(StoreView):
         except OSError as e:
             if isinstance(e, DaskbatchError):
                 raise
-            what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
-            raise StoreWriteError(
-                f"creating store {str(self.path)!r} failed: {what}. Nothing of it was kept; make room "
-                "(or fix the cause) and run the same command again",
-                e.errno,
+            raise StoreWriteError.of(
+                e,
+                f"creating store {str(self.path)!r}",
+                "Nothing of it was kept; make room (or fix the cause) and run the same command again",
             ) from e
 
     def _clear(self, overwrite: bool) -> None:
@@ -272,11 +270,10 @@ class Store(StoreView):
                     _quiet_consolidate(self.path)
                 save_provenance(self.path)  # the copy of the provenance a repair rebuilds zarr.json from
         except OSError as e:
-            what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
-            raise StoreWriteError(
-                f"writing the provenance of store {str(self.path)!r} failed: {what}. Every "
-                "committed block is kept; make room (or fix the cause) and run the same command again",
-                e.errno,
+            raise StoreWriteError.of(
+                e,
+                f"writing the provenance of store {str(self.path)!r}",
+                "Every committed block is kept; make room (or fix the cause) and run the same command again",
             ) from e
 
     # ----------------------------------------------------------------- blocks
@@ -369,12 +366,11 @@ class Store(StoreView):
             # the commit, strictly after every other write of the block has returned
             ledger.commit(tuple(block), record)
         except OSError as e:
-            what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
-            raise StoreWriteError(
-                f"writing block {list(block)} to {str(self.path)!r} failed: {what}. Blocks "
-                "committed before are kept and this one is not counted as done; make room "
+            raise StoreWriteError.of(
+                e,
+                f"writing block {list(block)} to {str(self.path)!r}",
+                "Blocks committed before are kept and this one is not counted as done; make room "
                 "(or fix the cause) and run the same command again to finish",
-                e.errno,
             ) from e
         return record.counts_array()
 
