@@ -70,11 +70,12 @@ def _per_sample(ds: Any, info: dict) -> tuple[Any, dict]:
     reduced = [k for k, v in ds.data_vars.items() if "reduced_dims" in v.attrs]
     if reduced:
         ds = ds.drop_vars(reduced)
-    outputs = info["kernel"]["outputs"]
-    if all(o.get("store", True) for o in outputs.values()):
+    from .outputs import stored_specs
+
+    stored = stored_specs(info["kernel"]["outputs"])
+    if len(stored) == len(info["kernel"]["outputs"]):
         return ds, info
-    kernel = {**info["kernel"], "outputs": {k: o for k, o in outputs.items() if o.get("store", True)}}
-    return ds, {**info, "kernel": kernel}
+    return ds, {**info, "kernel": {**info["kernel"], "outputs": stored}}
 
 
 def summarize(

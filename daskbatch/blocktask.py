@@ -17,7 +17,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,7 @@ class BlockContext:
     first: Any = None
     #: the digests of the kernel's code in the driver (:func:`~daskbatch.freshness.code_digests`),
     #: which a worker process checks before its first block; None: not checked (the driver's own)
-    code_digests: Mapping[str, str] | None = None
+    code_digests: Mapping[str, Sequence[str]] | None = None
 
 
 def run_params(params: Mapping[str, Param], kernel: Kernel) -> dict[str, Param]:
@@ -308,10 +308,7 @@ def block_task(
     ctx: BlockContext = context.value
     leave_before_deadline(ctx.block_seconds)  # a worker whose job is about to end: elsewhere
     t0 = time.monotonic()
-    if ctx.code_digests is not None:  # a worker that imported an edited file computes nothing
-        from .freshness import check_worker_code
-
-        check_worker_code(ctx.kernel, ctx.code_digests)
+    _check_code(ctx)
     if ctx.kill_on_timeout:  # a worker process, never the driver: fewer malloc arenas
         limit_malloc_arenas()  # once per process, in clusters daskbatch did not start too
     layout = ctx.layout
@@ -428,11 +425,17 @@ def piece_task(
     ctx: BlockContext, block: tuple[int, ...], kernel_params: Mapping[str, np.ndarray], positions: list[int]
 ) -> BlockResult:
     """Some samples of a block whose task kept killing its worker; nothing is written."""
+    _check_code(ctx)
+    return compute(ctx, block, kernel_params, positions)
+
+
+def _check_code(ctx: BlockContext) -> None:
+    """A worker that imported an edited file of the kernel's code computes nothing
+    (:func:`daskbatch.freshness.check_worker_code`)."""
     if ctx.code_digests is not None:
         from .freshness import check_worker_code
 
         check_worker_code(ctx.kernel, ctx.code_digests)
-    return compute(ctx, block, kernel_params, positions)
 
 
 def build_tasks(space: Space, layout: Layout, ctx: BlockContext, blocks) -> dict[tuple[int, ...], Any]:

@@ -197,17 +197,7 @@ def check_existing_store(arguments: Mapping[str, Any]) -> None:
     if not st.path.exists() or arguments.get("overwrite"):
         return
     request = _run_request(arguments)
-    lock = st.lock()
-    holder = lock.holder()
-    if holder is not None and not holder.get("stale"):
-        from .errors import StoreLockedError
-        from .lock import _held_message, hostname
-
-        age, lease = holder.get("heartbeat_age"), holder.get("lease_seconds")
-        foreign = holder.get("host") != hostname()
-        raise StoreLockedError(
-            _held_message(st.path, lock.path, holder, False, age=age, lease=lease, foreign=foreign)
-        )
+    st.lock().check_free()
     info = st.info()
     if info is None:
         return

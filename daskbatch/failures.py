@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DaskbatchError, StoreError
+from .outputs import stored_specs
 from .records import STATUS, failure_log_of
 
 if TYPE_CHECKING:
@@ -172,9 +173,7 @@ class StoreReader:
         self.info = info
         self.dims = [str(d) for d in info["layout"]["batch_dims"]]
         #: the outputs stored per sample (one declared Output(store=False) is only reduced)
-        self.outputs: dict[str, Any] = {
-            k: o for k, o in info["kernel"]["outputs"].items() if o.get("store", True)
-        }
+        self.outputs: dict[str, Any] = stored_specs(info["kernel"]["outputs"])
         self.root = zarr.open_group(self.path, mode="r", use_consolidated=False)
         with warnings.catch_warnings():
             # the listing meets .daskbatch/ (plain files), which is not Zarr, as intended

@@ -265,6 +265,10 @@ def _reached(kernel: Any) -> tuple[list[types.FunctionType], list[types.ModuleTy
     return functions, modules
 
 
+#: the digest this process first took of each function (a reloaded module's are new ones)
+_FIRST: weakref.WeakKeyDictionary[types.FunctionType, str] = weakref.WeakKeyDictionary()
+
+
 def code_digests(kernel: Any, first: bool = False) -> dict[str, list[str]]:
     """The digests of the functions of the user's that ``kernel`` runs in this process,
     by ``module:qualname`` (several for one name: a module's lambdas, a name defined
@@ -297,10 +301,6 @@ def _imported_here(func_key: str) -> bool:
     this process (code sent by value, as the driver's, is not)."""
     module = sys.modules.get(func_key.split(":", 1)[0])
     return isinstance(getattr(module, "__file__", None), str)
-
-
-#: the digest this process first took of each function (a reloaded module's are new ones)
-_FIRST: weakref.WeakKeyDictionary[types.FunctionType, str] = weakref.WeakKeyDictionary()
 
 
 def first_digests(kernel: Any) -> dict[str, list[str]]:

@@ -171,13 +171,13 @@ def _changing(
 def _disk_errors(st: Any, what: str, when: str) -> Iterator[None]:
     """An operating system error (a full disk, a quota) while writing ``what`` as one
     :class:`~daskbatch.errors.StoreWriteError` line."""
-
     from .errors import StoreWriteError
 
     try:
         yield
     except (OSError, StoreWriteError) as e:
-        failure = e if isinstance(e, OSError) else OSError(e.errno, str(e).split(". ")[0])
+        cause = e if isinstance(e, OSError) else e.__cause__  # a provenance write's own error
+        failure = cause if isinstance(cause, OSError) else OSError(e.errno, str(e))
         raise StoreWriteError.of(
             failure,
             f"store {str(st.path)!r}: {what}",
@@ -192,7 +192,15 @@ def undo_stopped_change(st: Any) -> None:
     are written again as they were before it. Takes the store's lock (refused, naming
     the holder, while a run holds it)."""
     from .repair import _coordinate_names, _forget_open, _record_template
-    from .repaircheck import CHANGE, CHANGING, hidden, interrupted_change, read_json, write_json
+    from .repaircheck import (
+        CHANGE,
+        CHANGING,
+        change_message,
+        hidden,
+        interrupted_change,
+        read_json,
+        write_json,
+    )
 
     if interrupted_change(st.path) is None:
         return
@@ -200,12 +208,8 @@ def undo_stopped_change(st: Any) -> None:
         change = interrupted_change(st.path)  # read again under the lock
         if change is None:
             return
-        if not isinstance(change.get("from"), dict):
-            raise StoreError(
-                f"store {str(st.path)!r}: {hidden(st.path, CHANGE)} records a change of the store "
-                "that was stopped part way, but cannot be read; check the store with daskbatch "
-                "resume --verify after removing that file"
-            )
+        if not isinstance(change.get("from"), dict):  # a record that cannot be read
+            raise StoreError(change_message(st.path, change))
         before = change["from"]
         what = f"undoing {change.get('what', 'a change')}"
         CHANGING.add(str(st.path))

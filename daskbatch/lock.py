@@ -127,6 +127,18 @@ class StoreLock:
         finally:
             os.close(fd)
 
+    def check_free(self) -> None:
+        """:class:`StoreLockedError` naming the holder, as :meth:`acquire` would, when
+        another run holds the lock (a stale holder does not count); takes nothing."""
+        doc = self.holder()
+        if doc is not None and not doc.get("stale"):
+            age, lease = doc.get("heartbeat_age"), doc.get("lease_seconds")
+            foreign = doc.get("host") != hostname()
+            store = self.path.parent.parent
+            raise StoreLockedError(
+                _held_message(store, self.path, doc, False, age=age, lease=lease, foreign=foreign)
+            )
+
     def acquire(self) -> StoreLock:
         """Take the lock; :class:`StoreLockedError` naming the holder if another run has it.
 

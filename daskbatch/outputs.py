@@ -29,6 +29,7 @@ __all__ = [
     "default_fill",
     "ragged_hint",
     "show_value",
+    "stored_specs",
     "unfit_message",
 ]
 
@@ -292,6 +293,12 @@ class Output:
         if not self.store:
             spec["store"] = False
         return spec
+
+
+def stored_specs(outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The recorded declarations (:meth:`Output.spec`) of the outputs a store holds per
+    sample: all but those declared ``Output(store=False)``, which are only reduced."""
+    return {k: o for k, o in outputs.items() if o.get("store", True)}
 
 
 class OutputValueError(DaskbatchError):

@@ -390,7 +390,9 @@ def _probe_on_worker(
 def _probe_task(kernel: Kernel, params, shape, constants, timeout, stop_after=None) -> tuple[str, Any]:
     from .freshness import first_digests
 
-    first_digests(kernel)  # the code this worker has, before a setup= runs (checked at its first block)
+    first_digests(
+        kernel
+    )  # the code this worker imported, as its files were then (checked at its first block)
     try:  # a sample past the timeout ends this worker process; its nanny starts another
         return "ok", kernel.probe(
             params, shape, constants, timeout=timeout, kill_on_timeout=True, stop_after=stop_after

@@ -50,6 +50,7 @@ import zarr
 
 from .errors import StoreError
 from .ledger import HIDDEN, INTERNAL, BlockProblem, _checksum, store_format
+from .outputs import stored_specs
 from .ragged import encoded_coords
 from .raggedstore import uses_zarr_strings, widened, wider_shape
 from .repaircheck import (
@@ -199,25 +200,18 @@ def _generated(info: Mapping[str, Any], fmt: int, path: Path | None = None) -> d
 
     try:
         space = space_from_spec(info["space_spec"])
-        outputs = {
-            k: Output.from_spec(o)
-            for k, o in info["kernel"]["outputs"].items()
-            if o.get("store", True)  # an output that is only reduced has no array
-        }
+        # labels (columns the kernel does not take) are stored; where the store has them
+        on_disk = {n for n in space.params if path is not None and (path / n / "zarr.json").exists()}
+        kept = on_disk | (_template_arrays(path) if path is not None else set())
+        # an output that is only reduced has no array
+        outputs = {k: Output.from_spec(o) for k, o in stored_specs(info["kernel"]["outputs"]).items()}
         layout = Layout(
             batch_dims=space.batch_dims,
             batch_shape=space.batch_shape,
             block_shape=tuple(info["layout"]["block_shape"]),
             # what the run kept: a column read from a file the kernel takes is referenced,
             # not stored; a column it does not take is a label, stored where the store has it
-            params={
-                n: p
-                for n, p in space.params.items()
-                if p.is_axis
-                or p.stored
-                or (path is not None and (path / n / "zarr.json").exists())
-                or (path is not None and n in _template_arrays(path))
-            },
+            params={n: p for n, p in space.params.items() if p.is_axis or p.stored or n in kept},
             outputs=outputs,
             batch_coords=space.batch_coords(),
             legacy_text=path is not None and uses_zarr_strings(path),  # text as the store keeps it

@@ -68,8 +68,6 @@ class Runner:
 
     def run(self) -> RunResult:
         self._repair()
-        # the code this run starts with, before any of it runs (a setup= may change a value)
-        self.code_digests = code_digests(self.kernel)
         plan, seconds, probed = self.plan, None, self.plan is not None
         if self.options.auto:
             if self.info is None:  # the probe, in a fork of this process, says how much work it is
@@ -354,7 +352,7 @@ class Runner:
                         st, layout, self.seconds_per_sample, done_before and executor.client is not None
                     ),
                     first=self._first_samples(),
-                    code_digests=None if options.cluster.in_driver else self.code_digests,
+                    code_digests=None if options.cluster.in_driver else code_digests(self.kernel),
                 )
                 tasks = build_tasks(self.space, layout, ctx, pending)
                 compute_all(executor, st, self.space, ctx, tasks, pending, on_done)
@@ -420,9 +418,8 @@ class Runner:
             computed = max(computed, int(st.ledger.committed().sum()) - done_before)
         entry["blocks_computed"] = computed
         info["history"][-1] = entry
-        with contextlib.suppress(
-            OSError, StoreWriteError
-        ):  # a full disk: the error that stopped it matters more
+        # a full disk: the error that stopped it matters more
+        with contextlib.suppress(OSError, StoreWriteError):
             st.update_info(info)
 
 
