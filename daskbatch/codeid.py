@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from .parsing import getsource, parse
+
 __all__ = ["changed_parts", "code_changes", "installed_file", "kernel_code", "users_source"]
 
 _MAX_PARTS = 200
@@ -103,7 +105,7 @@ def _is_user_module(name: str | None, file: str | None) -> bool:
 def _normalized(source: str) -> tuple[str, str] | None:
     """(sha256, text) of source code with comments, spacing and docstrings removed."""
     try:
-        tree = ast.parse(textwrap.dedent(source))
+        tree = parse(textwrap.dedent(source))
     except SyntaxError:
         return None
     for node in ast.walk(tree):
@@ -194,7 +196,7 @@ class _Walker:
 
     def source_part(self, obj: Any, kind: str) -> dict[str, Any]:
         try:
-            src = inspect.getsource(obj)
+            src = getsource(obj)
         except (OSError, TypeError):
             src = None
         norm = _normalized(src) if src is not None else None
@@ -247,7 +249,7 @@ class _Walker:
         self.seen.add(id(mod))
         (self.submodules if in_package else self.modules).append(mod)
         try:
-            src = inspect.getsource(mod)
+            src = getsource(mod)
         except (OSError, TypeError):
             src = None
         norm = _normalized(src) if src is not None else None

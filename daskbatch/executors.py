@@ -398,6 +398,8 @@ def main_is_guarded() -> bool:
     standard input and for a script that calls daskbatch from its top level."""
     import ast
 
+    from .parsing import parse
+
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if path is None:
@@ -415,7 +417,7 @@ def main_is_guarded() -> bool:
         return True
     try:
         with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
+            tree = parse(f.read())
     except (OSError, SyntaxError, ValueError):
         return False
     line = frame.f_lineno

@@ -42,6 +42,7 @@ from typing import Any
 
 from .codeid import class_functions, kernel_objects, users_source
 from .errors import StaleModuleError
+from .parsing import parse
 
 __all__ = ["StaleModuleError", "check_kernel", "check_worker_code", "code_digests", "first_digests"]
 
@@ -148,7 +149,7 @@ def _file_constants(file: str) -> dict[str, Any] | None:
         return _CONSTANTS[key]
     try:
         with open(file, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
+            tree = parse(f.read())
     except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
         return None
     counts: dict[str, int] = {}

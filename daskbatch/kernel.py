@@ -50,6 +50,7 @@ from .outputs import (  # noqa: F401
     default_fill,
     name_problem,
 )
+from .parsing import getsource
 from .records import (  # noqa: F401
     CRASHED,
     FAILED,
@@ -197,7 +198,7 @@ class Kernel:
 
     def source_hash(self) -> str | None:
         try:
-            src = inspect.getsource(self.func)
+            src = getsource(self.func)
         except (OSError, TypeError):
             return None
         return hashlib.sha256(src.encode()).hexdigest()[:16]

@@ -899,3 +899,57 @@ def test_a_setup_that_sets_a_module_value_does_not_stop_the_next_kernel_on_the_s
                 progress=False,
             )
             assert res.samples["ok"] == 20, name
+
+
+def test_threads_taking_code_digests_at_once_do_not_break_the_parser(tmp_path):
+    """CPython 3.11 before 3.11.9 fails a parse that another thread's parse interleaves
+    (gh-106905): the driver takes the code's digests while it computes blocks in a
+    thread. Garbage collections that switch threads make the interleaving likely."""
+    import gc
+    import threading
+    import time
+
+    from daskbatch import codeid, freshness
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    body = "\n".join(f"    def m{i}(self, a):\n        return a + {i}\n" for i in range(40))
+    (folder / "kmod_threads.py").write_text(
+        "import daskbatch as db\n\n"
+        f"class Model:\n{body}\n"
+        "    def __call__(self, a):\n        return self.m1(a)\n\n"
+        "k = db.kernel(Model(), outputs={'y': db.Output()})\n"
+    )
+    kernel = _import_fresh(folder, "kmod_threads").k
+    failures: list[BaseException] = []
+
+    def take(depth: int = 0) -> None:
+        if depth < 30:  # threads at different depths, as the driver's are
+            return take(depth + 1)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end and not failures:
+            try:
+                freshness.code_digests(kernel)
+                codeid.kernel_code(kernel)
+            except BaseException as e:  # reported below
+                failures.append(e)
+
+    def switch(phase: str, info: dict) -> None:
+        if phase == "start":
+            time.sleep(0)
+
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(50)
+    gc.callbacks.append(switch)
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=take, args=(d,)) for d in (0, 20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gc.callbacks.remove(switch)
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)
+    assert failures == []
