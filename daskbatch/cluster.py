@@ -19,7 +19,8 @@ back while it starts) is in :mod:`daskbatch.clusterbase`.
 The local cluster is private to its user: its scheduler, nannies and workers listen
 on ``tls://127.0.0.1`` and accept only connections that present the run's temporary
 certificate (:func:`local_security`), so another user of the machine (a login node's)
-cannot run code in its workers. Its dashboard stays plain HTTP on 127.0.0.1.
+cannot run code in its workers. Its dashboard is plain HTTP on 127.0.0.1, behind a token
+that the link the run prints carries (:mod:`daskbatch.dashguard`).
 
 What keeps worker processes lean (malloc arenas, ``malloc_trim``, the parent-death
 signal, the forkserver) lives in :mod:`daskbatch.hygiene`.

@@ -447,6 +447,10 @@ class Executor:
         self.spec = spec
         self.client = client
         self._cluster = cluster
+        if cluster is not None:  # a cluster daskbatch started: its dashboard for this user only
+            from .dashguard import guard
+
+            guard(getattr(cluster, "scheduler", None))
 
     @property
     def description(self) -> str:
@@ -457,13 +461,16 @@ class Executor:
         """The dashboard's address. A cluster daskbatch starts serves its dashboard on
         127.0.0.1 only (a job-queue scheduler listens for its workers on the node's
         address, but its dashboard does not): the link says 127.0.0.1, to be opened on
-        that machine or through an SSH tunnel."""
+        that machine or through an SSH tunnel, with the token that opens it
+        (:mod:`daskbatch.dashguard`)."""
         if self.client is None:
             return None
         try:
             if self._cluster is not None:
+                from .dashguard import link
+
                 port = self.client.scheduler_info()["services"]["dashboard"]
-                return f"http://127.0.0.1:{port}/status"
+                return link(getattr(self._cluster, "scheduler", None), port)
             return self.client.dashboard_link
         except Exception:  # pragma: no cover - no bokeh, or no dashboard
             return None

@@ -363,7 +363,7 @@ def submit(sub: Submission) -> list[str]:
             f"daskbatch submit --{sub.scheduler} needs {NAMES[sub.scheduler]}'s {command} on PATH: "
             "run it on the cluster's login node"
         )
-    sub.logs.mkdir(parents=True, exist_ok=True)
+    sub.logs.mkdir(mode=0o700, parents=True, exist_ok=True)  # its logs show the dashboard's token
     script = sub.logs / f"daskbatch.{sub.scheduler}"
     script.write_text(sub.script())
     ids: list[str] = []

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -242,28 +244,72 @@ def test_a_tls_scheduler_without_credentials_names_the_config_keys():
 @pytest.mark.slow
 def test_the_local_cluster_speaks_tls_on_127_0_0_1_with_its_dashboard_on_http():
     """Only its own processes, holding the cluster's credentials, get in (see
-    test_security.py for another user's attempts)."""
+    test_security.py for another user's attempts); its dashboard opens with the link the
+    run prints, which carries a token, and without it serves nothing but /health."""
+    import http.cookiejar
+    import urllib.error
+
     from distributed import Client
 
     with start_executor(parse_cluster("local", 1)) as ex:
         address = ex.client.scheduler.address
         assert address.startswith("tls://127.0.0.1:")
         assert ex.client.security.require_encryption
-        assert (ex.dashboard_link or "").startswith("http://127.0.0.1:")
+        link = ex.dashboard_link or ""
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status\?token=[\w-]{32}", link), link
         with pytest.raises(OSError):
             Client(address.replace("tls://", "tcp://"), timeout=3)
         ex.client.wait_for_workers(1, timeout=60)
         assert all(w.startswith("tls://127.0.0.1:") for w in ex.client.scheduler_info()["workers"])
-        # the dashboard serves its pages, but no proxy to other hosts and ports
-        import urllib.error
-        import urllib.request
 
-        base = ex.dashboard_link.rsplit("/", 1)[0]
-        with urllib.request.urlopen(base + "/health", timeout=10) as page:
-            assert page.status == 200
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(base + "/proxy/22/127.0.0.1/", timeout=10)
-        assert e.value.code == 404
+        base, token = link.split("/status?token=")
+        plain = urllib.request.build_opener(_NoRedirect())  # no cookies, no redirects followed
+
+        def code(opener, url: str, **headers: str) -> int:
+            try:
+                with opener.open(urllib.request.Request(url, headers=headers), timeout=10) as page:
+                    return page.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        assert code(plain, base + "/health") == 200
+        wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
+        for path in (
+            "/status",
+            "/info/main/workers.html",
+            "/individual-plots.json",
+            "/",
+            f"/status?token={wrong}",
+        ):
+            assert code(plain, base + path) == 403, path
+        assert (
+            code(plain, base + "/status", Cookie=f"daskbatch-dashboard-{base.rsplit(':', 1)[1]}={wrong}")
+            == 403
+        )
+        # the bokeh page's websocket, without the cookie
+        ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+        assert (
+            code(plain, base + "/status/ws", **ws, **{"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) == 403
+        )
+        # the link: a redirect to the page without the token, with the cookie
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            plain.open(link, timeout=10)
+        assert answer.value.code == 302 and answer.value.headers["Location"] == "status"
+        assert (
+            "HttpOnly" in answer.value.headers["Set-Cookie"] and token in answer.value.headers["Set-Cookie"]
+        )
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with browser.open(link, timeout=30) as page:
+            assert page.status == 200 and page.url == base + "/status"
+            assert b"Dask" in page.read()
+        assert code(browser, base + "/info/main/workers.html") == 200
+        # and no proxy to other hosts and ports, even with the cookie
+        assert code(browser, base + "/proxy/22/127.0.0.1/") == 404
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
 
 
 def test_a_registered_executor_type_is_one_registration(registry, tmp_path):

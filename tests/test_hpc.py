@@ -14,6 +14,7 @@ from pathlib import Path
 import dask
 import numpy as np
 import pytest
+from conftest import open_page
 
 import daskbatch as db
 from daskbatch.cluster import parse_cluster
@@ -461,6 +462,7 @@ def test_a_worker_job_cancelled_mid_run_loses_nothing_and_counts_nothing_twice(s
 def test_the_dashboard_link_of_a_jobqueue_cluster_is_where_it_listens(slurm, tmp_path):
     """The scheduler listens for its workers on the node's address, its dashboard on
     127.0.0.1 only: the printed link must be the one that answers."""
+    import urllib.error
     import urllib.request
 
     from daskbatch.cluster import start_executor
@@ -477,9 +479,12 @@ def test_the_dashboard_link_of_a_jobqueue_cluster_is_where_it_listens(slurm, tmp
     )
     with start_executor(parse_cluster(jq, None)) as ex:
         link = ex.dashboard_link
-        assert link is not None and link.startswith("http://127.0.0.1:"), link
-        with urllib.request.urlopen(link, timeout=10) as page:
+        assert link is not None and link.startswith("http://127.0.0.1:") and "/status?token=" in link, link
+        with open_page(link) as page:
             assert page.status == 200
+        with pytest.raises(urllib.error.HTTPError) as e:  # the login node's other users
+            urllib.request.urlopen(link.split("?")[0], timeout=10)
+        assert e.value.code == 403
     slurm.cancel_all()
 
 

@@ -222,6 +222,32 @@ def test_another_user_cannot_connect_to_the_run_local_cluster(running):
     let_in = {what: said for what, said in tries.items() if not said.startswith("refused")}
     assert not let_in, f"a process of user nobody got in: {let_in}"
 
+    # nor does its dashboard show them anything without the link's token
+    base = running.dashboard.split("/status?token=")[0]
+    assert base != running.dashboard
+    pages = [base + p for p in ("/status", "/info/main/workers.html", "/individual-plots.json", "/")]
+    pages.append(base + "/status?token=guessed")
+    fetch = (
+        "import json, sys, urllib.error, urllib.request\n"
+        "out = {}\n"
+        "for url in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        out[url] = urllib.request.urlopen(url, timeout=10).status\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        out[url] = e.code\n"
+        "print(json.dumps(out))\n"
+    )
+    seen = subprocess.run(
+        [*_as_nobody(), sys.executable, "-I", "-c", fetch, json.dumps(pages)],
+        env=_nobody_env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout) == dict.fromkeys(pages, 403)
+
     # the run's own credentials do get in, on that very port, and run code in its workers
     with Client(address, security=run_client.security, timeout=10) as mine:
         assert mine.run(os.getuid) == dict.fromkeys(workers, os.getuid())
