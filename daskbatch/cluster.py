@@ -469,6 +469,8 @@ def _let_restarts_finish(client: Any, cluster: Any) -> None:
 def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int | None, security: Any) -> Any:
     from distributed import LocalCluster
 
+    from .dashguard import scheduler_extensions
+
     try:
         # distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers to fight
         # fragmentation in dataframe workloads; it makes glibc return and re-fault memory
@@ -501,6 +503,8 @@ def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int |
                 host="127.0.0.1",
                 security=security,
                 dashboard_address=_dashboard_address(),
+                # the dashboard behind the run's token from the first request on
+                scheduler_kwargs={"extensions": scheduler_extensions()},
                 memory_limit=memory_limit if memory_limit is not None else "auto",
                 # the workers' handlers too (distributed's default: warnings)
                 silence_logs=quiet if quiet is not None else logging.WARNING,

@@ -28,6 +28,15 @@ from .errors import ClusterError
 __all__ = ["QUIET_LEVEL", "local_security", "quiet_abandoned_fetches", "quiet_level"]
 
 
+def scheduler_options() -> dict[str, Any]:
+    """What the scheduler of a cluster daskbatch starts is made with: its dashboard's
+    address, and the extension that puts the dashboard behind the run's token as the
+    scheduler is made (:mod:`daskbatch.dashguard`)."""
+    from .dashguard import scheduler_extensions
+
+    return {"dashboard_address": _dashboard_address(), "extensions": scheduler_extensions()}
+
+
 def _dashboard_address() -> str:
     # the usual port when it is free, otherwise any: no "port in use" warning
     with socket.socket() as s:

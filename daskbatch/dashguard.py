@@ -8,9 +8,11 @@ is answered by a cookie and a redirect to the same page without it, and later re
 (the page's scripts, its websocket) carry the cookie. A request with neither gets
 ``403 Forbidden``; ``/health`` stays open (it says ``ok`` and nothing else).
 
-The token is made for one cluster and compared in constant time. The server answers
-unguarded for the moment between its start and :func:`guard` (no link is printed
-before).
+The token is made for one cluster and compared in constant time. The guard is put in
+place as the scheduler is made (:func:`scheduler_extensions`: a scheduler extension,
+which distributed makes in the scheduler's constructor, after its HTTP server starts
+listening and before its event loop can answer a request), so no page, and no
+websocket that would stay open, is served before it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tornado import httputil
 
-__all__ = ["guard", "link"]
+__all__ = ["guard", "link", "scheduler_extensions"]
 
 #: the token of each guarded HTTP server
 _TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -53,6 +55,26 @@ def guard(scheduler: Any) -> str | None:
     server.request_callback = _Gate(app, token, _cookie_name(server.port))
     _TOKENS[server] = token
     return token
+
+
+def scheduler_extensions() -> dict[str, Any]:
+    """distributed's scheduler extensions (as a scheduler made without ``extensions``
+    has them) and one that guards the scheduler's dashboard as the scheduler is made."""
+    import dask
+    from distributed.scheduler import DEFAULT_EXTENSIONS
+
+    extensions = dict(DEFAULT_EXTENSIONS)
+    if not dask.config.get("distributed.scheduler.work-stealing"):
+        extensions.pop("stealing", None)
+    extensions["daskbatch-dashguard"] = _Guarded
+    return extensions
+
+
+class _Guarded:
+    """The scheduler extension: :func:`guard` on the scheduler being made."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.token = guard(scheduler)
 
 
 def link(scheduler: Any, port: int) -> str:

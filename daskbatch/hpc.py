@@ -42,12 +42,12 @@ from typing import Any
 import dask
 
 from .clusterbase import (
-    _dashboard_address,
     _finalize_clients,
     _quiet_logs,
     _signals_deferred,
     local_security,
     quiet_level,
+    scheduler_options,
 )
 from .errors import ClusterError
 from .executors import ClusterSpec, Executor, register_executor
@@ -581,8 +581,7 @@ def _start_jobqueue(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
     jq = spec.options if isinstance(spec.options, JobQueue) else JobQueue(spec.name)
     cls = _cluster_class(jq.kind)
     kw = {**cluster_arguments(jq), **_security_arguments(jq)}
-    options = dict(jq._config("scheduler-options") or {})
-    options.setdefault("dashboard_address", _dashboard_address())
+    options = {**scheduler_options(), **(jq._config("scheduler-options") or {})}
     kw.setdefault("scheduler_options", options)
     quiet = quiet_level()
     cluster = client = None

@@ -263,6 +263,13 @@ def test_the_local_cluster_speaks_tls_on_127_0_0_1_with_its_dashboard_on_http():
         assert all(w.startswith("tls://127.0.0.1:") for w in ex.client.scheduler_info()["workers"])
 
         base, token = link.split("/status?token=")
+        # guarded as the scheduler was made, before its event loop could answer anyone;
+        # distributed's own extensions kept
+        from distributed.scheduler import DEFAULT_EXTENSIONS
+
+        extensions = ex._cluster.scheduler.extensions
+        assert extensions["daskbatch-dashguard"].token == token
+        assert set(DEFAULT_EXTENSIONS) <= set(extensions)
         plain = urllib.request.build_opener(_NoRedirect())  # no cookies, no redirects followed
 
         def code(opener, url: str, **headers: str) -> int:

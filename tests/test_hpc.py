@@ -480,6 +480,7 @@ def test_the_dashboard_link_of_a_jobqueue_cluster_is_where_it_listens(slurm, tmp
     with start_executor(parse_cluster(jq, None)) as ex:
         link = ex.dashboard_link
         assert link is not None and link.startswith("http://127.0.0.1:") and "/status?token=" in link, link
+        assert link.endswith(ex._cluster.scheduler.extensions["daskbatch-dashguard"].token)  # from the start
         with open_page(link) as page:
             assert page.status == 200
         with pytest.raises(urllib.error.HTTPError) as e:  # the login node's other users
