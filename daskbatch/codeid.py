@@ -181,7 +181,9 @@ def class_functions(cls: type) -> list[types.FunctionType]:
 
 
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, sources: bool = True) -> None:
+        #: whether to take each part's source (a record's); without, only what is reached
+        self.sources = sources
         self.parts: dict[str, dict[str, Any]] = {}
         self.seen: set[int] = set()
         #: what was followed: the user's functions, modules used as modules, and the
@@ -195,6 +197,8 @@ class _Walker:
             self.parts[label] = part
 
     def source_part(self, obj: Any, kind: str) -> dict[str, Any]:
+        if not self.sources:
+            return {"kind": kind}
         try:
             src = getsource(obj)
         except (OSError, TypeError):
@@ -249,7 +253,7 @@ class _Walker:
         self.seen.add(id(mod))
         (self.submodules if in_package else self.modules).append(mod)
         try:
-            src = getsource(mod)
+            src = getsource(mod) if self.sources else None
         except (OSError, TypeError):
             src = None
         norm = _normalized(src) if src is not None else None
@@ -327,6 +331,8 @@ class _Walker:
             if v is None or isinstance(v, bool | int | float | complex | str | bytes):
                 return [type(v).__name__, repr(v)]
             if isinstance(v, np.ndarray):
+                if not self.sources:  # only what is reached counts: no need to hash it
+                    return ["ndarray"]
                 d = _array_digest(v)
                 if d is None:
                     raise ValueError
@@ -373,8 +379,8 @@ def kernel_code(kernel: Any) -> dict[str, Any]:
     return {"sha256": digest, "parts": w.parts}
 
 
-def _walk(kernel: Any) -> _Walker:
-    w = _Walker()
+def _walk(kernel: Any, sources: bool = True) -> _Walker:
+    w = _Walker(sources)
     func = inspect.unwrap(kernel.func)
     if isinstance(func, types.FunctionType):
         w.function(func, label=f"{kernel.module}:{kernel.qualname}")
@@ -392,8 +398,9 @@ def kernel_objects(
     kernel: Any,
 ) -> tuple[list[types.FunctionType], list[types.ModuleType], list[types.ModuleType]]:
     """What :func:`kernel_code` follows: the functions, the modules used as modules,
-    and the loaded submodules of such packages."""
-    w = _walk(kernel)
+    and the loaded submodules of such packages (found without reading any source: a
+    worker's code check asks for them before each block)."""
+    w = _walk(kernel, sources=False)
     return w.functions, w.modules, w.submodules
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from .codeid import class_functions, kernel_objects, users_source
 from .errors import StaleModuleError
-from .parsing import parse
+from .parsing import LOCK, parse
 
 __all__ = ["StaleModuleError", "check_kernel", "check_worker_code", "code_digests", "first_digests"]
 
@@ -317,6 +317,10 @@ def check_worker_code(kernel: Any, expected: Mapping[str, Sequence[str]]) -> Non
     a restarted worker), would put results of the new code beside those of the old.
     Only what the driver has too is compared (a module the kernel imports on its first
     call is not in the driver's)."""
+    # numpy.ma's import parses text signatures (distributed imports it when a worker
+    # first sends an array): done here, under the lock, not beside this check's parses
+    with LOCK:
+        import numpy.ma  # noqa: F401
     found = first_digests(kernel)
     differs = next(
         (

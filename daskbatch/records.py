@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ErrorRecord, sample_coords, sample_label
+from .parsing import LOCK
 
 __all__ = [
     "CRASHED",
@@ -350,7 +351,8 @@ def _frames_text(exc: BaseException, with_exception: bool = False) -> str:
         frames.pop(0)
     if not frames:
         return ""
-    shown = traceback.format_list(frames[-TRACEBACK_FRAMES:])
+    with LOCK:  # 3.11's ^^^ markers parse each line (see daskbatch.parsing)
+        shown = traceback.format_list(frames[-TRACEBACK_FRAMES:])
     if len(frames) > TRACEBACK_FRAMES:
         shown.insert(0, f"  ... {len(frames) - TRACEBACK_FRAMES} earlier frame(s)\n")
     if with_exception:

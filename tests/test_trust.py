@@ -904,7 +904,11 @@ def test_a_setup_that_sets_a_module_value_does_not_stop_the_next_kernel_on_the_s
 def test_threads_taking_code_digests_at_once_do_not_break_the_parser(tmp_path):
     """CPython 3.11 before 3.11.9 fails a parse that another thread's parse interleaves
     (gh-106905): the driver takes the code's digests while it computes blocks in a
-    thread. Garbage collections that switch threads make the interleaving likely."""
+    thread, and a worker checks a block's code while its other thread imports numpy.ma
+    (a parse of text signatures). Garbage collections that switch threads make the
+    interleaving likely; a third thread parses without daskbatch's lock."""
+    import ast
+    import contextlib
     import gc
     import threading
     import time
@@ -923,6 +927,8 @@ def test_threads_taking_code_digests_at_once_do_not_break_the_parser(tmp_path):
     kernel = _import_fresh(folder, "kmod_threads").k
     failures: list[BaseException] = []
 
+    source = (folder / "kmod_threads.py").read_text()
+
     def take(depth: int = 0) -> None:
         if depth < 30:  # threads at different depths, as the driver's are
             return take(depth + 1)
@@ -934,6 +940,13 @@ def test_threads_taking_code_digests_at_once_do_not_break_the_parser(tmp_path):
             except BaseException as e:  # reported below
                 failures.append(e)
 
+    def foreign() -> None:
+        """A parse daskbatch does not own (traceback's markers, a text signature)."""
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end and not failures:
+            with contextlib.suppress(SystemError):  # its own failures are not ours
+                ast.parse(source)
+
     def switch(phase: str, info: dict) -> None:
         if phase == "start":
             time.sleep(0)
@@ -944,6 +957,7 @@ def test_threads_taking_code_digests_at_once_do_not_break_the_parser(tmp_path):
     sys.setswitchinterval(1e-6)
     try:
         threads = [threading.Thread(target=take, args=(d,)) for d in (0, 20)]
+        threads.append(threading.Thread(target=foreign))
         for t in threads:
             t.start()
         for t in threads:
@@ -953,3 +967,50 @@ def test_threads_taking_code_digests_at_once_do_not_break_the_parser(tmp_path):
         gc.set_threshold(*threshold)
         sys.setswitchinterval(interval)
     assert failures == []
+
+
+def test_a_workers_code_check_before_each_block_reads_no_source(tmp_path, monkeypatch):
+    """The check finds what the kernel reaches from the objects themselves: a class's
+    source (a parse of its whole file each time) was read before every block."""
+    from daskbatch import codeid, freshness, parsing
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "kmod_nosource.py").write_text(
+        "import numpy as np\nimport daskbatch as db\n\nTABLE = np.arange(10.0)\n\n"
+        "class Model:\n    def __call__(self, a):\n        return a * TABLE[1]\n\n"
+        "k = db.kernel(Model(), outputs={'y': db.Output()})\n"
+    )
+    kernel = _import_fresh(folder, "kmod_nosource").k
+    expected = freshness.code_digests(kernel)
+    assert any(key.endswith(":Model.__call__") for key in expected)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("read a source")
+
+    for name in ("getsource", "parse"):
+        monkeypatch.setattr(parsing, name, refused)
+        monkeypatch.setattr(codeid, name, refused, raising=False)
+    for _ in range(3):  # as before each block (a file's literals are read once per version)
+        freshness.check_worker_code(kernel, expected)
+        assert freshness.first_digests(kernel) == expected
+
+
+def test_a_parse_another_thread_got_into_is_tried_again(monkeypatch):
+    from daskbatch import parsing
+
+    calls = []
+    real = parsing.ast.parse
+
+    def flaky(source):
+        calls.append(source)
+        if len(calls) < 3:
+            raise SystemError("AST constructor recursion depth mismatch (before=102, after=201)")
+        return real(source)
+
+    monkeypatch.setattr(parsing.ast, "parse", flaky)
+    assert isinstance(parsing.parse("x = 1"), parsing.ast.Module) and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(parsing.ast, "parse", lambda s: (_ for _ in ()).throw(SystemError("another")))
+    with pytest.raises(SystemError, match="another"):
+        parsing.parse("x = 1")
