@@ -19,8 +19,8 @@ back while it starts) is in :mod:`daskbatch.clusterbase`.
 The local cluster is private to its user: its scheduler, nannies and workers listen
 on ``tls://127.0.0.1`` and accept only connections that present the run's temporary
 certificate (:func:`local_security`), so another user of the machine (a login node's)
-cannot run code in its workers. Its dashboard is plain HTTP on 127.0.0.1, behind a token
-that the link the run prints carries (:mod:`daskbatch.dashguard`).
+cannot run code in its workers. Its dashboard is plain HTTP on 127.0.0.1, under a path
+made for the run, which the link the run prints has (:mod:`daskbatch.dashguard`).
 
 What keeps worker processes lean (malloc arenas, ``malloc_trim``, the parent-death
 signal, the forkserver) lives in :mod:`daskbatch.hygiene`.
@@ -469,7 +469,7 @@ def _let_restarts_finish(client: Any, cluster: Any) -> None:
 def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int | None, security: Any) -> Any:
     from distributed import LocalCluster
 
-    from .dashguard import scheduler_extensions
+    from .dashguard import scheduler_options
 
     try:
         # distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers to fight
@@ -503,8 +503,8 @@ def _new_local_cluster(spec: ClusterSpec, memory_limit: int | None, quiet: int |
                 host="127.0.0.1",
                 security=security,
                 dashboard_address=_dashboard_address(),
-                # the dashboard behind the run's token from the first request on
-                scheduler_kwargs={"extensions": scheduler_extensions()},
+                # the dashboard under the run's token from the first request on
+                scheduler_kwargs=scheduler_options(),
                 memory_limit=memory_limit if memory_limit is not None else "auto",
                 # the workers' handlers too (distributed's default: warnings)
                 silence_logs=quiet if quiet is not None else logging.WARNING,

@@ -28,18 +28,20 @@ from .errors import ClusterError
 __all__ = ["QUIET_LEVEL", "local_security", "quiet_abandoned_fetches", "quiet_level"]
 
 
-def scheduler_options() -> dict[str, Any]:
-    """What the scheduler of a cluster daskbatch starts is made with: its dashboard's
-    address, and the extension that puts the dashboard behind the run's token as the
-    scheduler is made (:mod:`daskbatch.dashguard`)."""
-    from .dashguard import scheduler_extensions
+def scheduler_options(options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the scheduler of a job-queue cluster daskbatch starts is made with:
+    ``options`` (the user's), its dashboard's address unless they give one, and the
+    dashboard under the run's token from the first request on (:mod:`daskbatch.dashguard`)."""
+    from .dashguard import scheduler_options as guarded
 
-    return {"dashboard_address": _dashboard_address(), "extensions": scheduler_extensions()}
+    return guarded({"dashboard_address": _dashboard_address(), **(options or {})})
 
 
 def _dashboard_address() -> str:
     # the usual port when it is free, otherwise any: no "port in use" warning
     with socket.socket() as s:
+        # as the server binds: a port whose last connections wait out TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", 8787))
         except OSError:

@@ -2,95 +2,87 @@
 
 distributed's dashboard is plain HTTP on ``127.0.0.1``: on a login node every user of
 the machine reaches it, and its pages show the run's worker logs, call stacks, task
-names and file paths. :func:`guard` puts a token in front of every page (Jupyter's way):
-the link the run prints carries it (``/status?token=...``); the first request with it
-is answered by a cookie and a redirect to the same page without it, and later requests
-(the page's scripts, its websocket) carry the cookie. A request with neither gets
-``403 Forbidden``; ``/health`` stays open (it says ``ok`` and nothing else).
+names and file paths. Here a gate in front of the server puts every page under a path
+made for the run, a token (``http://127.0.0.1:8787/<token>/status``): a request under it
+reaches distributed without the token (its pages, scripts and websockets use relative
+addresses, so they stay under it, behind a proxy's prefix too); any other gets
+``403 Forbidden`` before distributed sees it (its redirect of ``/`` would show the path).
 
-The token is made for one cluster and compared in constant time. The guard is put in
-place as the scheduler is made (:func:`scheduler_extensions`: a scheduler extension,
-which distributed makes in the scheduler's constructor, after its HTTP server starts
-listening and before its event loop can answer a request), so no page, and no
-websocket that would stay open, is served before it.
+No cookie: a browser sends a cookie to every port of the host, so another user's
+server on 127.0.0.1 would get it; a path it sends only where it is asked for. Tools
+that take the dashboard's address (JupyterLab's dask extension) add their paths to it
+and get in. The token is compared in constant time. The gate is put in place as the
+scheduler is made (:func:`scheduler_options`: a scheduler extension, which distributed
+makes in the scheduler's constructor, after its HTTP server starts listening and before
+its event loop can answer a request), so nothing, and no websocket that would stay
+open, is served before it.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
-import weakref
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tornado import httputil
 
-__all__ = ["guard", "link", "scheduler_extensions"]
+__all__ = ["link", "scheduler_options"]
 
-#: the token of each guarded HTTP server
-_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-_OPEN = frozenset({"/health"})
 _DENIED = (
-    b"daskbatch: this Dask dashboard needs the link its run printed (it carries the run's "
-    b"token): open that link, or see the run's output for it.\n"
+    b"daskbatch: this Dask dashboard is served under the path its run printed (a token "
+    b"made for the run): open that link.\n"
 )
+_EXTENSION = "daskbatch-dashguard"
 
 
-def _cookie_name(port: int) -> str:
-    return f"daskbatch-dashboard-{port}"
-
-
-def guard(scheduler: Any) -> str | None:
-    """Put a new token in front of every page of ``scheduler``'s dashboard (a
-    ``distributed.Scheduler`` in this process); return it, or None when the scheduler
-    serves no dashboard."""
-    server = getattr(scheduler, "http_server", None)
-    app = getattr(server, "request_callback", None)
-    if not isinstance(app, httputil.HTTPServerConnectionDelegate):
-        return None
-    if server in _TOKENS:
-        return _TOKENS[server]
-    token = secrets.token_urlsafe(24)
-    server.request_callback = _Gate(app, token, _cookie_name(server.port))
-    _TOKENS[server] = token
-    return token
-
-
-def scheduler_extensions() -> dict[str, Any]:
-    """distributed's scheduler extensions (as a scheduler made without ``extensions``
-    has them) and one that guards the scheduler's dashboard as the scheduler is made."""
+def scheduler_options(options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` for a ``distributed.Scheduler`` (a cluster's ``scheduler_kwargs`` or
+    ``scheduler_options``) with an extension (beside distributed's own, or the ones
+    given) that puts the gate, with a new token, in front of its dashboard as the
+    scheduler is made. An ``http_prefix`` given comes after the token."""
     import dask
     from distributed.scheduler import DEFAULT_EXTENSIONS
 
-    extensions = dict(DEFAULT_EXTENSIONS)
-    if not dask.config.get("distributed.scheduler.work-stealing"):
-        extensions.pop("stealing", None)
-    extensions["daskbatch-dashguard"] = _Guarded
-    return extensions
+    options = dict(options or {})
+    token = secrets.token_urlsafe(24)
+    extensions = options.get("extensions")
+    if extensions is None:
+        extensions = dict(DEFAULT_EXTENSIONS)
+        if not dask.config.get("distributed.scheduler.work-stealing"):
+            extensions.pop("stealing", None)
+    after = (options.get("http_prefix") or "/").strip("/")
+    guarded = functools.partial(_Guarded, prefix=f"/{token}", after=f"/{after}" if after else "")
+    return {**options, "extensions": {**extensions, _EXTENSION: guarded}}
 
 
 class _Guarded:
-    """The scheduler extension: :func:`guard` on the scheduler being made."""
+    """The scheduler extension: the gate in front of the scheduler being made."""
 
-    def __init__(self, scheduler: Any) -> None:
-        self.token = guard(scheduler)
+    def __init__(self, scheduler: Any, prefix: str, after: str = "") -> None:
+        self.prefix = prefix
+        self.after = after  # the scheduler's own http_prefix
+        server = getattr(scheduler, "http_server", None)
+        app = getattr(server, "request_callback", None)
+        if isinstance(app, httputil.HTTPServerConnectionDelegate):
+            server.request_callback = _Gate(app, prefix)
 
 
 def link(scheduler: Any, port: int) -> str:
-    """The dashboard's address on this machine, with the token when it is guarded."""
-    token = _TOKENS.get(getattr(scheduler, "http_server", None)) if scheduler is not None else None
-    base = f"http://127.0.0.1:{port}/status"
-    return base if token is None else f"{base}?{urlencode({'token': token})}"
+    """The dashboard's address on this machine, under its token when it is guarded."""
+    extensions = getattr(scheduler, "extensions", None) or {}
+    guarded = extensions.get(_EXTENSION)
+    path = "" if guarded is None else guarded.prefix + guarded.after
+    return f"http://127.0.0.1:{port}{path}/status"
 
 
 class _Gate(httputil.HTTPServerConnectionDelegate):
-    """The server's application behind a token."""
+    """The server's application, reached only under ``prefix``."""
 
-    def __init__(self, inner: httputil.HTTPServerConnectionDelegate, token: str, cookie: str) -> None:
+    def __init__(self, inner: httputil.HTTPServerConnectionDelegate, prefix: str) -> None:
         self.inner = inner
-        self.token = token
-        self.cookie = cookie
+        self.text = prefix
+        self.prefix = prefix.encode()
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
@@ -100,43 +92,41 @@ class _Gate(httputil.HTTPServerConnectionDelegate):
     def on_close(self, server_conn: object) -> None:
         self.inner.on_close(server_conn)
 
-    def matches(self, value: str | None) -> bool:
-        return value is not None and hmac.compare_digest(value.encode(), self.token.encode())
+    def lets_in(self, target: str) -> bool:
+        path = target.split("?", 1)[0].split("#", 1)[0]
+        head = path.encode("utf-8", "surrogateescape")[: len(self.prefix) + 1]
+        return hmac.compare_digest(head, self.prefix + b"/") or hmac.compare_digest(head, self.prefix)
 
 
 class _Request(httputil.HTTPMessageDelegate):
-    """One request: passed to the application when it carries the cookie (or asks for
-    ``/health``); otherwise answered here, once its body has been read."""
+    """One request: passed to the application without the prefix when its path is
+    under it; otherwise answered here, once its body has been read (the prefix alone:
+    a redirect to the status page, which distributed's would send off the prefix)."""
 
     def __init__(self, gate: _Gate, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
         self.gate = gate
         self.server_conn = server_conn
         self.conn = request_conn
         self.inner: httputil.HTTPMessageDelegate | None = None
-        self.answer: tuple[int, str, dict[str, str], bytes] | None = None
+        self.head = False
+        self.location: str | None = None
 
     def headers_received(
         self,
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Any:
-        path = getattr(start_line, "path", "/")
-        parts = urlsplit(path)
-        cookies = httputil.parse_cookie("; ".join(headers.get_list("Cookie")))
-        if parts.path in _OPEN or self.gate.matches(cookies.get(self.gate.cookie)):
-            self.inner = self.gate.inner.start_request(self.server_conn, self.conn)
-            return self.inner.headers_received(start_line, headers)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        given = [v for k, v in query if k == "token"]
-        if given and self.gate.matches(given[-1]):
-            # the same page without the token, relative (it works behind a proxy's prefix)
-            rest = urlencode([(k, v) for k, v in query if k != "token"])
-            target = (parts.path.rsplit("/", 1)[-1] or ".") + (f"?{rest}" if rest else "")
-            cookie = f"{self.gate.cookie}={self.gate.token}; Path=/; HttpOnly; SameSite=Lax"
-            self.answer = (302, "Found", {"Location": target, "Set-Cookie": cookie}, b"")
-        else:
-            self.answer = (403, "Forbidden", {"Content-Type": "text/plain; charset=utf-8"}, _DENIED)
-        return None
+        target = getattr(start_line, "path", "")
+        self.head = getattr(start_line, "method", "") == "HEAD"
+        if not self.gate.lets_in(target):
+            return None
+        rest = target[len(self.gate.text) :]
+        if rest.split("?", 1)[0] in ("", "/"):
+            self.location = ("" if rest.startswith("/") else self.gate.text.lstrip("/") + "/") + "status"
+            return None
+        self.inner = self.gate.inner.start_request(self.server_conn, self.conn)
+        assert isinstance(start_line, httputil.RequestStartLine)
+        return self.inner.headers_received(start_line._replace(path=rest), headers)
 
     def data_received(self, chunk: bytes) -> Any:
         return None if self.inner is None else self.inner.data_received(chunk)
@@ -145,11 +135,15 @@ class _Request(httputil.HTTPMessageDelegate):
         if self.inner is not None:
             self.inner.finish()
             return
-        assert self.answer is not None
-        code, reason, fields, body = self.answer
-        headers = httputil.HTTPHeaders({**fields, "Content-Length": str(len(body))})
-        headers["Cache-Control"] = "no-store"
-        self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", code, reason), headers, body)
+        if self.location is not None:
+            headers = httputil.HTTPHeaders({"Location": self.location, "Content-Length": "0"})
+            start = httputil.ResponseStartLine("HTTP/1.1", 302, "Found")
+            self.conn.write_headers(start, headers)
+        else:
+            headers = httputil.HTTPHeaders({"Content-Type": "text/plain; charset=utf-8"})
+            headers["Content-Length"] = str(len(_DENIED))
+            start = httputil.ResponseStartLine("HTTP/1.1", 403, "Forbidden")
+            self.conn.write_headers(start, headers, None if self.head else _DENIED)
         self.conn.finish()
 
     def on_connection_close(self) -> None:

@@ -447,10 +447,6 @@ class Executor:
         self.spec = spec
         self.client = client
         self._cluster = cluster
-        if cluster is not None:  # a cluster daskbatch started: its dashboard for this user only
-            from .dashguard import guard
-
-            guard(getattr(cluster, "scheduler", None))
 
     @property
     def description(self) -> str:
@@ -461,8 +457,8 @@ class Executor:
         """The dashboard's address. A cluster daskbatch starts serves its dashboard on
         127.0.0.1 only (a job-queue scheduler listens for its workers on the node's
         address, but its dashboard does not): the link says 127.0.0.1, to be opened on
-        that machine or through an SSH tunnel, with the token that opens it
-        (:mod:`daskbatch.dashguard`)."""
+        that machine or through an SSH tunnel, under the path made for the run that
+        opens it (:mod:`daskbatch.dashguard`)."""
         if self.client is None:
             return None
         try:

@@ -581,8 +581,9 @@ def _start_jobqueue(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Exe
     jq = spec.options if isinstance(spec.options, JobQueue) else JobQueue(spec.name)
     cls = _cluster_class(jq.kind)
     kw = {**cluster_arguments(jq), **_security_arguments(jq)}
-    options = {**scheduler_options(), **(jq._config("scheduler-options") or {})}
-    kw.setdefault("scheduler_options", options)
+    kw["scheduler_options"] = scheduler_options(
+        {**(jq._config("scheduler-options") or {}), **kw.get("scheduler_options", {})}
+    )
     quiet = quiet_level()
     cluster = client = None
     with _quiet_logs(quiet):

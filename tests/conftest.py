@@ -166,13 +166,3 @@ def cli(capsys, monkeypatch):
         return subprocess.CompletedProcess(["daskbatch", *args], code, out, err)
 
     return call
-
-
-def open_page(link: str, timeout: float = 20):
-    """Open a dashboard link as a browser does: its token's redirect sets a cookie that
-    the page then carries."""
-    import http.cookiejar
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-    return opener.open(link, timeout=timeout)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -244,79 +243,66 @@ def test_a_tls_scheduler_without_credentials_names_the_config_keys():
 @pytest.mark.slow
 def test_the_local_cluster_speaks_tls_on_127_0_0_1_with_its_dashboard_on_http():
     """Only its own processes, holding the cluster's credentials, get in (see
-    test_security.py for another user's attempts); its dashboard opens with the link the
-    run prints, which carries a token, and without it serves nothing but /health."""
-    import http.cookiejar
+    test_security.py for another user's attempts); its dashboard lives under a path made
+    for the run, which the printed link has, and outside it serves nothing but /health."""
+    import http.client
     import urllib.error
 
     from distributed import Client
+    from distributed.scheduler import DEFAULT_EXTENSIONS
 
     with start_executor(parse_cluster("local", 1)) as ex:
         address = ex.client.scheduler.address
         assert address.startswith("tls://127.0.0.1:")
         assert ex.client.security.require_encryption
         link = ex.dashboard_link or ""
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status\?token=[\w-]{32}", link), link
+        m = re.fullmatch(r"(http://127\.0\.0\.1:(\d+))/([\w-]{32})/status", link)
+        assert m, link
+        base, port, token = m.groups()
         with pytest.raises(OSError):
             Client(address.replace("tls://", "tcp://"), timeout=3)
         ex.client.wait_for_workers(1, timeout=60)
         assert all(w.startswith("tls://127.0.0.1:") for w in ex.client.scheduler_info()["workers"])
-
-        base, token = link.split("/status?token=")
-        # guarded as the scheduler was made, before its event loop could answer anyone;
-        # distributed's own extensions kept
-        from distributed.scheduler import DEFAULT_EXTENSIONS
-
+        # the gate was put in place as the scheduler was made, before its event loop could
+        # answer anyone; distributed's own extensions kept
         extensions = ex._cluster.scheduler.extensions
-        assert extensions["daskbatch-dashguard"].token == token
+        assert extensions["daskbatch-dashguard"].prefix == f"/{token}"
         assert set(DEFAULT_EXTENSIONS) <= set(extensions)
-        plain = urllib.request.build_opener(_NoRedirect())  # no cookies, no redirects followed
 
-        def code(opener, url: str, **headers: str) -> int:
+        def code(path: str, method: str = "GET", **headers: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
             try:
-                with opener.open(urllib.request.Request(url, headers=headers), timeout=10) as page:
-                    return page.status
-            except urllib.error.HTTPError as e:
-                return e.code
+                conn.request(method, path, headers=headers)
+                return conn.getresponse().status
+            finally:
+                conn.close()
 
-        assert code(plain, base + "/health") == 200
+        assert code(f"/{token}/health") == 200 and code("/health") == 403
         wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
-        for path in (
-            "/status",
-            "/info/main/workers.html",
-            "/individual-plots.json",
-            "/",
-            f"/status?token={wrong}",
-        ):
-            assert code(plain, base + path) == 403, path
-        assert (
-            code(plain, base + "/status", Cookie=f"daskbatch-dashboard-{base.rsplit(':', 1)[1]}={wrong}")
-            == 403
-        )
-        # the bokeh page's websocket, without the cookie
+        for path in ("/status", "/info/main/workers.html", "/individual-plots.json", "/", f"/{wrong}/status",
+                     f"/{token[:-1]}/status", f"/x/{token}/status", f"/status?token={token}"):  # fmt: skip
+            assert code(path) == 403, path
+        assert code("/status", method="HEAD") == 403
+        # the bokeh page's websocket, outside the path
         ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
-        assert (
-            code(plain, base + "/status/ws", **ws, **{"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) == 403
-        )
-        # the link: a redirect to the page without the token, with the cookie
-        with pytest.raises(urllib.error.HTTPError) as answer:
-            plain.open(link, timeout=10)
-        assert answer.value.code == 302 and answer.value.headers["Location"] == "status"
-        assert (
-            "HttpOnly" in answer.value.headers["Set-Cookie"] and token in answer.value.headers["Set-Cookie"]
-        )
-        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        with browser.open(link, timeout=30) as page:
-            assert page.status == 200 and page.url == base + "/status"
-            assert b"Dask" in page.read()
-        assert code(browser, base + "/info/main/workers.html") == 200
-        # and no proxy to other hosts and ports, even with the cookie
-        assert code(browser, base + "/proxy/22/127.0.0.1/") == 404
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
+        assert code("/status/ws", **ws, **{"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) == 403
+        # the link, its pages and what tools add to it (JupyterLab's dask extension)
+        with urllib.request.urlopen(link, timeout=30) as page:
+            assert page.status == 200 and b"Dask" in page.read()
+        for path in ("/info/main/workers.html", "/individual-plots.json", "/individual-task-stream"):
+            assert code(f"/{token}{path}") == 200, path
+        assert code(f"/{token}/status/ws", **ws, **{"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) == 101
+        # the path alone goes to its status page, still under it
+        for path, where in ((f"/{token}", f"{token}/status"), (f"/{token}/", "status")):
+            conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            assert (answer.status, answer.getheader("Location")) == (302, where), path
+            conn.close()
+        # and no proxy to other hosts and ports, even under the path
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/{token}/proxy/22/127.0.0.1/", timeout=10)
+        assert e.value.code == 404
 
 
 def test_a_registered_executor_type_is_one_registration(registry, tmp_path):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 from typing import Any
 
 import numpy as np
@@ -222,11 +224,19 @@ def test_another_user_cannot_connect_to_the_run_local_cluster(running):
     let_in = {what: said for what, said in tries.items() if not said.startswith("refused")}
     assert not let_in, f"a process of user nobody got in: {let_in}"
 
-    # nor does its dashboard show them anything without the link's token
-    base = running.dashboard.split("/status?token=")[0]
-    assert base != running.dashboard
-    pages = [base + p for p in ("/status", "/info/main/workers.html", "/individual-plots.json", "/")]
-    pages.append(base + "/status?token=guessed")
+    # nor does its dashboard show them anything outside the path made for the run
+    m = re.fullmatch(r"(http://127\.0\.0\.1:\d+)/([\w-]+)/status", running.dashboard)
+    assert m, running.dashboard
+    base = m.group(1)
+    paths = [
+        "/status",
+        "/info/main/workers.html",
+        "/individual-plots.json",
+        "/",
+        "/health",
+        "/guessed/status",
+    ]
+    pages = [base + p for p in paths]
     fetch = (
         "import json, sys, urllib.error, urllib.request\n"
         "out = {}\n"
@@ -247,6 +257,8 @@ def test_another_user_cannot_connect_to_the_run_local_cluster(running):
     )
     assert seen.returncode == 0, seen.stderr
     assert json.loads(seen.stdout) == dict.fromkeys(pages, 403)
+    with urllib.request.urlopen(running.dashboard, timeout=30) as page:  # the link does open
+        assert page.status == 200
 
     # the run's own credentials do get in, on that very port, and run code in its workers
     with Client(address, security=run_client.security, timeout=10) as mine:
