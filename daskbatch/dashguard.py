@@ -6,7 +6,9 @@ names and file paths. Here a gate in front of the server puts every page under a
 made for the run, a token (``http://127.0.0.1:8787/<token>/status``): a request under it
 reaches distributed without the token (its pages, scripts and websockets use relative
 addresses, so they stay under it, behind a proxy's prefix too); any other gets
-``403 Forbidden`` before distributed sees it (its redirect of ``/`` would show the path).
+``403 Forbidden`` before distributed sees it (its redirect of ``/`` would show the path),
+but ``/statics/``, the files of distributed's package, which its info pages ask for
+there.
 
 No cookie: a browser sends a cookie to every port of the host, so another user's
 server on 127.0.0.1 would get it; a path it sends only where it is asked for. Tools
@@ -34,6 +36,8 @@ _DENIED = (
     b"made for the run): open that link.\n"
 )
 _EXTENSION = "daskbatch-dashguard"
+#: what distributed serves to anyone: the files of its package (style sheets, scripts)
+_PUBLIC = "/statics/"
 
 
 def scheduler_options(options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -118,6 +122,10 @@ class _Request(httputil.HTTPMessageDelegate):
     ) -> Any:
         target = getattr(start_line, "path", "")
         self.head = getattr(start_line, "method", "") == "HEAD"
+        if target.startswith(_PUBLIC) and ".." not in target:
+            # distributed's own files (its info pages climb one level too many to them)
+            self.inner = self.gate.inner.start_request(self.server_conn, self.conn)
+            return self.inner.headers_received(start_line, headers)
         if not self.gate.lets_in(target):
             return None
         rest = target[len(self.gate.text) :]

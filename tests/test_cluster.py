@@ -278,6 +278,8 @@ def test_the_local_cluster_speaks_tls_on_127_0_0_1_with_its_dashboard_on_http():
                 conn.close()
 
         assert code(f"/{token}/health") == 200 and code("/health") == 403
+        # distributed's package files, which its info pages ask for outside the path
+        assert code("/statics/css/sortable.min.css") == 200 and code("/statics/../status") == 403
         wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
         for path in ("/status", "/info/main/workers.html", "/individual-plots.json", "/", f"/{wrong}/status",
                      f"/{token[:-1]}/status", f"/x/{token}/status", f"/status?token={token}"):  # fmt: skip
