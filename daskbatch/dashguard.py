@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import secrets
 from typing import Any
 
@@ -64,12 +65,19 @@ class _Guarded:
     """The scheduler extension: the gate in front of the scheduler being made."""
 
     def __init__(self, scheduler: Any, prefix: str, after: str = "") -> None:
-        self.prefix = prefix
         self.after = after  # the scheduler's own http_prefix
         server = getattr(scheduler, "http_server", None)
         app = getattr(server, "request_callback", None)
         if isinstance(app, httputil.HTTPServerConnectionDelegate):
             server.request_callback = _Gate(app, prefix)
+            self.prefix = prefix
+        else:  # no dashboard, or a distributed that makes its server later: a plain link
+            self.prefix = ""
+            if server is not None:
+                logging.getLogger(__name__).warning(
+                    "the Dask dashboard is not behind the run's path: this version of "
+                    "distributed serves it in a way daskbatch does not know"
+                )
 
 
 def link(scheduler: Any, port: int) -> str:

@@ -882,3 +882,16 @@ def test_the_forkserver_forgets_only_the_users_own_python_modules(tmp_path, monk
     finally:
         for name in ("userpkg_fs", "userpkg_fs.kern", "userhelper_fs"):
             sys.modules.pop(name, None)
+
+
+def test_a_dashboard_the_guard_cannot_reach_keeps_a_plain_link():
+    """A scheduler without a dashboard (or a distributed that makes its server later
+    than the guard expects) gets the plain link, not a path nothing serves."""
+    from types import SimpleNamespace
+
+    from daskbatch.dashguard import link, scheduler_options
+
+    make = scheduler_options()["extensions"]["daskbatch-dashguard"]
+    scheduler = SimpleNamespace(http_server=None, extensions={})
+    scheduler.extensions["daskbatch-dashguard"] = make(scheduler)
+    assert link(scheduler, 8787) == "http://127.0.0.1:8787/status"
