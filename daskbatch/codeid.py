@@ -311,6 +311,8 @@ class _Walker:
 
     def constant(self, label: str, value: Any) -> None:
         digest = self.digest(value)
+        if not self.sources:  # only the functions it reaches count, which digest followed
+            return
         if digest is None:
             self.add(label, {"kind": "object", "sha256": "", "text": f"<{type(value).__name__}>"})
             return
@@ -360,7 +362,8 @@ class _Walker:
             raise ValueError
 
         try:
-            return hashlib.sha256(json.dumps(plain(value)).encode()).hexdigest()
+            walked = plain(value)
+            return hashlib.sha256(json.dumps(walked).encode()).hexdigest() if self.sources else ""
         except (ValueError, TypeError, RecursionError):
             return None
 

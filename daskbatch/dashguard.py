@@ -128,20 +128,20 @@ class _Request(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Any:
-        target = getattr(start_line, "path", "")
-        self.head = getattr(start_line, "method", "") == "HEAD"
+        assert isinstance(start_line, httputil.RequestStartLine)
+        target = start_line.path
+        self.head = start_line.method == "HEAD"
         if target.startswith(_PUBLIC) and ".." not in target:
             # distributed's own files (its info pages climb one level too many to them)
-            self.inner = self.gate.inner.start_request(self.server_conn, self.conn)
-            return self.inner.headers_received(start_line, headers)
-        if not self.gate.lets_in(target):
+            rest = target
+        elif not self.gate.lets_in(target):
             return None
-        rest = target[len(self.gate.text) :]
-        if rest.split("?", 1)[0] in ("", "/"):
-            self.location = ("" if rest.startswith("/") else self.gate.text.lstrip("/") + "/") + "status"
-            return None
+        else:
+            rest = target[len(self.gate.text) :]
+            if rest.split("?", 1)[0] in ("", "/"):
+                self.location = ("" if rest.startswith("/") else self.gate.text.lstrip("/") + "/") + "status"
+                return None
         self.inner = self.gate.inner.start_request(self.server_conn, self.conn)
-        assert isinstance(start_line, httputil.RequestStartLine)
         return self.inner.headers_received(start_line._replace(path=rest), headers)
 
     def data_received(self, chunk: bytes) -> Any:
