@@ -286,13 +286,25 @@ def leave_before_deadline(block_seconds: float | None) -> None:
     raise Reschedule()
 
 
-def read_block(space: Space, region: tuple[slice, ...]) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
+def read_block(
+    space: Space, region: tuple[slice, ...], objects: Sequence[str] = ()
+) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
     """A block's parameters, and what its record keeps of its input: for a table read
     from a Parquet file the digest of the rows read (a rerun on a changed file compares
-    it), else None."""
+    it), else None. Such a table's text columns named in ``objects`` come as object
+    arrays of Python strings."""
     if getattr(space, "digests_rows", False):
-        return space.block_with_digest(region)  # type: ignore[attr-defined]
+        return space.block_with_digest(region, objects=objects)  # type: ignore[attr-defined]
     return space.block(region), None
+
+
+def loose_text(ctx: BlockContext) -> tuple[str, ...]:
+    """The parameters a per-sample kernel gets one string at a time and the store does
+    not keep: a block may hold them as Python strings (each sample gets the same object
+    a ``StringDType`` array would make for it, without one more copy of the text)."""
+    if not ctx.kernel.per_sample:
+        return ()
+    return tuple(n for n, p in ctx.layout.params.items() if not getattr(p, "stored", True))
 
 
 def block_task(
@@ -314,7 +326,7 @@ def block_task(
     layout = ctx.layout
     nd = len(layout.batch_dims)
     if isinstance(source, Space):
-        values, inputs = read_block(source, layout.block_slices(block))
+        values, inputs = read_block(source, layout.block_slices(block), loose_text(ctx))
     else:
         values, inputs = source, None
     kernel_params, stored_params = block_inputs(ctx, block, [values[k] for k in ctx.param_names])

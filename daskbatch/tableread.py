@@ -39,7 +39,6 @@ __all__ = [
     "checkpoint_rows",
     "file_scan",
     "prefix_digests",
-    "rows_digest",
     "scan",
 ]
 
@@ -431,21 +430,12 @@ def _scan_once(source: Source) -> ScanResult:
     return ScanResult(final.sha256, final.columns, prefix)
 
 
-def rows_digest(columns: Mapping[str, Column], n: int, batch: Mapping[str, Any]) -> dict[str, str]:
-    """Each column's digest over ``n`` rows (``batch`` as the scan handles them), as a
-    block's record keeps it (32 hex digits): what a rerun compares when the table's
-    file changed (see :func:`daskbatch.tables.Table.extension_of`)."""
-    digest = Digest(columns)
-    if n:
-        digest.update(n, batch)
-    return {c: h[:32] for c, h in digest.final().columns.items()}
-
-
 def file_scan(source: Source, read: Sequence[str]) -> ScanResult:
     """The scan of a table too large to read whole when it is made: only the columns
     ``read`` are read (to check their values); the others were checked from the file's
     metadata by the caller, and their contents are left to the blocks, each of which
-    records the digest of the rows it reads (:func:`rows_digest`).
+    records the digest of the rows it reads
+    (:meth:`daskbatch.tablefiles.ParquetSource.rows_digest`).
 
     ``sha256`` is then the digest of the file's state (path, size, modification and
     change time of every file, rows, columns and their types): it changes whenever

@@ -34,7 +34,7 @@ import numpy as np
 from .errors import SpaceError
 from .sources import MultiSource, opened
 from .spacebase import Param, Space
-from .tableread import STRING, Source, checkpoint_rows, prefix_digests, rows_digest
+from .tableread import STRING, Source, checkpoint_rows, prefix_digests
 
 __all__ = ["READS", "Table"]
 
@@ -444,14 +444,17 @@ class Table(Space):
     @property
     def digests_rows(self) -> bool:
         """Whether each block records the digest of the rows it reads (a Parquet file)."""
-        return callable(getattr(self._reader, "read_arrow", None))
+        return callable(getattr(self._reader, "rows_digest", None))
 
-    def block_with_digest(self, slices) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def block_with_digest(
+        self, slices, objects: Sequence[str] = ()
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """:meth:`block`, and the digest of its rows that its record keeps:
-        ``{"rows": [first, stop], "sha256": {column: digest}}``."""
+        ``{"rows": [first, stop], "sha256": {column: digest}}``. The text columns named
+        in ``objects`` come as object arrays of Python strings (for a per-sample kernel)."""
         (s,) = slices
         start, stop = self._rows(s)
-        values, sums = self._reader.read(start, stop, digest=True)  # type: ignore[union-attr, call-arg]
+        values, sums = self._reader.read(start, stop, digest=True, objects=objects)  # type: ignore[union-attr, call-arg]
         return values, {"rows": [start, stop], "sha256": sums}
 
     def head(self, n: int) -> Table:
@@ -593,7 +596,7 @@ class Table(Space):
                     f"rows {start}-{stop - 1} were stored without a digest of their values (by an "
                     "earlier version), so they cannot be compared"
                 )
-            now = rows_digest(self._reader.columns, stop - start, self._reader.read_arrow(start, stop))  # type: ignore[attr-defined]
+            now = self._reader.rows_digest(start, stop)  # type: ignore[attr-defined]
             changed = [c for c in now if sums.get(c) != now[c]]
             if changed:
                 where = f"column {changed[0]!r}" if len(changed) == 1 else f"columns {changed}"

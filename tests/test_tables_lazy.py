@@ -96,6 +96,28 @@ def test_every_source_reads_the_same_rows_and_digest(tmp_path):
     assert len(digests) == 1
 
 
+def test_a_parquet_block_read_in_small_batches_gives_the_rows_and_digest_of_one_read(tmp_path, monkeypatch):
+    from daskbatch import tablefiles
+
+    df = _frame()
+    df.to_parquet(tmp_path / "t.parquet", row_group_size=7)
+    reader = Table(tmp_path / "t.parquet", columns=["x", "k", "flag", "name"])._reader
+    whole = {(lo, hi): reader.read(lo, hi, digest=True) for lo, hi in [(0, 40), (3, 37), (13, 14)]}
+    monkeypatch.setattr(tablefiles, "READ_BYTES", 1)  # 16 rows a batch: batches across row groups
+    assert reader.read_rows() == 16
+    for (lo, hi), (values, sums) in whole.items():
+        small, small_sums = reader.read(lo, hi, digest=True)
+        assert small_sums == sums == reader.rows_digest(lo, hi)
+        assert set(sums) == {"x", "k", "flag", "name"}
+        for name, want in values.items():
+            assert small[name].dtype == want.dtype and small[name].tolist() == want.tolist()
+        # a per-sample kernel's text: the same strings, without a StringDType copy
+        loose, _ = reader.read(lo, hi, digest=True, objects=("name",))
+        assert loose["name"].dtype == object and loose["name"].tolist() == df["name"].tolist()[lo:hi]
+        assert loose["k"].dtype == np.int64
+    assert reader.read(5, 5, digest=True)[0]["name"].shape == (0,)
+
+
 def test_a_folder_of_one_kind_and_columns_chosen(tmp_path):
     df = _frame(10)
     (tmp_path / "d").mkdir()
