@@ -42,6 +42,7 @@ from .provenance import new_info, now
 from .results import RunResult, store_status
 from .space import Space
 from .store import Layout, Store
+from .warmup import result_imports
 
 __all__ = ["Runner", "blocks_to_retry", "make_run_plan", "workers_before_start"]
 
@@ -315,7 +316,7 @@ class Runner:
             st.update_info(info)
         tally, bar = Tally(), ProgressBar(options.progress)
         callbacks: list[Callback] = [tally, bar, Publisher(self.lock, bar, tally, _publish_seconds())]
-        callbacks += list(options.callbacks)
+        callbacks += [*options.callbacks, *result_imports(options)]
         _call(
             callbacks,
             "on_run_start",

@@ -198,7 +198,7 @@ class ParquetSource(Source):
         row = int(self.group_starts[g0])
         if stop <= start:
             return
-        for batch in self._iter(list(range(g0, g1)), self.read_rows()):
+        for batch in self._iter(list(range(g0, g1)), min(self.read_rows(), stop - start)):
             lo, hi = max(start - row, 0), min(stop - row, batch.num_rows)
             if hi > lo:
                 part = batch.slice(lo, hi - lo)
