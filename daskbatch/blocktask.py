@@ -298,13 +298,19 @@ def read_block(
     return space.block(region), None
 
 
-def loose_text(ctx: BlockContext) -> tuple[str, ...]:
-    """The parameters a per-sample kernel gets one string at a time and the store does
-    not keep: a block may hold them as Python strings (each sample gets the same object
-    a ``StringDType`` array would make for it, without one more copy of the text)."""
+def loose_text(ctx: BlockContext, space: Space) -> tuple[str, ...]:
+    """The text parameters a per-sample kernel gets one string at a time (no core dims)
+    and the store does not keep: a block may hold them as Python strings (each sample
+    gets the ``str`` a ``StringDType`` array would make for it, without one more copy of
+    the text)."""
     if not ctx.kernel.per_sample:
         return ()
-    return tuple(n for n, p in ctx.layout.params.items() if not getattr(p, "stored", True))
+    kept = ctx.layout.params  # what the store keeps (labels included)
+    return tuple(
+        n
+        for n, p in space.params.items()
+        if n not in kept and not p.core_shape and p.dtype.kind == "T" and ctx.kernel.accepts(n)
+    )
 
 
 def block_task(
@@ -326,7 +332,7 @@ def block_task(
     layout = ctx.layout
     nd = len(layout.batch_dims)
     if isinstance(source, Space):
-        values, inputs = read_block(source, layout.block_slices(block), loose_text(ctx))
+        values, inputs = read_block(source, layout.block_slices(block), loose_text(ctx, source))
     else:
         values, inputs = source, None
     kernel_params, stored_params = block_inputs(ctx, block, [values[k] for k in ctx.param_names])

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .kernel import STATUS
 from .progress import Progress, show_dashboard
+from .warmup import import_in_background
 
 __all__ = ["BlockEnd", "Callback", "RunEnd", "RunStart"]
 
@@ -186,3 +188,17 @@ class Publisher(Callback):
                 blocks_computed=self.tally.blocks,
                 blocks_pending=self.pending,
             )
+
+
+class ImportsOnceStarted(Callback):
+    """Imports ``modules`` in the background (:mod:`daskbatch.warmup`) when the run's
+    first block is back: its workers exist then, so no fork of the driver is due."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.modules = tuple(modules)
+        self.started = False
+
+    def on_block_end(self, event: BlockEnd) -> None:
+        if not self.started:
+            self.started = True
+            import_in_background(self.modules)

@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import warmup
 from .errors import ConfigError, DaskbatchError, StoreError, StoreLockedError, StoreWriteError
 from .fstools import link_message
 from .log import logger
@@ -364,11 +365,16 @@ def threads_besides_heartbeats() -> int:
     """:func:`threading.active_count` without the threads a ``fork`` cannot catch
     holding a lock, so a process whose only other threads they are may fork safely:
     the heartbeat threads of held store locks (a fork waits for a heartbeat being
-    written) and Zarr's I/O loop and its executor's threads (idle between the calls of
-    the thread that forks, and reset by Zarr in a forked child).
+    written), Zarr's I/O loop and its executor's threads (idle between the calls of
+    the thread that forks, and reset by Zarr in a forked child) and the thread that
+    imports what a run's result needs (:mod:`daskbatch.warmup`: a fork waits for it).
     """
     zarr_threads = _zarr_threads()
-    return sum(1 for t in threading.enumerate() if not isinstance(t, _Heartbeat) and t not in zarr_threads)
+    return sum(
+        1
+        for t in threading.enumerate()
+        if not isinstance(t, _Heartbeat) and t not in zarr_threads and t.name != warmup.THREAD_NAME
+    )
 
 
 def _zarr_threads() -> set[threading.Thread]:

@@ -51,10 +51,13 @@ def reductions_dataset(st: Any, info: Mapping[str, Any], reductions: Any = None)
     """The merged reductions of ``st`` as an :class:`xarray.Dataset`, labelled like the
     outputs (the kept batch dims' coordinates, the outputs' core coordinates); None
     when the store reduces nothing."""
+    from .warmup import imports_done
+
     reductions = reductions if reductions is not None else reductions_of(info)
     if reductions is None:
         return None
     merged = merged_reductions(st, info, reductions)
+    imports_done(60.0)  # xarray imported in the background: its end, failed or not, first
     return reductions.to_dataset(merged, coords=_coords(st, info, reductions))
 
 

@@ -27,7 +27,16 @@ import numpy as np
 from . import config
 from .autocluster import auto_probe, bytes_per_sample, choose_cluster
 from .blocktask import BlockContext, build_tasks, run_params
-from .callbacks import Callback, ProgressBar, Publisher, RunEnd, RunStart, Tally, block_end
+from .callbacks import (
+    Callback,
+    ImportsOnceStarted,
+    ProgressBar,
+    Publisher,
+    RunEnd,
+    RunStart,
+    Tally,
+    block_end,
+)
 from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
 from .codeid import modules_used
 from .errors import StoreWriteError
@@ -42,9 +51,12 @@ from .provenance import new_info, now
 from .results import RunResult, store_status
 from .space import Space
 from .store import Layout, Store
-from .warmup import result_imports
 
-__all__ = ["Runner", "blocks_to_retry", "make_run_plan", "workers_before_start"]
+__all__ = ["WARM_UP_SECONDS", "Runner", "blocks_to_retry", "make_run_plan", "workers_before_start"]
+
+#: a run that reduces on workers imports xarray while they compute when it has at
+#: least this much work left (seconds, by the probe's reckoning; see :mod:`.warmup`)
+WARM_UP_SECONDS = 1.0
 
 
 @dataclass
@@ -316,7 +328,7 @@ class Runner:
             st.update_info(info)
         tally, bar = Tally(), ProgressBar(options.progress)
         callbacks: list[Callback] = [tally, bar, Publisher(self.lock, bar, tally, _publish_seconds())]
-        callbacks += [*options.callbacks, *result_imports(options)]
+        callbacks += [*options.callbacks, *self._result_imports(before.samples["pending"])]
         _call(
             callbacks,
             "on_run_start",
@@ -392,6 +404,20 @@ class Runner:
         )
         assert isinstance(result, RunResult)
         return result
+
+    def _result_imports(self, pending_samples: int) -> list[Callback]:
+        """A run that reduces, on workers other than the driver, and has at least
+        :data:`WARM_UP_SECONDS` of work left by the probe's reckoning, imports xarray
+        while they compute (its reductions come back as an xarray Dataset; see
+        :mod:`daskbatch.warmup`). A shorter run would end before the import does, and the
+        import would only take the driver's time from the run's last steps."""
+        options = self.options
+        if options.reductions is None or options.cluster.in_driver or not self.seconds_per_sample:
+            return []
+        workers = options.cluster.workers_before_start or 1
+        if self.seconds_per_sample * pending_samples / workers < WARM_UP_SECONDS:
+            return []
+        return [ImportsOnceStarted(("xarray",))]
 
     def _first_samples(self) -> tuple[tuple[int, ...], Any] | None:
         """The probe's first samples, when the blocks that hold them may keep them: the

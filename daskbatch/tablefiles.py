@@ -198,7 +198,9 @@ class ParquetSource(Source):
         row = int(self.group_starts[g0])
         if stop <= start:
             return
-        for batch in self._iter(list(range(g0, g1)), min(self.read_rows(), stop - start)):
+        # a short read (the probe's first rows) decodes no more than it needs; the rows
+        # before ``start`` in its first row group are decoded anyway (in batches that size)
+        for batch in self._iter(list(range(g0, g1)), min(self.read_rows(), stop - row)):
             lo, hi = max(start - row, 0), min(stop - row, batch.num_rows)
             if hi > lo:
                 part = batch.slice(lo, hi - lo)

@@ -10,7 +10,10 @@ A fork of the driver while that thread imports would copy its import locks held,
 a child that imported one of those modules would wait forever. So any fork of this
 process waits until the imports are done (a handler of ``os.register_at_fork``): a
 fresh pool of forked workers (after a timeout ended one) starts at most that much
-later.
+later, and the thread does not keep the next run from forking
+(:func:`daskbatch.lock.threads_besides_heartbeats` leaves it out). Code of the driver
+that needs such a module waits for :func:`imports_done` first: a thread that imports a
+module while another one's import of it fails gets the half-made module.
 """
 
 from __future__ import annotations
@@ -21,11 +24,8 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
-from .callbacks import BlockEnd, Callback
-
-__all__ = ["THREAD_NAME", "ImportsOnceStarted", "import_in_background", "imports_done", "result_imports"]
+__all__ = ["THREAD_NAME", "import_in_background", "imports_done"]
 
 #: the name of the thread that imports
 THREAD_NAME = "daskbatch-imports"
@@ -81,26 +81,3 @@ def _before_fork() -> None:
     """Before any fork of this process: no import half done in the importing thread."""
     if threading.current_thread().name != THREAD_NAME:
         _idle.wait(60.0)
-
-
-class ImportsOnceStarted(Callback):
-    """Imports ``modules`` in the background when the run's first block is back (its
-    workers exist then: no fork of the driver is due)."""
-
-    def __init__(self, modules: Sequence[str]) -> None:
-        self.modules = tuple(modules)
-        self.started = False
-
-    def on_block_end(self, event: BlockEnd) -> None:
-        if not self.started:
-            self.started = True
-            import_in_background(self.modules)
-
-
-def result_imports(options: Any) -> list[Callback]:
-    """The run loop's callback for a run's options (:class:`~daskbatch.options.RunOptions`):
-    a run that reduces, on workers other than the driver, has xarray imported while
-    they compute (its reductions come back as an xarray Dataset)."""
-    if options.reductions is None or options.cluster.in_driver:
-        return []
-    return [ImportsOnceStarted(("xarray",))]

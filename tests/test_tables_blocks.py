@@ -307,3 +307,43 @@ def test_a_block_salvaged_around_a_crashing_sample_keeps_its_digest(tmp_path):
         progress=False,
     )
     assert again.blocks_computed == 0
+
+
+@db.kernel(outputs={"n": db.Output(dtype="int64"), "is_str": db.Output(dtype="int64")})
+def text_type(seq, x):
+    return {"n": len(seq), "is_str": int(type(seq) is str)}
+
+
+@pytest.mark.parametrize("cluster", ["serial", "fork"])
+def test_a_per_sample_kernels_text_comes_as_python_strings_read_in_batches(tmp_path, monkeypatch, cluster):
+    """The block of a per-sample kernel holds the text it does not store as Python
+    strings (no StringDType copy); a read decodes no more than its rows need."""
+    df = _frame(40, [f"{'ACGT'[i % 4] * (i + 1)}é" for i in range(40)])
+    df["label"] = [f"s{i}" for i in range(40)]  # not taken by the kernel: stored, a label
+    path = _write(df, tmp_path / "t.parquet")
+    calls, sizes = [], []
+    read, batches = ParquetSource.read, ParquetSource._iter
+
+    def recording_read(self, start, stop, digest=False, objects=()):
+        calls.append((start, stop, tuple(objects)))
+        return read(self, start, stop, digest=digest, objects=objects)
+
+    def recording_iter(self, groups, batch_rows=None):
+        sizes.append(batch_rows)
+        return batches(self, groups, batch_rows)
+
+    monkeypatch.setattr(ParquetSource, "read", recording_read)
+    monkeypatch.setattr(ParquetSource, "_iter", recording_iter)
+    res = db.run(text_type, db.Table(path), tmp_path / "t.zarr", **{**RUN, "cluster": cluster})
+    assert res.complete
+    ds = db.open(tmp_path / "t.zarr")
+    assert ds.n.values.tolist() == [len(s) for s in df.seq] and (ds.is_str.values == 1).all()
+    assert ds.label.values.tolist() == df.label.tolist()
+    if cluster == "serial":  # the blocks' reads ran here
+        blocks = [c for c in calls if c[1] - c[0] == 10]
+        assert len(blocks) == 4 and all(c[2] == ("seq",) for c in blocks), calls
+    reader = db.Table(path)._reader
+    sizes.clear()
+    reader.read(39, 40)  # the last row of a group of 10: one batch of the group's 10 rows
+    reader.read(0, 3)  # the first rows only: no more decoded
+    assert sizes == [10, 3]

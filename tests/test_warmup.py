@@ -28,12 +28,14 @@ def test_a_fork_during_a_background_import_waits_for_it_and_the_child_imports_fr
         tmp_path,
         """
         import json, os, sys, time
+        from daskbatch.lock import threads_besides_heartbeats
         from daskbatch.warmup import import_in_background, imports_done
 
         t0 = time.monotonic()
         thread = import_in_background(["slowmod"])
         assert thread is not None and import_in_background(["slowmod"]) is None  # one at a time
         time.sleep(0.2)  # the thread is inside slowmod's import now
+        assert threads_besides_heartbeats() == 1  # a run may fork: the fork waits for it
         pid = os.fork()
         if pid == 0:
             import slowmod  # would hang without the handler
@@ -71,30 +73,71 @@ def test_an_import_that_fails_is_left_to_the_code_that_needs_it(tmp_path):
 
 
 def test_a_run_reducing_on_forked_workers_has_xarray_ready_when_it_returns(tmp_path):
+    """A run of about 2 s imports xarray while its workers compute; a short one imports
+    nothing, and the next run forks as it would have."""
     r = _python(
         tmp_path,
         """
         import json, sys
         import numpy as np
         import daskbatch as db
-        from daskbatch.testing import affine
+        from daskbatch.testing import slow_square
         from daskbatch.warmup import imports_done
 
         if __name__ == "__main__":
-            space = db.Grid(a=np.arange(400.0), b=[1.0, 2.0])
-            before = "xarray" in sys.modules
-            plain = db.run(affine, space, "a.zarr", cluster="fork", chunk_size=50, progress=False)
-            after_plain = "xarray" in sys.modules
-            res = db.run(affine, space, "b.zarr", cluster="fork", chunk_size=50, progress=False,
-                         reduce={"y": "sum"})
+            space = db.Grid(x=np.arange(400.0))
+            short = db.run(slow_square, space, "short.zarr", cluster="fork", progress=False,
+                           reduce={"y": "sum"})
+            after_short = "xarray" in sys.modules
+            res = db.run(slow_square, space, "long.zarr", cluster="fork", progress=False,
+                         constants={"delay": 0.01}, reduce={"y": "sum"})
+            nxt = db.run(slow_square, space, "next.zarr", cluster="auto", n_workers=2, progress=False,
+                         constants={"delay": 0.002})
             imports_done(30)
-            ready = "xarray" in sys.modules
-            total = float(res.reductions["y_sum"])
-            print(json.dumps({"before": before, "after_plain": after_plain, "ready": ready,
-                              "total": total, "want": float(db.open("a.zarr").y.sum())}))
+            print(json.dumps({"after_short": after_short, "ready": "xarray" in sys.modules,
+                              "next": nxt.cluster,
+                              "total": float(res.reductions["y_sum"]),
+                              "want": float((np.arange(400.0) ** 2).sum())}))
         """,
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
-    assert out["before"] is False and out["after_plain"] is False
+    assert out["after_short"] is False  # under a second of work: no import
     assert out["ready"] is True and out["total"] == out["want"]
+    assert out["next"].startswith("fork"), out
+
+
+def test_a_result_read_while_a_background_import_fails_names_the_import_error(tmp_path):
+    """A thread importing a module while another one's import of it fails gets the
+    half-made module: the result waits for the background import to end first."""
+    r = _python(
+        tmp_path,
+        """
+        import importlib.abc, sys, time
+        import numpy as np
+        import daskbatch as db
+        from daskbatch.testing import slow_square
+        from daskbatch.warmup import import_in_background
+
+        class Broken(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "xarray.core.dataset":
+                    time.sleep(0.5)
+                    raise ImportError("xarray is broken here")
+                return None
+
+        if __name__ == "__main__":
+            res = db.run(slow_square, db.Grid(x=np.arange(40.0)), "a.zarr", cluster="serial",
+                         progress=False, reduce={"y": "sum"})
+            assert "xarray" not in sys.modules
+            sys.meta_path.insert(0, Broken())
+            import_in_background(["xarray"])
+            time.sleep(0.1)  # inside xarray's import, before it fails
+            try:
+                res.reductions
+            except Exception as e:
+                print(type(e).__name__, e)
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "ImportError xarray is broken here", r.stdout
