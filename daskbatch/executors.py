@@ -29,6 +29,8 @@ does); this module imports nothing of daskbatch's but its errors and
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -540,11 +542,16 @@ class Executor:
         kwargs: dict[str, Any] = {"scheduler": _local_scheduler(scheduler)}
         if scheduler != "sync":
             kwargs["num_workers"] = self.n_workers
-        if scheduler == "processes":
-            kwargs["initializer"] = hygiene.die_with_parent
-        compute_local(
-            tasks, on_done, "a worker process of the processes scheduler", _unguarded_main(), **kwargs
-        )
+        who = "a worker process of the processes scheduler"
+        if scheduler == "processes":  # a pool of its own: ended at once on a stop
+            from dask.multiprocessing import get_context
+
+            del kwargs["num_workers"]
+            initializer = functools.partial(hygiene.pool_worker, reseed=True)
+            hint = _unguarded_main()
+            compute_on_pool(tasks, on_done, who, hint, self.n_workers, get_context(), initializer, **kwargs)
+            return
+        compute_local(tasks, on_done, who, _unguarded_main(), **kwargs)
 
     def close(self) -> None:
         if self._cluster is not None:
@@ -578,6 +585,47 @@ def compute_local(
             "cluster='local' isolates samples that crash their worker and marks them crashed. "
             f"{GUARD_HINT if hint else ''}".strip()
         ) from e
+
+
+def compute_on_pool(
+    tasks: Sequence[Any],
+    on_done: Callable[[Any], None],
+    who: str,
+    hint: bool,
+    n_workers: int,
+    context: Any,
+    initializer: Callable[[], None],
+    **kwargs: Any,
+) -> None:
+    """:func:`compute_local` (``who``, ``hint`` as there) on a process pool of
+    ``n_workers`` made here (with the multiprocessing ``context``; ``initializer`` runs
+    in each worker), whose workers are killed when the computation stops before its
+    end: a stop (Ctrl-C, SIGTERM) or an error ends the blocks in flight at once (none is
+    half committed), where the pool's own shutdown would wait for them (and for a
+    worker that a signal left holding the pool's queue, for ever)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=initializer)
+    finished = False
+    try:
+        compute_local(tasks, on_done, who, hint, pool=pool, **kwargs)
+        finished = True
+    finally:
+        if not finished:
+            kill_pool_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)  # its workers are gone when not finished
+
+
+def kill_pool_workers(pool: Any) -> None:
+    """SIGKILL a process pool's workers: they ignore SIGINT and SIGTERM, and a sample
+    running native code would keep its worker (and the driver waiting on it) going."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.kill()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(5)
 
 
 def _unguarded_main() -> bool:

@@ -29,14 +29,13 @@ on a fresh fork.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import hygiene
 from .errors import ClusterError
-from .executors import ClusterSpec, Executor, compute_local, get_executor, main_is_guarded
+from .executors import ClusterSpec, Executor, compute_on_pool, get_executor, main_is_guarded
 from .log import logger
 
 __all__ = ["ForkExecutor", "can_fork", "start_fork"]
@@ -45,13 +44,6 @@ __all__ = ["ForkExecutor", "can_fork", "start_fork"]
 def can_fork() -> bool:
     """Whether ``cluster="fork"`` works here (Linux, where a fork is safe enough)."""
     return sys.platform.startswith("linux")
-
-
-def forked_worker() -> None:
-    """In a forked worker: leave SIGINT and SIGTERM to the driver, end with it."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    hygiene.die_with_parent()
 
 
 class ForkExecutor(Executor):
@@ -106,41 +98,16 @@ class ForkExecutor(Executor):
 
     def _compute_forked(self, tasks: Sequence[Any], on_done: Callable[[Any], None]) -> None:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         from dask.multiprocessing import get
 
-        pool = ProcessPoolExecutor(
-            self.n_workers, mp_context=multiprocessing.get_context("fork"), initializer=forked_worker
+        # one block per hand-out (dask's default of 6 leaves a worker idle at the end)
+        who = "a forked worker process"
+        fork = multiprocessing.get_context("fork")
+        hint = not main_is_guarded()
+        compute_on_pool(
+            tasks, on_done, who, hint, self.n_workers, fork, hygiene.pool_worker, scheduler=get, chunksize=1
         )
-        finished = False
-        try:
-            # one block per hand-out (dask's default of 6 leaves a worker idle at the end)
-            compute_local(
-                tasks,
-                on_done,
-                "a forked worker process",
-                not main_is_guarded(),
-                scheduler=get,
-                pool=pool,
-                chunksize=1,
-            )
-            finished = True
-        finally:
-            if not finished:  # a stop, an error: end the blocks in flight (none is committed half)
-                _kill_workers(pool)
-            pool.shutdown(wait=finished, cancel_futures=True)
-
-
-def _kill_workers(pool: Any) -> None:
-    """SIGKILL a process pool's workers: they ignore SIGINT and SIGTERM, and a sample
-    running native code would keep its worker (and the driver waiting on it) going."""
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.kill()
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.join(5)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ __all__ = [
     "die_with_parent",
     "limit_malloc_arenas",
     "own_blosc_lock",
+    "pool_worker",
     "release_freed_memory",
     "start_forkserver",
 ]
@@ -121,6 +122,32 @@ def die_with_parent() -> None:
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the driver died before this line: go at once
             os._exit(1)
+
+
+def pool_worker(reseed: bool = False) -> None:
+    """In a worker of a process pool daskbatch made (``cluster="fork"``,
+    ``"processes"``): leave SIGINT and SIGTERM to the driver, and end with it.
+
+    A Ctrl-C in a terminal reaches every process of its group. A pool worker that took
+    it while waiting on the pool's queue died holding the queue's lock, and the others,
+    then the driver's exit, waited for it for ever; the driver stops the run in order
+    and ends its workers itself. With ``reseed``, numpy's global random state is seeded
+    afresh, as dask's own pools do (a spawned worker would otherwise share it with
+    every other: ``np.random.seed()`` in a kernel is the user's to call, though).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    die_with_parent()
+    if sys.platform.startswith("linux"):
+        # a spawned worker: Blosc's lock of its own now (a killed worker's named one
+        # would be reported leaked at the driver's exit; see own_blosc_lock)
+        with contextlib.suppress(ImportError):
+            import numcodecs.blosc  # noqa: F401
+        own_blosc_lock()
+    if reseed:
+        np = sys.modules.get("numpy")
+        if np is not None:
+            np.random.seed()
 
 
 def own_blosc_lock() -> None:

@@ -341,3 +341,53 @@ except KeyboardInterrupt:
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "KeyboardInterrupt", (r.returncode, r.stdout, r.stderr)
+
+
+PROCESSES_SPEC = """\
+kernel = "daskbatch.testing:slow_square"
+store = "p.zarr"
+cluster = "processes"
+workers = 2
+chunk_size = 40
+
+[constants]
+delay = 0.05
+
+[space]
+type = "grid"
+axes = { x = { arange = [0, 160, 1] } }
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_processes_run_at_once_and_quietly_and_resume_completes(tmp_path):
+    """Its pool's workers (which a terminal's Ctrl-C reaches too) leave the signal to the
+    driver, which ends them: it waited for the blocks in flight (2 s each here), and a
+    worker that took the signal on the pool's queue could hold the driver's exit for ever."""
+    import os
+    import time
+
+    (tmp_path / "p.toml").write_text(PROCESSES_SPEC)
+    store = tmp_path / "p.zarr"
+    command = daskbatch_command("run", "p.toml", "--no-progress")
+    p = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while blocks_done(store) < 1 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert blocks_done(store) >= 1 and p.poll() is None
+        os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        after = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    lines = _messages(err.splitlines())
+    assert p.returncode == 130, (p.returncode, lines)
+    assert len(lines) == 1 and lines[0].startswith("daskbatch: interrupted"), lines  # nothing leaked
+    assert after < 1.5, after  # not a block's 2 s
+    r = run_cli("resume", str(store), "--no-progress", timeout=120)
+    assert r.returncode == 0, r.stderr
+    ds = xr.open_zarr(store)
+    assert (ds.status.values == 1).all() and np.array_equal(ds.y.values, np.arange(160.0) ** 2)
