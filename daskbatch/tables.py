@@ -99,7 +99,27 @@ def _load_table(data: Any) -> dict[str, Any]:
                 if kinds <= {"str"}:
                     out[c] = values.astype(STRING)
                     continue
-                bad = next(i for i, v in enumerate(values) if not isinstance(v, int | float))
+                missing = next(
+                    (
+                        i
+                        for i, v in enumerate(values)
+                        if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+                    ),
+                    None,
+                )
+                if missing is not None:
+                    raise SpaceError(
+                        f"Table: column {c!r} has a missing value (first: row {missing}: "
+                        f"{values[missing]!r}); a parameter needs a value in every row: fill it "
+                        "(DataFrame.fillna) or drop the row"
+                    )
+                # the first value of another kind than the first row's (text, or numbers)
+                first_is_text = isinstance(values[0], str)
+                bad = next(
+                    i
+                    for i, v in enumerate(values)
+                    if isinstance(v, str) != first_is_text or not isinstance(v, str | int | float)
+                )
                 raise SpaceError(
                     f"Table: column {c!r} mixes numbers and text (row {bad}: {values[bad]!r}); "
                     "a parameter column must be all numbers or all strings"

@@ -101,6 +101,12 @@ def test_table_core_dims_from_dataset_and_dict():
         ({"a": [1.0, np.nan]}, "column 'a' has 1 row.* NaN or inf .first: row 1"),
         ({"a": [1.0, np.inf, 2.0]}, "NaN or inf"),
         (pd.DataFrame({"a": [1, "x", 3]}), "column 'a' mixes numbers and text .row 1: 'x'"),
+        (pd.DataFrame({"a": ["x", 1, "z"]}), "column 'a' mixes numbers and text .row 1: 1"),
+        (pd.DataFrame({"a": ["", "x", None]}), "column 'a' has a missing value .first: row 2: .*fillna"),
+        (
+            pd.DataFrame({"a": pd.array(["x", None], dtype="string")}),
+            "column 'a' has a missing value .first: row 1",
+        ),
         (pd.DataFrame({"a": []}), "no rows"),
         (pd.DataFrame([[1, 2]], columns=["a", "a"]), r"duplicated column\(s\) \['a'\]"),
         ({"a": [1, 2], "b": [1, 2, 3]}, "column 'b' has 3 rows, others have 2"),
