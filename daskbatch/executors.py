@@ -542,16 +542,15 @@ class Executor:
         kwargs: dict[str, Any] = {"scheduler": _local_scheduler(scheduler)}
         if scheduler != "sync":
             kwargs["num_workers"] = self.n_workers
-        who = "a worker process of the processes scheduler"
+        who, hint = "a worker process of the processes scheduler", _unguarded_main()
         if scheduler == "processes":  # a pool of its own: ended at once on a stop
             from dask.multiprocessing import get_context
 
             del kwargs["num_workers"]
             initializer = functools.partial(hygiene.pool_worker, reseed=True)
-            hint = _unguarded_main()
             compute_on_pool(tasks, on_done, who, hint, self.n_workers, get_context(), initializer, **kwargs)
             return
-        compute_local(tasks, on_done, who, _unguarded_main(), **kwargs)
+        compute_local(tasks, on_done, who, hint, **kwargs)
 
     def close(self) -> None:
         if self._cluster is not None:

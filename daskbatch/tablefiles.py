@@ -176,13 +176,15 @@ class ParquetSource(Source):
                 values = part[c][0]
                 pieces[c].append(values.to_pylist() if col.is_str else values)
         out = {c: _joined(pieces[c], col, n, c in objects) for c, col in self.columns.items()}
-        if hashes is None:
-            return out
-        return out, {c: h[:32] for c, h in hashes.final().columns.items()}
+        return out if hashes is None else (out, _record_sums(hashes))
 
     def rows_digest(self, start: int, stop: int) -> dict[str, str]:
-        """Each column's digest over rows ``start:stop``, as a block's record keeps it."""
-        return self.read(start, stop, digest=True)[1]
+        """Each column's digest over rows ``start:stop``, as a block's record keeps it
+        (the rows are digested, not made into the kernel's values)."""
+        hashes = Digest(self.columns)
+        for rows, part in self.arrow_parts(start, stop):
+            hashes.update(rows, part)
+        return _record_sums(hashes)
 
     def arrow_parts(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, Any]]]:
         """Rows ``start:stop`` in Arrow batches of about :data:`READ_BYTES`, as the scan
@@ -208,6 +210,11 @@ class ParquetSource(Source):
             row += batch.num_rows
             if row >= stop:
                 break
+
+
+def _record_sums(hashes: Digest) -> dict[str, str]:
+    """Each column's digest as a block's record keeps it (32 hex digits)."""
+    return {c: h[:32] for c, h in hashes.final().columns.items()}
 
 
 def _joined(pieces: list[Any], col: Column, n: int, objects: bool) -> np.ndarray:
