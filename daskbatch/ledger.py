@@ -91,7 +91,37 @@ async def _gather_writes(*rounds: Sequence[_Write]) -> None:
     import asyncio
 
     for writes in rounds:
-        await asyncio.gather(*(arr.async_array.setitem(sel, value) for arr, sel, value in writes))
+        # every write returns before the first error is raised: none is left to land later
+        done = await asyncio.gather(
+            *(arr.async_array.setitem(sel, value) for arr, sel, value in writes), return_exceptions=True
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+
+def settle_zarr_io(timeout: float = 10.0) -> None:
+    """Wait (up to ``timeout`` seconds) until the tasks on zarr's I/O loop have ended.
+
+    A zarr call that fails part way (one of its concurrent metadata writes hits a full
+    disk) raises its first error while the others are still writing: a folder removed
+    at that moment could be written into again, and the late write's error was printed
+    at exit as "Future exception was never retrieved". Call this before removing
+    what such a call wrote.
+    """
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - a zarr without its sync helper: nothing runs aside
+        return
+    import asyncio
+
+    async def _others() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    sync(_others())
 
 
 def _write_all(

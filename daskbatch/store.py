@@ -56,6 +56,7 @@ from .ledger import (
     BlockRecord,
     _checksum,
     _write_all,
+    settle_zarr_io,
     store_format,
 )
 from .ledger_format1 import _create_format1
@@ -115,16 +116,20 @@ def _write_new(path: Path, layout: Layout, info: Mapping[str, Any]) -> None:
     :meth:`Store.create` calls this on the temporary folder it then renames into
     place: everything a new store holds, ``.daskbatch/`` included, is written here.
     """
-    root = zarr.open_group(str(path), mode="a", zarr_format=3)
-    write_template(root, layout)
-    fmt = _NEW_STORE_FORMAT
-    if fmt == 1:
-        _create_format1(root, layout.numblocks)
-    else:
-        (path / HIDDEN / BLOCKS).mkdir(parents=True, exist_ok=True)
-    root.attrs[_ATTR] = {**info, "format": fmt}
-    _quiet_consolidate(path)
-    save_provenance(path, template=True)  # .daskbatch/: what a repair rebuilds from
+    try:
+        root = zarr.open_group(str(path), mode="a", zarr_format=3)
+        write_template(root, layout)
+        fmt = _NEW_STORE_FORMAT
+        if fmt == 1:
+            _create_format1(root, layout.numblocks)
+        else:
+            (path / HIDDEN / BLOCKS).mkdir(parents=True, exist_ok=True)
+        root.attrs[_ATTR] = {**info, "format": fmt}
+        _quiet_consolidate(path)
+        save_provenance(path, template=True)  # .daskbatch/: what a repair rebuilds from
+    except BaseException:
+        settle_zarr_io()  # zarr's writes still in flight end before the folder is removed
+        raise
 
 
 def _padded(layout: Layout, arrays: Mapping[str, zarr.Array]) -> set[str]:

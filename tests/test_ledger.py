@@ -353,3 +353,44 @@ def test_readers_use_the_ledger_not_what_is_on_disk(store, tmp_path):
     db.export(store, out)
     rows = out.read_text().splitlines()[1:]
     assert len(rows) == 30 and not any(",-1.0" in r for r in rows)
+
+
+def test_a_failed_write_raises_only_once_every_write_of_its_round_has_returned():
+    """A region write that fails does not leave its siblings writing after the error
+    is raised (a rerun's write of the same chunk could otherwise be overwritten)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from zarr.core.sync import sync
+
+    from daskbatch.ledger import _gather_writes, settle_zarr_io
+
+    ended: list[str] = []
+
+    async def fails(sel, value):
+        raise OSError(28, "No space left on device")
+
+    async def slow(sel, value):
+        await asyncio.sleep(0.3)
+        ended.append("slow")
+
+    writes = [
+        (SimpleNamespace(async_array=SimpleNamespace(setitem=fails)), slice(0, 1), 0),
+        (SimpleNamespace(async_array=SimpleNamespace(setitem=slow)), slice(1, 2), 0),
+    ]
+    with pytest.raises(OSError, match="No space"):
+        sync(_gather_writes(writes))
+    assert ended == ["slow"]
+
+    left: list[asyncio.Task] = []
+
+    async def left_running() -> None:
+        async def late() -> None:
+            await asyncio.sleep(0.3)
+            ended.append("late")
+
+        left.append(asyncio.ensure_future(late()))
+
+    sync(left_running())
+    settle_zarr_io()
+    assert ended == ["slow", "late"]
