@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -137,8 +138,7 @@ class StoreStatus:
             lines.append(f"jobs:     {', '.join(runs)}")
         lines += _reduced_lines(self.store)  # merged from the blocks committed now
         if self.errors:
-            lines.append("errors (first ones):")
-            lines += [f"  {e['sample']}: {e['error']}" for e in self.errors[: _shown_errors()]]
+            lines += _error_lines(self.errors[: _shown_errors()])
         if self.n_failed:
             lines.append(
                 f"failures: each with its inputs and message: daskbatch failures {shlex.quote(self.store)}"
@@ -223,6 +223,45 @@ class RunResult(StoreStatus):
         return Store(self.store).open_dataset()
 
 
+def _name_inputs(store: Store, info: Mapping[str, Any], errors: list[dict[str, Any]]) -> None:
+    """Add to each error of a table's or files' sample the input that names it (its
+    file, or an id column) as ``error["input"]``: ``{"path": "/data/a_017.png"}``."""
+    from .failures import sample_inputs
+
+    if not errors or len(info["layout"]["batch_shape"]) != 1:
+        return
+    indices = [int(e["index"]) for e in errors if isinstance(e.get("index"), int)]
+    found = sample_inputs(store, info, indices)
+    if found is None:
+        return
+    name, values = found
+    for e in errors:
+        if e.get("index") in values:
+            e["input"] = {name: values[e["index"]]}
+
+
+def _error_lines(errors: list[dict[str, Any]]) -> list[str]:
+    """A status's error lines: each sample named by its input when it has one (its file,
+    relative to the folder they share), then its index, then the error."""
+    from .failures import _common_folder
+
+    given = [e.get("input") for e in errors]
+    named = [next(iter(g.values())) for g in given if isinstance(g, dict) and g]
+    folder = _common_folder(named) if len(named) == len(errors) else None
+    head = "errors (first ones):" + ("" if folder is None else f" files in {folder}")
+    lines = [head]
+    for e in errors:
+        who = e["sample"]
+        given = e.get("input")
+        if isinstance(given, dict) and given:
+            value = str(next(iter(given.values())))
+            if folder is not None:
+                value = os.path.relpath(value, folder)
+            who = f"{value if len(value) <= 80 else value[:77] + '...'} ({who})"
+        lines.append(f"  {who}: {e['error']}")
+    return lines
+
+
 def store_status(
     store: Store, info: Mapping[str, Any], cls: type[StoreStatus] = StoreStatus, **extra: Any
 ) -> StoreStatus:
@@ -237,7 +276,8 @@ def store_status(
         tuple(int(i) for i in idx)
         for idx in np.argwhere(done & (counts[..., STATUS["ok"]] < counts.sum(axis=-1)))
     ][: _shown_errors()]
-    errors = [e for doc in ledger.errors(failing) for e in doc["errors"]]
+    errors = [e for doc in ledger.errors(failing) for e in doc["errors"]][: _shown_errors()]
+    _name_inputs(store, info, errors)
     # the provenance is verified when read (daskbatch.repaircheck); a hand-made info may not be
     history = info.get("history") if isinstance(info.get("history"), list) else []
     history = [h for h in history if isinstance(h, dict)]

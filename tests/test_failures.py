@@ -320,3 +320,62 @@ def test_a_store_that_grows_keeps_the_messages_of_its_old_failures(tmp_path):
     assert after["sample"].tolist() == np.flatnonzero(x < 0.3).tolist()
     assert after["message"].tolist() == [f"x={v:.3f}" for v in x[x < 0.3]]
     assert after.head(len(before))["message"].tolist() == before["message"].tolist()
+
+
+# --------------------------------------------------------------------------- status lines
+
+
+@db.kernel(outputs={"n": db.Output(dtype="int64")})
+def text_length(path):
+    text = Path(path).read_text()
+    if "bad" in text:
+        raise ValueError("unreadable contents")
+    return len(text)
+
+
+@db.kernel(outputs={"gc": db.Output()})
+def gc_share(seq):
+    if "N" in seq:
+        raise ValueError("ambiguous base")
+    return (seq.count("G") + seq.count("C")) / len(seq)
+
+
+def test_status_names_each_failed_sample_by_its_file_or_id(tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for i in range(9):
+        (folder / f"capture_{i}.txt").write_text("bad" if i in (2, 7) else "x" * i)
+    store = tmp_path / "files.zarr"
+    result = db.run(text_length, db.Files(str(folder / "*.txt")), store, chunk_size=4, **RUN)
+    for status in (result, db.status(store)):
+        assert [e["input"] for e in status.errors] == [
+            {"path": str(folder / "capture_2.txt")},
+            {"path": str(folder / "capture_7.txt")},
+        ]
+        lines = str(status).splitlines()
+        at = lines.index(f"errors (first ones): files in {folder}")
+        assert lines[at + 1 : at + 3] == [
+            "  capture_2.txt (sample 2): ValueError: unreadable contents",
+            "  capture_7.txt (sample 7): ValueError: unreadable contents",
+        ]
+        assert "capture_7.txt (sample 7)" in status._repr_html_()
+
+    # a Parquet table: named by its id column, never by the sequence the store does not keep
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    seqs = ["ACGT" * 50, "ACNT" * 50, "GGCC" * 50, "NNNN" * 50]
+    pq.write_table(pa.table({"seq_id": [f"chr{i}" for i in range(4)], "seq": seqs}), tmp_path / "s.parquet")
+    store = tmp_path / "seqs.zarr"
+    db.run(gc_share, db.Table(str(tmp_path / "s.parquet")), store, chunk_size=2, **RUN)
+    status = db.status(store)
+    assert "seq" not in db.open(store).variables
+    assert [e["input"] for e in status.errors] == [{"seq_id": "chr1"}, {"seq_id": "chr3"}]
+    assert "  chr1 (sample 1): ValueError: ambiguous base" in str(status).splitlines()
+    assert "ACNT" not in str(status)
+
+    # a design has no input that names a sample: its index
+    store = tmp_path / "mc.zarr"
+    db.run(always, db.MonteCarlo({"i": db.Uniform(0, 1)}, n=3, seed=1), store, **RUN)
+    assert all("input" not in e for e in db.status(store).errors)
+    assert "  sample 0: ValueError: sample value" in str(db.status(store))
