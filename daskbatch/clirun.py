@@ -28,7 +28,7 @@ def _spec_with_flags(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_size": args.chunk_size,
         "memory_limit": args.memory_limit,
     }
-    kwargs.update({k: v for k, v in flags.items() if v})
+    kwargs.update({k: v for k, v in flags.items() if v is not None and v != ""})  # 0: checked by run
     return kwargs
 
 
@@ -114,6 +114,7 @@ def _resume_cluster(cluster: Any, info: dict[str, Any]) -> Any:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .engine import run
     from .grow import undo_stopped_change
+    from .provenance import recorded_constants
     from .store import Store
 
     undo_stopped_change(Store(args.store))  # before the provenance it resumes is read
@@ -129,7 +130,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         if args.workers is not None or args.cluster or not isinstance(cluster, str)
         else options.get("workers"),
         progress=not args.no_progress,
-        constants=info.get("constants") or None,
+        constants=recorded_constants(info) or None,
         retries=args.retries if args.retries is not None else options.get("retries", 0),
         timeout=args.timeout if args.timeout is not None else options.get("timeout"),
         retry_failed=args.retry_failed,

@@ -282,6 +282,11 @@ def jsonable(value: Any, where: str) -> Any:
             raise DaskbatchError(f"{where}: arrays of dtype {value.dtype} cannot be recorded")
         return value.tolist()
     if isinstance(value, np.generic):
+        if value.dtype.kind not in "biufU":
+            raise DaskbatchError(
+                f"{where}={value!r} cannot be recorded in the store (a numpy {value.dtype} value); give "
+                "it as a number or a string"
+            )
         return value.item()
     if value is None or isinstance(value, bool | int | float | str):
         return value

@@ -268,6 +268,7 @@ class Runner:
             block_shape,
             numblocks,
             self.provenance,
+            constants=self.options.constants,
         )
         if self.options.reductions is not None:  # compared on every rerun, like the fingerprint
             info["reduce"] = self.options.reductions.spec()

@@ -162,7 +162,7 @@ def validate(
     import zarr
 
     from .blocktask import kernel_inputs
-    from .provenance import changed_parts, kernel_code
+    from .provenance import changed_parts, kernel_code, recorded_constants
     from .raggedstore import read_decoded
     from .store import Store
 
@@ -180,7 +180,7 @@ def validate(
     committed = st.ledger.committed()  # the ledger first, then the status it covers
     block_shape = tuple(info["layout"]["block_shape"])
     picked = _pick(status, total, int(n), rng, committed, block_shape)
-    constants = info.get("constants") or {}
+    constants = recorded_constants(info)
     nd = len(space.batch_dims)
     report = ValidationReport(str(st.path), len(picked), float(rtol), float(atol))
     stored_code = info.get("kernel_code")

@@ -233,3 +233,78 @@ def test_demo(tmp_path):
     assert "3,000 total" in r.stdout and "median" in r.stdout
     ds = db.open(tmp_path / "demo.zarr")
     assert ds.rhoa.dims == ("sample", "ab2") and int((ds.status == 1).sum()) > 2900
+
+
+TYPED_KERNEL = '''
+import numpy as np
+import daskbatch as db
+
+
+@db.kernel(outputs={"y": db.Output()})
+def typed(a, w, pair, names, scale):
+    """Raises unless every constant comes with the type it was passed with."""
+    assert isinstance(w, np.ndarray) and w.dtype == np.float32 and w.shape == (2, 1), repr(w)
+    assert isinstance(pair, tuple) and pair == (1, "b"), repr(pair)
+    assert names == {1: "one", 2: [3, 4]}, repr(names)
+    assert isinstance(scale, np.float32), repr(scale)
+    return float(a * w.sum() * scale)
+'''
+
+
+def test_resume_and_validate_pass_the_constants_as_they_were_passed(tmp_path, monkeypatch):
+    """numpy arrays and scalars, tuples and int keys come back as such, not as their JSON."""
+    import importlib
+
+    (tmp_path / "typed_kernel.py").write_text(TYPED_KERNEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("typed_kernel")
+    store = tmp_path / "c.zarr"
+    constants = {
+        "w": np.array([[0.5], [0.25]], dtype=np.float32),
+        "pair": (1, "b"),
+        "names": {1: "one", 2: [3, 4]},
+        "scale": np.float32(0.1),
+    }
+    db.run(
+        mod.typed,
+        db.Grid(a=[1.0, 2.0, 3.0, 4.0]),
+        store,
+        chunk_size=2,
+        constants=constants,
+        cluster="serial",
+        progress=False,
+    )
+    want = db.open(store).y.values.copy()
+    from daskbatch.store import Store
+
+    Store(store).ledger.forget([(1,)])
+    r = run_cli("resume", str(store), "--cluster", "serial", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ds = db.open(store)
+    assert ds.status.values.tolist() == [1, 1, 1, 1], db.failures(store)["message"].tolist()
+    assert np.array_equal(ds.y.values, want)
+    r = run_cli("validate", str(store), "--n", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the record the fingerprint compares is unchanged: the JSON of the constants
+    assert Store(store).require_info()["constants"]["pair"] == [1, "b"]
+
+
+def test_a_numpy_value_that_json_cannot_hold_is_refused_as_a_constant(tmp_path):
+    with pytest.raises(db.DaskbatchError, match=r"constants\['when'\]=.*datetime64.*number or a string"):
+        db.run(
+            slow_square,
+            db.Grid(x=[1.0]),
+            tmp_path / "s.zarr",
+            constants={"when": np.datetime64("2026-01-01")},
+        )
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_zero_flag_is_checked_not_dropped_for_the_spec_files_value(spec, cli):
+    for flag, words in [
+        ("--chunk-size", "chunk_size=0 must be a positive integer"),
+        ("--workers", "n_workers=0 must be a positive integer"),
+    ]:
+        r = cli("run", str(spec), flag, "0", "--no-progress")
+        assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert not (spec.parent / "mc.zarr").exists()
