@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -72,6 +73,24 @@ TYPES: dict[str, type] = {
     "cli": bool,
 }
 
+#: the least value of each numeric setting, and whether that value itself is allowed
+MINIMUM: dict[str, tuple[float, bool]] = {
+    "progress.interval": (0, True),  # 0: a line at every update
+    "malloc-arenas": (0, True),
+    "probe.samples": (1, True),
+    "probe.vector-samples": (1, True),
+    "probe.quick-seconds": (0, True),
+    "probe.seconds": (0, True),
+    "publish-interval": (0, False),
+    "auto.start-seconds": (0, True),
+    "auto.fork-start-seconds": (0, True),
+    "auto.fork-up-to-seconds": (0, True),
+    "auto.driver-seconds-per-block": (0, True),
+    "connect-timeout": (0, False),
+    "shown-errors": (0, True),
+    "table.scan-up-to": (0, True),
+}
+
 #: environment variables kept from before these settings, read when :func:`get` is
 #: called; one counts only while dask's configuration holds the shipped default
 LEGACY_ENV = {"progress.interval": "DASKBATCH_PROGRESS_INTERVAL"}
@@ -106,13 +125,24 @@ def get(key: str) -> int | float | bool:
         where = f"{legacy}={value!r}"
     else:
         where = f"daskbatch.{short}={value!r}"
+    source = (
+        "it is read from dask's configuration (dask.config.set, a dask config file, or "
+        f"DASK_DASKBATCH__{short.replace('.', '__').replace('-', '_').upper()})"
+    )
     try:
-        return _convert(value, kind)
+        got = _convert(value, kind)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"the setting {where} is not {_TYPE_NAMES[kind]}; it is read from dask's configuration "
-            f"(dask.config.set, a dask config file, or DASK_DASKBATCH__{short.replace('.', '__').upper()})"
-        ) from None
+        raise ConfigError(f"the setting {where} is not {_TYPE_NAMES[kind]}; {source}") from None
+    if short in MINIMUM and kind is not bool:
+        least, allowed = MINIMUM[short]
+        if not math.isfinite(got) or got < least or (got == least and not allowed):
+            bound = f">= {least:g}" if allowed else f"> {least:g}"
+            default_text = f"{default:g}" if isinstance(default, int | float) else repr(default)
+            raise ConfigError(
+                f"the setting {where} must be a finite number {bound} (the default is "
+                f"{default_text}); {source}"
+            )
+    return got
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false"}

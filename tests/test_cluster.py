@@ -656,6 +656,17 @@ def test_a_bad_value_or_key_names_itself():
         config.get("verbose")
     with pytest.raises(KeyError, match="probe.samples"):
         config.get("probe.sample")
+    # out of range: named with its least value, its default and a variable a shell can set
+    for key, value, words in [
+        ("probe.samples", 0, r"probe.samples=0 must be a finite number >= 1 \(the default is 16\)"),
+        ("shown-errors", -1, r"shown-errors=-1 must be a finite number >= 0.*DASK_DASKBATCH__SHOWN_ERRORS\)"),
+        ("connect-timeout", 0, r"connect-timeout=0 must be a finite number > 0"),
+        ("publish-interval", float("nan"), r"publish-interval=nan must be a finite number > 0"),
+    ]:
+        with dask.config.set({f"daskbatch.{key}": value}), pytest.raises(config.ConfigError, match=words):
+            config.get(key)
+    with dask.config.set({"daskbatch.progress.interval": 0}):  # a line at every update
+        assert config.get("progress.interval") == 0.0
 
 
 # --------------------------------------------------------------------------- logging
