@@ -139,6 +139,10 @@ def summarize(
             continue
         if "units" in ds[name].attrs:
             units[name] = str(ds[name].attrs["units"])
+        if 0 in x.shape:  # a ragged output empty in every sample: no values, no statistics
+            empty = x.isel(dict.fromkeys(over, 0), drop=True) if n_over else x.sum(over)
+            out[name] = xr.concat([empty] * len(names), dim="stat", coords="minimal", compat="override")
+            continue
         stats = [x.count(over), x.mean(over), x.std(over, ddof=1), x.min(over), x.max(over)]
         if qs:
             kept = [d for d in x.dims if d not in over]
@@ -160,7 +164,11 @@ def summarize(
                 )
         out[name] = xr.concat(stats, dim="stat", coords="minimal", compat="override")
     result = xr.Dataset(out).assign_coords(stat=names)
-    (result,) = dask.compute(result)
+    with warnings.catch_warnings():  # statistics of no value (every sample failed) are NaN, as said
+        warnings.filterwarnings(
+            "ignore", "All-NaN slice|Mean of empty slice|invalid value|Degrees of freedom"
+        )
+        (result,) = dask.compute(result)
     for name, u in units.items():
         result[name].attrs["units"] = u
     result.attrs["store"] = str(getattr(data, "path", data)) if not isinstance(data, xr.Dataset) else ""

@@ -120,6 +120,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         core = ", ".join(f"{d} ({v.sizes[d]})" for d in v.dims if d != "stat")
         units = f" [{v.attrs['units']}]" if "units" in v.attrs else ""
         print(f"\n{k}{units} over {core}:")
+        if 0 in v.shape:  # a ragged output empty in every sample
+            print("  no values: every sample's is empty (or no sample is ok)")
+            continue
         for s in ("p10", "p50", "p90"):
             band = v.sel(stat=s).values
             if np.isfinite(band).any():

@@ -101,7 +101,15 @@ def _export_format(path: Path, format: str | None, curves: str) -> str:
 
 
 def _check_long_curves(outputs: dict[str, Any], reader: StoreReader) -> None:
-    """Refuse ``curves="long"`` for curve outputs of different sizes (ragged ones aside)."""
+    """Refuse ``curves="long"`` for curve outputs along different dims, or of different
+    sizes (ragged ones aside)."""
+    along = {k: tuple(s.get("dims") or ()) for k, s in outputs.items() if s["shape"] and k in reader.arrays}
+    if len(set(along.values())) > 1:
+        named = ", ".join(f"{k!r} along {', '.join(d) or '?'}" for k, d in along.items())
+        raise DaskbatchError(
+            f"curves='long' writes a row per sample and position along one dim, but the curve outputs "
+            f"are along different dims ({named}); use curves='wide' (a column per position)"
+        )
     curve_outputs = [k for k, s in outputs.items() if s["shape"] and k not in reader.ragged]
     sizes = {int(np.prod(outputs[k]["shape"])) for k in curve_outputs}
     if len(sizes) > 1:

@@ -416,7 +416,10 @@ class Kernel:
             params,
             batch_shape,
             constants,
-            label=lambda idx: f"probe sample {idx}",
+            # the probe's block is the first one, at the origin: its positions are the samples'
+            label=lambda idx: (
+                f"sample {idx[0]}" if len(idx) == 1 else f"sample at {tuple(int(i) for i in idx)}"
+            ),
             timeout=timeout,
             kill_on_timeout=kill_on_timeout,
             stop_after=stop_after,

@@ -386,6 +386,12 @@ def cast_value(
         arr, bad = _python_ints(arr, out.dtype)
     integers = arr.dtype.kind in "iu" and out.dtype.kind in "iu"  # signed <-> unsigned: by value
     if not integers and not np.can_cast(arr.dtype, out.dtype, casting="same_kind"):
+        if arr.dtype.kind not in "biuf":  # None, or objects: no dtype would store them
+            raise OutputSpecError(
+                f"{where}: output {name!r} is {'None' if value is None else show_value(value)}, not "
+                f"{out.dtype} values ({declared}); "
+                "return numbers (float('nan') for a missing value), or raise to fail the sample"
+            )
         raise OutputSpecError(
             f"{where}: output {name!r} has dtype {arr.dtype}, expected {out.dtype}; "
             f"declare Output(dtype={str(arr.dtype)!r}) or convert the value in the kernel"

@@ -483,7 +483,15 @@ def sample_value(out: Output, name: str, value: Any, where: str) -> np.ndarray:
     """
     if out.text:
         if isinstance(value, str):
-            return np.frombuffer(str(value).encode("utf-8"), dtype=np.uint8)
+            try:
+                return np.frombuffer(str(value).encode("utf-8"), dtype=np.uint8)
+            except UnicodeEncodeError as e:  # a lone surrogate: this sample's value, not the spec
+                char = value[e.start]
+                raise OutputValueError(
+                    f"output {name!r} has a character UTF-8 cannot encode: U+{ord(char):04X} (a lone "
+                    f"surrogate) at position {e.start}; return valid text, e.g. "
+                    "text.encode('utf-8', 'replace').decode()"
+                ) from None
         raise OutputSpecError(
             f"{where}: output {name!r} is {show_value(value)}, expected a str ({_declared(out)}); "
             "return a str (e.g. str(value)), or declare a numeric Output for numbers"

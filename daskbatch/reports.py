@@ -303,7 +303,8 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
         if h is not None:
             plots.append(h)
     for k in curves:
-        plots.append(_bands(summary, k))
+        if summary[k].size:  # not a ragged output empty in every sample
+            plots.append(_bands(summary, k))
     if scalars and int(summary[scalars[0]].sel(stat="count")) >= 2:
         plots.append(_convergence(ds, scalars[0]))
     if scalars and s["ok"] > 2:

@@ -452,3 +452,62 @@ def test_the_lock_folder_is_the_ledgers():
     from daskbatch import ledger, ragged
 
     assert ragged.HIDDEN == ledger.HIDDEN
+
+
+@db.kernel(outputs={"y": db.Output(units="m"), "peaks": db.Output(dims=("peak",), shape=(None,))})
+def no_peaks(x):
+    return {"y": x, "peaks": []}
+
+
+@db.kernel(outputs={"a": db.Output(dims=("i",), shape=(None,)), "b": db.Output(dims=("j",), shape=(None,))})
+def two_dims(x):
+    return {"a": [x] * int(x), "b": [-x] * (3 - int(x))}
+
+
+def test_an_output_empty_in_every_sample_is_summarised_and_compared(tmp_path, cli):
+    store = tmp_path / "e.zarr"
+    db.run(no_peaks, db.Table({"x": np.arange(6.0)}), store, cluster="serial", **RUN)
+    summary = db.summarize(store)
+    assert summary.peaks.shape == (len(summary.stat), 0)
+    assert summary.y.sel(stat="count").item() == 6
+    r = cli("summary", str(store))
+    assert r.returncode == 0, r.stderr
+    assert "peaks over peak (0):\n  no values: every sample's is empty" in r.stdout
+    assert cli("compare", str(store), str(store)).returncode == 0
+    assert cli("report", str(store), "-o", str(tmp_path / "r.html")).returncode == 0
+
+
+def test_a_long_export_of_curves_along_different_dims_is_refused(tmp_path):
+    store = tmp_path / "two.zarr"
+    db.run(two_dims, db.Table({"x": np.array([1.0, 2.0])}), store, cluster="serial", **RUN)
+    with pytest.raises(
+        db.DaskbatchError, match=r"along different dims \('a' along i, 'b' along j\); use curves='wide'"
+    ):
+        db.export(store, tmp_path / "long.csv", curves="long")
+    assert not (tmp_path / "long.csv").exists()
+    db.export(store, tmp_path / "wide.csv", curves="wide")
+    assert pd.read_csv(tmp_path / "wide.csv")[["a_length", "b_length"]].values.tolist() == [[1, 2], [2, 1]]
+
+
+@db.kernel(outputs={"label": db.Output(dtype="str")})
+def lone_surrogate(x):
+    return "a\ud800b" if x > 3 else "ok"
+
+
+@db.kernel(outputs={"y": db.Output()})
+def maybe_none(x):
+    return None if x > 3 else 1.0
+
+
+def test_text_utf8_cannot_encode_fails_its_sample_and_none_for_a_number_says_what_to_return(tmp_path):
+    store = tmp_path / "s.zarr"
+    db.run(lone_surrogate, db.Table({"x": np.arange(6.0)}), store, cluster="serial", **RUN)
+    df = db.failures(store)
+    assert df["sample"].tolist() == [4, 5] and set(df["error"]) == {"OutputValueError"}
+    assert df["message"][0].startswith("output 'label' has a character UTF-8 cannot encode: U+D800")
+    assert db.open(store).label.values.tolist()[:4] == ["ok"] * 4
+    with pytest.raises(
+        OutputSpecError, match=r"sample 4: output 'y' is None, not float64 values.*float\('nan'\)"
+    ):
+        db.run(maybe_none, db.Table({"x": np.arange(6.0)}), tmp_path / "n.zarr", cluster="serial", **RUN)
+    assert not (tmp_path / "n.zarr").exists()
