@@ -62,7 +62,11 @@ def _listing(files: Any, recursive: bool) -> list[str]:
         if _has_magic(text):
             found = [m for m in glob.glob(absolute, recursive=recursive) if os.path.isfile(m)]
             if not found:
-                hint = "; for '**' pass recursive=True" if "**" in text and not recursive else ""
+                hint = (
+                    "; with recursive=False '**' is one folder level: pass recursive=True for any folders"
+                    if "**" in text and not recursive
+                    else ""
+                )
                 raise SpaceError(
                     f"Files: {text!r} matches no file in {_glob_folder(absolute)!r}; check the "
                     f"pattern and the folder{hint}"
@@ -94,11 +98,14 @@ class Files(Space):
     Parameters
     ----------
     files
-        A glob pattern (``"images/*.png"``; ``"**"`` with ``recursive=True``), a
-        folder (its files; hidden ones, whose name starts with ``.``, are left out),
-        one file, or a list of paths.
+        A glob pattern (``"images/*.png"``, ``"runs/**/*.npy"``), a folder (its
+        files; hidden ones, whose name starts with ``.``, are left out), one file, or
+        a list of paths.
     recursive
         A folder: its subfolders' files too. A glob: ``**`` matches any folders.
+        Default (None): True for a glob with ``**`` (as :class:`Table` reads one),
+        else False; ``recursive=False`` makes ``**`` one folder level, as
+        :func:`glob.glob` does without ``recursive``.
 
     Notes
     -----
@@ -125,10 +132,15 @@ class Files(Space):
     carries_rows = True
 
     def __init__(
-        self, files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, recursive: bool = False
+        self,
+        files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        recursive: bool | None = None,
     ) -> None:
+        if recursive is None:
+            recursive = isinstance(files, str | os.PathLike) and "**" in os.fspath(files)
         if not isinstance(recursive, bool):
-            raise SpaceError(f"Files: recursive={recursive!r} must be True or False")
+            raise SpaceError(f"Files: recursive={recursive!r} must be True or False (or None: True for '**')")
         paths = sorted(set(_listing(files, recursive)))
         sizes, mtimes = np.empty(len(paths), np.int64), np.empty(len(paths), np.int64)
         for i, p in enumerate(paths):
@@ -140,6 +152,13 @@ class Files(Space):
         else:
             given = [os.path.abspath(Path(os.fspath(f)).expanduser()) for f in files]
             self.pattern = given if len(given) <= MAX_LISTED else None
+        for p in paths:
+            if not p.isprintable() and any("\udc80" <= c <= "\udcff" for c in p):
+                raise SpaceError(
+                    f"Files: the name of {os.fsencode(p)!r} is not UTF-8 text (its bytes are those of "
+                    "another encoding, such as Latin-1); daskbatch keeps paths as UTF-8 text: rename it "
+                    "(convmv -f latin1 -t utf8 --notest FILE) or leave it out of the pattern or list"
+                )
         self.paths = np.asarray(paths, dtype=STRING)
         self.sizes = sizes
         self.mtimes = mtimes
@@ -217,7 +236,7 @@ class Files(Space):
                 "space.path: the Files space was made from a list of more than "
                 f"{MAX_LISTED:,} paths, which the spec does not keep; make it again from its folder or glob"
             )
-        recursive = spec.get("recursive", False)
+        recursive = spec.get("recursive")  # None (not given in a spec file): True for '**'
 
         def resolve(p: str) -> str:
             q = Path(p).expanduser()

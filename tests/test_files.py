@@ -42,6 +42,8 @@ def test_files_from_a_folder_a_glob_and_a_list(tmp_path):
     assert Files(folder, recursive=True).size == 4  # sub/d.png too; hidden files left out
     assert Files(str(folder / "*.png")).size == 2
     assert Files(str(folder / "**" / "*.png"), recursive=True).size == 3
+    assert Files(str(folder / "**" / "*.png")).size == 3  # '**' looks in any folders, as Table's
+    assert Files(str(folder / "**" / "*.png"), recursive=False).size == 1  # glob's one level
     listed = Files([folder / "b.png", str(folder / "a.png")])
     assert [Path(p).name for p in listed.block((slice(0, 2),))["path"].tolist()] == ["a.png", "b.png"]
     cwd = os.getcwd()
@@ -108,7 +110,10 @@ def test_bad_files_are_refused_before_any_store(tmp_path):
             lambda: Files(str(folder / "*.jpg")),
             r"'.*\*.jpg' matches no file in '.*images'; check the pattern",
         ),
-        (lambda: Files(str(folder / "**" / "*.jpg")), r"matches no file in '.*images'.*recursive=True"),
+        (
+            lambda: Files(str(folder / "**" / "*.jpg"), recursive=False),
+            r"matches no file in '.*images'.*pass recursive=True",
+        ),
         (lambda: Files(tmp_path / "nowhere"), r"'.*nowhere' does not exist; give a folder"),
         (lambda: Files([folder / "a.png", folder / "zz.png"]), r"'.*zz.png' in the list does not exist"),
         (lambda: Files([folder / "sub"]), r"'.*sub' in the list is a folder, not a file"),
@@ -121,3 +126,14 @@ def test_bad_files_are_refused_before_any_store(tmp_path):
         with pytest.raises(SpaceError, match=words):
             make()
     assert not store.exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_named_with_the_fix(tmp_path):
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    (folder / "ok.dat").write_bytes(b"1")
+    with open(os.fsencode(folder) + b"/caf\xe9.dat", "wb") as f:  # a Latin-1 name
+        f.write(b"2")
+    with pytest.raises(SpaceError, match=r"caf\\xe9.dat'? is not UTF-8 text.*rename it"):
+        Files(str(folder / "*.dat"))
+    assert Files(str(folder / "ok.dat")).size == 1
