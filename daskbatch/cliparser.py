@@ -18,6 +18,16 @@ def _chunk_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a whole number") from None
 
 
+def _rows_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0 (0 prints every row)")
+    return value
+
+
 def _cluster_opts(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """Where a command runs: --cluster, --workers, --no-progress, --verbose."""
     first = (
@@ -180,7 +190,10 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="only samples with this status (may be given more than once; default: all three)",
     )
     p.add_argument(
-        "--limit", type=int, default=200, help="rows printed (default 200; 0 for all; --csv writes all)"
+        "--limit",
+        type=_rows_limit,
+        default=200,
+        help="rows printed (default 200; 0 for all; --csv writes all)",
     )
     p.set_defaults(func=_cmd_failures)
 

@@ -253,6 +253,11 @@ def test_failures_command_prints_a_table_and_writes_csv(picky_store, tmp_path):
     assert pd.read_csv(io.StringIO(r.stdout))["sample"].tolist() == high.tolist()
 
 
+def test_failures_command_refuses_a_negative_limit(picky_store, cli):
+    r = cli("failures", str(picky_store), "--limit", "-1")
+    assert r.returncode == 2 and "'-1' is not a whole number >= 0 (0 prints every row)" in r.stderr
+
+
 def test_failures_command_exit_codes(picky_store, tmp_path, cli):
     (tmp_path / "plain").mkdir()
     r = run_cli("failures", str(tmp_path / "plain"))
