@@ -164,3 +164,23 @@ def test_compare_of_two_batches_of_files_does_not_call_them_the_same_samples(tmp
     df = db.compare(*stores)
     assert not df.attrs["same_parameters"] and df.loc["n", "samples differing"] is None
     assert db.compare(stores[0], stores[0]).attrs["same_parameters"]
+
+
+@db.kernel(outputs={"y": db.Output()})
+def twice(x, name):
+    return 2 * x
+
+
+def test_compare_of_one_table_saved_as_csv_and_parquet_is_sample_by_sample(tmp_path):
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"x": np.arange(6.0), "name": list("abcdef")})
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    a, b = tmp_path / "p.zarr", tmp_path / "c.zarr"
+    db.run(twice, db.Table(str(tmp_path / "t.parquet")), a, **RUN)
+    db.run(twice, db.Table(str(tmp_path / "t.csv")), b, **RUN)
+    df = db.compare(a, b)
+    assert df.attrs["same_parameters"] and df.loc["y", "samples differing"] == 0
+    frame.assign(x=frame.x + 1).to_csv(tmp_path / "t.csv", index=False)
+    db.run(twice, db.Table(str(tmp_path / "t.csv")), b, overwrite=True, **RUN)
+    assert not db.compare(a, b).attrs["same_parameters"]  # other contents
