@@ -635,6 +635,11 @@ def _check_fingerprint(
         diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")
     elif reason is not None and "not more than the stored" not in reason:
         diffs.append(f"where: {reason}")
+    if "space" in now and info.get("space") != now["space"]:
+        gone = _files_gone(st, space)
+        if gone:
+            more = f" and {len(gone) - 3:,} more" if len(gone) > 3 else ""
+            diffs.append(f"files the store holds results of are gone: {', '.join(gone[:3])}{more}")
     if chunk_size != "auto":
         # a store that grows keeps its blocks: chunk_size as it was cut for the stored samples
         shape = space.batch_shape if "space" in now else tuple(stored_layout["batch_shape"])
@@ -647,6 +652,32 @@ def _check_fingerprint(
             + ", ".join(diffs)
             + ". Pass overwrite=True (--overwrite) to discard it and start again, or use a new store path"
         )
+
+
+def _files_gone(st: Any, space: Any) -> list[str]:
+    """The files of a :class:`~daskbatch.files.Files` store (its ``path`` coordinate) that
+    ``space`` no longer lists: removed or renamed since the store was made."""
+    paths = getattr(space, "paths", None)
+    if paths is None or not getattr(space, "carries_rows", False):
+        return []
+    try:
+        import zarr
+
+        from .ragged import decode_text
+
+        arr = zarr.open_array(str(st.path), path="path", mode="r")
+        meta = (arr.attrs.get("daskbatch") or {}) if isinstance(arr.attrs.get("daskbatch"), dict) else {}
+        if arr.shape[0] > 1_000_000:
+            return []
+        data = np.asarray(arr[:])
+        if meta.get("encoding"):
+            data = decode_text(
+                data, np.asarray(zarr.open_array(str(st.path), path=meta["length"], mode="r")[:])
+            )
+        now = set(str(p) for p in paths.tolist())
+        return [str(p) for p in data.tolist() if str(p) not in now]
+    except Exception:  # the refusal stands without the names
+        return []
 
 
 def _check_kernel_code(

@@ -137,3 +137,22 @@ def test_a_file_name_that_is_not_utf8_is_named_with_the_fix(tmp_path):
     with pytest.raises(SpaceError, match=r"caf\\xe9.dat'? is not UTF-8 text.*rename it"):
         Files(str(folder / "*.dat"))
     assert Files(str(folder / "ok.dat")).size == 1
+
+
+def test_a_rerun_after_files_were_removed_names_them_and_changes_nothing(tmp_path):
+    from daskbatch.errors import FingerprintMismatchError
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"f{i}.bin").write_bytes(b"x" * (i + 1))
+    store = tmp_path / "s.zarr"
+    db.run(first_byte, Files(str(folder / "*.bin")), store, cluster="serial", progress=False)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"}
+    (folder / "f2.bin").unlink()
+    with pytest.raises(
+        FingerprintMismatchError,
+        match=r"rows: 5 -> 4.*files the store holds results of are gone: .*f2.bin\. Pass",
+    ):
+        db.run(first_byte, Files(str(folder / "*.bin")), store, cluster="serial", progress=False)
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"} == before
