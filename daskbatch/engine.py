@@ -27,7 +27,7 @@ from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
 from .grow import added_rows, adopt_input, grow, same_input, short_blocks, undo_stopped_change
 from .kernel import Kernel
-from .options import RunOptions
+from .options import RunOptions, path_argument
 from .plan import Plan
 from .probe import measure
 from .provenance import check_store, run_provenance
@@ -413,8 +413,9 @@ def _run_request(arguments: Mapping[str, Any]) -> _Request:
     checked first, then the store path."""
     kernel, space = arguments["kernel"], arguments["space"]
     given = {k: v for k, v in arguments.items() if k not in ("kernel", "space", "store")}
-    options = RunOptions.from_arguments(kernel, space, **given, store=os.fspath(arguments["store"]))
-    return _Request(kernel, space, os.fspath(arguments["store"]), options)
+    store = path_argument(arguments["store"], "store", "results.zarr")
+    options = RunOptions.from_arguments(kernel, space, **given, store=store)
+    return _Request(kernel, space, store, options)
 
 
 @_with_parameters
@@ -446,7 +447,7 @@ def plan(
     >>> p.n_blocks, p.samples_per_block, p.bytes_out_per_sample
     (10, 100, 8)
     """
-    path = None if store is None else os.fspath(store)
+    path = None if store is None else path_argument(store, "store", "results.zarr")
     checked = RunOptions.from_arguments(kernel, space, **options, store=path)
     return _Request(kernel, space, path, checked).plan()
 

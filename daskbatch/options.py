@@ -114,7 +114,9 @@ class RunOptions:
             verify=verify,
             memory_limit=memory,
             kernel_changed=kernel_changed,
-            spec_file=None if spec_file is None else str(Path(spec_file)),
+            spec_file=None
+            if spec_file is None
+            else str(Path(path_argument(spec_file, "spec_file", "sweep.toml"))),
             callbacks=callbacks,
             auto=auto,
             reductions=reductions,
@@ -151,6 +153,12 @@ def check_plain_options(
             f"kernel_changed={kernel_changed!r} is not valid; use 'refuse' (the default: a store with "
             "results of other kernel code is refused) or 'continue' (keep them and go on)"
         )
+    if callbacks is not None and (isinstance(callbacks, str | bytes) or not isinstance(callbacks, Sequence)):
+        if any(callable(getattr(callbacks, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")):
+            raise DaskbatchError(f"callbacks={callbacks!r} must be a list of callbacks; pass [{callbacks!r}]")
+        raise DaskbatchError(
+            f"callbacks={callbacks!r} must be a list of callbacks (daskbatch.Callback subclasses), or None"
+        )
     callbacks = tuple(callbacks or ())
     for cb in callbacks:
         if not any(callable(getattr(cb, m, None)) for m in ("on_run_start", "on_block_end", "on_run_end")):
@@ -159,6 +167,15 @@ def check_plain_options(
                 "subclass daskbatch.Callback"
             )
     return callbacks
+
+
+def path_argument(value: Any, name: str, example: str) -> str:
+    """``value`` (a ``str`` or ``os.PathLike``) as a path, or an error naming ``name``."""
+    if isinstance(value, str | os.PathLike) and os.fspath(value) != "":
+        text = os.fspath(value)
+        if isinstance(text, str):
+            return text
+    raise DaskbatchError(f"{name}={value!r} is not a path; give one such as {example!r}")
 
 
 def cluster_of(cluster: Any, n_workers: Any, kernel: Kernel) -> tuple[ClusterSpec, bool]:

@@ -211,5 +211,13 @@ def test_python_api_refuses_bad_core_dims_grids_timeouts_and_store_paths(tmp_pat
     ]:
         with pytest.raises(StoreError, match=named):
             db.run(affine, grid, path, cluster="serial", progress=False)
+    for kwargs, named in [
+        ({"store": None}, r"store=None is not a path; give one such as 'results.zarr'"),
+        ({"callbacks": 5}, r"callbacks=5 must be a list of callbacks"),
+        ({"callbacks": db.Callback()}, r"callbacks=.* must be a list of callbacks; pass \["),
+        ({"spec_file": 123}, r"spec_file=123 is not a path; give one such as 'sweep.toml'"),
+    ]:
+        with pytest.raises(DaskbatchError, match=named):
+            db.run(affine, grid, **{"store": store, "cluster": "serial", "progress": False, **kwargs})
     assert not store.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -132,6 +132,14 @@ def test_damage_chunk_damages_exactly_that_block(tmp_path, how):
     assert [tuple(p.block) for p in problems] == [(1, 0)], problems
 
 
+@pytest.mark.parametrize("array", ["y", "status"])
+def test_a_damaged_chunk_is_a_difference_stores_identical_names(tmp_path, array):
+    a, b = _run(tmp_path / "a.zarr"), _run(tmp_path / "b.zarr")
+    damage_chunk(b, array, block=(1, 0), how="zeros")
+    with pytest.raises(AssertionError, match=r"cannot be read.*decompression"):
+        assert_stores_identical(a, b)
+
+
 def test_damage_chunk_truncates_as_asked_and_refuses_nonsense(tmp_path):
     store = _run(tmp_path / "s.zarr")
     path = store / "status" / "c" / "0" / "0"
