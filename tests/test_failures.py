@@ -384,3 +384,27 @@ def test_status_names_each_failed_sample_by_its_file_or_id(tmp_path):
     db.run(always, db.MonteCarlo({"i": db.Uniform(0, 1)}, n=3, seed=1), store, **RUN)
     assert all("input" not in e for e in db.status(store).errors)
     assert "  sample 0: ValueError: sample value" in str(db.status(store))
+
+
+@db.kernel(outputs={"y": db.Output()})
+def refuses_negative(x):
+    if x < 0:
+        raise ValueError("negative")
+    return float(x)
+
+
+def test_failures_read_the_inputs_of_a_folder_that_had_files_added_since(tmp_path):
+    """Rows added to the input (the rerun that grows the store not yet made): the stored
+    rows are read as they were; a stored row changed: left out, and said so."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(2):
+        pd.DataFrame({"x": np.arange(4.0) + 4 * i - 2}).to_parquet(folder / f"p{i}.parquet")
+    store = tmp_path / "s.zarr"
+    db.run(refuses_negative, db.Table(str(folder)), store, **RUN)
+    pd.DataFrame({"x": [9.0, 10.0]}).to_parquet(folder / "p2.parquet")
+    df = db.failures(store)
+    assert df["x"].tolist() == [-2.0, -1.0] and "note" not in df.attrs
+    pd.DataFrame({"x": [-9.0, 10.0, 0.0, 1.0]}).to_parquet(folder / "p0.parquet")
+    df = db.failures(store)
+    assert "x" not in df.columns and "changed since the run started" in df.attrs["note"]
