@@ -115,7 +115,8 @@ def remove_stale(real: Path) -> list[Path]:
     """Remove the temporaries that stopped creations of the store at ``real`` left
     (``.<name>.creating-<pid>``, ``.<name>.old-<pid>`` next to it) whose process has
     ended; returns them. A temporary of a process that runs is left alone."""
-    removed = []
+    removed: list[Path] = []
+    found: list[os.DirEntry[str]] = []  # none when its folder cannot be listed (it does not exist)
     with contextlib.suppress(OSError), os.scandir(real.parent) as entries:
         found = [e for e in entries if e.name.startswith(f".{real.name}.")]
     for entry in found:

@@ -159,6 +159,12 @@ class Store(StoreView):
             raise StoreError(f"store={str(p)!r}: {e.strerror}; choose another path") from None
         if exists and not p.is_dir():
             raise StoreError(f"store={str(p)!r} is a file; give a directory path such as 'results.zarr'")
+        if not exists and os.path.islink(p):
+            target = os.path.join(os.path.dirname(p), os.readlink(p))
+            raise StoreError(
+                f"store={str(p)!r} is a symbolic link to {os.path.normpath(target)!r}, which does not exist; "
+                "make that folder (mkdir -p), or give another path"
+            )
         parent = p.parent
         if not parent.is_dir():
             raise StoreError(

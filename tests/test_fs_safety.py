@@ -24,6 +24,7 @@ import pytest
 from conftest import run_cli
 
 import daskbatch as db
+from daskbatch.errors import StoreError
 from daskbatch.lock import StoreLock
 from daskbatch.testing import affine, assert_stores_identical, daskbatch_command, run_killed
 
@@ -349,3 +350,19 @@ def test_where_the_filesystem_cannot_swap_two_paths_two_renames_make_the_store(
     fresh = tmp_path / "fresh.zarr"
     db.run(affine, space, fresh, **args)
     assert_stores_identical(fresh, reference, provenance=True)
+
+
+def test_a_store_path_linked_to_a_folder_that_does_not_exist_is_one_line(tmp_path):
+    for target in (tmp_path / "target.zarr", tmp_path / "nowhere" / "out.zarr"):
+        link = tmp_path / f"link-{target.parent.name}.zarr"
+        link.symlink_to(target)
+        with pytest.raises(
+            StoreError, match=rf"is a symbolic link to '{target}', which does not exist; make that folder"
+        ):
+            db.run(affine, db.Grid(a=[1.0]), link, cluster="serial", progress=False)
+        assert not target.exists() and link.is_symlink()
+    (tmp_path / "target.zarr").mkdir()  # made as the message says: the run goes on through the link
+    db.run(
+        affine, db.Grid(a=[1.0]), tmp_path / f"link-{tmp_path.name}.zarr", cluster="serial", progress=False
+    )
+    assert (tmp_path / "target.zarr" / "zarr.json").is_file()
