@@ -601,11 +601,17 @@ def sample_inputs(
             arr = zarr.open_array(str(st.path), path=name, mode="r")
             meta = _padded(arr.attrs)
             lengths = zarr.open_array(str(st.path), path=meta["length"], mode="r") if meta else None
-            for i in sorted(set(indices)):
-                data = np.asarray(arr[i : i + 1])
+            wanted = sorted(set(indices))
+            # one read of the rows they span when that is short (a status's few errors), else each
+            lo, hi = (wanted[0], wanted[-1] + 1) if wanted[-1] - wanted[0] < 4096 else (None, None)
+            spans = [(lo, hi)] if lo is not None else [(i, i + 1) for i in wanted]
+            for a, b in spans:
+                data = np.asarray(arr[a:b])
                 if lengths is not None:
-                    data = _decode_text(data, np.asarray(lengths[i : i + 1]))
-                values[i] = str(data[0])
+                    data = _decode_text(data, np.asarray(lengths[a:b]))
+                for i in wanted:
+                    if a <= i < b:
+                        values[i] = str(data[i - a])
         else:
             space, _ = _rebuilt_space(info, set())
             if space is None:
