@@ -476,7 +476,16 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_sa
     out_a, out_b = info_a["kernel"]["outputs"], info_b["kernel"]["outputs"]
     common = [k for k in out_a if k in out_b and _is_number(out_a[k]) and _is_number(out_b[k])]
     if not common:
-        raise DaskbatchError(f"compare: the runs share no scalar output ({sorted(out_a)} vs {sorted(out_b)})")
+        hint = (
+            "; a store that keeps no output (each declared Output(store=False): only reduced) has its "
+            "reductions in `daskbatch status STORE` (--json) and daskbatch.status(STORE).reductions"
+            if not out_a or not out_b
+            else ""
+        )
+        raise DaskbatchError(
+            f"compare: the runs share no scalar output that their stores keep ({sorted(out_a)} vs "
+            f"{sorted(out_b)}){hint}"
+        )
     sa, sb = summarize(ds_a), summarize(ds_b)
     # the same parameters: the same space (its fingerprint: a design's spec and seed, a
     # table's contents, the files' paths, sizes and times), so the same samples in order;
@@ -499,8 +508,11 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_sa
             take = np.sort(rng.choice(n, size=min(n, max_ks_samples), replace=False))
             v = x.vindex[take].compute() if take.size < n else x.compute()
             samples.append(v[~np.isnan(v)])
-        ks = stats.ks_2samp(samples[0], samples[1])
-        row["ks statistic"], row["ks p-value"] = float(ks.statistic), float(ks.pvalue)
+        if min(len(samples[0]), len(samples[1])) > 0:
+            ks = stats.ks_2samp(samples[0], samples[1])
+            row["ks statistic"], row["ks p-value"] = float(ks.statistic), float(ks.pvalue)
+        else:  # no value on one side (every sample failed): nothing to test
+            row["ks statistic"], row["ks p-value"] = float("nan"), float("nan")
         if same_params:
             xa, xb = _scalar(ds_a, info_a, k), _scalar(ds_b, info_b, k)
             bad = ~((abs(xa - xb) <= atol + rtol * abs(xb)) | (da.isnan(xa) & da.isnan(xb)))

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -14,6 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DaskbatchError
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a statistic of no value) as None."""
+    import numpy as np
+
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(doc: Any) -> str:
+    """``doc`` as strict JSON (``null`` for NaN and infinities, which JSON has not)."""
+    return json.dumps(_finite(doc), indent=2, allow_nan=False, default=str)
 
 
 def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -34,6 +53,16 @@ def _reading(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             ) from None
 
     return guarded
+
+
+def _only_reduced(store: str) -> list[str]:
+    """The outputs a store's run only reduced (declared ``Output(store=False)``)."""
+    from .store import Store
+
+    with contextlib.suppress(Exception):
+        outputs = Store(store).require_info()["kernel"]["outputs"]
+        return [k for k, o in outputs.items() if isinstance(o, dict) and o.get("store") is False]
+    return []
 
 
 def _num(x: float) -> str:
@@ -81,7 +110,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         for k in outputs:
             if "units" in summary[k].attrs:
                 doc["outputs"][k]["units"] = str(summary[k].attrs["units"])
-        print(json.dumps(doc, indent=2))
+        print(_json(doc))
         return 0
     print(f"store:    {args.store}")
     print(
@@ -92,6 +121,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if not_ok:
         line += f"; the {not_ok:,} not ok with their inputs: daskbatch failures {shlex.quote(args.store)}"
     print(line)
+    reduced = _only_reduced(args.store)
+    if reduced:
+        print(
+            f"only reduced (Output(store=False)): {', '.join(reduced)}; their reductions: "
+            f"daskbatch status {shlex.quote(args.store)}"
+        )
     if len(table):
         header = ["output", "units", "count", "mean ± sd", "min", "p10", "p50", "p90", "max", "outliers"]
         rows = [header]
@@ -180,7 +215,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             k: {c: (None if isinstance(v, float) and v != v else v) for c, v in row.items()}
             for k, row in df.to_dict(orient="index").items()
         }
-        print(json.dumps({"a": args.a, "b": args.b, **df.attrs, "outputs": rows}, indent=2, default=str))
+        print(_json({"a": args.a, "b": args.b, **df.attrs, "outputs": rows}))
         return 0
     same = df.attrs["same_parameters"]
     print(f"a: {args.a}\nb: {args.b}")
@@ -276,7 +311,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 {"file": p.file, "problem": p.problem, "repair": p.fix} for p in report.metadata
             ]
             doc["repair"] = _repair_command(args.store, st) if not report.ok else None
-        print(json.dumps(doc, indent=2))
+        print(_json(doc))
     else:
         if st is not None:
             print(st)

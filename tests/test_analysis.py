@@ -246,3 +246,37 @@ def test_report_lists_failures_with_their_messages(tmp_path):
     path = db.report(store, tmp_path / "r.html")
     text = path.read_text()
     assert "Failures: 4 of 30 samples" in text and "boom at i=7" in text and "RuntimeError" in text
+
+
+@db.kernel(outputs={"y": db.Output(), "n": db.Output(dtype="int64")})
+def never_ok(x):
+    raise ValueError("refused")
+
+
+@db.kernel(outputs={"y": db.Output(store=False)}, per_sample=False)
+def only_reduced(a):
+    return np.exp(a)
+
+
+def test_json_is_strict_and_stores_that_keep_no_output_say_where_their_reductions_are(tmp_path, cli):
+    store = tmp_path / "f.zarr"
+    db.run(never_ok, db.Grid(x=[1.0, 2.0, 3.0]), store, cluster="serial", progress=False)
+    for command in (["summary", str(store), "--json"], ["status", str(store), "--json"]):
+        r = cli(*command)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout, parse_constant=lambda c, w=command: pytest.fail(f"{w}: {c} is not JSON"))
+    assert doc["samples"]["failed"] == 3
+    r = cli("compare", str(store), str(store), "--json")
+    json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"compare: {c} is not JSON"))
+
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    for seed, path in ((1, a), (2, b)):
+        space = db.MonteCarlo({"a": db.Normal(0, 1)}, n=200, seed=seed)
+        db.run(only_reduced, space, path, cluster="serial", progress=False, reduce=["mean"])
+    r = cli("compare", str(a), str(b))
+    assert r.returncode == 2 and "only reduced) has its reductions in `daskbatch status STORE`" in r.stderr
+    r = cli("summary", str(a))
+    assert (
+        r.returncode == 0
+        and f"only reduced (Output(store=False)): y; their reductions: daskbatch status {a}" in r.stdout
+    )
