@@ -159,6 +159,12 @@ class StoreLock:
             doc = _read_doc(fd)
             foreign = bool(doc) and doc.get("host") != hostname()
             age, its_lease = _heartbeat_age(doc or {}, fd), _lease_of(doc or {}, self.lease)
+            if got is not False and foreign and age < its_lease and _in_batch_job():
+                # the next job of a chain, its driver on another node: the run before it may
+                # have been killed a moment ago (walltime). A live run renews its heartbeat
+                # within a quarter lease, a killed one never again
+                doc, age = _wait_for_lease(store, fd, doc or {}, age, its_lease)
+                foreign = bool(doc) and doc.get("host") != hostname()
             if (
                 got is False
                 or (foreign and age < its_lease)
@@ -414,6 +420,43 @@ def lease_seconds() -> float:
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _in_batch_job() -> bool:
+    """Whether this process runs in a SLURM or PBS batch job (a chain's next job waits
+    for a lease; a user at a terminal or notebook is answered at once)."""
+    return bool(os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"))
+
+
+def _wait_for_lease(
+    store: Path, fd: int, doc: dict[str, Any], age: float, lease: float
+) -> tuple[dict[str, Any], float]:
+    """Wait while another host's lock is within its lease: until its holder renews its
+    heartbeat (a live run: it is refused) or the lease runs out (a run that was killed:
+    its lock is taken over). At most one lease. Returns the holder's document and age."""
+    logger.warning(
+        f"store {str(store)!r} is locked by a run on host {doc.get('host', '?')} "
+        f"(pid {doc.get('pid', '?')}), last heartbeat {age:.0f} s ago: waiting up to "
+        f"{max(0.0, lease - age):.0f} s for its next heartbeat (a run that lives) or the end of its "
+        f"lease of {lease:g} s (a run that was stopped)"
+    )
+    deadline = time.monotonic() + max(0.0, lease - age) + 0.5
+    before = (doc.get("heartbeat"), _mtime(fd))
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.05, lease / 40)))
+        now = _read_doc(fd) or {}
+        age = _heartbeat_age(now, fd)
+        renewed = (now.get("heartbeat"), _mtime(fd)) != before
+        if renewed or not _same_holder(now, doc) or age >= lease:
+            # renewed (or another run took it): refused; past its lease: taken over
+            return now, min(age, lease * 0.99) if renewed else age
+    return doc, _heartbeat_age(doc, fd)
+
+
+def _mtime(fd: int) -> float:
+    with contextlib.suppress(OSError):
+        return os.fstat(fd).st_mtime
+    return 0.0
 
 
 def _lease_of(doc: Mapping[str, Any], default: float) -> float:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dask
@@ -272,3 +273,59 @@ def test_a_lease_that_is_not_a_positive_number_is_one_line(tmp_path):
     with bad, pytest.raises(ConfigError, match=r"daskbatch.lease.seconds=0.0 is not a positive number"):
         StoreLock(tmp_path / "s.zarr" / ".daskbatch" / "lock").acquire()
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_the_next_job_of_a_chain_waits_for_a_killed_drivers_lease_and_refuses_a_live_one(
+    tmp_path, monkeypatch, caplog
+):
+    """In a batch job, another host's lock within its lease is waited on: taken over once
+    the lease runs out (the driver before was killed at its walltime), refused as soon as
+    its holder renews the heartbeat (a run that lives). Outside a job: refused at once."""
+    import threading
+
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    doc = _foreign(path, heartbeat=now, lease_seconds=2.0)
+    t = time.monotonic()
+    with pytest.raises(StoreLockedError, match=r"host elsewhere, pid 4242"):
+        StoreLock(path).acquire()  # at a terminal: answered at once
+    assert time.monotonic() - t < 1.0
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    t = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="daskbatch"):
+        lock = StoreLock(path).acquire()
+    waited = time.monotonic() - t
+    try:
+        assert 1.5 < waited < 4.0, waited
+        assert (
+            "is locked by a run on host elsewhere (pid 4242), last heartbeat 0 s ago: waiting up to"
+            in caplog.text
+        )
+        assert "took over the lock of host elsewhere pid 4242" in caplog.text
+    finally:
+        lock.release()
+
+    # a holder that renews its heartbeat: refused at its first renewal, not after the lease
+    path.write_text(json.dumps({**doc, "heartbeat": datetime.now(UTC).isoformat(), "lease_seconds": 30.0}))
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.3):
+            beat = datetime.now(UTC).isoformat(timespec="milliseconds")
+            fd = os.open(path, os.O_WRONLY)
+            os.pwrite(
+                fd, json.dumps({**doc, "heartbeat": beat, "lease_seconds": 30.0}).ljust(4096).encode(), 0
+            )
+            os.close(fd)
+
+    holder = threading.Thread(target=renew, daemon=True)
+    time.sleep(0.1)
+    holder.start()
+    t = time.monotonic()
+    try:
+        with pytest.raises(StoreLockedError, match=r"host elsewhere, pid 4242"):
+            StoreLock(path).acquire()
+    finally:
+        stop.set()
+        holder.join()
+    assert time.monotonic() - t < 3.0
