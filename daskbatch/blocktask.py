@@ -65,6 +65,30 @@ class BlockContext:
     #: the digests of the kernel's code in the driver (:func:`~daskbatch.freshness.code_digests`),
     #: which a worker process checks before its first block; None: not checked (the driver's own)
     code_digests: Mapping[str, Sequence[str]] | None = None
+    #: this run's id: a block on a thread of the driver whose run has stopped writes nothing
+    run_id: str = ""
+
+
+#: the runs of this process that stopped (Ctrl-C, SIGTERM, an error), by id: their blocks
+#: still running on threads of this process (cluster="threads") write nothing once the
+#: run has let go of the store's lock
+_STOPPED_RUNS: set[str] = set()
+
+
+class RunStoppedError(Exception):
+    """A block of a run that stopped, on a thread of the driver: not written."""
+
+
+def stop_blocks(run_id: str) -> None:
+    """Keep the blocks of run ``run_id`` that are still running on threads of this
+    process from writing to the store (called as the run stops, before its lock goes)."""
+    if run_id:
+        _STOPPED_RUNS.add(run_id)
+
+
+def _not_stopped(ctx: BlockContext) -> None:
+    if ctx.run_id and ctx.run_id in _STOPPED_RUNS:
+        raise RunStoppedError(f"the run stopped: block not written to {ctx.store!r}")
 
 
 def run_params(params: Mapping[str, Param], kernel: Kernel) -> dict[str, Param]:
@@ -324,6 +348,7 @@ def block_task(
     committed recomputes only its samples that are not ok.
     """
     ctx: BlockContext = context.value
+    _not_stopped(ctx)
     leave_before_deadline(ctx.block_seconds)  # a worker whose job is about to end: elsewhere
     t0 = time.monotonic()
     _check_code(ctx)
@@ -368,6 +393,7 @@ def block_task(
         res, ran = _with_first_samples(ctx, block, kernel_params), None  # the probe's: this run's too
     else:
         res, ran = compute(ctx, block, kernel_params), None
+    _not_stopped(ctx)  # a thread of a run that stopped while this block computed
     counts = st.write_block(
         layout,
         block,

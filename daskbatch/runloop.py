@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from . import config
 from .autocluster import auto_probe, bytes_per_sample, choose_cluster
-from .blocktask import BlockContext, build_tasks, run_params
+from .blocktask import BlockContext, build_tasks, run_params, stop_blocks
 from .callbacks import (
     Callback,
     ImportsOnceStarted,
@@ -350,6 +351,7 @@ class Runner:
             _call(callbacks, "on_block_end", block_end(result.flat[0]))
 
         t_compute = time.perf_counter()
+        run_id = uuid.uuid4().hex
         try:
             if pending:
                 ctx = BlockContext(
@@ -368,10 +370,12 @@ class Runner:
                     ),
                     first=self._first_samples(),
                     code_digests=None if options.cluster.in_driver else code_digests(self.kernel),
+                    run_id=run_id,
                 )
                 tasks = build_tasks(self.space, layout, ctx, pending)
                 compute_all(executor, st, self.space, ctx, tasks, pending, on_done)
         except BaseException as exc:
+            stop_blocks(run_id)  # its blocks still on threads of this process write nothing now
             wall = time.perf_counter() - t_compute
             _call(callbacks, "on_run_end", RunEnd("stopped", tally.blocks, tally.samples, wall, exc))
             if pending:

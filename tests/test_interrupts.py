@@ -391,3 +391,47 @@ def test_ctrl_c_stops_a_processes_run_at_once_and_quietly_and_resume_completes(t
     assert r.returncode == 0, r.stderr
     ds = xr.open_zarr(store)
     assert (ds.status.values == 1).all() and np.array_equal(ds.y.values, np.arange(160.0) ** 2)
+
+
+THREADS_SPEC = (
+    'kernel = "daskbatch.testing:slow_square"\nstore = "t.zarr"\ncluster = "threads"\nworkers = 2\n'
+    'chunk_size = 10\n[constants]\ndelay = 0.15\n[space]\ntype = "grid"\naxes = {x = {linspace = [0, 1, 80]}}\n'
+)
+
+
+def test_a_threads_run_stopped_by_sigterm_writes_nothing_once_it_has_let_go_of_the_lock(tmp_path):
+    """Blocks still computing on the driver's threads (which cannot be stopped) write
+    nothing after the run has released the store's lock: another run may hold it then."""
+    import json
+    import time
+
+    (tmp_path / "t.toml").write_text(THREADS_SPEC)
+    store = tmp_path / "t.zarr"
+    lock = store / ".daskbatch" / "lock"
+    proc = subprocess.Popen(
+        daskbatch_command("run", "t.toml", "--no-progress"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and blocks_done(store) < 2:
+            time.sleep(0.05)
+        assert blocks_done(store) >= 2, "the run did not start"
+        time.sleep(0.5)  # the next two blocks are half computed
+        proc.send_signal(signal.SIGTERM)
+        while time.monotonic() < deadline and lock.read_text().strip():  # held until released
+            time.sleep(0.02)
+        at_release = blocks_done(store)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert blocks_done(store) == at_release < 8, err
+    assert f"{at_release} of 8 blocks done" in err
+    history = json.loads((store / "zarr.json").read_text())["attributes"]["daskbatch"]["history"]
+    assert history[-1]["state"] == "stopped" and history[-1]["blocks_computed"] == at_release
+    r = run_cli("resume", str(store), "--no-progress")
+    assert r.returncode == 0 and "80 total: 80 ok" in r.stdout, r.stderr
