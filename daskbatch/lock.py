@@ -136,8 +136,9 @@ class StoreLock:
             age, lease = doc.get("heartbeat_age"), doc.get("lease_seconds")
             foreign = doc.get("host") != hostname()
             store = self.path.parent.parent
+            has_flock = _has_flock(self.path.parent)
             raise StoreLockedError(
-                _held_message(store, self.path, doc, False, age=age, lease=lease, foreign=foreign)
+                _held_message(store, self.path, doc, has_flock, age=age, lease=lease, foreign=foreign)
             )
 
     def acquire(self) -> StoreLock:
@@ -491,6 +492,23 @@ def _with_age(doc: dict[str, Any], fd: int) -> dict[str, Any]:
 
 def _same_holder(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in ("host", "pid", "start"))
+
+
+def _has_flock(folder: Path) -> bool:
+    """Whether the filesystem of ``folder`` has file locks, tried on a file of its own (never
+    on the lock file, which a run starting this moment may be taking)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".flock-", dir=folder)
+    except OSError:
+        return True  # cannot tell: the message for the common case
+    try:
+        return _try_flock(fd) is not None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
 
 
 def _try_flock(fd: int, shared: bool = False) -> bool | None:

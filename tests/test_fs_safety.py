@@ -366,3 +366,16 @@ def test_a_store_path_linked_to_a_folder_that_does_not_exist_is_one_line(tmp_pat
         affine, db.Grid(a=[1.0]), tmp_path / f"link-{tmp_path.name}.zarr", cluster="serial", progress=False
     )
     assert (tmp_path / "target.zarr" / "zarr.json").is_file()
+
+
+def test_a_check_that_the_store_is_free_does_not_say_the_filesystem_has_no_locks(tmp_path):
+    """What `daskbatch submit` says when a run holds the store, on a filesystem with flock."""
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    lock = StoreLock(path).acquire()
+    try:
+        with pytest.raises(StoreError, match="is being written by another run") as e:
+            StoreLock(path).check_free()
+        assert "no file locks" not in str(e.value) and "taken over automatically" in str(e.value)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["lock"]  # its probe file is gone
+    finally:
+        lock.release()
