@@ -23,7 +23,7 @@ import zarr
 from .errors import StoreError, StoreNotFoundError
 from .ledger import HIDDEN, BlockLedger, _Format2Ledger, store_format
 from .ledger_format1 import _Format1Ledger
-from .lock import StoreLock
+from .lock import StoreLock, _alive_here
 from .raggedstore import decode_dataset
 from .repaircheck import change_message, gone_message, interrupted_change, looks_like_store, read_provenance
 
@@ -223,11 +223,18 @@ class StoreView:
             gone = read_provenance(self.path).gone if self.path.is_dir() else None
             if gone is not None and looks_like_store(self.path):
                 raise StoreError(gone_message(self.path, gone))
-            holder = self.lock().holder() if (self.path / HIDDEN).is_dir() else None
-            if holder is not None and not holder.get("stale"):
+            hidden = self.path / HIDDEN
+            holder = self.lock().holder() if hidden.is_dir() else None
+            if holder is not None and not holder.get("stale") and _alive_here(holder):
                 raise StoreError(
                     f"store {str(self.path)!r} is being created by a run (host {holder.get('host')}, "
                     f"pid {holder.get('pid')}, since {holder.get('start')}); try again in a moment"
+                )
+            if hidden.is_dir() and all(p.name == HIDDEN for p in self.path.iterdir()):
+                raise StoreError(
+                    f"store {str(self.path)!r} holds no results: the run that was to create it stopped "
+                    "before it wrote any (killed while it probed the kernel?). Run the same command "
+                    "again (daskbatch run SPEC, or the same daskbatch.run call): it starts the store"
                 )
             raise StoreError(f"{str(self.path)!r} is not a daskbatch store (no daskbatch metadata)")
         return info

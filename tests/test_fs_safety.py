@@ -379,3 +379,22 @@ def test_a_check_that_the_store_is_free_does_not_say_the_filesystem_has_no_locks
         assert sorted(p.name for p in path.parent.iterdir()) == ["lock"]  # its probe file is gone
     finally:
         lock.release()
+
+
+def test_a_store_whose_creating_run_was_killed_says_to_run_again(tmp_path, cli):
+    store = tmp_path / "s.zarr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _lock_doc(store, dead.pid, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    for command in ("status", "resume"):
+        r = cli(command, str(store))
+        assert r.returncode == 2 and "holds no results: the run that was to create it stopped" in r.stderr
+    lock = StoreLock(store / ".daskbatch" / "lock")
+    (store / ".daskbatch" / "lock").write_text("")
+    lock.acquire()  # a run that lives, creating it
+    try:
+        assert "is being created by a run" in cli("status", str(store)).stderr
+    finally:
+        lock.release()
+    db.run(affine, db.Grid(a=[1.0, 2.0]), store, cluster="serial", progress=False)  # the same command again
+    assert db.status(store).complete
