@@ -124,6 +124,10 @@ def _memory_bytes(value: Any) -> int:
     return int(value) if isinstance(value, int | float) else int(parse_bytes(str(value)))
 
 
+#: the most jobs ``--chain`` submits at once (a queue's own limit is often lower)
+MAX_CHAIN = 1000
+
+
 @dataclass(frozen=True)
 class Submission:
     """One driver job (or a chain of them), checked and ready to submit."""
@@ -265,6 +269,11 @@ def prepare(
 
     if chain < 1:
         raise ClusterError(f"--chain {chain} is not a number of jobs; give 1 or more (--chain 4)")
+    if chain > MAX_CHAIN:
+        raise ClusterError(
+            f"--chain {chain:,} jobs are more than {MAX_CHAIN:,}; give at most {MAX_CHAIN:,} (a longer "
+            "walltime needs fewer), and submit again once they have run if the store is not complete"
+        )
     seconds = parse_walltime(walltime) if walltime is not None else None
     path = Path(os.path.abspath(spec))
     run = load_spec(path)  # checks the spec and imports the kernel, as the job will

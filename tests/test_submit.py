@@ -214,6 +214,11 @@ def test_job_script_runs_the_driver_records_the_job_and_a_successor_ends_at_once
         (["--slurm", "--walltime", "00:00:00"], "", "--walltime '00:00:00' is zero"),
         (["--slurm", "--chain", "0"], "", "--chain 0 is not a number of jobs; give 1 or more"),
         (["--slurm", "--chain", "-2"], "", "--chain -2 is not a number of jobs"),
+        (
+            ["--slurm", "--chain", "100000000"],
+            "",
+            "--chain 100,000,000 jobs are more than 1,000; give at most",
+        ),
         (["--slurm", "--pbs"], "", "--slurm and --pbs both given"),
         ([], 'cluster = "threads"', "the spec's cluster is 'threads': say where the driver job goes with "),
         (["--pbs"], TABLE.format(kind="slurm"), "--pbs with a spec whose cluster is 'slurm'"),
