@@ -112,9 +112,9 @@ def _resume_cluster(cluster: Any, info: dict[str, Any]) -> Any:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    from .constants import recorded_constants
     from .engine import run
     from .grow import undo_stopped_change
-    from .provenance import recorded_constants
     from .store import Store
 
     undo_stopped_change(Store(args.store))  # before the provenance it resumes is read

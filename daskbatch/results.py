@@ -226,7 +226,7 @@ class RunResult(StoreStatus):
 def _name_inputs(store: Store, info: Mapping[str, Any], errors: list[dict[str, Any]]) -> None:
     """Add to each error of a table's or files' sample the input that names it (its
     file, or an id column) as ``error["input"]``: ``{"path": "/data/a_017.png"}``."""
-    from .failures import sample_inputs
+    from .sampleinputs import sample_inputs
 
     if not errors or len(info["layout"]["batch_shape"]) != 1:
         return

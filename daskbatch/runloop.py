@@ -354,24 +354,7 @@ class Runner:
         run_id = uuid.uuid4().hex
         try:
             if pending:
-                ctx = BlockContext(
-                    kernel=self.kernel,
-                    store=str(st.path),
-                    layout=layout,
-                    param_names=tuple(self.space.params),
-                    constants=options.constants,
-                    retries=options.retries,
-                    timeout=options.timeout,
-                    # only a worker process may be ended to stop native code, never this one
-                    kill_on_timeout=options.cluster.can_end_worker,
-                    retry_failed=options.retry_failed,
-                    block_seconds=expected_block_seconds(
-                        st, layout, self.seconds_per_sample, done_before and executor.client is not None
-                    ),
-                    first=self._first_samples(),
-                    code_digests=None if options.cluster.in_driver else code_digests(self.kernel),
-                    run_id=run_id,
-                )
+                ctx = self._context(layout, executor, bool(done_before), run_id)
                 tasks = build_tasks(self.space, layout, ctx, pending)
                 compute_all(executor, st, self.space, ctx, tasks, pending, on_done)
         except BaseException as exc:
@@ -410,6 +393,28 @@ class Runner:
         )
         assert isinstance(result, RunResult)
         return result
+
+    def _context(self, layout: Layout, executor: Any, resumed: bool, run_id: str) -> BlockContext:
+        """What every block task of this run shares."""
+        options, st = self.options, self.st
+        return BlockContext(
+            kernel=self.kernel,
+            store=str(st.path),
+            layout=layout,
+            param_names=tuple(self.space.params),
+            constants=options.constants,
+            retries=options.retries,
+            timeout=options.timeout,
+            # only a worker process may be ended to stop native code, never this one
+            kill_on_timeout=options.cluster.can_end_worker,
+            retry_failed=options.retry_failed,
+            block_seconds=expected_block_seconds(
+                st, layout, self.seconds_per_sample, resumed and executor.client is not None
+            ),
+            first=self._first_samples(),
+            code_digests=None if options.cluster.in_driver else code_digests(self.kernel),
+            run_id=run_id,
+        )
 
     def _result_imports(self, pending_samples: int) -> list[Callback]:
         """A run that reduces, on workers other than the driver, and has at least

@@ -162,7 +162,8 @@ def validate(
     import zarr
 
     from .blocktask import kernel_inputs
-    from .provenance import changed_parts, kernel_code, recorded_constants
+    from .constants import recorded_constants
+    from .provenance import changed_parts, kernel_code
     from .raggedstore import read_decoded
     from .store import Store
 
