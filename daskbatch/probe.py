@@ -267,6 +267,8 @@ def _run_child(
         return None
     finally:
         receive.close()
+        if sys.exc_info()[0] is not None and child.is_alive():  # stopped (SIGTERM, Ctrl-C): no wait
+            child.kill()
         child.join(timeout=5)
     return kind, value
 

@@ -435,3 +435,34 @@ def test_a_threads_run_stopped_by_sigterm_writes_nothing_once_it_has_let_go_of_t
     assert history[-1]["state"] == "stopped" and history[-1]["blocks_computed"] == at_release
     r = run_cli("resume", str(store), "--no-progress")
     assert r.returncode == 0 and "80 total: 80 ok" in r.stdout, r.stderr
+
+
+def test_sigterm_while_the_probe_runs_in_a_child_stops_at_once(tmp_path):
+    """The probe of a first run on threads runs in a forked child: a stop ends it too,
+    instead of waiting for its samples (up to 5 s before)."""
+    import time
+
+    spec = THREADS_SPEC.replace("delay = 0.15", "delay = 0.5")
+    (tmp_path / "t.toml").write_text(spec)
+    proc = subprocess.Popen(
+        daskbatch_command("run", "t.toml", "--no-progress"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    import psutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not psutil.Process(proc.pid).children():
+        time.sleep(0.05)  # until the probe's child is forked: in its 16 samples of 0.5 s
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM; nothing was written" in err
+    assert took < 2.0, took
+    assert not (tmp_path / "t.zarr").exists()
