@@ -164,7 +164,7 @@ class StoreLock:
                 # the next job of a chain, its driver on another node: the run before it may
                 # have been killed a moment ago (walltime). A live run renews its heartbeat
                 # within a quarter lease, a killed one never again
-                doc, age = _wait_for_lease(store, fd, doc or {}, age, its_lease)
+                doc, age = _wait_for_lease(store, fd, doc or {}, age, its_lease, self.path, self.lease)
                 foreign = bool(doc) and doc.get("host") != hostname()
             if (
                 got is False
@@ -423,6 +423,10 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+#: the longest a run waits for another host's lease (seconds), whatever that lease
+MAX_LEASE_WAIT = 600.0
+
+
 def _in_batch_job() -> bool:
     """Whether this process runs in a SLURM or PBS batch job (a chain's next job waits
     for a lease; a user at a terminal or notebook is answered at once)."""
@@ -430,21 +434,33 @@ def _in_batch_job() -> bool:
 
 
 def _wait_for_lease(
-    store: Path, fd: int, doc: dict[str, Any], age: float, lease: float
+    store: Path, fd: int, doc: dict[str, Any], age: float, lease: float, path: Path, own_lease: float
 ) -> tuple[dict[str, Any], float]:
     """Wait while another host's lock is within its lease: until its holder renews its
     heartbeat (a live run: it is refused) or the lease runs out (a run that was killed:
-    its lock is taken over). At most one lease. Returns the holder's document and age."""
+    its lock is taken over). At most one lease, and never longer than the longer of this
+    run's lease and :data:`MAX_LEASE_WAIT` (a holder promising a longer one is refused).
+    Returns the holder's document and age; a lock file removed or replaced meanwhile is
+    a :class:`StoreLockedError`."""
     logger.warning(
         f"store {str(store)!r} is locked by a run on host {doc.get('host', '?')} "
         f"(pid {doc.get('pid', '?')}), last heartbeat {age:.0f} s ago: waiting up to "
         f"{max(0.0, lease - age):.0f} s for its next heartbeat (a run that lives) or the end of its "
         f"lease of {lease:g} s (a run that was stopped)"
     )
-    deadline = time.monotonic() + max(0.0, lease - age) + 0.5
+    deadline = time.monotonic() + min(max(0.0, lease - age) + 0.5, max(own_lease, MAX_LEASE_WAIT))
     before = (doc.get("heartbeat"), _mtime(fd))
     while time.monotonic() < deadline:
         time.sleep(min(1.0, max(0.05, lease / 40)))
+        try:
+            same_file = os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(fd))
+        except OSError:
+            same_file = False
+        if not same_file:
+            raise StoreLockedError(
+                f"store {str(store)!r}: its lock file {str(path)!r} was removed or replaced while this run "
+                "waited for it; run the same command again (`daskbatch status` shows who holds it)"
+            )
         now = _read_doc(fd) or {}
         age = _heartbeat_age(now, fd)
         renewed = (now.get("heartbeat"), _mtime(fd)) != before

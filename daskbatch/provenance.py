@@ -404,6 +404,10 @@ def space_fingerprint(space: Any) -> dict[str, Any]:
     return spec
 
 
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -587,7 +591,10 @@ def _check_fingerprint(
         del now["space"]  # samples added at the end, the stored ones unchanged: the store grows
     elif same_input(info, space):
         del now["space"]  # its file changed, not the rows the store holds: the run goes on
-    diffs = [_describe_difference(k, info.get(k), v) for k, v in now.items() if info.get(k) != v]
+    # compared as their JSON: NaN equals NaN there, as it does in the store (not in Python)
+    diffs = [
+        _describe_difference(k, info.get(k), v) for k, v in now.items() if _json(info.get(k)) != _json(v)
+    ]
     reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
     if reason is not None and int(space.size) > int(stored_layout["batch_shape"][0]):
         diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")

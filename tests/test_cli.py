@@ -308,3 +308,20 @@ def test_a_zero_flag_is_checked_not_dropped_for_the_spec_files_value(spec, cli):
         r = cli("run", str(spec), flag, "0", "--no-progress")
         assert r.returncode == 2 and words in r.stderr, r.stderr
     assert not (spec.parent / "mc.zarr").exists()
+
+
+@db.kernel(outputs={"y": db.Output()})
+def weighted_sum(x, w):
+    return float(x * np.nansum(w))
+
+
+def test_a_nan_in_an_array_constant_does_not_make_the_store_refuse_its_own_rerun(tmp_path):
+    store = tmp_path / "n.zarr"
+    constants = {"w": np.array([np.nan, 1.0])}
+    grid = db.Grid(x=[1.0, 2.0, 3.0, 4.0])
+    db.run(weighted_sum, grid, store, chunk_size=2, constants=constants, cluster="serial", progress=False)
+    from daskbatch.store import Store
+
+    Store(store).ledger.forget([(1,)])
+    r = db.run(weighted_sum, grid, store, chunk_size=2, constants=constants, cluster="serial", progress=False)
+    assert r.complete and r.blocks_computed == 1

@@ -329,3 +329,30 @@ def test_the_next_job_of_a_chain_waits_for_a_killed_drivers_lease_and_refuses_a_
         stop.set()
         holder.join()
     assert time.monotonic() - t < 3.0
+
+
+def test_the_wait_for_a_lease_is_capped_and_ends_if_the_lock_file_goes(tmp_path, monkeypatch):
+    import threading
+
+    import daskbatch.lock as lock_module
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    monkeypatch.setattr(lock_module, "MAX_LEASE_WAIT", 1.0)
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    beat = datetime.now(UTC).isoformat(timespec="milliseconds")
+    _foreign(path, heartbeat=beat, lease_seconds=1e9)  # a holder that promises for ever
+    t = time.monotonic()
+    with (
+        pytest.raises(StoreLockedError, match="host elsewhere, pid 4242"),
+        dask.config.set({"daskbatch.lease.seconds": 0.5}),
+    ):
+        StoreLock(path).acquire()
+    assert time.monotonic() - t < 2.5  # the cap: the longer of this run's lease and MAX_LEASE_WAIT
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), "lease_seconds": 30.0}))
+    threading.Timer(0.5, path.unlink).start()  # someone deletes the lock file meanwhile
+    with (
+        pytest.raises(StoreLockedError, match="was removed or replaced while this run waited for it"),
+        dask.config.set({"daskbatch.lease.seconds": 0.5}),
+    ):
+        StoreLock(path).acquire()
