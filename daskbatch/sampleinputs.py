@@ -25,9 +25,9 @@ _FILE_WORDS = ("file", "path")
 _ID_WORDS = ("name", "id", "label", "key")
 
 
-def _text_columns(st: Store, spec: Mapping[str, Any]) -> list[tuple[str, bool]]:
+def _text_columns(st: Store, spec: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The text columns of a table or files space along its one batch dim, in order,
-    each with whether the store keeps it (an array of the store)."""
+    each with its array in the store (None for a column the store does not keep)."""
     import zarr
 
     columns = spec.get("columns") if isinstance(spec.get("columns"), Mapping) else {}
@@ -40,22 +40,22 @@ def _text_columns(st: Store, spec: Mapping[str, Any]) -> list[tuple[str, bool]]:
             arr = zarr.open_array(str(st.path), path=str(name), mode="r")
         except Exception:  # not kept by the store: read from the input, when it is text
             if dtypes.get(name) == "str":
-                out.append((str(name), False))
+                out.append((str(name), None))
             continue
         meta = _padded(arr.attrs)
         if (meta and meta.get("encoding")) or arr.dtype.kind in "TUSO":
-            out.append((str(name), True))
+            out.append((str(name), arr))
     return out
 
 
-def _identity_column(columns: list[tuple[str, bool]]) -> tuple[str, bool] | None:
+def _identity_column(columns: list[tuple[str, Any]]) -> tuple[str, Any] | None:
     """The column that names a sample to a user: a file's path (whether or not the
     store keeps it), else a kept text column named like an id, else any kept one (a
     label); a text parameter the store does not keep (a DNA sequence) never."""
     for words, kept_only in ((_FILE_WORDS, False), (_ID_WORDS, True), ((), True)):
-        for name, kept in columns:
-            if (kept or not kept_only) and (not words or any(w in name.lower() for w in words)):
-                return name, kept
+        for name, arr in columns:
+            if (arr is not None or not kept_only) and (not words or any(w in name.lower() for w in words)):
+                return name, arr
     return None
 
 
@@ -76,12 +76,11 @@ def sample_inputs(
         found = _identity_column(_text_columns(st, spec))
         if found is None:
             return None
-        name, kept = found
+        name, arr = found
         values: dict[int, str] = {}
-        if kept:
+        if arr is not None:
             import zarr
 
-            arr = zarr.open_array(str(st.path), path=name, mode="r")
             meta = _padded(arr.attrs)
             lengths = zarr.open_array(str(st.path), path=meta["length"], mode="r") if meta else None
             wanted = sorted(set(indices))

@@ -399,22 +399,27 @@ THREADS_SPEC = (
 )
 
 
+def _threads_run(folder: Path, spec: str) -> subprocess.Popen:
+    """`daskbatch run` of ``spec`` (written to ``t.toml`` in ``folder``), its stderr piped."""
+    (folder / "t.toml").write_text(spec)
+    return subprocess.Popen(
+        daskbatch_command("run", "t.toml", "--no-progress"),
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_threads_run_stopped_by_sigterm_writes_nothing_once_it_has_let_go_of_the_lock(tmp_path):
     """Blocks still computing on the driver's threads (which cannot be stopped) write
     nothing after the run has released the store's lock: another run may hold it then."""
     import json
     import time
 
-    (tmp_path / "t.toml").write_text(THREADS_SPEC)
+    proc = _threads_run(tmp_path, THREADS_SPEC)
     store = tmp_path / "t.zarr"
     lock = store / ".daskbatch" / "lock"
-    proc = subprocess.Popen(
-        daskbatch_command("run", "t.toml", "--no-progress"),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and blocks_done(store) < 2:
@@ -442,15 +447,7 @@ def test_sigterm_while_the_probe_runs_in_a_child_stops_at_once(tmp_path):
     instead of waiting for its samples (up to 5 s before)."""
     import time
 
-    spec = THREADS_SPEC.replace("delay = 0.15", "delay = 0.5")
-    (tmp_path / "t.toml").write_text(spec)
-    proc = subprocess.Popen(
-        daskbatch_command("run", "t.toml", "--no-progress"),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _threads_run(tmp_path, THREADS_SPEC.replace("delay = 0.15", "delay = 0.5"))
     import psutil
 
     deadline = time.monotonic() + 60
