@@ -357,6 +357,12 @@ def parse_cluster(cluster: Any, n_workers: int | None = None) -> ClusterSpec:
         isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1
     ):
         raise ClusterError(f"n_workers={n_workers!r} must be a positive integer or None")
+    if cluster == "serial" and n_workers not in (None, 1):
+        raise ClusterError(
+            f"n_workers={n_workers!r} cannot be used with cluster='serial', which computes "
+            f"every block in one thread of this process; use cluster='threads' or cluster='local' "
+            f"for {n_workers} workers, or leave n_workers out"
+        )
     seen: list[str] = []
     while isinstance(cluster, str) and cluster in _EXECUTORS and _EXECUTORS[cluster].by_name:
         entry = _EXECUTORS[cluster]

@@ -93,7 +93,7 @@ def test_the_flags_of_each_executor_type(name):
         if name == "address"
         else ClusterSpec(name, None, client=object())
         if name == "client"
-        else parse_cluster(name, 2)
+        else parse_cluster(name, 1 if name == "serial" else 2)
     )
     assert spec.name == name and spec.kind == name and spec.executor is entry
     assert tuple(getattr(spec, f) for f in FLAGS) == EXPECTED[name]
@@ -221,6 +221,28 @@ def test_n_workers_with_a_running_cluster_is_refused():
         parse_cluster("tcp://127.0.0.1:8786", 2)
     with pytest.raises(ClusterError, match="n_workers=0 must be a positive integer"):
         parse_cluster("local", 0)
+
+
+def _twice():
+    import daskbatch as db
+
+    @db.kernel(outputs={"y": db.Output()})
+    def twice(x):
+        return 2 * x
+
+    return twice
+
+
+def test_n_workers_above_one_with_serial_is_refused_before_the_store(tmp_path):
+    """cluster='serial' computes in one thread: four workers asked for are not silently one."""
+    import daskbatch as db
+
+    assert parse_cluster("serial", 1).description == "serial (one thread, in this process)"
+    with pytest.raises(ClusterError) as e:
+        db.run(_twice(), db.Grid(x=[1.0, 2.0]), tmp_path / "s.zarr", cluster="serial", n_workers=4)
+    text = str(e.value)
+    assert "n_workers=4" in text and "cluster='serial'" in text and "cluster='threads'" in text
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_a_tls_scheduler_without_credentials_names_the_config_keys():
