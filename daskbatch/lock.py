@@ -448,7 +448,8 @@ def _wait_for_lease(
         f"{max(0.0, lease - age):.0f} s for its next heartbeat (a run that lives) or the end of its "
         f"lease of {lease:g} s (a run that was stopped)"
     )
-    deadline = time.monotonic() + min(max(0.0, lease - age) + 0.5, max(own_lease, MAX_LEASE_WAIT))
+    started = time.monotonic()
+    deadline = started + min(max(0.0, lease - age) + 0.5, max(own_lease, MAX_LEASE_WAIT))
     before = (doc.get("heartbeat"), _mtime(fd))
     while time.monotonic() < deadline:
         time.sleep(min(1.0, max(0.05, lease / 40)))
@@ -467,7 +468,20 @@ def _wait_for_lease(
         if renewed or not _same_holder(now, doc) or age >= lease:
             # renewed (or another run took it): refused; past its lease: taken over
             return now, min(age, lease * 0.99) if renewed else age
+    if time.monotonic() - started >= lease:
+        # a whole lease watched without a renewal: stopped, whatever its clock says (a
+        # heartbeat dated ahead of this host's clock reads as fresh for ever)
+        return doc, lease
     return doc, _heartbeat_age(doc, fd)
+
+
+def _seconds_ahead(doc: Mapping[str, Any]) -> float:
+    """How far the holder's ``heartbeat`` is ahead of this host's clock (0 when behind)."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        beat = datetime.fromisoformat(str(doc["heartbeat"]))
+        if beat.tzinfo is not None:
+            return max(0.0, beat.timestamp() - time.time())
+    return 0.0
 
 
 def _mtime(fd: int) -> float:
@@ -601,6 +615,9 @@ def _held_message(
     host, pid = who.get("host", "?"), who.get("pid", "?")
     where = shlex.quote(str(store))
     beat = f", last heartbeat {age:.0f} s ago" if age is not None else ""
+    ahead = _seconds_ahead(who)
+    if age is not None and ahead > 1:
+        beat = f", last heartbeat dated {ahead:.0f} s ahead of this host's clock"
     text = (
         f"store {str(store)!r} is being written by another run: host {host}, pid {pid}, started "
         f"{who.get('start', '?')}{beat}. Wait for it to finish (`daskbatch status {where}` shows its "

@@ -356,3 +356,28 @@ def test_the_wait_for_a_lease_is_capped_and_ends_if_the_lock_file_goes(tmp_path,
         dask.config.set({"daskbatch.lease.seconds": 0.5}),
     ):
         StoreLock(path).acquire()
+
+
+def test_a_heartbeat_dated_ahead_is_taken_over_once_a_whole_lease_passes_unrenewed(tmp_path, monkeypatch):
+    """A killed holder whose clock was an hour ahead: its heartbeat reads as fresh for an
+    hour. At a terminal the refusal says so; the next job of a chain watches one lease
+    without a renewal and takes the lock over."""
+    from datetime import timedelta
+
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    beat = (datetime.now(UTC) + timedelta(hours=1)).isoformat(timespec="milliseconds")
+    _foreign(path, heartbeat=beat, lease_seconds=1.0)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("PBS_JOBID", raising=False)
+    with pytest.raises(StoreLockedError, match=r"last heartbeat dated 3\d\d\d s ahead of this host's clock"):
+        StoreLock(path).acquire()
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4244")
+    t = time.monotonic()
+    lock = StoreLock(path).acquire()
+    try:
+        assert 1.0 <= time.monotonic() - t < 4.0
+        assert lock.taken_over is not None and lock.taken_over["pid"] == 4242
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
