@@ -37,6 +37,7 @@ from .codeid import changed_parts, code_changes, installed_file, kernel_code
 from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
 from .extension import added_rows, check_input, same_input, why_not
 from .log import logger
+from .space import order_difference
 
 __all__ = [
     "changed_parts",
@@ -595,6 +596,9 @@ def _check_fingerprint(
     diffs = [
         _describe_difference(k, info.get(k), v) for k, v in now.items() if _json(info.get(k)) != _json(v)
     ]
+    order = order_difference(info.get("space"), space_fingerprint(space))
+    if order is not None:  # the fingerprint compares them as unordered tables
+        diffs.append(order)
     reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
     if reason is not None and int(space.size) > int(stored_layout["batch_shape"][0]):
         diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")

@@ -501,3 +501,40 @@ _TABLE_SPEC = ("source", "size", "mtime_ns", "files", "dtypes", "column_sha256",
 
 
 _DESIGNS: dict[str, type[Design]] = {c.kind: c for c in (MonteCarlo, LatinHypercube, Sobol, Halton, Saltelli)}
+
+
+#: the spaces whose values depend on the order of their parameters, and the key naming them
+#: in their spec: a grid's dims follow its axes; a quasi-random design gives each parameter
+#: the point set's columns in order (Monte Carlo and Latin hypercube values depend on names)
+_ORDERED = {"grid": "axes", "sobol": "params", "halton": "params", "saltelli": "params"}
+
+
+def order_difference(stored: Any, now: Any) -> str | None:
+    """How the order of the parameters of spec ``now`` differs from spec ``stored``'s where
+    that order decides the values (a store's info keeps the order it was given in); None
+    when it does not or cannot (specs of other types, other names).
+
+    Examples
+    --------
+    >>> a, b = {"type": "grid", "axes": {"x": [1], "y": [2]}}, {"type": "grid", "axes": {"y": [2], "x": [1]}}
+    >>> order_difference(a, b)
+    "the order of the axes of a grid (['x', 'y'] -> ['y', 'x']), which decides their values"
+    """
+    if (
+        not isinstance(stored, Mapping)
+        or not isinstance(now, Mapping)
+        or stored.get("type") != now.get("type")
+    ):
+        return None
+    if now.get("type") == "product":
+        return next(
+            filter(None, (order_difference(stored.get(p), now.get(p)) for p in ("outer", "inner"))), None
+        )
+    key = _ORDERED.get(str(now.get("type")))
+    old, new = (stored.get(key), now.get(key)) if key else (None, None)
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping) or set(old) != set(new):
+        return None
+    if list(old) == list(new):
+        return None
+    what = "the axes of a grid" if key == "axes" else f"the parameters of a {now['type']} design"
+    return f"the order of {what} ({list(old)} -> {list(new)}), which decides their values"

@@ -98,6 +98,48 @@ def test_what_cannot_grow_is_refused_naming_why(tmp_path):
     assert db.open(store).sizes["sample"] == 200
 
 
+@db.kernel(outputs={"y": db.Output()})
+def lin(a, b, g=0.0):
+    return 2 * a + b + g
+
+
+def test_parameters_given_in_another_order_are_refused_where_the_order_decides_the_values(tmp_path):
+    """A Sobol design gives its parameters the point set's columns in order, a grid its dims:
+    the same tables in another order are another design (its samples written next to the
+    stored ones would mix two point sets). A Monte Carlo design's values depend on names."""
+    import hashlib
+
+    def digest(path):
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+    a, b = db.Uniform(0, 1), db.Uniform(0, 2)
+    kw = {"cluster": "serial", "chunk_size": 10, "progress": False}
+    for name, make in [
+        ("sobol", lambda d, n: db.Sobol(d, n=n, seed=1)),
+        ("halton", lambda d, n: db.Halton(d, n=n, seed=1)),
+        ("product", lambda d, n: db.Product(db.Grid(g=[1.0, 2.0]), db.Sobol(d, n=n, seed=1))),
+    ]:
+        store = tmp_path / f"{name}.zarr"
+        db.run(lin, make({"a": a, "b": b}, 32), store, **kw)
+        before = digest(store)
+        for n in (32, 64):  # a rerun, a growth
+            with pytest.raises(db.errors.FingerprintMismatchError, match=r"the order of the parameters of a"):
+                db.run(lin, make({"b": b, "a": a}, n), store, **kw)
+        assert digest(store) == before, name
+    grid = tmp_path / "grid.zarr"
+    db.run(lin, db.Grid(a=[1.0, 2.0], b=[3.0, 4.0]), grid, **kw)
+    with pytest.raises(
+        db.errors.FingerprintMismatchError, match=r"the order of the axes of a grid \(\['a', 'b'\]"
+    ):
+        db.run(lin, db.Grid(b=[3.0, 4.0], a=[1.0, 2.0]), grid, **kw)
+    mc = tmp_path / "mc.zarr"
+    db.run(lin, db.MonteCarlo({"a": a, "b": b}, n=20, seed=1), mc, **kw)
+    db.run(lin, db.MonteCarlo({"b": b, "a": a}, n=40, seed=1), mc, **kw)  # the same values: it grows
+    ds = db.open(mc).load()
+    assert np.array_equal(ds.y.values, 2 * ds.a.values + ds.b.values) and ds.sizes["sample"] == 40
+
+
 def test_a_grown_store_resumes_after_an_interrupt(tmp_path):
     store = tmp_path / "i.zarr"
     _run(_mc(250), store)
