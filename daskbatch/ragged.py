@@ -290,7 +290,8 @@ class RaggedBlock:
         lengths = np.asarray(lengths, dtype=np.int64)
         shape = lengths.shape
         width = padded.shape[-1]
-        values = np.array(padded, dtype=np.uint8 if out.text else out.dtype).reshape((-1, width))
+        # (-1, 0) cannot be reshaped to: a block whose values are all empty has no width
+        values = np.array(padded, dtype=np.uint8 if out.text else out.dtype).reshape((lengths.size, width))
         fill = 0 if out.text else out.fill
         flat = np.clip(lengths.reshape(-1), 0, width)
         values[np.arange(width) >= flat[:, None]] = fill

@@ -280,3 +280,36 @@ def test_json_is_strict_and_stores_that_keep_no_output_say_where_their_reduction
         r.returncode == 0
         and f"only reduced (Output(store=False)): y; their reductions: daskbatch status {a}" in r.stdout
     )
+
+
+@db.kernel(outputs={"r": db.Output(dims=("q",), shape=(None,))})
+def one_long(i):
+    return np.arange(3000.0) if i == 7 else np.arange(float(i % 5))
+
+
+def test_approximate_quantiles_of_a_long_ragged_value_are_taken_a_few_chunks_at_a_time(tmp_path, monkeypatch):
+    """One long value makes a wide padded array: the blocks' percentiles of every position
+    at once took blocks x 202 x width x 8 bytes (gigabytes for a value of a million). Taken
+    a few chunks at a time, the result is the same."""
+    from daskbatch import ragged
+
+    store = tmp_path / "long.zarr"
+    monkeypatch.setattr(ragged, "CHUNK_BYTES", 20 * 8 * 256)  # 256 values per chunk (in this process)
+    db.run(one_long, db.Table({"i": np.arange(200)}), store, cluster="serial", chunk_size=20, progress=False)
+    monkeypatch.setattr(analysis, "EXACT_QUANTILE_VALUES", 100)
+    whole = db.summarize(store)
+    assert db.open(store).r.data.numblocks[1] > 1  # the padded array is cut along its values
+    seen = []
+    merged = analysis._merged_sketches
+
+    def counted(data, grid, qs):
+        seen.append(data.shape[1])
+        return merged(data, grid, qs)
+
+    monkeypatch.setattr(analysis, "_merged_sketches", counted)
+    monkeypatch.setattr(analysis, "SKETCH_BYTES", 10 * 202 * 8 * 300)  # ~300 values at a time
+    sliced = db.summarize(store)
+    assert len(seen) > 1 and sum(seen) == 3000 and max(seen) < 3000
+    assert sliced.r.identical(whole.r)
+    tail = sliced.r.sel(stat="p50").values[100:]  # positions only the long value reaches: its own
+    assert np.array_equal(tail, np.arange(100.0, 3000.0))

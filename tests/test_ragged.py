@@ -511,3 +511,30 @@ def test_text_utf8_cannot_encode_fails_its_sample_and_none_for_a_number_says_wha
     ):
         db.run(maybe_none, db.Table({"x": np.arange(6.0)}), tmp_path / "n.zarr", cluster="serial", **RUN)
     assert not (tmp_path / "n.zarr").exists()
+
+
+def test_a_text_input_empty_in_every_sample_of_a_block_is_stored(tmp_path):
+    """A CSV row with a missing trailing value gives "" (a label here); a block whose
+    values are all "" has no width: it crashed the run at its first write."""
+    (tmp_path / "t.csv").write_text("x,name\n1,a\n2,\n3,c\n")
+    kw = {"cluster": "serial", "chunk_size": 1, "progress": False}
+    db.run(twice_x, db.Table(str(tmp_path / "t.csv")), tmp_path / "t.zarr", **kw)
+    ds = db.open(tmp_path / "t.zarr").load()
+    assert list(ds.name.values) == ["a", "", "c"] and list(ds.y.values) == [2.0, 4.0, 6.0]
+    space = db.MonteCarlo({"x": db.Uniform(0, 1), "s": db.Choice(["", "ab"])}, n=40, seed=3)
+    db.run(twice_s, space, tmp_path / "c.zarr", cluster="threads", n_workers=2, chunk_size=2, progress=False)
+    ds = db.open(tmp_path / "c.zarr").load()
+    assert db.status(tmp_path / "c.zarr").samples["ok"] == 40 and set(ds.s.values) == {"", "ab"}
+    assert np.array_equal(
+        ds.y.values, [2 * x + len(s) for x, s in zip(ds.x.values, ds.s.values, strict=True)]
+    )
+
+
+@db.kernel(outputs={"y": db.Output()})
+def twice_x(x):
+    return 2.0 * x
+
+
+@db.kernel(outputs={"y": db.Output()})
+def twice_s(x, s):
+    return 2 * x + len(s)
