@@ -309,7 +309,7 @@ class Store(StoreView):
 
     def _writer_ledger(self, layout: Layout) -> BlockLedger:
         """The ledger a block writer commits to (found once per process and store)."""
-        ledger = _LEDGERS.get((str(self.path), layout.store_id))
+        ledger = _LEDGERS.get((str(self.path), layout.store_id, tuple(layout.batch_shape)))
         return ledger if ledger is not None else self.ledger
 
     def write_block(

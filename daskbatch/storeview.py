@@ -47,14 +47,15 @@ def _quiet_consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-# Ledgers per process, store path and creation: a worker opens each store's once.
-_LEDGERS: dict[tuple[str, str], BlockLedger] = {}
+# Ledgers per process, store path, creation and shape: a worker opens each store's once
+# (a store that grew, here or in another process, has another shape: its ledger is new).
+_LEDGERS: dict[tuple[str, str, tuple[int, ...]], BlockLedger] = {}
 
 
 def _ledger_for(path: Path, info: Mapping[str, Any]) -> BlockLedger:
     """The ledger of the store at ``path`` whose provenance is ``info``."""
     fmt = store_format(info, path)
-    key = (str(path), str(info.get("store_id", "")))
+    key = (str(path), str(info.get("store_id", "")), _shape_of(info))
     with _OPEN_LOCK:
         ledger = _LEDGERS.get(key)
         if ledger is None or ledger.format != fmt:
@@ -62,12 +63,18 @@ def _ledger_for(path: Path, info: Mapping[str, Any]) -> BlockLedger:
         return ledger
 
 
-# The status array a reader opened, per process and store.
-_STATUS: dict[tuple[str, str], zarr.Array] = {}
+def _shape_of(info: Mapping[str, Any]) -> tuple[int, ...]:
+    layout = info.get("layout")
+    shape = layout.get("batch_shape") if isinstance(layout, Mapping) else None
+    return tuple(int(n) for n in shape) if isinstance(shape, list | tuple) else ()
 
 
-def _status_array(path: str, store_id: str) -> zarr.Array:
-    key = (path, store_id)
+# The status array a reader opened, per process, store and shape.
+_STATUS: dict[tuple[str, str, tuple[int, ...]], zarr.Array] = {}
+
+
+def _status_array(path: str, store_id: str, shape: tuple[int, ...]) -> zarr.Array:
+    key = (path, store_id, tuple(shape))
     with _OPEN_LOCK:
         got = _STATUS.get(key)
         if got is None:
@@ -96,7 +103,7 @@ class _CommittedStatus:
         self.ndim = len(self.shape)
 
     def _ledger(self) -> BlockLedger:
-        ledger = _LEDGERS.get((self.path, self.store_id))
+        ledger = _LEDGERS.get((self.path, self.store_id, self.shape))
         return ledger if ledger is not None else StoreView(self.path).ledger
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -121,7 +128,7 @@ class _CommittedStatus:
                 region.append(slice(i, i + 1))
                 local.append(0)
         committed = self._committed(region)  # the ledger first, then the data
-        status = _status_array(self.path, self.store_id)
+        status = _status_array(self.path, self.store_id, self.shape)
         values = np.where(committed, status[tuple(region)], 0).astype(self.dtype)
         return values[tuple(local)]
 

@@ -312,3 +312,32 @@ def test_a_growth_killed_part_way_is_undone_by_the_next_run_and_nothing_is_lost(
     assert v.returncode == 0 and "every committed block matches its checksums" in v.stdout, (
         v.stdout + v.stderr
     )
+
+
+def test_a_store_grown_by_another_process_reads_whole_where_it_was_open(tmp_path):
+    """A notebook reads a store; a batch job (another process) grows it; the notebook's next
+    read sees the grown store (its per-process caches were of the old shape: `status` said
+    "complete" with 60 pending, and load() failed)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "kern.py").write_text(
+        "import daskbatch as db\n\n@db.kernel(outputs={'y': db.Output()})\ndef lin(a):\n    return 2 * a\n"
+    )
+    script = (
+        "import sys; sys.path.insert(0, {here!r})\nimport daskbatch as db\nfrom kern import lin\n"
+        "db.run(lin, db.MonteCarlo({{'a': db.Uniform(0, 1)}}, n={n}, seed=1), {store!r}, "
+        "cluster='serial', chunk_size=10, progress=False)\n"
+    )
+    store = tmp_path / "s.zarr"
+    for n in (40, 100):
+        subprocess.run(
+            [sys.executable, "-c", script.format(here=str(tmp_path), n=n, store=str(store))], check=True
+        )
+        if n == 40:
+            assert db.open(store).load().sizes["sample"] == 40 and db.status(store).samples["ok"] == 40
+    st = db.status(store)
+    assert st.samples["ok"] == 100 and st.samples["pending"] == 0 and st.blocks_total == 10
+    ds = db.open(store).load()
+    assert ds.sizes["sample"] == 100 and (ds.status.values == 1).all()
+    assert np.array_equal(ds.y.values, 2 * ds.a.values)
