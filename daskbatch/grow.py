@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from .errors import StoreError
 from .extension import added_rows, extension_reason, same_input
 from .log import logger
@@ -88,9 +90,16 @@ def grow(st: Any, info: Mapping[str, Any], space: Any) -> tuple[dict[str, Any], 
         st.update_info(new)
         _record_template(st.path, new, _coordinate_names(st.path, new))
     _forget_open(st.path)
+    added = new_n - old_n
+    done = np.asarray(st.done_mask()).reshape(-1)
+    pending = sum(
+        min(old_n, (b + 1) * block) - b * block for b in range(math.ceil(old_n / block)) if not done[b]
+    )
+    also = f", and the {pending:,} stored ones not done yet" if pending else ""
     logger.info(
-        f"the store grows from {old_n:,} to {new_n:,} samples (the stored ones are kept as "
-        f"they are); computing the {new_n - old_n:,} new ones"
+        f"the store grows from {old_n:,} to {new_n:,} samples (the stored ones are kept as they are, "
+        f"in blocks of {block:,} as it was made); computing the {added:,} new "
+        f"{'one' if added == 1 else 'ones'}{also}"
     )
     return new, short_blocks(st)
 

@@ -610,8 +610,11 @@ def _check_fingerprint(
             more = f" and {len(gone) - 3:,} more" if len(gone) > 3 else ""
             diffs.append(f"files the store holds results of are gone: {', '.join(gone[:3])}{more}")
     if chunk_size != "auto":
-        # a store that grows keeps its blocks: chunk_size as it was cut for the stored samples
-        shape = space.batch_shape if "space" in now else tuple(stored_layout["batch_shape"])
+        # a store that grows keeps its blocks: chunk_size as it was cut for the samples the
+        # store was made with (a chunk_size above them was cut down to them then)
+        grown = info.get("grown")
+        made = [grown[0]["samples"][0]] if isinstance(grown, list) and grown else stored_layout["batch_shape"]
+        shape = space.batch_shape if "space" in now and not grown else tuple(made)
         bs = plan_block_shape(space.batch_dims, shape, chunk_size, n_workers=1)
         if list(bs) != stored_layout["block_shape"]:
             diffs.append(f"chunking (block shape {stored_layout['block_shape']} -> {list(bs)})")

@@ -341,3 +341,30 @@ def test_a_store_grown_by_another_process_reads_whole_where_it_was_open(tmp_path
     ds = db.open(store).load()
     assert ds.sizes["sample"] == 100 and (ds.status.values == 1).all()
     assert np.array_equal(ds.y.values, 2 * ds.a.values)
+
+
+def test_a_store_made_smaller_than_its_chunk_size_grows_and_reruns_with_the_same_call(tmp_path, caplog):
+    """Made with n below chunk_size, its blocks were cut to n; after a growth the same call
+    (a resume) was refused: "chunking (block shape [100] -> [500])"."""
+    import logging
+
+    store = tmp_path / "s.zarr"
+    kw = {"cluster": "serial", "chunk_size": 1000, "progress": False}
+    db.run(lin, db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=100, seed=1), store, **kw)
+    with caplog.at_level(logging.INFO, logger="daskbatch"):
+        db.run(lin, db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=101, seed=1), store, **kw)
+    assert "in blocks of 100 as it was made); computing the 1 new one" in caplog.text
+    for n in (500, 500):  # a growth, then the same call again
+        result = db.run(
+            lin, db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=n, seed=1), store, **kw
+        )
+    assert result.blocks_computed == 0 and db.status(store).samples["ok"] == 500
+    with pytest.raises(
+        db.errors.FingerprintMismatchError, match=r"chunking \(block shape \[100\] -> \[50\]\)"
+    ):
+        db.run(
+            lin,
+            db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=500, seed=1),
+            store,
+            **{**kw, "chunk_size": 50},
+        )
