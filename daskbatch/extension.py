@@ -7,6 +7,7 @@ is refused, and :func:`why_not` says what changed (:mod:`daskbatch.provenance`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,6 +91,12 @@ def why_not(info: Mapping[str, Any], space: Any) -> str | None:
     samples)."""
     layout = info.get("layout", {})
     if not _one_dim(info, space):
+        dims = list(layout.get("batch_dims", []))
+        if int(space.size) > math.prod(int(n) for n in layout.get("batch_shape", [0])) and dims != ["sample"]:
+            return (
+                f"only a store along the one dim 'sample' grows (a design, a table, files); "
+                f"this one's samples lie along {dims}"
+            )
         return None
     if int(space.size) < int(layout["batch_shape"][0]):
         return None

@@ -571,8 +571,8 @@ def _adopt_seed(space: Any, info: Mapping[str, Any], announce: bool) -> Any:
     if space.seed_given or stored is None or stored == space.seed:
         return space
     other = space.with_seed(int(stored))
-    if space_fingerprint(other) != info.get("space"):
-        return space  # something else differs too: the fingerprint check names it
+    if space_fingerprint(other) != info.get("space") and added_rows(info, other) is None:
+        return space  # something else differs too (not only n raised): the fingerprint check names it
     if announce:
         logger.info(f"no seed given; continuing with the seed this store was started with ({stored})")
     return other

@@ -96,6 +96,18 @@ def test_what_cannot_grow_is_refused_naming_why(tmp_path):
         _run(_mc(100), mc)  # fewer samples: never a cut
     assert db.open(mc).sizes["sample"] == 200  # nothing changed by a refusal
     assert db.open(store).sizes["sample"] == 200
+    product = tmp_path / "product.zarr"
+
+    def prod(n):
+        return db.Product(
+            db.Grid(g=[0.1, 0.2]), db.MonteCarlo({"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}, n=n, seed=1)
+        )
+
+    db.run(lin, prod(10), product, cluster="serial", progress=False)
+    with pytest.raises(
+        db.errors.FingerprintMismatchError, match=r"only a store along the one dim 'sample' grows"
+    ):
+        db.run(lin, prod(20), product, cluster="serial", progress=False)
 
 
 @db.kernel(outputs={"y": db.Output()})
@@ -368,3 +380,21 @@ def test_a_store_made_smaller_than_its_chunk_size_grows_and_reruns_with_the_same
             store,
             **{**kw, "chunk_size": 50},
         )
+
+
+def test_a_design_given_no_seed_grows_with_the_seed_its_store_was_made_with(tmp_path):
+    """Refused before as "seed changed (A -> B)": B was a fresh draw the user never chose."""
+    store = tmp_path / "s.zarr"
+    kw = {"cluster": "serial", "chunk_size": 10, "progress": False}
+    dists = {"a": db.Uniform(0, 1), "b": db.Uniform(0, 1)}
+    db.run(lin, db.MonteCarlo(dists, n=40), store, **kw)
+    before = db.open(store).load()
+    db.run(lin, db.MonteCarlo(dists, n=60), store, **kw)
+    after = db.open(store).load()
+    seed = int(Store(store).info()["seed"])
+    whole = db.run(lin, db.MonteCarlo(dists, n=60, seed=seed), tmp_path / "w.zarr", **kw).open().load()
+    assert after.sizes["sample"] == 60 and after.a.values[:40].tobytes() == before.a.values.tobytes()
+    assert (
+        after.a.values.tobytes() == whole.a.values.tobytes()
+        and after.y.values.tobytes() == whole.y.values.tobytes()
+    )
