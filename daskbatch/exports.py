@@ -36,10 +36,12 @@ def export(
 ) -> int:
     """Write parameters, status, errors and outputs, one row per sample, to CSV or Parquet.
 
-    The columns: the batch coordinates, the parameters, ``status`` (the code, see
-    :data:`~daskbatch.STATUS`), ``error`` and ``message`` (the error type and
-    message of a sample that failed, timed out or crashed; empty for the others),
-    then the outputs. A value that does not exist is an empty cell in CSV and a null
+    The columns: the batch coordinates, the parameters (and a table's label columns),
+    ``status`` (the code, see :data:`~daskbatch.STATUS`), ``error`` and ``message``
+    (the error type and message of a sample that failed, timed out or crashed; empty
+    for the others), then the outputs. A parameter or label named like one of the
+    export's own columns (``error``, an output's ``peaks_0``) is ``param_<name>``.
+    A value that does not exist is an empty cell in CSV and a null
     in Parquet, never a fill value: the outputs of a sample that is not ok, the
     values of a ragged output past the sample's length. A ragged output ``p`` has a
     column ``p_length``. Parameters the store does not keep (a table read from files
@@ -221,13 +223,14 @@ def _frame(reader, region: tuple[slice, ...], curves: str, record):
     n = cols[dims[0]].size
     outputs = reader.outputs
     everything = np.full(n, committed)
+    inputs: dict[str, Any] = {}  # the parameters and labels, placed before the rest below
     for name in [*reader.params, *reader.rebuilt, *reader.labels, *reader.rebuilt_labels]:
         vals = reader.per_sample(name, region)
         if vals.shape[1] == 1:
-            cols[name] = _missing(vals[:, 0], everything)
+            inputs[name] = _missing(vals[:, 0], everything)
         else:
             for j in range(vals.shape[1]):
-                cols[f"{name}_{j}"] = _missing(vals[:, j], everything)
+                inputs[f"{name}_{j}"] = _missing(vals[:, j], everything)
     status = np.asarray(reader.root["status"][region]).reshape(n) if committed else np.zeros(n, np.int8)
     cols["status"] = status
     errors, messages = _block_messages(record, block_shape, n)
@@ -262,12 +265,10 @@ def _frame(reader, region: tuple[slice, ...], curves: str, record):
                 cols[f"{name}_{j}"] = _missing(vals[:, j], j < lengths)
         elif curves == "long":
             long_cols[name] = (vals, lengths)
-    frame = pd.DataFrame(cols)
+    core_dim = "_".join(outputs[next(iter(long_cols))]["dims"]) or "index" if long_cols else None
+    frame = pd.DataFrame(_inputs_first(cols, inputs, dims, {core_dim, *long_cols}))
     if curves != "long" or not long_cols:
         return frame
-    first = next(iter(long_cols))
-    core = outputs[first]
-    core_dim = "_".join(core["dims"]) or "index"
     longest = np.max(np.stack([lengths for _, lengths in long_cols.values()]), axis=0)
     rows = np.maximum(longest, 1)  # a sample without values keeps one row, its values empty
     rep = np.repeat(np.arange(n), rows)
@@ -278,3 +279,19 @@ def _frame(reader, region: tuple[slice, ...], curves: str, record):
         picked = vals[rep, np.minimum(j, max(0, vals.shape[1] - 1))] if vals.shape[1] else np.zeros(rep.size)
         long[name] = _missing(picked, j < lengths[rep])
     return long
+
+
+def _inputs_first(cols: dict[str, Any], inputs: dict[str, Any], dims: Any, more: set[Any]) -> dict[str, Any]:
+    """The batch coordinates (``dims`` of ``cols``), the input columns ``inputs``, then
+    what the export adds (``cols``' others: status, error, message, outputs). An input
+    column named like one of those, or like one of ``more`` (a long export's own), is
+    ``param_<name>``, as in :func:`daskbatch.failures`, rather than overwritten by it."""
+    own = (set(cols) - set(dims)) | {m for m in more if m is not None}
+    out = {d: cols[d] for d in dims}
+    for k, v in inputs.items():
+        name = k
+        while name in own or name in out:
+            name = f"param_{name}"
+        out[name] = v
+    out.update({k: v for k, v in cols.items() if k not in dims})
+    return out

@@ -313,3 +313,31 @@ def test_approximate_quantiles_of_a_long_ragged_value_are_taken_a_few_chunks_at_
     assert sliced.r.identical(whole.r)
     tail = sliced.r.sel(stat="p50").values[100:]  # positions only the long value reaches: its own
     assert np.array_equal(tail, np.arange(100.0, 3000.0))
+
+
+@db.kernel(outputs={"y": db.Output(), "peaks": db.Output(dims=("peak",), shape=(None,))})
+def peaks_of(x):
+    if x == 2.0:
+        raise ValueError("bad two")
+    return {"y": 2 * x, "peaks": np.arange(int(x)) + 0.5}
+
+
+@pytest.mark.parametrize("curves", ["wide", "long"])
+def test_export_keeps_label_columns_named_like_its_own_as_param_columns(tmp_path, curves):
+    """Labels named error, message or peaks_0 were overwritten by the export's own columns."""
+    table = pd.DataFrame({"x": [1.0, 2.0, 3.0], "error": ["e1", "e2", "e3"], "message": ["m1", "m2", "m3"]})
+    table["peaks_0"] = [100, 200, 300]
+    table.to_parquet(tmp_path / "t.parquet")
+    store = tmp_path / "o.zarr"
+    db.run(peaks_of, db.Table(str(tmp_path / "t.parquet")), store, cluster="serial", progress=False)
+    db.export(store, tmp_path / "o.csv", curves=curves)
+    df = pd.read_csv(tmp_path / "o.csv", keep_default_na=False)
+    first = df.groupby("sample").first()
+    assert list(first.param_error) == ["e1", "e2", "e3"] and list(first.param_message) == ["m1", "m2", "m3"]
+    assert list(first.error) == ["", "ValueError", ""] and list(first.message) == ["", "bad two", ""]
+    if curves == "wide":
+        assert list(df.param_peaks_0) == [100, 200, 300] and list(df.peaks_0) == ["0.5", "", "0.5"]
+    else:
+        assert list(first.peaks_0) == [100, 200, 300]
+        two = df[df["sample"] == 2]
+        assert list(two.peak) == ["0", "1", "2"] and list(two.peaks) == ["0.5", "1.5", "2.5"]
