@@ -117,8 +117,9 @@ class MultiSource(Source):
 
     def check_types(self) -> None:
         for s in self.sources:
-            if isinstance(s, ParquetSource):
-                s.check_types()
+            check = getattr(s, "check_types", None)
+            if check is not None:
+                check()
 
     def batches(self, stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
         stop = self.rows if stop is None else min(stop, self.rows)

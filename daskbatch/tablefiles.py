@@ -451,7 +451,8 @@ class ZarrSource(Source):
     """A Zarr store opened lazily with xarray: a block reads its rows with ``isel``.
 
     The columns are its data variables and its coordinates along the sample dim
-    (``sample`` if it has one, else the first dim of the first variable).
+    (``sample`` if it has one, else the first dim of the first variable that has
+    dims); the sample dim's own coordinate (its index) only when named in ``columns=``.
     """
 
     kind = "zarr"
@@ -465,20 +466,30 @@ class ZarrSource(Source):
             raise SpaceError(f"Table: cannot open {path!r} as a Zarr store ({_one_line(e)})") from None
         if not ds.data_vars:
             raise SpaceError(f"Table: the Zarr store {path!r} has no data variables")
-        first = next(iter(ds.data_vars.values()))
-        if not first.dims:
-            raise SpaceError(f"Table: the variables of {path!r} need a sample dim")
+        first = next((v for v in ds.data_vars.values() if v.dims), None)
+        if first is None:
+            raise SpaceError(f"Table: the variables of {path!r} need a sample dim (name it 'sample')")
         self.sdim = str("sample" if "sample" in ds.dims else first.dims[0])
         self.rows = int(ds.sizes[self.sdim])
-        names = [*ds.data_vars, *(c for c in ds.coords if c not in ds.dims and self.sdim in ds[c].dims)]
-        self.columns = {}
+        # the sample dim's own coordinate (xarray's index, a station's name say) is a column
+        # only when named in columns=, as the index pandas writes into a Parquet file
+        self._index = {self.sdim} if self.sdim != "sample" and self.sdim in ds.coords else set()
+        names = [
+            *ds.data_vars,
+            *(c for c in ds.coords if c not in ds.dims and self.sdim in ds[c].dims),
+            *self._index,
+        ]
+        self._all: dict[str, Column] = {}
+        self._unsupported: dict[str, str] = {}
         for name in names:
             var = ds[name]
             if self.sdim not in var.dims:
-                raise SpaceError(
+                self._unsupported[str(name)] = (
                     f"Table: variable {name!r} of {path!r} has dims {var.dims}, without the sample dim "
-                    f"{self.sdim!r}"
+                    f"{self.sdim!r} (that of its first variable, {first.name!r}); name the sample dim "
+                    "'sample' in the store, or leave the variable out with columns=[...]"
                 )
+                continue
             var = var.transpose(self.sdim, ...)
             kind = var.dtype.kind
             if kind in "UTO":
@@ -486,14 +497,40 @@ class ZarrSource(Source):
             elif kind in "biuf":
                 dtype = var.dtype
             else:
-                raise SpaceError(
+                why = (
                     f"Table: column {str(name)!r} of {path!r} has type {var.dtype}; a parameter column "
-                    "holds numbers, booleans or text"
+                    "holds numbers, booleans or text (cast it, or leave it out with columns=[...])"
                 )
+                if name not in self._index:
+                    self._unsupported[str(name)] = why
+                else:
+                    self._index_unsupported = why
+                continue
             dims = tuple(str(d) for d in var.dims[1:])
-            self.columns[str(name)] = Column(str(name), dtype, tuple(int(s) for s in var.shape[1:]), dims)
+            self._all[str(name)] = Column(str(name), dtype, tuple(int(s) for s in var.shape[1:]), dims)
+        self.columns = {n: c for n, c in self._all.items() if n not in self._index}
         chunks = first.chunks[first.dims.index(self.sdim)] if first.chunks else None
         self.chunk = int(chunks[0]) if chunks else 0
+
+    _index_unsupported = ""
+
+    def select(self, names: Sequence[str]) -> None:
+        for n in names:
+            if n in self._unsupported:
+                raise SpaceError(self._unsupported[n])
+            if n in self._index and n not in self._all and self._index_unsupported:
+                raise SpaceError(self._index_unsupported)
+        self.columns = {
+            **self.columns,
+            **{n: self._all[n] for n in names if n in self._index and n in self._all},
+        }
+        super().select(names)
+        self._unsupported = {}  # the columns left out may have any type
+
+    def check_types(self) -> None:
+        """Every column kept is one a parameter can be (called once the columns are chosen)."""
+        if self._unsupported:
+            raise SpaceError(next(iter(self._unsupported.values())))
 
     def files(self) -> list[tuple[str, int, int]]:
         return [(self.path, self.size, self.mtime_ns)]

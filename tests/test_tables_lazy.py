@@ -416,3 +416,42 @@ def test_auto_blocks_of_a_parquet_table_never_share_a_row_group(tmp_path):
         for n in (300, 500, 400):
             w.write_table(pa.table({"a": np.arange(n, dtype=np.float64)}))
     assert db.Table(ragged).block_multiple is None  # unequal row groups: nothing to align to
+
+
+@db.kernel(outputs={"y": db.Output()})
+def doubled(x):
+    return 2 * x
+
+
+def test_a_zarr_tables_index_along_its_sample_dim_rides_along_and_odd_variables_can_be_left_out(tmp_path):
+    """xarray's usual layout: the rows along `station`, named by its index coordinate. Like
+    the index pandas writes into Parquet, it is a column when named in columns= (it said it
+    is not there); a variable without the sample dim can be left out."""
+    ds = xr.Dataset(
+        {"x": ("station", [1.0, 2.0, 3.0]), "t0": ((), 5.0)},
+        coords={
+            "station": np.array(["AB1", "CD2", "EF3"], dtype=object),
+            "when": ("station", np.array([1, 2, 3], "datetime64[s]")),
+        },
+    )
+    ds.to_zarr(tmp_path / "st.zarr", zarr_format=3, consolidated=False, mode="w")
+    path = str(tmp_path / "st.zarr")
+    with pytest.raises(
+        db.errors.SpaceError, match=r"variable 't0' .* without the sample dim 'station'.*columns="
+    ):
+        db.Table(path)
+    with pytest.raises(
+        db.errors.SpaceError, match=r"'when' .* has type datetime64.*leave it out with columns="
+    ):
+        db.Table(path, columns=["x", "station", "when"])
+    assert list(db.Table(path, columns=["x"]).params) == ["x"]
+    table = db.Table(path, columns=["x", "station"])
+    db.run(doubled, table, tmp_path / "o.zarr", cluster="serial", progress=False)
+    out = db.open(tmp_path / "o.zarr").load()
+    assert list(out.station.values) == ["AB1", "CD2", "EF3"] and list(out.y.values) == [2.0, 4.0, 6.0]
+    xr.Dataset({"x": ("station", [1.0, 2.0])}, coords={"station": np.array([1, 2], "datetime64[s]")}).to_zarr(
+        tmp_path / "t.zarr", zarr_format=3, consolidated=False, mode="w"
+    )
+    assert list(db.Table(str(tmp_path / "t.zarr")).params) == ["x"]  # a time index: not a column unless named
+    with pytest.raises(db.errors.SpaceError, match=r"'station' .* has type datetime64"):
+        db.Table(str(tmp_path / "t.zarr"), columns=["x", "station"])
