@@ -179,6 +179,8 @@ def _cmd_failures(args: argparse.Namespace) -> int:
     from .failures import failures, format_table
 
     df = failures(args.store, status=args.status)
+    if args.csv is not None and df.attrs.get("note"):  # on stderr: the CSV on stdout stays CSV
+        print(f"daskbatch: note: {df.attrs['note']}", file=sys.stderr)
     if args.csv == "-":
         df.to_csv(sys.stdout, index=False)
         return 0

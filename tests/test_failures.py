@@ -408,3 +408,7 @@ def test_failures_read_the_inputs_of_a_folder_that_had_files_added_since(tmp_pat
     pd.DataFrame({"x": [-9.0, 10.0, 0.0, 1.0]}).to_parquet(folder / "p0.parquet")
     df = db.failures(store)
     assert "x" not in df.columns and "changed since the run started" in df.attrs["note"]
+    # the command's CSV says so too, on standard error (its standard output stays CSV)
+    r = run_cli("failures", str(store), "--csv")
+    assert r.returncode == 0 and "note: " in r.stderr and "changed since the run started" in r.stderr
+    assert pd.read_csv(io.StringIO(r.stdout)).columns[0] == "sample"
