@@ -323,9 +323,12 @@ class _Checks:
         self.missing: dict[str, int] = {}
         self.mixed: dict[str, tuple[int, str]] = {}
         self.first_is_number: dict[str, bool] = {}
+        self.seen = 0  # rows checked
 
     def update(self, row0: int, n: int, batch: Mapping[str, Any]) -> None:
         import pyarrow.compute as pc
+
+        self.seen = max(self.seen, row0 + n)
 
         for name, col in self.columns.items():
             values, nulls = batch[name]
@@ -374,6 +377,11 @@ class _Checks:
                 )
             if name in self.bad:
                 count, row, value = self.bad[name]
+                if count == self.seen:  # a column left blank (notes, Excel's trailing comma, NA)
+                    raise SpaceError(
+                        f"Table: column {name!r} of {self.where} has no value in any of its {count} "
+                        "row(s) (empty, NA or NaN); leave it out with columns=[...], or fill it"
+                    )
                 raise SpaceError(
                     f"Table: column {name!r} of {self.where} has {count} row(s) with NaN or inf "
                     f"(first: row {row}, value {value!r}); drop or fill them before running"

@@ -173,9 +173,15 @@ def _legacy_digest(data: Mapping[str, np.ndarray], rows: int | None = None) -> s
 
 def _check_column_name(name: Any) -> None:
     if not isinstance(name, str) or not name.isidentifier():
+        sep = next((c for c in (";", "\t", "|") if isinstance(name, str) and c in name), None)
+        hint = (
+            f" (is the file {sep!r}-separated? A CSV file is read comma-separated: write it with commas)"
+            if sep
+            else ""
+        )
         raise SpaceError(
             f"Table: column name {name!r} must be a valid Python identifier (a parameter is passed "
-            "to the kernel as a keyword argument); rename it, or leave it out with columns=[...]"
+            f"to the kernel as a keyword argument); rename it, or leave it out with columns=[...]{hint}"
         )
 
 

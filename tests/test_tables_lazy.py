@@ -366,7 +366,14 @@ def test_bad_inputs_are_refused_when_the_table_is_made(tmp_path):
     (tmp_path / "mixed_early.csv").write_text("a\nfoo\n2\n")
     when = pa.array([1, 2], type=pa.timestamp("s"))
     pq.write_table(pa.table({"t": when, "a": [1.0, 2.0]}), tmp_path / "time.parquet")
+    (tmp_path / "blank.csv").write_text("x,notes\n1,\n2,\n3,\n")  # a column left blank
+    (tmp_path / "semi.csv").write_text("x;name\n1;a\n2;b\n")
     cases = [
+        (
+            tmp_path / "blank.csv",
+            r"column 'notes' of .* has no value in any of its 3 row\(s\) .*columns=\[...\]",
+        ),
+        (tmp_path / "semi.csv", r"column name 'x;name' .*\(is the file ';'-separated\?"),
         (str(tmp_path / "in" / "*.parquet"), r"'.*\*.parquet' matches no file in '.*/in'"),
         (tmp_path / "fake.parquet", r"fake.parquet' is not a Parquet file \(Parquet magic bytes"),
         (tmp_path / "bad.csv", r"cannot parse '.*bad.csv' as CSV: .*Expected 2 columns, got 3"),
