@@ -94,7 +94,10 @@ class Layout:
         def claim(name: str, what: str) -> None:
             if name in ("status", INTERNAL) or (name in taken and what != "axis"):
                 other = "reserved by daskbatch" if name in ("status", INTERNAL) else taken[name]
-                raise StoreError(f"{what} {name!r} clashes with a name already used ({other})")
+                fix = ""
+                if other in ("table label", "table column"):
+                    fix = "; rename the column, or leave it out with columns=[...]"
+                raise StoreError(f"{what} {name!r} clashes with a name already used ({other}){fix}")
             taken[name] = what
 
         def core(dim: str, size: int | None, owner: str) -> None:
@@ -110,7 +113,7 @@ class Layout:
 
         for p in self.params.values():
             if not p.is_axis:
-                claim(p.name, "parameter")
+                claim(p.name, "table label" if p.label else "table column" if p.optional else "parameter")
             for d, s in zip(p.core_dims, p.core_shape, strict=True):
                 check_name(d, f"parameter {p.name!r}: dim")
                 core(d, s, f"parameter {p.name!r}")

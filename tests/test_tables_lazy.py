@@ -462,3 +462,21 @@ def test_a_zarr_tables_index_along_its_sample_dim_rides_along_and_odd_variables_
     assert list(db.Table(str(tmp_path / "t.zarr")).params) == ["x"]  # a time index: not a column unless named
     with pytest.raises(db.errors.SpaceError, match=r"'station' .* has type datetime64"):
         db.Table(str(tmp_path / "t.zarr"), columns=["x", "station"])
+
+
+def test_a_table_column_named_like_an_output_says_how_to_leave_it_out(tmp_path):
+    (tmp_path / "t.csv").write_text("x,y\n1,2\n3,4\n")
+    with pytest.raises(
+        db.errors.StoreError, match=r"output 'y' clashes .*\(table column\); .*columns=\[\.\.\.\]"
+    ):
+        db.run(
+            doubled, db.Table(str(tmp_path / "t.csv")), tmp_path / "o.zarr", cluster="serial", progress=False
+        )
+    assert not (tmp_path / "o.zarr").exists()
+    db.run(
+        doubled,
+        db.Table(str(tmp_path / "t.csv"), columns=["x"]),
+        tmp_path / "o.zarr",
+        cluster="serial",
+        progress=False,
+    )
