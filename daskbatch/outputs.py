@@ -372,7 +372,8 @@ def cast_value(
     if arr.dtype.kind in "UST" or (arr.dtype == object and _holds_text(arr)):
         raise OutputSpecError(
             f"{where}: output {name!r} is text ({show_value(value)}), expected {out.dtype} values "
-            f"({declared}); return numbers, or declare Output(dtype='str') for one string per sample"
+            f"({declared}); return {'booleans' if out.dtype.kind == 'b' else 'numbers'}, or declare "
+            "Output(dtype='str') for one string per sample"
         )
     if arr.shape != expected:
         hint = ragged_hint(out) if arr.ndim == len(expected) + (not out.shape) else ""
@@ -388,7 +389,7 @@ def cast_value(
     if not integers and not np.can_cast(arr.dtype, out.dtype, casting="same_kind"):
         if arr.dtype.kind not in "biuf":  # None, or objects: no dtype would store them
             raise OutputSpecError(
-                f"{where}: output {name!r} is {'None' if value is None else show_value(value)}, not "
+                f"{where}: output {name!r} is {show_value(value)}, not "
                 f"{out.dtype} values ({declared}); "
                 "return numbers (float('nan') for a missing value), or raise to fail the sample"
             )
@@ -419,6 +420,8 @@ def show_value(value: Any, limit: int = 40) -> str:
     >>> show_value("abc"), show_value([1, 2])
     ("the str 'abc'", 'the list [1, 2]')
     """
+    if value is None:
+        return "None"
     text = " ".join(repr(value).split())  # one line
     if len(text) > limit:
         text = text[: limit - 3] + "..."

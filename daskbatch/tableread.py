@@ -382,6 +382,11 @@ class _Checks:
                         f"Table: column {name!r} of {self.where} has no value in any of its {count} "
                         "row(s) (empty, NA or NaN); leave it out with columns=[...], or fill it"
                     )
+                if self.columns[name].dtype.kind not in "fc":  # integers, booleans: a null
+                    raise SpaceError(
+                        f"Table: column {name!r} of {self.where} has {count} row(s) without a value "
+                        f"(null; first: row {row}); drop or fill them before running"
+                    )
                 raise SpaceError(
                     f"Table: column {name!r} of {self.where} has {count} row(s) with NaN or inf "
                     f"(first: row {row}, value {value!r}); drop or fill them before running"

@@ -366,12 +366,17 @@ def test_bad_inputs_are_refused_when_the_table_is_made(tmp_path):
     (tmp_path / "mixed_early.csv").write_text("a\nfoo\n2\n")
     when = pa.array([1, 2], type=pa.timestamp("s"))
     pq.write_table(pa.table({"t": when, "a": [1.0, 2.0]}), tmp_path / "time.parquet")
+    pq.write_table(pa.table({"a": pa.array([1, None, 3], type=pa.int64())}), tmp_path / "null_int.parquet")
     (tmp_path / "blank.csv").write_text("x,notes\n1,\n2,\n3,\n")  # a column left blank
     (tmp_path / "semi.csv").write_text("x;name\n1;a\n2;b\n")
     cases = [
         (
             tmp_path / "blank.csv",
             r"column 'notes' of .* has no value in any of its 3 row\(s\) .*columns=\[...\]",
+        ),
+        (
+            tmp_path / "null_int.parquet",
+            r"column 'a' of .* has 1 row\(s\) without a value \(null; first: row 1\)",
         ),
         (tmp_path / "semi.csv", r"column name 'x;name' .*\(is the file ';'-separated\?"),
         (str(tmp_path / "in" / "*.parquet"), r"'.*\*.parquet' matches no file in '.*/in'"),
@@ -380,7 +385,7 @@ def test_bad_inputs_are_refused_when_the_table_is_made(tmp_path):
         (tmp_path / "missing.csv", r"file '.*missing.csv' does not exist"),
         (tmp_path / "null.parquet", r"column 'a' of .* has 1 row\(s\) with NaN or inf \(first: row 1"),
         (tmp_path / "nan.parquet", r"column 'a' of .* has 2 row\(s\) with NaN or inf \(first: row 1"),
-        (tmp_path / "nan.csv", r"column 'a' of .* 1 row\(s\) with NaN or inf \(first: row 1"),
+        (tmp_path / "nan.csv", r"column 'a' of .* 1 row\(s\) without a value \(null; first: row 1"),
         (tmp_path / "mixed.csv", r"column 'a' of .* mixes numbers and text \(row 200000: 'abc'\)"),
         (tmp_path / "mixed_early.csv", r"column 'a' of .* mixes numbers and text \(row 1: '2'\)"),
         (tmp_path / "time.parquet", r"column 't' of .* has type timestamp\[\w+\]; .* columns=\[...\]"),
