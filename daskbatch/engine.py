@@ -265,8 +265,9 @@ _RUN_PARAMETERS = """\
         ``distributed`` deploy ``Cluster``, or a :class:`distributed.Client`.
     n_workers
         Workers for ``"local"``, ``"processes"``, ``"threads"`` (default: the cores);
-        for a job-queue cluster, worker processes, rounded up to whole jobs. Refused
-        above 1 with ``"serial"``, and with a running scheduler or ``Client``.
+        for a job-queue cluster, worker processes, rounded up to whole jobs. Ignored,
+        with a warning, above 1 with ``"serial"``; refused with a running scheduler or
+        ``Client``.
     chunk_size
         Samples per block: ``"auto"``, an int, or a dict of block sizes per batch dim.
     progress

@@ -358,10 +358,13 @@ def parse_cluster(cluster: Any, n_workers: int | None = None) -> ClusterSpec:
     ):
         raise ClusterError(f"n_workers={n_workers!r} must be a positive integer or None")
     if cluster == "serial" and n_workers not in (None, 1):
-        raise ClusterError(
-            f"n_workers={n_workers!r} cannot be used with cluster='serial', which computes "
-            f"every block in one thread of this process; use cluster='threads' or cluster='local' "
-            f"for {n_workers} workers, or leave n_workers out"
+        # not refused: a script that loops over schedulers keeps its n_workers, and a
+        # resume replays the options its store recorded
+        from .log import logger
+
+        logger.warning(
+            f"n_workers={n_workers!r} is ignored with cluster='serial', which computes every block "
+            f"in one thread of this process; use cluster='threads' or cluster='local' for {n_workers} workers"
         )
     seen: list[str] = []
     while isinstance(cluster, str) and cluster in _EXECUTORS and _EXECUTORS[cluster].by_name:

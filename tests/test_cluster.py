@@ -233,16 +233,22 @@ def _twice():
     return twice
 
 
-def test_n_workers_above_one_with_serial_is_refused_before_the_store(tmp_path):
-    """cluster='serial' computes in one thread: four workers asked for are not silently one."""
+def test_n_workers_above_one_with_serial_is_said_to_be_ignored(tmp_path, caplog):
+    """cluster='serial' computes in one thread: four workers asked for are not silently one
+    (not refused: a script looping over schedulers keeps its n_workers, and a resume replays
+    the options its store recorded)."""
+    assert parse_cluster("serial", 1).description == "serial (one thread, in this process)"
+    with caplog.at_level(logging.WARNING, logger="daskbatch"):
+        result = db_run_serial(tmp_path / "s.zarr", n_workers=4)
+    warned = [r.getMessage() for r in caplog.records if "is ignored with cluster='serial'" in r.getMessage()]
+    assert len(warned) == 1 and "n_workers=4" in warned[0] and "cluster='threads'" in warned[0], warned
+    assert result.samples["ok"] == 2
+
+
+def db_run_serial(store, **kw):
     import daskbatch as db
 
-    assert parse_cluster("serial", 1).description == "serial (one thread, in this process)"
-    with pytest.raises(ClusterError) as e:
-        db.run(_twice(), db.Grid(x=[1.0, 2.0]), tmp_path / "s.zarr", cluster="serial", n_workers=4)
-    text = str(e.value)
-    assert "n_workers=4" in text and "cluster='serial'" in text and "cluster='threads'" in text
-    assert not (tmp_path / "s.zarr").exists()
+    return db.run(_twice(), db.Grid(x=[1.0, 2.0]), store, cluster="serial", progress=False, **kw)
 
 
 def test_a_tls_scheduler_without_credentials_names_the_config_keys():
