@@ -144,15 +144,27 @@ class _Plan:
         state: dict[str, Any] = {"n": encode_array(n, compact=True)}
         if "sum" in self.simple:
             if is_float:
-                s = np.where(valid, x, 0).sum(-1, dtype=np.float64)
+                with np.errstate(invalid="ignore"):  # inf + -inf: NaN, as numpy's sum
+                    s = np.where(valid, x, 0).sum(-1, dtype=np.float64)
             else:
                 s = np.where(valid, x, 0).astype(self.sum_dtype).sum(-1, dtype=self.sum_dtype)
+                # beside the exact sum, which wraps when it leaves the integers' range: its
+                # float64 twin tells when it did
+                state["sum_f"] = encode_array(np.where(valid, x, 0).astype(np.float64).sum(-1))
             state["sum"] = encode_array(s)
+        if is_float and (self.moments or self.quantiles is not None):
+            # +-inf (a solver that diverged) count as values: their numbers, kept apart from
+            # the moments and the digest of the finite ones, place them as numpy would
+            inf = np.stack([(valid & (x == -np.inf)).sum(-1), (valid & (x == np.inf)).sum(-1)], -1)
+            if inf.any():
+                state["inf"] = encode_array(inf.astype(np.int64), compact=True)
         if self.moments:
-            xf = np.where(valid, x.astype(np.float64), 0.0)
+            fin = valid & np.isfinite(x) if is_float else valid
+            n_fin = fin.sum(-1, dtype=np.int64)
+            xf = np.where(fin, x.astype(np.float64), 0.0)
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(n > 0, xf.sum(-1) / np.maximum(n, 1), 0.0)
-                d = np.where(valid, xf - mean[..., None], 0.0)
+                mean = np.where(n_fin > 0, xf.sum(-1) / np.maximum(n_fin, 1), 0.0)
+                d = np.where(fin, xf - mean[..., None], 0.0)
             state["mean"] = encode_array(mean)
             state["m2"] = encode_array((d * d).sum(-1))
         lo_empty, hi_empty = _sentinels(arr.dtype)
@@ -242,9 +254,13 @@ class _Plan:
             return acc
         if "sum" in self.simple:
             acc["sum"] = np.zeros(shape, self.sum_dtype)
+            if self.output.dtype.kind != "f":
+                acc["sum_f"] = np.zeros(shape)
         if self.moments:
             acc["mean"] = np.zeros(shape)
             acc["m2"] = np.zeros(shape)
+        if self.output.dtype.kind == "f" and (self.moments or self.quantiles is not None):
+            acc["inf"] = np.zeros((*shape, 2), np.int64)  # -inf and +inf seen
         lo_empty, hi_empty = _sentinels(self.output.dtype)
         if "min" in self.simple:
             acc["min"] = np.full(shape, lo_empty, self.output.dtype)
@@ -277,16 +293,28 @@ class _Plan:
             return
         n = na + nb
         if "sum" in self.simple:
-            acc["sum"][region] += decode_array(state["sum"]).astype(self.sum_dtype)
+            part = decode_array(state["sum"]).astype(self.sum_dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                acc["sum"][region] += part
+            if "sum_f" in acc:  # a state written before the twin: its exact sum, as a float
+                acc["sum_f"][region] += (
+                    decode_array(state["sum_f"]) if "sum_f" in state else part.astype(float)
+                )
+        na_f, nb_f = na, nb  # the finite values of each (the moments' counts)
+        if "inf" in acc:
+            infa = acc["inf"][region]
+            infb = decode_array(state["inf"]) if "inf" in state else np.zeros_like(infa)
+            na_f, nb_f = na - infa.sum(-1), nb - infb.sum(-1)
+            acc["inf"][region] = infa + infb
         if self.moments:
             mean_a = acc["mean"][region]
             mean_b = decode_array(state["mean"])
             m2b = decode_array(state["m2"])
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                f = nb / np.maximum(n, 1)
+                f = nb_f / np.maximum(na_f + nb_f, 1)
                 delta = mean_b - mean_a
-                mean = np.where(nb > 0, mean_a + delta * f, mean_a)
-                m2 = np.where(nb > 0, acc["m2"][region] + m2b + delta * delta * na * f, acc["m2"][region])
+                mean = np.where(nb_f > 0, mean_a + delta * f, mean_a)
+                m2 = np.where(nb_f > 0, acc["m2"][region] + m2b + delta * delta * na_f * f, acc["m2"][region])
             acc["mean"][region] = mean
             acc["m2"][region] = m2
         if "min" in self.simple:
@@ -341,6 +369,8 @@ class _Plan:
                 continue
             _set_extremes(d, acc["lo"][idx], acc["hi"][idx])
             out[(slice(None), *idx)] = d.quantile(q)
+        if "inf" in acc and acc["inf"].any():
+            _place_infinities(out, q, acc["n"], acc["inf"], digests)
         return out
 
     def results(self, acc: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, str]]:
@@ -349,13 +379,21 @@ class _Plan:
         n = acc["n"]
         out: dict[str, tuple[np.ndarray, str]] = {f"{self.name}_count": (n, "")}
         empty = n == 0
+        ninf, pinf = (acc["inf"][..., 0], acc["inf"][..., 1]) if "inf" in acc else (0, 0)
+        n_f = n - ninf - pinf  # the finite values, which the moments are of
         with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(empty, np.nan, acc["m2"] / np.maximum(n, 1)) if self.moments else None
+            var = np.where(n_f == 0, np.nan, acc["m2"] / np.maximum(n_f, 1)) if self.moments else None
+            if self.moments and "inf" in acc:  # as numpy: the mean is the infinity, the var NaN
+                var = np.where(ninf + pinf > 0, np.nan, var)
             for s in self.simple:
                 if s == "sum":
-                    out[f"{self.name}_sum"] = (acc["sum"], "")
+                    out[f"{self.name}_sum"] = (self._sum(acc), "")
                 elif s == "mean":
-                    out[f"{self.name}_mean"] = (np.where(empty, np.nan, acc["mean"]), "")
+                    mean = np.where(n_f == 0, np.nan, acc["mean"])
+                    if "inf" in acc:
+                        signs = np.where(pinf > 0, np.inf, 0.0) + np.where(ninf > 0, -np.inf, 0.0)
+                        mean = np.where(ninf + pinf > 0, signs, mean)  # inf - inf: NaN
+                    out[f"{self.name}_mean"] = (mean, "")
                 elif s == "var":
                     out[f"{self.name}_var"] = (var, "")
                 elif s == "std":
@@ -383,6 +421,24 @@ class _Plan:
         for a in self.aggregations:
             out[f"{self.name}_{a.name}"] = (self._agg_finalize(a, acc[f"agg:{a.name}"]), "")
         return out
+
+    def _sum(self, acc: Mapping[str, Any]) -> np.ndarray:
+        """The exact integer sum; float64 (rounded, with a warning) where it left the
+        integers' range, which wraps it."""
+        total = acc["sum"]
+        if "sum_f" not in acc:
+            return total
+        wrapped = ~np.isclose(total.astype(np.float64), acc["sum_f"], rtol=1e-6, atol=1.0)
+        if not wrapped.any():
+            return total
+        from .log import logger
+
+        logger.warning(
+            f"the sum of output {self.name!r} leaves the range of {total.dtype} (it is "
+            f"{float(np.max(np.abs(acc['sum_f'][wrapped]))):.6g}): {self.name}_sum is given as float64, "
+            "rounded to about 16 digits"
+        )
+        return np.asarray(acc["sum_f"], dtype=np.float64)
 
     def _agg_finalize(self, agg: Aggregation, cells: np.ndarray) -> np.ndarray:
         values = []
@@ -463,3 +519,31 @@ class Merged:
     def not_ok(self) -> int:
         """Samples of the merged blocks left out (failed, timed out, crashed or pending)."""
         return self.samples - self.n
+
+
+def _place_infinities(
+    out: np.ndarray, q: np.ndarray, n: np.ndarray, inf: np.ndarray, digests: np.ndarray
+) -> None:
+    """Quantiles ``q`` (``out``: ``(len(q), *cells)``, of the finite values' digests) of
+    cells that also saw -inf and +inf values (``inf[..., 0]``, ``inf[..., 1]``): ranked
+    among all ``n`` values as numpy's linear quantile ranks them, a rank among the
+    -infs is -inf, among the +infs +inf, and one between finite values the digest's
+    quantile at that rank among the finite ones."""
+    for idx in np.ndindex(digests.shape):
+        a, b = int(inf[(*idx, 0)]), int(inf[(*idx, 1)])
+        total = int(n[idx])
+        if not a + b:
+            continue
+        finite = total - a - b
+        for k, p in enumerate(q.tolist()):
+            r = p * (total - 1)
+            lo, hi = math.floor(r), math.ceil(r)
+            low, high = lo < a, hi >= a + finite
+            if low and high:
+                out[(k, *idx)] = np.nan
+            elif low:
+                out[(k, *idx)] = -np.inf
+            elif high:
+                out[(k, *idx)] = np.inf
+            elif digests[idx] is not None:
+                out[(k, *idx)] = digests[idx].quantile((r - a) / max(1, finite - 1))

@@ -153,6 +153,76 @@ def test_integer_sums_are_exact(seed, cut):
         assert int(ds["k_min"]) == np.iinfo(np.int64).min
 
 
+@pytest.mark.parametrize("cut", [[3], [8]])
+def test_an_integer_sum_that_leaves_the_range_is_float64_with_a_warning(cut, caplog):
+    """Documented as exact: past int64 (uint64) it wrapped silently (8 x 2**62 gave 0)."""
+    import logging
+
+    n = 8
+    outs = {"i": Output(dtype="int64"), "u": Output(dtype="uint64"), "k": Output(dtype="int64")}
+    red = parse_reduce(["sum"], outs, ("sample",))
+    values = {
+        "i": np.full(n, 2**62, np.int64),
+        "u": np.full(n, 2**63, np.uint64),
+        "k": np.arange(n, dtype=np.int64) - 3,  # in range: exact, int64
+    }
+    status = np.full(n, OK, np.int8)
+    with caplog.at_level(logging.WARNING, logger="daskbatch"):
+        ds = red.to_dataset(red.merge(docs_1d(red, values, status, blocks_1d(n, cut)), (n,)))
+    assert ds["i_sum"].dtype == np.float64 and float(ds["i_sum"]) == float(8 * 2**62)
+    assert ds["u_sum"].dtype == np.float64 and float(ds["u_sum"]) == float(8 * 2**63)
+    assert ds["k_sum"].dtype == np.int64 and int(ds["k_sum"]) == 4
+    assert "the sum of output 'i' leaves the range of int64" in caplog.text
+
+
+@pytest.mark.parametrize("cut", [[1000], [250], [97, 3]])
+def test_infinities_count_as_numpy_counts_them_whatever_the_blocks(cut):
+    """A solver that diverged gives inf: the digest skipped them while the count kept them
+    (a quantile ranked among the finite values only), and the merged mean was inf in one
+    block and NaN in several (inf - inf in the merge)."""
+    rng = np.random.default_rng(4)
+    n = 1000
+    y = rng.random(n)
+    y[rng.random(n) < 0.3] = np.inf
+    y[:5] = -np.inf  # and a few -inf: the mean is NaN then, as numpy's
+    z = np.where(np.isinf(y), np.inf, y)  # only +inf
+    outs = {"y": Output(), "z": Output()}
+    red = parse_reduce(
+        ["count", "sum", "mean", "var", Quantiles([0.01, 0.25, 0.5, 0.75, 0.99])], outs, ("sample",)
+    )
+    status = np.full(n, OK, np.int8)
+    ds = red.to_dataset(red.merge(docs_1d(red, {"y": y, "z": z}, status, blocks_1d(n, cut)), (n,)))
+    assert int(ds.z_count) == n and float(ds.z_mean) == np.inf and np.isnan(float(ds.z_var))
+    assert np.isnan(float(ds.y_mean)) and np.isnan(float(ds.y_var))
+    qs = [0.01, 0.25, 0.5, 0.75, 0.99]
+
+    def ranked(values):  # numpy's linear rank; numpy itself gives NaN between two infs (inf - inf)
+        lo, hi = np.quantile(values, qs, method="lower"), np.quantile(values, qs, method="higher")
+        with np.errstate(invalid="ignore"):
+            linear = np.quantile(values, qs)
+        return np.where(
+            np.isinf(lo) & np.isinf(hi) & (lo != hi),
+            np.nan,
+            np.where(np.isinf(lo), lo, np.where(np.isinf(hi), hi, linear)),
+        )
+
+    for name, values in (("y", y), ("z", z)):
+        got = ds[f"{name}_quantile"].values
+        want = ranked(values)
+        assert np.isinf(want).any() and np.isfinite(want).any()
+        assert np.array_equal(np.isinf(got), np.isinf(want)) and np.array_equal(
+            got[np.isinf(got)], want[np.isinf(want)]
+        )
+        assert np.allclose(got[np.isfinite(got)], want[np.isfinite(want)], atol=0.01), (name, got, want)
+    # without infinities nothing changes: the same bits as a store of finite values
+    fin = parse_reduce(["mean", "var"], {"w": Output()}, ("sample",))
+    w = rng.random(n)
+    a = fin.to_dataset(fin.merge(docs_1d(fin, {"w": w}, status, blocks_1d(n, cut)), (n,)))
+    assert float(a.w_mean) == pytest.approx(w.mean(), rel=1e-12) and float(a.w_var) == pytest.approx(
+        w.var(), rel=1e-12
+    )
+
+
 def test_quantiles_within_t_digest_accuracy():
     """1e5 lognormal samples in 100 blocks: the rank of each estimated quantile is within
     0.3% of q (measured: about 0.05 to 0.1%), and within 0.05% in the tails."""
