@@ -144,8 +144,14 @@ def status_lines(st: Any, info: Mapping[str, Any]) -> list[str]:
 
 
 def _number(x: Any) -> str:
-    if isinstance(x, float | int) and not isinstance(x, bool):
-        return f"{x:.6g}"
+    """A value as the status shows it: an integer whole (a count, an exact sum), a float
+    to 6 significant digits."""
+    import numpy as np
+
+    if isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_):
+        return f"{int(x)}"
+    if isinstance(x, float | np.floating):
+        return f"{float(x):.6g}"
     return str(x)
 
 

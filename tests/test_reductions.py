@@ -742,3 +742,12 @@ def test_the_dataset_is_the_one_xarrays_ordinary_constructors_build():
     )
     assert ds.identical(ordinary)
     assert ds["c_sum"].sel(t="late", rho1=20.0).item() == 7.0 + 9.0 + 11.0
+
+
+def test_the_status_shows_integer_totals_whole():
+    """`daskbatch status` showed a count or an exact sum of 30001181 as 3.00012e+07."""
+    from daskbatch.reduced import _number
+
+    assert _number(np.int64(30001181)) == "30001181" and _number(30001181) == "30001181"
+    assert _number(np.uint64(2**63)) == str(2**63) and _number(np.float64(1 / 3)) == "0.333333"
+    assert _number(True) == "True"
