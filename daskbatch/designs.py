@@ -299,7 +299,11 @@ class Design(Space):
         if old.get("type") != now["type"]:
             return f"the design changed ({old.get('type')} -> {now['type']})"
         if not isinstance(n_old, int) or n_now <= n_old:
-            return f"n={n_now:,} does not add samples to the stored n={n_old!r}"
+            return (
+                f"n={n_now:,} does not add samples to the stored n={n_old:,}"
+                if isinstance(n_old, int)
+                else f"n={n_now:,} does not add samples to the stored n={n_old!r}"
+            )
         if now["type"] == LatinHypercube.kind and old.get("strata") is None:
             return (
                 f"a Latin hypercube's points depend on its size (n={n_old:,}): raising n changes "

@@ -34,6 +34,7 @@ import numpy as np
 from ._version import __version__
 from .chunking import plan_block_shape
 from .codeid import changed_parts, code_changes, installed_file, kernel_code
+from .differences import _describe_difference
 from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
 from .extension import added_rows, check_input, same_input, why_not
 from .log import logger
@@ -413,50 +414,6 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _describe_reduce(stored: Any, now: Any) -> str:
-    """What differs between two reductions, per output and in words."""
-
-    def stat(s: Any) -> str:
-        if not isinstance(s, dict):
-            return str(s)
-        kind = s.get("stat")
-        args = ", ".join(f"{k}={v}" for k, v in s.items() if k != "stat")
-        return f"{kind}({args})"
-
-    def outputs(spec: Any) -> dict[str, str]:
-        if not isinstance(spec, dict):
-            return {}
-        return {k: "[" + ", ".join(stat(s) for s in v) + "]" for k, v in (spec.get("outputs") or {}).items()}
-
-    if stored is None or now is None:
-        what = {True: "nothing", False: "reduced"}
-        return f"reduce ({what[stored is None]} -> {what[now is None]})"
-    old, new = outputs(stored), outputs(now)
-    names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    parts = [f"{k}: {old.get(k, 'not reduced')} -> {new.get(k, 'not reduced')}" for k in names]
-    if stored.get("dims") != now.get("dims"):
-        parts.append(f"reduce_dims: {stored.get('dims')} -> {now.get('dims')}")
-    return (
-        f"reduce ({'; '.join(parts[:4])}; the committed blocks hold the states of what the store reduces: "
-        "run without reduce= to go on with it)"
-    )
-
-
-def _describe_difference(name: str, stored: Any, now: Any) -> str:
-    if name == "reduce":
-        return _describe_reduce(stored, now)
-    if isinstance(stored, dict) and isinstance(now, dict):
-        keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
-        parts = [f"{k}: {_short(stored.get(k))} -> {_short(now.get(k))}" for k in keys[:4]]
-        return f"{name} ({'; '.join(parts)})"
-    return f"{name} ({_short(stored)} -> {_short(now)})"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def run_provenance(kernel: Any, spec_file: str | os.PathLike[str] | None) -> dict[str, Any]:
     """What a run records about its kernel's code and how to run it again.
 
@@ -602,7 +559,11 @@ def _check_fingerprint(
     reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
     if reason is not None and int(space.size) > int(stored_layout["batch_shape"][0]):
         diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")
-    elif reason is not None and "not more than the stored" not in reason:
+    elif (
+        reason is not None
+        and "not more than the stored" not in reason
+        and "does not add samples" not in reason
+    ):
         diffs.append(f"where: {reason}")
     if "space" in now and info.get("space") != now["space"]:
         gone = _files_gone(st, space)

@@ -398,3 +398,21 @@ def test_a_design_given_no_seed_grows_with_the_seed_its_store_was_made_with(tmp_
         after.a.values.tobytes() == whole.a.values.tobytes()
         and after.y.values.tobytes() == whole.y.values.tobytes()
     )
+
+
+def test_a_refusal_names_the_value_that_differs_however_deep(tmp_path):
+    """Cut at 60 characters, both sides of a change in the second parameter read the same;
+    and a design of the same n was told its n "does not add samples"."""
+    store = tmp_path / "s.zarr"
+    kw = {"cluster": "serial", "progress": False}
+    dists = {"amplitude": db.Normal(1.0, 0.1), "b": db.Uniform(0, 2)}
+    db.run(lin_amp, db.MonteCarlo(dists, n=20, seed=1), store, **kw)
+    with pytest.raises(db.errors.FingerprintMismatchError) as e:
+        db.run(lin_amp, db.MonteCarlo({**dists, "b": db.Uniform(0, 3)}, n=20, seed=1), store, **kw)
+    text = str(e.value)
+    assert "what differs: space (params.b.high: 2 -> 3)." in text and "does not add samples" not in text
+
+
+@db.kernel(outputs={"y": db.Output()})
+def lin_amp(amplitude, b):
+    return amplitude * b

@@ -1,0 +1,81 @@
+"""What differs between a store's record and a run that does not match it, in words: the
+dotted paths to the values that differ (``space (params.rate.high: 10 -> 20)``), and a
+store's reductions against a run's, per output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__: list[str] = []
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _describe_reduce(stored: Any, now: Any) -> str:
+    """What differs between two reductions, per output and in words."""
+
+    def stat(s: Any) -> str:
+        if not isinstance(s, dict):
+            return str(s)
+        kind = s.get("stat")
+        args = ", ".join(f"{k}={v}" for k, v in s.items() if k != "stat")
+        return f"{kind}({args})"
+
+    def outputs(spec: Any) -> dict[str, str]:
+        if not isinstance(spec, dict):
+            return {}
+        return {k: "[" + ", ".join(stat(s) for s in v) + "]" for k, v in (spec.get("outputs") or {}).items()}
+
+    if stored is None or now is None:
+        what = {True: "nothing", False: "reduced"}
+        return f"reduce ({what[stored is None]} -> {what[now is None]})"
+    old, new = outputs(stored), outputs(now)
+    names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = [f"{k}: {old.get(k, 'not reduced')} -> {new.get(k, 'not reduced')}" for k in names]
+    if stored.get("dims") != now.get("dims"):
+        parts.append(f"reduce_dims: {stored.get('dims')} -> {now.get('dims')}")
+    return (
+        f"reduce ({'; '.join(parts[:4])}; the committed blocks hold the states of what the store reduces: "
+        "run without reduce= to go on with it)"
+    )
+
+
+def _describe_difference(name: str, stored: Any, now: Any) -> str:
+    if name == "reduce":
+        return _describe_reduce(stored, now)
+    if isinstance(stored, dict) and isinstance(now, dict):
+        parts = _leaf_differences(stored, now, "")
+        more = f"; and {len(parts) - 4} more" if len(parts) > 4 else ""
+        return f"{name} ({'; '.join(parts[:4])}{more})"
+    return f"{name} ({_short(stored)} -> {_short(now)})"
+
+
+def _leaf_differences(stored: Any, now: Any, path: str) -> list[str]:
+    """Where two records differ, as dotted paths to the values that differ (a table's
+    second parameter's bound, not the first 60 characters of both tables)."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for k in sorted(set(stored) | set(now), key=str):
+            at = f"{path}.{k}" if path else str(k)
+            if k not in stored:
+                out.append(f"{at} added ({_short(now[k])})")
+            elif k not in now:
+                out.append(f"{at} removed (was {_short(stored[k])})")
+            elif _json(stored[k]) != _json(now[k]):
+                out.extend(_leaf_differences(stored[k], now[k], at))
+        return out
+    if isinstance(stored, list) and isinstance(now, list) and len(stored) == len(now) and len(stored) > 1:
+        out = []
+        for i, (a, b) in enumerate(zip(stored, now, strict=True)):
+            if _json(a) != _json(b):
+                out.extend(_leaf_differences(a, b, f"{path}[{i}]"))
+        return out
+    return [f"{path}: {_short(stored)} -> {_short(now)}"]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
