@@ -1,11 +1,9 @@
 """Batch-system clusters: workers as SLURM, PBS, SGE or LSF jobs, through dask-jobqueue.
 
-``cluster="slurm"`` (or ``"pbs"``, ``"sge"``, ``"lsf"``), a :class:`JobQueue` with
-options, or a spec file's ``[cluster]`` table start a dask-jobqueue cluster: its
-scheduler runs in the driver process, its workers in batch jobs. Whatever is not
-given comes from dask's own ``jobqueue.<kind>.*`` configuration
-(``~/.config/dask/jobqueue.yaml``), as dask-jobqueue reads it; daskbatch adds its
-own defaults on top:
+``cluster="slurm"`` (``"pbs"``, ``"sge"``, ``"lsf"``), a :class:`JobQueue`, or a spec's
+``[cluster]`` table start a dask-jobqueue cluster: scheduler in the driver, workers in
+batch jobs. What is not given comes from dask's ``jobqueue.<kind>.*`` configuration
+(``~/.config/dask/jobqueue.yaml``); daskbatch adds its own defaults on top:
 
 - one single-threaded worker process per core (``processes = cores``), unless the
   kernel is declared thread-safe;
@@ -17,10 +15,9 @@ own defaults on top:
   key is written, readable by this user only, into ``jobqueue.<kind>.shared-temp-directory``
   or else ``~/.cache/daskbatch/tls``, which the compute nodes must see).
 
-Also registered here: ``cluster=`` a running :class:`distributed.deploy.Cluster`
-(a ``dask_jobqueue.SLURMCluster`` made by the user, ...), which daskbatch uses
-but neither scales nor closes. Importing this module does not import
-dask-jobqueue; starting such a cluster does.
+Also registered here: ``cluster=`` a running :class:`distributed.deploy.Cluster` (a
+user's ``dask_jobqueue.SLURMCluster``...), used but neither scaled nor closed. Importing
+this module does not import dask-jobqueue; starting such a cluster does.
 """
 
 from __future__ import annotations
@@ -325,14 +322,17 @@ class JobQueue:
                 f"cluster={self.kind!r} needs {system}'s {command} on PATH, and it is not found; "
                 f"run on a login node of the {system} cluster (or load its module), or use cluster='local'"
             )
+        self.check_resources()
+
+    def check_resources(self) -> None:
+        """Refuse jobs that could not be asked for: no cores or memory per job, or a bad walltime."""
         for name in ("cores", "memory"):
             if getattr(self, name) is None and self._config(name) is None:
                 raise ClusterError(
                     f"cluster={self.kind!r} needs {name} per job: JobQueue({self.kind!r}, cores=4, "
                     f"memory='16GB'), or jobqueue.{self.kind}.{name} in ~/.config/dask/jobqueue.yaml"
                 )
-        configured = self._config("memory")
-        if self.memory is None and configured is not None and not _bytes(str(configured)):
+        if self.memory is None and (configured := self._config("memory")) and not _bytes(str(configured)):
             raise ClusterError(
                 f"jobqueue.{self.kind}.memory={configured!r} in dask's config needs a unit, such as '16GB'"
             )

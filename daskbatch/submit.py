@@ -312,6 +312,10 @@ def prepare(
             "--allow-local-store skips this check for a one-node test"
         )
     _check_store(run, kernel_changed)
+    if kind in KINDS:  # the driver job would stop on it, after its wait in the queue
+        from .hpc import JobQueue
+
+        (cluster if isinstance(cluster, JobQueue) else JobQueue(kind)).check_resources()
     cores, memory = 1, DRIVER_MEMORY
     if table is None and "://" not in kind:  # the work runs inside the driver's job
         cores = int(run.get("n_workers") or 1)

@@ -40,11 +40,31 @@ axes = {{ x = {{ arange = [0, {n}, 1] }} }}
 TABLE = """\
 [cluster]
 kind = "{kind}"
+cores = 2
+memory = "4GB"
 queue = "debug"
 account = "proj"
 walltime = "02:00:00"
 prologue = ["module load python/3.12", "export OMP_NUM_THREADS=1"]
 """
+
+
+@pytest.fixture(autouse=True)
+def _jobqueue_config(monkeypatch):
+    """Cores and memory per job in dask's config, as a cluster's jobqueue.yaml gives them
+    (a spec saying only cluster = "slurm" takes them from there)."""
+    import dask
+
+    for kind in ("SLURM", "PBS"):  # for a command run here and in a process of its own
+        monkeypatch.setenv(f"DASK_JOBQUEUE__{kind}__CORES", "2")
+        monkeypatch.setenv(f"DASK_JOBQUEUE__{kind}__MEMORY", "4GB")
+    values = {
+        f"jobqueue.{kind}.{key}": value
+        for kind in ("slurm", "pbs")
+        for key, value in (("cores", 2), ("memory", "4GB"))
+    }
+    with dask.config.set(values):
+        yield
 
 
 def _spec(folder: Path, cluster: str = 'cluster = "threads"', n: int = 12, chunk: int = 4, delay=0.0) -> Path:
@@ -275,6 +295,20 @@ def test_a_store_the_job_would_refuse_is_refused_at_submit_and_kernel_changed_pa
         r = run_cli("submit", str(spec), *args, "--kernel-changed", "continue", cwd=folder)
     assert r.returncode == 2 and "is being written by another run" in r.stderr, r.stderr
     assert not list(no_scheduler.glob("*.calls"))
+
+
+def test_a_cluster_without_cores_per_job_is_refused_at_submit_not_in_the_queue(tmp_path, cli, monkeypatch):
+    """The driver job would stop on it after its wait in the queue; --dry-run said nothing."""
+    import dask
+
+    monkeypatch.delenv("DASK_JOBQUEUE__SLURM__CORES")
+    spec = _spec(tmp_path / "a", 'cluster = "slurm"')
+    for extra in ([], ["--dry-run"]):
+        with dask.config.set({"jobqueue.slurm.cores": None}):
+            r = cli("submit", str(spec), "--walltime", "01:00:00", "--allow-local-store", *extra)
+        assert r.returncode == 2 and r.stdout == ""
+        assert "cluster='slurm' needs cores per job: JobQueue('slurm', cores=4" in r.stderr
+    assert not (tmp_path / "a" / "sweep.zarr.logs").exists()
 
 
 def test_store_on_node_local_storage_is_refused(tmp_path, cli, no_scheduler):
