@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .autocluster import auto_probe, choose_cluster
 from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
@@ -50,12 +52,42 @@ class _Request:
     store: str | None
     options: RunOptions
 
+    def check_store(self, lock: bool) -> Mapping[str, Any] | None:
+        """What :meth:`execute` would refuse about an existing store (its info, None when
+        there is none), checked without running or writing anything; with ``lock``, a
+        store another run holds too."""
+        if self.store is None or self.options.overwrite:
+            return None
+        st = Store(self.store)
+        if not st.path.exists():
+            return None
+        if lock:
+            st.lock().check_free()
+        info = st.info()
+        if info is None:
+            return None
+        options = _adopt_reductions(self.options, info, self.kernel)
+        space = check_round_space(self.space, info, options.until)
+        self._check(
+            st,
+            info,
+            run_provenance(self.kernel, options.spec_file),
+            announce=False,
+            space=space,
+            options=options,
+        )
+        return info
+
     def plan(self) -> Plan:
-        """Probe the kernel and plan the blocks (an existing store's blocks are kept)."""
+        """Probe the kernel and plan the blocks (an existing store's blocks are kept; one
+        the run would refuse is refused here, and its committed blocks are not counted)."""
         options, space = self.options, self.space
         spec = options.cluster
+        done = 0
         if self.store is not None:
-            info = Store(self.store).info()
+            info = self.check_store(lock=False)
+            if info is not None:
+                done = int(np.count_nonzero(Store(self.store).done_mask()))
             # its blocks, also when it grows (new samples are cut into blocks of its shape)
             if info is not None and list(info["layout"]["batch_dims"]) == list(space.batch_dims):
                 block = dict(zip(space.batch_dims, info["layout"]["block_shape"], strict=True))
@@ -70,7 +102,9 @@ class _Request:
         if workers is None:  # a scheduler address: ask it
             with start_executor(spec) as executor:
                 workers = executor.n_workers
-        made = make_run_plan(self.kernel, space, options, workers, seconds)
+        made = dataclasses.replace(
+            make_run_plan(self.kernel, space, options, workers, seconds), blocks_done=done
+        )
         # executing runs on the cluster chosen here, with the planned blocks
         request = dataclasses.replace(self, options=dataclasses.replace(options, auto=False))
         return dataclasses.replace(made, request=request if self.store is not None else None)
@@ -196,21 +230,7 @@ def check_existing_store(arguments: Mapping[str, Any]) -> None:
     st = Store(arguments["store"])
     if not st.path.exists() or arguments.get("overwrite"):
         return
-    request = _run_request(arguments)
-    st.lock().check_free()
-    info = st.info()
-    if info is None:
-        return
-    options = _adopt_reductions(request.options, info, request.kernel)
-    space = check_round_space(request.space, info, options.until)
-    request._check(
-        st,
-        info,
-        run_provenance(request.kernel, options.spec_file),
-        announce=False,
-        space=space,
-        options=options,
-    )
+    _run_request(arguments).check_store(lock=True)
 
 
 def _adopt_reductions(options: RunOptions, info: Mapping[str, Any], kernel: Kernel) -> RunOptions:

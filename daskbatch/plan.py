@@ -244,6 +244,8 @@ class Plan:
     n_workers: int
     cluster: str
     memory_limit: int
+    #: blocks the store holds already (committed): the run computes the others
+    blocks_done: int = 0
     #: the run this plan was made for (set by :func:`daskbatch.plan`); see :meth:`execute`
     request: Any = field(default=None, repr=False, compare=False)
 
@@ -291,16 +293,17 @@ class Plan:
         """Wall time of the computation if every worker is busy all the time."""
         if self.seconds_per_block is None:
             return None
-        rounds = math.ceil(self.n_blocks / max(1, self.n_workers))
+        rounds = math.ceil(max(0, self.n_blocks - self.blocks_done) / max(1, self.n_workers))
         return rounds * self.seconds_per_block
 
     def _rows(self) -> list[tuple[str, str]]:
         dims = ", ".join(f"{d}: {n:,}" for d, n in zip(self.batch_dims, self.batch_shape, strict=True))
         block = " × ".join(f"{b:,}" for b in self.block_shape)
+        done = f"; {self.blocks_done:,} done in the store" if self.blocks_done else ""
         return [
             ("kernel", self.kernel),
             ("samples", f"{self.n_samples:,} ({dims})"),
-            ("blocks", f"{self.n_blocks:,} of {self.samples_per_block:,} samples ({block})"),
+            ("blocks", f"{self.n_blocks:,} of {self.samples_per_block:,} samples ({block}){done}"),
             (
                 "bytes per sample",
                 f"{_bytes(self.bytes_in_per_sample)} in, {_bytes(self.bytes_out_per_sample)} out "
@@ -313,7 +316,10 @@ class Plan:
             ),
             ("time per sample", _seconds(self.seconds_per_sample)),
             ("time per block", _seconds(self.seconds_per_block)),
-            ("time in all", f"{_seconds(self.total_seconds)} on {_workers(self.n_workers)} (estimate)"),
+            (
+                "time in all" if not self.blocks_done else "time left",
+                f"{_seconds(self.total_seconds)} on {_workers(self.n_workers)} (estimate)",
+            ),
             ("cluster", self.cluster),
         ]
 

@@ -114,9 +114,17 @@ def test_plan_is_what_run_does_and_its_time_estimate_holds(tmp_path):
     auto = db.plan(slow_square, cheap, cluster="threads", n_workers=2)
     res = db.run(slow_square, cheap, tmp_path / "a.zarr", cluster="threads", n_workers=2, progress=False)
     assert res.blocks_total == auto.n_blocks == 8
-    # a store's own blocks are the plan's
+    # a store's own blocks are the plan's, and its committed ones are not counted again
     again = db.plan(slow_square, space, tmp_path / "s.zarr", chunk_size="auto", **args)
-    assert again.block_shape == (20,)
+    assert again.block_shape == (20,) and again.blocks_done == 10 and again.total_seconds == 0
+    assert "10 done in the store" in str(again) and "time left:" in str(again)
+    # what the run would refuse, the plan refuses (it printed a plan; the run then said no)
+    with pytest.raises(
+        db.errors.FingerprintMismatchError, match=r"chunking \(block shape \[20\] -> \[40\]\)"
+    ):
+        db.plan(slow_square, space, tmp_path / "s.zarr", chunk_size=40, **args)
+    with pytest.raises(db.errors.FingerprintMismatchError, match=r"what differs: constants"):
+        db.plan(slow_square, space, tmp_path / "s.zarr", **{**args, "constants": {"delay": 0.0}})
 
 
 def test_plan_prints_and_renders(tmp_path):
