@@ -600,15 +600,21 @@ def format_table(df: pd.DataFrame, *, width: int = 120, limit: int | None = None
             folders.append(f"{c}: relative to {folder}")
         # a path keeps its end (the file's name) when it is cut
         body.append([_cell(v, 60, keep_end=folder is not None) for v in values])
+    heads = list(ident)
+    dims = [d for d in (df.attrs.get("batch_dims") or []) if d in df]
+    inputs = _inputs_cells(shown, dims) if ident == dims else None
+    if inputs is not None:  # no file names a sample: its parameters do, in a column of their own
+        heads.append("inputs")
+        body.append(inputs)
     status = [str(v) for v in shown["status"].tolist()]
     messages = []
     for e, m in zip(shown["error"].tolist(), shown["message"].tolist(), strict=True):
         e, m = _text(e), _text(m)
         messages.append(f"{e}: {m}" if e and m else (e or m or "(no message kept)"))
-    rows = [[*ident, "status", "message"]]
+    rows = [[*heads, "status", "message"]]
     for i in range(len(shown)):
         rows.append([*(col[i] for col in body), status[i], messages[i]])
-    fixed = [max(len(r[j]) for r in rows) for j in range(len(ident) + 1)]
+    fixed = [max(len(r[j]) for r in rows) for j in range(len(heads) + 1)]
     room = max(20, width - sum(fixed) - 2 * len(fixed))
     lines = []
     for r in rows:
@@ -623,3 +629,20 @@ def format_table(df: pd.DataFrame, *, width: int = 120, limit: int | None = None
     if df.attrs.get("note"):
         lines.append(f"note: {df.attrs['note']}")
     return "\n".join(lines)
+
+
+def _inputs_cells(df: pd.DataFrame, dims: list[str], most: int = 4) -> list[str] | None:
+    """Each row's scalar parameters as ``x=0.4213, k=3`` (the first ``most``; ``...``
+    after them), for a table whose samples no file names; None without any (a grid's
+    are its coordinates, shown already)."""
+    names = [c for c in df.attrs.get("parameters") or [] if c in df.columns and c not in dims]
+    if not names:
+        return None
+
+    def show(v: Any) -> str:
+        if isinstance(v, float | np.floating):
+            return f"{float(v):.4g}"
+        return _cell(v, 20)
+
+    more = ", ..." if len(names) > most else ""
+    return [", ".join(f"{c}={show(row[c])}" for c in names[:most]) + more for _, row in df.iterrows()]

@@ -230,15 +230,16 @@ def test_a_store_written_before_every_failure_was_kept_says_what_is_missing(tmp_
 
 
 def test_failures_command_prints_a_table_and_writes_csv(picky_store, tmp_path):
-    low, high, _ = _expected_picky()
+    low, high, x = _expected_picky()
     n = low.size + high.size
     r = run_cli("failures", str(picky_store))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["sample", "status", "message"]
+    assert lines[0].split() == ["sample", "inputs", "status", "message"]  # no file: the parameters
     assert lines[-1] == f"{n} failures of 40 samples"
     first = lines[1].split()
-    assert first[0] == str(min(low[0], high[0]))
+    k = min(low[0], high[0])
+    assert first[0] == str(k) and first[1] == f"x={x[k]:.4g}", lines[1]  # a vector parameter (w) is left out
     assert any("SampleTimeout: stopped after the timeout of 0.3 s" in line for line in lines)
     # --csv to a file: the whole frame, traceback included
     out = tmp_path / "f.csv"
