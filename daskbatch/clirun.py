@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_one(args)
     from .errors import DaskbatchError
 
+    instead = {"store": "set store in each spec file instead", "test": "run each stage on its own"}
     for flag in ("store", "test"):
         if getattr(args, flag):
             raise DaskbatchError(
                 f"--{flag} applies to one spec file; {len(specs)} were given (stages, run in order): "
-                "set store in each spec file instead"
+                + instead[flag]
             )
     for k, spec in enumerate(specs, 1):  # each read when its turn comes: it may read the one before
         print(f"daskbatch: stage {k} of {len(specs)}: {spec}", flush=True)
         args.spec = spec
-        _run_one(args)
+        code = _run_one(args)
+        if code:  # a stage none of whose samples is ok leaves the next nothing to read
+            return code
     return 0
 
 
@@ -74,7 +78,22 @@ def _run_one(args: argparse.Namespace) -> int:
         kwargs["overwrite"] = args.overwrite
     result = run(**kwargs)
     print(result)
-    return 0
+    return _no_sample_ok(result)
+
+
+def _no_sample_ok(result: Any) -> int:
+    """1, with one line, when a run's store has samples done and none of them ok (a model
+    that fails every sample: a script or a job chain should know); else 0."""
+    done = result.n_samples - result.samples["pending"]
+    if done == 0 or result.samples["ok"] > 0:
+        return 0
+    where = shlex.quote(str(result.store))
+    print(
+        f"daskbatch: no sample succeeded ({done:,} done, none ok): the kernel fails every sample; "
+        f"daskbatch failures {where} lists them with their messages",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _kernel_and_space_from_store(store: str) -> tuple[Any, Any, Any]:
@@ -141,7 +160,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         **_stored_reductions(info),
     )
     print(result)
-    return 0
+    return _no_sample_ok(result)
 
 
 def _stored_reductions(info: dict[str, Any]) -> dict[str, Any]:

@@ -325,3 +325,21 @@ def test_a_nan_in_an_array_constant_does_not_make_the_store_refuse_its_own_rerun
     Store(store).ledger.forget([(1,)])
     r = db.run(weighted_sum, grid, store, chunk_size=2, constants=constants, cluster="serial", progress=False)
     assert r.complete and r.blocks_computed == 1
+
+
+def test_a_run_whose_every_sample_fails_exits_1_naming_the_failures_command(tmp_path, cli):
+    """A model that fails every sample used to end with exit 0 and `complete`: a script or a
+    job chain could not tell it from a good run."""
+    spec = tmp_path / "all.toml"
+    spec.write_text(
+        'kernel = "daskbatch.testing:fail_on_multiples"\nstore = "all.zarr"\ncluster = "serial"\n'
+        '[constants]\nk = 1\n[space]\ntype = "grid"\naxes = {i = [1, 2, 3, 4]}\n'
+    )
+    r = cli("run", str(spec), "--no-progress")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "no sample succeeded (4 done, none ok)" in r.stderr and "daskbatch failures" in r.stderr
+    again = cli("resume", str(tmp_path / "all.zarr"), "--no-progress")
+    assert again.returncode == 1 and "no sample succeeded" in again.stderr
+    spec.write_text(spec.read_text().replace("k = 1", "k = 3"))  # one of four fails: 0
+    r = cli("run", str(spec), "--no-progress", "--overwrite")
+    assert r.returncode == 0 and "no sample succeeded" not in r.stderr

@@ -188,7 +188,7 @@ def test_a_new_seed_in_stage_1_refuses_stage_2_naming_it(tmp_path, kernels):
             constants={"seed": 7},
             progress=False,
         )
-    assert '"seed": 1' in str(e.value)
+    assert ".seed: 1 -> 2" in str(e.value), str(e.value)
     # giving stage 2 (and 3) overwrite=True computes them again from the new stage 1
     p = kernels.pipeline(tmp_path, seed=2)
     for stage in p.stages[1:]:
