@@ -334,7 +334,7 @@ class ClusterSpec:
 
 
 def _invalid(cluster: Any) -> ClusterError:
-    names = list(executor_names(by_name_only=True))
+    names = [*executor_names(by_name_only=True), "auto"]  # auto: run() picks one of them
     choices = [f"one of {names}", *(e.hint for e in _EXECUTORS.values() if not e.by_name and e.hint)]
     text = choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + ", or " + choices[-1]
     return ClusterError(f"cluster={cluster!r} is not valid; use {text}")

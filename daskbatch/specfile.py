@@ -390,4 +390,44 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         **({"until": _until(doc["until"], p, text, kernel.outputs)} if "until" in doc else {}),
     }
     _check_reductions(args, p, text)
+    _check_options(args, p, text)
     return args
+
+
+#: run()'s arguments whose checks name them as Python does, and their keys in a spec file
+_OPTION_KEYS = {"n_workers": "workers", "chunk_size": "chunk_size", "retries": "retries",
+                "timeout": "timeout", "memory_limit": "memory_limit", "cluster": "cluster"}  # fmt: skip
+
+
+def _check_options(args: dict[str, Any], path: Path, text: str) -> None:
+    """The checks run() makes of its plain options, at the spec file's line and in its
+    words (``workers = 0``, not ``n_workers=0``; leave ``timeout`` out, not None)."""
+    from .chunking import _check_int
+    from .executors import parse_cluster
+    from .options import check_plain_options, memory_limit_bytes
+
+    a = args
+    try:
+        check_plain_options(
+            a["chunk_size"], True, False, None, a["retries"], a["timeout"], False, False, "refuse", None
+        )
+        if isinstance(a["chunk_size"], int):
+            _check_int("chunk_size", a["chunk_size"])
+        memory_limit_bytes(a["memory_limit"])
+        if isinstance(a["cluster"], str) and a["cluster"] not in ("auto", "serial"):  # serial: run warns
+            parse_cluster(a["cluster"], a["n_workers"])
+        elif a["n_workers"] is not None:
+            parse_cluster("local", a["n_workers"])
+    except DaskbatchError as e:
+        text_of = str(e)
+        name = next((k for k in _OPTION_KEYS if text_of.startswith(f"{k}=")), None)
+        if name is None:
+            raise
+        key = _OPTION_KEYS[name]
+        text_of = f"{key} = {text_of[len(name) + 1 :]}"
+        for python, toml in (
+            (", or None (no timeout)", " (leave it out: no timeout)"),
+            ("None for", "leave it out for"),
+        ):
+            text_of = text_of.replace(python, toml)
+        raise SpecFileError(f"{_where(path, text, key)}: {text_of}") from e

@@ -84,7 +84,21 @@ CASES |= {
 CASES |= {
     "timeout_1e300": (
         "timeout = 1e300\n" + _grid("[1.0, 2.0]"),
-        "timeout=1e+300 is more than 604,800 seconds (7 days)",
+        "line 4: timeout = 1e+300 is more than 604,800 seconds (7 days); give at most that, or leave it out",
+    ),
+    # run()'s checks of plain options, at the spec's line and in its words
+    "workers_0": ("workers = 0\n" + _grid("[1.0, 2.0]"), "line 4: workers = 0 must be a positive integer"),
+    "retries_negative": (
+        "retries = -1\n" + _grid("[1.0, 2.0]"),
+        "line 4: retries = -1 must be a whole number >= 0",
+    ),
+    "chunk_size_0": (
+        "chunk_size = 0\n" + _grid("[1.0, 2.0]"),
+        "line 4: chunk_size = 0 must be a positive integer",
+    ),
+    "timeout_0": (
+        "timeout = 0\n" + _grid("[1.0, 2.0]"),
+        "line 4: timeout = 0 must be a number of seconds > 0 (leave it out",
     ),
     "store_null_byte": (_store("a\\u0000b.zarr"), "b.zarr' contains a null byte; give a path without"),
     "store_name_too_long": (_store("x" * 300 + ".zarr"), "has 305 bytes, more than the 255"),

@@ -202,7 +202,7 @@ def test_an_unknown_name_names_the_bad_value_and_the_known_names():
     with pytest.raises(ClusterError) as e:
         parse_cluster("gpu")
     assert str(e.value) == (
-        "cluster='gpu' is not valid; use one of ['serial', 'threads', 'processes', 'local', 'fork'], "
+        "cluster='gpu' is not valid; use one of ['serial', 'threads', 'processes', 'local', 'fork', 'auto'], "
         "a scheduler address such as 'tcp://127.0.0.1:8786', a distributed.Client, "
         "'slurm', 'pbs', 'sge' or 'lsf' (or a daskbatch.JobQueue), "
         "or a running distributed Cluster (dask_jobqueue.SLURMCluster, ...)"
@@ -358,7 +358,7 @@ def test_a_registered_executor_type_is_one_registration(registry, tmp_path):
     spec = parse_cluster("two-threads")
     assert spec.in_driver and not spec.can_end_worker and spec.workers_before_start == 2
     assert spec.description == "two-threads (2 workers)" and spec.label == "two-threads"
-    with pytest.raises(ClusterError, match=r"use one of \[.*'two-threads', 'pick'\]"):
+    with pytest.raises(ClusterError, match=r"use one of \[.*'two-threads', 'pick', 'auto'\]"):
         parse_cluster("nope")
     assert parse_cluster("pick", 4).name == "two-threads"
     assert parse_cluster("pick").name == "serial"
