@@ -136,6 +136,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from .grow import undo_stopped_change
     from .store import Store
 
+    if Path(args.store).is_file():  # a spec file, say: never a store
+        from .errors import DaskbatchError
+
+        hint = f"; `daskbatch run {shlex.quote(args.store)}` runs it" if args.store.endswith(".toml") else ""
+        raise DaskbatchError(f"daskbatch resume takes a store (a folder); {args.store!r} is a file{hint}")
     undo_stopped_change(Store(args.store))  # before the provenance it resumes is read
     kernel, space, info = _kernel_and_space_from_store(args.store)
     options = info.get("options") or {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,11 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     from .space import space_from_spec
 
     p = Path(path)
+    if p.is_dir() and (p / "zarr.json").is_file():
+        raise SpecFileError(
+            f"{str(p)!r} is a store, not a spec file; `daskbatch resume {shlex.quote(str(p))}` "
+            "continues it, `daskbatch status` shows it"
+        )
     if not p.is_file():
         raise SpecFileError(f"spec file {str(p)!r} does not exist")
     text = p.read_text()

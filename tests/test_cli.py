@@ -343,3 +343,14 @@ def test_a_run_whose_every_sample_fails_exits_1_naming_the_failures_command(tmp_
     spec.write_text(spec.read_text().replace("k = 1", "k = 3"))  # one of four fails: 0
     r = cli("run", str(spec), "--no-progress", "--overwrite")
     assert r.returncode == 0 and "no sample succeeded" not in r.stderr
+
+
+def test_a_store_given_to_run_and_a_spec_given_to_resume_say_which_command_takes_them(spec, tmp_path, cli):
+    r = cli("run", str(spec), "--no-progress", "--cluster", "serial")
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "mc.zarr"
+    r = cli("run", str(store))
+    assert r.returncode == 2 and "is a store, not a spec file; `daskbatch resume" in r.stderr
+    r = cli("resume", str(spec))
+    assert r.returncode == 2 and "daskbatch resume takes a store (a folder)" in r.stderr
+    assert f"`daskbatch run {spec}` runs it" in r.stderr
