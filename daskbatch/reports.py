@@ -259,6 +259,12 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
     from .engine import status
 
     path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in (".html", ".htm"):
+        # a spec file, a store, a script: never written over by a report
+        raise DaskbatchError(
+            f"report: the output {str(path)!r} is {'a folder' if path.is_dir() else 'not an .html file'}; "
+            "give a path ending in .html (-o report.html)"
+        )
     if not path.parent.is_dir():
         raise DaskbatchError(f"report: the folder of {str(path)!r} does not exist")
     ds, info = _open(store)

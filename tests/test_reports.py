@@ -184,3 +184,20 @@ def test_compare_of_one_table_saved_as_csv_and_parquet_is_sample_by_sample(tmp_p
     frame.assign(x=frame.x + 1).to_csv(tmp_path / "t.csv", index=False)
     db.run(twice, db.Table(str(tmp_path / "t.csv")), b, overwrite=True, **RUN)
     assert not db.compare(a, b).attrs["same_parameters"]  # other contents
+
+
+def test_a_report_never_writes_over_a_spec_file_or_into_a_store(tmp_path):
+    """`report -o sweep.toml` replaced the spec with HTML; `-o store.zarr` blamed the store."""
+    store = tmp_path / "t.zarr"
+    db.run(tagged_fail, db.Table({"x": np.arange(4.0), "file": [f"f{i}" for i in range(4)]}), store, **RUN)
+    spec = tmp_path / "sweep.toml"
+    spec.write_text("kept = true\n")
+    for path, words in ((spec, "is not an .html file"), (store, "is a folder")):
+        with pytest.raises(
+            db.DaskbatchError, match=rf"report: the output .* {words}; give a path ending in .html"
+        ):
+            db.report(store, path)
+    assert (
+        spec.read_text() == "kept = true\n"
+        and db.status(store).samples["ok"] == 4 - db.status(store).n_failed
+    )
