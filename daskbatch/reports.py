@@ -250,7 +250,8 @@ _STYLE = (
 
 
 def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed: int = 0) -> Path:
-    """Write a self-contained HTML report of ``store`` to ``path``; returns the path."""
+    """Write a self-contained HTML report of ``store`` to ``path`` (ending in ``.html``:
+    never a spec file or a store written over); returns the path."""
     from bokeh.embed import file_html
     from bokeh.layouts import column, row
     from bokeh.models import Div
