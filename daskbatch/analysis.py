@@ -502,6 +502,10 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-10, atol: float = 0.0, max_ks_sa
             "; a store that keeps no output (each declared Output(store=False): only reduced) has its "
             "reductions in `daskbatch status STORE` (--json) and daskbatch.status(STORE).reductions"
             if not out_a or not out_b
+            else "; compare reads one number per sample: outputs with core dims (curves) or text are "
+            "left out; summarize them (daskbatch summary STORE) or select one value of a curve "
+            "into an output of its own"
+            if set(out_a) & set(out_b)
             else ""
         )
         raise DaskbatchError(

@@ -201,3 +201,18 @@ def test_a_report_never_writes_over_a_spec_file_or_into_a_store(tmp_path):
         spec.read_text() == "kept = true\n"
         and db.status(store).samples["ok"] == 4 - db.status(store).n_failed
     )
+
+
+@db.kernel(outputs={"curve": db.Output(dims=("t",), shape=(3,))})
+def only_curve(x):
+    return x * np.arange(3.0)
+
+
+def test_compare_of_stores_with_only_curves_says_what_it_compares(tmp_path):
+    space = db.MonteCarlo({"x": db.Uniform(0, 1)}, n=8, seed=1)
+    for name in ("a", "b"):
+        db.run(only_curve, space, tmp_path / f"{name}.zarr", **RUN)
+    with pytest.raises(
+        db.DaskbatchError, match=r"share no scalar output .*outputs with core dims \(curves\)"
+    ):
+        db.compare(tmp_path / "a.zarr", tmp_path / "b.zarr")
