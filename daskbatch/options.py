@@ -101,6 +101,14 @@ class RunOptions:
         memory = memory_limit_bytes(memory_limit)
         _check_size(kernel, space, chunk_size, memory)  # before any probe, store or worker
         spec, auto = cluster_of(cluster, n_workers, kernel)
+        if timeout is not None and spec.in_driver:
+            from .log import logger
+
+            logger.warning(
+                f"timeout={timeout:g} on cluster={spec.name!r} stops Python code only: a sample inside "
+                "native code (a C or Fortran library, time.sleep) runs to its end; worker processes "
+                "(cluster='local') are ended at the timeout"
+            )
         return cls(
             cluster=spec,
             chunk_size=chunk_size,

@@ -237,7 +237,10 @@ def test_timeout_of_a_vectorised_kernel_is_per_block(tmp_path):
 
 
 @pytest.mark.parametrize("cluster", ["serial", "threads"])
-def test_timeout_stops_python_code_in_the_driver_process(tmp_path, cluster):
+def test_timeout_stops_python_code_in_the_driver_process(tmp_path, cluster, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="daskbatch")
     res = db.run(
         hang_on,
         IDS,
@@ -249,6 +252,9 @@ def test_timeout_stops_python_code_in_the_driver_process(tmp_path, cluster):
         constants={"bad": [3], "how": "spin"},
     )
     assert res.samples["timeout"] == 1 and res.samples["ok"] == 39
+    # said once, at the start: native code (time.sleep, a C library) is not stopped here
+    said = [r.getMessage() for r in caplog.records if "stops Python code only" in r.getMessage()]
+    assert len(said) == 1 and f"cluster={cluster!r}" in said[0] and "time.sleep" in said[0], said
 
 
 # --------------------------------------------------------------------------- 5. transient errors
