@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DaskbatchError, ValidationError, sample_label
+from .errors import DaskbatchError, SpecFileError, ValidationError, sample_label
 from .kernel import STATUS
 
 __all__ = ["ValidationError", "ValidationReport", "load_run", "validate"]
@@ -172,7 +172,17 @@ def validate(
     for name, v in (("rtol", rtol), ("atol", atol)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
             raise DaskbatchError(f"validate: {name}={v!r} must be a number >= 0, e.g. 1e-10")
-    kernel, space, info = load_run(store)
+    try:
+        kernel, space, info = load_run(store)
+    except SpecFileError as e:  # a kernel of a script or a notebook: its advice is to resume
+        if "defined in" not in str(e):
+            raise
+        where = "the script" if "defined in the script" in str(e) else "a notebook"
+        raise SpecFileError(
+            f"validate imports the kernel again, and the kernel of store {str(store)!r} was defined in "
+            f"{where} that ran it (as __main__), which cannot be imported: move the kernel into a module "
+            "(a .py file beside the script, imported by it) to validate the stores it writes"
+        ) from e
     st = Store(store)
     root = zarr.open_group(str(st.path), mode="r", use_consolidated=False)
     status = root["status"]

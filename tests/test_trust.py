@@ -343,6 +343,12 @@ def test_script_kernel_status_says_rerun_the_script(tmp_path):
     assert command.startswith(f"cd {shlex.quote(os.getcwd())} && python ") and str(script) in command
     r = _cli("resume", str(store), cwd=elsewhere)
     assert r.returncode == 2 and "run that script again" in r.stderr and command in r.stderr
+    v = _cli("validate", str(store), cwd=elsewhere)  # not advice to resume: what would make it work
+    assert (
+        v.returncode == 2
+        and "validate imports the kernel again" in v.stderr
+        and "move the kernel into a module" in v.stderr
+    )
     # the suggested command works, from another folder too
     command = command.replace("python ", shlex.quote(sys.executable) + " ", 1)
     r = subprocess.run(command, shell=True, cwd=elsewhere, capture_output=True, text=True, env=_env())
