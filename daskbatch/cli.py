@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(dask.config.set({"daskbatch.cli": True}))
         try:
             try:
-                args = _parser().parse_args(argv)
+                args = _parser().parse_args(_test_flag_before_spec(sys.argv[1:] if argv is None else argv))
                 if getattr(args, "verbose", False):  # distributed's logs reach the terminal
                     stack.enter_context(dask.config.set({"daskbatch.verbose": True}))
                 code = int(args.func(args) or 0)
@@ -123,6 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:
             code = _stdout_closed()
     return code
+
+
+def _test_flag_before_spec(argv: Sequence[str]) -> list[str]:
+    """``run --test sweep.toml``: ``--test`` with its default N, before the spec file (its
+    optional N took the spec's name: ``invalid int value: 'sweep.toml'``)."""
+    out = list(argv)
+    for i, a in enumerate(out[:-1]):
+        if a == "--test" and not out[i + 1].lstrip("-").isdigit() and not out[i + 1].startswith("-"):
+            out[i] = "--test=100"
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

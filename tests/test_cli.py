@@ -86,6 +86,13 @@ def test_run_status_and_rerun(spec, tmp_path, cli):
     assert again.returncode == 0 and "nothing to compute" in again.stdout
 
 
+def test_the_test_flag_before_the_spec_takes_its_default(spec, tmp_path, cli):
+    """`run --test sweep.toml` said `invalid int value: 'sweep.toml'`."""
+    r = cli("run", "--test", str(spec), "--no-progress", "--cluster", "serial")
+    assert r.returncode == 0, r.stderr
+    assert "first 100 samples" in r.stdout and (tmp_path / "mc.test.zarr").exists()
+
+
 def test_test_mode_runs_a_prefix_into_its_own_store(spec, tmp_path, cli):
     r = cli("run", str(spec), "--test", "30", "--no-progress", "--cluster", "threads")
     assert r.returncode == 0, r.stderr
