@@ -31,13 +31,13 @@ def _rows_limit(text: str) -> int:
 def _cluster_opts(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """Where a command runs: --cluster, --workers, --no-progress, --verbose."""
     first = (
-        "auto (default: local, or this process when the work is less than starting a cluster), local"
+        "auto (default: local, or this process or fork when the work is less than starting a cluster), local"
         if default == "auto"
         else f"{default} (default), auto"
     )
     p.add_argument(
         "--cluster",
-        help=f"{first}, processes, threads, serial; slurm, pbs, sge or lsf (workers as batch jobs, "
+        help=f"{first}, fork, processes, threads, serial; slurm, pbs, sge or lsf (workers as batch jobs, "
         "with the spec's [cluster] table or dask-jobqueue's config); or a scheduler address",
     )
     p.add_argument("--workers", type=int, help="number of workers (default: the cores available)")
@@ -228,7 +228,9 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("spec", help="the TOML spec file")
     p.add_argument("--slurm", action="store_true", help="submit with sbatch (default: the spec's cluster)")
     p.add_argument("--pbs", action="store_true", help="submit with qsub (default: the spec's cluster)")
-    p.add_argument("--walltime", help="HH:MM:SS for the driver job (default: walltime of [cluster])")
+    p.add_argument(
+        "--walltime", help="HH:MM:SS or D-HH:MM:SS for the driver job (default: walltime of [cluster])"
+    )
     p.add_argument(
         "--chain", type=int, default=1, metavar="N", help="N jobs, each continuing after the one before"
     )
