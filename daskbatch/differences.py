@@ -38,8 +38,8 @@ def _describe_reduce(stored: Any, now: Any) -> str:
     if stored.get("dims") != now.get("dims"):
         parts.append(f"reduce_dims: {stored.get('dims')} -> {now.get('dims')}")
     return (
-        f"reduce ({'; '.join(parts[:4])}; the committed blocks hold the states of what the store reduces: "
-        "run without reduce= to go on with it)"
+        f"reduce ({'; '.join(parts[:4])}; the committed blocks hold the states of what the store reduces "
+        "(an until= adds the statistic its rule reads): run without reduce= and until= to go on with it)"
     )
 
 

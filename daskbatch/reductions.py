@@ -550,11 +550,17 @@ def _asked(reduce: Any, outputs: Mapping[str, Output]) -> dict[str, list[Any]]:
                 and out.variable
                 and isinstance(s, str | Quantiles | Histogram | Exceedance | Aggregation)
             ):
+                numeric = [k for k, o in outputs.items() if not o.variable]
+                fix = (
+                    f"give a mapping of the outputs to reduce, e.g. reduce={{{_first_numeric(outputs)!r}: "
+                    f"{_short(reduce)}}}"
+                    if numeric
+                    else "no output of this kernel holds numbers of a fixed shape: reduce='count', or keep "
+                    "the outputs (no reduce=)"
+                )
                 raise ReductionError(
                     f"reduce={_short(reduce)} applies to every output, but output {key!r} is "
-                    f"{'text' if out.text else 'ragged'} (only 'count' applies to it); give a "
-                    "mapping of the outputs to reduce, e.g. "
-                    f"reduce={{{_first_numeric(outputs)!r}: {_short(reduce)}}}"
+                    f"{'text' if out.text else 'ragged'} (only 'count' applies to it); {fix}"
                 )
         asked[key] = [_check_stat(s, key, out, "reduce") for s in stats]
     return asked

@@ -751,3 +751,10 @@ def test_the_status_shows_integer_totals_whole():
     assert _number(np.int64(30001181)) == "30001181" and _number(30001181) == "30001181"
     assert _number(np.uint64(2**63)) == str(2**63) and _number(np.float64(1 / 3)) == "0.333333"
     assert _number(True) == "True"
+
+
+def test_a_kernel_with_only_text_outputs_is_not_told_to_reduce_its_text():
+    """The fix offered was reduce={'txt': 'mean'}, itself refused next."""
+    with pytest.raises(ReductionError, match=r"no output of this kernel holds numbers .*reduce='count'") as e:
+        parse_reduce(outputs={"txt": Output(dtype="str")}, batch_dims=("sample",), reduce="mean")
+    assert "reduce={'txt'" not in str(e.value)
