@@ -141,7 +141,7 @@ def _reduce(value: Any, path: Path, text: str) -> Any:
         except SpecFileError:
             raise
         except (TypeError, ValueError, DaskbatchError) as e:
-            raise SpecFileError(f"{where}: reduce: {e}") from e
+            raise SpecFileError(f"{where}: reduce: {_in_toml(str(e))}") from e
     out = {}
     for name, stats in value.items():
         where = _reduce_where(path, text, name)
@@ -151,7 +151,7 @@ def _reduce(value: Any, path: Path, text: str) -> Any:
         except SpecFileError:
             raise
         except (TypeError, ValueError, DaskbatchError) as e:
-            raise SpecFileError(f"{where}: reduce.{name}: {e}") from e
+            raise SpecFileError(f"{where}: reduce.{name}: {_in_toml(str(e))}") from e
     return out
 
 
@@ -220,7 +220,26 @@ def _parse_reductions(args: dict[str, Any], path: Path, text: str) -> Any:
             named = re.search(r"output '([^']+)'|^reduce: '([^']+)' is not an output", msg)
             output = next((g for g in named.groups() if g), None) if named else None
             where = _reduce_where(path, text, output)
-        raise SpecFileError(f"{where}: {msg}") from e
+        raise SpecFileError(f"{where}: {_in_toml(msg)}") from e
+
+
+#: the Python forms of the reductions' messages, and the spec file's (docs/spec-files.md)
+_TOML_FORMS = (
+    (r"Quantiles\(\[([^\]]*)\]\)", r"{quantiles = [\1]}"),
+    (r"Quantiles\(q\)", "{quantiles = [...]}"),
+    (r"Histogram\(np\.linspace\([^)]*\)\)", "{histogram = [0, 0.5, 1]}"),
+    (r"Histogram\(bins\)", "{histogram = [edges]}"),
+    (r"Exceedance\(threshold\)", "{exceedance = threshold}"),
+    (r",? or Aggregation\(name, chunk, combine, finalize\)", ""),
+)
+
+
+def _in_toml(message: str) -> str:
+    """A reductions' message as a spec file's user reads it: the fixes it offers in TOML
+    (``{quantiles = [0.05, 0.5, 0.95]}``, not ``Quantiles([...])``)."""
+    for python, toml in _TOML_FORMS:
+        message = re.sub(python, toml, message)
+    return message
 
 
 def _until(value: dict[str, Any], path: Path, text: str, outputs: Any = ()) -> Any:

@@ -140,6 +140,12 @@ def test_until_without_output_names_the_line_and_the_outputs(tmp_path):
         ("{quantiles = [0.5], compression = 5}", "compression=5"),
         ("{quantile = [0.5]}", "is not a statistic"),
         ('"median"', "{quantiles = [0.5]}"),
+        # the fixes offered in the spec's own words, not Python's
+        (
+            "{quantiles = [0.5, 95]}",
+            "q=95 is not a probability strictly between 0 and 1; give e.g. {quantiles = [0.05",
+        ),
+        ('"bogus"', "'max', or {quantiles = [...]}, {histogram = [edges]}, {exceedance = threshold}"),
     ],
 )
 def test_a_bad_statistic_is_one_line_naming_the_file_and_line(tmp_path, entry, says):
