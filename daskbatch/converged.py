@@ -263,9 +263,16 @@ class Converged:
             if self.stat == "mean":
                 if not plan.moments:
                     raise ReductionError(f"Converged.check: output {self.output!r} has no 'mean' reduced")
+                inf = acc["inf"].sum(-1) if "inf" in acc else np.zeros(n.shape, np.int64)
                 value = np.where(n > 0, acc["mean"], np.nan)
                 s2 = np.where(n > 1, acc["m2"] / np.maximum(n - 1, 1), np.inf)
                 error = z * np.sqrt(s2 / np.maximum(n, 1))
+                if inf.any():  # the mean is infinite (NaN with both signs): never met
+                    pos, neg = acc["inf"][..., 1] > 0, acc["inf"][..., 0] > 0
+                    value = np.where(
+                        inf > 0, np.where(pos & neg, np.nan, np.where(pos, np.inf, -np.inf)), value
+                    )
+                    error = np.where(inf > 0, np.inf, error)
             elif self.stat == "quantile":
                 if plan.quantiles is None:
                     raise ReductionError(f"Converged.check: output {self.output!r} has no Quantiles reduced")
@@ -299,7 +306,9 @@ class Converged:
                 error = np.where(n > 0, error, np.inf)
             tol = (self.atol or 0.0) + (self.rtol or 0.0) * np.abs(value)
             ratio = np.where(error == 0, 0.0, error / tol)
-            ratio = np.where(np.isnan(ratio), np.inf, ratio)
+            ratio = np.where(
+                np.isnan(ratio) | ~np.isfinite(value), np.inf, ratio
+            )  # an infinite estimate: never met
         worst = float(ratio.max()) if ratio.size else math.inf
         fewest = int(n.min()) if n.size else 0
         met = bool(worst <= 1 and fewest >= self.min_n)

@@ -428,7 +428,9 @@ class _Plan:
         total = acc["sum"]
         if "sum_f" not in acc:
             return total
-        wrapped = ~np.isclose(total.astype(np.float64), acc["sum_f"], rtol=1e-6, atol=1.0)
+        # a wrap moves the sum by 2**64: far more than the float twin's rounding (which grows
+        # with the sum of |x|, so a sum that cancels to a small one is no wrap)
+        wrapped = np.abs(total.astype(np.float64) - acc["sum_f"]) >= 2.0**63
         if not wrapped.any():
             return total
         from .log import logger

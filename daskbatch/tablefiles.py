@@ -470,6 +470,8 @@ class ZarrSource(Source):
         if first is None:
             raise SpaceError(f"Table: the variables of {path!r} need a sample dim (name it 'sample')")
         self.sdim = str("sample" if "sample" in ds.dims else first.dims[0])
+        # 'sample' need not be the first variable's dim
+        first = next((v for v in ds.data_vars.values() if self.sdim in v.dims), first)
         self.rows = int(ds.sizes[self.sdim])
         # the sample dim's own coordinate (xarray's index, a station's name say) is a column
         # only when named in columns=, as the index pandas writes into a Parquet file
@@ -486,8 +488,8 @@ class ZarrSource(Source):
             if self.sdim not in var.dims:
                 self._unsupported[str(name)] = (
                     f"Table: variable {name!r} of {path!r} has dims {var.dims}, without the sample dim "
-                    f"{self.sdim!r} (that of its first variable, {first.name!r}); name the sample dim "
-                    "'sample' in the store, or leave the variable out with columns=[...]"
+                    f"{self.sdim!r} (its dim 'sample', else the first dim of its first variable); name "
+                    "the sample dim 'sample' in the store, or leave the variable out with columns=[...]"
                 )
                 continue
             var = var.transpose(self.sdim, ...)

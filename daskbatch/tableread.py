@@ -324,6 +324,7 @@ class _Checks:
         self.mixed: dict[str, tuple[int, str]] = {}
         self.first_is_number: dict[str, bool] = {}
         self.seen = 0  # rows checked
+        self.empty: dict[str, int] = {}  # rows without a value (null, NaN) per column
 
     def update(self, row0: int, n: int, batch: Mapping[str, Any]) -> None:
         import pyarrow.compute as pc
@@ -346,11 +347,16 @@ class _Checks:
                         self.mixed[name] = (row0 + r, values[r * col.width + k].as_py())
                 continue
             bad = nulls.copy() if nulls is not None else None
+            empty = bad  # rows without a value (null or NaN), which inf is not
             if col.dtype.kind in "fc":
                 inf = ~np.isfinite(values.reshape(n, -1)).all(axis=1)
                 bad = inf if bad is None else bad | inf
+                nan = np.isnan(values.reshape(n, -1)).any(axis=1)
+                empty = nan if empty is None else empty | nan
             if bad is None or not bad.any():
                 continue
+            if empty is not None:
+                self.empty[name] = self.empty.get(name, 0) + int(empty.sum())
             rows = np.flatnonzero(bad)
             entry = self.bad.setdefault(name, [0, None, None])
             if entry[1] is None:
@@ -377,7 +383,9 @@ class _Checks:
                 )
             if name in self.bad:
                 count, row, value = self.bad[name]
-                if count == self.seen:  # a column left blank (notes, Excel's trailing comma, NA)
+                if (
+                    self.empty.get(name) == self.seen
+                ):  # a column left blank (notes, Excel's trailing comma, NA)
                     raise SpaceError(
                         f"Table: column {name!r} of {self.where} has no value in any of its {count} "
                         "row(s) (empty, NA or NaN); leave it out with columns=[...], or fill it"

@@ -159,12 +159,18 @@ def test_an_integer_sum_that_leaves_the_range_is_float64_with_a_warning(cut, cap
     import logging
 
     n = 8
-    outs = {"i": Output(dtype="int64"), "u": Output(dtype="uint64"), "k": Output(dtype="int64")}
+    outs = {
+        "i": Output(dtype="int64"),
+        "u": Output(dtype="uint64"),
+        "k": Output(dtype="int64"),
+        "c": Output(dtype="int64"),
+    }
     red = parse_reduce(["sum"], outs, ("sample",))
     values = {
         "i": np.full(n, 2**62, np.int64),
         "u": np.full(n, 2**63, np.uint64),
         "k": np.arange(n, dtype=np.int64) - 3,  # in range: exact, int64
+        "c": np.array([10**17, -(10**17)] * (n // 2), np.int64) + 125,  # large values that cancel
     }
     status = np.full(n, OK, np.int8)
     with caplog.at_level(logging.WARNING, logger="daskbatch"):
@@ -172,6 +178,8 @@ def test_an_integer_sum_that_leaves_the_range_is_float64_with_a_warning(cut, cap
     assert ds["i_sum"].dtype == np.float64 and float(ds["i_sum"]) == float(8 * 2**62)
     assert ds["u_sum"].dtype == np.float64 and float(ds["u_sum"]) == float(8 * 2**63)
     assert ds["k_sum"].dtype == np.int64 and int(ds["k_sum"]) == 4
+    assert ds["c_sum"].dtype == np.int64 and int(ds["c_sum"]) == 1000  # no wrap: exact
+    assert "output 'c'" not in caplog.text
     assert "the sum of output 'i' leaves the range of int64" in caplog.text
 
 
@@ -532,6 +540,10 @@ def test_converged_mean_of_a_normal_sample():
     assert est.ratio < 1 and not est.met and not est.exhausted and not est.done
     est = few.check(red, red.merge(docs_1d(red, {"y": y[:1000]}, status[:1000], [slice(0, 1000)]), (20_000,)))
     assert est.met and est.exhausted and est.done
+    # a few samples that diverged: the mean is infinite, never met (it was met on the finite ones)
+    y[::50, 0] = np.inf
+    est = crit.check(red, red.merge(docs_1d(red, {"y": y}, status, blocks_1d(20_000, [4000] * 5)), (20_000,)))
+    assert not est.met and np.isinf(est.value[0]) and est.value[1] == pytest.approx(y[:, 1].mean(), rel=1e-12)
 
 
 def test_converged_exceedance_and_quantile():

@@ -368,6 +368,7 @@ def test_bad_inputs_are_refused_when_the_table_is_made(tmp_path):
     pq.write_table(pa.table({"t": when, "a": [1.0, 2.0]}), tmp_path / "time.parquet")
     pq.write_table(pa.table({"a": pa.array([1, None, 3], type=pa.int64())}), tmp_path / "null_int.parquet")
     (tmp_path / "blank.csv").write_text("x,notes\n1,\n2,\n3,\n")  # a column left blank
+    (tmp_path / "allinf.csv").write_text("y\ninf\n-inf\ninf\n")  # values, though none finite
     (tmp_path / "semi.csv").write_text("x;name\n1;a\n2;b\n")
     cases = [
         (
@@ -377,6 +378,10 @@ def test_bad_inputs_are_refused_when_the_table_is_made(tmp_path):
         (
             tmp_path / "null_int.parquet",
             r"column 'a' of .* has 1 row\(s\) without a value \(null; first: row 1\)",
+        ),
+        (
+            tmp_path / "allinf.csv",
+            r"column 'y' of .* has 3 row\(s\) with NaN or inf \(first: row 0, value inf\)",
         ),
         (tmp_path / "semi.csv", r"column name 'x;name' .*\(is the file ';'-separated\?"),
         (str(tmp_path / "in" / "*.parquet"), r"'.*\*.parquet' matches no file in '.*/in'"),
@@ -465,6 +470,13 @@ def test_a_zarr_tables_index_along_its_sample_dim_rides_along_and_odd_variables_
         tmp_path / "t.zarr", zarr_format=3, consolidated=False, mode="w"
     )
     assert list(db.Table(str(tmp_path / "t.zarr")).params) == ["x"]  # a time index: not a column unless named
+    # 'sample' is the sample dim also when the first variable lacks it (it crashed: not in tuple)
+    xr.Dataset({"meta": ("station", [1.0, 2.0]), "x": ("sample", [1.0, 2.0, 3.0])}).to_zarr(
+        tmp_path / "m.zarr", zarr_format=3, consolidated=False, mode="w"
+    )
+    with pytest.raises(db.errors.SpaceError, match=r"variable 'meta' .* without the sample dim 'sample'"):
+        db.Table(str(tmp_path / "m.zarr"))
+    assert db.Table(str(tmp_path / "m.zarr"), columns=["x"]).size == 3
     with pytest.raises(db.errors.SpaceError, match=r"'station' .* has type datetime64"):
         db.Table(str(tmp_path / "t.zarr"), columns=["x", "station"])
 
