@@ -89,7 +89,7 @@ def _no_sample_ok(result: Any) -> int:
         return 0
     where = shlex.quote(str(result.store))
     print(
-        f"daskbatch: no sample succeeded ({done:,} done, none ok): the kernel fails every sample; "
+        f"daskbatch: no sample succeeded ({done:,} done, none ok: each failed, timed out or crashed); "
         f"daskbatch failures {where} lists them with their messages",
         file=sys.stderr,
     )

@@ -318,7 +318,9 @@ class Plan:
             ("time per block", _seconds(self.seconds_per_block)),
             (
                 "time in all" if not self.blocks_done else "time left",
-                f"{_seconds(self.total_seconds)} on {_workers(self.n_workers)} (estimate)",
+                "none: every block is done"
+                if self.blocks_done >= self.n_blocks
+                else f"{_seconds(self.total_seconds)} on {_workers(self.n_workers)} (estimate)",
             ),
             ("cluster", self.cluster),
         ]

@@ -344,7 +344,9 @@ def test_a_run_whose_every_sample_fails_exits_1_naming_the_failures_command(tmp_
     )
     r = cli("run", str(spec), "--no-progress")
     assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "no sample succeeded (4 done, none ok)" in r.stderr and "daskbatch failures" in r.stderr
+    assert (
+        "no sample succeeded (4 done, none ok: each failed" in r.stderr and "daskbatch failures" in r.stderr
+    )
     again = cli("resume", str(tmp_path / "all.zarr"), "--no-progress")
     assert again.returncode == 1 and "no sample succeeded" in again.stderr
     spec.write_text(spec.read_text().replace("k = 1", "k = 3"))  # one of four fails: 0

@@ -117,7 +117,9 @@ def test_plan_is_what_run_does_and_its_time_estimate_holds(tmp_path):
     # a store's own blocks are the plan's, and its committed ones are not counted again
     again = db.plan(slow_square, space, tmp_path / "s.zarr", chunk_size="auto", **args)
     assert again.block_shape == (20,) and again.blocks_done == 10 and again.total_seconds == 0
-    assert "10 done in the store" in str(again) and "time left:" in str(again)
+    assert "10 done in the store" in str(again) and "time left:        none: every block is done" in str(
+        again
+    )
     # what the run would refuse, the plan refuses (it printed a plan; the run then said no)
     with pytest.raises(
         db.errors.FingerprintMismatchError, match=r"chunking \(block shape \[20\] -> \[40\]\)"
