@@ -249,6 +249,20 @@ _STYLE = (
 )
 
 
+def _report_path(path: str | os.PathLike[str]) -> Path:
+    """The report's path, checked: an .html file in a folder that exists (a spec file, a
+    store, a script are never written over by a report)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in (".html", ".htm"):
+        raise DaskbatchError(
+            f"report: the output {str(path)!r} is {'a folder' if path.is_dir() else 'not an .html file'}; "
+            "give a path ending in .html (-o report.html)"
+        )
+    if not path.parent.is_dir():
+        raise DaskbatchError(f"report: the folder of {str(path)!r} does not exist")
+    return path
+
+
 def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed: int = 0) -> Path:
     """Write a self-contained HTML report of ``store`` to ``path`` (ending in ``.html``:
     never a spec file or a store written over); returns the path."""
@@ -259,15 +273,7 @@ def report(store: str | os.PathLike[str], path: str | os.PathLike[str], *, seed:
 
     from .engine import status
 
-    path = Path(path)
-    if path.is_dir() or path.suffix.lower() not in (".html", ".htm"):
-        # a spec file, a store, a script: never written over by a report
-        raise DaskbatchError(
-            f"report: the output {str(path)!r} is {'a folder' if path.is_dir() else 'not an .html file'}; "
-            "give a path ending in .html (-o report.html)"
-        )
-    if not path.parent.is_dir():
-        raise DaskbatchError(f"report: the folder of {str(path)!r} does not exist")
+    path = _report_path(path)
     ds, info = _open(store)
     st = status(store)
     summary = summarize(ds)

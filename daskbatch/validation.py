@@ -117,6 +117,22 @@ def _pick(
     return chosen[:n]
 
 
+def _load_to_validate(store: str | os.PathLike[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """:func:`load_run` for validate: a kernel of a script or a notebook cannot be imported
+    again, and the advice is not the one to resume."""
+    try:
+        return load_run(store)
+    except SpecFileError as e:
+        if "defined in" not in str(e):
+            raise
+        where = "the script" if "defined in the script" in str(e) else "a notebook"
+        raise SpecFileError(
+            f"validate imports the kernel again, and the kernel of store {str(store)!r} was defined in "
+            f"{where} that ran it (as __main__), which cannot be imported: move the kernel into a module "
+            "(a .py file beside the script, imported by it) to validate the stores it writes"
+        ) from e
+
+
 def validate(
     store: str | os.PathLike[str],
     n: int = 100,
@@ -172,17 +188,7 @@ def validate(
     for name, v in (("rtol", rtol), ("atol", atol)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
             raise DaskbatchError(f"validate: {name}={v!r} must be a number >= 0, e.g. 1e-10")
-    try:
-        kernel, space, info = load_run(store)
-    except SpecFileError as e:  # a kernel of a script or a notebook: its advice is to resume
-        if "defined in" not in str(e):
-            raise
-        where = "the script" if "defined in the script" in str(e) else "a notebook"
-        raise SpecFileError(
-            f"validate imports the kernel again, and the kernel of store {str(store)!r} was defined in "
-            f"{where} that ran it (as __main__), which cannot be imported: move the kernel into a module "
-            "(a .py file beside the script, imported by it) to validate the stores it writes"
-        ) from e
+    kernel, space, info = _load_to_validate(store)
     st = Store(store)
     root = zarr.open_group(str(st.path), mode="r", use_consolidated=False)
     status = root["status"]
