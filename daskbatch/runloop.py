@@ -80,13 +80,17 @@ class Runner:
     seconds_per_sample: float | None = None  # the probe's (set by run)
     #: the probe's first samples: (block shape, BlockResult), kept by a run in this process
     probed: list[Any] = dataclasses.field(default_factory=list)
+    #: how long the probe whose results are kept (``probed``) took: part of the run's time
+    probe_seconds: float = 0.0
 
     def run(self) -> RunResult:
         self._repair()
         plan, seconds, probed = self.plan, None, self.plan is not None
         if self.options.auto:
             if self.info is None:  # the probe, in a fork of this process, says how much work it is
+                t = time.perf_counter()
                 seconds, probed = auto_probe(self.kernel, self.space, self.options, self.probed), True
+                self.probe_seconds = time.perf_counter() - t
             else:
                 seconds = seconds_per_sample(self.st)
             self.options = choose_cluster(
@@ -99,14 +103,18 @@ class Runner:
         # probes the kernel: it has to load the kernel's modules anyway
         on_worker = self.info is None and not probed and spec.starts_cluster
         if self.info is None and not probed and not on_worker:
+            t = time.perf_counter()
             seconds, probed = self._measure(spec), True
+            self.probe_seconds = time.perf_counter() - t
         if self.info is None and plan is None:
             workers = workers_before_start(spec)
             if workers is not None:  # a block that cannot fit fails here, before any worker starts
                 plan = make_run_plan(self.kernel, self.space, self.options, workers, seconds)
         with start_executor(spec, memory_limit=self.options.memory_limit) as executor:
             if on_worker:
+                t = time.perf_counter()
                 seconds = self._measure(dataclasses.replace(spec, client=executor.client))
+                self.probe_seconds = time.perf_counter() - t
                 plan = make_run_plan(self.kernel, self.space, self.options, executor.n_workers, seconds)
             if self.info is None:
                 if plan is None:
@@ -366,7 +374,8 @@ class Runner:
             if isinstance(exc, KeyboardInterrupt):
                 say_interrupted(st, exc)
             raise
-        wall = time.perf_counter() - t_compute
+        # the probe's samples, kept as results, are counted: so is the time they took
+        wall = time.perf_counter() - t_compute + (self.probe_seconds if self.probed else 0.0)
         _call(callbacks, "on_run_end", RunEnd("finished", tally.blocks, tally.samples, wall))
         if pending:
             entry.update(
