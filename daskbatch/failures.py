@@ -598,8 +598,11 @@ def format_table(df: pd.DataFrame, *, width: int = 120, limit: int | None = None
         if folder is not None:  # files: their names, under the folder they share
             values = [os.path.relpath(v, folder) for v in values]
             folders.append(f"{c}: relative to {folder}")
-        # a path keeps its end (the file's name) when it is cut
-        body.append([_cell(v, 60, keep_end=folder is not None) for v in values])
+        # a path keeps its end (the file's name) when it is cut; a name's line breaks and
+        # tabs are shown escaped (as spaces, it would read as another file's name)
+        body.append(
+            [_cell(escaped(v) if isinstance(v, str) else v, 60, keep_end=folder is not None) for v in values]
+        )
     heads = list(ident)
     dims = [d for d in (df.attrs.get("batch_dims") or []) if d in df]
     inputs = _inputs_cells(shown, dims) if ident == dims else None
@@ -646,3 +649,14 @@ def _inputs_cells(df: pd.DataFrame, dims: list[str], most: int = 4) -> list[str]
 
     more = ", ..." if len(names) > most else ""
     return [", ".join(f"{c}={show(row[c])}" for c in names[:most]) + more for _, row in df.iterrows()]
+
+
+def escaped(name: str) -> str:
+    """A file name or id on one line: its line breaks and tabs as ``\\n``, ``\\r``, ``\\t``.
+
+    Examples
+    --------
+    >>> print(escaped("new\\nline.bin"))
+    new\\nline.bin
+    """
+    return name.translate({10: "\\n", 13: "\\r", 9: "\\t"})

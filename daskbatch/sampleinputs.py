@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .failures import _decode_text, _padded, _rebuilt_space
+from .failures import _decode_text, _padded, _rebuilt_space, escaped
 
 if TYPE_CHECKING:
     from .store import Store
@@ -93,13 +93,13 @@ def sample_inputs(
                     data = _decode_text(data, np.asarray(lengths[a:b]))
                 for i in wanted:
                     if a <= i < b:
-                        values[i] = str(data[i - a])
+                        values[i] = escaped(str(data[i - a]))
         else:
             space, _ = _rebuilt_space(info, set())
             if space is None:
                 return None
             for i in sorted(set(indices)):
-                values[i] = str(np.asarray(space.block((slice(i, i + 1),))[name])[0])
+                values[i] = escaped(str(np.asarray(space.block((slice(i, i + 1),))[name])[0]))
         return name, values
     except Exception:  # a status never fails for want of a name: it shows the index
         return None

@@ -413,3 +413,29 @@ def test_failures_read_the_inputs_of_a_folder_that_had_files_added_since(tmp_pat
     r = run_cli("failures", str(store), "--csv")
     assert r.returncode == 0 and "note: " in r.stderr and "changed since the run started" in r.stderr
     assert pd.read_csv(io.StringIO(r.stdout)).columns[0] == "sample"
+
+
+def test_a_file_name_with_a_line_break_is_shown_escaped_on_one_line(tmp_path):
+    """As a raw newline it broke the status's one line per failure; as a space it read as
+    another file's name."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "new\nline.bin").write_bytes(b"c")
+    (folder / "ok.bin").write_bytes(b"a")
+    res = db.run(
+        fails_on_c, db.Files(str(folder / "*.bin")), tmp_path / "s.zarr", cluster="threads", progress=False
+    )
+    assert "  new\\nline.bin (sample 0): ValueError: bad" in str(res).splitlines()
+    r = run_cli("failures", str(tmp_path / "s.zarr"))
+    assert r.returncode == 0 and any(
+        line.split()[:2] == ["0", "new\\nline.bin"] for line in r.stdout.splitlines()
+    )
+
+
+@db.kernel(outputs={"n": db.Output(dtype="int64")})
+def fails_on_c(path):
+    from pathlib import Path
+
+    if Path(path).read_bytes() == b"c":
+        raise ValueError("bad")
+    return 1
