@@ -125,11 +125,11 @@ def _load_to_validate(store: str | os.PathLike[str]) -> tuple[Any, Any, dict[str
     except SpecFileError as e:
         if "defined in" not in str(e):
             raise
-        where = "the script" if "defined in the script" in str(e) else "a notebook"
+        where = "script" if "defined in the script" in str(e) else "notebook"
         raise SpecFileError(
             f"validate imports the kernel again, and the kernel of store {str(store)!r} was defined in "
-            f"{where} that ran it (as __main__), which cannot be imported: move the kernel into a module "
-            "(a .py file beside the script, imported by it) to validate the stores it writes"
+            f"the {where} that ran it (as __main__), which cannot be imported: move the kernel into a "
+            f"module (a .py file the {where} imports) to validate the stores it writes"
         ) from e
 
 
