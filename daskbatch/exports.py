@@ -48,12 +48,14 @@ def export(
     references its columns) are read from their input, block by block; when it cannot
     be read (moved, changed) they are left out, with a warning saying why.
 
-    The store is read one block at a time and each block appended to the file, so a
-    store of any size is exported with the memory of one block. Only committed
-    blocks count as done: the samples of a block without its commit record (being
-    written, or left by a run that stopped) are exported as pending (status 0, their
-    parameters and outputs empty), as :func:`daskbatch.status` counts them. A block's
-    record is read before its data, so a store being written exports consistently.
+    The store is read block by block (several small blocks at a time, about 4 MiB of
+    the widest array) and each block appended to the file, so a store of any size is
+    exported with the memory of a few blocks. Only committed blocks count as done: the
+    samples of a block without its commit record (being written, or left by a run that
+    stopped) are exported as pending (status 0, their parameters and outputs empty), as
+    :func:`daskbatch.status` counts them. Which blocks are committed is read before
+    their data, when the export starts, so a store being written exports consistently
+    (a block committed meanwhile reads as pending).
 
     Parameters
     ----------
@@ -138,6 +140,10 @@ def _write_blocks(
     tmp = path.with_name(path.name + ".partial")
     clear_partial(tmp)  # one a stopped export left: never written through
     rows = 0
+    # the blocks committed now, then their data: a store of many small blocks is read
+    # several blocks at a time, and a block committed meanwhile reads as pending
+    committed = np.asarray(ledger.committed())
+    reader.read_ahead(int(layout["block_shape"][0]))
     try:
         for block in np.ndindex(*layout["numblocks"]):
             region = tuple(
@@ -145,7 +151,7 @@ def _write_blocks(
                 for i, b, n in zip(block, layout["block_shape"], layout["batch_shape"], strict=True)
             )
             # the ledger first, then the data; an unreadable record (or marker) is none
-            frame = _frame(reader, region, curves, ledger.record(block))
+            frame = _frame(reader, region, curves, ledger.record(block) if committed[block] else None)
             rows += len(frame)
             if fmt == "csv":
                 frame.to_csv(tmp, mode="w" if writer is None else "a", header=writer is None, index=False)
@@ -231,7 +237,7 @@ def _frame(reader, region: tuple[slice, ...], curves: str, record):
         else:
             for j in range(vals.shape[1]):
                 inputs[f"{name}_{j}"] = _missing(vals[:, j], everything)
-    status = np.asarray(reader.root["status"][region]).reshape(n) if committed else np.zeros(n, np.int8)
+    status = reader.array("status", region).reshape(n) if committed else np.zeros(n, np.int8)
     cols["status"] = status
     errors, messages = _block_messages(record, block_shape, n)
     cols["error"] = pd.array(errors, dtype="string")

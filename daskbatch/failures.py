@@ -12,6 +12,8 @@ The ``daskbatch failures STORE`` command prints the same table (:func:`format_ta
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -253,10 +255,35 @@ class StoreReader:
         )
         self.rebuilt: list[str] = []
         self.rebuilt_labels: list[str] = []
+        self._ahead = 0  # rows read at once along the first batch dim (read_ahead); 0: none
+        self._windows: dict[str, tuple[int, int, np.ndarray]] = {}
         for k, prm in self.space.params.items() if self.space is not None else ():
             if not prm.is_axis and k not in stored:
                 (self.rebuilt_labels if getattr(prm, "label", False) else self.rebuilt).append(k)
         self._block: tuple[tuple[slice, ...], dict[str, Any]] | None = None
+
+    def read_ahead(self, block_rows: int, most_bytes: int = 4 * 2**20) -> None:
+        """Read several blocks at a time along the (one) batch dim (a Zarr read costs a round
+        trip): as many rows as keep the widest array's read within ``most_bytes``. The
+        blocks read must be final (committed when the reading started)."""
+        self._windows = {}
+        along = [n for n in self.arrays if self._dims(n)[:1] == tuple(self.dims[:1])]
+        sizes = [(self.root[n].dtype.itemsize or 8) * math.prod(self.root[n].shape[1:]) for n in along]
+        if len(self.dims) == 1:
+            self._ahead = max(int(block_rows), most_bytes // max(1, *sizes) // block_rows * block_rows)
+
+    def array(self, name: str, region: tuple[slice, ...], opened: Any = None) -> np.ndarray:
+        """The values of Zarr array ``name`` (``opened``: it, opened anew) over ``region``,
+        through the window :meth:`read_ahead` keeps."""
+        if not self._ahead or len(region) != 1 or region[0].step not in (None, 1):
+            return np.asarray((opened if opened is not None else self.root[name])[region])
+        a, b = int(region[0].start or 0), int(region[0].stop)
+        got = self._windows.get(name)
+        if got is None or not (got[0] <= a and b <= got[1]):  # opening an array is a round trip too
+            arr = opened if opened is not None else self.root[name]
+            hi = min(int(arr.shape[0]), max(b, a + self._ahead))
+            got = self._windows[name] = (a, hi, np.asarray(arr[a:hi]))
+        return got[2][a - got[0] : b - got[0]]
 
     def _dims(self, name: str) -> tuple[str, ...]:
         if name in self.ds.variables:
@@ -265,6 +292,7 @@ class StoreReader:
             return tuple(self.root[name].metadata.dimension_names or ())
         return ()
 
+    @functools.cache  # noqa: B019  (a reader lives as long as one read of its store)
     def is_index(self, dim: str) -> bool:
         """Whether batch dim ``dim`` has sample indices (not values, such as a grid axis)."""
         if dim not in self.arrays:
@@ -281,7 +309,7 @@ class StoreReader:
             elif d in self.ds.coords:
                 out.append(_plain(self.ds[d].values[s]))
             else:
-                out.append(_plain(np.asarray(self.root[d][s])))
+                out.append(_plain(self.array(d, (s,))))
         return out
 
     def read(self, name: str, region: tuple[slice, ...]) -> np.ndarray:
@@ -299,12 +327,18 @@ class StoreReader:
             return np.asarray(self.ds[name][sel].values)
         meta = self.meta.get(name)
         if meta is None:
-            return np.asarray(self.root[name][sel])
+            return self.array(name, sel)
         # as the array is now: a writer may have widened it since it was opened
-        arr = zarr.open_array(self.path, path=name, mode="r")
-        data = np.asarray(arr[sel])
+        window = self._windows.get(name) if self._ahead else None
+        hit = (
+            window is not None
+            and len(sel) == 1
+            and window[0] <= (sel[0].start or 0)
+            and sel[0].stop <= window[1]
+        )
+        data = self.array(name, sel, None if hit else zarr.open_array(self.path, path=name, mode="r"))
         if meta.get("encoding"):
-            return _decode_text(data, np.asarray(self.root[meta["length"]][sel]))
+            return _decode_text(data, self.array(meta["length"], sel))
         return data
 
     def per_sample(self, name: str, region: tuple[slice, ...]) -> np.ndarray:
@@ -324,7 +358,7 @@ class StoreReader:
 
     def lengths(self, name: str, region: tuple[slice, ...]) -> np.ndarray:
         """The length of each sample's value of ragged output ``name`` over ``region``."""
-        return np.asarray(self.root[self.ragged[name]][region]).astype(np.int64)
+        return self.array(self.ragged[name], region).astype(np.int64)
 
 
 class _FailedRows:
@@ -335,7 +369,6 @@ class _FailedRows:
         self.reader = reader
         self.codes = codes
         self.shape = shape
-        self.status_arr = reader.root["status"]
         self.coords, self.values, self.tail = _Columns(), _Columns(), _Columns()
         self.index: list[np.ndarray] = []
         self.status: list[np.ndarray] = []
@@ -349,7 +382,7 @@ class _FailedRows:
         """The samples of the block at ``region`` (its record ``rec``) with a status asked for."""
         reader = self.reader
         block_shape = tuple(s.stop - s.start for s in region)
-        flat_status = np.asarray(self.status_arr[region]).reshape(-1)
+        flat_status = self.reader.array("status", region).reshape(-1)
         pos = np.flatnonzero(np.isin(flat_status, self.codes))
         if pos.size == 0:
             return
@@ -481,6 +514,8 @@ def failures(
     reader = StoreReader(st, info)
     notes: list[str] = [reader.note] if reader.note else []
     rows = _FailedRows(reader, codes, shape)
+    if len(failing) > 1:  # committed (their records are read): read several at a time
+        reader.read_ahead(bshape[0])
     for block in failing:
         region = tuple(
             slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(block, bshape, shape, strict=True)
