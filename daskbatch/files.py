@@ -60,11 +60,24 @@ def _listing(files: Any, recursive: bool) -> list[str]:
         if path.is_file():
             return [absolute]
         if _has_magic(text):
-            found = [m for m in glob.glob(absolute, recursive=recursive) if os.path.isfile(m)]
+            matched = glob.glob(absolute, recursive=recursive)
+            found = [m for m in matched if os.path.isfile(m)]
+            odd = [m for m in matched if not os.path.isfile(m) and not os.path.isdir(m)]
+            if odd:  # a link to nothing, a FIFO, a socket: not a file to read
+                from .log import logger
+
+                logger.warning(
+                    f"Files: {len(odd):,} entries matching {text!r} are neither files nor folders "
+                    f"(a broken link, a FIFO) and are left out: {', '.join(odd[:3])}"
+                    + (", ..." if len(odd) > 3 else "")
+                )
             if not found:
                 hint = (
                     "; with recursive=False '**' is one folder level: pass recursive=True for any folders"
                     if "**" in text and not recursive
+                    else "; '[...]' in a pattern is a set of characters: for a folder named so, "
+                    f"give {glob.escape(os.path.dirname(text))!r} + its pattern (glob.escape)"
+                    if "[" in text
                     else ""
                 )
                 raise SpaceError(

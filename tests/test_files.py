@@ -156,3 +156,20 @@ def test_a_rerun_after_files_were_removed_names_them_and_changes_nothing(tmp_pat
     ):
         db.run(first_byte, Files(str(folder / "*.bin")), store, cluster="serial", progress=False)
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != "lock"} == before
+
+
+def test_a_glob_says_what_it_left_out_and_how_to_match_brackets(tmp_path, caplog):
+    """A broken link was skipped without a word; `run[1]/*.bin` said only "matches no file"."""
+    import glob
+    import logging
+    import os
+
+    folder = tmp_path / "run[1]"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"a")
+    os.symlink(tmp_path / "nowhere", folder / "b.bin")
+    with pytest.raises(SpaceError, match=r"'\[\.\.\.\]' in a pattern is a set of characters: .*glob\.escape"):
+        db.Files(str(folder / "*.bin"))
+    with caplog.at_level(logging.WARNING, logger="daskbatch"):
+        files = db.Files(glob.escape(str(folder)) + "/*.bin")
+    assert files.size == 1 and "1 entries matching" in caplog.text and "b.bin" in caplog.text
