@@ -12,7 +12,6 @@ The ``daskbatch failures STORE`` command prints the same table (:func:`format_ta
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
@@ -257,6 +256,7 @@ class StoreReader:
         self.rebuilt_labels: list[str] = []
         self._ahead = 0  # rows read at once along the first batch dim (read_ahead); 0: none
         self._windows: dict[str, tuple[int, int, np.ndarray]] = {}
+        self._is_index: dict[str, bool] = {}
         for k, prm in self.space.params.items() if self.space is not None else ():
             if not prm.is_axis and k not in stored:
                 (self.rebuilt_labels if getattr(prm, "label", False) else self.rebuilt).append(k)
@@ -292,13 +292,15 @@ class StoreReader:
             return tuple(self.root[name].metadata.dimension_names or ())
         return ()
 
-    @functools.cache  # noqa: B019  (a reader lives as long as one read of its store)
     def is_index(self, dim: str) -> bool:
         """Whether batch dim ``dim`` has sample indices (not values, such as a grid axis)."""
-        if dim not in self.arrays:
-            return dim not in self.ds.coords
-        arr = self.root[dim]
-        return arr.dtype == np.int64 and arr.fill_value == -1
+        if dim not in self._is_index:  # once per reader: opening an array is a round trip
+            if dim not in self.arrays:
+                self._is_index[dim] = dim not in self.ds.coords
+            else:
+                arr = self.root[dim]
+                self._is_index[dim] = bool(arr.dtype == np.int64 and arr.fill_value == -1)
+        return self._is_index[dim]
 
     def coords(self, region: tuple[slice, ...]) -> list[np.ndarray]:
         """The values along each batch dim of ``region``: a grid axis's, else indices."""

@@ -38,6 +38,9 @@ _OPEN_LOCK = threading.Lock()
 # lists the root in its own thread, which a `catch_warnings` of this thread does not
 # cover once an interrupt has ended it: this one warning is never shown.
 warnings.filterwarnings("ignore", message=r"Object at \.daskbatch is not recognized")
+# A store read several blocks per chunk (open_dataset(blocks_per_chunk=)) reads a text grid
+# axis, stored as one chunk, in pieces: right, and no reason to warn.
+warnings.filterwarnings("ignore", message="The specified chunks separate the stored chunks")
 
 
 def _quiet_consolidate(path: Path) -> None:

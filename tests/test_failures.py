@@ -480,3 +480,16 @@ def test_reading_several_blocks_at_a_time_exports_and_lists_the_same(tmp_path, m
         ).read_bytes()
     plain = db.failures(store)
     assert len(ahead) > 50 and ahead.equals(plain)
+
+
+def test_no_store_reader_outlives_its_export_or_failures(picky_store, tmp_path):
+    """A cache on a method kept every reader (its windows, dataset, zarr group) alive."""
+    import gc
+
+    from daskbatch.failures import StoreReader
+
+    for i in range(3):
+        db.failures(picky_store)
+        db.export(picky_store, tmp_path / f"e{i}.csv")
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, StoreReader)]
