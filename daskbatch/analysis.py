@@ -14,7 +14,6 @@ pass the store path or the Dataset ``daskbatch.open`` returned.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -63,9 +62,7 @@ def _open(data: Any):
         raise DaskbatchError(f"store={data!r} must be a store path or a Dataset from daskbatch.open")
     st = Store(data)
     info = st.require_info()
-    ds = st.open_dataset()
-    k = _blocks_per_chunk(ds, info)
-    return _per_sample(st.open_dataset(blocks_per_chunk=k) if k > 1 else ds, info)
+    return _per_sample(st.open_dataset(blocks_per_chunk=_blocks_per_chunk(st, info)), info)
 
 
 #: about the most bytes of one variable a chunk of a store opened to summarise it holds:
@@ -73,19 +70,20 @@ def _open(data: Any):
 SUMMARY_CHUNK_BYTES = 32 * 2**20
 
 
-def _blocks_per_chunk(ds: Any, info: dict) -> int:
-    """Blocks per dask chunk along the first batch dim for reading ``ds`` whole: as many as
-    keep every variable's chunk within :data:`SUMMARY_CHUNK_BYTES`."""
+def _blocks_per_chunk(st: Any, info: dict) -> int:
+    """Blocks per dask chunk along the first batch dim for reading a store whole: as many as
+    keep every array's chunk within :data:`SUMMARY_CHUNK_BYTES` (from the arrays' metadata)."""
+    import zarr
+
+    from .storeview import row_bytes
+
     layout = info["layout"]
-    total = math.prod(int(n) for n in layout["batch_shape"]) or 1
-    per_block = math.prod(int(b) for b in layout["block_shape"])
-    widest = max(
-        (v.dtype.itemsize or 16) * (v.size // total or 1)
-        for v in ds.data_vars.values()
-        if layout["batch_dims"][0] in v.dims
-    )
-    blocks = -(-int(layout["batch_shape"][0]) // int(layout["block_shape"][0]))
-    return int(max(1, min(blocks, SUMMARY_CHUNK_BYTES // max(1, widest * per_block))))
+    root = zarr.open_group(str(st.path), mode="r", use_consolidated=False)
+    names = [m.parent.name for m in st.path.glob("*/zarr.json")]  # not .daskbatch/, not Zarr
+    widest = row_bytes(root, names, layout["batch_dims"][0])
+    block = int(layout["block_shape"][0])
+    blocks = -(-int(layout["batch_shape"][0]) // block)
+    return int(max(1, min(blocks, SUMMARY_CHUNK_BYTES // (widest * block))))
 
 
 def _per_sample(ds: Any, info: dict) -> tuple[Any, dict]:

@@ -12,7 +12,6 @@ The ``daskbatch failures STORE`` command prints the same table (:func:`format_ta
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -267,10 +266,11 @@ class StoreReader:
         trip): as many rows as keep the widest array's read within ``most_bytes``. The
         blocks read must be final (committed when the reading started)."""
         self._windows = {}
-        along = [n for n in self.arrays if self._dims(n)[:1] == tuple(self.dims[:1])]
-        sizes = [(self.root[n].dtype.itemsize or 8) * math.prod(self.root[n].shape[1:]) for n in along]
         if len(self.dims) == 1:
-            self._ahead = max(int(block_rows), most_bytes // max(1, *sizes) // block_rows * block_rows)
+            from .storeview import row_bytes
+
+            widest = row_bytes(self.root, self.arrays, self.dims[0])
+            self._ahead = max(int(block_rows), most_bytes // widest // block_rows * block_rows)
 
     def array(self, name: str, region: tuple[slice, ...], opened: Any = None) -> np.ndarray:
         """The values of Zarr array ``name`` (``opened``: it, opened anew) over ``region``,

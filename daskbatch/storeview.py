@@ -10,6 +10,7 @@ its block is committed.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -41,6 +42,13 @@ warnings.filterwarnings("ignore", message=r"Object at \.daskbatch is not recogni
 # A store read several blocks per chunk (open_dataset(blocks_per_chunk=)) reads a text grid
 # axis, stored as one chunk, in pieces: right, and no reason to warn.
 warnings.filterwarnings("ignore", message="The specified chunks separate the stored chunks")
+
+
+def row_bytes(root: zarr.Group, names: Any, dim: str) -> int:
+    """The bytes of one index along batch dim ``dim`` of the widest of arrays ``names`` of
+    ``root`` that lie along it first (from their metadata: nothing is read)."""
+    along = [root[n] for n in names if tuple(root[n].metadata.dimension_names or ())[:1] == (dim,)]
+    return max(1, *((a.dtype.itemsize or 8) * math.prod(a.shape[1:]) for a in along))
 
 
 def _quiet_consolidate(path: Path) -> None:
