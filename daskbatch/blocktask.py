@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .holder import check_holder
 from .hygiene import limit_malloc_arenas, release_freed_memory
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, TIMEOUT, BlockResult, Kernel, timeout_record
 from .records import failure_log_of
@@ -67,6 +68,9 @@ class BlockContext:
     code_digests: Mapping[str, Sequence[str]] | None = None
     #: this run's id: a block on a thread of the driver whose run has stopped writes nothing
     run_id: str = ""
+    #: the run's holder of the store's lock (host, pid, start): a block task whose run lost
+    #: the lock to another run writes nothing (:func:`daskbatch.holder.check_holder`)
+    holder: tuple[Any, ...] | None = None
 
 
 #: the runs of this process that stopped (Ctrl-C, SIGTERM, an error), by id: their blocks
@@ -87,8 +91,12 @@ def stop_blocks(run_id: str) -> None:
 
 
 def _not_stopped(ctx: BlockContext) -> None:
+    """Before a block task changes the store: its run must still be running, and hold the
+    store's lock (a run whose lock another run took over writes nothing more)."""
     if ctx.run_id and ctx.run_id in _STOPPED_RUNS:
         raise RunStoppedError(f"the run stopped: block not written to {ctx.store!r}")
+    if ctx.holder is not None:
+        check_holder(ctx.store, ctx.holder)
 
 
 def run_params(params: Mapping[str, Param], kernel: Kernel) -> dict[str, Param]:

@@ -30,10 +30,13 @@ place keeps the lock, its holder and its lease one file. The padding means a
 shorter document never leaves the tail of a longer one behind (no ``truncate``, so
 no moment at which a reader sees an empty file), and a reader that parses a
 document caught half-written reads it again. Before each heartbeat the thread reads
-the document back: one that names another holder means this run's lock was taken
-over (its heartbeats did not arrive in time), which it logs as an error; from then
-on it writes nothing to the lock file. The thread holds no lock that a ``fork``
-could catch: a fork waits for a heartbeat being written to end.
+the document back: one that names another holder (or none: that run has released it
+since) means this run's lock was taken over (its heartbeats did not arrive in time),
+which it logs as an error; from then on it writes nothing to the lock file, and
+:meth:`StoreLock.check` (before the driver writes the provenance) and the block tasks
+(:func:`daskbatch.holder.check_holder`) stop the run before it changes the store again.
+The thread holds no lock that a ``fork`` could catch: a fork waits for a heartbeat
+being written to end.
 """
 
 from __future__ import annotations
@@ -59,13 +62,14 @@ from typing import Any
 from . import warmup
 from .errors import ConfigError, DaskbatchError, StoreError, StoreLockedError, StoreWriteError
 from .fstools import link_message
+from .holder import LockLostError, identity, is_empty, lost_message, taken_message
+from .holder import read_doc as _read_doc
+from .holder import same_holder as _same_holder
 from .log import logger
 
 __all__ = ["StoreLock", "hostname", "threads_besides_heartbeats"]
 
 _LOCK_SIZE = 2048
-#: how often a reader reads a document again that it caught half-written
-_READ_TRIES = 3
 
 
 class StoreLock:
@@ -104,6 +108,7 @@ class StoreLock:
         self._stop = threading.Event()
         self._thread: _Heartbeat | None = None
         self._lost = False  # another run took this lock over: write nothing more
+        self._lost_to: dict[str, Any] = {}  # its document ({}: released since)
 
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lock now, or None; never takes it (nor reads through a link)."""
@@ -278,24 +283,46 @@ class StoreLock:
         (a full disk, a server that does not answer) is tried again at the next one.
         """
         with self._mutex:
-            if self._fd is None or self._lost:
-                return False
-            now = _read_doc(self._fd)
-            if now is not None and not _same_holder(now, self._doc):
-                self._lost = True
-                logger.error(
-                    f"store {str(self.path.parent.parent)!r}: this run lost its lock to host "
-                    f"{now.get('host', '?')} pid {now.get('pid', '?')} (started {now.get('start', '?')}), "
-                    "which took it over because this run's heartbeat did not reach the store within its "
-                    f"lease of {self.lease:g} s; two runs now write the store: stop one of them, then "
-                    "check it (daskbatch status --verify)"
-                )
+            if self._fd is None or self._lost or self._taken() is not None:
                 return False
             self._doc["heartbeat"] = _utc_now()
             with contextlib.suppress(OSError):
                 self._write()
                 os.fsync(self._fd)  # to the file server now, where other hosts read it
             return True
+
+    def _taken(self) -> dict[str, Any] | None:
+        """With the mutex held: the document of the run that took this lock over (``{}``
+        if it has released it since: an empty file), or None while this run holds it.
+        The first time, it is logged as an error and nothing is written from then on."""
+        assert self._fd is not None
+        if self._lost:
+            return self._lost_to
+        now = _read_doc(self._fd)
+        if now is None and not is_empty(self._fd):
+            return None  # caught half-written every time: read again at the next heartbeat
+        if now is not None and _same_holder(now, self._doc):
+            return None
+        self._lost, self._lost_to = True, now or {}
+        logger.error(taken_message(str(self.path.parent.parent), self._lost_to, self.lease))
+        return self._lost_to
+
+    def check(self) -> None:
+        """:class:`~daskbatch.holder.LockLostError` when another run took this lock over
+        (this run's heartbeat did not reach the store within its lease: a process
+        stopped, a node cut off from the file server), so that the run stops before it
+        writes to the store again; the heartbeat thread finds that too."""
+        with self._mutex:
+            if self._fd is None:
+                return
+            taken = self._taken()
+            if taken is not None:
+                raise LockLostError(lost_message(str(self.path.parent.parent), self._doc, taken))
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """(host, pid, start) of this run's holder document, as block tasks check it."""
+        return identity(self._doc)
 
     def _start_heartbeat(self) -> None:
         self._stop = threading.Event()
@@ -520,10 +547,6 @@ def _with_age(doc: dict[str, Any], fd: int) -> dict[str, Any]:
     return {**doc, "heartbeat_age": round(age, 1), "lease_seconds": lease, "stale": foreign and age >= lease}
 
 
-def _same_holder(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("host", "pid", "start"))
-
-
 def _has_flock(folder: Path) -> bool:
     """Whether the filesystem of ``folder`` has file locks, tried on a file of its own (never
     on the lock file, which a run starting this moment may be taking)."""
@@ -561,45 +584,6 @@ def _unlock(fd: int) -> None:
 
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _read_fd(fd: int) -> dict[str, Any] | None:
-    """The holder document in an open lock file, or None."""
-    try:
-        data = os.pread(fd, 1 << 16, 0)
-        doc = json.loads(data.decode().strip() or "null")
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _read_doc(fd: int) -> dict[str, Any] | None:
-    """The holder document in an open lock file, or None; a document caught while
-    another host rewrites it (not JSON) is read again, a few times."""
-    for attempt in range(_READ_TRIES):
-        doc = _read_fd(fd)
-        if doc is not None:
-            return doc
-        try:
-            if not os.pread(fd, 64, 0).strip():
-                return None  # empty: nobody holds it
-        except OSError:
-            return None
-        if attempt + 1 < _READ_TRIES:
-            time.sleep(0.05)
-    return None
-
-
-def _read_holder(path: Path) -> dict[str, Any] | None:
-    """The holder document of the lock file at ``path`` (never through a link), or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return _read_fd(fd)
-    finally:
-        os.close(fd)
 
 
 def _held_message(

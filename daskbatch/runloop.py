@@ -42,6 +42,7 @@ from .cluster import ClusterSpec, WorkerDiedError, prestart, start_executor
 from .codeid import modules_used
 from .errors import StoreWriteError
 from .freshness import code_digests
+from .holder import LockLostError
 from .kernel import STATUS, Kernel
 from .log import logger
 from .options import RunOptions
@@ -151,6 +152,7 @@ class Runner:
         st, until, reductions = self.st, self.options.until, self.options.reductions
         assert self.info is not None and until is not None
         n = int(self.space.size)
+        self.lock.check()  # a run whose lock was taken over writes nothing more
         info = st.require_info()  # as the round left it (history, format)
         estimate = estimate_of(until, st, info, reductions)
         state = info.setdefault("until", {"rule": until.spec(), "first_n": n, "rounds": []})
@@ -336,6 +338,7 @@ class Runner:
         }
         if pending:
             info["history"] = [*info.get("history", []), entry]
+            self.lock.check()
             st.update_info(info)
         tally, bar = Tally(), ProgressBar(options.progress)
         callbacks: list[Callback] = [tally, bar, Publisher(self.lock, bar, tally, _publish_seconds())]
@@ -389,6 +392,7 @@ class Runner:
                 total_seconds=round(time.perf_counter() - self.t_start, 3),
             )
             info["history"][-1] = entry
+            self.lock.check()  # the last block's run may have lost its lock (see holder.py)
             st.update_info(info)
         result = store_status(
             st,
@@ -423,6 +427,7 @@ class Runner:
             first=self._first_samples(),
             code_digests=None if options.cluster.in_driver else code_digests(self.kernel),
             run_id=run_id,
+            holder=self.lock.identity,
         )
 
     def _result_imports(self, pending_samples: int) -> list[Callback]:
@@ -465,8 +470,10 @@ class Runner:
             computed = max(computed, int(st.ledger.committed().sum()) - done_before)
         entry["blocks_computed"] = computed
         info["history"][-1] = entry
-        # a full disk: the error that stopped it matters more
-        with contextlib.suppress(OSError, StoreWriteError):
+        # a full disk: the error that stopped it matters more; a lock another run took
+        # over: that run's provenance stays
+        with contextlib.suppress(OSError, StoreWriteError, LockLostError):
+            self.lock.check()
             st.update_info(info)
 
 

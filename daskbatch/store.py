@@ -84,7 +84,6 @@ from .ledger_format1 import _read_region as _read_region  # isort: skip
 from .ledger_format1 import _Format1Ledger as _Format1Ledger  # isort: skip
 from .lock import _LOCK_SIZE as _LOCK_SIZE  # isort: skip
 from .lock import _alive_here as _alive_here  # isort: skip
-from .lock import _read_holder as _read_holder  # isort: skip
 from .lock import _try_flock as _try_flock  # isort: skip
 from .lock import _unlock as _unlock  # isort: skip
 from .spacebase import Param as Param  # isort: skip

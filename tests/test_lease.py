@@ -26,6 +26,7 @@ import pytest
 
 import daskbatch as db
 from daskbatch.errors import ConfigError, StoreLockedError
+from daskbatch.holder import LockLostError
 from daskbatch.lock import StoreLock
 from daskbatch.testing import assert_stores_identical, blocks_done, daskbatch_command, slow_square
 
@@ -193,6 +194,80 @@ def test_the_heartbeat_advances_during_a_block_longer_than_the_lease(tmp_path):
     assert lock.read_text() == ""  # released
 
 
+WAKE = """\
+import time
+
+import daskbatch as db
+
+
+@db.kernel(outputs={"y": db.Output()})
+def sleeper(i, flag="", seconds=0.0):
+    if int(i) == 25:  # in the third block, after others are committed
+        open(flag, "w").close()
+        time.sleep(seconds)
+    return 2.0 * i
+"""
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    """Every file of a store with its bytes, but the lock file (which the test writes)."""
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.relative_to(store) != Path(".daskbatch", "lock")
+    }
+
+
+def test_a_stopped_run_whose_lock_was_taken_over_meanwhile_writes_nothing_when_it_wakes(tmp_path):
+    """A driver stopped past its lease (a suspended job, a node cut off from the file
+    server) whose lock a driver on another node took over: when it goes on, it ends with
+    an error and leaves the store as it is: no block, no history of its own over the
+    other run's."""
+    (tmp_path / "wake.py").write_text(WAKE)
+    flag = tmp_path / "inside"
+    (tmp_path / "wake.toml").write_text(
+        'kernel = "wake:sleeper"\nstore = "wake.zarr"\ncluster = "serial"\nchunk_size = 10\n'
+        f'[constants]\nflag = "{flag}"\nseconds = 3.0\n'
+        '[space]\ntype = "grid"\naxes = {i = {linspace = [0, 39, 40]}}\n'
+    )
+    store, lock = tmp_path / "wake.zarr", tmp_path / "wake.zarr" / ".daskbatch" / "lock"
+    proc = subprocess.Popen(
+        daskbatch_command("run", "wake.toml", "--no-progress"),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert flag.exists(), proc.communicate()
+        os.killpg(proc.pid, signal.SIGSTOP)  # in the kernel's sleep: no write under way
+        assert blocks_done(store) >= 1  # blocks committed before: they stay
+        # what a driver on another node writes once this one's heartbeat is older than its lease
+        other = {"host": OTHER, "pid": 7, "start": "2026-01-01T00:00:00+0000", "lease_seconds": LEASE}
+        other["heartbeat"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        fd = os.open(lock, os.O_WRONLY)
+        os.pwrite(fd, json.dumps(other).ljust(4096).encode(), 0)
+        os.close(fd)
+        before = _files(store)
+        os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert f"lost its lock: host {OTHER} pid 7 (started 2026-01-01T00:00:00+0000) holds it now" in last, err
+    assert "this run stops and writes nothing more" in last
+    assert _files(store) == before  # not the block it was computing, nor its history
+    assert json.loads(lock.read_text()) == other  # nor the lock file
+
+
 # --------------------------------------------------------------------------- in-process
 
 
@@ -261,11 +336,35 @@ def test_a_run_whose_lock_was_taken_over_stops_writing_the_lock_file(tmp_path, c
         os.close(fd)
         with caplog.at_level(logging.ERROR, logger="daskbatch"):
             assert lock.heartbeat() is False
-        assert "this run lost its lock to host elsewhere pid 7" in caplog.text
+        assert (
+            "lost its lock: host elsewhere pid 7 (started 2026-01-01T00:00:00+0000) holds it now"
+            in caplog.text
+        )
+        assert "this run stops before it writes to the store again" in caplog.text
+        assert caplog.text.count("lost its lock") == 1  # said once
         lock.update(done=1)
+        with pytest.raises(LockLostError, match="this run stops and writes nothing more"):
+            lock.check()
     finally:
         lock.release()
     assert json.loads(path.read_text()) == other  # neither progress nor the release touched it
+
+
+def test_a_lock_taken_over_and_released_since_counts_as_lost(tmp_path):
+    """The other run may have finished (and emptied the lock file) before this one
+    wakes up: an empty lock file under a held lock is not this run's any more."""
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    with dask.config.set({"daskbatch.lease.seconds": 60}):
+        lock = StoreLock(path).acquire()
+    try:
+        lock.check()  # held
+        os.truncate(path, 0)  # what the other run's release leaves
+        with pytest.raises(LockLostError, match="another run took it over and has released it since"):
+            lock.check()
+        assert lock.heartbeat() is False
+    finally:
+        lock.release()
+    assert path.read_text() == ""  # not written back
 
 
 def test_a_lease_that_is_not_a_positive_number_is_one_line(tmp_path):
