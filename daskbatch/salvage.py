@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .blocktask import BlockContext, block_inputs, block_summary, piece_task, read_block
+from .blocktask import BlockContext, _not_stopped, block_inputs, block_summary, piece_task, read_block
 from .kernel import MAX_ERRORS_PER_BLOCK, STATUS, BlockResult, crash_record
 from .ragged import blank
 from .records import FailureLog
@@ -112,6 +112,7 @@ class _Salvage:
                 scheduler.allowed_failures = allowed
         self._record_crashes()
         st, layout = self.st, self.ctx.layout
+        _not_stopped(self.ctx)  # a run that lost its store's lock meanwhile writes nothing
         counts = st.write_block(
             layout,
             self.block,
