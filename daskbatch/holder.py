@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,8 +119,8 @@ def lost_message(store: str, mine: Mapping[str, Any] | tuple[Any, ...], now: Map
     return (
         f"store {store!r}: this run (host {host}, pid {pid}, started {start}) lost its lock: {_who(now)}, "
         "as this run's heartbeat did not reach the store within its lease; this run stops and writes "
-        f"nothing more. Once no run holds the store, `daskbatch status {store} --verify` checks it and "
-        "running again completes it"
+        f"nothing more. Once no run holds the store, `daskbatch status {shlex.quote(store)} --verify` "
+        "checks it and running again completes it"
     )
 
 

@@ -500,25 +500,14 @@ def for_kernel(spec: ClusterSpec, kernel: Any) -> ClusterSpec:
     jq = spec.options
     if not isinstance(jq, JobQueue):
         return spec
-    if (
-        jq.processes is not None
-        and not kernel.threadsafe
-        and jq.cores_per_job
-        and jq.processes < jq.cores_per_job
-    ):
-        raise ClusterError(
-            f"JobQueue processes={jq.processes} with cores={jq.cores_per_job} runs "
-            f"{jq.cores_per_job // jq.processes} threads per worker, and kernel {kernel.identity!r} is not "
-            f"declared thread-safe; use processes={jq.cores_per_job} (the default) or declare it "
-            "@daskbatch.kernel(..., threadsafe=True)"
-        )
+    from .jobchecks import check_threads, slurm_accepts
+
+    check_threads(jq, kernel)
     jq.check_ready()
     jq = _resolved(jq, kernel.threadsafe)
     if jq.jobs is None and jq.adapt is None:
         jq = replace(jq, jobs=jq.n_jobs(spec.n_workers))
     if jq.kind == "slurm":
-        from .jobchecks import slurm_accepts
-
         slurm_accepts(job_script(jq, kernel.threadsafe))
     return replace(spec, options=jq)
 

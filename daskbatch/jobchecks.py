@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ClusterError
 
-__all__ = ["slurm_accepts", "wait_for_a_worker"]
+__all__ = ["check_threads", "slurm_accepts", "wait_for_a_worker"]
 
 
 #: what sbatch says when it cannot reach SLURM's controller (no judgement of the jobs)
@@ -20,6 +20,23 @@ _SLURM_UNREACHABLE = (
     "connect failure",
     "Zero Bytes",
 )
+
+
+def check_threads(jq: Any, kernel: Any) -> None:
+    """Refuse worker jobs (a :class:`~daskbatch.hpc.JobQueue`) that run several threads per
+    worker process for a kernel not declared thread-safe."""
+    if (
+        jq.processes is not None
+        and not kernel.threadsafe
+        and jq.cores_per_job
+        and jq.processes < jq.cores_per_job
+    ):
+        raise ClusterError(
+            f"JobQueue processes={jq.processes} with cores={jq.cores_per_job} runs "
+            f"{jq.cores_per_job // jq.processes} threads per worker, and kernel {kernel.identity!r} is not "
+            f"declared thread-safe; use processes={jq.cores_per_job} (the default) or declare it "
+            "@daskbatch.kernel(..., threadsafe=True)"
+        )
 
 
 def slurm_accepts(script: str) -> None:

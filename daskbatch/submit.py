@@ -312,10 +312,8 @@ def prepare(
             "--allow-local-store skips this check for a one-node test"
         )
     _check_store(run, kernel_changed)
-    if kind in KINDS:  # the driver job would stop on it, after its wait in the queue
-        from .hpc import JobQueue
-
-        (cluster if isinstance(cluster, JobQueue) else JobQueue(kind)).check_resources()
+    if kind in KINDS:  # the driver job would stop on these, after its wait in the queue
+        _check_workers(kind, cluster, run)
     cores, memory = 1, DRIVER_MEMORY
     if table is None and "://" not in kind:  # the work runs inside the driver's job
         cores = int(run.get("n_workers") or 1)
@@ -336,6 +334,22 @@ def prepare(
         python=os.path.abspath(sys.executable),
         run_args=("--kernel-changed", kernel_changed) if kernel_changed != "refuse" else (),
     )
+
+
+def _check_workers(kind: str, cluster: Any, run: dict[str, Any]) -> None:
+    """The run's checks of its worker jobs, as ``daskbatch plan`` makes them: resources,
+    threads for the kernel, and (on SLURM) ``sbatch --test-only`` of the workers' script.
+    Away from the batch system (``--dry-run`` on a laptop) those that need it are left out."""
+    from .executors import parse_cluster
+    from .hpc import KINDS, JobQueue, for_kernel
+    from .jobchecks import check_threads
+
+    jq = cluster if isinstance(cluster, JobQueue) else JobQueue(kind)
+    if shutil.which(KINDS[kind][1]) is None:
+        check_threads(jq, run["kernel"])
+        jq.check_resources()
+    else:
+        for_kernel(parse_cluster(jq, run.get("n_workers")), run["kernel"])
 
 
 def _check_store(run: dict[str, Any], kernel_changed: str) -> None:

@@ -54,6 +54,8 @@ def _jobqueue_config(monkeypatch):
     """Cores and memory per job in dask's config, as a cluster's jobqueue.yaml gives them
     (a spec saying only cluster = "slurm" takes them from there)."""
     import dask
+    import dask_jobqueue  # noqa: F401  (its defaults join dask's config now, not inside the set below,
+    # which would take them away again as it ends)
 
     for kind in ("SLURM", "PBS"):  # for a command run here and in a process of its own
         monkeypatch.setenv(f"DASK_JOBQUEUE__{kind}__CORES", "2")
@@ -128,8 +130,9 @@ def test_dry_run_slurm_chain_prints_the_script_and_dependencies(tmp_path, cli, n
         f"sbatch --parsable --dependency=afterany:<id of job 1> {script}",
         f"sbatch --parsable --dependency=afterany:<id of job 2> {script}",
     ]
-    # nothing submitted, nothing written
-    assert not (no_scheduler / "sbatch.calls").exists()
+    # nothing submitted, nothing written: the workers' script was only checked, as `plan` does
+    calls = (no_scheduler / "sbatch.calls").read_text().splitlines()
+    assert calls and all(c.startswith("--test-only ") for c in calls), calls
     assert not Path(logs).exists()
 
 
@@ -295,6 +298,53 @@ def test_a_store_the_job_would_refuse_is_refused_at_submit_and_kernel_changed_pa
         r = run_cli("submit", str(spec), *args, "--kernel-changed", "continue", cwd=folder)
     assert r.returncode == 2 and "is being written by another run" in r.stderr, r.stderr
     assert not list(no_scheduler.glob("*.calls"))
+
+
+def test_worker_jobs_slurm_would_refuse_are_refused_at_submit_as_by_plan(tmp_path, cli, monkeypatch):
+    """The workers' job script goes through sbatch --test-only, with --dry-run too: before,
+    only the driver job was submitted, and its run found the refusal after its wait."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = bin_dir / "sbatch.calls"
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/bash\necho "$@" >> {log}\nif [ "$1" = --test-only ]; then\n'
+        '  echo "sbatch: error: Batch job submission failed: Requested node configuration is not available" >&2\n'
+        "  exit 1\nfi\necho 1\n"
+    )
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec = _spec(tmp_path / "a", TABLE.format(kind="slurm"))
+    for extra in ([], ["--dry-run"]):
+        r = cli("submit", str(spec), "--allow-local-store", *extra)
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+        assert (
+            "SLURM refuses the worker jobs" in r.stderr and "node configuration is not available" in r.stderr
+        )
+    assert all(c.startswith("--test-only ") for c in log.read_text().splitlines())  # none submitted
+    assert not (tmp_path / "a" / "sweep.zarr.logs").exists()
+    assert not (tmp_path / "a" / "sweep.zarr").exists()
+    r = cli("plan", str(spec))  # the same refusal as plan's
+    assert r.returncode == 2 and "SLURM refuses the worker jobs" in r.stderr
+
+
+def test_threads_per_worker_for_a_kernel_not_thread_safe_are_refused_at_submit(tmp_path, cli, no_scheduler):
+    """The driver job's run would refuse it after its wait in the queue (as `plan` does)."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    spec = folder / "sweep.toml"
+    spec.write_text(
+        'kernel = "daskbatch.testing:fail_on_multiples"\nstore = "sweep.zarr"\n'
+        + TABLE.format(kind="slurm")
+        + 'processes = 1\n[space]\ntype = "grid"\naxes = { i = { arange = [0, 12, 1] } }\n'
+    )
+    for extra in ([], ["--dry-run"]):
+        r = cli("submit", str(spec), "--allow-local-store", *extra)
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+        assert "JobQueue processes=1 with cores=2 runs 2 threads per worker, and kernel" in r.stderr
+    assert not list(no_scheduler.glob("*.calls"))
+    assert not (folder / "sweep.zarr.logs").exists()
 
 
 def test_a_cluster_without_cores_per_job_is_refused_at_submit_not_in_the_queue(tmp_path, cli, monkeypatch):
