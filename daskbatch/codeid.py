@@ -18,11 +18,17 @@ Compared after parsing, so comments, blank lines, spacing and docstrings never c
 * the values of the constants it uses by name from those modules: numbers, strings,
   bytes, ``None``, tuples / lists / dicts / sets of those, and numpy arrays (hashed
   by dtype, shape and bytes);
-* the whole source of a user module it uses as a module (``helpers.forward(x)``).
+* the whole source of a user module it uses as a module (``helpers.forward(x)``);
+* which function or class of an installed package or of Python a name of those
+  modules is bound to (``op = np.sin``, ``DT = np.float32``, ``from math import sin as
+  op``): its top-level package and name (``numpy:sin``), also inside such constants
+  and in the state of the user's objects; the function inside ``np.vectorize``.
 
-Not counted: installed packages (numpy, scipy, a compiled model's wheel — their
+Not counted: installed packages' code (numpy, scipy, a compiled model's wheel — their
 versions can change without refusing a resume), data files the kernel reads at run
-time, and module-level objects of other types (their type name is recorded).
+time, and module-level objects of other types (their type name is recorded). A record
+without ``version`` (written before the bindings above counted) is compared without
+them (:func:`same_code`).
 """
 
 from __future__ import annotations
@@ -45,11 +51,14 @@ import numpy as np
 
 from .parsing import getsource, parse
 
-__all__ = ["changed_parts", "code_changes", "installed_file", "kernel_code", "users_source"]
+__all__ = ["changed_parts", "code_changes", "installed_file", "kernel_code", "same_code", "users_source"]
 
 _MAX_PARTS = 200
 _MAX_TEXT = 20_000
 _MAX_CONSTANT_ITEMS = 10_000
+#: what :func:`kernel_code` records: 2 counts the installed functions and classes the
+#: user's code names (:meth:`_Walker.reference`)
+CODE_VERSION = 2
 
 
 # --------------------------------------------------------------------------- code identity
@@ -291,11 +300,17 @@ class _Walker:
         if isinstance(value, types.FunctionType):
             if _user_callable(value):
                 self.function(value)
+            elif from_user_module:
+                self.reference(label, value)
         elif isinstance(value, types.MethodType):
             self.value(label, value.__func__, from_user_module)
         elif isinstance(value, type):
             if _user_callable(value):
                 self.klass(value)
+            elif from_user_module:
+                self.reference(label, value)
+        elif isinstance(value, np.vectorize):  # the user's function inside
+            self.value(label + ".pyfunc", value.pyfunc, from_user_module)
         elif isinstance(value, types.ModuleType):
             if _is_user_module(value.__name__, getattr(value, "__file__", None)):
                 self.module(value)
@@ -308,6 +323,16 @@ class _Walker:
                 self.constant(label + ".state", dict(vars(value)))
         elif from_user_module and not callable(value):
             self.constant(label, value)
+        elif from_user_module:  # a builtin function or a ufunc (op = np.sin)
+            self.reference(label, value)
+
+    def reference(self, label: str, value: Any) -> None:
+        """A name of the user's code bound to a function or class of an installed package
+        or of Python: which one it is counts (``op = np.sin`` → ``np.cos`` is a change),
+        not its code."""
+        name = _library_name(value)
+        if name is not None and self.sources:
+            self.add(label, {"kind": "reference", "sha256": _sha(name), "text": name})
 
     def constant(self, label: str, value: Any) -> None:
         digest = self.digest(value)
@@ -359,6 +384,8 @@ class _Walker:
                 if _user_callable(v):
                     self.klass(v)
                 return ["class", f"{v.__module__}:{v.__qualname__}"]
+            if callable(v) and (name := _library_name(v)) is not None:
+                return ["reference", name]  # a builtin function or a ufunc
             raise ValueError
 
         try:
@@ -376,10 +403,42 @@ def kernel_code(kernel: Any) -> dict[str, Any]:
     what a refusal shows as a diff. See the module docstring for what counts.
     """
     w = _walk(kernel)
-    digest = hashlib.sha256(
-        json.dumps({k: v["sha256"] for k, v in w.parts.items()}, sort_keys=True).encode()
-    ).hexdigest()
-    return {"sha256": digest, "parts": w.parts}
+    return {"sha256": _digest_of(w.parts), "parts": w.parts, "version": CODE_VERSION}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _library_name(value: Any) -> str | None:
+    """``package:name`` of a function or class not of the user's code (``numpy:sin``); the
+    top-level package only, so that a module moved inside a package does not count."""
+    name = getattr(value, "__name__", None)
+    module = getattr(value, "__module__", None) or type(value).__module__
+    if not isinstance(name, str) or not isinstance(module, str):
+        return None
+    return f"{module.split('.')[0]}:{name}"
+
+
+def _digest_of(parts: Mapping[str, Any]) -> str:
+    return _sha(json.dumps({k: v["sha256"] for k, v in parts.items()}, sort_keys=True))
+
+
+def same_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether two :func:`kernel_code` records are the same code. A record of a release
+    before references to installed functions counted (no ``version``) is compared without
+    them, and without the values it could not pin down then."""
+    if old.get("sha256") == new.get("sha256"):
+        return True
+    if old.get("version", 1) >= CODE_VERSION:
+        return False
+    before = old.get("parts", {})
+    then = {
+        k: ({"sha256": ""} if before.get(k, {}).get("sha256") == "" else v)
+        for k, v in new.get("parts", {}).items()
+        if v.get("kind") != "reference" or k in before
+    }
+    return old.get("sha256") == _digest_of(then)
 
 
 def _walk(kernel: Any, sources: bool = True) -> _Walker:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ._version import __version__
 from .chunking import plan_block_shape
-from .codeid import changed_parts, code_changes, installed_file, kernel_code
+from .codeid import changed_parts, code_changes, installed_file, kernel_code, same_code
 from .differences import _describe_difference
 from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
 from .extension import added_rows, check_input, same_input, why_not
@@ -627,7 +627,7 @@ def _check_kernel_code(
             return None
         old = {"sha256": raw, "parts": {}}
         lines = ["  (this store recorded only a hash of the kernel's source: no diff to show)"]
-    elif old.get("sha256") == code["sha256"]:
+    elif same_code(old, code):
         return None
     else:
         lines = code_changes(old, code)

@@ -178,6 +178,7 @@ def validate(
     import zarr
 
     from .blocktask import kernel_inputs
+    from .codeid import same_code
     from .constants import recorded_constants
     from .provenance import changed_parts, kernel_code
     from .raggedstore import read_decoded
@@ -203,7 +204,7 @@ def validate(
     stored_code = info.get("kernel_code")
     if stored_code is not None:
         now = kernel_code(kernel)
-        if now["sha256"] != stored_code.get("sha256"):
+        if not same_code(stored_code, now):
             report.code_changed = changed_parts(stored_code, now)
     worst = {k: [0.0, 0.0] for k in kernel.outputs}
     for pos in picked:

@@ -247,6 +247,83 @@ def test_kernel_code_covers_helpers_constants_and_closures():
     assert kernel_code(ns["k"])["sha256"] != before
 
 
+_LIBRARY_NAMES = {  # a module-level name of the user's code bound to something installed
+    "op = math.sin": "op = math.cos",
+    "op = np.sin": "op = np.cos",
+    "from numpy import sin as op": "from numpy import cos as op",
+    "op = DT = np.float32": "op = DT = np.float16",
+    "op = C(np.sin)": "op = C(np.cos)",
+    "op = np.vectorize(lambda x: x * 2)": "op = np.vectorize(lambda x: x * 3)",
+    "op = {'f': math.sin}.get('f')": "op = {'f': math.cos}.get('f')",
+    "TABLE = {'f': np.sin}\nop = lambda x: TABLE['f'](x)": "TABLE = {'f': np.cos}\nop = lambda x: TABLE['f'](x)",
+}
+
+
+@pytest.mark.parametrize("before", list(_LIBRARY_NAMES))
+def test_a_name_bound_to_another_installed_function_is_a_code_change(before):
+    """Before, only the user's own functions, classes and plain constants counted: a
+    rerun after op = math.sin -> math.cos mixed sines and cosines in one store."""
+    from daskbatch.provenance import kernel_code
+
+    def code(binding: str) -> dict:
+        ns: dict = {"__name__": "__main__"}  # as in a notebook
+        src = textwrap.dedent(
+            """
+            import math
+            import numpy as np
+            import daskbatch as db
+            class C:
+                def __init__(self, f):
+                    self.f = f
+                def __call__(self, x):
+                    return self.f(x)
+            BINDING
+            @db.kernel(outputs={"y": db.Output()})
+            def k(a):
+                return float(op(a))
+            """
+        ).replace("BINDING", binding)
+        exec(compile(src, "<cell>", "exec"), ns)
+        return kernel_code(ns["k"])
+
+    a, b = code(before), code(_LIBRARY_NAMES[before])
+    assert a["sha256"] != b["sha256"], a["parts"]
+    assert a["sha256"] == code(before)["sha256"]  # the same binding: the same code
+
+
+def test_installed_names_count_and_a_record_from_before_compares_without_them(tmp_path):
+    """A kernel_code record without "version" (written before references counted) is
+    compared without them: an upgrade of daskbatch does not refuse its stores."""
+    from daskbatch.codeid import _digest_of, same_code
+    from daskbatch.provenance import kernel_code
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "kmod_lib.py").write_text(
+        "import math\nimport daskbatch as db\nop = math.sin\nBOX = [math.sin]\n\n"
+        "@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return op(a) + BOX[0](a)\n"
+    )
+    mod = _import_fresh(folder, "kmod_lib")
+    now = kernel_code(mod.k)
+    assert now["parts"]["kmod_lib:op"]["text"] == "math:sin"
+    # what the release before recorded: no reference, BOX an object it could not pin down
+    parts = {k: v for k, v in now["parts"].items() if v["kind"] != "reference"}
+    parts["kmod_lib:BOX"] = {"kind": "object", "sha256": "", "text": "<list>"}
+    old = {"sha256": _digest_of(parts), "parts": parts}
+    assert same_code(old, now)
+    assert not same_code({**old, "sha256": "0" * 64}, now)
+    space = db.Grid(a=np.arange(20.0))
+    store = tmp_path / "s.zarr"
+    db.run(mod.k, space, store, cluster="serial", chunk_size=5, progress=False)
+    _forget_half(store)
+    (folder / "kmod_lib.py").write_text(
+        (folder / "kmod_lib.py").read_text().replace("op = math.sin", "op = math.cos")
+    )
+    mod = _import_fresh(folder, "kmod_lib")
+    with pytest.raises(KernelChangedError, match=r"kmod_lib:op:\n    -math:sin\n    \+math:cos"):
+        db.run(mod.k, space, store, cluster="serial", chunk_size=5, progress=False)
+
+
 # --------------------------------------------------------------------------- resume and validate
 
 
