@@ -512,9 +512,31 @@ def _opens(path: Path) -> MetadataProblem | None:
         for name in ds.coords:
             ds[name].load()
     except Exception as e:
+        if _block_coordinate_damaged(path):
+            return None  # a block's chunk of the sample index: its block's check finds it
         cause = e.__cause__ or e.__context__ or e
         return MetadataProblem("zarr.json", f"daskbatch.open fails ({type(cause).__name__}: {cause})", None)
     return None
+
+
+def _block_coordinate_damaged(path: Path) -> bool:
+    """Whether a chunk of an index coordinate that each block writes (``sample``; not a
+    grid axis, written at creation) cannot be decoded: xarray reads it to open the store."""
+    try:
+        layout = StoreView(path).require_info()["layout"]
+        root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        for d, b in zip(layout["batch_dims"], layout["block_shape"], strict=True):
+            arr = root[d]
+            if arr.chunks != (b,) or arr.shape[0] == b:  # one chunk, written at creation
+                continue
+            for start in range(0, arr.shape[0], b):
+                try:
+                    arr[start : start + b]
+                except Exception:
+                    return True
+    except Exception:
+        return False
+    return False
 
 
 def check(store: str | os.PathLike[str], full: bool = True) -> Report:

@@ -14,7 +14,7 @@ from conftest import run_cli
 
 import daskbatch as db
 from daskbatch.repair import check
-from daskbatch.testing import assert_stores_identical, blocks_done, damage_chunk
+from daskbatch.testing import affine, assert_stores_identical, blocks_done, damage_chunk
 
 KERNEL = """
 import numpy as np
@@ -415,3 +415,26 @@ def test_a_table_the_store_references_verifies_clean_and_its_repair_adds_no_arra
     assert "a" not in after  # (an array of fill values is what the repair had made)
     assert after["tag"].values.tolist() == before["tag"].values.tolist()
     np.testing.assert_array_equal(after["y"].values, before["y"].values)
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage"])
+def test_a_sample_index_chunk_that_cannot_be_decoded_is_its_blocks_damage_not_the_stores(tmp_path, cli, how):
+    """xarray reads the sample index to open a store: one undecodable chunk of it (an
+    empty file is what a crash leaves after a rename whose data was not flushed) made
+    the whole store "cannot be repaired", advising --overwrite. It is its block's."""
+    space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=40, seed=1)
+    ref, store = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    for path in (ref, store):
+        db.run(affine, space, path, cluster="serial", chunk_size=10, progress=False)
+    damage_chunk(store, "sample", 3, **({"keep": 0} if how == "empty" else {"how": "garbage"}))
+    with pytest.raises(db.DaskbatchError, match="resume .* --verify repairs it"):
+        db.open(store)
+    r = cli("status", str(store), "--verify")
+    assert r.returncode == 1
+    assert "block [3]: its 'sample' coordinate cannot be decoded" in r.stdout, r.stdout
+    assert "cannot be rebuilt" not in r.stdout and "--overwrite" not in r.stdout
+    r = cli("resume", str(store), "--verify", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "10 samples in 1 blocks" in r.stdout
+    assert_stores_identical(store, ref)
+    assert db.open(store).sample.size == 40
