@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreError
+from .errors import StoreError, StoreWriteError
 from .ledger import HIDDEN, INTERNAL, BlockProblem, _checksum, store_format
 from .outputs import stored_specs
 from .ragged import encoded_coords
@@ -595,6 +595,28 @@ def repair(
     fatal = [p for p in plan.problems if p.fix is None]
     if fatal:
         raise StoreError(_refusal(path, fatal))
+    try:
+        _write_repairs(path, plan)
+    except OSError as e:  # a full disk: what was written is undone by running the repair again
+        raise StoreWriteError.of(
+            e,
+            f"repairing the metadata of store {str(path)!r}",
+            "No committed block was touched; make room (or fix the cause) and run the same command again",
+        ) from e
+    if plan.problems:
+        logger.warning("repaired the store's metadata: " + "; ".join(str(p) for p in plan.problems))
+    report = Report(metadata=list(plan.problems))
+    if full:
+        problem = _opens(path)
+        if problem is not None:
+            raise StoreError(_refusal(path, [problem]))
+    report.blocks, report.checked = _blocks(path, full, decode=True)
+    return report
+
+
+def _write_repairs(path: Path, plan: Any) -> None:
+    """Write what :func:`repair` planned: metadata documents, coordinates, the
+    consolidated copy, the provenance's copy and the template."""
     for rel, doc in sorted(plan.docs.items(), key=lambda kv: kv[0] != "zarr.json"):
         _write_json(path / rel, doc)
     for name, values in plan.coords.items():
@@ -606,14 +628,6 @@ def repair(
         save_provenance(path)  # the copy, from the root (verified or rebuilt above)
         if plan.retemplate:
             _record_template(path, plan.info, _coordinate_names(path, plan.info))
-        logger.warning("repaired the store's metadata: " + "; ".join(str(p) for p in plan.problems))
-    report = Report(metadata=list(plan.problems))
-    if full:
-        problem = _opens(path)
-        if problem is not None:
-            raise StoreError(_refusal(path, [problem]))
-    report.blocks, report.checked = _blocks(path, full, decode=True)
-    return report
 
 
 def _refusal(path: Path, problems: list[MetadataProblem]) -> str:

@@ -435,6 +435,39 @@ def test_disk_full_is_a_clear_error_and_the_sweep_finishes_once_space_is_back(
     assert_stores_identical(store, noise_reference)
 
 
+def test_a_metadata_repair_on_a_full_disk_is_one_line_and_the_next_one_finishes_it(small_disk, tmp_path):
+    """resume --verify rebuilding zarr.json and the template with a few KiB free: one
+    StoreWriteError line each time (it was an OSError traceback from the consolidation);
+    once there is room, the same repair leaves the store equal to the undamaged one."""
+    from daskbatch.repair import repair
+    from daskbatch.testing import vector_affine
+
+    space = db.MonteCarlo({"a": db.Uniform(0.0, 1.0)}, n=60, seed=3)
+    for store in (small_disk / "s.zarr", tmp_path / "ref.zarr"):
+        db.run(vector_affine, space, store, cluster="serial", chunk_size=20, progress=False)
+    store = small_disk / "s.zarr"
+    filler = small_disk / "filler"
+    failed = []
+    for free_kib in (0, 4, 8, 12):
+        (store / "zarr.json").write_bytes(b"")  # damage that the repair rebuilds
+        (store / ".daskbatch" / "template.json").write_bytes(b"")
+        filler.unlink(missing_ok=True)
+        with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # every byte taken
+            while True:
+                f.write(b"\0" * 4096)
+        os.truncate(filler, max(0, filler.stat().st_size - free_kib * 1024))
+        try:
+            repair(store)
+        except StoreWriteError as e:
+            failed.append(str(e))
+            assert "\n" not in str(e) and "the disk is full" in str(e), e
+            assert "No committed block was touched" in str(e)
+    assert failed, "the disk never filled up: the test proves nothing"
+    filler.unlink()
+    repair(store)
+    assert_stores_identical(store, tmp_path / "ref.zarr")
+
+
 def test_a_growth_on_a_full_disk_is_one_line_and_the_next_run_grows_it(small_disk, tmp_path):
     """Raising n on a disk that fills up during the growth (a few KiB left: the record,
     an array's metadata or the provenance fails): one StoreWriteError line each time (it
