@@ -124,26 +124,9 @@ class _Request:
                 "path (daskbatch never deletes data it did not write)"
             )
         provenance = run_provenance(kernel, options.spec_file)
-        info = None if options.overwrite else st.info()
-        if info is not None:
-            options = _adopt_reductions(options, info, kernel)
-            space = check_round_space(space, info, options.until)  # until=: rounds already grown
-            space, _ = self._check(st, info, provenance, space=space, options=options)
-            hint = None if options.verify else damage_hint(st.path)
-            if hint is not None:  # damaged metadata: only a run with verify=True repairs it
-                raise StoreError(hint)
-            retry = blocks_to_retry(st) if options.retry_failed else []
-            # with verify, damaged metadata is repaired first: nothing is read before
-            state = None if options.verify else st.ledger.state()  # which are committed, and whole
-            complete = state is not None and state[0].all() and not st.ledger.verify(full=False)
-            complete = complete and not short_blocks(st, state) and added_rows(info, space) is None
-            complete = complete and not same_input(info, space)  # its file's new state: recorded
-            # until=: done once the last round's estimate was checked (converged, or max_n)
-            complete = complete and (options.until is None or _rounds_ended(info, options.until))
-            if complete and not retry:
-                done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
-                assert isinstance(done, RunResult)
-                return done  # no probe, no lock
+        done = self.finished(st, provenance)
+        if done is not None:
+            return done  # no probe, no lock
 
         created_dir = not st.path.exists()
         lock = st.lock().acquire()  # a second run on this store is refused here, naming the holder
@@ -197,6 +180,40 @@ class _Request:
             lock.release()
             if created_dir and st.info() is None:  # stopped before the template: leave nothing
                 shutil.rmtree(st.path, ignore_errors=True)
+
+    def finished(
+        self, st: Store | None = None, provenance: Mapping[str, Any] | None = None
+    ) -> RunResult | None:
+        """The store's result when it holds everything this run asks for already (nothing
+        to compute: no probe, no lock), else None. A store this run would refuse raises
+        as the run would. A job of a chain asks this before it starts a driver."""
+        kernel, space, options = self.kernel, self.space, self.options
+        st = st if st is not None else Store(self.store)
+        if provenance is None:
+            provenance = run_provenance(kernel, options.spec_file)
+        info = None if options.overwrite else st.info()
+        if info is None:
+            return None
+        options = _adopt_reductions(options, info, kernel)
+        space = check_round_space(space, info, options.until)  # until=: rounds already grown
+        space, _ = self._check(st, info, provenance, space=space, options=options)
+        hint = None if options.verify else damage_hint(st.path)
+        if hint is not None:  # damaged metadata: only a run with verify=True repairs it
+            raise StoreError(hint)
+        if options.retry_failed and blocks_to_retry(st):
+            return None
+        # with verify, damaged metadata is repaired first: nothing is read before
+        state = None if options.verify else st.ledger.state()  # which are committed, and whole
+        complete = state is not None and state[0].all() and not st.ledger.verify(full=False)
+        complete = complete and not short_blocks(st, state) and added_rows(info, space) is None
+        complete = complete and not same_input(info, space)  # its file's new state: recorded
+        # until=: done once the last round's estimate was checked (converged, or max_n)
+        complete = complete and (options.until is None or _rounds_ended(info, options.until))
+        if not complete:
+            return None
+        done = store_status(st, info, cls=RunResult, cluster=options.cluster.description)
+        assert isinstance(done, RunResult)
+        return done
 
     def _check(
         self,

@@ -14,8 +14,8 @@ stops the run in order, leaving a resumable store. Its log file lives beside the
 store (``<store>.logs/``), on the filesystem every node sees. The job id is recorded
 in the store's history (``SLURM_JOB_ID`` / ``PBS_JOBID``).
 
-``python -m daskbatch.submit --complete STORE`` (the check a job makes first) exits
-0 with one line when the store is complete, 1 otherwise.
+``python -m daskbatch.submit --complete STORE SPEC`` (the check a job makes first)
+exits 0 with one line when the store holds every result the spec asks for, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ class Submission:
             f"cd {q(str(self.cwd))} || exit 1",
             f'echo "daskbatch: job ${{{job}}} on $(hostname) from $(date -u +%Y-%m-%dT%H:%M:%SZ)"',
             "# a job of a chain that finds the store complete has nothing to do",
-            f"if {q(self.python)} -m daskbatch.submit --complete {q(str(self.store))}; then exit 0; fi",
+            f"if {q(self.python)} -m daskbatch.submit --complete {q(str(self.store))} {q(str(self.spec))}; "
+            "then exit 0; fi",
             "# the driver is the job's main process: SIGTERM stops it in order, the store resumable",
             "exec " + " ".join(q(a) for a in self.driver()),
         ]
@@ -424,23 +425,29 @@ def report(sub: Submission, ids: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _complete(store: str) -> int:
-    """Exit code of ``--complete STORE``: 0 (and one line) when the store is complete."""
-    from .engine import status
-
-    try:
-        st = status(store)
-    except Exception:  # no store yet, or one the run itself must look at
+def _complete(store: str, spec: str | None = None) -> int:
+    """Exit code of ``--complete STORE SPEC``: 0 (and one line) when the store holds every
+    result the spec asks for (a grown design, added files or rows, another ``until``
+    round are not), 1 otherwise, and whenever it cannot tell: the driver then decides.
+    Without ``SPEC`` (a job script written by an older daskbatch) always 1."""
+    if spec is None:
         return 1
-    if not st.complete:
+    try:
+        from .engine import _run_request
+        from .specfile import load_spec
+
+        done = _run_request({**load_spec(Path(spec)), "progress": False}).finished()
+    except Exception:  # no store yet, a refusal, a kernel that does not import: the run says
+        return 1
+    if done is None:
         return 1
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
     who = f"job {job}" if job else "this job"
-    print(f"daskbatch: store {store!r} is complete ({st.blocks_total:,} blocks); {who} has nothing to do")
+    print(f"daskbatch: store {store!r} is complete ({done.blocks_total:,} blocks); {who} has nothing to do")
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover (run by the job script)
-    if len(sys.argv) != 3 or sys.argv[1] != "--complete":
-        sys.exit("usage: python -m daskbatch.submit --complete STORE")
-    sys.exit(_complete(sys.argv[2]))
+    if len(sys.argv) not in (3, 4) or sys.argv[1] != "--complete":
+        sys.exit("usage: python -m daskbatch.submit --complete STORE SPEC")
+    sys.exit(_complete(*sys.argv[2:]))

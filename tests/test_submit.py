@@ -123,7 +123,7 @@ def test_dry_run_slurm_chain_prints_the_script_and_dependencies(tmp_path, cli, n
     assert lines.index(sbatch[-1]) < lines.index("module load python/3.12")  # directives first
     assert body.index("module load python/3.12") < body.index("export OMP_NUM_THREADS=1")
     assert body[-1] == f"exec {Path(sys.executable).with_name('daskbatch')} run {spec} --no-progress"
-    assert f"--complete {store}; then exit 0; fi" in r.stdout
+    assert f"--complete {store} {spec}; then exit 0; fi" in r.stdout
     script = f"{logs}/daskbatch.slurm"
     assert lines[-3:] == [
         f"sbatch --parsable {script}",
@@ -223,6 +223,39 @@ def test_job_script_runs_the_driver_records_the_job_and_a_successor_ends_at_once
     assert again.stderr == ""
     assert len(Store(sub.store).require_info()["history"]) == 1
     assert time.perf_counter() - t0 < 30
+
+
+def test_a_job_of_a_chain_computes_what_a_grown_spec_adds_to_a_complete_store(tmp_path):
+    """The job's first check compared the store with itself: after n was raised in the
+    spec, every job said "complete ... nothing to do" and the new samples never came.
+    It asks what the run would (grown designs, added files or rows, until rounds)."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    spec = folder / "sweep.toml"
+    text = (
+        'kernel = "daskbatch.testing:affine"\nstore = "mc.zarr"\ncluster = "serial"\nchunk_size = 4\n'
+        '[space]\ntype = "montecarlo"\nn = 12\nseed = 42\n[space.params.a]\ndist = "uniform"\n'
+        "low = 0\nhigh = 1\n"
+    )
+    spec.write_text(text)
+    sub = prepare(spec, scheduler="slurm", walltime="00:10:00", allow_local_store=True)
+    script = tmp_path / "job.sh"
+    script.write_text(sub.script())
+    env = {**os.environ, "SLURM_JOB_ID": "51"}
+    first = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert db.status(sub.store).samples["ok"] == 12
+    spec.write_text(text.replace("n = 12", "n = 20"))
+    env["SLURM_JOB_ID"] = "52"
+    again = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to do" not in again.stdout
+    assert "grows from 12 to 20 samples" in again.stderr
+    st = db.status(sub.store)
+    assert st.complete and st.samples["ok"] == 20
+    # a job script of an older daskbatch (no spec): the driver decides
+    old = subprocess.run([sys.executable, "-m", "daskbatch.submit", "--complete", str(sub.store)])
+    assert old.returncode == 1
 
 
 # --------------------------------------------------------------------------- refusals
