@@ -116,8 +116,15 @@ def walltime_seconds(walltime: str, kind: str = "slurm") -> int:
             "use 'HH:MM:SS' such as '01:30:00' or 'D-HH:MM:SS' such as '1-12:00:00'"
         )
     if m.group(4) is None:  # two parts: MM:SS, or LSF's own HH:MM
-        return a * 3600 + b * 60 if kind == "lsf" else a * 60 + b
-    return days * 86400 + a * 3600 + b * 60 + c
+        total = a * 3600 + b * 60 if kind == "lsf" else a * 60 + b
+    else:
+        total = days * 86400 + a * 3600 + b * 60 + c
+    if total < 60:  # SLURM reads 0 as no limit: workers that retire at once, replaced forever
+        raise ClusterError(
+            f"walltime={walltime!r} is {'zero' if total == 0 else 'under a minute'}; batch systems count "
+            "walltimes in minutes: give the jobs at least '00:01:00' (such as '01:00:00')"
+        )
+    return total
 
 
 def _walltime_for(kind: str, seconds: int) -> str:

@@ -64,6 +64,11 @@ def parse_walltime(text: str, where: str = "--walltime") -> int:
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     if total <= 0:
         raise ClusterError(f"{where} {text!r} is zero; give the job some time, e.g. 01:00:00")
+    if total < 60:
+        raise ClusterError(
+            f"{where} {text!r} is under a minute; batch systems count walltimes in minutes: give at "
+            "least 00:01:00, e.g. 01:00:00"
+        )
     return total
 
 

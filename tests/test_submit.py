@@ -280,6 +280,19 @@ def test_a_job_of_a_chain_computes_what_a_grown_spec_adds_to_a_complete_store(tm
         (["--pbs"], TABLE.format(kind="slurm"), "--pbs with a spec whose cluster is 'slurm'"),
         (["--slurm"], 'cluster = "threads"', "no walltime for the driver job: give --walltime HH:MM:SS"),
         ([], TABLE.format(kind="slurm").replace('"02:00:00"', '"2h"'), "walltime='2h' is not a walltime"),
+        # SLURM reads a zero walltime as no limit: the workers retired at once, replaced forever
+        ([], TABLE.format(kind="slurm").replace('"02:00:00"', '"00:00:00"'), "walltime='00:00:00' is zero"),
+        (
+            [],
+            TABLE.format(kind="slurm").replace('"02:00:00"', '"0-00:00:00"'),
+            "walltime='0-00:00:00' is zero",
+        ),
+        (
+            [],
+            TABLE.format(kind="slurm").replace('"02:00:00"', '"00:05"'),
+            "walltime='00:05' is under a minute",
+        ),
+        (["--slurm", "--walltime", "00:00:30"], "", "--walltime '00:00:30' is under a minute"),
         (["--slurm"], TABLE.format(kind="sge"), "daskbatch submit sends the driver to SLURM or PBS only"),
     ],
 )
