@@ -131,11 +131,7 @@ class StoreStatus:
                 f"{', '.join(ch.get('parts', [])[:3]) or 'source'}); blocks before it used the old code",
             )
         if self.jobs:
-            runs = [
-                f"{j['job']} ({j.get('reason') or j.get('state')}, {j.get('blocks_computed', 0):,} blocks)"
-                for j in self.jobs
-            ]
-            lines.append(f"jobs:     {', '.join(runs)}")
+            lines.append(f"jobs:     {', '.join(_job_text(j, self.running) for j in self.jobs)}")
         lines += _reduced_lines(self.store)  # merged from the blocks committed now
         if self.errors:
             lines += _error_lines(self.errors[: _shown_errors()])
@@ -260,6 +256,15 @@ def _error_lines(errors: list[dict[str, Any]]) -> list[str]:
             who = f"{value if len(value) <= 80 else value[:77] + '...'} ({who})"
         lines.append(f"  {who}: {e['error']}")
     return lines
+
+
+def _job_text(job: Mapping[str, Any], running: Mapping[str, Any] | None) -> str:
+    """A batch job's run as ``status`` lists it: a run recorded as running that does not
+    hold the store's lock now was killed (SIGKILL, a node lost): it wrote no count."""
+    if job.get("state") == "running":
+        live = running is not None and all(running.get(k) == job.get(k) for k in ("host", "pid"))
+        return f"{job['job']} ({'running now' if live else 'stopped without finishing: killed?'})"
+    return f"{job['job']} ({job.get('reason') or job.get('state')}, {job.get('blocks_computed', 0):,} blocks)"
 
 
 def store_status(

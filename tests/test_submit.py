@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from conftest import run_cli
 import daskbatch as db
 from daskbatch.store import Store
 from daskbatch.submit import Submission, node_local, prepare
+from daskbatch.testing import blocks_done
 
 SPEC = """\
 kernel = "daskbatch.testing:slow_square"
@@ -256,6 +258,35 @@ def test_a_job_of_a_chain_computes_what_a_grown_spec_adds_to_a_complete_store(tm
     # a job script of an older daskbatch (no spec): the driver decides
     old = subprocess.run([sys.executable, "-m", "daskbatch.submit", "--complete", str(sub.store)])
     assert old.returncode == 1
+
+
+def test_a_killed_jobs_run_is_listed_as_killed_not_running_forever(tmp_path):
+    """A driver job killed outright (SIGKILL, its node lost) writes no end to its history
+    entry: status said "61 (running, 0 blocks)" ever after, beside the job that finished."""
+    spec = _spec(tmp_path / "a", n=40, chunk=2, delay=0.15)
+    sub = prepare(spec, scheduler="slurm", walltime="00:10:00", allow_local_store=True)
+    script = tmp_path / "job.sh"
+    script.write_text(sub.script())
+    env = {**os.environ, "SLURM_JOB_ID": "61"}
+    job = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while blocks_done(sub.store) < 2 and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.02)
+        shown = run_cli("status", str(sub.store)).stdout
+        assert "jobs:     61 (running now)" in shown, shown
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    shown = run_cli("status", str(sub.store)).stdout
+    assert "jobs:     61 (stopped without finishing: killed?)" in shown, shown
+    env["SLURM_JOB_ID"] = "62"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = run_cli("status", str(sub.store)).stdout
+    assert re.search(
+        r"jobs:     61 \(stopped without finishing: killed\?\), 62 \(finished, \d+ blocks\)", shown
+    ), shown
 
 
 # --------------------------------------------------------------------------- refusals
