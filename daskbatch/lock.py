@@ -382,9 +382,14 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # a forked child (the probe) neither renews nor releases its parent's lock
+    # a forked child (the probe) neither renews nor releases its parent's lock, nor keeps
+    # it: its copy of the descriptor is closed (never unlocked: that would free the
+    # parent's flock too), so that a child outliving a killed driver does not hold it
     for lock in list(_HOLDING):
         lock._mutex = threading.Lock()
+        if lock._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock._fd)
         lock._fd, lock._thread = None, None
     _HOLDING.clear()
 

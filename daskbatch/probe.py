@@ -413,8 +413,11 @@ def _probe_child(payload: Any, send) -> None:
 
     import cloudpickle
 
+    from .hygiene import die_with_parent
+
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the driver's to handle
+        die_with_parent()  # a driver killed meanwhile (SIGKILL) leaves no probe running on
         if isinstance(payload, bytes):
             try:
                 payload = cloudpickle.loads(payload)

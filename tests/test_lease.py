@@ -480,3 +480,53 @@ def test_a_heartbeat_dated_ahead_is_taken_over_once_a_whole_lease_passes_unrenew
         assert json.loads(path.read_text())["pid"] == os.getpid()
     finally:
         lock.release()
+
+
+def test_a_driver_killed_during_the_probe_leaves_no_process_holding_its_lock(tmp_path):
+    """The probe's forked child inherited the lock file's descriptor, so its flock: a
+    driver killed (SIGKILL, an OOM kill) while the probe ran left the child, adopted by
+    init, computing on and holding the lock; the next run was refused naming the dead
+    driver. The child now closes that descriptor and ends with its parent."""
+    (tmp_path / "p.toml").write_text(
+        'kernel = "daskbatch.testing:slow_square"\nstore = "p.zarr"\ncluster = "threads"\nworkers = 2\n'
+        'chunk_size = 8\n[constants]\ndelay = 5.0\n[space]\ntype = "grid"\naxes = {x = {arange = [0, 40, 1]}}\n'
+    )
+    store = tmp_path / "p.zarr"
+    driver = subprocess.Popen(
+        daskbatch_command("run", "p.toml", "--no-progress"),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children() -> list[int]:
+        found = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(driver.pid)], capture_output=True, text=True
+        )
+        return [int(p) for p in found.stdout.split()]
+
+    try:
+        deadline = time.monotonic() + 60
+        while not children() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        probe = children()
+        assert probe, "no probe started"
+        lock = StoreLock(store / ".daskbatch" / "lock")
+        assert lock.holder() is not None  # the driver holds the lock
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{p}") and "Z" not in _state(p) for p in probe):
+        assert time.monotonic() < deadline, "the probe outlived its driver"
+        time.sleep(0.05)
+    assert lock.holder() is None  # nobody holds the lock: the next run takes it
+    lock.check_free()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
