@@ -181,7 +181,8 @@ class Submission:
     def _header(self) -> list[str]:
         walltime, mb = format_walltime(self.walltime), math.ceil(self.memory / 2**20)
         if self.scheduler == "slurm":
-            log = _sbatch_path(self.logs / "daskbatch-%j.out")
+            # sbatch expands %-patterns in the path: a % of the folder's own is written %%
+            log = _sbatch_path(str(self.logs).replace("%", "%%") + "/daskbatch-%j.out")
             lines = [
                 f"--job-name={self.name}",
                 f"--time={walltime}",
@@ -248,8 +249,7 @@ class Submission:
         return "\n".join(out)
 
 
-def _sbatch_path(path: Path) -> str:
-    text = str(path)
+def _sbatch_path(text: str) -> str:
     return f'"{text}"' if re.search(r"\s", text) else text
 
 

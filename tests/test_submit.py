@@ -573,7 +573,8 @@ def test_cancelled_driver_job_leaves_a_store_that_a_new_job_finishes(slurm, tmp_
     from daskbatch.testing import assert_stores_identical, blocks_done
 
     n, chunk = 40, 2
-    spec = _spec(tmp_path / "cancel", n=n, chunk=chunk, delay=1.0)
+    # a % in the folder: sbatch expands %-patterns in the log path (%j: the job id)
+    spec = _spec(tmp_path / "cancel%jx", n=n, chunk=chunk, delay=1.0)
     store = spec.parent / "sweep.zarr"
     args = ["submit", str(spec), "--slurm", "--walltime", "00:05:00", "--allow-local-store"]
     [job] = _submitted(run_cli(*args, cwd=spec.parent))
@@ -593,6 +594,7 @@ def test_cancelled_driver_job_leaves_a_store_that_a_new_job_finishes(slurm, tmp_
 
     [again] = _submitted(run_cli(*args, cwd=spec.parent))
     assert slurm.wait_job(again, timeout=90) == "COMPLETED", _log(slurm, again)
+    assert f"daskbatch: job {again} on " in (Path(f"{store}.logs") / f"daskbatch-{again}.out").read_text()
     st = db.status(store)
     assert st.complete and st.samples["ok"] == n and sum(st.samples.values()) == n
     assert_stores_identical(store, _reference(tmp_path, n, chunk))
