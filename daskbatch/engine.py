@@ -123,6 +123,8 @@ class _Request:
                 f"store={str(st.path)!r} is not empty and was not written by daskbatch; choose a new "
                 "path (daskbatch never deletes data it did not write)"
             )
+        if options.overwrite:
+            st.check_keeps_foreign()  # before the probe: a user's files inside the store
         provenance = run_provenance(kernel, options.spec_file)
         done = self.finished(st, provenance)
         if done is not None:

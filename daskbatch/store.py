@@ -234,7 +234,22 @@ class Store(StoreView):
             )
         if self.is_daskbatch() and not overwrite:
             raise StoreExistsError(f"store {str(self.path)!r} exists; pass overwrite=True")
+        self.check_keeps_foreign()
         self.check_links()
+
+    def check_keeps_foreign(self) -> None:
+        """:class:`StoreExistsError` naming the files daskbatch did not write inside this
+        store (:meth:`foreign_entries`): replacing the store (overwrite) would delete them."""
+        names = self.foreign_entries() if self.is_daskbatch() else []
+        if names:
+            shown = ", ".join(repr(n) for n in names[:5]) + (
+                f" and {len(names) - 5} more" if len(names) > 5 else ""
+            )
+            raise StoreExistsError(
+                f"store {str(self.path)!r} holds files daskbatch did not write ({shown}); overwrite "
+                "would delete them with the store (daskbatch never deletes data it did not write). Move "
+                "them out of the store, then run again"
+            )
 
     def check_links(self) -> None:
         """Before a run writes: refuse a symbolic link below the store, remove leftovers.

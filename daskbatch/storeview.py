@@ -212,6 +212,24 @@ class StoreView:
             return False
         return any(child.name != HIDDEN for child in self.path.iterdir())
 
+    def foreign_entries(self) -> list[str]:
+        """The entries at the top of a daskbatch store that daskbatch did not write (a
+        user's notes or figures put inside it), which replacing the store would delete.
+        daskbatch writes ``zarr.json``, ``.daskbatch`` (``_daskbatch`` in format 1) and
+        Zarr arrays: folders with a ``zarr.json`` or a ``c`` folder of chunks (a damaged
+        array's metadata does not make it foreign)."""
+        if not self.path.is_dir():
+            return []
+        found = []
+        for child in self.path.iterdir():
+            if child.name in ("zarr.json", HIDDEN, "_daskbatch"):
+                continue
+            is_array = child.is_dir() and not child.is_symlink()
+            if is_array and ((child / "zarr.json").is_file() or (child / "c").is_dir()):
+                continue
+            found.append(child.name)
+        return sorted(found)
+
     def info(self, *, check_format: bool = True) -> dict[str, Any] | None:
         """The store's provenance (``attrs["daskbatch"]``), or None if it has none.
 

@@ -398,3 +398,30 @@ def test_a_store_whose_creating_run_was_killed_says_to_run_again(tmp_path, cli):
         lock.release()
     db.run(affine, db.Grid(a=[1.0, 2.0]), store, cluster="serial", progress=False)  # the same command again
     assert db.status(store).complete
+
+
+def test_overwrite_refuses_a_store_holding_files_daskbatch_did_not_write(tmp_path):
+    """A user's notes or figures put inside a store were deleted with it by overwrite,
+    silently: daskbatch never deletes data it did not write. A damaged array (its
+    zarr.json gone) is still daskbatch's, and overwrite replaces it."""
+    space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=20, seed=1)
+    store = tmp_path / "s.zarr"
+
+    def run():
+        return db.run(affine, space, store, cluster="serial", chunk_size=5, progress=False, overwrite=True)
+
+    run()
+    (store / "notes.txt").write_text("my analysis")
+    (store / "figures").mkdir()
+    (store / "figures" / "fig1.png").write_bytes(b"png")
+    before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
+    with pytest.raises(
+        db.DaskbatchError, match=r"holds files daskbatch did not write \('figures', 'notes.txt'\)"
+    ):
+        run()
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before  # nothing touched
+    (store / "notes.txt").unlink()
+    shutil.rmtree(store / "figures")
+    (store / "y" / "zarr.json").unlink()  # damaged: still daskbatch's
+    assert run().complete
+    assert (store / "y" / "zarr.json").is_file()
