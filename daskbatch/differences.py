@@ -79,3 +79,39 @@ def _leaf_differences(stored: Any, now: Any, path: str) -> list[str]:
 def _short(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def coordinate_differences(path: Any, outputs: Any) -> list[str]:
+    """The output coordinates a store holds (written when it was made) that differ from
+    the kernel's ``Output(coords=...)`` now (``coords={"t": T}`` with ``T`` edited): the
+    store's samples would be labelled with the old values. A coordinate that cannot be
+    read is the repair's business, not a difference."""
+    from pathlib import Path
+
+    import numpy as np
+    import zarr
+
+    from .ragged import encoded_coords
+
+    diffs, seen = [], set()
+    for name, out in outputs.items():
+        for dim, values in (getattr(out, "coords", None) or {}).items():
+            if dim in seen:
+                continue
+            seen.add(dim)
+            try:
+                want = encoded_coords(dim, np.asarray(values))[dim]
+                got = zarr.open_array(str(Path(path) / dim), mode="r")[...]
+            except Exception:
+                continue
+            if got.shape != want.shape or not np.array_equal(got, want):
+                diffs.append(f"output {name!r} coordinate {dim!r} ({_few(got)} -> {_few(want)})")
+    return diffs
+
+
+def _few(values: Any) -> str:
+    import numpy as np
+
+    flat = np.asarray(values).ravel()
+    text = np.array2string(flat[:5], separator=", ", threshold=5)
+    return text[:-1] + ", ...]" if flat.size > 5 else text

@@ -34,7 +34,7 @@ import numpy as np
 from ._version import __version__
 from .chunking import plan_block_shape
 from .codeid import changed_parts, code_changes, installed_file, kernel_code, same_code
-from .differences import _describe_difference
+from .differences import _describe_difference, coordinate_differences
 from .errors import FingerprintMismatchError, KernelChangedError, SpecFileError, StoreError
 from .extension import added_rows, check_input, same_input, why_not
 from .log import logger
@@ -556,6 +556,7 @@ def _check_fingerprint(
     order = order_difference(info.get("space"), space_fingerprint(space))
     if order is not None:  # the fingerprint compares them as unordered tables
         diffs.append(order)
+    diffs += coordinate_differences(st.path, kernel.outputs)  # not in the fingerprint: the arrays
     reason = why_not(info, space) if "space" in now and info.get("space") != now["space"] else None
     if reason is not None and int(space.size) > int(stored_layout["batch_shape"][0]):
         diffs.append(f"and the new samples cannot be added to the stored ones: {reason}")

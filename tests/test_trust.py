@@ -1101,3 +1101,31 @@ def test_a_parse_another_thread_got_into_is_tried_again(monkeypatch):
     monkeypatch.setattr(parsing.ast, "parse", lambda s: (_ for _ in ()).throw(SystemError("another")))
     with pytest.raises(SystemError, match="another"):
         parsing.parse("x = 1")
+
+
+def test_output_coordinates_edited_since_the_store_was_made_are_refused(tmp_path):
+    """coords={"t": TC} with the module constant TC edited: the store keeps the old
+    coordinate (written when it was made), and a rerun labelled new samples with it."""
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    source = (
+        "import numpy as np\nimport daskbatch as db\nTC = np.arange(5.0)\n\n"
+        "@db.kernel(outputs={'curve': db.Output(dims=('t',), shape=(5,), coords={'t': TC})})\n"
+        "def k(a):\n    return a * np.ones(5)\n"
+    )
+    (folder / "kmod_coords.py").write_text(source)
+    mod = _import_fresh(folder, "kmod_coords")
+    space = db.MonteCarlo({"a": db.Uniform(0, 1)}, n=20, seed=1)
+    store = tmp_path / "s.zarr"
+    db.run(mod.k, space, store, cluster="serial", chunk_size=5, progress=False)
+    _forget_half(store)
+    assert db.run(mod.k, space, store, cluster="serial", progress=False).complete  # unchanged: resumes
+    _forget_half(store)
+    (folder / "kmod_coords.py").write_text(source.replace("TC = np.arange(5.0)", "TC = np.arange(5.0) * 2"))
+    mod = _import_fresh(folder, "kmod_coords")
+    with pytest.raises(
+        db.DaskbatchError,
+        match=r"output 'curve' coordinate 't' \(\[0\., 1\., 2\., 3\., 4\.\] -> \[0\., 2\., 4\., 6\., 8\.\]\)",
+    ):
+        db.run(mod.k, space, store, cluster="serial", progress=False, kernel_changed="continue")
+    np.testing.assert_array_equal(db.open(store).t.values, np.arange(5.0))
