@@ -364,6 +364,10 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{str(p)!r} is a store, not a spec file; `daskbatch resume {shlex.quote(str(p))}` "
             "continues it, `daskbatch status` shows it"
         )
+    if p.is_dir():
+        specs = sorted(q.name for q in p.glob("*.toml"))[:3]
+        hint = f" (it holds {', '.join(specs)})" if specs else ""
+        raise SpecFileError(f"spec file {str(p)!r} is a folder{hint}; give the path of a .toml spec file")
     if not p.is_file():
         raise SpecFileError(f"spec file {str(p)!r} does not exist")
     text = p.read_text()

@@ -56,7 +56,7 @@ def parse_walltime(text: str, where: str = "--walltime") -> int:
     (43200, 88200)
     """
     m = _WALLTIME.match(str(text).strip())
-    if m is None or int(m[3]) > 59 or int(m[4]) > 59:
+    if m is None or int(m[3]) > 59 or int(m[4]) > 59 or (m[1] and int(m[2]) > 23):
         raise ClusterError(
             f"{where} {text!r} is not a walltime; write HH:MM:SS (12:00:00) or D-HH:MM:SS (2-00:00:00)"
         )

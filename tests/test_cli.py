@@ -231,6 +231,17 @@ def test_status_of_a_missing_store_is_exit_2(tmp_path, cli):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
+def test_a_folder_given_as_the_spec_file_is_named_as_a_folder(tmp_path, cli):
+    (tmp_path / "sweep.toml").write_text("")
+    for command in (["run"], ["plan"], ["submit", "--slurm", "--walltime", "01:00:00"]):
+        r = cli(*command[:1], str(tmp_path), *command[1:])
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert (
+            f"spec file {str(tmp_path)!r} is a folder (it holds sweep.toml); give the path of a .toml"
+            in r.stderr
+        )
+
+
 @pytest.mark.slow
 def test_demo(tmp_path):
     r = run_cli(

@@ -324,6 +324,7 @@ def test_a_killed_jobs_run_is_listed_as_killed_not_running_forever(tmp_path):
             "walltime='00:05' is under a minute",
         ),
         (["--slurm", "--walltime", "00:00:30"], "", "--walltime '00:00:30' is under a minute"),
+        (["--slurm", "--walltime", "1-25:00:00"], "", "--walltime '1-25:00:00' is not a walltime"),
         (["--slurm"], TABLE.format(kind="sge"), "daskbatch submit sends the driver to SLURM or PBS only"),
     ],
 )
