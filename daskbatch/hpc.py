@@ -494,8 +494,11 @@ def job_script(jq: JobQueue, threadsafe: bool = False) -> str:
     for key in ("security", "shared_temp_directory", "scheduler_options", "silence_logs"):
         kw.pop(key, None)
     kw.pop("n_workers", None)
+    from .jobchecks import no_folder_left
+
     try:
-        job = cls.job_cls("tcp://<scheduler-address>:8786", name="dummy-name", **kw)
+        with no_folder_left(kw.get("log_directory")):
+            job = cls.job_cls("tcp://<scheduler-address>:8786", name="dummy-name", **kw)
     except (TypeError, ValueError) as e:
         raise ClusterError(f"cluster={jq.kind!r}: dask-jobqueue refused the options ({e})") from e
     return str(job.job_script())

@@ -3,13 +3,17 @@ run that stops once every job it submitted was refused (see :mod:`daskbatch.hpc`
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .errors import ClusterError
 
-__all__ = ["check_threads", "slurm_accepts", "wait_for_a_worker"]
+__all__ = ["check_threads", "no_folder_left", "slurm_accepts", "wait_for_a_worker"]
 
 
 #: what sbatch says when it cannot reach SLURM's controller (no judgement of the jobs)
@@ -20,6 +24,30 @@ _SLURM_UNREACHABLE = (
     "connect failure",
     "Zero Bytes",
 )
+
+
+@contextlib.contextmanager
+def no_folder_left(folder: Any) -> Iterator[None]:
+    """Remove again the folder ``folder`` (and the parents made for it) if it did not
+    exist before and is still empty: dask-jobqueue makes a ``log_directory`` when a job
+    script is only written, for a check or ``daskbatch plan``."""
+    if folder is None:
+        yield
+        return
+    path = Path(os.path.abspath(os.path.expanduser(str(folder))))
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    existed = path.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            for d in [path, *path.parents]:
+                with contextlib.suppress(OSError):  # not empty: something else wrote there
+                    d.rmdir()
+                if d == top:
+                    break
 
 
 def check_threads(jq: Any, kernel: Any) -> None:

@@ -707,6 +707,24 @@ def test_a_plan_for_a_job_queue_cluster_takes_the_memory_of_its_jobs(monkeypatch
     assert "limit 3.7 GiB per worker" in str(p), str(p)  # 64 GB / 16, not this machine's memory / 64
 
 
+def test_plan_makes_no_log_folder(tmp_path, monkeypatch, cli):
+    """dask-jobqueue makes a job's log_directory when its script is only written (for
+    `plan`, or the checks before a run): an empty logs/ folder was left behind."""
+    from daskbatch import jobchecks
+
+    monkeypatch.setattr(jobchecks, "slurm_accepts", lambda script: None)  # no SLURM needed
+    logs = tmp_path / "logs" / "deeper"
+    spec = _spec(tmp_path, "p.zarr", cluster=SLURM_TABLE.format(logs=logs, jobs="jobs = 1"))
+    r = cli("plan", str(spec))
+    assert r.returncode == 0, r.stderr
+    assert "slurm (1 jobs" in r.stdout
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "p.zarr").exists()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "mine.txt").write_text("kept")
+    assert cli("plan", str(spec)).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["mine.txt"]  # only what it made goes
+
+
 @pytest.mark.slurm
 def test_worker_jobs_slurm_refuses_are_one_line_before_any_store_is_made(slurm, tmp_path):
     """More memory per job than a node has: sbatch --test-only says so before anything
