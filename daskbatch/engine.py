@@ -28,6 +28,7 @@ from .autocluster import auto_probe, choose_cluster
 from .cluster import start_executor
 from .errors import DaskbatchError, StoreError
 from .grow import added_rows, adopt_input, grow, same_input, short_blocks, undo_stopped_change
+from .holder import LockLostError
 from .kernel import Kernel
 from .options import RunOptions, path_argument
 from .plan import Plan
@@ -171,6 +172,9 @@ class _Request:
                 plan=plan if plan is not None and plan.batch_shape == space.batch_shape else None,
             )
             return runner.run()
+        except LockLostError:
+            created_dir = False  # the store is the run's that took the lock over now: untouched
+            raise
         except DaskbatchError:
             # refused before any result (a kernel the cluster cannot load): a store this call
             # created and nothing committed to is not left behind

@@ -269,7 +269,8 @@ class StoreLock:
     def update(self, **progress: Any) -> None:
         """Publish the run's progress (done, rate, ETA, ...) for ``daskbatch status``."""
         with self._mutex:
-            if self._fd is None or self._lost:
+            # never over the document of a run that took the lock over (it would undo that)
+            if self._fd is None or self._lost or self._taken() is not None:
                 return
             self._doc["progress"] = {**progress, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self._doc["heartbeat"] = _utc_now()

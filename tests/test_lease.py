@@ -530,3 +530,53 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_a_progress_write_after_a_takeover_leaves_the_other_runs_document(tmp_path):
+    """The run that lost its lock published its progress (every 2 s, before its heartbeat
+    thread looked) over the document of the run that took over: that undid the takeover,
+    and the run that took over was then told it had lost."""
+    path = tmp_path / "s.zarr" / ".daskbatch" / "lock"
+    with dask.config.set({"daskbatch.lease.seconds": 60}):  # no heartbeat in this test
+        lock = StoreLock(path).acquire()
+    try:
+        other = {"host": "elsewhere", "pid": 7, "start": "2026-01-01T00:00:00+0000", "heartbeat": "x"}
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, json.dumps(other).ljust(4096).encode(), 0)
+        os.close(fd)
+        lock.update(done=5, total=10)
+        assert json.loads(path.read_text()) == other
+        with pytest.raises(LockLostError):
+            lock.check()
+    finally:
+        lock.release()
+    assert json.loads(path.read_text()) == other
+
+
+@db.kernel(outputs={"y": db.Output()})
+def takes_over_at(i, lock="", at=30):
+    """At sample ``at``: what another run's takeover of the store's lock writes."""
+    if int(i) == at:
+        doc = {"host": "elsewhere", "pid": 7, "start": "2026-01-01T00:00:00+0000"}
+        with open(lock, "r+") as f:
+            f.write(json.dumps(doc).ljust(4096))
+    return float(i)
+
+
+def test_a_run_that_lost_the_lock_of_a_store_it_made_leaves_that_store(tmp_path):
+    """A new store with no block committed yet is removed when its run fails: not when
+    the run lost its lock, for the store is then the other run's."""
+    store = tmp_path / "s.zarr"
+    lock = store / ".daskbatch" / "lock"
+    with pytest.raises(LockLostError, match="lost its lock: host elsewhere pid 7"):
+        db.run(
+            takes_over_at,
+            db.Grid(i=np.arange(40)),
+            store,
+            cluster="serial",
+            chunk_size=40,
+            constants={"lock": str(lock)},
+            progress=False,
+        )
+    assert store.is_dir() and (store / "zarr.json").is_file()
+    assert json.loads(lock.read_text())["host"] == "elsewhere"
