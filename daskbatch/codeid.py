@@ -28,7 +28,7 @@ Not counted: installed packages' code (numpy, scipy, a compiled model's wheel â€
 versions can change without refusing a resume), data files the kernel reads at run
 time, and module-level objects of other types (their type name is recorded). A record
 without ``version`` (written before the bindings above counted) is compared without
-them (:func:`same_code`).
+them, over the parts it has (:func:`same_code`).
 """
 
 from __future__ import annotations
@@ -194,6 +194,9 @@ class _Walker:
         #: whether to take each part's source (a record's); without, only what is reached
         self.sources = sources
         self.parts: dict[str, dict[str, Any]] = {}
+        #: names bound to installed functions and classes (:meth:`reference`), added to
+        #: ``parts`` after the walk: they never take the place of the code's own parts
+        self.bindings: dict[str, dict[str, Any]] = {}
         self.seen: set[int] = set()
         #: what was followed: the user's functions, modules used as modules, and the
         #: submodules of such a package (which the code may or may not use)
@@ -332,7 +335,7 @@ class _Walker:
         not its code."""
         name = _library_name(value)
         if name is not None and self.sources:
-            self.add(label, {"kind": "reference", "sha256": _sha(name), "text": name})
+            self.bindings[label] = {"kind": "reference", "sha256": _sha(name), "text": name}
 
     def constant(self, label: str, value: Any) -> None:
         digest = self.digest(value)
@@ -403,6 +406,9 @@ def kernel_code(kernel: Any) -> dict[str, Any]:
     what a refusal shows as a diff. See the module docstring for what counts.
     """
     w = _walk(kernel)
+    for label, part in w.bindings.items():
+        if label not in w.parts:
+            w.add(label, part)
     return {"sha256": _digest_of(w.parts), "parts": w.parts, "version": CODE_VERSION}
 
 
@@ -426,18 +432,19 @@ def _digest_of(parts: Mapping[str, Any]) -> str:
 
 def same_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether two :func:`kernel_code` records are the same code. A record of a release
-    before references to installed functions counted (no ``version``) is compared without
-    them, and without the values it could not pin down then."""
+    before references to installed functions counted (no ``version``) is compared over
+    the parts it has, and without the values it could not pin down then."""
     if old.get("sha256") == new.get("sha256"):
         return True
     if old.get("version", 1) >= CODE_VERSION:
         return False
-    before = old.get("parts", {})
-    then = {
-        k: ({"sha256": ""} if before.get(k, {}).get("sha256") == "" else v)
-        for k, v in new.get("parts", {}).items()
-        if v.get("kind") != "reference" or k in before
-    }
+    # the parts the old record has, as it had them: what this release follows further
+    # (references, a user's function inside np.vectorize or beside one in a dict) is new
+    # to it; a value it could not pin down ("") still is not compared
+    before, now = old.get("parts", {}), new.get("parts", {})
+    if any(k not in now for k in before):
+        return False
+    then = {k: ({"sha256": ""} if v.get("sha256") == "" else now[k]) for k, v in before.items()}
     return old.get("sha256") == _digest_of(then)
 
 

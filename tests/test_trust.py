@@ -1129,3 +1129,77 @@ def test_output_coordinates_edited_since_the_store_was_made_are_refused(tmp_path
     ):
         db.run(mod.k, space, store, cluster="serial", progress=False, kernel_changed="continue")
     np.testing.assert_array_equal(db.open(store).t.values, np.arange(5.0))
+
+
+@pytest.mark.parametrize(
+    "binding",
+    [
+        "def f(x):\n    return x * 2.0\nop = np.vectorize(f)",  # the user's f, now followed inside
+        "def f(x):\n    return x * 2.0\nOPS = {'s': np.sin, 'f': f}\nop = lambda x: OPS['f'](x)",
+    ],
+)
+def test_a_record_from_before_compares_over_the_parts_it_has(binding):
+    """What this release follows further (a user's function inside np.vectorize, or in a
+    dict beside an installed one) is new to a record without version: an unchanged kernel
+    is not refused for it."""
+    from daskbatch.codeid import _digest_of, same_code
+    from daskbatch.provenance import kernel_code
+
+    ns: dict = {"__name__": "__main__"}
+    src = (
+        "import numpy as np\nimport daskbatch as db\n" + binding + "\n"
+        "@db.kernel(outputs={'y': db.Output()})\ndef k(a):\n    return float(op(a))\n"
+    )
+    exec(compile(src, "<cell>", "exec"), ns)
+    now = kernel_code(ns["k"])
+    assert "__main__:f" in now["parts"]  # followed now
+    parts = {k: v for k, v in now["parts"].items() if k == "__main__:k" or k == "__main__:OPS"}
+    if "__main__:OPS" in parts:  # it could not pin the dict down, holding np.sin
+        parts["__main__:OPS"] = {"kind": "object", "sha256": "", "text": "<dict>"}
+    old = {"sha256": _digest_of(parts), "parts": parts}
+    assert same_code(old, now)
+    assert not same_code({**old, "parts": {**parts, "__main__:gone": {"sha256": "1"}}}, now)
+
+
+def test_references_never_take_the_place_of_the_codes_own_parts():
+    """A record keeps 200 parts: the names bound to installed functions come after the
+    code's own, so a large code base's record keeps the parts it had before."""
+    from daskbatch.provenance import kernel_code
+
+    helpers = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(205))
+    calls = " + ".join(f"f{i}(a)" for i in range(205))
+    src = (
+        "import math\nimport daskbatch as db\nop = math.sin\n"
+        + helpers
+        + f"@db.kernel(outputs={{'y': db.Output()}})\ndef k(a):\n    return op(a) + {calls}\n"
+    )
+    ns: dict = {"__name__": "__main__"}
+    exec(compile(src, "<cell>", "exec"), ns)
+    parts = kernel_code(ns["k"])["parts"]
+    assert len(parts) == 200 and not any(p["kind"] == "reference" for p in parts.values())
+
+
+def test_output_coordinates_with_nan_or_text_rerun_unchanged(tmp_path):
+    """An unchanged rerun was refused when a coordinate held NaN (NaN != NaN); text is
+    compared as text."""
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "kmod_nan.py").write_text(
+        "import numpy as np\nimport daskbatch as db\n\n"
+        "@db.kernel(outputs={'c': db.Output(dims=('g',), shape=(3,), coords={'g': np.array([1.0, np.nan, 3.0])}),"
+        " 'd': db.Output(dims=('band',), shape=(2,), coords={'band': ['low', 'hïgh']})})\n"
+        "def k(a):\n    return {'c': a * np.ones(3), 'd': a * np.ones(2)}\n"
+    )
+    mod = _import_fresh(folder, "kmod_nan")
+    space = db.Grid(a=np.arange(8.0))
+    store = tmp_path / "s.zarr"
+    db.run(mod.k, space, store, cluster="serial", chunk_size=2, progress=False)
+    _forget_half(store)
+    assert db.run(mod.k, space, store, cluster="serial", progress=False).complete
+    (folder / "kmod_nan.py").write_text((folder / "kmod_nan.py").read_text().replace("'hïgh'", "'high'"))
+    mod = _import_fresh(folder, "kmod_nan")
+    _forget_half(store)
+    with pytest.raises(
+        db.DaskbatchError, match=r"output 'd' coordinate 'band' \(\['low', 'hïgh'\] -> \['low', 'high'\]\)"
+    ):
+        db.run(mod.k, space, store, cluster="serial", progress=False)
