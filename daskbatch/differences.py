@@ -84,29 +84,44 @@ def _short(value: Any, limit: int = 60) -> str:
 def coordinate_differences(path: Any, outputs: Any) -> list[str]:
     """The output coordinates a store holds (written when it was made) that differ from
     the kernel's ``Output(coords=...)`` now (``coords={"t": T}`` with ``T`` edited): the
-    store's samples would be labelled with the old values. A coordinate that cannot be
-    read is the repair's business, not a difference."""
-    from pathlib import Path
-
+    store's samples would be labelled with the old values. Text is compared as text
+    (stored as UTF-8 bytes, or in Zarr's own string type by older stores), NaN equals
+    NaN. A coordinate that cannot be read is the repair's business, not a difference."""
     import numpy as np
     import zarr
 
-    from .ragged import encoded_coords
+    from .raggedstore import read_decoded
 
     diffs, seen = [], set()
+    try:
+        root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    except Exception:
+        return []
     for name, out in outputs.items():
         for dim, values in (getattr(out, "coords", None) or {}).items():
             if dim in seen:
                 continue
             seen.add(dim)
             try:
-                want = encoded_coords(dim, np.asarray(values))[dim]
-                got = zarr.open_array(str(Path(path) / dim), mode="r")[...]
+                got, want = np.asarray(read_decoded(root, dim, slice(None))), np.asarray(values)
             except Exception:
                 continue
-            if got.shape != want.shape or not np.array_equal(got, want):
+            if not _same_values(got, want):
                 diffs.append(f"output {name!r} coordinate {dim!r} ({_few(got)} -> {_few(want)})")
     return diffs
+
+
+def _same_values(got: Any, want: Any) -> bool:
+    import numpy as np
+
+    if got.shape != want.shape:
+        return False
+    if got.dtype.kind in "USO" or want.dtype.kind in "USO":  # text
+        return [str(x) for x in got.ravel()] == [str(x) for x in want.ravel()]
+    try:
+        return bool(np.array_equal(got, want, equal_nan=True))
+    except TypeError:  # a dtype without NaN
+        return bool(np.array_equal(got, want))
 
 
 def _few(values: Any) -> str:

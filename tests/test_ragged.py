@@ -538,3 +538,26 @@ def twice_x(x):
 @db.kernel(outputs={"y": db.Output()})
 def twice_s(x, s):
     return 2 * x + len(s)
+
+
+def test_a_store_with_zarr_string_coordinates_reruns_with_its_kernel(tmp_path):
+    """Its output coordinate is in Zarr's string type: the rerun's check of the kernel's
+    coordinates compared it with UTF-8 bytes, and refused the unchanged kernel."""
+    import subprocess
+
+    path = tmp_path / "grid.zarr"
+    shutil.copytree(DATA / "zarr_strings_grid", path)
+    first = sorted((path / ".daskbatch" / "blocks").iterdir())[0]
+    first.unlink()  # a block pending: the rerun computes it
+    script = tmp_path / "rerun.py"
+    script.write_text(  # the kernel as the store was made with it (__main__:banded)
+        "import sys\nimport daskbatch as db\n\n"
+        "@db.kernel(outputs={'v': db.Output(dims=('band',), shape=(2,), coords={'band': ['low', 'high']})})\n"
+        "def banded(kind, x):\n    return [x, len(kind) * x]\n\n"
+        "r = db.run(banded, db.Grid(kind=['granite', 'shale', 'sänd'], x=[1.0, 2.0]), sys.argv[1],\n"
+        "           cluster='serial', chunk_size=2, progress=False)\nprint('computed', r.blocks_computed)\n"
+    )
+    r = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "computed 1" in r.stdout
+    assert db.open(path).band.values.tolist() == ["low", "high"]
