@@ -262,7 +262,8 @@ def _job_text(job: Mapping[str, Any], running: Mapping[str, Any] | None) -> str:
     """A batch job's run as ``status`` lists it: a run recorded as running that does not
     hold the store's lock now was killed (SIGKILL, a node lost): it wrote no count."""
     if job.get("state") == "running":
-        live = running is not None and all(running.get(k) == job.get(k) for k in ("host", "pid"))
+        live = running is not None and not running.get("stale")  # a lease not renewed: stopped
+        live = live and all(running.get(k) == job.get(k) for k in ("host", "pid"))
         return f"{job['job']} ({'running now' if live else 'stopped without finishing: killed?'})"
     return f"{job['job']} ({job.get('reason') or job.get('state')}, {job.get('blocks_computed', 0):,} blocks)"
 

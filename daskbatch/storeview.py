@@ -224,6 +224,8 @@ class StoreView:
         for child in self.path.iterdir():
             if child.name in ("zarr.json", HIDDEN, "_daskbatch"):
                 continue
+            if child.name.startswith("zarr.") and child.name.endswith((".partial", ".tmp")):
+                continue  # a write of the root metadata stopped part way (zarr's or a repair's)
             is_array = child.is_dir() and not child.is_symlink()
             if is_array and ((child / "zarr.json").is_file() or (child / "c").is_dir()):
                 continue

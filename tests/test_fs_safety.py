@@ -423,5 +423,7 @@ def test_overwrite_refuses_a_store_holding_files_daskbatch_did_not_write(tmp_pat
     (store / "notes.txt").unlink()
     shutil.rmtree(store / "figures")
     (store / "y" / "zarr.json").unlink()  # damaged: still daskbatch's
+    (store / "zarr.0123abcd.partial").write_text("{")  # zarr's write of the root, stopped part way
+    (store / "zarr.json.4242.tmp").write_text("{")  # a repair's, stopped part way
     assert run().complete
     assert (store / "y" / "zarr.json").is_file()

@@ -289,6 +289,19 @@ def test_a_killed_jobs_run_is_listed_as_killed_not_running_forever(tmp_path):
     ), shown
 
 
+def test_a_job_whose_lock_on_another_host_is_stale_is_listed_as_killed():
+    """Its driver killed on a compute node left its lock document behind: the state line
+    says it looks stopped, and the jobs line said it was running now."""
+    from daskbatch.results import _job_text
+
+    job = {"job": "61", "state": "running", "host": "n17", "pid": 4815}
+    holder = {"host": "n17", "pid": 4815}
+    assert _job_text(job, holder) == "61 (running now)"
+    assert _job_text(job, {**holder, "stale": True}) == "61 (stopped without finishing: killed?)"
+    assert _job_text(job, None) == "61 (stopped without finishing: killed?)"
+    assert _job_text({**job, "state": "finished", "blocks_computed": 3}, None) == "61 (finished, 3 blocks)"
+
+
 # --------------------------------------------------------------------------- refusals
 
 
