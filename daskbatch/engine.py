@@ -245,15 +245,15 @@ class _Request:
         )
 
 
-def check_existing_store(arguments: Mapping[str, Any]) -> None:
+def check_existing_store(arguments: Mapping[str, Any], lock: bool = True) -> None:
     """What :func:`run` with these arguments would refuse about its store, checked
     without running or writing anything (``daskbatch submit``, on the login node): a
-    store another run holds, or one whose kernel, space, constants or reductions differ
-    (the difference named). A store that does not exist yet passes."""
+    store another run holds (unless not ``lock``), or one whose kernel, space, constants
+    or reductions differ (the difference named). A store that does not exist yet passes."""
     st = Store(arguments["store"])
     if not st.path.exists() or arguments.get("overwrite"):
         return
-    _run_request(arguments).check_store(lock=True)
+    _run_request(arguments).check_store(lock=lock)
 
 
 def _adopt_reductions(options: RunOptions, info: Mapping[str, Any], kernel: Kernel) -> RunOptions:

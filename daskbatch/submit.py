@@ -20,6 +20,7 @@ exits 0 with one line when the store holds every result the spec asks for, 1 oth
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import re
@@ -151,6 +152,9 @@ class Submission:
     python: str = sys.executable
     #: more arguments of the job's ``daskbatch run`` (``--kernel-changed continue``)
     run_args: tuple[str, ...] = ()
+    #: jobs of this store's script already queued or running (SLURM): the first job of
+    #: this submission starts after the last of them
+    after: tuple[str, ...] = ()
 
     @property
     def logs(self) -> Path:
@@ -317,7 +321,12 @@ def prepare(
             "filesystem every node sees (a home, project or parallel filesystem); "
             "--allow-local-store skips this check for a one-node test"
         )
-    _check_store(run, kernel_changed)
+    # jobs of this store still queued or running: the new ones follow them (a store one of
+    # them holds is no refusal then); the other checks stand
+    after = (
+        queued_jobs(store.with_name(store.name + ".logs") / "daskbatch.slurm") if scheduler == "slurm" else ()
+    )
+    _check_store(run, kernel_changed, lock=not after)
     if kind in KINDS:  # the driver job would stop on these, after its wait in the queue
         _check_workers(kind, cluster, run)
     cores, memory = 1, DRIVER_MEMORY
@@ -339,6 +348,7 @@ def prepare(
         cwd=Path.cwd(),
         python=os.path.abspath(sys.executable),
         run_args=("--kernel-changed", kernel_changed) if kernel_changed != "refuse" else (),
+        after=after,
     )
 
 
@@ -358,13 +368,44 @@ def _check_workers(kind: str, cluster: Any, run: dict[str, Any]) -> None:
         for_kernel(parse_cluster(jq, run.get("n_workers")), run["kernel"])
 
 
-def _check_store(run: dict[str, Any], kernel_changed: str) -> None:
+def queued_jobs(script: Path) -> tuple[str, ...]:
+    """The ids of this user's SLURM jobs that run ``script`` and are queued or running, in
+    the order they were submitted; none when squeue cannot say."""
+    try:
+        r = subprocess.run(
+            [
+                "squeue",
+                "-h",
+                "-u",
+                getpass.getuser(),
+                "-t",
+                "PENDING,RUNNING,CONFIGURING,SUSPENDED",
+                "-o",
+                "%i|%o",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired, KeyError):
+        return ()
+    if r.returncode != 0:
+        return ()
+    ids = [
+        job.strip()
+        for job, _, command in (line.partition("|") for line in r.stdout.splitlines())
+        if job.strip().isdigit() and command.strip() == str(script)
+    ]
+    return tuple(sorted(ids, key=int))
+
+
+def _check_store(run: dict[str, Any], kernel_changed: str, lock: bool = True) -> None:
     """The run's checks of an existing store, on the login node (see :func:`prepare`)."""
     from .engine import check_existing_store
     from .errors import DaskbatchError
 
     try:
-        check_existing_store({**run, "progress": False, "kernel_changed": kernel_changed})
+        check_existing_store({**run, "progress": False, "kernel_changed": kernel_changed}, lock=lock)
     except DaskbatchError as e:
         text = str(e)
         if "overwrite" in text:  # a chain's every job would start the store again
@@ -401,7 +442,8 @@ def submit(sub: Submission) -> list[str]:
     script.write_text(sub.script())
     ids: list[str] = []
     for i in range(sub.chain):
-        args = [*sub.command(ids[-1] if ids else None), str(script)]
+        after = ids[-1] if ids else sub.after[-1] if sub.after else None
+        args = [*sub.command(after), str(script)]
         done = subprocess.run(args, capture_output=True, text=True, cwd=sub.cwd)
         job = _job_id(done.stdout, sub.scheduler) if done.returncode == 0 else ""
         if not job:
@@ -419,6 +461,10 @@ def report(sub: Submission, ids: Sequence[str]) -> str:
         f"daskbatch: submitted job {ids[0]} ({NAMES[sub.scheduler]}) running "
         f"daskbatch run {q(str(sub.spec))}, walltime {format_walltime(sub.walltime)}"
     ]
+    if sub.after:
+        lines.append(
+            f"  after job {sub.after[-1]}: this store's jobs {', '.join(sub.after)} are queued or running"
+        )
     if len(ids) > 1:
         lines.append(f"  then {', '.join(ids[1:])}, each after the one before ends")
     lines.append(f"log:     {sub.log_file(ids[0])}")

@@ -302,6 +302,23 @@ def test_a_job_whose_lock_on_another_host_is_stale_is_listed_as_killed():
     assert _job_text({**job, "state": "finished", "blocks_computed": 3}, None) == "61 (finished, 3 blocks)"
 
 
+def test_a_submit_with_jobs_of_the_store_still_queued_follows_them(tmp_path, cli, no_scheduler):
+    """squeue lists this store's jobs (those that run its script) still queued or running:
+    the new chain's first job depends on the last of them; other jobs are no reason."""
+    spec = _spec(tmp_path / "a", 'cluster = "threads"')
+    script = tmp_path / "a" / "sweep.zarr.logs" / "daskbatch.slurm"
+    (no_scheduler / "squeue").write_text(
+        f'#!/bin/bash\necho "71|/elsewhere/other.zarr.logs/daskbatch.slurm"\necho "81|{script}"\n'
+        f'echo "82|{script}"\necho "90|/bin/true"\n'
+    )
+    (no_scheduler / "squeue").chmod(0o755)
+    r = cli("submit", str(spec), "--slurm", "--walltime", "01:00:00", "--allow-local-store")
+    assert r.returncode == 0, r.stderr
+    assert "after job 82: this store's jobs 81, 82 are queued or running" in r.stdout
+    calls = (no_scheduler / "sbatch.calls").read_text().splitlines()
+    assert calls == [f"--parsable --dependency=afterany:82 {script}"]
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -580,6 +597,36 @@ def test_chain_of_one_minute_jobs_finishes_a_longer_sweep(slurm, tmp_path):
     assert f"{ran[0]} (stopped by SIGTERM, " in run_cli("status", str(store)).stdout
     for job in jobs[len(ran) :]:  # the jobs after the one that finished: nothing to do
         assert f"is complete ({n // chunk} blocks); job {job} has nothing to do" in _log(slurm, job), logs
+
+
+@pytest.mark.slurm
+def test_a_submit_while_the_stores_job_runs_queues_after_it(slurm, tmp_path):
+    """A user adding jobs to a chain whose job runs (or waits in the queue): the store's
+    lock refused it ("being written by another run"), or, with the jobs only queued, the
+    new chain ran beside the old one, each of its jobs refused at once while the other
+    held the store. The new jobs now start after the last queued one."""
+    from daskbatch.testing import blocks_done
+
+    n, chunk = 24, 2
+    spec = _spec(tmp_path / "more", n=n, chunk=chunk, delay=1.0)
+    store = spec.parent / "sweep.zarr"
+    args = ["submit", str(spec), "--slurm", "--walltime", "00:05:00", "--allow-local-store"]
+    [first] = _submitted(run_cli(*args, cwd=spec.parent))
+    deadline = time.monotonic() + 60
+    while blocks_done(store) < 1:
+        assert time.monotonic() < deadline, _log(slurm, first)
+        time.sleep(0.2)
+    r = run_cli(*args, "--chain", "2", cwd=spec.parent)
+    jobs = _submitted(r)
+    assert f"after job {first}: this store's jobs {first} are queued or running" in r.stdout
+    assert slurm.job(jobs[0])["Dependency"].startswith(f"afterany:{first}")
+    assert slurm.job(jobs[1])["Dependency"].startswith(f"afterany:{jobs[0]}")
+    for job in (first, *jobs):
+        assert slurm.wait_job(job, timeout=120) == "COMPLETED", _log(slurm, job)
+    st = db.status(store)
+    assert st.complete and st.samples["ok"] == n
+    assert [h["job"] for h in Store(store).require_info()["history"]] == [first]
+    assert "has nothing to do" in _log(slurm, jobs[0])
 
 
 @pytest.mark.slurm
