@@ -398,10 +398,14 @@ def start_executor(spec: ClusterSpec, memory_limit: int | None = None) -> Iterat
 
 @contextmanager
 def _start_executor(spec: ClusterSpec, memory_limit: int | None) -> Iterator[Executor]:
+    from .scratch import private_scratch
+
     start = spec.executor.start
     if start is None:  # pragma: no cover - parse_cluster resolves such names
         raise ClusterError(f"cluster={spec.name!r} stands for another executor type; use parse_cluster")
-    with start(spec, memory_limit) as executor:
+    # the servers it starts never use a scratch folder another user could have made
+    scratch = private_scratch() if spec.starts_cluster else contextlib.nullcontext()
+    with scratch, start(spec, memory_limit) as executor:
         yield executor
 
 

@@ -48,6 +48,7 @@ from .clusterbase import (
 )
 from .errors import ClusterError
 from .executors import ClusterSpec, Executor, register_executor
+from .scratch import job_script_lines
 
 __all__ = ["KINDS", "JobQueue", "for_kernel", "job_script", "lifetime", "walltime_seconds"]
 
@@ -443,25 +444,6 @@ def _resolved(jq: JobQueue, threadsafe: bool) -> JobQueue:
     return replace(jq, processes=int(cores)) if cores else jq
 
 
-def deadline_line(jq: JobQueue) -> str:
-    """The job script line that tells the job's workers when the job ends.
-
-    ``DASKBATCH_WORKER_DEADLINE`` (Unix seconds): SLURM's own ``SLURM_JOB_END_TIME``
-    where the installed SLURM sets it, else the job's start plus its walltime. A block
-    task does not start a block that would not finish before it (see
-    :func:`daskbatch.blocktask.leave_before_deadline`).
-
-    Examples
-    --------
-    >>> deadline_line(JobQueue("pbs", walltime="01:00:00"))
-    'export DASKBATCH_WORKER_DEADLINE=$(( $(date +%s) + 3600 ))'
-    """
-    start_plus = f"$(( $(date +%s) + {jq.walltime_seconds} ))"
-    if jq.kind == "slurm":
-        return f"export DASKBATCH_WORKER_DEADLINE=${{SLURM_JOB_END_TIME:-{start_plus}}}"
-    return f"export DASKBATCH_WORKER_DEADLINE={start_plus}"
-
-
 def cluster_arguments(jq: JobQueue) -> dict[str, Any]:
     """The keywords for the dask_jobqueue cluster class: only what was given (the
     rest comes from dask's config there), plus the workers' lifetime flags."""
@@ -474,7 +456,8 @@ def cluster_arguments(jq: JobQueue) -> dict[str, Any]:
         kw["account" if jq.kind in ("slurm", "pbs") else "project"] = jq.account
     if jq.walltime is not None:
         kw["walltime"] = jq.walltime if jq.kind == "slurm" else _walltime_for(jq.kind, jq.walltime_seconds)
-    kw["job_script_prologue"] = [deadline_line(jq), *(jq.prologue or jq._config("job-script-prologue") or [])]
+    own = jq.prologue or jq._config("job-script-prologue") or []
+    kw["job_script_prologue"] = [*job_script_lines(jq.kind, jq.walltime_seconds), *own]
     extra = dict(jq.extra)
     args = list(extra.pop("worker_extra_args", None) or jq._config("worker-extra-args") or [])
     if not any(str(a).startswith("--lifetime") for a in args):

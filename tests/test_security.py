@@ -270,3 +270,40 @@ def test_local_security_requires_tls_with_fresh_credentials():
     assert first.require_encryption and second.require_encryption
     assert first.tls_ca_file != second.tls_ca_file  # a new certificate for each cluster
     assert first.get_connection_args("client")["ssl_context"] is not None
+
+
+def test_the_servers_of_a_run_never_use_a_scratch_folder_someone_else_made(tmp_path):
+    """distributed puts its scratch folder (dask's temporary-directory, by default
+    /tmp/dask-scratch-space, which it takes whoever made it) first on sys.path, in the
+    driver and in every worker: a module another user planted there (gilknocker.py,
+    which each server tries to import) ran as this user. A run's cluster now has a
+    folder made for it (mode 0700), removed when it stops."""
+    import dask
+
+    shared = tmp_path / "shared"  # a temporary-directory another user could write into
+    planted = shared / "dask-scratch-space"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "ran-as-me"
+    (planted / "gilknocker.py").write_text(f"open({str(marker)!r}, 'a').write('x')\nraise ImportError\n")
+    seen: list[str] = []
+
+    class Watch:
+        def on_block_end(self, event: BlockEnd) -> None:
+            seen.extend(p for p in sys.path if p.startswith(str(shared)))
+
+    with dask.config.set({"temporary-directory": str(shared)}):
+        res = db.run(
+            slow_square,
+            db.Grid(x=np.arange(4.0)),
+            tmp_path / "s.zarr",
+            cluster="local",
+            n_workers=1,
+            chunk_size=2,
+            progress=False,
+            callbacks=[Watch()],
+        )
+    assert res.complete
+    assert not marker.exists(), "a planted module ran in the run's processes"
+    assert seen and all(p.startswith(str(shared / "daskbatch-scratch-")) for p in seen), seen
+    assert not any(p.startswith(str(shared)) for p in sys.path)  # taken off again
+    assert sorted(os.listdir(shared)) == ["dask-scratch-space"]  # and removed
