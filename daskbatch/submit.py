@@ -20,14 +20,17 @@ exits 0 with one line when the store holds every result the spec asks for, 1 oth
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import math
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,9 +440,9 @@ def submit(sub: Submission) -> list[str]:
             f"daskbatch submit --{sub.scheduler} needs {NAMES[sub.scheduler]}'s {command} on PATH: "
             "run it on the cluster's login node"
         )
-    sub.logs.mkdir(mode=0o700, parents=True, exist_ok=True)  # its logs show the dashboard's token
+    _own_folder(sub.logs)  # its logs show the dashboard's token; the job runs its script
     script = sub.logs / f"daskbatch.{sub.scheduler}"
-    script.write_text(sub.script())
+    _write_aside(script, sub.script())
     ids: list[str] = []
     for i in range(sub.chain):
         after = ids[-1] if ids else sub.after[-1] if sub.after else None
@@ -452,6 +455,37 @@ def submit(sub: Submission) -> list[str]:
             raise ClusterError(f"{command} refused job {i + 1} of {sub.chain}: {why[-1]}{so_far}")
         ids.append(job)
     return ids
+
+
+def _own_folder(path: Path) -> None:
+    """Make the jobs' log folder (mode 0700), or check the one there: it must be a folder
+    of this user's, not a link; one that others may write or read is made 0700. A folder
+    another user made there (a shared project or scratch folder) is refused: they could
+    change the job script between its writing and sbatch reading it, or read the logs."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        what = "a link" if stat.S_ISLNK(st.st_mode) else f"owned by uid {st.st_uid}"
+        raise ClusterError(
+            f"the jobs' log folder {str(path)!r} exists and is not a folder of yours ({what}): another "
+            "user could change the job script in it. Remove it (or move the store), then submit again"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def _write_aside(path: Path, text: str) -> None:
+    """Write ``path`` as a new file beside it, then rename it into place: whatever was at
+    ``path`` (a link, a FIFO) is replaced, never written through."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def report(sub: Submission, ids: Sequence[str]) -> str:

@@ -319,6 +319,34 @@ def test_a_submit_with_jobs_of_the_store_still_queued_follows_them(tmp_path, cli
     assert calls == [f"--parsable --dependency=afterany:82 {script}"]
 
 
+def test_a_log_folder_another_user_made_is_refused_and_a_planted_script_replaced(tmp_path, cli, no_scheduler):
+    """<store>.logs was taken as it was: made beforehand by another user (a shared project
+    or scratch folder), its job script (a FIFO there) was read and replaced by theirs
+    between daskbatch writing it and sbatch reading it, and the logs (with the
+    dashboard's token) were written into their folder."""
+    spec = _spec(tmp_path / "a", 'cluster = "threads"')
+    logs = tmp_path / "a" / "sweep.zarr.logs"
+    logs.mkdir(mode=0o777)
+    logs.chmod(0o777)
+    os.mkfifo(logs / "daskbatch.slurm")  # what the other user leaves for the script
+    args = ["submit", str(spec), "--slurm", "--walltime", "01:00:00", "--allow-local-store"]
+    if os.geteuid() == 0:  # a folder of another user's
+        os.chown(logs, 65534, 65534)
+        r = cli(*args)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert (
+            f"the jobs' log folder {str(logs)!r} exists and is not a folder of yours (owned by uid 65534)"
+            in r.stderr
+        )
+        assert not (no_scheduler / "sbatch.calls").exists()
+        os.chown(logs, os.getuid(), os.getgid())
+    r = cli(*args)  # a folder of this user's that others may write into: made 0700
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o700
+    script = logs / "daskbatch.slurm"
+    assert script.is_file() and script.read_text().startswith("#!/bin/bash")  # the FIFO replaced
+
+
 # --------------------------------------------------------------------------- refusals
 
 
