@@ -48,7 +48,7 @@ from .clusterbase import (
 )
 from .errors import ClusterError
 from .executors import ClusterSpec, Executor, register_executor
-from .scratch import job_script_lines
+from .scratch import job_scratch_lines, job_script_lines, users_temporary_directory
 
 __all__ = ["KINDS", "JobQueue", "for_kernel", "job_script", "lifetime", "walltime_seconds"]
 
@@ -457,7 +457,8 @@ def cluster_arguments(jq: JobQueue) -> dict[str, Any]:
     if jq.walltime is not None:
         kw["walltime"] = jq.walltime if jq.kind == "slurm" else _walltime_for(jq.kind, jq.walltime_seconds)
     own = jq.prologue or jq._config("job-script-prologue") or []
-    kw["job_script_prologue"] = [*job_script_lines(jq.kind, jq.walltime_seconds), *own]
+    scratch = job_scratch_lines(users_temporary_directory())  # after the user's: it may set TMPDIR
+    kw["job_script_prologue"] = [*job_script_lines(jq.kind, jq.walltime_seconds), *own, *scratch]
     extra = dict(jq.extra)
     args = list(extra.pop("worker_extra_args", None) or jq._config("worker-extra-args") or [])
     if not any(str(a).startswith("--lifetime") for a in args):

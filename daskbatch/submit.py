@@ -251,7 +251,7 @@ class Submission:
             else f"# would submit {self.chain} jobs, each starting after the one before ends:"
         )
         for i in range(1, self.chain + 1):
-            after = PLACEHOLDER.format(i - 1) if i > 1 else None
+            after = PLACEHOLDER.format(i - 1) if i > 1 else self.after[-1] if self.after else None
             out.append(" ".join([*self.command(after), shlex.quote(str(script))]))
         return "\n".join(out)
 
@@ -397,7 +397,7 @@ def queued_jobs(script: Path) -> tuple[str, ...]:
     ids = [
         job.strip()
         for job, _, command in (line.partition("|") for line in r.stdout.splitlines())
-        if job.strip().isdigit() and command.strip() == str(script)
+        if job.strip().isdigit() and os.path.realpath(command.strip()) == os.path.realpath(script)
     ]
     return tuple(sorted(ids, key=int))
 

@@ -307,3 +307,62 @@ def test_the_servers_of_a_run_never_use_a_scratch_folder_someone_else_made(tmp_p
     assert seen and all(p.startswith(str(shared / "daskbatch-scratch-")) for p in seen), seen
     assert not any(p.startswith(str(shared)) for p in sys.path)  # taken off again
     assert sorted(os.listdir(shared)) == ["dask-scratch-space"]  # and removed
+
+
+def test_a_private_scratch_folder_is_made_where_configured_and_stale_ones_go(tmp_path, monkeypatch):
+    """Under dask's temporary-directory (made if missing, relative to the working folder);
+    this user's folders of runs killed outright (their process gone) are removed as a new
+    one is made, those of a live process kept."""
+    import dask
+
+    from daskbatch.scratch import private_scratch, users_temporary_directory
+
+    monkeypatch.chdir(tmp_path)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / "rel" / "deeper" / f"daskbatch-scratch-{int(dead.stdout)}-abcd1234"
+    (stale / "dask-scratch-space" / "worker-x").mkdir(parents=True)
+    live = tmp_path / "rel" / "deeper" / f"daskbatch-scratch-{os.getpid()}-live0000"
+    live.mkdir()
+    with dask.config.set({"temporary-directory": "rel/deeper"}), private_scratch() as path:
+        assert os.path.dirname(path) == str(tmp_path / "rel" / "deeper")
+        assert oct(os.stat(path).st_mode & 0o777) == "0o700"
+        assert dask.config.get("temporary-directory") == path
+        assert users_temporary_directory() == "rel/deeper"  # as configured, for job scripts
+    assert not os.path.exists(path) and not stale.exists() and live.exists()
+
+
+def test_a_worker_jobs_scratch_folder_is_its_own_and_only_it_is_removed(tmp_path):
+    """The job script's lines, in bash: after the user's prologue (which may point
+    DASK_TEMPORARY_DIRECTORY at a folder of theirs, shared by jobs), a folder of the job's
+    own under it, removed when the job ends; the user's folder stays. A TMPDIR that does
+    not exist on the node falls back to /tmp, never to dask's shared folder."""
+    import daskbatch.hpc as hpc
+
+    shared = tmp_path / "shared-dask"
+    (shared / "other-job").mkdir(parents=True)
+    jq = db.JobQueue(
+        "slurm",
+        cores=1,
+        memory="1GB",
+        walltime="01:00:00",
+        prologue=(f"export DASK_TEMPORARY_DIRECTORY={shared}",),
+    )
+    script = hpc.job_script(jq)
+    lines = script.splitlines()
+    start = lines.index(f"export DASK_TEMPORARY_DIRECTORY={shared}")
+    end = next(i for i, line in enumerate(lines) if line.startswith("trap "))
+    body = "\n".join(lines[start : end + 1]) + '\necho "$DASK_TEMPORARY_DIRECTORY"\n'
+    r = subprocess.run(["bash", "-c", body], capture_output=True, text=True)
+    made = r.stdout.strip()
+    assert r.returncode == 0 and made.startswith(f"{shared}/daskbatch-scratch-"), r
+    assert not os.path.exists(made) and (shared / "other-job").is_dir()  # only its own removed
+    body = "\n".join(lines[start + 1 : end + 1]) + '\necho "$DASK_TEMPORARY_DIRECTORY"\n'
+    env = {k: v for k, v in os.environ.items() if k != "DASK_TEMPORARY_DIRECTORY"}
+    (tmp_path / "a-file").write_text("")  # a TMPDIR that cannot hold a folder
+    env["TMPDIR"] = str(tmp_path / "a-file" / "x")
+    r = subprocess.run(["bash", "-c", body], capture_output=True, text=True, env=env)
+    made = r.stdout.strip()
+    assert r.returncode == 0 and made.startswith("/tmp/daskbatch-scratch-"), r
+    assert not os.path.exists(made)

@@ -317,6 +317,8 @@ def test_a_submit_with_jobs_of_the_store_still_queued_follows_them(tmp_path, cli
     assert "after job 82: this store's jobs 81, 82 are queued or running" in r.stdout
     calls = (no_scheduler / "sbatch.calls").read_text().splitlines()
     assert calls == [f"--parsable --dependency=afterany:82 {script}"]
+    r = cli("submit", str(spec), "--slurm", "--walltime", "01:00:00", "--allow-local-store", "--dry-run")
+    assert r.stdout.splitlines()[-1] == f"sbatch --parsable --dependency=afterany:82 {script}"  # as it would
 
 
 def test_a_log_folder_another_user_made_is_refused_and_a_planted_script_replaced(tmp_path, cli, no_scheduler):
