@@ -102,6 +102,12 @@ class KernelCrashError(ClusterError):
     ``"serial"`` or ``"threads"`` that process is the driver itself."""
 
 
+class KernelCodeError(DaskbatchError):
+    """Every one of the kernel's first samples raised an error that no input causes (a
+    misspelled name, a module that is not installed): the run stops before its store
+    is made or a worker job started, rather than record it as each sample's failure."""
+
+
 class WorkerDiedError(ClusterError):
     """A worker process of dask's processes scheduler died, breaking its pool."""
 

@@ -23,7 +23,7 @@ from . import config
 from .chunking import plan_block_shape
 from .cluster import ClusterSpec, prestart
 from .codeid import modules_used
-from .errors import sample_label
+from .errors import KernelCodeError, sample_label
 from .kernel import STATUS, BlockResult, Kernel
 from .log import logger
 from .space import Space
@@ -90,6 +90,7 @@ def measure(
     first = probe(spec, kernel, params, shape, constants, timeout, space, stop_after=stop)
     if first is None:
         return None
+    refuse_broken_code(kernel, first)
     if keep is not None:  # the first samples' results, for a run in this process to keep
         keep.append((shape, first))
     n_first = max(1, int((first.status != STATUS["pending"]).sum()))
@@ -112,6 +113,33 @@ def measure(
             if second is not None:
                 seconds = second.seconds / math.prod(shape)
     return seconds
+
+
+#: errors a kernel's code raises whatever its inputs: a name misspelled or not assigned
+#: yet, a module or name that cannot be imported
+CODE_ERRORS = frozenset({"NameError", "UnboundLocalError", "ImportError", "ModuleNotFoundError"})
+
+
+def refuse_broken_code(kernel: Kernel, first: BlockResult) -> None:
+    """:class:`~daskbatch.errors.KernelCodeError` when every sample of the probe failed
+    with one and the same such error (:data:`CODE_ERRORS`): every other sample would fail
+    the same way, and a run would spend its allocation recording it. Other errors (a
+    ``ValueError`` of a sample's inputs) are the samples' failures, as always."""
+    done = first.status != STATUS["pending"]
+    if int(done.sum()) < 2 or (first.status[done] == STATUS["ok"]).any():
+        return
+    records = first.records()
+    if not records or first.n_errors != int(done.sum()):
+        return
+    if len({(r.error_type, r.message) for r in records}) != 1 or records[0].error_type not in CODE_ERRORS:
+        return
+    r = records[0]
+    where = f" at {r.where}" if r.where else ""
+    raise KernelCodeError(
+        f"kernel {kernel.identity!r} raised {r.error_type}: {r.message}{where} on every one of its first "
+        f"{int(done.sum())} samples: a fault of its code, not of a sample's inputs. Fix it and run again "
+        "(nothing was computed or written)"
+    )
 
 
 def probe(

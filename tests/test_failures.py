@@ -493,3 +493,43 @@ def test_no_store_reader_outlives_its_export_or_failures(picky_store, tmp_path):
         db.export(picky_store, tmp_path / f"e{i}.csv")
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, StoreReader)]
+
+
+TYPO = """\
+import daskbatch as db
+
+
+@db.kernel(outputs={"y": db.Output()})
+def k(a):
+    if a < 0:  # never here: a NameError on some samples only is theirs
+        return omga
+    return OMGA * a
+
+
+@db.kernel(outputs={"y": db.Output()})
+def bad_inputs(a):
+    raise ValueError(f"no model for a={a}")
+"""
+
+
+def test_a_kernel_whose_code_fails_on_every_sample_is_refused_before_anything_starts(tmp_path, cli):
+    """A misspelled name: plan printed a time per sample, and run (or a submitted job,
+    its worker jobs waiting) computed every sample to record the same NameError. The
+    probe's samples all failing with it is one line, exit 2, nothing written."""
+    (tmp_path / "typo.py").write_text(TYPO)
+    spec = tmp_path / "s.toml"
+    text = (
+        'kernel = "typo.py:k"\nstore = "t.zarr"\ncluster = "serial"\n[space]\ntype = "montecarlo"\n'
+        'n = 40\nseed = 1\n[space.params.a]\ndist = "uniform"\nlow = 0\nhigh = 1\n'
+    )
+    spec.write_text(text)
+    for command in ("plan", "run"):
+        r = cli(command, str(spec), *(["--no-progress"] if command == "run" else []))
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "kernel 'typo:k' raised NameError: name 'OMGA' is not defined at " in r.stderr
+        assert "on every one of its first 16 samples: a fault of its code" in r.stderr
+    assert not (tmp_path / "t.zarr").exists()
+    # an error of a sample's inputs is that sample's failure, on every sample too
+    spec.write_text(text.replace("typo.py:k", "typo.py:bad_inputs"))
+    r = cli("run", str(spec), "--no-progress")
+    assert r.returncode == 1 and "40 total: 0 ok, 40 failed" in r.stdout, r.stdout + r.stderr
