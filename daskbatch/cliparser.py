@@ -108,6 +108,14 @@ def _add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--store", help="store path (overrides the spec)")
     p.add_argument("--chunk-size", type=_chunk_size, help="samples per block, or 'auto'")
     p.add_argument("--memory-limit", help="memory per worker, e.g. 4GiB")
+    p.add_argument("--overwrite", action="store_true", help="plan as if an existing store were discarded")
+    p.add_argument(
+        "--kernel-changed",
+        choices=["refuse", "continue"],
+        default="refuse",
+        help="the store holds results of other kernel code: refuse (default), or plan going on "
+        "with the new code",
+    )
     _cluster_opts(p)
     p.set_defaults(func=_cmd_plan)
 

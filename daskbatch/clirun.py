@@ -189,6 +189,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     kwargs = _spec_with_flags(args)
     for key in ("progress", "retries", "spec_file"):  # not planning matters
         kwargs.pop(key, None)
+    kwargs["overwrite"] = args.overwrite or kwargs.get("overwrite", False)
+    if args.kernel_changed != "refuse":
+        kwargs["kernel_changed"] = args.kernel_changed
     print(plan(**kwargs))
     return 0
 

@@ -410,17 +410,31 @@ def _check_store(run: dict[str, Any], kernel_changed: str, lock: bool = True) ->
     try:
         check_existing_store({**run, "progress": False, "kernel_changed": kernel_changed}, lock=lock)
     except DaskbatchError as e:
-        text = str(e)
-        if "overwrite" in text:  # a chain's every job would start the store again
-            text += (
-                "; daskbatch submit has no --overwrite: to start again, remove or rename the store, "
-                "then submit"
-            )
+        text = _for_submit(str(e))
         try:
             error = type(e)(f"{text}; nothing was submitted")
         except TypeError:  # an error type that takes more than a message
             error = DaskbatchError(f"{text}; nothing was submitted")
         raise error from None
+
+
+def _for_submit(text: str) -> str:
+    """A run's refusal in the words of ``daskbatch submit``, which has no ``--overwrite``
+    (every job of a chain would start the store again)."""
+    text = text.replace(
+        "To discard those results and start again: overwrite=True (--overwrite).",
+        "To discard those results and start again: remove or rename the store, then submit.",
+    )
+    text = text.replace(
+        "Pass overwrite=True (--overwrite) to discard it and start again",
+        "Remove or rename the store to start again",
+    )
+    text = text.replace("kernel_changed='continue' (--kernel-changed continue)", "--kernel-changed continue")
+    if "overwrite" in text:
+        text += (
+            "; daskbatch submit has no --overwrite: to start again, remove or rename the store, then submit"
+        )
+    return text
 
 
 def _job_id(stdout: str, scheduler: str) -> str:

@@ -423,12 +423,19 @@ def test_a_store_the_job_would_refuse_is_refused_at_submit_and_kernel_changed_pa
     r = cli("submit", str(spec), *args)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
     assert "seed" in r.stderr and r.stderr.rstrip().endswith("nothing was submitted")
-    assert "daskbatch submit has no --overwrite: to start again, remove or rename the store" in r.stderr
+    assert "Remove or rename the store to start again, or use a new store path" in r.stderr
+    assert "overwrite" not in r.stderr  # submit has none: its refusal does not offer it
     spec.write_text(spec.read_text().replace("seed = 2", "seed = 1"))
     (folder / "kmod.py").write_text((folder / "kmod.py").read_text().replace("2.0 * x", "3.0 * x"))
     # (a process of its own: this one imported the kernel before the edit)
     r = run_cli("submit", str(spec), *args, cwd=folder)
     assert r.returncode == 2 and "--kernel-changed continue" in r.stderr, r.stderr
+    assert "To discard those results and start again: remove or rename the store, then submit." in r.stderr
+    assert "overwrite" not in r.stderr and "kernel_changed=" not in r.stderr  # no Python, no --overwrite
+    r = run_cli("plan", str(spec), cwd=folder)  # plan takes the flags its refusal names
+    assert r.returncode == 2 and "--kernel-changed continue" in r.stderr
+    assert run_cli("plan", str(spec), "--kernel-changed", "continue", cwd=folder).returncode == 0
+    assert run_cli("plan", str(spec), "--overwrite", cwd=folder).returncode == 0
     r = run_cli("submit", str(spec), *args, "--kernel-changed", "continue", cwd=folder)
     assert r.returncode == 0, r.stderr
     assert "run " + str(spec) + " --no-progress --kernel-changed continue" in r.stdout
