@@ -265,5 +265,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         allow_local_store=args.allow_local_store,
         kernel_changed=args.kernel_changed,
     )
+    if sub.complete and not args.dry_run:
+        print(
+            f"daskbatch: store {str(sub.store)!r} holds every result {sub.spec.name} asks for: nothing "
+            "submitted (raise n or add inputs in the spec to compute more)"
+        )
+        return 0
     print(sub.dry_run() if args.dry_run else report(sub, submit(sub)))
     return 0

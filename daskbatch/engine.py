@@ -245,15 +245,18 @@ class _Request:
         )
 
 
-def check_existing_store(arguments: Mapping[str, Any], lock: bool = True) -> None:
+def check_existing_store(arguments: Mapping[str, Any], lock: bool = True) -> bool:
     """What :func:`run` with these arguments would refuse about its store, checked
     without running or writing anything (``daskbatch submit``, on the login node): a
     store another run holds (unless not ``lock``), or one whose kernel, space, constants
-    or reductions differ (the difference named). A store that does not exist yet passes."""
+    or reductions differ (the difference named). A store that does not exist yet passes.
+    Returns whether the store holds every result the run asks for already."""
     st = Store(arguments["store"])
     if not st.path.exists() or arguments.get("overwrite"):
-        return
-    _run_request(arguments).check_store(lock=lock)
+        return False
+    request = _run_request(arguments)
+    request.check_store(lock=lock)
+    return request.finished() is not None
 
 
 def _adopt_reductions(options: RunOptions, info: Mapping[str, Any], kernel: Kernel) -> RunOptions:

@@ -158,6 +158,8 @@ class Submission:
     #: jobs of this store's script already queued or running (SLURM): the first job of
     #: this submission starts after the last of them
     after: tuple[str, ...] = ()
+    #: the store holds every result the spec asks for already: nothing to submit
+    complete: bool = False
 
     @property
     def logs(self) -> Path:
@@ -329,7 +331,7 @@ def prepare(
     after = (
         queued_jobs(store.with_name(store.name + ".logs") / "daskbatch.slurm") if scheduler == "slurm" else ()
     )
-    _check_store(run, kernel_changed, lock=not after)
+    complete = _check_store(run, kernel_changed, lock=not after)
     if kind in KINDS:  # the driver job would stop on these, after its wait in the queue
         _check_workers(kind, cluster, run)
     cores, memory = 1, DRIVER_MEMORY
@@ -352,6 +354,7 @@ def prepare(
         python=os.path.abspath(sys.executable),
         run_args=("--kernel-changed", kernel_changed) if kernel_changed != "refuse" else (),
         after=after,
+        complete=complete and not after,
     )
 
 
@@ -402,13 +405,14 @@ def queued_jobs(script: Path) -> tuple[str, ...]:
     return tuple(sorted(ids, key=int))
 
 
-def _check_store(run: dict[str, Any], kernel_changed: str, lock: bool = True) -> None:
-    """The run's checks of an existing store, on the login node (see :func:`prepare`)."""
+def _check_store(run: dict[str, Any], kernel_changed: str, lock: bool = True) -> bool:
+    """The run's checks of an existing store, on the login node (see :func:`prepare`);
+    whether it holds every result the spec asks for already."""
     from .engine import check_existing_store
     from .errors import DaskbatchError
 
     try:
-        check_existing_store({**run, "progress": False, "kernel_changed": kernel_changed}, lock=lock)
+        return check_existing_store({**run, "progress": False, "kernel_changed": kernel_changed}, lock=lock)
     except DaskbatchError as e:
         text = _for_submit(str(e))
         try:

@@ -349,6 +349,21 @@ def test_a_log_folder_another_user_made_is_refused_and_a_planted_script_replaced
     assert script.is_file() and script.read_text().startswith("#!/bin/bash")  # the FIFO replaced
 
 
+def test_submit_on_a_store_that_is_complete_for_its_spec_submits_nothing(tmp_path, cli, no_scheduler):
+    """A job was queued only to say "nothing to do" once it ran; with n raised it is."""
+    spec = _spec(tmp_path / "a", 'cluster = "threads"')
+    assert cli("run", str(spec), "--no-progress").returncode == 0
+    args = ["submit", str(spec), "--slurm", "--walltime", "01:00:00", "--allow-local-store"]
+    r = cli(*args)
+    assert r.returncode == 0 and "holds every result sweep.toml asks for: nothing submitted" in r.stdout
+    assert not (no_scheduler / "sbatch.calls").exists()
+    spec.write_text(spec.read_text().replace("arange = [0, 12, 1]", "arange = [0, 16, 1]"))
+    r = cli(*args)
+    assert r.returncode == 2 and "only a store along the one dim 'sample' grows" in r.stderr, (
+        r.stderr
+    )  # a grid
+
+
 # --------------------------------------------------------------------------- refusals
 
 
