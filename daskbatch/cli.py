@@ -52,6 +52,8 @@ def _how_far(store: str) -> str:
     if st.complete:
         return f"all {st.blocks_total:,} blocks done (the store is complete)"
     hint = getattr(st, "resume_hint", "") or f"daskbatch resume {shlex.quote(store)}"
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID"):  # a batch job: daskbatch submit's?
+        hint = f"the next job of its chain when one is queued (squeue, qstat; do not run both), else {hint}"
     return f"{st.blocks_done:,} of {st.blocks_total:,} blocks done. Continue with: {hint}"
 
 

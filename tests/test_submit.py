@@ -646,6 +646,8 @@ def test_chain_of_one_minute_jobs_finishes_a_longer_sweep(slurm, tmp_path):
     assert len(ran) > 1 and ran == jobs[: len(ran)], (ran, logs)
     # the first job was warned (SIGTERM) before its walltime and stopped in order
     assert "interrupted by SIGTERM; " in _log(slurm, jobs[0]) and states[0] == "FAILED", logs
+    # its next step is the chain's next job, not a driver on the login node beside it
+    assert "Continue with: the next job of its chain when one is queued (squeue" in _log(slurm, jobs[0])
     assert f"{ran[0]} (stopped by SIGTERM, " in run_cli("status", str(store)).stdout
     for job in jobs[len(ran) :]:  # the jobs after the one that finished: nothing to do
         assert f"is complete ({n // chunk} blocks); job {job} has nothing to do" in _log(slurm, job), logs
