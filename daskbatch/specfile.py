@@ -315,6 +315,13 @@ def _cluster(value: Any, path: Path, text: str) -> Any:
             "(other dask_jobqueue options go in [cluster.extra])"
         )
     options = {k: v for k, v in value.items() if k != "kind"}
+    extra = options.get("extra")
+    if isinstance(extra, dict) and isinstance(extra.get("log_directory"), str):
+        # relative to the spec file's folder, as every path of a spec is (not the folder
+        # daskbatch was started from: a submitted job's differs)
+        logs = Path(extra["log_directory"]).expanduser()
+        base = Path(os.path.abspath(path)).parent
+        options["extra"] = {**extra, "log_directory": str(logs if logs.is_absolute() else base / logs)}
     if kind not in KINDS:
         if kind != "auto":
             from .executors import parse_cluster

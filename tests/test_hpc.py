@@ -821,3 +821,17 @@ def test_a_stopped_slurm_run_of_a_spec_resumes_as_its_message_says(slurm, tmp_pa
     )
     assert s.returncode == 0, s.stderr
     assert_stores_identical(tmp_path / "ref.zarr", store)
+
+
+def test_a_relative_log_directory_is_the_spec_folders(tmp_path, monkeypatch):
+    """[cluster.extra] log_directory = "logs", as the docs show it: made relative to the
+    folder daskbatch was started from (a submitted job's is the submit's), not the spec's."""
+    from daskbatch.specfile import load_spec
+
+    (tmp_path / "proj").mkdir()
+    spec = _spec(tmp_path / "proj", "p.zarr", cluster=SLURM_TABLE.format(logs="logs", jobs="jobs = 1"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    jq = load_spec(spec)["cluster"]
+    assert jq.extra["log_directory"] == str(tmp_path / "proj" / "logs")
