@@ -121,6 +121,14 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if not_ok:
         line += f"; the {not_ok:,} not ok with their inputs: daskbatch failures {shlex.quote(args.store)}"
     print(line)
+    for h in info.get("history", []):
+        ch = h.get("kernel_changed") if isinstance(h, dict) else None
+        if isinstance(ch, dict):  # --kernel-changed continue: the statistics mix two codes
+            parts = ", ".join(ch.get("parts", [])[:3]) or "source"
+            print(
+                f"code:     changed at {h.get('start', '?')} ({parts}): samples computed before it "
+                "used the old code, and these statistics mix both"
+            )
     reduced = _only_reduced(args.store)
     if reduced:
         print(

@@ -195,6 +195,10 @@ def test_python_edited_kernel_body_is_refused(tmp_path):
     assert set(np.round(y[1:] / space.axes["a"][1:])) == {1.0, 100.0}  # knowingly mixed, and recorded
     page = Path(db.report(store, tmp_path / "r.html")).read_text()
     assert "kernel code changed" in page
+    shown = _cli("summary", str(store), cwd=tmp_path).stdout  # its statistics mix both codes: said
+    assert re.search(
+        r"^code:     changed at \S+ \(kmod_edit:k\): samples computed before it used the old", shown, re.M
+    )
     # overwrite starts again with the new code only
     db.run(mod.k, space, store, cluster="serial", progress=False, overwrite=True)
     np.testing.assert_array_equal(db.open(store).y.values, 100.0 * np.arange(20.0))
