@@ -253,7 +253,8 @@ register_executor(
     starts_cluster=True,
     imports_like_driver=True,
     describe=lambda spec: (
-        f"local ({spec.workers_before_start} worker processes, LocalCluster, 1 thread each)"
+        f"local ({spec.workers_before_start} worker process{'es' * (spec.workers_before_start != 1)}, "
+        "LocalCluster, 1 thread each)"
     ),
 )
 register_executor(

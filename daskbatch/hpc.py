@@ -348,13 +348,15 @@ class JobQueue:
 
     def describe(self, n_workers: int | None = None) -> str:
         """One line: what will run where."""
+        jobs = self.n_jobs(n_workers)
         how = (
             f"{self.adapt['min']}-{self.adapt['max']} jobs (adaptive)"
             if self.adapt is not None
-            else f"{self.n_jobs(n_workers)} jobs"
+            else f"{jobs} job{'s' * (jobs != 1)}"
         )
+        per = self.processes_per_job
         return (
-            f"{self.kind} ({how} × {self.processes_per_job} worker processes, "
+            f"{self.kind} ({how} × {per} worker process{'es' * (per != 1)}, "
             f"{KINDS[self.kind][0]}, walltime {_walltime_for(self.kind, self.walltime_seconds)})"
         )
 

@@ -401,7 +401,7 @@ def test_a_sweep_on_slurm_equals_the_same_sweep_in_one_process(slurm, tmp_path, 
     started = [m.group(1) for o in outputs for m in re.finditer(r"Start worker at: +(\w+)://", o)]
     assert started and set(started) == {"tls"}, outputs  # a job may end before its worker starts
     how = "2 jobs" if jobs.startswith("jobs") else "0-2 jobs (adaptive)"
-    assert f"slurm ({how} × 1 worker processes, SLURMCluster, walltime 00:10:00)" in r.stdout + r.stderr
+    assert f"slurm ({how} × 1 worker process, SLURMCluster, walltime 00:10:00)" in r.stdout + r.stderr
 
 
 @pytest.mark.slurm
@@ -717,7 +717,7 @@ def test_plan_makes_no_log_folder(tmp_path, monkeypatch, cli):
     spec = _spec(tmp_path, "p.zarr", cluster=SLURM_TABLE.format(logs=logs, jobs="jobs = 1"))
     r = cli("plan", str(spec))
     assert r.returncode == 0, r.stderr
-    assert "slurm (1 jobs" in r.stdout
+    assert "slurm (1 job × 1 worker process," in r.stdout
     assert not (tmp_path / "logs").exists() and not (tmp_path / "p.zarr").exists()
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "mine.txt").write_text("kept")
@@ -810,7 +810,7 @@ def test_a_stopped_slurm_run_of_a_spec_resumes_as_its_message_says(slurm, tmp_pa
             timeout=300,
         )
         assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{slurm.logs()}"
-        assert "slurm (1 jobs × 1 worker processes" in r.stdout + r.stderr
+        assert "slurm (1 job × 1 worker process" in r.stdout + r.stderr
     finally:
         if proc.poll() is None:
             proc.kill()
