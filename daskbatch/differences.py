@@ -103,6 +103,8 @@ def coordinate_differences(path: Any, outputs: Any) -> list[str]:
                 continue
             seen.add(dim)
             try:
+                if root[dim].nchunks_initialized < root[dim].nchunks:
+                    continue  # a chunk missing reads as fill values: damage, which --verify repairs
                 got, want = np.asarray(read_decoded(root, dim, slice(None))), np.asarray(values)
             except Exception:
                 continue
