@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,7 @@ def measure(
     first = probe(spec, kernel, params, shape, constants, timeout, space, stop_after=stop)
     if first is None:
         return None
-    refuse_broken_code(kernel, first)
+    refuse_broken_code(kernel, first, params)
     if keep is not None:  # the first samples' results, for a run in this process to keep
         keep.append((shape, first))
     n_first = max(1, int((first.status != STATUS["pending"]).sum()))
@@ -115,28 +116,34 @@ def measure(
     return seconds
 
 
-#: errors a kernel's code raises whatever its inputs: a name misspelled or not assigned
-#: yet, a module or name that cannot be imported
-CODE_ERRORS = frozenset({"NameError", "UnboundLocalError", "ImportError", "ModuleNotFoundError"})
+#: errors a kernel's code raises whatever its inputs: a name misspelled, a module or name
+#: that cannot be imported (when every input the probe varied gives the same one)
+CODE_ERRORS = frozenset({"NameError", "ImportError", "ModuleNotFoundError"})
 
 
-def refuse_broken_code(kernel: Kernel, first: BlockResult) -> None:
+def refuse_broken_code(kernel: Kernel, first: BlockResult, params: Mapping[str, Any]) -> None:
     """:class:`~daskbatch.errors.KernelCodeError` when every sample of the probe failed
-    with one and the same such error (:data:`CODE_ERRORS`): every other sample would fail
-    the same way, and a run would spend its allocation recording it. Other errors (a
-    ``ValueError`` of a sample's inputs) are the samples' failures, as always."""
-    done = first.status != STATUS["pending"]
-    if int(done.sum()) < 2 or (first.status[done] == STATUS["ok"]).any():
+    with one and the same such error (:data:`CODE_ERRORS`) while every parameter took
+    more than one value among them: every other sample would fail the same way, and a
+    run would spend its allocation recording it. Otherwise (another error, some samples
+    ok, a parameter the probe's samples share: a grid's outer axis, whose other values
+    may take another branch) the samples' failures are recorded, as always."""
+    done = (first.status != STATUS["pending"]).reshape(-1)
+    if int(done.sum()) < 2 or (first.status.reshape(-1)[done] == STATUS["ok"]).any():
         return
+    kinds = {(kind, message) for _, _, kind, message, _ in first.failures.entries()}
+    if len(first.failures) != int(done.sum()) or len(kinds) != 1 or next(iter(kinds))[0] not in CODE_ERRORS:
+        return
+    for values in params.values():  # per sample, or a grid's axis values in the block
+        flat = np.asarray(values).reshape(-1)
+        if len({str(v) for v in (flat[done] if flat.size == done.size else flat)}) < 2:
+            return  # the probe did not vary it: another of its values may not fail
     records = first.records()
-    if not records or first.n_errors != int(done.sum()):
-        return
-    if len({(r.error_type, r.message) for r in records}) != 1 or records[0].error_type not in CODE_ERRORS:
-        return
-    r = records[0]
-    where = f" at {r.where}" if r.where else ""
+    r = records[0] if records else None
+    kind, message = next(iter(kinds))
+    where = f" at {r.where}" if r is not None and r.where else ""
     raise KernelCodeError(
-        f"kernel {kernel.identity!r} raised {r.error_type}: {r.message}{where} on every one of its first "
+        f"kernel {kernel.identity!r} raised {kind}: {message}{where} on every one of its first "
         f"{int(done.sum())} samples: a fault of its code, not of a sample's inputs. Fix it and run again "
         "(nothing was computed or written)"
     )

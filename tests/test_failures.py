@@ -509,6 +509,20 @@ def k(a):
 @db.kernel(outputs={"y": db.Output()})
 def bad_inputs(a):
     raise ValueError(f"no model for a={a}")
+
+
+@db.kernel(outputs={"y": db.Output()})
+def optional(method, x):
+    if method == "fancy":  # an optional package, for some samples only
+        import not_installed_fancy_pkg  # noqa: F401
+    return 2.0 * x
+
+
+@db.kernel(outputs={"y": db.Output()})
+def branchy(x):
+    if x > 0:
+        y = 2.0 * x
+    return y  # UnboundLocalError for x <= 0: those samples' failure
 """
 
 
@@ -533,3 +547,17 @@ def test_a_kernel_whose_code_fails_on_every_sample_is_refused_before_anything_st
     spec.write_text(text.replace("typo.py:k", "typo.py:bad_inputs"))
     r = cli("run", str(spec), "--no-progress")
     assert r.returncode == 1 and "40 total: 0 ok, 40 failed" in r.stdout, r.stdout + r.stderr
+    # a code error that depends on the inputs: the probe's samples shared a grid's outer
+    # axis value (fancy), or took one branch only; the other samples are fine
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import typo
+    finally:
+        sys.path.remove(str(tmp_path))
+    grid = db.Grid(method=["fancy", "basic"], x=np.linspace(0, 1, 20))
+    res = db.run(typo.optional, grid, tmp_path / "o.zarr", cluster="serial", progress=False)
+    assert res.samples["ok"] == 20 and res.samples["failed"] == 20
+    res = db.run(
+        typo.branchy, db.Grid(x=np.linspace(-1, 1, 40)), tmp_path / "b.zarr", cluster="serial", progress=False
+    )
+    assert res.samples["ok"] == 20 and res.samples["failed"] == 20
