@@ -397,7 +397,9 @@ def test_a_sweep_on_slurm_equals_the_same_sweep_in_one_process(slurm, tmp_path, 
     assert_stores_identical(tmp_path / "ref.zarr", tmp_path / "slurm.zarr")
     # the workers were SLURM jobs, and they spoke TLS with the run's temporary credentials
     outputs = [p.read_text() for p in sorted(logs.glob("dask-worker-*.err"))]
-    assert len(outputs) == 2 if jobs.startswith("jobs") else 1 <= len(outputs) <= 2  # adaptive: as needed
+    # two jobs asked for (the plan line below says so); on a busy machine the run may end
+    # while the second still waits in the queue (cancelled then, it writes no log); adaptive: as needed
+    assert 1 <= len(outputs) <= 2, outputs
     started = [m.group(1) for o in outputs for m in re.finditer(r"Start worker at: +(\w+)://", o)]
     assert started and set(started) == {"tls"}, outputs  # a job may end before its worker starts
     how = "2 jobs" if jobs.startswith("jobs") else "0-2 jobs (adaptive)"
