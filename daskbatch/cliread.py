@@ -83,6 +83,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .analysis import SUMMARY_QUANTILES, _open, _scalar_rows, status_counts, summarize
+    from .results import kernel_changes
 
     ds, info = _open(args.store)
     summary = summarize(ds, quantiles=SUMMARY_QUANTILES)
@@ -121,14 +122,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if not_ok:
         line += f"; the {not_ok:,} not ok with their inputs: daskbatch failures {shlex.quote(args.store)}"
     print(line)
-    for h in info.get("history", []):
-        ch = h.get("kernel_changed") if isinstance(h, dict) else None
-        if isinstance(ch, dict):  # --kernel-changed continue: the statistics mix two codes
-            parts = ", ".join(ch.get("parts", [])[:3]) or "source"
-            print(
-                f"code:     changed at {h.get('start', '?')} ({parts}): samples computed before it "
-                "used the old code, and these statistics mix both"
-            )
+    for ch in kernel_changes(info.get("history", [])):  # the statistics mix two codes
+        parts = ", ".join(ch.get("parts", [])[:3]) or "source"
+        print(
+            f"code:     changed at {ch.get('start') or '?'} ({parts}): samples computed before it "
+            "used the old code, and these statistics mix both"
+        )
     reduced = _only_reduced(args.store)
     if reduced:
         print(

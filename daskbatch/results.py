@@ -13,7 +13,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +258,16 @@ def _error_lines(errors: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def kernel_changes(history: Sequence[Any]) -> list[dict[str, Any]]:
+    """The runs of a store's ``history`` that went on with changed kernel code
+    (``kernel_changed="continue"``): their start, and the change (from, to, parts)."""
+    return [
+        {"start": h.get("start"), **h["kernel_changed"]}
+        for h in history
+        if isinstance(h, dict) and isinstance(h.get("kernel_changed"), dict)
+    ]
+
+
 def _job_text(job: Mapping[str, Any], running: Mapping[str, Any] | None) -> str:
     """A batch job's run as ``status`` lists it: a run recorded as running that does not
     hold the store's lock now was killed (SIGKILL, a node lost): it wrote no count."""
@@ -298,11 +308,7 @@ def store_status(
         kernel=info.get("kernel", {}).get("identity", ""),
         running=None if cls is RunResult else store.lock().holder(),
         resume_hint=resume_hint(info, str(store.path)),
-        kernel_changes=[
-            {"start": h.get("start"), **h["kernel_changed"]}
-            for h in history
-            if isinstance(h.get("kernel_changed"), dict)
-        ],
+        kernel_changes=kernel_changes(history),
         jobs=[h for h in history if h.get("job")],
         **extra,
     )
