@@ -75,18 +75,6 @@ def read_doc(fd: int) -> dict[str, Any] | None:
     return None
 
 
-def read_holder(path: Path) -> dict[str, Any] | None:
-    """The holder document of the lock file at ``path`` (never through a link), or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return read_fd(fd)
-    finally:
-        os.close(fd)
-
-
 def holder_now(path: Path) -> dict[str, Any] | None:
     """The holder document of the lock file at ``path``; ``{}`` when the file is empty
     or gone (nobody holds the lock), None when it cannot be told (a document caught
